@@ -1,0 +1,83 @@
+"""The metric names the stack exports, so that dashboards and rules can be checked against them.
+
+The appliance's own names are the contract in ``docs/interfaces.md`` (a unit test keeps the two
+in step). Node exporter and DCGM exporter names are the few that the host dashboard reads; they
+are checked against a live node exporter in the integration tests. A dashboard query naming any
+other metric would show "No data" forever, which nobody notices until they need the panel.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+SERVING_METRICS: dict[str, MetricType] = {
+    "appliance_inference_requests_total": "counter",
+    "appliance_inference_request_duration_seconds": "histogram",
+    "appliance_inference_queue_duration_seconds": "histogram",
+    "appliance_inference_compute_duration_seconds": "histogram",
+    "appliance_inference_batch_size": "histogram",
+    "appliance_inference_in_flight": "gauge",
+    "appliance_model_info": "gauge",
+    "appliance_feature_psi": "gauge",
+    "appliance_prediction_psi": "gauge",
+    "appliance_drift_window_rows": "gauge",
+}
+"""Model server metrics (``docs/interfaces.md``)."""
+
+CONTROLLER_METRICS: dict[str, MetricType] = {
+    "appliance_pipeline_runs_total": "counter",
+    "appliance_pipeline_last_duration_seconds": "gauge",
+    "appliance_pipeline_running": "gauge",
+    "appliance_retrain_triggers_total": "counter",
+    "appliance_model_promotions_total": "counter",
+}
+"""Controller metrics (``docs/interfaces.md``)."""
+
+NODE_EXPORTER_METRICS: dict[str, MetricType] = {
+    "node_cpu_seconds_total": "counter",
+    "node_load1": "gauge",
+    "node_memory_MemTotal_bytes": "gauge",
+    "node_memory_MemAvailable_bytes": "gauge",
+    "node_filesystem_size_bytes": "gauge",
+    "node_filesystem_avail_bytes": "gauge",
+    "node_network_receive_bytes_total": "counter",
+    "node_network_transmit_bytes_total": "counter",
+}
+"""Host metrics from ``prometheus-node-exporter`` that the host dashboard uses."""
+
+DCGM_METRICS: dict[str, MetricType] = {
+    "DCGM_FI_DEV_GPU_UTIL": "gauge",
+    "DCGM_FI_DEV_FB_USED": "gauge",
+    "DCGM_FI_DEV_FB_FREE": "gauge",
+    "DCGM_FI_DEV_GPU_TEMP": "gauge",
+    "DCGM_FI_DEV_POWER_USAGE": "gauge",
+}
+"""NVIDIA DCGM exporter metrics; present only on hosts that run it next to a GPU."""
+
+PROMETHEUS_METRICS: dict[str, MetricType] = {"up": "gauge"}
+"""Series Prometheus itself writes for every target."""
+
+ALL_METRICS: dict[str, MetricType] = (
+    SERVING_METRICS | CONTROLLER_METRICS | NODE_EXPORTER_METRICS | DCGM_METRICS | PROMETHEUS_METRICS
+)
+
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def series_names(known: dict[str, MetricType] = ALL_METRICS) -> set[str]:
+    """Names of the series that actually appear in a scrape: a histogram ``foo`` appears only as
+    ``foo_bucket``, ``foo_sum`` and ``foo_count``, never as ``foo``."""
+    names: set[str] = set()
+    for name, kind in known.items():
+        if kind == "histogram":
+            names.update(name + suffix for suffix in _HISTOGRAM_SUFFIXES)
+        else:
+            names.add(name)
+    return names
+
+
+def unknown_metrics(names: set[str], known: dict[str, MetricType] = ALL_METRICS) -> set[str]:
+    """The names in ``names`` that no known exporter writes (bare histogram names included)."""
+    return names - series_names(known)

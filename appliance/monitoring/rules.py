@@ -1,0 +1,136 @@
+"""Prometheus alert rules for drift, serving SLOs and dead targets.
+
+Thresholds and durations come from the answers file (``monitoring`` section) so that a user tunes
+alerting in one place and tests can shorten ``for:`` to seconds. Alert names and the ``model``
+label are a contract (``docs/interfaces.md``): Alertmanager routes the drift alerts to the
+controller, which retrains the model named by the label.
+
+Drift alerts keep the ``feature`` label (one alert per drifted feature, aggregated ``max`` over
+serving replicas) so the notification says which feature moved; Alertmanager groups them by
+``model`` so the controller still gets one notification per model.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from appliance.monitoring.durations import check_duration
+
+ALERT_NAMES = ("FeatureDrift", "PredictionDrift", "ServingLatencyHigh", "ServingErrorRatio", "TargetDown")
+DRIFT_ALERTS = ("FeatureDrift", "PredictionDrift")
+
+
+def _number(value: float, setting: str) -> str:
+    if not value > 0:
+        raise ValueError(f"{setting} must be above 0, got {value!r}")
+    return repr(float(value))
+
+
+def _alert(name: str, expr: str, duration: str, severity: str, summary: str, description: str) -> dict:
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": duration,
+        "labels": {"severity": severity},
+        "annotations": {"summary": summary, "description": description},
+    }
+
+
+def alert_rules(
+    psi_threshold: float,
+    drift_for: str,
+    latency_p99_slo_seconds: float,
+    error_ratio_threshold: float = 0.05,
+    target_down_for: str = "1m",
+    prediction_psi_threshold: float | None = None,
+    latency_for: str = "5m",
+    error_ratio_for: str = "5m",
+    rate_window: str = "5m",
+) -> list[dict]:
+    """The alert rules as data (see :func:`render_alert_rules`)."""
+    psi = _number(psi_threshold, "drift_psi_threshold")
+    pred_psi = _number(prediction_psi_threshold or psi_threshold, "prediction_psi_threshold")
+    slo = _number(latency_p99_slo_seconds, "latency_p99_slo_seconds")
+    ratio = _number(error_ratio_threshold, "error_ratio_threshold")
+    drift_for = check_duration(drift_for, "drift_for")
+    window = check_duration(rate_window, "rate_window")
+    value = '{{ printf "%.3f" $value }}'
+    requests = "appliance_inference_requests_total"
+    return [
+        _alert(
+            "FeatureDrift",
+            f"max by (model, feature) (appliance_feature_psi) > {psi}",
+            drift_for,
+            "warning",
+            'Feature "{{ $labels.feature }}" of model {{ $labels.model }} has drifted',
+            f'PSI of feature "{{{{ $labels.feature }}}}" is {value}, above {psi} for {drift_for}.',
+        ),
+        _alert(
+            "PredictionDrift",
+            f"max by (model) (appliance_prediction_psi) > {pred_psi}",
+            drift_for,
+            "warning",
+            "Predictions of model {{ $labels.model }} have drifted",
+            f"PSI of the predictions is {value}, above {pred_psi} for {drift_for}.",
+        ),
+        _alert(
+            "ServingLatencyHigh",
+            "histogram_quantile(0.99, sum by (le, model) "
+            f"(rate(appliance_inference_request_duration_seconds_bucket[{window}]))) > {slo}",
+            check_duration(latency_for, "latency_for"),
+            "warning",
+            "p99 latency of model {{ $labels.model }} is above its objective",
+            f"p99 request latency is {{{{ $value | humanizeDuration }}}}, above the {slo}s objective.",
+        ),
+        _alert(
+            "ServingErrorRatio",
+            f'sum by (model) (rate({requests}{{outcome="server_error"}}[{window}]))'
+            f" / sum by (model) (rate({requests}[{window}])) > {ratio}",
+            check_duration(error_ratio_for, "error_ratio_for"),
+            "critical",
+            "Model {{ $labels.model }} fails too many requests",
+            f"{{{{ $value | humanizePercentage }}}} of requests end in a server error (limit {ratio}).",
+        ),
+        _alert(
+            "TargetDown",
+            "up == 0",
+            check_duration(target_down_for, "target_down_for"),
+            "critical",
+            "{{ $labels.job }} at {{ $labels.instance }} is down",
+            f"Prometheus could not scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) "
+            f"for {target_down_for}.",
+        ),
+    ]
+
+
+def render_alert_rules(
+    psi_threshold: float,
+    drift_for: str,
+    latency_p99_slo_seconds: float,
+    error_ratio_threshold: float = 0.05,
+    target_down_for: str = "1m",
+    prediction_psi_threshold: float | None = None,
+    latency_for: str = "5m",
+    error_ratio_for: str = "5m",
+    rate_window: str = "5m",
+) -> str:
+    """The text of the alert rule file (``promtool check rules`` format), one group ``appliance``.
+
+    ``prediction_psi_threshold`` defaults to ``psi_threshold``; ``rate_window`` is the range of
+    the ``rate()`` behind the latency and error-ratio alerts.
+    """
+    rules = alert_rules(
+        psi_threshold,
+        drift_for,
+        latency_p99_slo_seconds,
+        error_ratio_threshold,
+        target_down_for,
+        prediction_psi_threshold,
+        latency_for,
+        error_ratio_for,
+        rate_window,
+    )
+    doc = {"groups": [{"name": "appliance", "rules": rules}]}
+    return "# Generated by the appliance from the answers file; edits are overwritten.\n" + yaml.safe_dump(
+        doc, sort_keys=False, default_flow_style=False, width=1000
+    )

@@ -1,0 +1,174 @@
+"""The rendered ``prometheus.yml`` and ``alertmanager.yml``, checked by promtool and amtool.
+
+``amtool config routes test`` resolves an alert's labels to a receiver with the real routing
+code, so the routing contract (drift alerts to the controller, the rest to the user) is tested
+without starting Alertmanager.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.monitoring.alertmanager_config import render_alertmanager_config
+from appliance.monitoring.prometheus_config import ScrapeTarget, render_prometheus_config
+from appliance.monitoring.rules import render_alert_rules
+
+PROMTOOL = shutil.which("promtool") or ""
+AMTOOL = shutil.which("amtool") or ""
+needs_promtool = pytest.mark.skipif(not PROMTOOL, reason="promtool (package prometheus) not installed")
+needs_amtool = pytest.mark.skipif(
+    AMTOOL is None, reason="amtool (package prometheus-alertmanager) not installed"
+)
+
+TARGETS = [
+    ScrapeTarget("prometheus", "127.0.0.1:9090"),
+    ScrapeTarget("alertmanager", "127.0.0.1:9093"),
+    ScrapeTarget("node", "127.0.0.1:9100"),
+    ScrapeTarget("serving", "127.0.0.1:8082"),
+    ScrapeTarget("serving", "127.0.0.1:8182"),
+    ScrapeTarget("controller", "127.0.0.1:8090"),
+]
+
+
+def test_replicas_of_a_job_share_one_scrape_config() -> None:
+    config = yaml.safe_load(render_prometheus_config(TARGETS, ["rules.yml"], "http://127.0.0.1:9093"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert list(jobs) == ["prometheus", "alertmanager", "node", "serving", "controller"]
+    assert jobs["serving"]["static_configs"] == [{"targets": ["127.0.0.1:8082", "127.0.0.1:8182"]}]
+    assert config["alerting"]["alertmanagers"] == [
+        {"scheme": "http", "static_configs": [{"targets": ["127.0.0.1:9093"]}]}
+    ]
+
+
+def test_alertmanager_path_prefix_and_no_alertmanager() -> None:
+    config = yaml.safe_load(render_prometheus_config(TARGETS, [], "https://am.internal:443/am/"))
+    assert config["alerting"]["alertmanagers"][0]["path_prefix"] == "/am/"
+    assert config["alerting"]["alertmanagers"][0]["scheme"] == "https"
+    assert "alerting" not in yaml.safe_load(render_prometheus_config(TARGETS, [], None))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ScrapeTarget("serving", "localhost"), "host:port"),
+        (lambda: ScrapeTarget("serving", "http://localhost:80"), "host:port"),
+        (lambda: ScrapeTarget("bad job", "localhost:80"), "letters"),
+        (lambda: ScrapeTarget("serving", "localhost:80", scheme="ftp"), "http or https"),
+        (lambda: ScrapeTarget("serving", "localhost:80", metrics_path="metrics"), "start with /"),
+        (lambda: render_prometheus_config(TARGETS, [], None, scrape_interval="15"), "scrape_interval"),
+        (lambda: render_prometheus_config(TARGETS, [], "127.0.0.1:9093"), "alertmanager URL"),
+        (
+            lambda: render_prometheus_config(
+                [ScrapeTarget("s", "a:1"), ScrapeTarget("s", "b:1", metrics_path="/m")], [], None
+            ),
+            "disagree",
+        ),
+    ],
+)
+def test_bad_targets_and_settings_are_refused(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@needs_promtool
+def test_promtool_accepts_the_config_with_its_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "alert_rules.yml"
+    rules.write_text(render_alert_rules(0.2, "5m", 0.05))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render_prometheus_config(TARGETS, [str(rules)], "http://127.0.0.1:9093", "5s", "5s"))
+    result = subprocess.run([PROMTOOL, "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout
+    assert "5 rules found" in result.stdout
+
+
+@needs_promtool
+def test_promtool_check_fails_on_a_missing_rule_file(tmp_path: Path) -> None:
+    """Guards the check above: promtool really reads the rule files the config names."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render_prometheus_config(TARGETS, [str(tmp_path / "absent.yml")], None))
+    result = subprocess.run([PROMTOOL, "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode != 0
+
+
+def render_am(tmp_path: Path, user_webhook: str | None) -> Path:
+    path = tmp_path / "alertmanager.yml"
+    text = render_alertmanager_config("http://127.0.0.1:8090/alerts", str(tmp_path / "token"), user_webhook)
+    path.write_text(text)
+    return path
+
+
+def test_controller_receiver_reads_its_bearer_token_from_a_file(tmp_path: Path) -> None:
+    config = yaml.safe_load(render_am(tmp_path, None).read_text())
+    controller = next(r for r in config["receivers"] if r["name"] == "controller")
+    hook = controller["webhook_configs"][0]
+    assert hook["url"] == "http://127.0.0.1:8090/alerts"
+    assert hook["http_config"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": str(tmp_path / "token"),
+    }
+    assert hook["send_resolved"] is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"controller_webhook_url": "127.0.0.1:8090/alerts"}, "controller webhook URL"),
+        ({"user_webhook_url": "hooks.example.com"}, "alert_webhook_url"),
+        ({"controller_token_file": ""}, "controller_token_file"),
+        ({"repeat_interval": "4 hours"}, "repeat_interval"),
+    ],
+)
+def test_bad_alertmanager_settings_are_refused(kwargs: dict, message: str) -> None:
+    args: dict = {
+        "controller_webhook_url": "http://127.0.0.1:8090/alerts",
+        "controller_token_file": "/state/secrets/controller_webhook_token",
+        "user_webhook_url": None,
+    } | kwargs
+    with pytest.raises(ValueError, match=message):
+        render_alertmanager_config(**args)
+
+
+@needs_amtool
+@pytest.mark.parametrize("user_webhook", [None, "https://hooks.example.com/appliance"])
+def test_amtool_accepts_the_config(tmp_path: Path, user_webhook: str | None) -> None:
+    path = render_am(tmp_path, user_webhook)
+    result = subprocess.run([AMTOOL, "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def route(path: Path, *labels: str) -> str:
+    result = subprocess.run(
+        [AMTOOL, "config", "routes", "test", f"--config.file={path}", *labels],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+@needs_amtool
+@pytest.mark.parametrize(
+    ("user_webhook", "alert", "receiver"),
+    [
+        ("https://hooks.example.com/a", "FeatureDrift", "controller"),
+        ("https://hooks.example.com/a", "PredictionDrift", "controller"),
+        ("https://hooks.example.com/a", "ServingLatencyHigh", "user-webhook"),
+        ("https://hooks.example.com/a", "ServingErrorRatio", "user-webhook"),
+        ("https://hooks.example.com/a", "TargetDown", "user-webhook"),
+        (None, "FeatureDrift", "controller"),
+        (None, "TargetDown", "null"),
+        (None, "FeatureDriftish", "null"),
+    ],
+)
+def test_routing_sends_drift_to_the_controller(
+    tmp_path: Path, user_webhook: str | None, alert: str, receiver: str
+) -> None:
+    path = render_am(tmp_path, user_webhook)
+    assert route(path, f"alertname={alert}", "model=breast_cancer", "severity=warning") == receiver

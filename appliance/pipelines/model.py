@@ -1,0 +1,121 @@
+"""The pipeline file format: a named list of steps, checked by pydantic before anything runs.
+
+Every model forbids unknown keys so that a misspelt key is reported (with a "did you mean")
+instead of silently ignored, and each field's docstring documents the format (see
+docs/pipelines.md). Cross-step rules (unknown references, duplicate names) live in the loader,
+which sees the whole file at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+_RELATIVE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$")
+
+BuiltinName = Literal["ingest"]
+BUILTIN_OUTPUTS: dict[str, dict[str, str]] = {
+    "ingest": {"dataset_key": "dataset_key.txt", "dataset_uri": "dataset_uri.txt"},
+}
+"""Outputs a built-in step always writes, on top of the ones a pipeline declares."""
+
+
+class Strict(BaseModel):
+    """Base of every pipeline-file section: immutable, no unknown keys, docstrings as descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _check_relative(paths: list[str]) -> list[str]:
+    for path in paths:
+        if not _RELATIVE.match(path):
+            raise ValueError(f"{path!r} must be a path relative to the run's workdir, without '..'")
+    return paths
+
+
+class Step(Strict):
+    """One unit of work, run as its own subprocess with its own MLflow child run and log."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Unique name of the step (letters, digits, ``-``, ``_``); shown in progress and logs."""
+    run: list[str] | None = Field(None, min_length=1)
+    """Command and arguments, e.g. ``["{python}", "-m", "appliance.workloads.trainer", "train"]``.
+    Placeholders: ``{params.NAME}``, ``{steps.STEP.outputs.NAME}``, ``{workdir}``, ``{run_id}``,
+    ``{model}``, ``{pipeline}``, ``{python}``, ``{state_dir}``; ``{{`` and ``}}`` are literal braces."""
+    notebook: str | None = None
+    """A Jupyter notebook run headless with papermill; ``args`` become its parameters. Relative
+    paths are resolved from the pipeline file's folder."""
+    builtin: BuiltinName | None = None
+    """A step that ships with the appliance: ``ingest`` picks the newest object under
+    ``datasets/<args.dataset>/`` through the data connection and writes its key to the workdir."""
+    args: dict[str, str] = Field(default_factory=dict)
+    """Named arguments: notebook parameters, or the built-in step's options (templated)."""
+    inputs: list[str] = Field(default_factory=list)
+    """Files (relative to the workdir) that must exist before the step starts."""
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Files the step writes, by name (relative to the workdir). Later steps read one's content
+    with ``{steps.STEP.outputs.NAME}``. An output named ``version`` becomes the run's produced
+    model version, one named ``decision`` its outcome."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for this step (templated), on top of the data connection."""
+    retries: int = Field(0, ge=0, le=10)
+    """How many times to run the step again after a failure or a timeout."""
+    retry_delay_seconds: float = Field(0, ge=0, le=3600)
+    """Pause between attempts."""
+    timeout_seconds: float = Field(3600, gt=0, le=7 * 24 * 3600)
+    """Wall-clock limit of one attempt; the step's whole process group is killed past it."""
+    when: str | None = None
+    """Run the step only if this holds, else skip it: ``"LEFT == RIGHT"``, ``"LEFT != RIGHT"`` or
+    a single value that is true unless empty, ``false``, ``0`` or ``no`` (after templating)."""
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        chosen = [k for k in ("run", "notebook", "builtin") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            found = ", ".join(chosen) if chosen else "none"
+            raise ValueError(f"a step needs exactly one of run, notebook or builtin (found: {found})")
+        if self.builtin == "ingest" and "dataset" not in self.args:
+            raise ValueError("builtin ingest needs args.dataset (the dataset name under datasets/)")
+        return self
+
+    @property
+    def all_outputs(self) -> dict[str, str]:
+        """Declared outputs plus the ones a built-in step always writes."""
+        return {**BUILTIN_OUTPUTS.get(self.builtin or "", {}), **self.outputs}
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_relative(cls, value: list[str]) -> list[str]:
+        return _check_relative(value)
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_relative(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_relative(list(value.values()))
+        for key in value:
+            if not re.match(NAME_PATTERN, key):
+                raise ValueError(f"output name {key!r} must be letters, digits, '-' or '_'")
+        return value
+
+
+class Pipeline(Strict):
+    """A pipeline file: what to run, for which model, with which parameters."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Name used by ``appliance pipeline run NAME`` and ``POST /pipelines/NAME/run``."""
+    description: str = ""
+    """One line shown in listings."""
+    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Registered model the pipeline works on (default; ``--model`` or an alert's ``model``
+    label overrides it). Only one run per model at a time."""
+    experiment: str | None = None
+    """MLflow experiment of the pipeline's runs; the model name when absent."""
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Parameters and their defaults; ``--param NAME=VALUE`` overrides one, unknown names are refused."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables for every step (templated)."""
+    steps: list[Step] = Field(min_length=1)
+    """The steps, run in this order; the first failure stops the run."""

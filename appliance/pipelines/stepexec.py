@@ -1,0 +1,79 @@
+"""What a step runs and with which environment, after its placeholders are filled.
+
+Three kinds of step end up as one argv: a command as written, a notebook run by papermill in a
+subprocess (headless, parameters injected, executed copy kept in the workdir), or a built-in
+step run as its own module. So every step gets the same timeout, retry, log and kill handling.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from appliance.pipelines import templating
+from appliance.pipelines.model import Pipeline, Step
+
+Resolve = Callable[[str], str]
+
+
+class StepFailure(Exception):
+    """A step cannot start (missing notebook, missing input); the message says what is missing."""
+
+
+def command_for(step: Step, source: Path, workdir: Path, resolve: Resolve) -> list[str]:
+    """The argv that runs ``step`` (placeholders filled)."""
+    args = {k: templating.render(v, resolve) for k, v in step.args.items()}
+    if step.run is not None:
+        return [templating.render(part, resolve) for part in step.run]
+    if step.notebook is not None:
+        notebook = Path(templating.render(step.notebook, resolve))
+        if not notebook.is_absolute():
+            notebook = source.parent / notebook
+        if not notebook.is_file():
+            raise StepFailure(f"notebook {notebook} not found (paths are relative to the pipeline file)")
+        argv = [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(notebook),
+            str(workdir / f"{step.name}.ipynb"),
+            "--cwd",
+            str(workdir),
+            "--log-output",
+            "--no-progress-bar",
+            "-k",
+            "python3",
+        ]
+        for key, value in args.items():
+            argv += ["-p", key, value]
+        return argv
+    assert step.builtin == "ingest"
+    return [
+        sys.executable,
+        "-m",
+        "appliance.pipelines.ingest",
+        "--dataset",
+        args["dataset"],
+        "--workdir",
+        str(workdir),
+    ]
+
+
+def step_env(
+    base: Mapping[str, str],
+    pipeline: Pipeline,
+    step: Step,
+    resolve: Resolve,
+    extra: Mapping[str, str],
+    source_root: str,
+) -> dict[str, str]:
+    """This process's environment, the data connection, the pipeline's and step's env, then ``extra``."""
+    env = {**os.environ, **base}
+    env |= {k: templating.render(v, resolve) for k, v in pipeline.env.items()}
+    env |= {k: templating.render(v, resolve) for k, v in step.env.items()}
+    env |= dict(extra)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = source_root + (os.pathsep + path if path else "")
+    return env

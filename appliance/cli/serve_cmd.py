@@ -1,0 +1,155 @@
+"""``appliance serve``: run the ONNX model server standalone.
+
+The server (onnxruntime, grpc, numpy) is imported inside the command, so the CLI core stays light.
+``python -m appliance.workloads.serving`` runs this same command with the same flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.errors import ApplianceError
+
+
+@click.command("serve")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    help="Model to serve: a local model.onnx or folder, s3://BUCKET/KEY, models:/NAME@ALIAS "
+    "or models:/NAME/VERSION. Repeat for several; NAME=URI names one inline.",
+)
+@click.option(
+    "--name", "names", multiple=True, help="Name of the model (one per --model; default from the URI)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--http-port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="REST port (0: any free).",
+)
+@click.option(
+    "--grpc-port",
+    default=8081,
+    show_default=True,
+    type=click.IntRange(-1, 65535),
+    help="gRPC port (-1: off).",
+)
+@click.option(
+    "--metrics-port",
+    default=8082,
+    show_default=True,
+    type=click.IntRange(-1, 65535),
+    help="Prometheus /metrics port (-1: off).",
+)
+@click.option(
+    "--token",
+    envvar="APPLIANCE_SERVING_TOKEN",
+    help="Bearer token required on every non-health call. "
+    "Env: APPLIANCE_SERVING_TOKEN. Auth is off unless a token is given.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="APPLIANCE_SERVING_TOKEN_FILE",
+    help="File holding the bearer token(s), one per line.",
+)
+@click.option(
+    "--max-batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Most rows one ONNX Runtime call batches across requests.",
+)
+@click.option(
+    "--max-queue-delay-us",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 10_000_000),
+    help="How long a request may wait for others to batch with (0: only those already arrived).",
+)
+@click.option(
+    "--poll-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="How often to check each model's source (registry alias, file, S3 object) "
+    "for a new version; 0: never.",
+)
+@click.option(
+    "--drift-window", default=1000, show_default=True, type=click.IntRange(1), help="Rows in the PSI window."
+)
+@click.option(
+    "--intra-op-threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="ONNX Runtime intra-op threads (0: all cores).",
+)
+@click.option(
+    "--inter-op-threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="ONNX Runtime inter-op threads.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest request body (REST) or message (gRPC) accepted.",
+)
+def serve_cmd(
+    models: tuple[str, ...],
+    names: tuple[str, ...],
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    token: str | None,
+    token_file: Path | None,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    poll_seconds: float,
+    drift_window: int,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    max_body_bytes: int,
+) -> None:
+    """Serve ONNX models over the KServe v2 protocol (REST and gRPC) with /metrics."""
+    from appliance.workloads.serving.config import ServeConfig, parse_model_args, read_tokens
+
+    try:
+        pairs = parse_model_args(models, names)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--model/--name") from None
+    config = ServeConfig(
+        models=pairs,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        tokens=read_tokens(token, token_file),
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        poll_seconds=poll_seconds,
+        drift_window=drift_window,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        max_body_bytes=max_body_bytes,
+    )
+    from appliance.workloads.serving.server import run
+
+    try:
+        run(config)
+    except (OSError, ValueError) as err:
+        raise ApplianceError(
+            f"model server failed to start: {err}",
+            fix="check the --model path/URI, the ports and the data connection env",
+        ) from err

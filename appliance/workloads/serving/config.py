@@ -1,0 +1,70 @@
+"""Settings of one model server, from the command line (``appliance serve`` or ``python -m``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN_ENV = "APPLIANCE_SERVING_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the server needs; ports 0 mean 'any free port' (the ready line reports them)."""
+
+    models: tuple[tuple[str | None, str], ...]
+    """(name or None for a default from the URI, path or s3:// or models:/ URI)."""
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    """-1 turns gRPC off."""
+    metrics_port: int = 8082
+    """-1 turns the metrics endpoint off."""
+    tokens: frozenset[str] = field(default_factory=frozenset)
+    """Accepted bearer tokens; empty: auth off."""
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    poll_seconds: float = 30.0
+    """How often to check every model's source for a new version; 0: never."""
+    drift_window: int = 1000
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+def read_tokens(token: str | None, token_file: Path | None) -> frozenset[str]:
+    """Tokens from a flag/env value and from a file (one per line, blanks and #comments skipped)."""
+    tokens = set()
+    value = token if token is not None else os.environ.get(TOKEN_ENV)
+    if value and value.strip():
+        tokens.add(value.strip())
+    if token_file is not None:
+        for line in token_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                tokens.add(line)
+    return frozenset(tokens)
+
+
+def parse_model_args(models: tuple[str, ...], names: tuple[str, ...]) -> tuple[tuple[str | None, str], ...]:
+    """Pair ``--model`` values with ``--name`` values; ``--model NAME=URI`` names one inline.
+
+    Raises ValueError with the fix when the counts cannot be paired.
+    """
+    if names and len(names) != len(models):
+        raise ValueError(
+            f"{len(names)} --name for {len(models)} --model: give one --name per --model, "
+            "or write --model NAME=URI"
+        )
+    out: list[tuple[str | None, str]] = []
+    for i, spec in enumerate(models):
+        name: str | None = names[i] if names else None
+        uri = spec
+        if "=" in spec and not spec.startswith(("models:/", "s3://", "/", ".")):
+            name, uri = spec.split("=", 1)
+        out.append((name, uri))
+    seen = [n for n, _ in out if n]
+    if len(seen) != len(set(seen)):
+        raise ValueError(f"model names must be unique, got {seen}")
+    return tuple(out)

@@ -1,0 +1,197 @@
+"""The gRPC front end: inference.GRPCInferenceService on grpc.aio, sharing the REST event loop.
+
+Typed ``contents`` and ``raw_input_contents`` are both accepted; a request that sent raw inputs
+gets ``raw_output_contents`` back (what tritonclient expects), otherwise typed contents. Errors
+map to status codes through the same error classes as REST (NOT_FOUND, INVALID_ARGUMENT,
+UNAUTHENTICATED, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from appliance.workloads.serving.errors import BadRequest, InferenceError
+from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
+from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from appliance.workloads.serving.service import InferenceService
+from appliance.workloads.serving.tensors import datatype_of, from_raw, numpy_type, to_raw
+
+# datatype -> field of InferTensorContents
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    if not request.inputs:
+        raise BadRequest("request has no inputs")
+    for i, tensor in enumerate(request.inputs):
+        name, datatype = tensor.name, tensor.datatype
+        if name in arrays:
+            raise BadRequest(f"input '{name}' is given twice")
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise BadRequest(f"input '{name}': shape must be non-negative, got {list(shape)}")
+        if raw:
+            arrays[name] = from_raw(raw[i], datatype, shape, name)
+        else:
+            arrays[name] = _from_contents(tensor, shape)
+        datatypes[name] = datatype
+    return arrays, datatypes
+
+
+def _from_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    dtype = numpy_type(datatype, name)
+    field = _CONTENTS.get(datatype)
+    if field is None:
+        raise BadRequest(f"input '{name}': {datatype} travels only in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    array = np.array(list(values), dtype=object) if datatype == "BYTES" else np.asarray(values, dtype=dtype)
+    expected = int(np.prod(shape))
+    if array.size != expected:
+        raise BadRequest(
+            f"input '{name}': shape {list(shape)} needs {expected} values, contents has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.ndarray], raw: bool) -> None:
+    for name, array in zip(names, arrays, strict=True):
+        datatype = datatype_of(array)
+        out = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if raw or datatype == "FP16":
+            response.raw_output_contents.append(to_raw(array))
+        elif datatype == "BYTES":
+            out.contents.bytes_contents.extend(
+                v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()
+            )
+        else:
+            getattr(out.contents, _CONTENTS[datatype]).extend(array.ravel().tolist())
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The gRPC methods over an InferenceService."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.gauge = service.metrics.child(service.metrics.in_flight, "grpc")
+
+    async def _auth(self, context: grpc.aio.ServicerContext) -> None:
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                token = value if isinstance(value, str) else value.decode()
+        try:
+            self.service.check_auth(token, "grpc")
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        if request.name not in self.service.repo.entries:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version or None))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        return pb.ServerMetadataResponse(**self.service.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        try:
+            model, _ = self.service.repo.get(request.name, request.version or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        meta = model.metadata()
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        started = time.perf_counter()
+        service, name, version = self.service, request.model_name, ""
+        self.gauge.inc()
+        try:
+            arrays, datatypes = _decode_inputs(request)
+            requested = [o.name for o in request.outputs] or None
+            model, names, outputs = await service.infer(
+                name, request.model_version or None, arrays, datatypes, requested
+            )
+            version = model.version
+            response = pb.ModelInferResponse(
+                model_name=model.name, model_version=model.version, id=request.id
+            )
+            _encode(response, names, outputs, raw=bool(request.raw_input_contents))
+        except InferenceError as err:
+            service.record(name, version, "grpc", err.outcome, started)
+            await context.abort(err.grpc_code, err.message)
+        finally:
+            self.gauge.dec()
+        service.record(name, version, "grpc", "success", started)
+        return response
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        try:
+            await self.service.repo.load(request.model_name)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        try:
+            self.service.repo.unload(request.model_name)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+
+
+async def start(
+    service: InferenceService, host: str, port: int, max_message: int
+) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on host:port (0: any free port); returns it and its port."""
+    options = [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound

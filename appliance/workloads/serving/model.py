@@ -1,0 +1,156 @@
+"""One loaded model version: its ONNX Runtime session, tensor metadata and input checks.
+
+A LoadedModel is immutable once built and warmed up; hot reload builds a new one beside it and
+swaps the reference, so requests already holding the old one finish on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from appliance.workloads.serving.drift import DriftMonitor
+from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.tensors import NUMPY_TYPES, ORT_TYPES
+
+log = logging.getLogger(__name__)
+
+PREFERRED_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, protocol datatype and shape (-1 for a variable dimension) of a model tensor."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """ONNX Runtime settings shared by every model of a server."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    providers: tuple[str, ...] | None = None  # None: the best available
+
+
+def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+    """An InferenceSession on CUDA/TensorRT when present, CPU otherwise."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.intra_op_threads
+    so.inter_op_num_threads = opts.inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    available = ort.get_available_providers()
+    providers = [p for p in (opts.providers or PREFERRED_PROVIDERS) if p in available]
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers or None)
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, ORT_TYPES.get(arg.type, "BYTES"), shape)
+
+
+class LoadedModel:
+    """A ready-to-serve model version."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        source: str,
+        onnx_path: Path,
+        opts: SessionOptions,
+        profile_path: Path | None = None,
+        drift_window: int = 1000,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.source = source
+        self.session = make_session(onnx_path, opts)
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self.input_by_name = {t.name: t for t in self.inputs}
+        self.output_names = [t.name for t in self.outputs]
+        self.batchable = all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
+        self.drift = DriftMonitor.from_file(profile_path, drift_window) if profile_path else None
+        self.drift_input = self.drift and (self.inputs[0].name if len(self.inputs) == 1 else None)
+        self.compute_seconds = 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [t.as_dict() for t in self.inputs],
+            "outputs": [t.as_dict() for t in self.outputs],
+        }
+
+    def check_inputs(self, arrays: dict[str, np.ndarray], datatypes: dict[str, str]) -> dict[str, np.ndarray]:
+        """Match the request's tensors to the model's: names, datatypes, ranks, fixed dims."""
+        missing = [n for n in self.input_by_name if n not in arrays]
+        unknown = [n for n in arrays if n not in self.input_by_name]
+        if unknown:
+            raise BadRequest(
+                f"model '{self.name}' has no input {', '.join(map(repr, unknown))}; "
+                f"its inputs are {', '.join(map(repr, self.input_by_name))}"
+            )
+        if missing:
+            raise BadRequest(f"model '{self.name}' needs input {', '.join(map(repr, missing))}")
+        feeds = {}
+        for name, array in arrays.items():
+            spec = self.input_by_name[name]
+            if datatypes[name] != spec.datatype:
+                raise BadRequest(
+                    f"input '{name}': datatype {datatypes[name]} does not match the model's {spec.datatype}"
+                )
+            if len(array.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise BadRequest(
+                    f"input '{name}': shape {list(array.shape)} does not match the model's {list(spec.shape)}"
+                )
+            if spec.datatype == "BYTES":
+                array = np.array([v.decode("utf-8", "replace") for v in array.ravel()], dtype=object).reshape(
+                    array.shape
+                )
+            feeds[name] = array
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the session on a (possibly batched) feed; returns every output, in order."""
+        outputs: list[np.ndarray] = self.session.run(self.output_names, feeds)
+        if self.drift is not None and self.drift_input:
+            self.drift.observe(feeds[self.drift_input], outputs[0])
+        return outputs
+
+    def warm_up(self, rounds: int = 20) -> None:
+        """Run a few batches of zeros so the first real request is not slow; time the compute."""
+        feeds = {}
+        for spec in self.inputs:
+            shape = tuple(1 if d == -1 else d for d in spec.shape)
+            dtype = NUMPY_TYPES[spec.datatype]
+            feeds[spec.name] = (
+                np.full(shape, "", dtype=object) if spec.datatype == "BYTES" else np.zeros(shape, dtype)
+            )
+        for _ in range(5):  # first runs allocate; leave them out of the timing
+            self.session.run(self.output_names, feeds)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            self.session.run(self.output_names, feeds)
+        self.compute_seconds = (time.perf_counter() - start) / rounds
+        log.info(
+            "model %s v%s warm: %.1f us per batch of 1", self.name, self.version, self.compute_seconds * 1e6
+        )

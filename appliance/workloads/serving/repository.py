@@ -1,0 +1,162 @@
+"""The models a server holds, their load state, and hot reload when a source moves.
+
+Each name maps to an Entry: its source, the LoadedModel being served (or None) and its Batcher.
+Loading happens in a worker thread (download, session build, warm-up) and ends with one reference
+assignment, so a request sees either the old version or the new one, never a half-built one;
+requests already queued on the old Batcher finish on the old session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.workloads.serving.batcher import Batcher
+from appliance.workloads.serving.errors import NotFound, Unavailable
+from appliance.workloads.serving.model import LoadedModel, SessionOptions
+from appliance.workloads.serving.sources import Source, source_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    """One model name: where it comes from and what is served now."""
+
+    name: str
+    source: Source
+    model: LoadedModel | None = None
+    batcher: Batcher | None = None
+    fingerprint: str | None = None
+    state: str = "UNAVAILABLE"  # READY, LOADING, UNAVAILABLE
+    reason: str = ""
+    loads: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelRepository:
+    """Name -> Entry, with load/unload/index for the repository extension and a reload poller."""
+
+    def __init__(
+        self,
+        session_opts: SessionOptions,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        drift_window: int,
+        on_batch: Callable[..., None] | None = None,
+    ) -> None:
+        self.session_opts = session_opts
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.drift_window = drift_window
+        self.on_batch = on_batch
+        self.entries: dict[str, Entry] = {}
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serving")
+
+    def add(self, name: str | None, uri: str) -> Entry:
+        source = source_for(uri)
+        entry = Entry(name or source.default_name(), source)
+        self.entries[entry.name] = entry
+        return entry
+
+    def models(self) -> list[LoadedModel]:
+        return [e.model for e in list(self.entries.values()) if e.model is not None]
+
+    def get(self, name: str, version: str | None = None) -> tuple[LoadedModel, Batcher]:
+        """The served version of ``name`` (404 unknown, 503 not loaded, 404 other version)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.entries)) or "none"
+            raise NotFound(f"unknown model '{name}' (served models: {known})")
+        model, batcher = entry.model, entry.batcher
+        if model is None or batcher is None:
+            why = f"{entry.state.lower()}: {entry.reason}" if entry.reason else entry.state.lower()
+            raise Unavailable(f"model '{name}' is not loaded ({why})")
+        if version and version != model.version:
+            raise NotFound(f"model '{name}' has no version '{version}' (serving version {model.version})")
+        return model, batcher
+
+    def load_blocking(self, entry: Entry, uri: str | None = None) -> bool:
+        """Fetch, build and warm the entry's current version, then swap it in. False: unchanged."""
+        with entry.lock:
+            if uri is not None and uri != entry.source.uri:
+                entry.source = source_for(uri)
+            fingerprint = entry.source.fingerprint()
+            if entry.model is not None and fingerprint == entry.fingerprint:
+                return False
+            if entry.model is None:
+                entry.state = "LOADING"
+            fetched = entry.source.fetch(fingerprint)
+            version = fetched.version or str(entry.loads + 1)
+            model = LoadedModel(
+                entry.name,
+                version,
+                entry.source.uri,
+                fetched.onnx_path,
+                self.session_opts,
+                fetched.profile_path,
+                self.drift_window,
+            )
+            model.warm_up()
+            batcher = Batcher(
+                model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
+            )
+            entry.model, entry.batcher = model, batcher  # requests read these two together
+            entry.fingerprint, entry.state, entry.reason = fingerprint, "READY", ""
+            entry.loads += 1
+            log.info("serving %s version %s from %s", entry.name, version, entry.source.uri)
+            return True
+
+    async def load(self, name: str, uri: str | None = None) -> Entry:
+        """Load (or reload) a model by name; a name not served yet needs a ``uri``."""
+        entry = self.entries.get(name)
+        if entry is None:
+            if uri is None:
+                raise NotFound(f"unknown model '{name}': give parameters.uri to load a new one")
+            entry = self.add(name, uri)
+        elif entry.model is None and entry.state != "LOADING":
+            entry.fingerprint = None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, self.load_blocking, entry, uri)
+        except Exception as err:
+            entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), f"load failed: {err}"
+            raise Unavailable(f"model '{name}' failed to load from {entry.source.uri}: {err}") from err
+        return entry
+
+    def unload(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        entry.model, entry.batcher, entry.fingerprint = None, None, None
+        entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+
+    def index(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": e.name,
+                "version": e.model.version if e.model else "",
+                "state": e.state,
+                "reason": e.reason,
+            }
+            for e in self.entries.values()
+        ]
+
+    async def poll(self, seconds: float) -> None:
+        """Reload every loaded model whose source moved; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(seconds)
+            for entry in list(self.entries.values()):
+                if entry.model is None:
+                    continue
+                try:
+                    await loop.run_in_executor(self.executor, self.load_blocking, entry, None)
+                except Exception as err:  # keep serving the old version; retry next round
+                    entry.reason = f"reload failed: {err}"
+                    log.warning("reload of %s failed: %s", entry.name, err)

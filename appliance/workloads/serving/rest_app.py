@@ -1,0 +1,155 @@
+"""REST routes of the Open Inference Protocol v2 and the model repository extension."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from urllib.parse import unquote
+
+import orjson
+
+from appliance.workloads.serving import rest_codec
+from appliance.workloads.serving.errors import (
+    BadRequest,
+    InferenceError,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+)
+from appliance.workloads.serving.http_server import Request, Response, Router
+from appliance.workloads.serving.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+_OK = Response(200, b"{}")
+_OCTET = b"application/octet-stream"
+
+
+def _json(doc: object, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(doc))
+
+
+def _method(req: Request, *allowed: str) -> None:
+    if req.method not in allowed:
+        raise MethodNotAllowed(f"{req.method} is not allowed on {req.path} (use {' or '.join(allowed)})")
+
+
+class RestRouter(Router):
+    """Maps /v2/... paths to the InferenceService."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.gauge = service.metrics.child(service.metrics.in_flight, "rest")
+
+    def dispatch(self, req: Request) -> Response | Awaitable[Response]:
+        parts = [unquote(p) for p in req.path.strip("/").split("/")]
+        if not parts or parts[0] != "v2":
+            raise NotFound(f"no route {req.method} {req.path} (the API lives under /v2)")
+        if parts[1:2] == ["health"] and len(parts) == 3:
+            _method(req, "GET")
+            return self._health(parts[2], req.path)
+        if parts[1:2] == ["models"] and len(parts) >= 3 and parts[-1] == "infer" and req.method == "POST":
+            # the hot path: auth failure is counted as an inference request
+            name, version = _model_ref(parts[2:-1], req.path)
+            return self._infer(req, name, version)
+        self.service.check_auth(req.headers.get("authorization"), "rest")
+        if len(parts) == 1:
+            _method(req, "GET")
+            return _json(self.service.server_metadata())
+        if parts[1] == "models" and len(parts) >= 3:
+            return self._model_route(req, parts[2:])
+        if parts[1] == "repository":
+            return self._repository(req, parts[2:])
+        raise NotFound(f"no route {req.method} {req.path}")
+
+    def _health(self, what: str, path: str) -> Response:
+        if what == "live":
+            return _json({"live": True})
+        if what == "ready":
+            ready = self.service.ready
+            return _json({"ready": ready}, 200 if ready else 503)
+        raise NotFound(f"no route GET {path} (use /v2/health/live or /v2/health/ready)")
+
+    def _model_route(self, req: Request, rest: list[str]) -> Response | Awaitable[Response]:
+        action = rest[-1] if rest[-1] in ("ready", "infer") and len(rest) in (2, 4) else None
+        name, version = _model_ref(rest[:-1] if action else rest, req.path)
+        if action == "infer":
+            _method(req, "POST")
+        _method(req, "GET")
+        if action == "ready":
+            if name not in self.service.repo.entries:
+                raise NotFound(f"unknown model '{name}'")
+            ready = self.service.model_ready(name, version)
+            return _json({"name": name, "ready": ready}, 200 if ready else 503)
+        model, _ = self.service.repo.get(name, version)
+        return _json(model.metadata())
+
+    def _infer(self, req: Request, name: str, version: str | None) -> Awaitable[Response]:
+        return self._run_infer(req, name, version)
+
+    async def _run_infer(self, req: Request, name: str, version: str | None) -> Response:
+        started = time.perf_counter()
+        service = self.service
+        self.gauge.inc()
+        model_version = ""
+        try:
+            service.check_auth(req.headers.get("authorization"), "rest")
+            header = req.headers.get("inference-header-content-length")
+            if header is not None and not header.isdigit():
+                raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header!r}")
+            decoded = rest_codec.decode(req.body, int(header) if header is not None else None)
+            model, names, arrays = await service.infer(
+                name, version, decoded.arrays, decoded.datatypes, decoded.outputs
+            )
+            model_version = model.version
+            body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays)
+        except InferenceError as err:
+            if err.outcome != "unauthorized":
+                service.record(name, model_version, "rest", err.outcome, started)
+            raise
+        finally:
+            self.gauge.dec()
+        service.record(name, model_version, "rest", "success", started)
+        if json_len is None:
+            return Response(200, body)
+        return Response(200, body, _OCTET, [("Inference-Header-Content-Length", str(json_len))])
+
+    def _repository(self, req: Request, rest: list[str]) -> Response | Awaitable[Response]:
+        if rest == ["index"]:
+            _method(req, "POST", "GET")
+            return _json(self.service.repo.index())
+        if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
+            _method(req, "POST")
+            if rest[2] == "unload":
+                self.service.repo.unload(rest[1])
+                return _OK
+            return self._load(rest[1], req.body)
+        raise NotFound(f"no route {req.method} {req.path}")
+
+    async def _load(self, name: str, body: bytes) -> Response:
+        uri = None
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as err:
+                raise BadRequest(f"malformed JSON in load request: {err}") from None
+            params = doc.get("parameters") if isinstance(doc, dict) else None
+            if params is not None and not isinstance(params, dict):
+                raise BadRequest("'parameters' must be an object")
+            uri = (params or {}).get("uri")
+            if uri is not None and not isinstance(uri, str):
+                raise BadRequest("parameters.uri must be a string (a path, s3:// or models:/ URI)")
+        try:
+            await self.service.repo.load(name, uri)
+        except Unavailable as err:
+            raise BadRequest(err.message) from None
+        return _OK
+
+
+def _model_ref(parts: list[str], path: str) -> tuple[str, str | None]:
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    raise NotFound(f"no route {path} (expected /v2/models/NAME[/versions/VERSION][/ready|/infer])")

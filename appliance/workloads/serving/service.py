@@ -1,0 +1,107 @@
+"""The protocol-neutral server: auth, metadata, inference and metrics shared by REST and gRPC.
+
+The front ends only translate their wire format to numpy arrays and back; every rule about
+what a valid request is, and every metric, lives here once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from appliance import __version__
+from appliance.workloads.serving.errors import BadRequest, InferenceError, Unauthorized
+from appliance.workloads.serving.metrics import ServingMetrics
+from appliance.workloads.serving.model import LoadedModel
+from appliance.workloads.serving.repository import ModelRepository
+
+SERVER_NAME = "appliance-onnx-server"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics_prometheus"]
+
+
+class InferenceService:
+    """Everything a request needs, whichever protocol it came in on."""
+
+    def __init__(
+        self, repo: ModelRepository, metrics: ServingMetrics, tokens: frozenset[str] = frozenset()
+    ) -> None:
+        self.repo = repo
+        self.metrics = metrics
+        self.tokens = tokens
+        self.ready = False
+        repo.on_batch = self._on_batch
+
+    # auth -----------------------------------------------------------------------------------
+    def check_auth(self, authorization: str | None, protocol: str) -> None:
+        """Raise Unauthorized unless auth is off or the header is 'Bearer <a valid token>'."""
+        if not self.tokens:
+            return
+        if authorization and authorization[:7].lower() == "bearer ":
+            given = authorization[7:].strip().encode()
+            for token in self.tokens:
+                if hmac.compare_digest(given, token.encode()):
+                    return
+        self.metrics.child(self.metrics.requests, "", "", protocol, "unauthorized").inc()
+        raise Unauthorized("missing or invalid bearer token (send 'Authorization: Bearer <token>')")
+
+    # metadata -------------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        entry = self.repo.entries.get(name)
+        if entry is None or entry.model is None:
+            return False
+        return not version or version == entry.model.version
+
+    # inference ------------------------------------------------------------------------------
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        arrays: dict[str, np.ndarray],
+        datatypes: dict[str, str],
+        requested: list[str] | None,
+    ) -> tuple[LoadedModel, list[str], list[np.ndarray]]:
+        """Check the request against the model, run it through the batcher, pick the outputs."""
+        model, batcher = self.repo.get(name, version)
+        feeds = model.check_inputs(arrays, datatypes)
+        if requested is not None:
+            unknown = [n for n in requested if n not in model.output_names]
+            if unknown:
+                raise BadRequest(
+                    f"model '{name}' has no output {', '.join(map(repr, unknown))}; "
+                    f"its outputs are {', '.join(map(repr, model.output_names))}"
+                )
+        try:
+            outputs = await batcher.submit(feeds)
+        except InvalidArgument as err:
+            raise BadRequest(f"model '{name}' rejected the input: {err}") from None
+        except InferenceError:
+            raise
+        except Exception as err:
+            raise InferenceError(f"model '{name}' failed: {err}") from err
+        if requested is None:
+            return model, model.output_names, outputs
+        index = {n: i for i, n in enumerate(model.output_names)}
+        return model, requested, [outputs[index[n]] for n in requested]
+
+    def record(self, model: str, version: str, protocol: str, outcome: str, started: float) -> None:
+        """Count a finished request and its latency."""
+        m = self.metrics
+        if model not in self.repo.entries:  # unknown names must not mint label values
+            model, version = "", ""
+        m.child(m.requests, model, version, protocol, outcome).inc()
+        m.child(m.duration, model, protocol).observe(time.perf_counter() - started)
+
+    def _on_batch(self, model: LoadedModel, rows: int, compute_s: float, waits: list[float]) -> None:
+        m = self.metrics
+        m.child(m.batch, model.name).observe(rows)
+        m.child(m.compute, model.name).observe(compute_s)
+        queue = m.child(m.queue, model.name)
+        for w in waits:
+            queue.observe(w)

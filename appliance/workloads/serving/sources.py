@@ -1,0 +1,160 @@
+"""Where a model comes from: an MLflow registry alias, an S3 URI, or a local path.
+
+Each source answers two questions: ``fingerprint()`` (cheap: has it moved since we loaded it?)
+and ``fetch()`` (download it into a local folder holding model.onnx and, when present,
+drift_profile.json). The hot-reload poller only needs those two, whatever the source.
+mlflow and boto3 are imported lazily: a server for local files never pays their import cost.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+PROFILE_FILE = "drift_profile.json"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A model on local disk: the ONNX file, its drift profile (or None), and a version label."""
+
+    onnx_path: Path
+    profile_path: Path | None
+    version: str | None  # None: the repository numbers it
+
+
+class Source:
+    """Base: a model location given on the command line or to the load endpoint."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def default_name(self) -> str:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def fetch(self, fingerprint: str) -> Fetched:
+        raise NotImplementedError
+
+
+class LocalSource(Source):
+    """A local model.onnx file, or a folder holding one; fingerprint is mtime and size."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        path = Path(uri.removeprefix("file://")).expanduser()
+        self.onnx = path / MODEL_FILE if path.is_dir() else path
+
+    def default_name(self) -> str:
+        return self.onnx.parent.name if self.onnx.name == MODEL_FILE else self.onnx.stem
+
+    def fingerprint(self) -> str:
+        st = self.onnx.stat()
+        return f"{st.st_mtime_ns}:{st.st_size}"
+
+    def fetch(self, fingerprint: str) -> Fetched:
+        profile = self.onnx.parent / PROFILE_FILE
+        return Fetched(self.onnx, profile if profile.exists() else None, None)
+
+
+class MlflowSource(Source):
+    """``models:/NAME@ALIAS`` (follows the alias) or ``models:/NAME/VERSION`` (fixed)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        ref = uri.removeprefix("models:/")
+        self.alias: str | None = None
+        self.version: str | None = None
+        if "@" in ref:
+            self.model, self.alias = ref.split("@", 1)
+        elif "/" in ref:
+            self.model, self.version = ref.split("/", 1)
+        else:
+            raise ValueError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+    def default_name(self) -> str:
+        return self.model
+
+    def fingerprint(self) -> str:
+        if self.version is not None:
+            return self.version
+        from mlflow import MlflowClient
+
+        assert self.alias is not None
+        return str(MlflowClient().get_model_version_by_alias(self.model, self.alias).version)
+
+    def fetch(self, fingerprint: str) -> Fetched:
+        import mlflow.artifacts
+
+        dest = tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-")
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.model}/{fingerprint}", dst_path=dest
+            )
+        )
+        onnx = folder / MODEL_FILE
+        if not onnx.exists():
+            found = sorted(folder.rglob(MODEL_FILE))
+            if not found:
+                raise FileNotFoundError(f"{self.uri} version {fingerprint} holds no {MODEL_FILE}")
+            onnx = found[0]
+        profile = onnx.parent / PROFILE_FILE
+        return Fetched(onnx, profile if profile.exists() else None, fingerprint)
+
+
+class S3Source(Source):
+    """``s3://BUCKET/KEY`` of a model.onnx file or of a prefix holding one (data connection env)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        self.bucket = bucket
+        key = key.strip("/")
+        self.key = key if key.endswith(".onnx") else f"{key}/{MODEL_FILE}".lstrip("/")
+        self.profile_key = (
+            self.key.rsplit("/", 1)[0] + "/" + PROFILE_FILE if "/" in self.key else PROFILE_FILE
+        )
+
+    def _client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=os.environ.get("AWS_S3_ENDPOINT") or None,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    def default_name(self) -> str:
+        parts = self.key.split("/")
+        return parts[-2] if parts[-1] == MODEL_FILE and len(parts) > 1 else parts[-1].removesuffix(".onnx")
+
+    def fingerprint(self) -> str:
+        head = self._client().head_object(Bucket=self.bucket, Key=self.key)
+        return str(head["ETag"]).strip('"')
+
+    def fetch(self, fingerprint: str) -> Fetched:
+        client = self._client()
+        folder = Path(tempfile.mkdtemp(prefix="serving-s3-"))
+        onnx = folder / MODEL_FILE
+        client.download_file(self.bucket, self.key, str(onnx))
+        profile: Path | None = folder / PROFILE_FILE
+        try:
+            client.download_file(self.bucket, self.profile_key, str(profile))
+        except Exception:  # no profile next to the model: serve without drift statistics
+            profile = None
+        return Fetched(onnx, profile, None)
+
+
+def source_for(uri: str) -> Source:
+    """The Source for a URI, by its scheme."""
+    if uri.startswith("models:/"):
+        return MlflowSource(uri)
+    if uri.startswith("s3://"):
+        return S3Source(uri)
+    return LocalSource(uri)

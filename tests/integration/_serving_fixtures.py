@@ -1,0 +1,199 @@
+"""Test models and a real server process for the serving tests (imported explicitly).
+
+The models are built with onnx.helper from numpy weights: an MLP classifier with the layout of
+docs/interfaces.md (input ``input`` float32 [batch, 8] -> ``probabilities`` [batch, 3]) plus a
+drift profile computed from its training data, and an ``echo`` model with one Identity per
+datatype to check every protocol datatype round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[2]
+N_FEATURES = 8
+N_CLASSES = 3
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+
+
+def training_data(rows: int = 2000, seed: int = 0) -> np.ndarray:
+    """The 'training' distribution: independent normals with per-feature mean and scale."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(rows, N_FEATURES)) * np.arange(1, N_FEATURES + 1) + np.arange(N_FEATURES)
+    ).astype(np.float32)
+
+
+def mlp_graph(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(scale=0.3, size=(N_FEATURES, hidden)).astype(np.float32)
+    b1 = rng.normal(scale=0.1, size=(hidden,)).astype(np.float32)
+    w2 = rng.normal(scale=0.3, size=(hidden, N_CLASSES)).astype(np.float32)
+    b2 = rng.normal(scale=0.1, size=(N_CLASSES,)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
+        helper.make_node("Add", ["l0", "b2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", N_CLASSES])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def drift_profile(x: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict:
+    """A profile per docs/interfaces.md: quantile edges per feature, class counts of the argmax."""
+    features = []
+    for j, name in enumerate(FEATURES):
+        edges = np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, x[:, j], side="right"), minlength=len(edges) + 1)
+        features.append({"name": name, "edges": edges.tolist(), "counts": counts.tolist()})
+    cls = probabilities.argmax(axis=1)
+    edges = [c + 0.5 for c in range(N_CLASSES - 1)]
+    counts = np.bincount(np.searchsorted(edges, cls, side="right"), minlength=N_CLASSES)
+    return {
+        "version": 1,
+        "input_name": "input",
+        "n_rows": int(x.shape[0]),
+        "features": features,
+        "prediction": {"kind": "class", "edges": edges, "counts": counts.tolist()},
+    }
+
+
+def write_mlp(folder: Path, seed: int = 0) -> Path:
+    """A model folder (model.onnx + drift_profile.json) as the trainer registers it."""
+    import onnxruntime as ort
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = mlp_graph(seed)
+    onnx.save(model, folder / "model.onnx")
+    x = training_data()
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probs,) = sess.run(None, {"input": x})
+    (folder / "drift_profile.json").write_text(json.dumps(drift_profile(x, probs)))
+    return folder
+
+
+ECHO_TYPES = {
+    "fp32": TensorProto.FLOAT,
+    "fp16": TensorProto.FLOAT16,
+    "fp64": TensorProto.DOUBLE,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+    "bool": TensorProto.BOOL,
+    "bytes": TensorProto.STRING,
+}
+
+
+def write_echo(folder: Path) -> Path:
+    """A model whose output ``out_T`` is its input ``in_T`` for each datatype T."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes, inputs, outputs = [], [], []
+    for key, t in ECHO_TYPES.items():
+        nodes.append(helper.make_node("Identity", [f"in_{key}"], [f"out_{key}"]))
+        inputs.append(helper.make_tensor_value_info(f"in_{key}", t, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{key}", t, ["batch", 2]))
+    graph = helper.make_graph(nodes, "echo", inputs, outputs)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        folder / "model.onnx",
+    )
+    return folder
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m appliance.workloads.serving``."""
+
+    proc: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_server(
+    args: list[str], log_dir: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> ServerProcess:
+    """Start the server on free ports and wait for its ready line (the ports it bound)."""
+    log = log_dir / f"serving-{time.monotonic_ns()}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.workloads.serving",
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *args,
+    ]
+    full_env = {**os.environ, **(env or {})}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, env=full_env)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        if sel.select(0.2):
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            buf += chunk
+            for line in buf.splitlines():
+                if line.startswith(b"{") and b'"ready"' in line:
+                    ready = json.loads(line)
+                    return ServerProcess(
+                        proc,
+                        ready["http_port"],
+                        ready.get("grpc_port", -1),
+                        ready.get("metrics_port", -1),
+                        log,
+                    )
+    proc.kill()
+    raise RuntimeError(f"server not ready in {timeout}s: {log.read_text()[-3000:]}")

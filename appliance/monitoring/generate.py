@@ -1,17 +1,26 @@
-"""Every monitoring file of a stack, from the answers file, in one call.
+"""Every monitoring file of a stack, from the answers file and the stack's services.
 
-This is the engine's entry point: it decides which services Prometheus scrapes (from
-``components`` and ``ports``), and writes ``prometheus.yml``, ``alert_rules.yml``,
-``alertmanager.yml`` and the Grafana dashboards under ``STATE/monitoring/`` with the thresholds
-of the ``monitoring`` section. The controller's webhook token is created in the secret store
-here (if absent) so that Alertmanager's ``credentials_file`` exists before it starts.
+Two entry points share one layout (the engine's ``STATE/config/<service>/``):
+
+- the generators :func:`prometheus_yml`, :func:`alert_rules_yml` and :func:`alertmanager_yml`
+  have the signature of the engine's ``config_files`` generators ``(ctx, services) -> str``:
+  Prometheus scrapes every service that declares ``metrics``;
+- :func:`write_monitoring_configs` writes the same files (and the dashboards) straight from an
+  answers file, for installs without the stack engine (fleet roles, a user's own Prometheus).
+
+The rule file is referenced by a relative path, which Prometheus resolves against its config
+file's folder, so the same text works on the host and inside a container. The controller's
+webhook token is created in the secret store here (if absent) so that Alertmanager's
+``credentials_file`` exists before Alertmanager starts.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from appliance.answers import Answers
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
@@ -22,6 +31,18 @@ from appliance.secrets_store import SecretStore
 
 CONTROLLER_TOKEN_SECRET = "controller_webhook_token"
 """Secret name of the bearer token the controller expects on ``POST /alerts``."""
+RULES_FILE = "alert_rules.yml"
+"""File name of the alert rules, next to ``prometheus.yml``."""
+
+
+class _Context(Protocol):
+    answers: Answers
+    state_dir: Path
+
+
+class _Service(Protocol):
+    @property
+    def metrics(self) -> str | None: ...
 
 
 def _host(bind_address: str) -> str:
@@ -32,22 +53,78 @@ def _host(bind_address: str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+def controller_webhook_url(answers: Answers) -> str:
+    """The controller's Alertmanager webhook (``docs/interfaces.md``: ``POST /alerts``)."""
+    return f"http://{_host(answers.bind_address)}:{answers.ports.controller}/alerts"
+
+
+def alertmanager_url(answers: Answers) -> str:
+    """Where Prometheus sends alerts."""
+    return f"http://{_host(answers.bind_address)}:{answers.ports.alertmanager}"
+
+
+def controller_token_file(state_dir: Path) -> Path:
+    """The controller's webhook token file, created (0600) on first use."""
+    secrets = SecretStore(state_dir / "secrets")
+    secrets.get(CONTROLLER_TOKEN_SECRET)
+    return secrets.root / CONTROLLER_TOKEN_SECRET
+
+
 def monitoring_targets(answers: Answers, extra: list[ScrapeTarget] | None = None) -> list[ScrapeTarget]:
-    """What Prometheus scrapes: itself, Alertmanager, node exporter, the model server and the
-    controller when those run, plus ``extra`` (e.g. serving replicas added by the autoscaler,
-    or a DCGM exporter). MLflow is not scraped: it exposes no metrics unless started with
-    ``--expose-prometheus``."""
+    """What Prometheus scrapes when there is no stack to ask: itself, Alertmanager, node
+    exporter, the model server and the controller when those run, plus ``extra`` (serving
+    replicas, a DCGM exporter). MLflow is not scraped: it exposes no metrics unless started
+    with ``--expose-prometheus``. Job names are the stack's service names."""
     host, ports, parts = _host(answers.bind_address), answers.ports, answers.components
     targets = [
         ScrapeTarget("prometheus", f"{host}:{ports.prometheus}"),
         ScrapeTarget("alertmanager", f"{host}:{ports.alertmanager}"),
-        ScrapeTarget("node", f"{host}:{ports.node_exporter}"),
+        ScrapeTarget("node-exporter", f"{host}:{ports.node_exporter}"),
     ]
     if parts.serving:
         targets.append(ScrapeTarget("serving", f"{host}:{ports.serving_metrics}"))
     if parts.controller:
         targets.append(ScrapeTarget("controller", f"{host}:{ports.controller}"))
     return targets + list(extra or [])
+
+
+def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
+    """``config_files`` generator: scrape every service that declares ``metrics`` (job = service
+    name), load ``alert_rules.yml`` beside it, notify Alertmanager when the stack runs one."""
+    targets = [ScrapeTarget(name, svc.metrics) for name, svc in sorted(services.items()) if svc.metrics]
+    manager = alertmanager_url(ctx.answers) if "alertmanager" in services else None
+    return render_prometheus_config(targets, [RULES_FILE], manager)
+
+
+def _rules_text(answers: Answers) -> str:
+    mon = answers.monitoring
+    return render_alert_rules(mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds)
+
+
+def _alertmanager_text(answers: Answers, state_dir: Path) -> str:
+    return render_alertmanager_config(
+        controller_webhook_url(answers),
+        str(controller_token_file(state_dir)),
+        answers.monitoring.alert_webhook_url,
+    )
+
+
+def alert_rules_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
+    """``config_files`` generator: the alert rules with the answers' thresholds."""
+    return _rules_text(ctx.answers)
+
+
+def alertmanager_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
+    """``config_files`` generator: drift alerts to the controller, the rest to the user."""
+    return _alertmanager_text(ctx.answers, ctx.state_dir)
+
+
+GENERATORS = {
+    "prometheus_yml": prometheus_yml,
+    "alert_rules_yml": alert_rules_yml,
+    "alertmanager_yml": alertmanager_yml,
+}
+"""Generator name (as used in ``stacks/services.yaml``) to generator."""
 
 
 @dataclass(frozen=True)
@@ -61,44 +138,24 @@ class MonitoringFiles:
     controller_token_file: Path
 
 
-def controller_webhook_url(answers: Answers) -> str:
-    """The controller's Alertmanager webhook (``docs/interfaces.md``: ``POST /alerts``)."""
-    return f"http://{_host(answers.bind_address)}:{answers.ports.controller}/alerts"
-
-
 def write_monitoring_configs(
-    answers: Answers,
-    state_dir: Path,
-    extra_targets: list[ScrapeTarget] | None = None,
-    scrape_interval: str = "15s",
-    evaluation_interval: str = "15s",
+    answers: Answers, state_dir: Path, extra_targets: list[ScrapeTarget] | None = None
 ) -> MonitoringFiles:
-    """Write the monitoring configs of ``answers`` under ``state_dir/monitoring`` and return
-    their paths. Running it twice with the same answers writes identical files."""
-    out = state_dir / "monitoring"
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every monitoring file of ``answers`` under ``state_dir/config/`` (``prometheus/``,
+    ``alertmanager/``, ``grafana/dashboards/``) and return their paths. Same answers, same
+    files: re-running it changes nothing."""
+    targets = monitoring_targets(answers, extra_targets)
+    config = state_dir / "config"
+    prometheus_dir, alertmanager_dir = config / "prometheus", config / "alertmanager"
+    prometheus_dir.mkdir(parents=True, exist_ok=True)
+    alertmanager_dir.mkdir(parents=True, exist_ok=True)
+    prometheus = prometheus_dir / "prometheus.yml"
+    prometheus.write_text(render_prometheus_config(targets, [RULES_FILE], alertmanager_url(answers)))
+    rules = prometheus_dir / RULES_FILE
+    rules.write_text(_rules_text(answers))
+    alertmanager = alertmanager_dir / "alertmanager.yml"
+    alertmanager.write_text(_alertmanager_text(answers, state_dir))
+    dashboards = config / "grafana" / "dashboards"
     mon = answers.monitoring
-    secrets = SecretStore(state_dir / "secrets")
-    secrets.get(CONTROLLER_TOKEN_SECRET)
-    token_file = secrets.root / CONTROLLER_TOKEN_SECRET
-
-    rules = out / "alert_rules.yml"
-    rules.write_text(render_alert_rules(mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds))
-    alertmanager_url = f"http://{_host(answers.bind_address)}:{answers.ports.alertmanager}"
-    prometheus = out / "prometheus.yml"
-    prometheus.write_text(
-        render_prometheus_config(
-            monitoring_targets(answers, extra_targets),
-            [str(rules)],
-            alertmanager_url,
-            scrape_interval,
-            evaluation_interval,
-        )
-    )
-    alertmanager = out / "alertmanager.yml"
-    alertmanager.write_text(
-        render_alertmanager_config(controller_webhook_url(answers), str(token_file), mon.alert_webhook_url)
-    )
-    dashboards = out / "grafana" / "dashboards"
     write_dashboards(dashboards, mon.drift_psi_threshold, mon.latency_p99_slo_seconds)
-    return MonitoringFiles(prometheus, rules, alertmanager, dashboards, token_file)
+    return MonitoringFiles(prometheus, rules, alertmanager, dashboards, controller_token_file(state_dir))

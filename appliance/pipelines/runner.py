@@ -176,8 +176,10 @@ class PipelineRunner:
                     s for s in (self.store.get(run.run_id) or {}).get("steps", []) if s["name"] == failed_step
                 )
                 error = f"step {failed_step!r} failed: {row['error']}"
-        except (TrackingUnavailableError, OSError) as err:
-            error = str(err)
+        except TrackingUnavailableError as err:
+            error = err.message
+        except OSError as err:
+            error = f"cannot run the pipeline: {err}"
         finally:
             outcome = self._outcome(run, state, failed_step)
             version = _read_output(run, "version")

@@ -7,6 +7,7 @@ twenty minutes into training. ``{{`` and ``}}`` stand for literal braces (JSON a
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterator
 
@@ -71,6 +72,9 @@ def check_name(name: str, params: set[str], outputs: dict[str, set[str]]) -> str
     if parts[0] == "params" and len(parts) == 2:
         if parts[1] in params:
             return None
+        close = difflib.get_close_matches(parts[1], sorted(params), n=1)
+        if close:
+            return f"unknown parameter {parts[1]!r} in {{{name}}}: did you mean {{params.{close[0]}}}?"
         known = ", ".join(sorted(params)) or "(none declared)"
         return f"unknown parameter {parts[1]!r} in {{{name}}} (parameters: {known})"
     if parts[0] == "steps" and len(parts) == 4 and parts[2] == "outputs":

@@ -122,10 +122,14 @@ class LoadedModel:
                 raise BadRequest(
                     f"input '{name}': shape {list(array.shape)} does not match the model's {list(spec.shape)}"
                 )
-            if spec.datatype == "BYTES":
-                array = np.array([v.decode("utf-8", "replace") for v in array.ravel()], dtype=object).reshape(
-                    array.shape
-                )
+            if spec.datatype == "BYTES":  # ONNX strings are UTF-8 text
+                try:
+                    text = [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel()]
+                except UnicodeDecodeError:
+                    raise BadRequest(
+                        f"input '{name}': BYTES elements must be UTF-8 for an ONNX string tensor"
+                    ) from None
+                array = np.array(text, dtype=object).reshape(array.shape)
             feeds[name] = array
         return feeds
 

@@ -81,3 +81,14 @@ def series_names(known: dict[str, MetricType] = ALL_METRICS) -> set[str]:
 def unknown_metrics(names: set[str], known: dict[str, MetricType] = ALL_METRICS) -> set[str]:
     """The names in ``names`` that no known exporter writes (bare histogram names included)."""
     return names - series_names(known)
+
+
+def exposition_metric_names(text: str) -> set[str]:
+    """Sample names in a Prometheus text exposition (what a ``/metrics`` endpoint returns), so a
+    test can compare a live scrape with :func:`unknown_metrics` or a dashboard's names."""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.add(line.split("{", 1)[0].split(None, 1)[0])
+    return names

@@ -258,9 +258,7 @@ def test_host_dashboard_metrics_exist_in_a_real_node_exporter(
         return response.text
 
     text = wait_for("node exporter to answer", scrape, timeout=20)
-    exported = {
-        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
-    }
+    exported = catalog.exposition_metric_names(text)
     wanted = {
         name
         for name in dashboard_metric_names(DASHBOARDS / "host.json")

@@ -185,3 +185,16 @@ def test_provisioning_files() -> None:
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "${APPLIANCE_GRAFANA_DASHBOARDS}"
+
+
+def test_exposition_metric_names() -> None:
+    text = (
+        "# HELP up x\n# TYPE up gauge\nup 1\n"
+        'appliance_inference_batch_size_bucket{model="m",le="+Inf"} 3.0\n'
+        "node_load1 0.5 1700000000000\n\n"
+    )
+    assert catalog.exposition_metric_names(text) == {
+        "up",
+        "appliance_inference_batch_size_bucket",
+        "node_load1",
+    }

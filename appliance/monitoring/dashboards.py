@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from appliance.monitoring.panels import Panel, Query, Row, dashboard, model_variable
+from appliance.monitoring.panels import UP_DOWN, Panel, Query, Row, dashboard, model_variable
 
 M = 'model=~"$model"'
 RATE = "$__rate_interval"
@@ -216,6 +216,9 @@ def pipelines() -> dict[str, Any]:
                     kind="stat",
                     width=8,
                     height=5,
+                    threshold=1,
+                    bad_below=True,
+                    mappings=UP_DOWN,
                     options={"colorMode": "background"},
                 ),
                 Panel(
@@ -308,7 +311,10 @@ def host() -> dict[str, Any]:
                     "Targets up",
                     [Query("up", "{{job}} {{instance}}", True)],
                     kind="stat",
-                    options={"colorMode": "background", "textMode": "name"},
+                    threshold=1,
+                    bad_below=True,
+                    mappings=UP_DOWN,
+                    options={"colorMode": "background", "textMode": "value_and_name"},
                     description="Every scrape target; red means Prometheus cannot reach it.",
                 ),
             ],

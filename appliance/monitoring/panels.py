@@ -34,6 +34,10 @@ class Panel:
     description: str = ""
     threshold: float | None = None
     """Drawn as a dashed red line (time series) or turns the value red (stat, gauge)."""
+    bad_below: bool = False
+    """Red below ``threshold`` and green from it on (``up``), instead of red above it."""
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+    """Grafana value mappings, e.g. 0 -> "down"."""
     width: int = 12
     height: int = 8
     options: dict[str, Any] = field(default_factory=dict)
@@ -50,9 +54,10 @@ class Row:
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    good, bad = ("green", "red") if not panel.bad_below else ("red", "green")
+    steps: list[dict[str, Any]] = [{"color": good, "value": None}]
     if panel.threshold is not None:
-        steps.append({"color": "red", "value": panel.threshold})
+        steps.append({"color": bad, "value": panel.threshold})
     custom = dict(panel.custom)
     if panel.kind == "timeseries":
         custom.setdefault("thresholdsStyle", {"mode": "dashed" if panel.threshold is not None else "off"})
@@ -78,6 +83,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "defaults": {
                 "unit": panel.unit,
                 "thresholds": {"mode": "absolute", "steps": steps},
+                "mappings": panel.mappings,
                 "custom": custom,
             },
             "overrides": [],
@@ -116,6 +122,10 @@ def layout(rows: list[Row]) -> list[dict[str, Any]]:
             row_height = max(row_height, panel.height)
         y += row_height
     return result
+
+
+UP_DOWN = [{"type": "value", "options": {"0": {"text": "down"}, "1": {"text": "up"}}}]
+"""Value mapping for ``up``-style series."""
 
 
 def model_variable() -> dict[str, Any]:

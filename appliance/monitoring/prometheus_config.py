@@ -36,7 +36,7 @@ class ScrapeTarget:
     def __post_init__(self) -> None:
         if not _JOB.match(self.job):
             raise ValueError(f"scrape job {self.job!r} must be letters, digits, '_' or '-'")
-        if not _ADDRESS.match(self.address):
+        if not _ADDRESS.match(self.address) or not 0 < int(self.address.rsplit(":", 1)[1]) < 65536:
             raise ValueError(f"scrape target {self.address!r} of job {self.job!r} must be host:port")
         if self.scheme not in ("http", "https"):
             raise ValueError(f"scrape scheme {self.scheme!r} of job {self.job!r} must be http or https")

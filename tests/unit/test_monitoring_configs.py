@@ -56,6 +56,8 @@ def test_alertmanager_path_prefix_and_no_alertmanager() -> None:
     ("make", "message"),
     [
         (lambda: ScrapeTarget("serving", "localhost"), "host:port"),
+        (lambda: ScrapeTarget("serving", "localhost:65536"), "host:port"),
+        (lambda: ScrapeTarget("serving", "localhost:0"), "host:port"),
         (lambda: ScrapeTarget("serving", "http://localhost:80"), "host:port"),
         (lambda: ScrapeTarget("bad job", "localhost:80"), "letters"),
         (lambda: ScrapeTarget("serving", "localhost:80", scheme="ftp"), "http or https"),

@@ -198,3 +198,10 @@ def test_exposition_metric_names() -> None:
         "appliance_inference_batch_size_bucket",
         "node_load1",
     }
+
+
+def test_up_panels_turn_red_when_a_target_is_down() -> None:
+    board = build_dashboards()["host.json"]
+    panel = next(p for p in iter_panels(board) if p["title"] == "Targets up")
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps == [{"color": "red", "value": None}, {"color": "green", "value": 1}]

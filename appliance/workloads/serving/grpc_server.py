@@ -73,7 +73,7 @@ def _from_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
     expected = int(np.prod(shape))
     if array.size != expected:
         raise BadRequest(
-            f"input '{name}': shape {list(shape)} needs {expected} values, contents has {array.size}"
+            f"input '{name}': shape {list(shape)} needs {expected} values, contents.{field} has {array.size}"
         )
     return array.reshape(shape)
 
@@ -166,19 +166,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         await self._auth(context)
+        name = request.triton_model_name or request.model_name
         try:
-            await self.service.repo.load(request.model_name)
+            await self.service.repo.load(name)
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
-        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self._auth(context)
+        name = request.triton_model_name or request.model_name
         try:
-            self.service.repo.unload(request.model_name)
+            self.service.repo.unload(name)
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
-        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
 
 async def start(

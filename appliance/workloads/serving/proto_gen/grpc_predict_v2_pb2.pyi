@@ -218,10 +218,12 @@ class InferTensorContents(_message.Message):
     def __init__(self, bool_contents: _Optional[_Iterable[bool]] = ..., int_contents: _Optional[_Iterable[int]] = ..., int64_contents: _Optional[_Iterable[int]] = ..., uint_contents: _Optional[_Iterable[int]] = ..., uint64_contents: _Optional[_Iterable[int]] = ..., fp32_contents: _Optional[_Iterable[float]] = ..., fp64_contents: _Optional[_Iterable[float]] = ..., bytes_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RepositoryModelLoadRequest(_message.Message):
-    __slots__ = ("model_name",)
+    __slots__ = ("model_name", "triton_model_name")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRITON_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     model_name: str
-    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+    triton_model_name: str
+    def __init__(self, model_name: _Optional[str] = ..., triton_model_name: _Optional[str] = ...) -> None: ...
 
 class RepositoryModelLoadResponse(_message.Message):
     __slots__ = ("model_name", "isLoaded")
@@ -232,10 +234,12 @@ class RepositoryModelLoadResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., isLoaded: _Optional[bool] = ...) -> None: ...
 
 class RepositoryModelUnloadRequest(_message.Message):
-    __slots__ = ("model_name",)
+    __slots__ = ("model_name", "triton_model_name")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRITON_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     model_name: str
-    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+    triton_model_name: str
+    def __init__(self, model_name: _Optional[str] = ..., triton_model_name: _Optional[str] = ...) -> None: ...
 
 class RepositoryModelUnloadResponse(_message.Message):
     __slots__ = ("model_name", "isUnloaded")

@@ -1,0 +1,203 @@
+"""The controller's HTTP API on the standard library's threading server.
+
+A handful of JSON routes do not justify a web framework in the controller image; each request
+gets its own thread and every route returns at once (runs go to background threads). POST
+routes need ``Authorization: Bearer <token>`` (the token file Alertmanager also reads); tokens
+are compared in constant time. Errors are JSON ``{"error": ..., "fix": ...}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from appliance.errors import ApplianceError
+from appliance.pipelines.locks import holder
+from appliance.workloads.controller import metrics
+from appliance.workloads.controller.alerts import AlertPayloadError, models_to_retrain, parse_notification
+from appliance.workloads.controller.schedule import Scheduler
+from appliance.workloads.controller.service import STARTED, Controller
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+PIPELINE_RUN = r"/pipelines/([A-Za-z][A-Za-z0-9_-]*)/run"
+RUN = r"/runs/([A-Za-z0-9-]+)"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, error: str, fix: str = "") -> None:
+        super().__init__(error)
+        self.status, self.error, self.fix = status, error, fix
+
+
+class ControllerServer(ThreadingHTTPServer):
+    """The HTTP server, holding the controller, the token and the metrics registry."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], controller: Controller, token: str | None) -> None:
+        super().__init__(address, Handler)
+        self.controller = controller
+        self.token = token
+        self.registry = metrics.registry_for(controller.store, controller.pipeline_names)
+        self.scheduler: Scheduler | None = None
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ControllerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="appliance-controller"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data, default=str).encode() + b"\n")
+
+    def _dispatch(self, routes: dict[str, Any]) -> None:
+        path = urlparse(self.path).path.rstrip("/") or "/"
+        try:
+            for pattern, handler in routes.items():
+                match = re.fullmatch(pattern, path)
+                if match:
+                    handler(*match.groups())
+                    return
+            raise HttpError(404, f"no route {self.command} {path}", "see docs/pipelines.md for the API")
+        except HttpError as err:
+            self._json(err.status, {"error": err.error, "fix": err.fix})
+        except ApplianceError as err:
+            self._json(400, {"error": err.message, "fix": err.fix or ""})
+
+    def do_GET(self) -> None:
+        self._dispatch(
+            {"/healthz": self._healthz, "/metrics": self._metrics, "/runs": self._runs, RUN: self._run}
+        )
+
+    def do_POST(self) -> None:
+        # Read the body before any answer, even a 401, so a keep-alive connection stays in step.
+        try:
+            self._payload = self._body()
+        except HttpError as err:
+            self.close_connection = True
+            self._json(err.status, {"error": err.error, "fix": err.fix})
+            return
+        self._dispatch({"/alerts": self._alerts, PIPELINE_RUN: self._pipeline_run})
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _authorize(self) -> None:
+        if not self.server.token:
+            raise HttpError(
+                503,
+                "POST routes are disabled: the controller has no token",
+                "start it with --webhook-token-file FILE",
+            )
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.server.token.encode()
+        ):
+            raise HttpError(
+                401,
+                "missing or wrong bearer token",
+                "send Authorization: Bearer <the controller_webhook_token secret>",
+            )
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError as err:
+            raise HttpError(400, "Content-Length is not a number") from err
+        if length > MAX_BODY:
+            raise HttpError(413, f"body of {length} bytes is over the {MAX_BODY} byte limit")
+        return self.rfile.read(length) if length else b""
+
+    def _with_status(self, run: dict[str, Any]) -> dict[str, Any]:
+        if run["state"] == "running":
+            owner = holder(self.server.controller.state_dir, run["model"])
+            run["held_by_pid"] = owner.pid if owner and owner.run_id == run["id"] else None
+        return run
+
+    # --- routes --------------------------------------------------------------------------------
+
+    def _healthz(self) -> None:
+        health: dict[str, Any] = {"status": "ok", "active_runs": self.server.controller.active_runs()}
+        scheduler = self.server.scheduler
+        if scheduler is not None:
+            health |= {"schedule": scheduler.expression, "next_fire": scheduler.next_at}
+        self._json(200, health)
+
+    def _metrics(self) -> None:
+        self._send(200, metrics.render(self.server.registry), metrics.CONTENT_TYPE)
+
+    def _runs(self) -> None:
+        query = parse_qs(urlparse(self.path).query)
+        try:
+            limit = max(1, min(1000, int(query.get("limit", ["20"])[0])))
+        except ValueError as err:
+            raise HttpError(400, "limit must be a whole number", "e.g. /runs?limit=50") from err
+        runs = self.server.controller.store.recent(limit=limit, model=query.get("model", [None])[0])
+        self._json(200, {"runs": [self._with_status(r) for r in runs]})
+
+    def _run(self, run_id: str) -> None:
+        run = self.server.controller.store.get(run_id)
+        if run is None:
+            raise HttpError(404, f"no single run matches {run_id!r}", "list runs with GET /runs")
+        self._json(200, self._with_status(run))
+
+    def _alerts(self) -> None:
+        self._authorize()
+        body = self._payload
+        try:
+            models = models_to_retrain(parse_notification(body))
+        except AlertPayloadError as err:
+            raise HttpError(400, err.message, err.fix or "") from err
+        if not models:
+            self._json(200, {"status": "ignored", "detail": "no firing FeatureDrift/PredictionDrift alert"})
+            return
+        results = [self.server.controller.trigger_retrain(model).as_dict() for model in models]
+        started = any(r["status"] == STARTED for r in results)
+        self._json(202 if started else 200, {"results": results})
+
+    def _pipeline_run(self, name: str) -> None:
+        self._authorize()
+        body = self._payload
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as err:
+            raise HttpError(
+                400, f"body is not JSON ({err})", 'send {"model": ..., "params": {...}} or nothing'
+            ) from err
+        if not isinstance(data, dict) or set(data) - {"model", "params"}:
+            raise HttpError(
+                400,
+                "body must be an object with only 'model' and 'params'",
+                'e.g. {"model": "wine", "params": {"dataset": "wine"}}',
+            )
+        params = data.get("params") or {}
+        model = data.get("model")
+        if not isinstance(params, dict) or not all(isinstance(v, str | int | float) for v in params.values()):
+            raise HttpError(400, "params must map names to strings or numbers")
+        if model is not None and not isinstance(model, str):
+            raise HttpError(400, "model must be a string")
+        if name not in self.server.controller.pipeline_names():
+            raise HttpError(
+                404,
+                f"no pipeline named {name!r}",
+                f"known: {', '.join(self.server.controller.pipeline_names()) or '(none)'}",
+            )
+        result = self.server.controller.trigger(name, model, "manual", {k: str(v) for k, v in params.items()})
+        self._json(202 if result.status == STARTED else 409, result.as_dict())

@@ -1,0 +1,138 @@
+"""The controller's core: decide whether a trigger starts a run, and run it in the background.
+
+Every trigger (cron, alert, manual POST) goes through ``trigger()``: the pipeline file is read
+again (edits apply without a restart), the model's lock is taken synchronously (so the answer is
+exact: started, already running, cooling down), then the run executes in its own thread. The
+HTTP handler therefore answers in milliseconds whatever the pipeline does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.pipelines.loader import available, find_pipeline, load_pipeline, search_dirs
+from appliance.pipelines.records import RunStore
+from appliance.pipelines.recovery import fail_orphans
+from appliance.pipelines.runner import AlreadyRunningError, Event, PipelineRunner, PreparedRun
+from appliance.workloads.controller.cooldown import Cooldown
+
+log = logging.getLogger(__name__)
+
+STARTED, RUNNING, COOLING = "started", "already running", "cooling down"
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """What a trigger did: ``started`` (with the run id), ``already running`` or ``cooling down``."""
+
+    status: str
+    model: str
+    run_id: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "model": self.model, "run_id": self.run_id, "detail": self.detail}
+
+
+def _log_event(event: Event) -> None:
+    step = event.step or "pipeline"
+    attempt = f" attempt {event.attempt}/{event.attempts}" if event.attempts > 1 else ""
+    log.info("run %s %s %s%s %s", event.run_id, step, event.state, attempt, event.message)
+
+
+class Controller:
+    """Triggers, background runs and the state they share."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        pipelines_dir: Path | None,
+        env: Mapping[str, str],
+        cooldown: Cooldown,
+        retrain_pipeline: str = "retrain",
+        on_event: Callable[[Event], None] = _log_event,
+    ) -> None:
+        self.state_dir = state_dir
+        self.dirs = search_dirs(pipelines_dir)
+        self.env = dict(env)
+        self.cooldown = cooldown
+        self.retrain_pipeline = retrain_pipeline
+        self.runner = PipelineRunner(state_dir, self.env, on_event=on_event)
+        self.store: RunStore = self.runner.store
+        self._active: dict[str, tuple[threading.Thread, PreparedRun]] = {}
+        self._guard = threading.Lock()
+
+    def start_up(self) -> list[str]:
+        """Check every pipeline file, fail orphaned runs, seed the cool-downs; return failed run ids."""
+        for path in available(self.dirs).values():
+            load_pipeline(path)
+        find_pipeline(self.retrain_pipeline, self.dirs)
+        failed = fail_orphans(self.store, self.state_dir, self.env)
+        for run_id in failed:
+            log.warning("run %s was running when the controller stopped: marked failed", run_id)
+        for run in self.store.recent(limit=200):
+            if run["trigger"] == "alert":
+                self.cooldown.seed(run["model"], run["started"])
+        return failed
+
+    def pipeline_names(self) -> list[str]:
+        return sorted(available(self.dirs))
+
+    def trigger(
+        self, pipeline_name: str, model: str | None, trigger: str, params: Mapping[str, str] | None = None
+    ) -> TriggerResult:
+        """Start ``pipeline_name`` for ``model`` unless its lock is held; ApplianceError on bad input."""
+        path = find_pipeline(pipeline_name, self.dirs)
+        pipeline = load_pipeline(path)
+        chosen = model or pipeline.model
+        try:
+            prepared = self.runner.prepare(pipeline, path, model=chosen, params=params, trigger=trigger)
+        except AlreadyRunningError as err:
+            return TriggerResult(RUNNING, chosen, err.run_id, f"run {err.run_id} (pid {err.pid})")
+        thread = threading.Thread(target=self._execute, args=(prepared,), name=f"run-{prepared.run_id}")
+        with self._guard:
+            self._active[prepared.run_id] = (thread, prepared)
+        thread.start()
+        return TriggerResult(STARTED, chosen, prepared.run_id)
+
+    def trigger_retrain(self, model: str) -> TriggerResult:
+        """A drift alert for ``model``: start the retrain pipeline unless cooling down or running."""
+        outcome: list[TriggerResult] = []
+
+        def start() -> bool:
+            outcome.append(self.trigger(self.retrain_pipeline, model, "alert"))
+            return outcome[0].status == STARTED
+
+        if self.cooldown.try_start(model, start) is None:
+            left = self.cooldown.remaining(model)
+            return TriggerResult(
+                COOLING, model, detail=f"a retrain started recently; next one allowed in {left:.0f} s"
+            )
+        return outcome[0]
+
+    def _execute(self, prepared: PreparedRun) -> None:
+        try:
+            self.runner.execute(prepared)
+        except Exception:
+            log.exception("run %s crashed", prepared.run_id)
+        finally:
+            with self._guard:
+                self._active.pop(prepared.run_id, None)
+
+    def active_runs(self) -> list[str]:
+        with self._guard:
+            return list(self._active)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Cancel running steps (their process groups are killed) and wait for the runs to close."""
+        with self._guard:
+            active = list(self._active.values())
+        for _, prepared in active:
+            prepared.cancel.set()
+        for thread, _ in active:
+            thread.join(timeout)

@@ -235,7 +235,7 @@ def test_tritonclient_grpc(server: ServerProcess, models: Path) -> None:
     result = client.infer("echo", inputs, headers={"authorization": f"Bearer {TOKEN}"})
     for key, (_dt, a) in arrays.items():
         np.testing.assert_array_equal(result.as_numpy(f"out_{key}"), a)
-    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED|bearer"):
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
         client.infer("mlp", [inp])
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.infer("nope", [inp], headers={"authorization": f"Bearer {TOKEN}"})

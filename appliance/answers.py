@@ -1,0 +1,199 @@
+"""The answers file (``appliance.yaml``): every choice a user makes, as one validated model.
+
+The wizard and ``appliance up --answers FILE`` both end here, so a wizard run can always be
+reproduced from the file it wrote. Models are frozen and forbid unknown keys; each field's
+docstring becomes its description in the committed JSON schema (``schemas/answers.schema.json``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every answers-file section: immutable, no unknown keys, docstrings as descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+Port = int
+
+
+class Ports(Strict):
+    """Host ports of the services. Every service binds to ``bind_address`` only."""
+
+    mlflow: Port = Field(5000, ge=1, le=65535)
+    """MLflow tracking server, model registry and artifact proxy (HTTP)."""
+    workbench: Port = Field(8888, ge=1, le=65535)
+    """JupyterLab workbench (HTTP, token protected)."""
+    prometheus: Port = Field(9090, ge=1, le=65535)
+    """Prometheus web UI and API."""
+    alertmanager: Port = Field(9093, ge=1, le=65535)
+    """Alertmanager web UI and API."""
+    node_exporter: Port = Field(9100, ge=1, le=65535)
+    """Prometheus node exporter (host metrics)."""
+    minio: Port = Field(9000, ge=1, le=65535)
+    """MinIO S3 API (only when the object store is MinIO)."""
+    minio_console: Port = Field(9001, ge=1, le=65535)
+    """MinIO web console (only when the object store is MinIO)."""
+    serving_http: Port = Field(8080, ge=1, le=65535)
+    """ONNX model server, Open Inference Protocol over REST."""
+    serving_grpc: Port = Field(8081, ge=1, le=65535)
+    """ONNX model server, Open Inference Protocol over gRPC."""
+    serving_metrics: Port = Field(8082, ge=1, le=65535)
+    """ONNX model server, Prometheus metrics."""
+    controller: Port = Field(8090, ge=1, le=65535)
+    """Retraining controller: Alertmanager webhook, pipeline API and metrics."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        seen: dict[int, str] = {}
+        for name, port in self.model_dump().items():
+            if port in seen:
+                raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}: give each its own")
+            seen[port] = name
+        return self
+
+
+class Components(Strict):
+    """Which parts of the stack to run. A profile decides which of these it can offer at all."""
+
+    object_store: bool = True
+    """Run a local object store (MinIO) when ``object_store.kind`` is ``minio``."""
+    mlflow: bool = True
+    """MLflow tracking server and model registry."""
+    workbench: bool = True
+    """JupyterLab workbench with the data science libraries and the data connection preset."""
+    monitoring: bool = True
+    """Prometheus, Alertmanager and node exporter."""
+    serving: bool = True
+    """ONNX model server for the registered champion."""
+    controller: bool = True
+    """Retraining controller (cron schedule and drift-alert webhook)."""
+
+
+ObjectStoreKind = Literal["auto", "minio", "s3", "filesystem"]
+
+
+class ObjectStore(Strict):
+    """Where datasets, models and MLflow artifacts live: the stack's data connection."""
+
+    kind: ObjectStoreKind = "auto"
+    """``minio`` runs a local MinIO; ``s3`` uses an external S3 endpoint; ``filesystem`` keeps
+    everything on local disk under the state directory; ``auto`` picks ``minio`` when a MinIO
+    binary is found and ``filesystem`` otherwise."""
+    endpoint: str | None = None
+    """S3 endpoint URL (``kind: s3`` only), e.g. ``https://s3.eu-west-1.amazonaws.com``."""
+    region: str = "us-east-1"
+    """S3 region name passed to clients."""
+    access_key: str | None = None
+    """S3 access key id for ``kind: s3``; when absent, taken from ``AWS_ACCESS_KEY_ID`` at install."""
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    """Environment variable that holds the S3 secret key at install (``kind: s3``). The secret
+    is copied into the state directory (mode 0600), never written into this file."""
+    minio_binary: str | None = None
+    """Path of the ``minio`` server binary; searched on ``PATH`` when absent."""
+    datasets_bucket: str = "datasets"
+    """Bucket (or folder, for ``filesystem``) for datasets."""
+    models_bucket: str = "models"
+    """Bucket (or folder) for exported models."""
+    mlflow_bucket: str = "mlflow"
+    """Bucket (or folder) for MLflow artifacts."""
+
+    @model_validator(mode="after")
+    def _endpoint_for_s3(self) -> ObjectStore:
+        if self.kind == "s3" and not self.endpoint:
+            raise ValueError("object_store.kind is 's3' but no endpoint is set: add object_store.endpoint")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {self.endpoint!r} must start with http:// or https://")
+        return self
+
+
+class Gpu(Strict):
+    """GPU use. ``auto`` gives GPUs to the services that ask for one when the host has any."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    """``on`` fails preflight without a usable NVIDIA GPU; ``off`` never passes one through."""
+    services: list[str] = Field(default_factory=lambda: ["trainer", "serving", "workbench"])
+    """Services that get the GPU when one is used."""
+
+
+class Resources(Strict):
+    """Resource limits applied per service by runtimes that support them (containers)."""
+
+    memory_mb: int | None = Field(None, ge=128)
+    """Memory limit per service in MiB; none when absent."""
+    cpus: float | None = Field(None, gt=0)
+    """CPU limit per service (fractional cores); none when absent."""
+
+
+class Serving(Strict):
+    """The model the stack serves."""
+
+    model: str = "models:/breast_cancer@champion"
+    """What to serve: a registry URI (``models:/NAME@ALIAS``), an S3 URI or a local ONNX path."""
+    max_batch_size: int = Field(32, ge=1)
+    """Largest batch the dynamic batcher forms across concurrent requests."""
+    max_queue_delay_us: int = Field(200, ge=0)
+    """Longest a request waits for others to join its batch, in microseconds."""
+
+
+class Monitoring(Strict):
+    """Alerting and retraining triggers."""
+
+    drift_psi_threshold: float = Field(0.2, gt=0)
+    """PSI above which a feature counts as drifted."""
+    drift_for: str = "5m"
+    """How long drift must last before the alert fires (Prometheus duration)."""
+    latency_p99_slo_seconds: float = Field(0.05, gt=0)
+    """Serving p99 latency objective; above it the latency alert fires."""
+    retrain_schedule: str | None = None
+    """Cron expression for scheduled retraining (e.g. ``0 3 * * *``); none disables it."""
+    alert_webhook_url: str | None = None
+    """Where non-drift alerts go (a webhook URL); none keeps them in Alertmanager only."""
+
+
+class Answers(Strict):
+    """Everything the appliance needs to know to provision a stack on this machine."""
+
+    version: Literal[1] = 1
+    """Format version of this file."""
+    profile: Literal["lab", "edge", "custom"] = "lab"
+    """``lab``: the whole lifecycle on one machine; ``edge``: serving and monitoring alone;
+    ``custom``: the components you choose."""
+    runtime: Literal["local"] = "local"
+    """How services run: ``local`` host processes supervised by supervisord."""
+    state_dir: Path | None = None
+    """Where data, logs, secrets and configs live; ``APPLIANCE_STATE_DIR`` or
+    ``~/.local/share/mlops-appliance`` when absent."""
+    bind_address: str = "127.0.0.1"
+    """Address every service listens on. Keep loopback unless a gateway fronts the stack."""
+    components: Components = Components()
+    """Which parts of the stack to run."""
+    ports: Ports = Ports()
+    """Host ports."""
+    object_store: ObjectStore = ObjectStore()
+    """Object store and data connection."""
+    gpu: Gpu = Gpu()
+    """GPU use."""
+    resources: Resources = Resources()
+    """Resource limits per service."""
+    serving: Serving = Serving()
+    """Model serving."""
+    monitoring: Monitoring = Monitoring()
+    """Alerting and retraining."""
+    health_timeout_seconds: int = Field(180, ge=5)
+    """How long ``up`` waits for a service to turn healthy before it fails."""
+
+    @field_validator("bind_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as err:
+            raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1)") from err
+        return value

@@ -1,0 +1,160 @@
+"""Stack commands: init, preflight, plan, up, down, status, logs, restart, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from appliance.answers import Answers
+from appliance.answers_file import DEFAULT_NAME, answers_schema, render_answers
+from appliance.cli.common import app_context
+from appliance.cli.progress import ProgressPrinter
+from appliance.engine import Engine
+from appliance.errors import ApplianceError, PreflightError
+
+MARK = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
+HEALTH = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
+console = Console(highlight=False)
+
+
+def engine() -> Engine:
+    return Engine(app_context())
+
+
+@click.command("init")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path(DEFAULT_NAME),
+    show_default=True,
+    help="Where to write the answers file.",
+)
+@click.option("--profile", type=click.Choice(["lab", "edge", "custom"]), default="lab", show_default=True)
+@click.option("--runtime", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_cmd(output: Path, profile: str, runtime: str, force: bool) -> None:
+    """Write a commented answers file with every default spelled out."""
+    if output.exists() and not force:
+        raise ApplianceError(
+            f"{output} already exists", fix="pass --force to overwrite it, or -o another path"
+        )
+    output.write_text(render_answers(Answers.model_validate({"profile": profile, "runtime": runtime})))
+    click.echo(f"wrote {output}; edit it, then run: appliance --answers {output} up")
+
+
+@click.command("schema")
+@click.option("--check", "check_path", type=click.Path(path_type=Path), help="Fail if this file is stale.")
+def schema_cmd(check_path: Path | None) -> None:
+    """Print the answers file's JSON schema (or check a committed copy)."""
+    text = json.dumps(answers_schema(), indent=2, sort_keys=True) + "\n"
+    if check_path is None:
+        click.echo(text, nl=False)
+    elif not check_path.exists() or check_path.read_text() != text:
+        raise ApplianceError(f"{check_path} is stale", fix=f"run: appliance schema > {check_path}")
+
+
+@click.command("preflight")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def preflight_cmd(as_json: bool) -> None:
+    """Check this host against the chosen stack (exit 3 on a blocking failure)."""
+    from appliance.preflight import as_json as to_json
+
+    checks = engine().preflight()
+    if as_json:
+        click.echo(json.dumps(to_json(checks), indent=2))
+    else:
+        for c in checks:
+            console.print(
+                f"{MARK[c.status]} {c.name:<24} {c.detail}" + (f"\n      fix: {c.fix}" if c.fix else "")
+            )
+    failures = [c for c in checks if c.status == "fail"]
+    if failures:
+        if as_json:
+            sys.exit(PreflightError.exit_code)
+        raise PreflightError([(c.name, c.detail, c.fix) for c in failures])
+
+
+@click.command("plan")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plan_cmd(as_json: bool) -> None:
+    """Show what `up` would change."""
+    the_plan = engine().plan()
+    click.echo(json.dumps(the_plan.to_dict(), indent=2) if as_json else the_plan.render())
+
+
+@click.command("up")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def up_cmd(quiet: bool) -> None:
+    """Bring the stack up (or up to date). Safe to run again at any time."""
+    eng = engine()
+    result = eng.up(None if quiet else ProgressPrinter())
+    status = eng.status()
+    _print_status(status)
+    if not result.changed:
+        click.echo("stack already up to date (0 actions)")
+
+
+@click.command("down")
+@click.option("--purge", is_flag=True, help="Also delete all data, logs and secrets.")
+@click.option("--yes", is_flag=True, help="Do not ask before --purge.")
+def down_cmd(purge: bool, yes: bool) -> None:
+    """Stop every service; data stay (unless --purge)."""
+    eng = engine()
+    if purge and not yes:
+        click.confirm(f"delete {eng.ctx.state_dir} with every dataset, model and secret?", abort=True)
+    eng.down(ProgressPrinter())
+    if purge:
+        eng.purge()
+        click.echo(f"removed {eng.ctx.state_dir}")
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(as_json: bool) -> None:
+    """Health, URL, pid and uptime of every service."""
+    status = engine().status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        _print_status(status)
+
+
+def _print_status(status: dict) -> None:
+    table = Table("service", "health", "pid", "uptime", "url", box=None)
+    for name, s in status["services"].items():
+        uptime = f"{s['uptime_seconds']:.0f}s" if s["uptime_seconds"] is not None else "-"
+        color = HEALTH.get(s["health"], "")
+        table.add_row(name, f"[{color}]{s['health']}[/]", str(s["pid"] or "-"), uptime, s["url"] or "")
+    console.print(table)
+
+
+@click.command("logs")
+@click.argument("service")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, help="How many lines to show.")
+def logs_cmd(service: str, follow: bool, lines: int) -> None:
+    """Print a service's log."""
+    path = engine().log_file(service)
+    if not os.path.exists(path):
+        raise ApplianceError(f"{service} has not written a log yet ({path})", fix="run `appliance up` first")
+    args = ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [path]
+    try:
+        subprocess.run(args, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command("restart")
+@click.argument("service")
+def restart_cmd(service: str) -> None:
+    """Restart one service."""
+    engine().restart(service)
+    click.echo(f"restarted {service}")

@@ -1,0 +1,132 @@
+"""What every command needs: the answers, the state directory, secrets and the data connection.
+
+The data connection is the one contract between the stack and the workloads: the same
+environment variables go into every service and every job (trainer, server, controller, the
+workbench), so a workload never needs the CLI's process to find its data. The names follow the
+common S3 data-connection convention (``AWS_S3_ENDPOINT``, ``AWS_S3_BUCKET``, ...):
+
+- ``APPLIANCE_DATA_KIND``: ``s3`` or ``filesystem``
+- s3: ``AWS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
+  ``AWS_S3_BUCKET`` (datasets), ``APPLIANCE_MODELS_BUCKET``, ``MLFLOW_S3_ENDPOINT_URL``
+- filesystem: ``APPLIANCE_DATA_ROOT`` (holds ``datasets/`` and ``models/``)
+- always: ``MLFLOW_TRACKING_URI``, ``APPLIANCE_STATE_DIR``
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from appliance.answers import Answers
+from appliance.errors import ApplianceError
+from appliance.secrets_store import SecretStore
+
+
+def default_state_dir() -> Path:
+    """``$APPLIANCE_STATE_DIR``, else ``$XDG_DATA_HOME/mlops-appliance`` (``~/.local/share/...``)."""
+    env = os.environ.get("APPLIANCE_STATE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "mlops-appliance"
+
+
+def resolve_store_kind(answers: Answers) -> str:
+    """``auto`` becomes ``minio`` when a MinIO binary is found, ``filesystem`` otherwise."""
+    kind = answers.object_store.kind
+    if kind != "auto":
+        return kind
+    return "minio" if find_minio(answers) else "filesystem"
+
+
+def find_minio(answers: Answers) -> str | None:
+    """Path of the MinIO server binary, from the answers or ``PATH``."""
+    configured = answers.object_store.minio_binary
+    if configured:
+        return configured if Path(configured).is_file() else None
+    return shutil.which("minio")
+
+
+@dataclass
+class AppContext:
+    """The answers and the state directory a command works on."""
+
+    answers: Answers
+    state_dir: Path
+    answers_path: Path | None = None
+
+    @classmethod
+    def create(cls, answers: Answers, answers_path: Path | None, state_dir: Path | None) -> AppContext:
+        chosen = state_dir or (os.environ.get("APPLIANCE_STATE_DIR") and default_state_dir())
+        chosen = chosen or (answers.state_dir.expanduser() if answers.state_dir else default_state_dir())
+        return cls(answers=answers, state_dir=Path(chosen).resolve(), answers_path=answers_path)
+
+    @cached_property
+    def secrets(self) -> SecretStore:
+        return SecretStore(self.state_dir / "secrets")
+
+    @property
+    def store_kind(self) -> str:
+        return resolve_store_kind(self.answers)
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.answers.bind_address}:{self.answers.ports.mlflow}"
+
+    def s3_credentials(self) -> tuple[str, str]:
+        """Access key and secret of the object store (generated for MinIO, copied for S3)."""
+        store = self.answers.object_store
+        if self.store_kind == "minio":
+            return "appliance", self.secrets.get("minio_root_password")
+        names = set(self.secrets.names())
+        if "s3_access_key" not in names:
+            access = store.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+            secret = os.environ.get(store.secret_key_env)
+            if not access or not secret:
+                raise ApplianceError(
+                    f"object store is external S3 ({store.endpoint}) but no credentials were given",
+                    fix=f"set object_store.access_key (or AWS_ACCESS_KEY_ID) and {store.secret_key_env} "
+                    "in the environment of the first `appliance up`",
+                )
+            self.secrets.put("s3_access_key", access)
+            self.secrets.put("s3_secret_key", secret)
+        return self.secrets.get("s3_access_key"), self.secrets.get("s3_secret_key")
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        if self.store_kind == "minio":
+            return f"http://{self.answers.bind_address}:{self.answers.ports.minio}"
+        return self.answers.object_store.endpoint
+
+    @property
+    def data_root(self) -> Path:
+        """Root of datasets and models for the ``filesystem`` store."""
+        return self.state_dir / "data"
+
+    def connection_env(self) -> dict[str, str]:
+        """The data connection and tracking URI, as every workload receives them."""
+        store = self.answers.object_store
+        env = {
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "APPLIANCE_STATE_DIR": str(self.state_dir),
+            "APPLIANCE_DATASETS_BUCKET": store.datasets_bucket,
+            "APPLIANCE_MODELS_BUCKET": store.models_bucket,
+        }
+        if self.store_kind in ("minio", "s3"):
+            access, secret = self.s3_credentials()
+            endpoint = self.s3_endpoint or ""
+            env |= {
+                "APPLIANCE_DATA_KIND": "s3",
+                "AWS_S3_ENDPOINT": endpoint,
+                "AWS_S3_BUCKET": store.datasets_bucket,
+                "AWS_ACCESS_KEY_ID": access,
+                "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_DEFAULT_REGION": store.region,
+                "MLFLOW_S3_ENDPOINT_URL": endpoint,
+            }
+        else:
+            env |= {"APPLIANCE_DATA_KIND": "filesystem", "APPLIANCE_DATA_ROOT": str(self.data_root)}
+        return env

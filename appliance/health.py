@@ -1,0 +1,52 @@
+"""Health probes (http, tcp, command) and the wait for a service to turn healthy."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+from appliance.stack import HealthCheck
+
+
+def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, str]:
+    """One probe: (healthy, what was seen)."""
+    if check.http:
+        return _http(check.http, check.timeout)
+    if check.tcp:
+        host, _, port = check.tcp.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=check.timeout):
+                return True, f"tcp {check.tcp} accepts connections"
+        except OSError as err:
+            return False, f"tcp {check.tcp}: {err.strerror or err}"
+    assert check.command
+    try:
+        proc = subprocess.run(
+            check.command,
+            capture_output=True,
+            text=True,
+            timeout=max(check.timeout, 10),
+            env=os.environ | (env or {}),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"health command failed: {err}"
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    return proc.returncode == 0, detail[-1] if detail else f"exit code {proc.returncode}"
+
+
+def _http(url: str, timeout: float) -> tuple[bool, str]:
+    request = urllib.request.Request(url, headers={"User-Agent": "appliance-health"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status < 400, f"GET {urlsplit(url).path} -> {response.status}"
+    except urllib.error.HTTPError as err:
+        return False, f"GET {urlsplit(url).path} -> {err.code}"
+    except (OSError, urllib.error.URLError) as err:
+        reason = getattr(err, "reason", err)
+        return False, f"GET {url}: {reason}"

@@ -1,0 +1,187 @@
+"""Preflight: can this host run the chosen stack? Each check passes, warns or fails with a fix.
+
+Checks read the host only; they never change it. Blocking failures stop ``up`` before anything
+starts, so a busy port or a missing binary leaves nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from appliance.context import AppContext
+from appliance.runtimes.base import ObservedService
+from appliance.stack import RenderedService
+
+Status = Literal["pass", "warn", "fail"]
+APT_HINTS = {
+    "prometheus": "apt-get install prometheus",
+    "prometheus-node-exporter": "apt-get install prometheus-node-exporter",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
+    "minio": "install the MinIO server binary (or set object_store.kind: filesystem)",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one preflight check."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _os() -> Check:
+    if platform.system() != "Linux":
+        return Check("os", "fail", f"{platform.system()} is not supported", "use Debian 12+ or Ubuntu 22.04+")
+    info = platform.freedesktop_os_release() if hasattr(platform, "freedesktop_os_release") else {}
+    name = info.get("PRETTY_NAME", "Linux")
+    known = info.get("ID") in ("debian", "ubuntu") or "debian" in info.get("ID_LIKE", "")
+    return Check("os", "pass" if known else "warn", name, "" if known else "tested on Debian and Ubuntu only")
+
+
+def _python() -> Check:
+    ok = sys.version_info >= (3, 11)
+    return Check(
+        "python", "pass" if ok else "fail", platform.python_version(), "" if ok else "use Python 3.11+"
+    )
+
+
+def _cpu() -> Check:
+    count = os.cpu_count() or 1
+    status: Status = "pass" if count >= 2 else "warn"
+    return Check("cpu", status, f"{count} cores", "" if count >= 2 else "2 or more cores recommended")
+
+
+def _memory(desired: Mapping[str, RenderedService], footprints: Mapping[str, int]) -> Check:
+    need = sum(footprints.get(n, 256) for n in desired)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return Check("memory", "warn", "cannot read memory size")
+    have_mb, total_mb = pages // 2**20, total // 2**20
+    detail = f"{have_mb} MiB free of {total_mb} MiB; the stack needs about {need} MiB"
+    if total_mb < need:
+        return Check("memory", "fail", detail, "choose the edge profile or switch components off")
+    return Check(
+        "memory", "pass" if have_mb >= need else "warn", detail, "" if have_mb >= need else "free memory"
+    )
+
+
+def _disk(state_dir: Path) -> Check:
+    probe = state_dir
+    while not probe.exists():
+        probe = probe.parent
+    free_gb = shutil.disk_usage(probe).free / 2**30
+    detail = f"{free_gb:.1f} GiB free at {probe}"
+    if free_gb < 2:
+        return Check("disk", "fail", detail, "free disk space or choose another --state-dir")
+    return Check(
+        "disk", "pass" if free_gb >= 10 else "warn", detail, "" if free_gb >= 10 else "10 GiB+ advised"
+    )
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ports(
+    ctx: AppContext, desired: Mapping[str, RenderedService], observed: Mapping[str, ObservedService]
+) -> list[Check]:
+    checks = []
+    for name, svc in desired.items():
+        seen = observed.get(name)
+        ours = seen is not None and seen.running and seen.config_hash == svc.config_hash
+        for label, port in svc.ports.items():
+            if ours or port_free(ctx.answers.bind_address, port):
+                checks.append(Check(f"port {port}", "pass", f"{name} {label}: free or already ours"))
+            else:
+                checks.append(
+                    Check(
+                        f"port {port}",
+                        "fail",
+                        f"{name} {label}: {port} is in use by another program",
+                        "stop that program or set another port in the answers file",
+                    )
+                )
+    return checks
+
+
+def _binaries(desired: Mapping[str, RenderedService]) -> list[Check]:
+    checks = []
+    for name, svc in desired.items():
+        exe = svc.command[0]
+        found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
+        base = Path(exe).name
+        if found:
+            checks.append(Check(f"binary {base}", "pass", f"{name}: {found}"))
+        else:
+            hint = APT_HINTS.get(base, f"install {base}")
+            checks.append(Check(f"binary {base}", "fail", f"{name} needs {exe}, which is missing", hint))
+    return checks
+
+
+def _gpu(ctx: AppContext) -> Check:
+    mode = ctx.answers.gpu.mode
+    smi = shutil.which("nvidia-smi")
+    devices = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    if smi and devices:
+        return Check("gpu", "pass", f"NVIDIA driver present ({len(devices)} device(s))")
+    if mode == "on":
+        return Check(
+            "gpu",
+            "fail",
+            "gpu.mode is 'on' but no NVIDIA GPU/driver was found",
+            "install the NVIDIA driver (nvidia-smi) or set gpu.mode: auto",
+        )
+    return Check("gpu", "pass", "no NVIDIA GPU found: services run on the CPU")
+
+
+def _runtime(ctx: AppContext) -> Check:
+    exe = Path(sys.executable).parent / "supervisord"
+    if exe.exists() or shutil.which("supervisord"):
+        return Check("runtime", "pass", "local: supervisord available")
+    return Check(
+        "runtime", "fail", "local runtime needs supervisord", "pip install supervisor (make up does)"
+    )
+
+
+def run_preflight(
+    ctx: AppContext,
+    desired: Mapping[str, RenderedService],
+    observed: Mapping[str, ObservedService],
+    footprints: Mapping[str, int],
+) -> list[Check]:
+    """Every check, in the order the user reads them."""
+    return [
+        _os(),
+        _python(),
+        _cpu(),
+        _memory(desired, footprints),
+        _disk(ctx.state_dir),
+        _runtime(ctx),
+        *_binaries(desired),
+        *_ports(ctx, desired, observed),
+        _gpu(ctx),
+    ]
+
+
+def as_json(checks: list[Check]) -> dict[str, object]:
+    """The stable JSON form of ``preflight --json``."""
+    return {"ok": not any(c.status == "fail" for c in checks), "checks": [asdict(c) for c in checks]}

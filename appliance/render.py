@@ -1,0 +1,140 @@
+"""From answers + stack declarations to the desired services for this host.
+
+Selection (profile, component switches, ``when`` facts) and templating happen here, in one place,
+so the local and container runtimes receive identical, fully rendered services.
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.context import AppContext, find_minio
+from appliance.errors import ApplianceError
+from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
+
+PROJECT_DIR = STACKS_DIR.parent
+
+
+@dataclass(frozen=True)
+class TemplateVars:
+    """Names a stack template may use, e.g. ``{ports.mlflow}`` or ``{secret.jupyter_token}``."""
+
+    ctx: AppContext
+
+    def as_dict(self, service: str) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "bind": ctx.answers.bind_address,
+            "ports": ctx.answers.ports,
+            "answers": ctx.answers,
+            "secret": ctx.secrets,
+            "state": ctx.state_dir,
+            "data": ctx.data_root,
+            "config": ctx.state_dir / "config" / service,
+            "logs": ctx.state_dir / "logs",
+            "python": sys.executable,
+            "bin": Path(sys.executable).parent,
+            "project": PROJECT_DIR,
+            "stacks": STACKS_DIR,
+            "store": ctx.answers.object_store,
+            "store_kind": ctx.store_kind,
+            "minio": find_minio(ctx.answers) or "minio",
+            "mlflow_artifacts": _mlflow_artifacts(ctx),
+            "mlflow_uri": ctx.mlflow_uri,
+        }
+
+
+def _mlflow_artifacts(ctx: AppContext) -> str:
+    if ctx.store_kind in ("minio", "s3"):
+        return f"s3://{ctx.answers.object_store.mlflow_bucket}"
+    return str(ctx.state_dir / "mlflow" / "artifacts")
+
+
+def facts(ctx: AppContext) -> dict[str, str]:
+    """Resolved facts that ``when:`` conditions test."""
+    return {"store": ctx.store_kind, "profile": ctx.answers.profile}
+
+
+def selected(ctx: AppContext, specs: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+    """The services this answers file asks for."""
+    known = facts(ctx)
+    components = ctx.answers.components.model_dump()
+    chosen: dict[str, ServiceSpec] = {}
+    for name, spec in specs.items():
+        if ctx.answers.profile != "custom" and ctx.answers.profile not in spec.profiles:
+            continue
+        if not components.get(spec.component, True):
+            continue
+        if any(known.get(key) != value for key, value in spec.when.items()):
+            continue
+        chosen[name] = spec
+    return chosen
+
+
+def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
+    try:
+        return string.Formatter().vformat(template, (), variables)
+    except (KeyError, AttributeError, IndexError) as err:
+        raise ApplianceError(
+            f"stack template {template!r} in {where} uses an unknown name: {err}",
+            fix="correct the template in stacks/services.yaml",
+        ) from err
+
+
+def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[str]) -> RenderedService:
+    """Render one service's templates (config files are added by ``render_stack``)."""
+    v = TemplateVars(ctx).as_dict(name)
+    env = {k: _fmt(t, v, f"{name}.env.{k}") for k, t in spec.env.items()}
+    if spec.data_connection:
+        env = ctx.connection_env() | env
+    command = [_fmt(a, v, f"{name}.command") for a in spec.command]
+    container = [_fmt(a, v, f"{name}.container_command") for a in spec.container_command or spec.command]
+    health = spec.health.model_copy(
+        update={
+            "http": spec.health.http and _fmt(spec.health.http, v, f"{name}.health"),
+            "tcp": spec.health.tcp and _fmt(spec.health.tcp, v, f"{name}.health"),
+            "command": spec.health.command and [_fmt(a, v, f"{name}.health") for a in spec.health.command],
+        }
+    )
+    return RenderedService(
+        name=name,
+        description=spec.description,
+        command=command,
+        container_command=container,
+        image=spec.image,
+        env=env,
+        ports={k: int(_fmt(t, v, f"{name}.ports")) for k, t in spec.ports.items()},
+        volumes=dict(spec.volumes),
+        files={},
+        health=health,
+        depends_on=[d for d in spec.depends_on if d in chosen],
+        restart=spec.restart,
+        oneshot=spec.oneshot,
+        gpu=spec.gpu,
+        url=spec.url and _fmt(spec.url, v, f"{name}.url"),
+        metrics=spec.metrics and _fmt(spec.metrics, v, f"{name}.metrics"),
+    )
+
+
+def render_stack(ctx: AppContext, stack_file: Path | None = None) -> dict[str, RenderedService]:
+    """Every desired service, rendered, with its generated config files."""
+    from appliance.config_files import GENERATORS
+
+    specs = selected(ctx, load_stack(stack_file))
+    services = {name: render_service(ctx, name, spec, set(specs)) for name, spec in specs.items()}
+    rendered: dict[str, RenderedService] = {}
+    for name, svc in services.items():
+        files = {}
+        for file_name, generator in specs[name].config_files.items():
+            if generator not in GENERATORS:
+                raise ApplianceError(
+                    f"service {name!r} asks for config generator {generator!r}, which does not exist",
+                    fix=f"use one of: {', '.join(sorted(GENERATORS))}",
+                )
+            files[file_name] = GENERATORS[generator](ctx, services)
+        rendered[name] = svc.model_copy(update={"files": files})
+    return rendered

@@ -1,0 +1,233 @@
+"""The local runtime: services as host processes supervised by supervisord.
+
+Each service is one supervisord program file (``STATE/supervisor/programs/NAME.conf``) whose first
+line records the config hash it was written for, plus a 0600 environment file the launcher reads.
+Files are written atomically before supervisord is told about them, so an interrupted apply leaves
+either the old program or a file that ``observe`` reports as incomplete (hash None) and the next
+``up`` creates again. One-shot jobs run to completion here and leave a done-marker with their hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+from appliance.runtimes.base import ObservedService, ProcState
+from appliance.runtimes.procscan import MARKER_VAR, pids_with_marker, terminate
+from appliance.runtimes.supervisor_rpc import Supervisor
+from appliance.stack import RenderedService
+
+HASH_PREFIX = "; appliance-config-hash: "
+STATES: dict[str, ProcState] = {
+    "RUNNING": "running",
+    "STARTING": "starting",
+    "BACKOFF": "starting",
+    "STOPPED": "stopped",
+    "STOPPING": "stopped",
+    "EXITED": "exited",
+    "FATAL": "failed",
+    "UNKNOWN": "failed",
+}
+AUTORESTART = {"always": "true", "on-failure": "unexpected", "no": "false"}
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class LocalRuntime:
+    """Host processes under one supervisord per state directory."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.sup = Supervisor(state_dir)
+        self.run_dir = state_dir / "run"
+        self.marker_prefix = hashlib.sha1(str(state_dir).encode()).hexdigest()[:12] + "/"
+
+    # -- files -------------------------------------------------------------------------------
+    def _program_file(self, name: str) -> Path:
+        return self.sup.programs / f"{name}.conf"
+
+    def _env_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.env.json"
+
+    def _oneshot_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.done"
+
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def _service_env(self, svc: RenderedService) -> dict[str, str]:
+        return svc.env | {MARKER_VAR: self.marker_prefix + svc.name}
+
+    def _write_files(self, svc: RenderedService) -> None:
+        for volume in svc.volumes:
+            (self.state_dir / volume).mkdir(parents=True, exist_ok=True)
+        config_dir = self.state_dir / "config" / svc.name
+        for file_name, text in svc.files.items():
+            _write_atomic(config_dir / file_name, text, 0o600)
+        _write_atomic(self._env_file(svc.name), json.dumps(self._service_env(svc)), 0o600)
+
+    def _program_text(self, svc: RenderedService) -> str:
+        command = [sys.executable, "-m", "appliance.runtimes.launcher", "--env-file"]
+        command += [str(self._env_file(svc.name)), "--", *svc.command]
+        lines = [
+            f"{HASH_PREFIX}{svc.config_hash}",
+            f"[program:{svc.name}]",
+            "command=" + shlex.join(command).replace("%", "%%"),
+            f"directory={self.state_dir}",
+            "autostart=false",
+            f"autorestart={AUTORESTART[svc.restart]}",
+            "startsecs=1",
+            "startretries=5",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "stopwaitsecs=10",
+            "redirect_stderr=true",
+            f"stdout_logfile={self._log(svc.name)}",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- Runtime interface ---------------------------------------------------------------------
+    def ensure_ready(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.sup.ensure_running()
+
+    def observe(self) -> dict[str, ObservedService]:
+        seen: dict[str, ObservedService] = {}
+        for marker in sorted(self.run_dir.glob("*.done")) if self.run_dir.exists() else []:
+            name = marker.name.removesuffix(".done")
+            seen[name] = ObservedService(name, marker.read_text().strip(), "done", ref="oneshot")
+        files = sorted(self.sup.programs.glob("*.conf")) if self.sup.programs.exists() else []
+        if not files:
+            return seen
+        alive = self.sup.alive()
+        infos = {i["name"]: i for i in self._rpc_all()} if alive else {}
+        for path in files:
+            name = path.stem
+            first = path.read_text().split("\n", 1)[0]
+            config_hash = first.removeprefix(HASH_PREFIX) if first.startswith(HASH_PREFIX) else None
+            info = infos.get(name)
+            if info is None:
+                # supervisord down: the program file is the record. Up but unaware of it: an apply
+                # was interrupted between writing the file and adding the program.
+                seen[name] = ObservedService(name, config_hash if not alive else None, "stopped", ref=name)
+                continue
+            state = STATES.get(info["statename"], "failed")
+            seen[name] = ObservedService(
+                name,
+                config_hash,
+                state,
+                pid=info["pid"] or None,
+                ref=name,
+                started_at=float(info["start"]) if state in ("running", "starting") else None,
+            )
+        return seen
+
+    def _rpc_all(self) -> list[dict]:
+        if not self.sup.alive():
+            return []
+        result: list[dict] = self.sup.proxy().getAllProcessInfo()
+        return result
+
+    def create(self, service: RenderedService) -> None:
+        if service.oneshot:
+            self._run_oneshot(service)
+            return
+        self._forget(service.name)
+        self._write_files(service)
+        _write_atomic(self._program_file(service.name), self._program_text(service))
+        proxy = self.sup.proxy()
+        proxy.reloadConfig()
+        proxy.addProcessGroup(service.name)
+        self.start(service)
+
+    def start(self, service: RenderedService) -> None:
+        if service.oneshot:
+            self._run_oneshot(service)
+            return
+        for volume in service.volumes:
+            (self.state_dir / volume).mkdir(parents=True, exist_ok=True)
+        try:
+            self.sup.proxy().startProcess(service.name, False)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" not in fault.faultString:
+                raise
+
+    def stop(self, name: str) -> None:
+        if self.sup.alive():
+            try:
+                self.sup.proxy().stopProcess(name, True)
+            except xmlrpc.client.Fault as fault:
+                if not any(code in fault.faultString for code in ("NOT_RUNNING", "BAD_NAME")):
+                    raise
+        terminate(pids_with_marker(self.marker_prefix + name, exact=True))
+
+    def _forget(self, name: str) -> None:
+        """Stop a program and remove its group from supervisord (files stay)."""
+        if not self.sup.alive():
+            return
+        self.stop(name)
+        try:
+            self.sup.proxy().removeProcessGroup(name)
+        except xmlrpc.client.Fault as fault:
+            if "BAD_NAME" not in fault.faultString:
+                raise
+
+    def remove(self, name: str) -> None:
+        self._forget(name)
+        for path in (self._program_file(name), self._env_file(name), self._oneshot_file(name)):
+            path.unlink(missing_ok=True)
+
+    def log_file(self, name: str) -> str | None:
+        return str(self._log(name))
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self._log(name)
+        if not path.exists():
+            return ""
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def shutdown(self) -> None:
+        self.sup.shutdown()
+        terminate(pids_with_marker(self.marker_prefix))
+
+    # -- one-shot jobs ---------------------------------------------------------------------------
+    def _run_oneshot(self, svc: RenderedService, timeout: float = 300) -> None:
+        self._write_files(svc)
+        log = self._log(svc.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = os.environ | self._service_env(svc)
+        started = time.monotonic()
+        with log.open("a") as out:
+            proc = subprocess.run(
+                svc.command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            )
+        if proc.returncode != 0:
+            raise ApplianceError(
+                f"job {svc.name!r} failed with exit code {proc.returncode} "
+                f"after {time.monotonic() - started:.1f}s:\n{self.log_tail(svc.name)}",
+                fix=f"read {log}, correct the cause, then run `appliance up` again",
+            )
+        _write_atomic(self._oneshot_file(svc.name), svc.config_hash)

@@ -1,0 +1,153 @@
+"""The stack model: services declared in ``stacks/*.yaml``, validated, then rendered for a host.
+
+A service declaration is generic (templates such as ``{ports.mlflow}`` or ``{secret.jupyter_token}``);
+rendering it against an AppContext gives a ``RenderedService`` whose ``config_hash`` is what the
+planner compares with what is running. Anything that changes what a service would do (command,
+environment, generated config files) changes the hash and so recreates the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from appliance.errors import InvalidInputError, Problem
+
+STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+
+
+class Spec(BaseModel):
+    """Base of the stack declarations: immutable, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class HealthCheck(Spec):
+    """How the engine knows a service works. Exactly one of http, tcp, command."""
+
+    http: str | None = None
+    """URL template that must answer 2xx/3xx (e.g. ``http://{bind}:{ports.mlflow}/health``)."""
+    tcp: str | None = None
+    """``host:port`` template that must accept a connection."""
+    command: list[str] | None = None
+    """Command template that must exit 0."""
+    interval: float = 0.5
+    """Seconds between probes while waiting."""
+    timeout: float = 3.0
+    """Seconds one probe may take."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        given = [k for k in ("http", "tcp", "command") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"a health check needs exactly one of http, tcp, command (got {given or 'none'})"
+            )
+        return self
+
+
+class ServiceSpec(Spec):
+    """One service of the stack, as declared."""
+
+    description: str
+    """What the service is, shown in status and the wizard."""
+    component: str
+    """The answers-file component (``components.<name>``) that switches it on."""
+    profiles: list[str]
+    """Profiles that include the service."""
+    when: dict[str, str] = Field(default_factory=dict)
+    """Extra conditions on resolved facts, e.g. ``{store: minio}``."""
+    image: str | None = None
+    """Container image (container runtimes)."""
+    command: list[str]
+    """Command template for the local runtime."""
+    container_command: list[str] | None = None
+    """Command template inside the container; the local command when absent."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment templates."""
+    data_connection: bool = False
+    """Inject the data connection (docs/interfaces.md) into the environment."""
+    ports: dict[str, str] = Field(default_factory=dict)
+    """Named ports: name -> port template (``{ports.mlflow}``)."""
+    volumes: dict[str, str] = Field(default_factory=dict)
+    """Named volumes: state sub-folder -> path inside a container."""
+    config_files: dict[str, str] = Field(default_factory=dict)
+    """Files generated into ``STATE/config/<service>/``: file name -> generator name."""
+    health: HealthCheck
+    """Health check."""
+    depends_on: list[str] = Field(default_factory=list)
+    """Services that must be healthy before this one starts."""
+    restart: Literal["always", "on-failure", "no"] = "always"
+    """Restart policy."""
+    oneshot: bool = False
+    """A job that runs to completion once per config (e.g. bucket creation); checked before it acts."""
+    gpu: bool = False
+    """Wants a GPU when the host has one and the answers allow it."""
+    url: str | None = None
+    """What ``status`` shows as the service's address."""
+    metrics: str | None = None
+    """``host:port`` template of a Prometheus scrape target."""
+    footprint_mb: int = 256
+    """Typical memory use, for preflight and the wizard."""
+
+
+class StackFile(Spec):
+    """A ``stacks/*.yaml`` file."""
+
+    services: dict[str, ServiceSpec]
+    """Services by name."""
+
+
+class RenderedService(BaseModel):
+    """A service rendered for this host: everything a runtime needs, nothing left to template."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    command: list[str]
+    container_command: list[str]
+    image: str | None
+    env: dict[str, str]
+    ports: dict[str, int]
+    volumes: dict[str, str]
+    files: dict[str, str]
+    health: HealthCheck
+    depends_on: list[str]
+    restart: str
+    oneshot: bool
+    gpu: bool
+    url: str | None
+    metrics: str | None
+
+    @property
+    def config_hash(self) -> str:
+        """Digest of everything that defines the service's behaviour."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_stack(path: Path | None = None) -> dict[str, ServiceSpec]:
+    """Read and validate a stack file (default ``stacks/services.yaml``)."""
+    path = path or STACKS_DIR / "services.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+        stack = StackFile.model_validate(data)
+    except ValidationError as err:
+        problems = [Problem(".".join(str(p) for p in e["loc"]), e["msg"]) for e in err.errors()]
+        raise InvalidInputError(str(path), problems) from err
+    names = set(stack.services)
+    problems = [
+        Problem(f"services.{name}.depends_on", f"unknown service {dep!r}")
+        for name, svc in stack.services.items()
+        for dep in svc.depends_on
+        if dep not in names
+    ]
+    if problems:
+        raise InvalidInputError(str(path), problems)
+    return stack.services

@@ -1,0 +1,68 @@
+"""The answers file: defaults, every problem reported at once with lines and hints, the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.answers import Answers
+from appliance.answers_file import answers_schema, parse_answers, render_answers
+from appliance.errors import InvalidInputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_empty_file_means_defaults() -> None:
+    assert parse_answers("") == Answers()
+
+
+def test_every_problem_is_listed_with_path_line_and_hint() -> None:
+    text = "profile: lab\nprots:\n  mlflow: 5000\nports:\n  mlflow: 70000\nbind_address: localhost\n"
+    with pytest.raises(InvalidInputError) as info:
+        parse_answers(text, "appliance.yaml")
+    problems = {p.path: p for p in info.value.problems}
+    assert set(problems) == {"prots", "ports.mlflow", "bind_address"}
+    assert problems["prots"].hint == "did you mean 'ports'?"
+    assert problems["prots"].line == 2
+    assert problems["ports.mlflow"].line == 5
+    assert "65535" in problems["ports.mlflow"].message
+    assert problems["bind_address"].line == 6
+    message = str(info.value)
+    assert "appliance.yaml:2: prots: unknown key 'prots' (did you mean 'ports'?)" in message
+    assert "3 problems" in message
+
+
+def test_nested_unknown_key_suggests_sibling() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        parse_answers("object_store:\n  knd: minio\n")
+    (problem,) = info.value.problems
+    assert problem.path == "object_store.knd" and problem.hint == "did you mean 'kind'?"
+
+
+def test_s3_needs_endpoint_and_ports_must_differ() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        parse_answers("object_store: {kind: s3}\nports: {mlflow: 9090}\n")
+    text = str(info.value)
+    assert "no endpoint is set" in text and "ports.prometheus" in text
+
+
+def test_not_yaml_and_not_a_mapping_are_reported() -> None:
+    with pytest.raises(InvalidInputError, match="not valid YAML"):
+        parse_answers("ports: [1, 2\n")
+    with pytest.raises(InvalidInputError, match="mapping"):
+        parse_answers("- a\n- b\n")
+
+
+def test_rendered_defaults_are_commented_and_read_back() -> None:
+    answers = Answers.model_validate({"profile": "edge", "ports": {"mlflow": 5123}})
+    text = render_answers(answers)
+    assert "# Host ports." in text
+    assert parse_answers(text) == answers
+
+
+def test_committed_schema_is_fresh() -> None:
+    committed = json.loads((ROOT / "schemas" / "answers.schema.json").read_text())
+    assert committed == answers_schema(), "run: appliance schema > schemas/answers.schema.json"
+    assert committed["properties"]["profile"]["description"]

@@ -8,12 +8,13 @@ counting a broken process as done.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from appliance.errors import ApplianceError, ServiceUnhealthyError
+from appliance.errors import ApplianceError, CancelledError, ServiceUnhealthyError
 from appliance.health import probe
 from appliance.plan import Action, Plan, waves
 from appliance.runtimes.base import Runtime
@@ -55,7 +56,10 @@ class Applier:
         desired: Mapping[str, RenderedService],
         timeout: float,
         on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
+        self.cancel = cancel or threading.Event()
+        """Set from another thread (the TUI's cancel button) to stop between steps."""
         self.runtime = runtime
         self.desired = desired
         self.timeout = timeout
@@ -93,7 +97,13 @@ class Applier:
         self.emit("*", "done", f"{len(plan.actions)} action(s) in {self.result.seconds:.1f}s")
         return self.result
 
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            self.emit("*", "cancelled", "cancelled: run `appliance up` again to finish")
+            raise CancelledError()
+
     def _do(self, action: Action) -> None:
+        self._check_cancel()
         name = action.service
         self.emit(name, action.verb, f"{action.verb} ({action.reason})")
         svc = self.desired.get(name)
@@ -114,6 +124,7 @@ class Applier:
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             outcomes = list(pool.map(self._wait_one, names))
         failures = [err for err in outcomes if err is not None]
+        self._check_cancel()
         if failures:
             raise failures[0]
 
@@ -123,7 +134,7 @@ class Applier:
         deadline = time.monotonic() + self.timeout
         detail = "no probe ran"
         pids: set[int] = set()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.cancel.is_set():
             ok, detail = probe(svc.health, svc.env)
             if ok:
                 self._done += 1

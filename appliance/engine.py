@@ -7,6 +7,7 @@ same path. Nothing here prints: progress leaves as events, results as values.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from functools import cached_property
@@ -50,7 +51,7 @@ class Engine:
     def preflight(self) -> list[Check]:
         return run_preflight(self.ctx, self.desired, self.observed(), self.footprints())
 
-    def up(self, on_event: EventSink | None = None) -> ApplyResult:
+    def up(self, on_event: EventSink | None = None, cancel: threading.Event | None = None) -> ApplyResult:
         """Bring the stack to the desired state; re-running an unchanged stack does nothing."""
         failures = [c for c in self.preflight() if c.status == "fail"]
         if failures:
@@ -59,7 +60,9 @@ class Engine:
         self.ctx.state_dir.chmod(0o700)
         self.runtime.ensure_ready()
         the_plan = self.plan()
-        applier = Applier(self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event)
+        applier = Applier(
+            self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event, cancel
+        )
         return applier.run(the_plan)
 
     def down(self, on_event: EventSink | None = None) -> ApplyResult:

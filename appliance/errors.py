@@ -97,3 +97,12 @@ class ServiceNotFoundError(ApplianceError):
             f"no service named {name!r} in this stack",
             fix=f"use one of: {', '.join(sorted(known)) or '(none)'}",
         )
+
+
+class CancelledError(ApplianceError):
+    """The user cancelled an apply; what is done stays done and the next ``up`` finishes the rest."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("cancelled", fix="run `appliance up` again to finish")

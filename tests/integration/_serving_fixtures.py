@@ -68,14 +68,14 @@ def drift_profile(x: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> d
         counts = np.bincount(np.searchsorted(edges, x[:, j], side="right"), minlength=len(edges) + 1)
         features.append({"name": name, "edges": edges.tolist(), "counts": counts.tolist()})
     cls = probabilities.argmax(axis=1)
-    edges = [c + 0.5 for c in range(N_CLASSES - 1)]
-    counts = np.bincount(np.searchsorted(edges, cls, side="right"), minlength=N_CLASSES)
+    class_edges = [c + 0.5 for c in range(N_CLASSES - 1)]
+    class_counts = np.bincount(np.searchsorted(class_edges, cls, side="right"), minlength=N_CLASSES)
     return {
         "version": 1,
         "input_name": "input",
         "n_rows": int(x.shape[0]),
         "features": features,
-        "prediction": {"kind": "class", "edges": edges, "counts": counts.tolist()},
+        "prediction": {"kind": "class", "edges": class_edges, "counts": class_counts.tolist()},
     }
 
 

@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -125,7 +126,7 @@ def test_infer_matches_onnxruntime(client: httpx.Client, models: Path, nested: b
     assert r2.json()["outputs"] == doc["outputs"]
 
 
-ECHO_DATA = {
+ECHO_DATA: dict[str, tuple[str, list[Any]]] = {
     "fp32": ("FP32", [[1.5, -2.25], [0.0, 3.0]]),
     "fp16": ("FP16", [[1.5, -2.25], [0.0, 65504.0]]),
     "fp64": ("FP64", [[1e-300, 2.5], [3.0, -4.0]]),
@@ -161,7 +162,7 @@ def _split_binary(r: httpx.Response) -> tuple[dict, bytes]:
 
 
 def test_binary_inputs_and_outputs(client: httpx.Client) -> None:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "fp32": np.array([[1.5, 2.5], [3.5, 4.5]], np.float32),
         "fp16": np.array([[0.5, -1.0], [2.0, 8.0]], np.float16),
         "fp64": np.array([[1.0, 2.0], [3.0, 4.0]]),
@@ -171,7 +172,8 @@ def test_binary_inputs_and_outputs(client: httpx.Client) -> None:
         "uint8": np.array([[1, 2], [3, 4]], np.uint8),
         "bool": np.array([[True, False], [True, True]]),
     }
-    blobs, inputs = [], []
+    blobs: list[bytes] = []
+    inputs: list[dict[str, Any]] = []
     for key, a in arrays.items():
         raw = a.tobytes()
         blobs.append(raw)

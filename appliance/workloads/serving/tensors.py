@@ -91,6 +91,10 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) 
         try:
             array = np.asarray(data, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as err:
+            if "inhomogeneous" in str(err):
+                raise BadRequest(
+                    f"input '{name}': data is ragged; it must be a flat or rectangular list"
+                ) from None
             raise BadRequest(f"input '{name}': data is not a valid {datatype} list ({err})") from None
         if array.dtype == object:
             raise BadRequest(f"input '{name}': data is ragged; it must be a flat or rectangular list")

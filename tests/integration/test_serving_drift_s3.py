@@ -1,0 +1,120 @@
+"""Drift gauges from live traffic, and a model loaded by S3 URI from a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.integration._serving_fixtures import FEATURES, start_server, training_data, write_mlp
+
+pytestmark = pytest.mark.integration
+
+
+def gauges(text: str, metric: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels[len(metric) :]] = float(value)
+    return out
+
+
+def send(url: str, x: np.ndarray) -> None:
+    with httpx.Client(base_url=url) as c:
+        for chunk in np.array_split(x, 50):
+            body = {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.tolist()}
+                ]
+            }
+            assert c.post("/v2/models/mlp/infer", json=body).status_code == 200
+
+
+def test_psi_is_near_zero_in_distribution_and_raised_when_shifted(tmp_path: Path) -> None:
+    folder = write_mlp(tmp_path / "mlp")
+    server = start_server(["--model", str(folder), "--drift-window", "1000", "--poll-seconds", "0"], tmp_path)
+    try:
+        send(server.url, training_data(1000, seed=99))  # fresh sample of the training distribution
+        text = httpx.get(server.metrics_url).text
+        feature = gauges(text, "appliance_feature_psi")
+        assert len(feature) == len(FEATURES)
+        assert max(feature.values()) < 0.05, feature
+        assert gauges(text, "appliance_prediction_psi")['{model="mlp"}'] < 0.05
+        assert gauges(text, "appliance_drift_window_rows")['{model="mlp"}'] == 1000
+
+        shifted = training_data(1000, seed=98)
+        shifted[:, 0] += 3.0  # feature f0 moves by three of its standard deviations
+        send(server.url, shifted)
+        text = httpx.get(server.metrics_url).text
+        feature = gauges(text, "appliance_feature_psi")
+        assert feature['{feature="f0",model="mlp"}'] > 1.0
+        assert max(v for k, v in feature.items() if '"f0"' not in k) < 0.05
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = shutil.which("moto_server") or str(Path(__import__("sys").executable).parent / "moto_server")
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    env = {
+        "AWS_S3_ENDPOINT": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    yield env
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_model_from_s3_uri(tmp_path: Path, s3: dict[str, str]) -> None:
+    import boto3
+
+    folder = write_mlp(tmp_path / "mlp")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3["AWS_S3_ENDPOINT"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="models")
+    for name in ("model.onnx", "drift_profile.json"):
+        client.upload_file(str(folder / name), "models", f"clf/{name}")
+    server = start_server(["--model", "s3://models/clf", "--poll-seconds", "0.3"], tmp_path, env=s3)
+    try:
+        meta = httpx.get(f"{server.url}/v2/models/clf").json()
+        assert meta["inputs"][0]["name"] == "input"
+        x = training_data(2, seed=4)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": x.tolist()}]}
+        r = httpx.post(f"{server.url}/v2/models/clf/infer", json=body)
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+        assert "appliance_feature_psi" in httpx.get(server.metrics_url).text  # profile came along
+        client.upload_file(str(write_mlp(tmp_path / "v2", seed=3) / "model.onnx"), "models", "clf/model.onnx")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/v2/models/clf").json()["versions"] != ["2"]:
+            assert time.monotonic() < deadline, "new S3 object never loaded"
+            time.sleep(0.2)
+    finally:
+        server.stop()

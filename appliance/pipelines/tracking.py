@@ -34,6 +34,8 @@ class Tracker:
         # Fail within seconds when the server is down instead of MLflow's two-minute backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        # Progress goes through our events; MLflow would print a "View run" line on every terminate.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow.tracking import MlflowClient
 
         self.uri = uri

@@ -8,24 +8,10 @@ of the service's config hash: a new scrape target recreates Prometheus, nothing 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import yaml
+from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
 
-from appliance.context import AppContext
-from appliance.stack import RenderedService
+Generator = Callable[[Any, Any], str]
 
-Generator = Callable[[AppContext, dict[str, RenderedService]], str]
-
-
-def prometheus_yml(ctx: AppContext, services: dict[str, RenderedService]) -> str:
-    """Scrape config: one job per service that exposes metrics."""
-    jobs = [
-        {"job_name": name, "static_configs": [{"targets": [svc.metrics]}]}
-        for name, svc in sorted(services.items())
-        if svc.metrics
-    ]
-    config = {"global": {"scrape_interval": "15s", "evaluation_interval": "15s"}, "scrape_configs": jobs}
-    return yaml.safe_dump(config, sort_keys=False)
-
-
-GENERATORS: dict[str, Generator] = {"prometheus_yml": prometheus_yml}
+GENERATORS: dict[str, Generator] = {**MONITORING_GENERATORS}

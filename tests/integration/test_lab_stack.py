@@ -42,7 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]
 
 def test_up_brings_every_service_to_healthy(lab: tuple[Path, Path]) -> None:
     services = status(*lab)
-    assert set(services) == {"mlflow", "workbench", "prometheus", "node-exporter"}
+    assert set(services) == {"mlflow", "workbench", "prometheus", "node-exporter", "alertmanager"}
     assert {name: s["health"] for name, s in services.items()} == dict.fromkeys(services, "healthy")
     assert all(s["pid"] for s in services.values())
 

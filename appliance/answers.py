@@ -155,6 +155,15 @@ class Monitoring(Strict):
     """Cron expression for scheduled retraining (e.g. ``0 3 * * *``); none disables it."""
     alert_webhook_url: str | None = None
     """Where non-drift alerts go (a webhook URL); none keeps them in Alertmanager only."""
+    scrape_interval: str = "15s"
+    """How often Prometheus scrapes every service (Prometheus duration)."""
+    evaluation_interval: str = "15s"
+    """How often Prometheus evaluates the alert rules (Prometheus duration)."""
+    alert_group_wait: str = "10s"
+    """How long Alertmanager waits to group a new alert before it notifies."""
+    retrain_cooldown_seconds: int = Field(900, ge=0)
+    """After a drift alert starts a retraining run, further drift alerts for the same model are
+    ignored for this long, so a flapping alert cannot start a storm of runs."""
 
 
 class Answers(Strict):

@@ -93,7 +93,10 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
     name), load ``alert_rules.yml`` beside it, notify Alertmanager when the stack runs one."""
     targets = [ScrapeTarget(name, svc.metrics) for name, svc in sorted(services.items()) if svc.metrics]
     manager = alertmanager_url(ctx.answers) if "alertmanager" in services else None
-    return render_prometheus_config(targets, [RULES_FILE], manager)
+    mon = ctx.answers.monitoring
+    return render_prometheus_config(
+        targets, [RULES_FILE], manager, mon.scrape_interval, mon.evaluation_interval
+    )
 
 
 def _rules_text(answers: Answers) -> str:
@@ -106,6 +109,7 @@ def _alertmanager_text(answers: Answers, state_dir: Path) -> str:
         controller_webhook_url(answers),
         str(controller_token_file(state_dir)),
         answers.monitoring.alert_webhook_url,
+        group_wait=answers.monitoring.alert_group_wait,
     )
 
 
@@ -150,12 +154,16 @@ def write_monitoring_configs(
     prometheus_dir.mkdir(parents=True, exist_ok=True)
     alertmanager_dir.mkdir(parents=True, exist_ok=True)
     prometheus = prometheus_dir / "prometheus.yml"
-    prometheus.write_text(render_prometheus_config(targets, [RULES_FILE], alertmanager_url(answers)))
+    mon = answers.monitoring
+    prometheus.write_text(
+        render_prometheus_config(
+            targets, [RULES_FILE], alertmanager_url(answers), mon.scrape_interval, mon.evaluation_interval
+        )
+    )
     rules = prometheus_dir / RULES_FILE
     rules.write_text(_rules_text(answers))
     alertmanager = alertmanager_dir / "alertmanager.yml"
     alertmanager.write_text(_alertmanager_text(answers, state_dir))
     dashboards = config / "grafana" / "dashboards"
-    mon = answers.monitoring
     write_dashboards(dashboards, mon.drift_psi_threshold, mon.latency_p99_slo_seconds)
     return MonitoringFiles(prometheus, rules, alertmanager, dashboards, controller_token_file(state_dir))

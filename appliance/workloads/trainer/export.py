@@ -1,0 +1,70 @@
+"""ONNX export with a dynamic batch dimension, checked against PyTorch on the test split.
+
+The served artifact is the ONNX graph, not the PyTorch weights, so a model whose export drifts
+from what was evaluated must never reach the registry: ``check_parity`` raises, and the caller
+registers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from appliance.workloads.trainer.errors import ParityError
+from appliance.workloads.trainer.fit import predict
+from appliance.workloads.trainer.model import ServingModel, TabularMLP
+
+INPUT_NAME = "input"
+PARITY_TOLERANCE = 1e-4
+
+
+def output_name(task: str) -> str:
+    return "probabilities" if task == "classification" else "prediction"
+
+
+def export(model: TabularMLP, task: str, path: Path) -> Path:
+    """Write ``model`` as ONNX to ``path``: input ``input`` [batch, n_features] float32."""
+    cpu_model = ServingModel(model.to("cpu"), task).eval()
+    example = torch.zeros(2, int(model.x_mean.shape[0]), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter reports its progress on stdout; keep stdout for the trainer's own summary.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            cpu_model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[output_name(task)],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
+    assert program is not None
+    program.save(str(path), external_data=False)
+    return path
+
+
+def onnx_predict(path: Path | bytes, x: np.ndarray) -> np.ndarray:
+    """Run an ONNX model on ``x`` with ONNX Runtime (CPU), returning its first output."""
+    import onnxruntime as ort
+
+    source = str(path) if isinstance(path, Path) else path
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out: np.ndarray = session.run(None, {name: x.astype(np.float32)})[0]
+    return out
+
+
+def check_parity(model: TabularMLP, task: str, path: Path, x_test: np.ndarray) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on ``x_test``; raises above tolerance."""
+    expected = predict(model, task, x_test, torch.device("cpu"))
+    actual = onnx_predict(path, x_test)
+    diff = float(np.abs(actual - expected).max()) if expected.size else 0.0
+    if not diff <= PARITY_TOLERANCE:
+        raise ParityError(diff, PARITY_TOLERANCE)
+    return diff

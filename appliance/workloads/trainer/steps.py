@@ -1,0 +1,128 @@
+"""The data and training steps: validate, train and evaluate.
+
+Each reads its inputs from the work directory (see ``workdir``), logs into the active MLflow run
+and leaves its results for the next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import appliance
+from appliance.workloads.trainer import metrics as metric_fns
+from appliance.workloads.trainer import registry
+from appliance.workloads.trainer.errors import WorkdirError
+from appliance.workloads.trainer.prepare import Split
+from appliance.workloads.trainer.workdir import (
+    Options,
+    dataset_info,
+    load_model,
+    primary_metric,
+    require,
+    spec_of,
+    write_json,
+)
+
+
+def validate(opts: Options) -> dict[str, Any]:
+    """Read the dataset through the data connection, check it, split it; log where it came from."""
+    import mlflow
+
+    from appliance.dataconn import DataConnection, read_dataset
+    from appliance.workloads.trainer import prepare, schema
+
+    if not opts.dataset:
+        raise WorkdirError("validate", "a dataset name", "validate --dataset NAME")
+    loaded = read_dataset(DataConnection.from_env(), opts.dataset, opts.dataset_key)
+    spec = schema.validate(loaded.frame, opts.dataset, opts.target, opts.task)
+    data = prepare.split(loaded.frame, spec, opts.seed)
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    data.save(opts.workdir / "split.npz")
+    rows = {s: len(data.y[s]) for s in data.y}
+    info = {
+        "name": loaded.name,
+        "key": loaded.key,
+        "uri": loaded.uri,
+        "sha256": loaded.sha256,
+        "model_name": opts.model_name or opts.dataset,
+        "seed": opts.seed,
+        "spec": asdict(spec),
+        "rows": rows,
+    }
+    write_json(opts, "dataset.json", info)
+    mlflow.log_params(
+        {"dataset": loaded.name, "dataset_key": loaded.key, "task": spec.task, "target": spec.target}
+        | {"n_features": len(spec.features), "split_seed": opts.seed}
+        | {f"n_{s}": n for s, n in rows.items()}
+    )
+    mlflow.set_tags(
+        {"appliance.dataset_uri": loaded.uri, "appliance.dataset_sha256": loaded.sha256}
+        | {"appliance.version": appliance.__version__, "appliance.model_name": info["model_name"]}
+    )
+    print(f"dataset {loaded.uri}: {spec.n_rows} rows, {len(spec.features)} features, {spec.task}", flush=True)
+    return info
+
+
+def train(opts: Options) -> dict[str, Any]:
+    """Fit the MLP, printing and logging every epoch; save the weights and the curve."""
+    import mlflow
+    import torch
+
+    from appliance.workloads.trainer import fit, tracking
+
+    info = dataset_info(opts, "train")
+    spec = spec_of(info)
+    data = Split.load(require(opts, "train", "split.npz", "validate"))
+    cfg = opts.fit_config()
+    mlflow.log_params(cfg.params() | {"appliance_version": appliance.__version__})
+
+    def progress(row: dict[str, float]) -> None:
+        shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+        print(f"epoch {int(row['epoch'])}/{cfg.epochs} {shown}", flush=True)
+        tracking.log_epoch(row)
+
+    result = fit.fit(data, spec.task, spec.n_outputs, cfg, progress)
+    arch = {"n_features": len(spec.features), "n_outputs": spec.n_outputs, "hidden": list(cfg.hidden)}
+    torch.save(
+        {"state_dict": result.model.state_dict(), "arch": arch | {"dropout": cfg.dropout}},
+        opts.workdir / "model.pt",
+    )
+    tracking.log_curve(result.history, spec.task)
+    summary = {
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "device": result.device,
+        "train_seconds": round(result.seconds, 3),
+    }
+    mlflow.log_params({"device": result.device})
+    mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
+    write_json(opts, "train.json", summary | {"history": result.history})
+    return summary
+
+
+def evaluate(opts: Options) -> dict[str, Any]:
+    """Test metrics of the new model and of the current champion on the same test rows."""
+    import mlflow
+
+    from appliance.workloads.trainer.fit import predict
+
+    info = dataset_info(opts, "evaluate")
+    spec = spec_of(info)
+    data = Split.load(require(opts, "evaluate", "split.npz", "validate"))
+    model = load_model(opts, "evaluate")
+    test = metric_fns.compute(spec.task, data.y["test"], predict(model, spec.task, data.x["test"]))
+    mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+    metric = primary_metric(opts, spec.task)
+    champ_ver = registry.champion_version(info["model_name"])
+    champ = None
+    if champ_ver is not None:
+        champ = registry.score_version(
+            info["model_name"], champ_ver, spec.task, data.x["test"], data.y["test"]
+        )
+    result = {"metrics": test, "metric": metric, "champion_version": champ_ver, "champion_metrics": champ}
+    if champ is not None:
+        mlflow.log_metrics({f"champion_test_{k}": v for k, v in champ.items()})
+    print("test " + " ".join(f"{k}={v:.4f}" for k, v in test.items()), flush=True)
+    write_json(opts, "evaluation.json", result)
+    return result

@@ -144,10 +144,15 @@ def serve_cmd(
         inter_op_threads=inter_op_threads,
         max_body_bytes=max_body_bytes,
     )
+    from appliance.workloads.serving.errors import InferenceError
     from appliance.workloads.serving.server import run
 
     try:
         run(config)
+    except InferenceError as err:  # a model failed to load at startup
+        raise ApplianceError(
+            err.message, fix="check the --model path/URI and the data connection env"
+        ) from err
     except (OSError, ValueError) as err:
         raise ApplianceError(
             f"model server failed to start: {err}",

@@ -1,4 +1,5 @@
-"""Drift gauges from live traffic, and a model loaded by S3 URI from a real S3 endpoint (moto)."""
+"""Drift gauges from live traffic, a model loaded by S3 URI from a real S3 endpoint (moto), and
+a model that cannot be loaded at startup."""
 
 from __future__ import annotations
 
@@ -118,3 +119,29 @@ def test_model_from_s3_uri(tmp_path: Path, s3: dict[str, str]) -> None:
             time.sleep(0.2)
     finally:
         server.stop()
+
+
+def test_unloadable_model_exits_with_a_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.workloads.serving",
+            "--model",
+            str(tmp_path / "missing"),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "failed to load" in proc.stderr and "missing" in proc.stderr and "Traceback" not in proc.stderr

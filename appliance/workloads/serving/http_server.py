@@ -10,6 +10,7 @@ are supported (responses are written in request order); bodies over ``max_body``
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections import deque
 from collections.abc import Awaitable
@@ -21,6 +22,7 @@ import httptools
 
 from appliance.workloads.serving.errors import InferenceError, PayloadTooLarge
 
+log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -151,12 +153,18 @@ class HttpProtocol(asyncio.Protocol):
             return self.router.dispatch(req)
         except InferenceError as err:
             return error_response(err)
+        except Exception as err:  # a bug, not the client's fault: 500, logged, connection kept
+            log.exception("error serving %s %s", req.method, req.path)
+            return error_response(InferenceError(f"internal error: {err}"))
 
     async def _finish(self, req: Request, pending: Awaitable[Response]) -> None:
         try:
             response = await pending
         except InferenceError as err:
             response = error_response(err)
+        except Exception as err:
+            log.exception("error serving %s %s", req.method, req.path)
+            response = error_response(InferenceError(f"internal error: {err}"))
         self.queue.popleft()
         self.running = False
         self._write(response, req.keep_alive)

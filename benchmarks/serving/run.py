@@ -1,0 +1,320 @@
+"""Side-by-side benchmark of the ONNX model server against raw ONNX Runtime and peer servers.
+
+One load client (loadgen.py, this interpreter), one model (an MLP exported with onnx.helper:
+30 features -> 64 -> 64 -> 2, the breast-cancer shape), the same ONNX Runtime session options
+everywhere (1 intra-op, 1 inter-op thread). For each server and protocol it reports p50/p99
+latency at concurrency 1 and requests/s at 8 and 32, and the ratio of ours to each peer.
+
+Our server runs as in production: bearer auth on, /metrics on, drift statistics on.
+
+    .venv/bin/python benchmarks/serving/run.py                        # everything, 5 s per point
+    .venv/bin/python benchmarks/serving/run.py --peers none --seconds 2
+    .venv/bin/python benchmarks/serving/run.py --setup-only           # just build the peer venvs
+
+Numbers are only comparable inside one run (same machine, same moment); results go to
+benchmarks/results/serving-<time>.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+import peers  # noqa: E402
+
+N_IN, HIDDEN, N_OUT = 30, 64, 2
+TOKEN = "bench-token"
+
+
+def build_model(folder: Path) -> Path:
+    """model.onnx plus a drift profile from its 'training' data (so drift stats run in ours)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    dims = [N_IN, HIDDEN, HIDDEN, N_OUT]
+    nodes, inits, prev = [], [], "input"
+    for i in range(3):
+        w = rng.normal(scale=0.2, size=(dims[i], dims[i + 1])).astype(np.float32)
+        b = np.zeros(dims[i + 1], np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        prev = f"a{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_IN])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", N_OUT])],
+        inits,
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        folder / "model.onnx",
+    )
+    x = rng.normal(size=(1000, N_IN)).astype(np.float32)
+    (probs,) = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"input": x})
+    feats = []
+    for j in range(N_IN):
+        edges = np.unique(np.quantile(x[:, j], np.linspace(0, 1, 11)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, x[:, j], side="right"), minlength=len(edges) + 1)
+        feats.append({"name": f"f{j}", "edges": edges.tolist(), "counts": counts.tolist()})
+    pred = np.bincount(probs.argmax(1), minlength=N_OUT)
+    profile = {
+        "version": 1,
+        "input_name": "input",
+        "n_rows": 1000,
+        "features": feats,
+        "prediction": {"kind": "class", "edges": [0.5], "counts": pred.tolist()},
+    }
+    (folder / "drift_profile.json").write_text(json.dumps(profile))
+    return folder / "model.onnx"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def ort_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    for _ in range(200):
+        sess.run(None, {"input": x})
+    lat = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        sess.run(None, {"input": x})
+        lat.append(time.perf_counter() - t0)
+    a = np.array(lat)
+    return {
+        "p50_ms": float(np.percentile(a, 50) * 1e3),
+        "p99_ms": float(np.percentile(a, 99) * 1e3),
+        "rps_1": len(a) / seconds,
+    }
+
+
+def wait_ready(port: int, model: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/v2/models/{model}/ready",
+                timeout=1,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"not ready in {timeout}s: {log.read_text()[-2000:]}")
+
+
+def ours(work: Path, model_dir: Path, args: argparse.Namespace) -> peers.Peer:
+    ports = free_ports(3)
+    (work / "token").write_text(TOKEN)
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.workloads.serving",
+        "--model",
+        f"mlp={model_dir}",
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--token-file",
+        str(work / "token"),
+        "--max-batch-size",
+        "32",
+        "--poll-seconds",
+        "0",
+    ]
+    return peers.Peer("ours", cmd, {}, ports[0], ports[1], "mlp", ROOT)
+
+
+def measure(
+    peer: peers.Peer, x: np.ndarray, ref: np.ndarray, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    log = work / f"{peer.name}.log"
+    env = {**os.environ, **peer.env}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            peer.cmd, cwd=peer.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    token = TOKEN if peer.name == "ours" else None
+    result: dict[str, Any] = {}
+    try:
+        wait_ready(peer.http_port, peer.model_name, proc, args.start_timeout, log)
+        request = loadgen.rest_request(peer.http_port, peer.model_name, x, token)
+        status, body = asyncio.run(loadgen.rest_once(peer.http_port, request))
+        got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(ref.shape)
+        assert status == 200 and np.allclose(got, ref, atol=1e-5), (
+            f"{peer.name}: wrong REST answer {body[:200]!r}"
+        )
+        for proto in args.protocols:
+            if proto == "grpc":
+                try:
+                    got = asyncio.run(loadgen.grpc_once(peer.grpc_port, peer.model_name, x, token))
+                    assert np.allclose(got, ref, atol=1e-5), f"{peer.name}: wrong gRPC answer"
+                except Exception as err:  # a peer without working gRPC: say so in the table
+                    result["grpc_error"] = repr(err)[:200]
+                    continue
+            for c in args.concurrency:
+                if proto == "rest":
+                    r = asyncio.run(loadgen.run_rest(peer.http_port, request, c, args.seconds, args.warmup))
+                else:
+                    r = asyncio.run(
+                        loadgen.run_grpc(
+                            peer.grpc_port, peer.model_name, x, token, c, args.seconds, args.warmup
+                        )
+                    )
+                result[f"{proto}_c{c}"] = {
+                    "rps": r.rps,
+                    "p50_ms": r.pct(50),
+                    "p99_ms": r.pct(99),
+                    "errors": r.errors,
+                    "requests": r.requests,
+                }
+                print(
+                    f"  {peer.name:9s} {proto:4s} c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms  "
+                    f"p99 {r.pct(99):.3f} ms  errors {r.errors}",
+                    flush=True,
+                )
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(15)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            os.killpg(proc.pid, 9)
+    return result
+
+
+def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Namespace) -> str:
+    lines = [
+        f"ONNX Runtime in-process (floor): p50 {floor['p50_ms']:.4f} ms, p99 {floor['p99_ms']:.4f} ms",
+        "",
+    ]
+    for proto in args.protocols:
+        lines += [
+            f"### {proto.upper()}",
+            "",
+            "| server | p50 c=1 (ms) | p99 c=1 (ms) | req/s c=8 | req/s c=32 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, res in results.items():
+            if "error" in res or f"{proto}_c1" not in res:
+                why = res.get("error") or res.get("grpc_error") or "not measured"
+                lines.append(f"| {name} | {why} | | | |")
+                continue
+            c = {k: res.get(f"{proto}_c{k}", {}) for k in (1, 8, 32)}
+            lines.append(
+                f"| {name} | {c[1].get('p50_ms', float('nan')):.3f} | {c[1].get('p99_ms', float('nan')):.3f} "
+                f"| {c[8].get('rps', float('nan')):.0f} | {c[32].get('rps', float('nan')):.0f} |"
+            )
+        ours_res = results.get("ours", {})
+        for name, res in results.items():
+            if name == "ours" or f"{proto}_c1" not in res or f"{proto}_c1" not in ours_res:
+                continue
+            ratios = []
+            for k in (8, 32):
+                key = f"{proto}_c{k}"
+                if key in res and key in ours_res:
+                    ratios.append(f"c={k}: {ours_res[key]['rps'] / res[key]['rps']:.1f}x")
+            p50 = res[f"{proto}_c1"]["p50_ms"] / ours_res[f"{proto}_c1"]["p50_ms"]
+            lines.append(
+                f"\nours vs {name} ({proto}): throughput {', '.join(ratios)}; p50 at c=1 {p50:.1f}x lower"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default="mlserver,kserve,pytriton", help="comma list, or 'none'")
+    ap.add_argument("--protocols", default="rest,grpc")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--start-timeout", type=float, default=180.0)
+    ap.add_argument("--setup-only", action="store_true")
+    args = ap.parse_args()
+    args.protocols = [p for p in args.protocols.split(",") if p]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    names = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
+    results_dir = ROOT / "benchmarks" / "results"
+    work = results_dir / f"serving-{time.strftime('%Y%m%d-%H%M%S')}"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        print(f"installing {name} into benchmarks/.venvs/{name} (once) ...", flush=True)
+        peers.ensure_venv(name, work / f"install-{name}.log")
+    if args.setup_only:
+        return
+    model = build_model(work / "model")
+    x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+    floor = ort_floor(model, x, min(args.seconds, 2.0))
+    print(f"onnxruntime floor: p50 {floor['p50_ms'] * 1e3:.1f} us", flush=True)
+    results: dict[str, Any] = {}
+    for name in ["ours", *names]:
+        if name == "ours":
+            peer = ours(work, model.parent, args)
+        else:
+            peer = peers.BUILDERS[name](work, model, free_ports(3))
+        print(f"measuring {name} ...", flush=True)
+        try:
+            results[name] = measure(peer, x, ref, args, work)
+        except Exception as err:
+            print(f"  {name} failed: {err}", flush=True)
+            results[name] = {"error": str(err).splitlines()[0][:120] if str(err) else repr(err)}
+    (work / "results.json").write_text(
+        json.dumps({"floor": floor, "results": results, "args": vars(args)}, indent=1)
+    )
+    print()
+    print(table(results, floor, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -230,6 +230,38 @@ def measure(
     return result
 
 
+def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """Requests/s of a canned-response grpcio server: the transport's own limit here."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_ceiling.py"), str(port)])
+    result: dict[str, Any] = {}
+    try:
+        x = np.zeros((1, N_IN), np.float32)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                asyncio.run(loadgen.grpc_once(port, "mlp", x, None))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        for c in args.concurrency:
+            r = asyncio.run(loadgen.run_grpc(port, "mlp", x, None, c, args.seconds, args.warmup))
+            result[f"grpc_c{c}"] = {
+                "rps": r.rps,
+                "p50_ms": r.pct(50),
+                "p99_ms": r.pct(99),
+                "errors": r.errors,
+                "requests": r.requests,
+            }
+            print(f"  grpc-ceiling c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return result
+
+
 def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
         f"ONNX Runtime in-process (floor): p50 {floor['p50_ms']:.4f} ms, p99 {floor['p99_ms']:.4f} ms",
@@ -254,7 +286,7 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
             )
         ours_res = results.get("ours", {})
         for name, res in results.items():
-            if name == "ours" or f"{proto}_c1" not in res or f"{proto}_c1" not in ours_res:
+            if name in ("ours", "grpc-ceiling") or f"{proto}_c1" not in res or f"{proto}_c1" not in ours_res:
                 continue
             ratios = []
             for k in (8, 32):
@@ -298,6 +330,8 @@ def main() -> None:
     floor = ort_floor(model, x, min(args.seconds, 2.0))
     print(f"onnxruntime floor: p50 {floor['p50_ms'] * 1e3:.1f} us", flush=True)
     results: dict[str, Any] = {}
+    if "grpc" in args.protocols:
+        results["grpc-ceiling"] = grpc_ceiling(args)
     for name in ["ours", *names]:
         if name == "ours":
             peer = ours(work, model.parent, args)

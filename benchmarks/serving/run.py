@@ -275,6 +275,8 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
             "| --- | --- | --- | --- | --- |",
         ]
         for name, res in results.items():
+            if name == "grpc-ceiling" and proto != "grpc":
+                continue
             if "error" in res or f"{proto}_c1" not in res:
                 why = res.get("error") or res.get("grpc_error") or "not measured"
                 lines.append(f"| {name} | {why} | | | |")

@@ -1,0 +1,1 @@
+"""Screens: one module per wizard step, plus the dashboard and the modals."""

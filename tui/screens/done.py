@@ -1,0 +1,79 @@
+"""Step 9: where everything is: service URLs (``Engine.status()``), credentials, next commands.
+
+Secrets are never printed here: the screen names the folder they live in and the command that
+shows one, so the terminal's scrollback does not keep them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
+
+from tui.screens.base import AppScreen
+
+
+class DoneScreen(AppScreen):
+    """Install finished: URLs, credentials and what to run next."""
+
+    BINDINGS = [Binding("d", "dashboard", "Dashboard"), Binding("q", "quit", "Quit")]
+
+    def compose(self) -> ComposeResult:
+        yield Static("MLOps Appliance setup · done · the stack is up", id="step-title")
+        with Vertical(id="body"):
+            yield DataTable(id="urls", cursor_type="none", zebra_stripes=False)
+            yield Static("", id="credentials")
+            yield Static(self._next_commands(), id="next-commands")
+        with Horizontal(id="nav"):
+            yield Button("Dashboard (d)", id="dashboard", variant="primary")
+            yield Static("", id="why")
+            yield Button("Quit (q)", id="quit")
+        yield Footer()
+
+    def _next_commands(self) -> str:
+        prefix = f"appliance --answers {self.state.answers_out}"
+        return f"Next:\n  {prefix} status\n  {prefix} data seed\n  {prefix} train --dataset breast_cancer"
+
+    def on_mount(self) -> None:
+        table = self.query_one("#urls", DataTable)
+        table.add_columns("service", "health", "url")
+        self.query_one("#dashboard", Button).focus()
+        engine = self.wizard.engine()
+        backend = self.wizard.backend
+        self.run_worker(
+            lambda: (engine.status(), backend.secret_names(engine.ctx)), thread=True, group="status"
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.SUCCESS:
+            status, secrets = event.worker.result  # type: ignore[misc]
+            self.show(status, secrets)
+        elif event.state == WorkerState.ERROR:
+            self.query_one("#credentials", Static).update(f"cannot read status: {event.worker.error}")
+
+    def show(self, status: dict[str, Any], secrets: list[str]) -> None:
+        table = self.query_one("#urls", DataTable)
+        for name, svc in status.get("services", {}).items():
+            table.add_row(name, svc.get("health") or "-", svc.get("url") or "-")
+        where = self.state.state_dir / "secrets"
+        names = ", ".join(secrets) or "none yet"
+        self.query_one("#credentials", Static).update(
+            f"Credentials (generated, mode 0600) are in {where}/: {names}\n"
+            f"Show one with: appliance --answers {self.state.answers_out} secrets show NAME"
+        )
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "dashboard":
+            self.action_dashboard()
+        else:
+            self.app.exit()
+
+    def action_dashboard(self) -> None:
+        self.wizard.goto("dashboard")
+
+    async def action_quit(self) -> None:
+        self.app.exit()

@@ -1,0 +1,53 @@
+"""One service's line on the install screen: name, progress bar and the step in words.
+
+Apply events carry the stack's overall progress only, so a service's own bar follows its step:
+an action started, waiting for its health check, healthy (or failed). The word beside the bar
+keeps the state readable without colour.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Label, ProgressBar
+
+STEP_PROGRESS = {
+    "create": (0.3, "starting"),
+    "recreate": (0.3, "restarting"),
+    "start": (0.3, "starting"),
+    "stop": (0.5, "stopping"),
+    "remove": (0.5, "removing"),
+    "wait": (0.6, "waiting for health"),
+    "healthy": (1.0, "HEALTHY"),
+    "failed": (1.0, "FAILED"),
+}
+
+
+class ServiceProgress(Horizontal):
+    """Progress of one service during an apply."""
+
+    DEFAULT_CSS = """
+    ServiceProgress { height: 1; }
+    ServiceProgress > .service-name { width: 16; }
+    ServiceProgress > .service-step { width: 20; padding-left: 1; }
+    """
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.service, classes="service-name")
+        yield ProgressBar(total=1.0, show_eta=False, show_percentage=True)
+        yield Label("queued", classes="service-step")
+
+    def advance(self, step: str) -> None:
+        """Move to ``step`` (an apply event's step name)."""
+        progress, word = STEP_PROGRESS.get(step, (None, step))
+        if progress is not None:
+            self.query_one(ProgressBar).update(progress=progress)
+        self.query_one(".service-step", Label).update(word)
+
+    @property
+    def step_word(self) -> str:
+        return str(self.query_one(".service-step", Label).content)

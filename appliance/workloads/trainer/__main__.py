@@ -19,8 +19,15 @@ from appliance.workloads.trainer.workdir import STEPS, Options
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dataset", help="dataset name (datasets/<name>/ in the data connection)")
-    common.add_argument("--dataset-key", help="a specific file of the dataset (default: the newest)")
-    common.add_argument("--model-name", help="registered model name (default: the dataset name)")
+    common.add_argument(
+        "--dataset-key",
+        "--key",
+        dest="dataset_key",
+        help="a specific file of the dataset (default: the newest)",
+    )
+    common.add_argument(
+        "--model-name", "--model", dest="model_name", help="registered model name (default: the dataset name)"
+    )
     common.add_argument("--target", help="target column (default: 'target', else the last column)")
     common.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
     common.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping)")

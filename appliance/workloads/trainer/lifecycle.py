@@ -49,10 +49,13 @@ def run(opts: Options) -> dict[str, Any]:
         if opts.workdir == Path():
             opts.workdir = Path(tmp)
         results: dict[str, dict[str, Any]] = {}
+        seconds: dict[str, float] = {}
         with tracking.run_scope(experiment_for(opts), f"train-{opts.dataset}") as run_id:
             for step, fn in STEP_FUNCTIONS.items():
                 print(f"== {step}", flush=True)
+                step_started = time.perf_counter()
                 results[step] = fn(opts)
+                seconds[step] = round(time.perf_counter() - step_started, 3)
     decision, train = results["promote"], results["train"]
     return {
         "run_id": run_id,
@@ -73,5 +76,6 @@ def run(opts: Options) -> dict[str, Any]:
         "best_epoch": train["best_epoch"],
         "device": train["device"],
         "train_seconds": train["train_seconds"],
+        "step_seconds": seconds,
         "total_seconds": round(time.perf_counter() - started, 3),
     }

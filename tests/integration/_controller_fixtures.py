@@ -40,6 +40,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60, inte
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs; a zombie counts as gone (PID 1 here may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds: never leave a process behind."""
     if proc.poll() is None:
@@ -171,7 +180,9 @@ class Controller:
         content = (
             raw if raw is not None else (b"" if body is None else __import__("json").dumps(body).encode())
         )
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {token}"} if token else {}
+        )
         return httpx.post(f"{self.url}{path}", content=content, headers=headers, timeout=30)
 
     def get(self, path: str) -> httpx.Response:

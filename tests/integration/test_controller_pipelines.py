@@ -17,6 +17,7 @@ from tests.integration._controller_fixtures import (  # noqa: F401 - fixtures ar
     mlflow_children,
     mlflow_run,
     mlflow_server_fixture,
+    process_gone,
     wait_for,
 )
 
@@ -182,7 +183,7 @@ steps:
     for pid in sleepers:
         wait_for(
             f"the step's background sleep {pid} to be killed",
-            lambda pid=pid: not Path(f"/proc/{pid}").exists(),
+            lambda pid=pid: process_gone(pid),
             10,
         )
 

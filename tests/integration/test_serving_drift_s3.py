@@ -145,3 +145,19 @@ def test_unloadable_model_exits_with_a_message(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "failed to load" in proc.stderr and "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_stops_cleanly_with_a_connection_open(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    server = start_server(["--model", str(write_mlp(tmp_path / "mlp")), "--poll-seconds", "0"], tmp_path)
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.0] * 8}]})
+    request = (
+        f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(request)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        server.proc.terminate()
+        assert server.proc.wait(15) == 0

@@ -410,6 +410,9 @@ def test_repository_index_unload_load(client: httpx.Client) -> None:
     assert {m["name"]: m for m in client.post("/v2/repository/index").json()}["echo"][
         "state"
     ] == "UNAVAILABLE"
+    ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert [m["name"] for m in ready_only] == ["mlp"]
+    assert client.post("/v2/repository/index", content=b"[1]").status_code == 400
     assert client.post("/v2/repository/models/echo/load").status_code == 200
     assert client.post("/v2/models/echo/infer", json=echo_body()).status_code == 200
     assert client.post("/v2/repository/models/ghost/load").status_code == 404

@@ -99,7 +99,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.gauge = service.metrics.child(service.metrics.in_flight, "grpc")
 
     async def _auth(self, context: grpc.aio.ServicerContext) -> None:
         if not self.service.tokens:
@@ -148,7 +147,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._auth(context)
         started = time.perf_counter()
         service, name, version = self.service, request.model_name, ""
-        self.gauge.inc()
+        service.begin("grpc")
         try:
             arrays, datatypes = _decode_inputs(request)
             requested = [o.name for o in request.outputs] or None
@@ -164,7 +163,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             service.record(name, version, "grpc", err.outcome, started)
             await context.abort(err.grpc_code, err.message)
         finally:
-            self.gauge.dec()
+            service.end("grpc")
         service.record(name, version, "grpc", "success", started)
         return response
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -40,7 +41,6 @@ class RestRouter(Router):
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.gauge = service.metrics.child(service.metrics.in_flight, "rest")
 
     def dispatch(self, req: Request) -> Response | Awaitable[Response]:
         parts = [unquote(p) for p in req.path.strip("/").split("/")]
@@ -91,7 +91,7 @@ class RestRouter(Router):
     async def _run_infer(self, req: Request, name: str, version: str | None) -> Response:
         started = time.perf_counter()
         service = self.service
-        self.gauge.inc()
+        service.begin("rest")
         model_version = ""
         try:
             service.check_auth(req.headers.get("authorization"), "rest")
@@ -109,7 +109,7 @@ class RestRouter(Router):
                 service.record(name, model_version, "rest", err.outcome, started)
             raise
         finally:
-            self.gauge.dec()
+            service.end("rest")
         service.record(name, model_version, "rest", "success", started)
         if json_len is None:
             return Response(200, body)
@@ -118,7 +118,10 @@ class RestRouter(Router):
     def _repository(self, req: Request, rest: list[str]) -> Response | Awaitable[Response]:
         if rest == ["index"]:
             _method(req, "POST", "GET")
-            return _json(self.service.repo.index())
+            index = self.service.repo.index()
+            if _json_body(req.body, "index request").get("ready") is True:
+                index = [m for m in index if m["state"] == "READY"]
+            return _json(index)
         if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
             _method(req, "POST")
             if rest[2] == "unload":
@@ -128,23 +131,30 @@ class RestRouter(Router):
         raise NotFound(f"no route {req.method} {req.path}")
 
     async def _load(self, name: str, body: bytes) -> Response:
-        uri = None
-        if body.strip():
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as err:
-                raise BadRequest(f"malformed JSON in load request: {err}") from None
-            params = doc.get("parameters") if isinstance(doc, dict) else None
-            if params is not None and not isinstance(params, dict):
-                raise BadRequest("'parameters' must be an object")
-            uri = (params or {}).get("uri")
-            if uri is not None and not isinstance(uri, str):
-                raise BadRequest("parameters.uri must be a string (a path, s3:// or models:/ URI)")
+        params = _json_body(body, "load request").get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise BadRequest("'parameters' must be an object")
+        uri = (params or {}).get("uri")
+        if uri is not None and not isinstance(uri, str):
+            raise BadRequest("parameters.uri must be a string (a path, s3:// or models:/ URI)")
         try:
             await self.service.repo.load(name, uri)
         except Unavailable as err:
             raise BadRequest(err.message) from None
         return _OK
+
+
+def _json_body(body: bytes, what: str) -> dict[str, Any]:
+    """An optional JSON object body (empty: {})."""
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(f"malformed JSON in {what}: {err}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{what} body must be a JSON object")
+    return doc
 
 
 def _model_ref(parts: list[str], path: str) -> tuple[str, str | None]:

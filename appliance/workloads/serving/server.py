@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from appliance.workloads.serving.rest_app import RestRouter
 from appliance.workloads.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 5.0
 
 
 def build_service(config: ServeConfig) -> InferenceService:
@@ -70,12 +72,15 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        service.ready = False
+        service.ready = False  # probes see not-ready while the last requests finish
         if poller is not None:
             poller.cancel()
-        rest.close()
+        rest.close()  # stop accepting; requests already read still get their answers
+        grace_until = time.monotonic() + SHUTDOWN_GRACE_S
+        while service.in_flight() and time.monotonic() < grace_until:
+            await asyncio.sleep(0.01)
         if grpc is not None:
-            await grpc.stop(grace=1.0)
+            await grpc.stop(grace=max(0.0, grace_until - time.monotonic()))
         if metrics_http is not None:
             metrics_http.shutdown()
         service.repo.executor.shutdown(wait=False, cancel_futures=True)

@@ -33,7 +33,22 @@ class InferenceService:
         self.metrics = metrics
         self.tokens = tokens
         self.ready = False
+        self._active = 0
+        self._gauges = {p: metrics.child(metrics.in_flight, p) for p in ("rest", "grpc")}
         repo.on_batch = self._on_batch
+
+    def begin(self, protocol: str) -> None:
+        """An inference request starts (in-flight gauge, and the count shutdown waits on)."""
+        self._active += 1
+        self._gauges[protocol].inc()
+
+    def end(self, protocol: str) -> None:
+        self._active -= 1
+        self._gauges[protocol].dec()
+
+    def in_flight(self) -> int:
+        """Inference requests being served now, on both protocols."""
+        return self._active
 
     # auth -----------------------------------------------------------------------------------
     def check_auth(self, authorization: str | None, protocol: str) -> None:

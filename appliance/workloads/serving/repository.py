@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from appliance.workloads.serving.batcher import Batcher
@@ -36,6 +38,7 @@ class Entry:
     state: str = "UNAVAILABLE"  # READY, LOADING, UNAVAILABLE
     reason: str = ""
     loads: int = 0
+    scratch: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -109,6 +112,10 @@ class ModelRepository:
             entry.model, entry.batcher = model, batcher  # requests read these two together
             entry.fingerprint, entry.state, entry.reason = fingerprint, "READY", ""
             entry.loads += 1
+            # the session holds the model in memory: the previous download can go
+            old_scratch, entry.scratch = entry.scratch, fetched.scratch
+            if old_scratch is not None:
+                shutil.rmtree(old_scratch, ignore_errors=True)
             log.info("serving %s version %s from %s", entry.name, version, entry.source.uri)
             return True
 

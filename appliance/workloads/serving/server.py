@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -49,6 +50,7 @@ async def serve(
     service = build_service(config)
     for entry in list(service.repo.entries.values()):
         await service.repo.load(entry.name)
+    gc.freeze()  # startup objects (sessions, modules) leave the GC's scans: fewer latency spikes
     stop = stop or _signal_event()
     rest = await http_server.start(RestRouter(service), config.host, config.http_port, config.max_body_bytes)
     ports: dict[str, Any] = {"http_port": http_server.bound_port(rest)}

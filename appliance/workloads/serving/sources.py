@@ -25,6 +25,7 @@ class Fetched:
     onnx_path: Path
     profile_path: Path | None
     version: str | None  # None: the repository numbers it
+    scratch: Path | None = None  # a download folder to delete once the version is replaced
 
 
 class Source:
@@ -105,7 +106,7 @@ class MlflowSource(Source):
                 raise FileNotFoundError(f"{self.uri} version {fingerprint} holds no {MODEL_FILE}")
             onnx = found[0]
         profile = onnx.parent / PROFILE_FILE
-        return Fetched(onnx, profile if profile.exists() else None, fingerprint)
+        return Fetched(onnx, profile if profile.exists() else None, fingerprint, Path(dest))
 
 
 class S3Source(Source):
@@ -148,7 +149,7 @@ class S3Source(Source):
             client.download_file(self.bucket, self.profile_key, str(profile))
         except Exception:  # no profile next to the model: serve without drift statistics
             profile = None
-        return Fetched(onnx, profile, None)
+        return Fetched(onnx, profile, None, folder)
 
 
 def source_for(uri: str) -> Source:

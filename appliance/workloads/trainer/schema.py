@@ -35,6 +35,12 @@ class DatasetSpec:
         return len(self.classes) if self.task == "classification" else 1
 
 
+def _plain(value: object) -> object:
+    """numpy scalars as Python values, so messages read ``1`` rather than ``np.int64(1)``."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
 def default_target(frame: pd.DataFrame) -> str:
     """``target`` when the table has it, else its last column."""
     return "target" if "target" in frame.columns else str(frame.columns[-1])
@@ -112,7 +118,7 @@ def validate(frame: pd.DataFrame, name: str, target: str | None = None, task: st
         raise SchemaError(
             name,
             target,
-            f"(the target) has a single class ({counts.index[0]!r})",
+            f"(the target) has a single class ({_plain(counts.index[0])!r})",
             "classification needs at least two classes: add rows of another class",
         )
     if len(counts) > MAX_CLASSES:
@@ -127,7 +133,7 @@ def validate(frame: pd.DataFrame, name: str, target: str | None = None, task: st
         raise SchemaError(
             name,
             target,
-            f"class {rare.index[0]!r} has only {int(rare.iloc[0])} row(s)",
+            f"class {_plain(rare.index[0])!r} has only {int(rare.iloc[0])} row(s)",
             f"each class needs at least {MIN_ROWS_PER_CLASS} rows: add rows or drop the class",
         )
     spec.classes = sorted(float(c) for c in counts.index)

@@ -34,8 +34,11 @@ class DashboardScreen(AppScreen):
     def compose(self) -> ComposeResult:
         yield Static(self._title(DASH), id="step-title")
         yield DataTable(id="services", cursor_type="row", zebra_stripes=False)
+        yield Static("selected: -", id="selected")
         yield Static(f"Model: {DASH}   requests/s: {DASH}   p99: {DASH}", id="model")
+        yield Static("Drift (PSI per feature, highest first)", classes="heading")
         yield DataTable(id="drift", cursor_type="none", zebra_stripes=False)
+        yield Static("Pipeline runs (newest first)", classes="heading")
         yield DataTable(id="runs", cursor_type="none", zebra_stripes=False)
         yield Footer()
 
@@ -59,7 +62,7 @@ class DashboardScreen(AppScreen):
             status = engine.status()
             return status, backend.dashboard_data(engine.ctx, status), clock()
 
-        self.run_worker(work, thread=True, exclusive=True, group="refresh")
+        self.run_worker(work, thread=True, exit_on_error=False, exclusive=True, group="refresh")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group == "refresh" and event.state == WorkerState.SUCCESS:
@@ -109,6 +112,11 @@ class DashboardScreen(AppScreen):
             self.query_one("#runs", DataTable), rows or [("no pipeline runs yet", DASH, DASH, DASH, DASH)]
         )
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "services":
+            name = self.selected_service() or DASH
+            self.query_one("#selected", Static).update(f"selected: {name} (l: log, s: restart)")
+
     def selected_service(self) -> str | None:
         table = self.query_one("#services", DataTable)
         if not table.row_count:
@@ -132,7 +140,9 @@ class DashboardScreen(AppScreen):
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self.notify(f"restarting {name}...")
-                self.run_worker(lambda: engine.restart(name), thread=True, group="restart", name=name)
+                self.run_worker(
+                    lambda: engine.restart(name), thread=True, exit_on_error=False, group="restart", name=name
+                )
 
         self.app.push_screen(ConfirmScreen(f"Restart {name}? Its requests fail while it starts."), confirmed)
 

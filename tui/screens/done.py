@@ -45,7 +45,10 @@ class DoneScreen(AppScreen):
         engine = self.wizard.engine()
         backend = self.wizard.backend
         self.run_worker(
-            lambda: (engine.status(), backend.secret_names(engine.ctx)), thread=True, group="status"
+            lambda: (engine.status(), backend.secret_names(engine.ctx)),
+            thread=True,
+            exit_on_error=False,
+            group="status",
         )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

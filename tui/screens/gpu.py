@@ -47,7 +47,7 @@ class GpuScreen(WizardScreen):
 
     def on_mount(self) -> None:
         self.query_one("#mode", RadioSet).focus()
-        self.run_worker(self.wizard.backend.detect_gpus, thread=True, group="gpus")
+        self.run_worker(self.wizard.backend.detect_gpus, thread=True, exit_on_error=False, group="gpus")
         super().on_mount()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

@@ -83,7 +83,7 @@ class InstallScreen(AppScreen):
             except Exception as err:  # shown to the user; the UI must survive any engine failure
                 self.post_message(ApplyFinished(None, f"{type(err).__name__}: {err}"))
 
-        self.run_worker(work, thread=True, group="install")
+        self.run_worker(work, thread=True, exit_on_error=False, group="install")
 
     def log_line(self, text: str) -> None:
         self.query_one("#events", Log).write_line(text)

@@ -93,7 +93,7 @@ class LogScreen(ModalScreen[None]):
             self.set_interval(self.refresh_seconds, self.action_reload)
 
     def action_reload(self) -> None:
-        self.run_worker(self.read, thread=True, exclusive=True, group="log")
+        self.run_worker(self.read, thread=True, exit_on_error=False, exclusive=True, group="log")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.SUCCESS:

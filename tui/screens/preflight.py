@@ -61,7 +61,7 @@ class PreflightScreen(WizardScreen):
         self.query_one("#checks", VerticalScroll).remove_children()
         self.update_nav()
         engine = self.wizard.engine()
-        self.run_worker(engine.preflight, thread=True, exclusive=True, group="preflight")
+        self.run_worker(engine.preflight, thread=True, exit_on_error=False, exclusive=True, group="preflight")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "preflight":

@@ -45,7 +45,7 @@ class ReviewScreen(WizardScreen):
     def on_mount(self) -> None:
         super().on_mount()
         engine = self.wizard.engine()
-        self.run_worker(lambda: engine.plan().render(), thread=True, group="plan")
+        self.run_worker(lambda: engine.plan().render(), thread=True, exit_on_error=False, group="plan")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "plan":

@@ -114,6 +114,7 @@ class StorageScreen(WizardScreen):
             self.run_worker(
                 lambda: (key, self.wizard.backend.test_s3(endpoint, region, access, secret)),
                 thread=True,
+                exit_on_error=False,
                 exclusive=True,
                 group="s3",
             )

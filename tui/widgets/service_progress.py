@@ -35,6 +35,8 @@ class ServiceProgress(Horizontal):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self.progress = 0.0
+        self.step_word = "queued"
 
     def compose(self) -> ComposeResult:
         yield Label(self.service, classes="service-name")
@@ -42,12 +44,16 @@ class ServiceProgress(Horizontal):
         yield Label("queued", classes="service-step")
 
     def advance(self, step: str) -> None:
-        """Move to ``step`` (an apply event's step name)."""
-        progress, word = STEP_PROGRESS.get(step, (None, step))
-        if progress is not None:
-            self.query_one(ProgressBar).update(progress=progress)
-        self.query_one(".service-step", Label).update(word)
+        """Move to ``step`` (an apply event's step name); events may arrive before mounting ends."""
+        progress, self.step_word = STEP_PROGRESS.get(step, (self.progress, step))
+        self.progress = max(self.progress, progress) if step != "failed" else progress
+        self._show()
 
-    @property
-    def step_word(self) -> str:
-        return str(self.query_one(".service-step", Label).content)
+    def on_mount(self) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        bars = self.query(ProgressBar)
+        if bars:
+            bars.first().update(progress=self.progress)
+            self.query_one(".service-step", Label).update(self.step_word)

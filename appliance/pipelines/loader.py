@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from appliance.answers_file import _line_index
 from appliance.errors import ApplianceError, InvalidInputError, Problem
 from appliance.pipelines import templating
-from appliance.pipelines.model import BUILTIN_OUTPUTS, Pipeline, Step
+from appliance.pipelines.model import BUILTIN_OUTPUTS, Pipeline, Step, action_problems
 
 PROMOTE_STEP = "promote"
 TEMPLATED_LISTS = ("run", "inputs")
@@ -99,6 +99,8 @@ def cross_check(data: dict[str, Any], lines: dict[tuple[str, ...], int]) -> list
         here = ("steps", str(index))
         if not isinstance(step, dict):
             continue
+        for message in action_problems(step):
+            add(here, message)
         name = step.get("name")
         if isinstance(name, str):
             if name in seen:
@@ -160,7 +162,8 @@ def parse_pipeline(text: str, source: str) -> Pipeline:
         problems.extend(_pydantic_problem(dict(e), lines) for e in err.errors())
     problems.extend(cross_check(data, lines))
     if problems or pipeline is None:
-        problems.sort(key=lambda p: (p.line or 0, p.path))
+        unique = {(p.path, p.message): p for p in reversed(problems)}  # a rule checked twice shows once
+        problems = sorted(unique.values(), key=lambda p: (p.line or 0, p.path))
         raise InvalidInputError(source, problems)
     return pipeline
 

@@ -9,7 +9,8 @@ which sees the whole file at once.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,6 +35,19 @@ def _check_relative(paths: list[str]) -> list[str]:
         if not _RELATIVE.match(path):
             raise ValueError(f"{path!r} must be a path relative to the run's workdir, without '..'")
     return paths
+
+
+def action_problems(step: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a step's choice of action; works on raw YAML too, so the loader can
+    report it alongside unknown keys (pydantic skips model validators once a field fails)."""
+    chosen = [k for k in ("run", "notebook", "builtin") if step.get(k) is not None]
+    if len(chosen) != 1:
+        found = ", ".join(chosen) if chosen else "none"
+        return [f"a step needs exactly one of run, notebook or builtin (found: {found})"]
+    args = step.get("args")
+    if step.get("builtin") == "ingest" and not (isinstance(args, dict) and "dataset" in args):
+        return ["builtin ingest needs args.dataset (the dataset name under datasets/)"]
+    return []
 
 
 class Step(Strict):
@@ -73,12 +87,9 @@ class Step(Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
-        chosen = [k for k in ("run", "notebook", "builtin") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            found = ", ".join(chosen) if chosen else "none"
-            raise ValueError(f"a step needs exactly one of run, notebook or builtin (found: {found})")
-        if self.builtin == "ingest" and "dataset" not in self.args:
-            raise ValueError("builtin ingest needs args.dataset (the dataset name under datasets/)")
+        problems = action_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -45,6 +45,8 @@ def command_for(step: Step, source: Path, workdir: Path, resolve: Resolve) -> li
             "--no-progress-bar",
             "-k",
             "python3",
+            "--language",
+            "python",
         ]
         for key, value in args.items():
             argv += ["-p", key, value]

@@ -180,12 +180,7 @@ steps:
     assert "timed out after 1 s: killed" in run["log_tail"]
     sleepers = [int(p) for p in pids.read_text().split()]
     assert len(sleepers) == 2
-    for pid in sleepers:
-        wait_for(
-            f"the step's background sleep {pid} to be killed",
-            lambda pid=pid: process_gone(pid),
-            10,
-        )
+    wait_for("the steps' background sleeps to be killed", lambda: all(process_gone(p) for p in sleepers), 10)
 
 
 def test_a_second_run_for_the_same_model_is_refused_while_the_first_holds_the_lock(home: Home) -> None:
@@ -226,3 +221,37 @@ steps:
     assert [(r["model"], r["state"]) for r in runs if r["model"] == "locked-model"] == [
         ("locked-model", "succeeded")
     ]
+
+
+def test_a_notebook_step_runs_headless_with_its_parameters(home: Home) -> None:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("threshold = 0.1\nlabel = 'default'")
+    params.metadata["tags"] = ["parameters"]
+    notebook.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "import os\n"
+            "open('report.txt', 'w').write(f'{label} {threshold * 2} {os.environ[\"APPLIANCE_STEP\"]}')"
+        ),
+    ]
+    nbformat.write(notebook, home.root / "report.ipynb")
+    path = home.pipeline("nb", """\
+name: nb
+model: nb-model
+parameters: {threshold: "0.25"}
+steps:
+  - name: report
+    notebook: report.ipynb
+    args: {threshold: "{params.threshold}", label: "{run_id}"}
+    outputs: {report: report.txt}
+    timeout_seconds: 240
+""")  # fmt: skip
+    home.cli("pipeline", "run", str(path))
+
+    run = json.loads(home.cli("pipeline", "runs", "--json").stdout)[0]
+    assert run["state"] == "succeeded"
+    workdir = Path(run["workdir"])
+    assert (workdir / "report.txt").read_text() == f"{run['id']} 0.5 report"
+    assert (workdir / "report.ipynb").is_file(), "the executed notebook is kept beside the outputs"

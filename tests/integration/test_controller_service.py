@@ -156,12 +156,9 @@ def test_a_run_cut_by_kill_9_is_failed_at_restart_and_a_new_run_can_start(
         "the train step to start", lambda: (r := first.run(run_id))["steps"][0]["state"] == "running" and r
     )
     workdir = Path(run["workdir"])
-    step_pid = int(
-        wait_for(
-            "the step's pid file",
-            lambda: (workdir / "train.pid").is_file() and (workdir / "train.pid").read_text(),
-        )
-    )
+    pid_file = workdir / "train.pid"
+    wait_for("the step's pid file", lambda: pid_file.is_file() and pid_file.read_text().strip())
+    step_pid = int(pid_file.read_text())
 
     first.kill9()
     assert not process_gone(step_pid), "kill -9 leaves the step process orphaned"

@@ -140,6 +140,8 @@ class Serving(Strict):
     """Largest batch the dynamic batcher forms across concurrent requests."""
     max_queue_delay_us: int = Field(200, ge=0)
     """Longest a request waits for others to join its batch, in microseconds."""
+    poll_seconds: float = Field(10.0, ge=0)
+    """How often the server checks the registry alias for a new version to hot-reload (0: never)."""
 
 
 class Monitoring(Strict):
@@ -174,8 +176,9 @@ class Answers(Strict):
     profile: Literal["lab", "edge", "custom"] = "lab"
     """``lab``: the whole lifecycle on one machine; ``edge``: serving and monitoring alone;
     ``custom``: the components you choose."""
-    runtime: Literal["local"] = "local"
-    """How services run: ``local`` host processes supervised by supervisord."""
+    runtime: Literal["local", "podman", "docker"] = "local"
+    """How services run: ``local`` host processes supervised by supervisord; ``podman`` or
+    ``docker`` containers on a private network, ports published on ``bind_address``."""
     state_dir: Path | None = None
     """Where data, logs, secrets and configs live; ``APPLIANCE_STATE_DIR`` or
     ``~/.local/share/mlops-appliance`` when absent."""
@@ -197,6 +200,10 @@ class Answers(Strict):
     """Alerting and retraining."""
     health_timeout_seconds: int = Field(180, ge=5)
     """How long ``up`` waits for a service to turn healthy before it fails."""
+    images: dict[str, str] = Field(default_factory=dict)
+    """Container image per service name, replacing the stack's default (container runtimes
+    only), e.g. ``{prometheus: localhost/appliance-prometheus-debian:latest}`` where the
+    upstream image cannot be pulled."""
 
     @field_validator("bind_address")
     @classmethod

@@ -19,4 +19,12 @@ def get_runtime(ctx: AppContext) -> Runtime:
         from appliance.runtimes.local import LocalRuntime
 
         return LocalRuntime(ctx.state_dir)
+    if ctx.answers.runtime == "podman":
+        from appliance.runtimes.podman_rt import PodmanRuntime
+
+        return PodmanRuntime(ctx.state_dir, ctx.answers)
+    if ctx.answers.runtime == "docker":
+        from appliance.runtimes.docker_rt import DockerRuntime
+
+        return DockerRuntime(ctx.state_dir, ctx.answers)
     raise NotImplementedError(ctx.answers.runtime)

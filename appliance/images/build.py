@@ -1,0 +1,160 @@
+"""Building, listing, saving and loading the appliance's images.
+
+Builds run the ``podman build`` CLI (buildah's ``RUN --mount`` keeps the wheelhouse out of every
+layer, and its output is the progress a user wants to see). Docker gets the same image through
+``podman save | docker load``: one build, identical bytes, and the docker daemon needs no
+BuildKit. Archives are docker-archive tarballs, which both engines load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+from appliance.images.catalog import BASE_TAG, CATALOG, LABEL, Flavor, ImageSpec
+from appliance.images.wheelhouse import ensure_wheelhouse
+
+ENGINES = ("podman", "docker")
+
+
+def cache_dir() -> Path:
+    """Where build contexts and the wheelhouse live between builds."""
+    root = os.environ.get("APPLIANCE_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root or Path.home() / ".cache") / "mlops-appliance" / "build"
+
+
+def _run(cmd: list[str], what: str, stdin: int | None = None, timeout: float = 3600) -> str:
+    if shutil.which(cmd[0]) is None:
+        raise ApplianceError(
+            f"{what} needs `{cmd[0]}`, which is not installed",
+            fix="run scripts/setup-containers.sh as root",
+        )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=stdin, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise ApplianceError(f"{what} failed ({' '.join(cmd[:3])} exited {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def engine_ready(engine: str) -> bool:
+    """The engine's CLI exists and (docker) its daemon answers."""
+    if shutil.which(engine) is None:
+        return False
+    return subprocess.run([engine, "info"], capture_output=True, check=False, timeout=60).returncode == 0
+
+
+def image_present(engine: str, tag: str) -> bool:
+    return subprocess.run([engine, "image", "inspect", tag], capture_output=True, check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class Built:
+    """One image build's outcome."""
+
+    name: str
+    tag: str
+    seconds: float
+    size_bytes: int
+
+
+def image_size(engine: str, tag: str) -> int:
+    out = _run([engine, "image", "inspect", "--format", "{{.Size}}", tag], f"inspecting {tag}")
+    return int(out.strip() or 0)
+
+
+def build_image(
+    spec: ImageSpec,
+    flavor: Flavor = "cpu",
+    base: str = BASE_TAG,
+    wheelhouse: Path | None = None,
+    offline: bool = False,
+    engines: tuple[str, ...] = ENGINES,
+) -> Built:
+    """Build ``spec`` with podman, then hand it to the other engines that run here."""
+    requirements = spec.requirements_for(flavor)
+    if not image_present("podman", base):
+        raise ApplianceError(
+            f"base image {base} is missing from podman",
+            fix="run scripts/build-base-image.sh (debootstrap, no registry needed) or pass --base IMAGE",
+        )
+    context = cache_dir() / "context"
+    house = wheelhouse or context / "wheelhouse"
+    ensure_wheelhouse(house, requirements, offline=offline)
+    if wheelhouse is not None:  # the build context must hold the wheelhouse under that name
+        context = house.parent
+        if house.name != "wheelhouse":
+            raise ApplianceError(f"{house} must be a folder named 'wheelhouse'", fix="rename it")
+    tag = spec.tag(flavor)
+    started = time.monotonic()
+    cmd = ["podman", "build", "-q", "-f", str(spec.containerfile), "-t", tag]
+    cmd += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REQUIREMENTS={' '.join(requirements)}"]
+    cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}", str(context)]
+    _run(cmd, f"building {tag}")
+    for engine in engines:
+        if engine != "podman" and engine_ready(engine):
+            transfer(tag, engine)
+    return Built(spec.name, tag, time.monotonic() - started, image_size("podman", tag))
+
+
+def transfer(tag: str, engine: str) -> None:
+    """Copy an image from podman's store into ``engine``'s."""
+    save = subprocess.Popen(["podman", "save", "--format", "docker-archive", tag], stdout=subprocess.PIPE)
+    assert save.stdout is not None
+    try:
+        _run([engine, "load"], f"loading {tag} into {engine}", stdin=save.stdout.fileno())
+    finally:
+        save.stdout.close()
+        if save.wait() != 0:
+            raise ApplianceError(f"podman save {tag} failed", fix=f"check `podman image inspect {tag}`")
+
+
+def save_image(engine: str, tag: str, archive: Path) -> None:
+    """Write ``tag`` as a docker-archive tarball."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    if engine == "podman":
+        _run(["podman", "save", "--format", "docker-archive", "-o", str(archive), tag], f"saving {tag}")
+    else:
+        _run([engine, "save", "-o", str(archive), tag], f"saving {tag}")
+
+
+def load_image(engine: str, archive: Path) -> None:
+    _run([engine, "load", "-i", str(archive)], f"loading {archive.name} into {engine}")
+
+
+def list_images(engine: str = "podman") -> list[dict[str, object]]:
+    """Appliance images in ``engine``'s store: name, flavour, tag, size, created."""
+    out = _run([engine, "images", "--filter", f"label={LABEL}", "--format", "json"], "listing images")
+    rows: list[dict[str, object]] = []
+    for item in _json_lines(out):
+        tags = item.get("Names") or [f"{item.get('Repository')}:{item.get('Tag')}"]
+        labels = item.get("Labels") or {}
+        rows.append(
+            {
+                "name": labels.get(LABEL, "?"),
+                "flavor": labels.get(f"{LABEL}.flavor", "cpu"),
+                "tag": tags[0],
+                "size_bytes": item.get("Size"),
+                "created": item.get("CreatedAt") or item.get("Created"),
+            }
+        )
+    return sorted(rows, key=lambda r: str(r["tag"]))
+
+
+def _json_lines(text: str) -> list[dict]:
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        data: list[dict] = json.loads(text)
+        return data
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def known_names() -> list[str]:
+    return sorted(CATALOG)

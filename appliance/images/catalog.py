@@ -1,0 +1,81 @@
+"""Which images the appliance builds, and what Python packages go into each.
+
+Requirements name the project's extras, so an image holds exactly what ``pyproject.toml`` says its
+workload needs; versions are pinned to the builder's environment (see ``wheelhouse.py``). The
+``gpu`` flavour swaps CPU-only packages for their CUDA builds; it is only built on request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from appliance.errors import ApplianceError
+
+Flavor = Literal["cpu", "gpu"]
+FLAVORS: tuple[Flavor, ...] = ("cpu", "gpu")
+IMAGES_DIR = Path(__file__).resolve().parent.parent.parent / "images"
+PROJECT = "mlops-appliance"
+BASE_TAG = "localhost/appliance-base:bookworm"
+LABEL = "io.mlops-appliance.image"
+"""Label every appliance image carries (value: the catalog name); ``images list`` filters on it."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One buildable image."""
+
+    name: str
+    """Catalog name, also the folder under ``images/``."""
+    requirements: tuple[str, ...]
+    """What pip installs from the wheelhouse (empty: the image installs no wheels)."""
+    gpu_requirements: tuple[str, ...] | None = None
+    """Requirements of the gpu flavour; None when the image has no gpu flavour."""
+
+    def tag(self, flavor: Flavor = "cpu") -> str:
+        suffix = "" if flavor == "cpu" else "-gpu"
+        return f"localhost/appliance-{self.name}{suffix}:latest"
+
+    def requirements_for(self, flavor: Flavor) -> tuple[str, ...]:
+        if flavor == "cpu":
+            return self.requirements
+        if self.gpu_requirements is None:
+            raise ApplianceError(
+                f"image {self.name!r} has no gpu flavour",
+                fix=f"build it with --flavor cpu; gpu flavours exist for: {', '.join(gpu_images())}",
+            )
+        return self.gpu_requirements
+
+    @property
+    def containerfile(self) -> Path:
+        return IMAGES_DIR / self.name / "Containerfile"
+
+
+CATALOG: dict[str, ImageSpec] = {
+    spec.name: spec
+    for spec in (
+        ImageSpec("mlflow", (PROJECT, "mlflow", "boto3")),
+        ImageSpec("controller", (f"{PROJECT}[controller]", "boto3", "mlflow")),
+        ImageSpec(
+            "serving",
+            (f"{PROJECT}[serving]",),
+            (f"{PROJECT}[serving]", "onnxruntime-gpu"),
+        ),
+        ImageSpec("trainer", (f"{PROJECT}[train]",), (f"{PROJECT}[train]",)),
+        ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",)),
+        ImageSpec("prometheus-debian", ()),
+    )
+}
+"""Images by name. ``prometheus-debian`` stands in for the upstream monitoring images offline."""
+
+
+def gpu_images() -> list[str]:
+    return [name for name, spec in CATALOG.items() if spec.gpu_requirements is not None]
+
+
+def get_image(name: str) -> ImageSpec:
+    """The catalog entry, or an error listing the names that exist."""
+    if name not in CATALOG:
+        raise ApplianceError(f"no image named {name!r}", fix=f"use one of: {', '.join(sorted(CATALOG))}")
+    return CATALOG[name]

@@ -1,0 +1,140 @@
+"""Fixtures for the container runtimes: which engines answer, the images the tests run, a small
+stack written for containers, and a check that nothing of a stack is left behind.
+
+No registry is reachable here, so the upstream Prometheus and node exporter images are replaced
+(through the answers' ``images`` overrides) by ``appliance-prometheus-debian``, built from the
+debootstrap base with Debian's binaries; MLflow runs in our own image. Images are built once,
+when missing, and kept between runs (building them is most of the cost).
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.answers import Answers
+from appliance.context import AppContext
+from appliance.engine import Engine
+from appliance.images.build import build_image, engine_ready, image_present, transfer
+from appliance.images.catalog import BASE_TAG, get_image
+from appliance.images.wheelhouse import PROJECT_DIR
+from appliance.render import render_stack
+from appliance.runtimes.containers_common import STACK_LABEL, ContainerRuntime
+from tests.conftest import free_ports
+
+RUNTIMES = ["podman", "docker"]
+MONITORING_IMAGE = get_image("prometheus-debian").tag()
+MLFLOW_IMAGE = get_image("mlflow").tag()
+TEST_LABEL = "io.mlops-appliance.test"
+"""Put on containers the tests create themselves, so a crashed run can be cleaned by label."""
+
+# The stack as containers run it: listen addresses use {bind} (0.0.0.0 inside the container),
+# data paths are the volumes' container paths, and Prometheus scrapes the exporter by its name
+# on the stack network. The local `command` is never used here.
+CONTAINER_STACK = """
+services:
+  node-exporter:
+    description: node exporter
+    component: monitoring
+    profiles: [lab]
+    image: quay.io/prometheus/node-exporter:v1.8.2
+    command: ["{python}", "-c", "pass"]
+    container_command: ["/usr/bin/prometheus-node-exporter",
+      "--web.listen-address={bind}:{ports.node_exporter}", "--collector.disable-defaults",
+      "--collector.cpu", "--collector.meminfo", "--collector.loadavg"]
+    ports: {http: "{ports.node_exporter}"}
+    health: {http: "http://{bind}:{ports.node_exporter}/metrics"}
+    metrics: "node-exporter:{ports.node_exporter}"
+  prometheus:
+    description: prometheus
+    component: monitoring
+    profiles: [lab]
+    image: quay.io/prometheus/prometheus:v2.53.2
+    command: ["{python}", "-c", "pass"]
+    container_command: ["/usr/bin/prometheus", "--config.file={config}/prometheus.yml",
+      "--storage.tsdb.path=/prometheus", "--web.listen-address={bind}:{ports.prometheus}"]
+    config_files: {prometheus.yml: prometheus_yml, alert_rules.yml: alert_rules_yml}
+    ports: {http: "{ports.prometheus}"}
+    volumes: {prometheus: /prometheus}
+    health: {http: "http://{bind}:{ports.prometheus}/-/ready"}
+    depends_on: [node-exporter]
+    url: "http://{bind}:{ports.prometheus}"
+  mlflow:
+    description: mlflow
+    component: mlflow
+    profiles: [lab]
+    image: localhost/appliance-mlflow:latest
+    command: ["{python}", "-c", "pass"]
+    container_command: ["mlflow", "server", "--host", "{bind}", "--port", "{ports.mlflow}",
+      "--backend-store-uri", "sqlite:////var/lib/mlflow/mlflow.db", "--serve-artifacts",
+      "--artifacts-destination", "/var/lib/mlflow/artifacts", "--workers", "1"]
+    ports: {http: "{ports.mlflow}"}
+    volumes: {mlflow: /var/lib/mlflow}
+    health: {http: "http://{bind}:{ports.mlflow}/health"}
+    url: "http://{bind}:{ports.mlflow}"
+"""
+
+
+@functools.cache
+def runtime_available(name: str) -> bool:
+    """The engine is installed and answers (the only reason a container test may skip)."""
+    return engine_ready(name)
+
+
+def ensure_images(runtime: str) -> None:
+    """Build the test images into podman when missing, then copy them to docker when asked."""
+    if not image_present("podman", BASE_TAG):
+        subprocess.run([str(PROJECT_DIR / "scripts" / "build-base-image.sh")], check=True)
+    for name in ("prometheus-debian", "mlflow"):
+        spec = get_image(name)
+        if not image_present("podman", spec.tag()):
+            build_image(spec, engines=("podman",))
+        if runtime != "podman" and not image_present(runtime, spec.tag()):
+            transfer(spec.tag(), runtime)
+
+
+def container_engine(runtime: str, root: Path) -> Engine:
+    """An Engine on ``runtime`` over CONTAINER_STACK, on free ports, state under ``root``."""
+    stack = root / "stack.yaml"
+    stack.write_text(CONTAINER_STACK)
+    answers = Answers.model_validate(
+        {
+            "runtime": runtime,
+            "ports": free_ports(),
+            "object_store": {"kind": "filesystem"},
+            "components": {"workbench": False, "serving": False, "controller": False},
+            "images": {"prometheus": MONITORING_IMAGE, "node-exporter": MONITORING_IMAGE},
+            "health_timeout_seconds": 180,
+        }
+    )
+    ctx = AppContext.create(answers, None, root / "state")
+    engine = Engine(ctx)
+    engine.__dict__["desired"] = desired = render_stack(ctx, stack)
+    # Footprints come from the project's stack file by default; this engine runs only CONTAINER_STACK.
+    engine.footprints = lambda: dict.fromkeys(desired, 256)  # type: ignore[method-assign]
+    return engine
+
+
+def owned(runtime: ContainerRuntime) -> dict[str, list[str]]:
+    """Every container, network and volume carrying this stack's label."""
+    client: Any = runtime.client
+    label = {"label": f"{STACK_LABEL}={runtime.stack}"}
+    return {
+        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
+        "networks": [n.name for n in client.networks.list(filters=label)],
+        "volumes": [v.name for v in client.volumes.list(filters=label)],
+    }
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each container runtime in turn; skipped only when that engine is absent."""
+    name = str(request.param)
+    if not runtime_available(name):
+        pytest.skip(f"{name} is not installed or its daemon does not answer")
+    yield name

@@ -155,7 +155,7 @@ class ServerProcess:
 
 
 def start_server(
-    args: list[str], log_dir: Path, env: dict[str, str] | None = None, timeout: float = 60
+    args: list[str], log_dir: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> ServerProcess:
     """Start the server on free ports and wait for its ready line (the ports it bound)."""
     log = log_dir / f"serving-{time.monotonic_ns()}.log"

@@ -94,7 +94,7 @@ def test_local_model_replaced_under_load(tmp_path: Path) -> None:
     server = start_server(["--model", str(folder), "--poll-seconds", "0.2"], tmp_path)
     try:
         with Load(server) as load:
-            time.sleep(0.5)
+            load.wait_for_version("1")  # traffic flows on the old version before the swap
             tmp = folder / "model.onnx.tmp"
             shutil.copy(other / "model.onnx", tmp)
             os.replace(tmp, folder / "model.onnx")
@@ -191,7 +191,7 @@ def test_registry_alias_moved_under_load(tmp_path: Path, mlflow_server: str) -> 
         meta = httpx.get(f"{server.url}/v2/models/mlp").json()
         assert meta["versions"] == [v1]
         with Load(server) as load:
-            time.sleep(0.5)
+            load.wait_for_version(v1)
             client.set_registered_model_alias("clf", "champion", v2)
             load.wait_for_version(v2)
             time.sleep(0.5)

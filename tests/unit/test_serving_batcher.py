@@ -59,7 +59,7 @@ def test_queue_delay_collects_late_arrivals(model: LoadedModel) -> None:
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher(model, 64, 0.05, pool, on_batch=lambda m, rows, c, waits: sizes.append(rows))
+            b = Batcher(model, 64, 0.5, pool, on_batch=lambda m, rows, c, waits: sizes.append(rows))
             first = b.submit({"x": np.ones((1, 2), np.float32)})
             await asyncio.sleep(0.01)
             second = b.submit({"x": np.ones((1, 2), np.float32)})

@@ -7,12 +7,14 @@ per scrape rather than once per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -48,6 +50,52 @@ class _ModelCollector(Collector):
         return [info, fpsi, ppsi, rows]
 
 
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class FastHistogram(Collector):
+    """A histogram for the request path: a bisect and two additions per observation.
+
+    prometheus_client's Histogram walks its buckets in Python under a lock (measured 2.5-9.5 us per
+    observe on these cores; a request makes four). Observations happen on the event-loop thread
+    only; the metrics thread reads the lists at scrape time, where the GIL keeps each read whole.
+    """
+
+    def __init__(
+        self, name: str, doc: str, labelnames: list[str], buckets: tuple[float, ...], registry: Any
+    ) -> None:
+        self.name, self.doc, self.labelnames, self.bounds = name, doc, labelnames, tuple(buckets)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _HistogramChild(self.bounds)
+        return child
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            counts, total, running = list(child.counts), child.sum, 0
+            buckets = []
+            for bound, count in zip([*map(floatToGoString, self.bounds), "+Inf"], counts, strict=True):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric(list(values), buckets, total)
+        return [family]
+
+
 class ServingMetrics:
     """The server's metric objects; label children are cached for the hot path."""
 
@@ -60,33 +108,33 @@ class ServingMetrics:
             ["model", "version", "protocol", "outcome"],
             registry=r,
         )
-        self.duration = Histogram(
+        self.duration = FastHistogram(
             "appliance_inference_request_duration_seconds",
             "Request latency inside the server",
             ["model", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
-        self.queue = Histogram(
+        self.queue = FastHistogram(
             "appliance_inference_queue_duration_seconds",
             "Time a request waited for its batch",
             ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
-        self.compute = Histogram(
+        self.compute = FastHistogram(
             "appliance_inference_compute_duration_seconds",
             "ONNX Runtime time per batch",
             ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
-        self.batch = Histogram(
+        self.batch = FastHistogram(
             "appliance_inference_batch_size",
             "Rows per executed batch",
             ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
+            r,
         )
         self.in_flight = Gauge(
             "appliance_inference_in_flight", "Requests being served", ["protocol"], registry=r

@@ -1,0 +1,92 @@
+"""The benchmark's model and the in-process ONNX Runtime floor.
+
+An MLP with the breast-cancer shape (30 features -> 64 -> 64 -> 2, softmax), built with onnx.helper
+from seeded random weights, plus a drift profile from its 'training' data so that the server's
+drift statistics run during the benchmark as they do in production.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_IN, HIDDEN, N_OUT = 30, 64, 2
+
+
+def build_model(folder: Path) -> Path:
+    """model.onnx plus a drift profile from its 'training' data (so drift stats run in ours)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    dims = [N_IN, HIDDEN, HIDDEN, N_OUT]
+    nodes, inits, prev = [], [], "input"
+    for i in range(3):
+        w = rng.normal(scale=0.2, size=(dims[i], dims[i + 1])).astype(np.float32)
+        b = np.zeros(dims[i + 1], np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        prev = f"a{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_IN])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", N_OUT])],
+        inits,
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        folder / "model.onnx",
+    )
+    x = rng.normal(size=(1000, N_IN)).astype(np.float32)
+    (probs,) = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"input": x})
+    feats = []
+    for j in range(N_IN):
+        edges = np.unique(np.quantile(x[:, j], np.linspace(0, 1, 11)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, x[:, j], side="right"), minlength=len(edges) + 1)
+        feats.append({"name": f"f{j}", "edges": edges.tolist(), "counts": counts.tolist()})
+    pred = np.bincount(probs.argmax(1), minlength=N_OUT)
+    profile = {
+        "version": 1,
+        "input_name": "input",
+        "n_rows": 1000,
+        "features": feats,
+        "prediction": {"kind": "class", "edges": [0.5], "counts": pred.tolist()},
+    }
+    (folder / "drift_profile.json").write_text(json.dumps(profile))
+    return folder / "model.onnx"
+
+
+def ort_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    for _ in range(200):
+        sess.run(None, {"input": x})
+    lat = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        sess.run(None, {"input": x})
+        lat.append(time.perf_counter() - t0)
+    a = np.array(lat)
+    return {
+        "p50_ms": float(np.percentile(a, 50) * 1e3),
+        "p99_ms": float(np.percentile(a, 99) * 1e3),
+        "rps_1": len(a) / seconds,
+    }

@@ -2,9 +2,9 @@
 
 The newest object under a dataset's prefix is that dataset's current version (docs/interfaces.md),
 so a retrain run pins the version it trains on here, at its start, and every later step reads the
-same key from the workdir even if a new file lands mid-run. It reads the data connection from the
-environment (``APPLIANCE_DATA_KIND`` and friends) with a small lister of its own, boto3 for S3,
-plain files otherwise, so it needs neither the trainer nor torch.
+same key from the workdir (``--dataset-key``) even if a new file lands mid-run. The lookup is the
+data connection's own (``appliance.dataconn.resolve``), so "newest" means the same thing here as
+in the trainer and ``appliance data ls``; no torch or pandas is imported.
 
 Run as ``python -m appliance.pipelines.ingest --dataset NAME --workdir DIR``; it writes
 ``dataset_key.txt`` (``NAME/FILE``) and ``dataset_uri.txt`` (``s3://BUCKET/KEY`` or a path).
@@ -18,66 +18,23 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-SUFFIXES = (".csv", ".parquet")
-
-
-class IngestError(Exception):
-    """Nothing to ingest, or the data connection is incomplete; the message says which."""
-
-
-def _require(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise IngestError(f"{name} is not set: the step needs the stack's data connection in its environment")
-    return value
-
-
-def newest_filesystem(env: Mapping[str, str], dataset: str) -> tuple[str, str]:
-    """(key, path) of the newest dataset file under ``APPLIANCE_DATA_ROOT/<bucket>/<dataset>/``."""
-    root = Path(_require(env, "APPLIANCE_DATA_ROOT")) / env.get("APPLIANCE_DATASETS_BUCKET", "datasets")
-    folder = root / dataset
-    files = [p for p in folder.glob("*") if p.is_file() and p.suffix in SUFFIXES] if folder.is_dir() else []
-    if not files:
-        raise IngestError(f"no .csv or .parquet file under {folder}: upload one with `appliance data put`")
-    newest = max(files, key=lambda p: (p.stat().st_mtime, p.name))
-    return f"{dataset}/{newest.name}", str(newest)
-
-
-def newest_s3(env: Mapping[str, str], dataset: str) -> tuple[str, str]:
-    """(key, uri) of the newest dataset object under ``s3://<bucket>/<dataset>/``."""
-    import boto3
-
-    bucket = env.get("AWS_S3_BUCKET") or _require(env, "APPLIANCE_DATASETS_BUCKET")
-    client = boto3.client(
-        "s3",
-        endpoint_url=env.get("AWS_S3_ENDPOINT") or None,
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
-    best: tuple[object, str] | None = None
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{dataset}/"):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if key.endswith(SUFFIXES) and (best is None or (obj["LastModified"], key) > best):
-                best = (obj["LastModified"], key)
-    if best is None:
-        raise IngestError(f"no .csv or .parquet object under s3://{bucket}/{dataset}/: upload one first")
-    return best[1], f"s3://{bucket}/{best[1]}"
+from appliance.dataconn import DataConnection, resolve
+from appliance.errors import ApplianceError
 
 
 def ingest(env: Mapping[str, str], dataset: str, workdir: Path) -> str:
     """Write the newest version's key and URI into ``workdir``; return the key."""
     if not dataset or "/" in dataset or dataset.startswith("."):
-        raise IngestError(f"dataset name {dataset!r} must be a plain folder name under datasets/")
-    kind = env.get("APPLIANCE_DATA_KIND", "filesystem")
-    if kind not in ("s3", "filesystem"):
-        raise IngestError(f"APPLIANCE_DATA_KIND is {kind!r}: expected 's3' or 'filesystem'")
-    key, uri = newest_s3(env, dataset) if kind == "s3" else newest_filesystem(env, dataset)
+        raise ApplianceError(
+            f"dataset name {dataset!r} must be a plain folder name under datasets/",
+            fix="pass the name `appliance data ls` shows, e.g. --dataset breast_cancer",
+        )
+    conn = DataConnection.from_env(env)
+    found = resolve(conn, dataset)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "dataset_key.txt").write_text(key + "\n")
-    (workdir / "dataset_uri.txt").write_text(uri + "\n")
-    return key
+    (workdir / "dataset_key.txt").write_text(found.key + "\n")
+    (workdir / "dataset_uri.txt").write_text(conn.datasets.uri(found.key) + "\n")
+    return found.key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         key = ingest(os.environ, args.dataset, args.workdir)
-    except IngestError as err:
+    except ApplianceError as err:
         print(f"ingest failed: {err}", file=sys.stderr)
         return 1
     print(f"ingested {key}")

@@ -125,7 +125,7 @@ def cross_check(data: dict[str, Any], lines: dict[tuple[str, ...], int]) -> list
                     "declare it under an earlier step's outputs, or fix the file name",
                 )
         outputs = _step_outputs(step)
-        files_written.update(outputs.values())
+        files_written.update(spec.split("#", 1)[0] for spec in outputs.values())
         if isinstance(name, str):
             earlier[name] = set(outputs)
         if name == PROMOTE_STEP and index != len(steps) - 1:

@@ -70,9 +70,10 @@ class Step(Strict):
     inputs: list[str] = Field(default_factory=list)
     """Files (relative to the workdir) that must exist before the step starts."""
     outputs: dict[str, str] = Field(default_factory=dict)
-    """Files the step writes, by name (relative to the workdir). Later steps read one's content
-    with ``{steps.STEP.outputs.NAME}``. An output named ``version`` becomes the run's produced
-    model version, one named ``decision`` its outcome."""
+    """Files the step writes, by name (relative to the workdir); ``FILE#KEY`` names one top-level
+    key of a JSON file. Later steps read the value with ``{steps.STEP.outputs.NAME}``. An output
+    named ``version`` becomes the run's produced model version, one named ``decision`` its outcome
+    (``promoted`` counts in ``appliance_model_promotions_total``)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for this step (templated), on top of the data connection."""
     retries: int = Field(0, ge=0, le=10)
@@ -105,7 +106,7 @@ class Step(Strict):
     @field_validator("outputs")
     @classmethod
     def _outputs_relative(cls, value: dict[str, str]) -> dict[str, str]:
-        _check_relative(list(value.values()))
+        _check_relative([spec.split("#", 1)[0] for spec in value.values()])
         for key in value:
             if not re.match(NAME_PATTERN, key):
                 raise ValueError(f"output name {key!r} must be letters, digits, '-' or '_'")

@@ -27,7 +27,7 @@ from appliance.pipelines.model import Pipeline, Step
 from appliance.pipelines.process import run_attempt
 from appliance.pipelines.records import RunStore
 from appliance.pipelines.recovery import fail_orphans
-from appliance.pipelines.stepexec import StepFailure, command_for, step_env
+from appliance.pipelines.stepexec import StepFailure, command_for, output_file, read_output, step_env
 from appliance.pipelines.tracking import Tracker, TrackingUnavailableError, tracker_from_env
 
 
@@ -236,10 +236,10 @@ class PipelineRunner:
                 steps[parts[1]].all_outputs.get(parts[-1]) if len(parts) == 4 and parts[1] in steps else None
             )
             if parts[0] == "steps" and rel:
-                path = run.workdir / rel
-                if not path.is_file():
+                value = read_output(run.workdir, rel)
+                if value is None:
                     raise templating.TemplateError(f"{{{name}}}: step {parts[1]!r} did not write {rel!r}")
-                return path.read_text().strip()
+                return value
             raise templating.TemplateError(f"unknown placeholder {{{name}}}")
 
         return resolve
@@ -304,7 +304,7 @@ class PipelineRunner:
                 cancel=run.cancel,
             )
             code = result.exit_code
-            unwritten = [rel for rel in step.all_outputs.values() if not (run.workdir / rel).exists()]
+            unwritten = [o for o in step.all_outputs.values() if not (run.workdir / output_file(o)).exists()]
             if result.ok and not unwritten:
                 ok = True
                 break
@@ -351,9 +351,10 @@ def _source_root() -> str:
 
 
 def _read_output(run: PreparedRun, name: str) -> str | None:
-    """Content of the last written output called ``name`` (``version``, ``decision``), if any."""
+    """Value of the last written output called ``name`` (``version``, ``decision``), if any."""
     for step in reversed(run.pipeline.steps):
-        rel = step.all_outputs.get(name)
-        if rel and (run.workdir / rel).is_file():
-            return (run.workdir / rel).read_text().strip() or None
+        spec = step.all_outputs.get(name)
+        value = read_output(run.workdir, spec) if spec else None
+        if value:
+            return value
     return None

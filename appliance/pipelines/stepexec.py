@@ -7,6 +7,7 @@ step run as its own module. So every step gets the same timeout, retry, log and 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -16,6 +17,30 @@ from appliance.pipelines import templating
 from appliance.pipelines.model import Pipeline, Step
 
 Resolve = Callable[[str], str]
+
+
+def output_file(spec: str) -> str:
+    """The file part of an output: ``registration.json#version`` -> ``registration.json``."""
+    return spec.split("#", 1)[0]
+
+
+def read_output(workdir: Path, spec: str) -> str | None:
+    """An output's value: the file's stripped text, or one top-level key of a JSON file
+    (``FILE#KEY``, so a step's JSON result needs no extra file); None when not written."""
+    path = workdir / output_file(spec)
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    if "#" not in spec:
+        return text.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    value = data.get(spec.split("#", 1)[1]) if isinstance(data, dict) else None
+    if value is None:
+        return None
+    return json.dumps(value) if isinstance(value, bool | dict | list) else str(value)
 
 
 class StepFailure(Exception):

@@ -1,0 +1,97 @@
+"""Making a bundle: save the profile's images, add the wheelhouse and stacks, hash, then tar.
+
+The tar is written beside its final name and renamed at the end, so an interrupted create never
+leaves a file that looks like a bundle. ``manifest.json`` goes first so ``inspect`` reads little.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from appliance import __version__
+from appliance.bundle.manifest import MANIFEST, BundleError, Manifest, sha256_stream
+from appliance.context import AppContext
+from appliance.images.build import image_present, save_image
+from appliance.render import selected
+from appliance.stack import STACKS_DIR, load_stack
+
+
+def profile_images(ctx: AppContext) -> dict[str, str]:
+    """Service -> image for every service the answers' profile selects (overrides applied)."""
+    images: dict[str, str] = {}
+    for name, spec in selected(ctx, load_stack()).items():
+        image = ctx.answers.images.get(name) or spec.image
+        if image:
+            images[name] = image
+    return images
+
+
+def archive_name(tag: str) -> str:
+    return "images/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", tag) + ".tar"
+
+
+def create_bundle(
+    out: Path,
+    profile: str,
+    images: dict[str, str],
+    engine: str = "podman",
+    wheelhouse: Path | None = None,
+    stacks_dir: Path = STACKS_DIR,
+) -> Manifest:
+    """Write the bundle to ``out`` and return its manifest."""
+    missing = sorted({tag for tag in images.values() if not image_present(engine, tag)})
+    if missing:
+        raise BundleError(
+            f"{len(missing)} image(s) of profile {profile!r} are not in {engine}'s store: "
+            + ", ".join(missing),
+            fix="build them (`appliance images build`), or point images.<service> in the answers file "
+            "at images you have",
+        )
+    if wheelhouse is not None and not any(wheelhouse.glob("*.whl")):
+        raise BundleError(
+            f"{wheelhouse} holds no wheels", fix="run `appliance images build` first or omit it"
+        )
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        archives = {tag: archive_name(tag) for tag in sorted(set(images.values()))}
+        for tag, rel in archives.items():
+            save_image(engine, tag, staging / rel)
+        if wheelhouse is not None:
+            shutil.copytree(wheelhouse, staging / "wheelhouse", copy_function=_link_or_copy)
+        shutil.copytree(stacks_dir, staging / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        manifest = Manifest(
+            profile=profile,
+            appliance_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            images=dict(sorted(images.items())),
+            archives=archives,
+        )
+        for path in files:
+            rel = path.relative_to(staging).as_posix()
+            with path.open("rb") as fh:
+                manifest.files[rel] = sha256_stream(fh)
+            manifest.sizes[rel] = path.stat().st_size
+        (staging / MANIFEST).write_text(manifest.to_json())
+        partial = out.with_name(out.name + ".partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.add(staging / MANIFEST, arcname=MANIFEST)
+            for path in files:
+                tar.add(path, arcname=path.relative_to(staging).as_posix())
+        partial.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,110 @@
+"""``appliance bundle``: make, check, read and load offline bundles.
+
+``create`` runs on a connected machine that has the images; ``verify``, ``inspect`` and ``load``
+need no network at all (the air-gapped side), so they never touch an index or a registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import click
+
+from appliance.bundle.create import create_bundle, profile_images
+from appliance.bundle.load import load_bundle
+from appliance.bundle.manifest import BundleError, read_manifest, verify
+from appliance.cli.common import app_context
+from appliance.images.build import ENGINES, cache_dir
+
+BUNDLE = click.Path(path_type=Path, exists=True)
+
+
+@click.group("bundle")
+def bundle_group() -> None:
+    """Offline bundles: images, wheelhouse and stacks with a sha256 manifest."""
+
+
+@click.command("create")
+@click.option(
+    "--profile", type=click.Choice(["lab", "edge", "custom"]), help="Default: the answers' profile."
+)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="podman", show_default=True)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Wheelhouse to include (default: the one image builds used, when present).",
+)
+@click.option("--no-wheelhouse", is_flag=True, help="Images and stacks only.")
+def create_cmd(
+    profile: str | None, out: Path, engine: str, wheelhouse: Path | None, no_wheelhouse: bool
+) -> None:
+    """Write a bundle of every image PROFILE runs (answers' image overrides applied)."""
+    ctx = app_context()
+    if profile:
+        answers = ctx.answers.model_copy(update={"profile": profile})
+        ctx = dataclasses.replace(ctx, answers=answers)
+    default_house = cache_dir() / "context" / "wheelhouse"
+    house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
+    images = profile_images(ctx)
+    started = time.monotonic()
+    manifest = create_bundle(out, ctx.answers.profile, images, engine, house)
+    size = out.stat().st_size / 2**20
+    click.echo(
+        f"{out}: {len(manifest.archives)} image(s), {len(manifest.files)} files, {size:.0f} MiB "
+        f"in {time.monotonic() - started:.0f}s"
+    )
+
+
+@click.command("verify")
+@click.argument("bundle", type=BUNDLE)
+def verify_cmd(bundle: Path) -> None:
+    """Check every file of BUNDLE against its manifest; name what is tampered, missing or extra."""
+    manifest, result = verify(bundle)
+    if not result.ok:
+        raise BundleError(
+            f"{bundle} does not match its manifest: {result.describe()}",
+            fix="copy the bundle again from where it was created, or create a new one",
+        )
+    click.echo(f"{bundle}: intact ({len(manifest.files)} files, profile {manifest.profile})")
+
+
+@click.command("inspect")
+@click.argument("bundle", type=BUNDLE)
+@click.option("--json", "as_json", is_flag=True, help="The whole manifest.")
+def inspect_cmd(bundle: Path, as_json: bool) -> None:
+    """What BUNDLE holds (reads the manifest only; use verify to check the files)."""
+    manifest = read_manifest(bundle)
+    if as_json:
+        click.echo(manifest.to_json())
+        return
+    wheels = [f for f in manifest.files if f.startswith("wheelhouse/")]
+    click.echo(
+        f"profile {manifest.profile}, appliance {manifest.appliance_version}, created {manifest.created}"
+    )
+    for tag, rel in manifest.archives.items():
+        users = sorted(s for s, t in manifest.images.items() if t == tag)
+        click.echo(f"  image {tag:<48} {manifest.sizes.get(rel, 0) / 2**20:7.0f} MiB  ({', '.join(users)})")
+    stacks = [f for f in manifest.files if f.startswith("stacks/")]
+    click.echo(f"  wheelhouse: {len(wheels)} wheels; stacks: {len(stacks)} files")
+    click.echo(f"  total {sum(manifest.sizes.values()) / 2**20:.0f} MiB")
+
+
+@click.command("load")
+@click.argument("bundle", type=BUNDLE)
+@click.option("--engine", type=click.Choice(ENGINES), help="Default: the answers' runtime.")
+def load_cmd(bundle: Path, engine: str | None) -> None:
+    """Verify BUNDLE, then load its images (no network needed); `appliance up` follows."""
+    chosen = engine or app_context().answers.runtime
+    if chosen not in ENGINES:
+        raise BundleError(
+            f"runtime {chosen!r} runs no containers", fix="pass --engine podman|docker or set runtime: podman"
+        )
+    manifest = load_bundle(bundle, chosen)
+    click.echo(f"loaded {len(manifest.archives)} image(s) into {chosen}: {', '.join(manifest.archives)}")
+
+
+for command in (create_cmd, verify_cmd, inspect_cmd, load_cmd):
+    bundle_group.add_command(command)

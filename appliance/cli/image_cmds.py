@@ -1,0 +1,62 @@
+"""``appliance images``: build the appliance's container images and list what is built.
+
+Builds need the local base image (``scripts/build-base-image.sh``) and a wheelhouse, which is
+prepared from the package index on first use or taken from an offline bundle with ``--wheelhouse``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+import click
+
+from appliance.images.build import ENGINES, build_image, list_images
+from appliance.images.catalog import BASE_TAG, CATALOG, FLAVORS, Flavor, get_image, gpu_images
+
+
+@click.group("images")
+def images_group() -> None:
+    """Container images of the stack (podman and docker)."""
+
+
+@click.command("build")
+@click.argument("names", nargs=-1)
+@click.option("--flavor", type=click.Choice(FLAVORS), default="cpu", show_default=True)
+@click.option("--base", default=BASE_TAG, show_default=True, help="Base image (ARG BASE_IMAGE).")
+@click.option(
+    "--wheelhouse",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Install only from this folder (e.g. an unpacked bundle's wheelhouse/); no index is used.",
+)
+def build_cmd(names: tuple[str, ...], flavor: str, base: str, wheelhouse: Path | None) -> None:
+    """Build NAMES (default: every image that has the flavour) and hand them to docker too."""
+    chosen_flavor = cast(Flavor, flavor)
+    chosen = [get_image(n) for n in names] or [
+        spec for spec in CATALOG.values() if flavor == "cpu" or spec.name in gpu_images()
+    ]
+    for spec in chosen:
+        click.echo(f"building {spec.tag(chosen_flavor)} ...")
+        built = build_image(spec, chosen_flavor, base, wheelhouse, offline=wheelhouse is not None)
+        click.echo(f"  {built.tag}: {built.size_bytes / 2**20:.0f} MiB in {built.seconds:.0f}s")
+
+
+@click.command("list")
+@click.option("--engine", type=click.Choice(ENGINES), default="podman", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(engine: str, as_json: bool) -> None:
+    """Appliance images present in ENGINE's store."""
+    rows = list_images(engine)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no appliance images yet: run `appliance images build`")
+    for row in rows:
+        size = f"{float(str(row['size_bytes'] or 0)) / 2**20:.0f} MiB"
+        click.echo(f"{row['name']!s:<18} {row['flavor']!s:<4} {row['tag']!s:<48} {size:>9}")
+
+
+images_group.add_command(build_cmd)
+images_group.add_command(list_cmd)

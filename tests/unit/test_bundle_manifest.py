@@ -1,0 +1,113 @@
+"""Bundles without images (no engine needed): the manifest hashes every file, and verify names
+each tampered, missing and extra file, in a tar and in the folder it unpacks to."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.bundle.create import archive_name, create_bundle
+from appliance.bundle.manifest import BundleError, read_manifest, require_intact, verify
+from appliance.cli.bundle_cmds import bundle_group
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    for name in ("a-1.0-py3-none-any.whl", "b-2.0-py3-none-any.whl"):
+        (house / name).write_bytes(name.encode() * 100)
+    stacks = tmp_path / "stacks"
+    (stacks / "monitoring").mkdir(parents=True)
+    (stacks / "services.yaml").write_text("services: {}\n")
+    (stacks / "monitoring" / "rules.yml").write_text("groups: []\n")
+    out = tmp_path / "edge.bundle.tar"
+    create_bundle(out, "edge", {}, wheelhouse=house, stacks_dir=stacks)
+    return out
+
+
+def unpack(bundle: Path, dest: Path) -> Path:
+    with tarfile.open(bundle) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def test_manifest_holds_the_sha256_of_every_file(bundle: Path) -> None:
+    manifest = read_manifest(bundle)
+    assert manifest.profile == "edge"
+    assert set(manifest.files) == {
+        "wheelhouse/a-1.0-py3-none-any.whl",
+        "wheelhouse/b-2.0-py3-none-any.whl",
+        "stacks/services.yaml",
+        "stacks/monitoring/rules.yml",
+    }
+    whl = b"a-1.0-py3-none-any.whl" * 100
+    assert manifest.files["wheelhouse/a-1.0-py3-none-any.whl"] == hashlib.sha256(whl).hexdigest()
+    with tarfile.open(bundle) as tar:
+        assert tar.getnames()[0] == "manifest.json", "inspect reads the first member only"
+
+
+def test_intact_bundle_verifies_as_tar_and_as_folder(bundle: Path, tmp_path: Path) -> None:
+    assert verify(bundle)[1].ok
+    assert verify(unpack(bundle, tmp_path / "x"))[1].ok
+
+
+def test_tampered_missing_and_extra_files_are_each_named(bundle: Path, tmp_path: Path) -> None:
+    folder = unpack(bundle, tmp_path / "x")
+    (folder / "stacks" / "services.yaml").write_text("services: {evil: {}}\n")
+    (folder / "wheelhouse" / "b-2.0-py3-none-any.whl").unlink()
+    (folder / "wheelhouse" / "c-3.0-py3-none-any.whl").write_bytes(b"surprise")
+    result = verify(folder)[1]
+    assert result.tampered == ["stacks/services.yaml"]
+    assert result.missing == ["wheelhouse/b-2.0-py3-none-any.whl"]
+    assert result.extra == ["wheelhouse/c-3.0-py3-none-any.whl"]
+    with pytest.raises(BundleError, match=r"tampered: stacks/services\.yaml; missing: wheelhouse/b-2\.0"):
+        require_intact(folder)
+
+
+def test_a_flipped_byte_inside_the_tar_is_found(bundle: Path, tmp_path: Path) -> None:
+    folder = unpack(bundle, tmp_path / "x")
+    path = folder / "wheelhouse" / "a-1.0-py3-none-any.whl"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    path.write_bytes(bytes(data))
+    repacked = tmp_path / "repacked.tar"
+    with tarfile.open(repacked, "w") as tar:
+        for item in sorted(folder.rglob("*")):
+            if item.is_file():
+                tar.add(item, arcname=item.relative_to(folder).as_posix())
+    assert verify(repacked)[1].tampered == ["wheelhouse/a-1.0-py3-none-any.whl"]
+
+
+def test_unreadable_or_manifestless_bundles_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(BundleError, match="not a readable bundle"):
+        verify(junk)
+    empty = tmp_path / "empty"
+    (empty / "stacks").mkdir(parents=True)
+    with pytest.raises(BundleError, match=r"has no manifest\.json"):
+        verify(empty)
+    with pytest.raises(BundleError, match="no bundle at"):
+        read_manifest(tmp_path / "absent.tar")
+
+
+def test_cli_verify_fails_naming_the_file_and_inspect_summarises(bundle: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(bundle_group, ["verify", str(bundle)])
+    assert ok.exit_code == 0 and "intact (4 files, profile edge)" in ok.output
+    shown = runner.invoke(bundle_group, ["inspect", str(bundle)])
+    assert "profile edge" in shown.output and "wheelhouse: 2 wheels; stacks: 2 files" in shown.output
+    folder = unpack(bundle, tmp_path / "x")
+    (folder / "stacks" / "monitoring" / "rules.yml").unlink()
+    bad = runner.invoke(bundle_group, ["verify", str(folder)])
+    assert isinstance(bad.exception, BundleError)
+    assert "missing: stacks/monitoring/rules.yml" in str(bad.exception)
+
+
+def test_archive_names_are_safe_file_names() -> None:
+    assert archive_name("localhost/appliance-mlflow:latest") == "images/localhost_appliance-mlflow_latest.tar"

@@ -14,11 +14,16 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,8 +86,6 @@ def drift_profile(x: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> d
 
 def write_mlp(folder: Path, seed: int = 0) -> Path:
     """A model folder (model.onnx + drift_profile.json) as the trainer registers it."""
-    import onnxruntime as ort
-
     folder.mkdir(parents=True, exist_ok=True)
     model = mlp_graph(seed)
     onnx.save(model, folder / "model.onnx")
@@ -197,3 +200,59 @@ def start_server(
                     )
     proc.kill()
     raise RuntimeError(f"server not ready in {timeout}s: {log.read_text()[-3000:]}")
+
+
+# --- the REST test modules' server: import rest_models, rest_server, rest_client (fixtures
+# 'models', 'server', 'client'); module-scoped, so one server per importing module ---
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module", name="models")
+def rest_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_mlp(root / "mlp")
+    write_echo(root / "echo")
+    return root
+
+
+@pytest.fixture(scope="module", name="server")
+def rest_server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    token_file = models / "token"
+    token_file.write_text(TOKEN + "\n")
+    srv = start_server(
+        [
+            "--model",
+            str(models / "mlp"),
+            "--model",
+            str(models / "echo"),
+            "--token-file",
+            str(token_file),
+            "--max-body-bytes",
+            "200000",
+            "--poll-seconds",
+            "0",
+        ],
+        tmp_path_factory.mktemp("logs"),
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(name="client")
+def rest_client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        yield c
+
+
+def reference(models: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(models / "mlp" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def infer_body(x: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}],
+        **extra,
+    }

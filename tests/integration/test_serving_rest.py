@@ -3,77 +3,28 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from tests.integration._serving_fixtures import (
     ServerProcess,
-    start_server,
+    infer_body,
+    reference,
+    rest_client,
+    rest_models,
+    rest_server,
     training_data,
-    write_echo,
-    write_mlp,
 )
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_mlp(root / "mlp")
-    write_echo(root / "echo")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(models: Path, tmp_path_factory: pytest.TempPathFactory):
-    token_file = models / "token"
-    token_file.write_text(TOKEN + "\n")
-    srv = start_server(
-        [
-            "--model",
-            str(models / "mlp"),
-            "--model",
-            str(models / "echo"),
-            "--token-file",
-            str(token_file),
-            "--max-body-bytes",
-            "200000",
-            "--poll-seconds",
-            "0",
-        ],
-        tmp_path_factory.mktemp("logs"),
-    )
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server: ServerProcess):
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
-        yield c
-
-
-def reference(models: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(models / "mlp" / "model.onnx"), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
-
-def infer_body(x: np.ndarray, **extra) -> dict:
-    return {
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}],
-        **extra,
-    }
+GOOD = {"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.0] * 8}
+__all__ = ["rest_client", "rest_models", "rest_server"]  # fixtures: client, models, server
 
 
 def test_health_is_open_and_the_rest_needs_a_token(server: ServerProcess) -> None:
@@ -263,141 +214,6 @@ def test_gzip_request_body(client: httpx.Client, models: Path) -> None:
     np.testing.assert_allclose(
         np.array(r.json()["outputs"][0]["data"]).reshape(2, 3), reference(models, x), rtol=1e-6
     )
-
-
-GOOD = {"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.0] * 8}
-BAD_CASES = [
-    ("POST", "/v2/models/nope/infer", {"inputs": [GOOD]}, 404, "unknown model 'nope'"),
-    ("POST", "/v2/models/mlp/versions/42/infer", {"inputs": [GOOD]}, 404, "no version '42'"),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "name": "x"}]}, 400, "no input 'x'"),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "datatype": "FP64"}]}, 400, "datatype FP64"),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "datatype": "BF16"}]}, 400, "unsupported datatype"),
-    (
-        "POST",
-        "/v2/models/mlp/infer",
-        {"inputs": [{**GOOD, "shape": [1, 7], "data": [0.0] * 7}]},
-        400,
-        "shape [1, 7]",
-    ),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "shape": [2, 8]}]}, 400, "needs 16 values"),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "shape": [8]}]}, 400, "shape [8]"),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "shape": "1,8"}]}, 400, "shape must be"),
-    (
-        "POST",
-        "/v2/models/mlp/infer",
-        {"inputs": [{**GOOD, "data": [[0.0] * 8, [1.0]]}]},
-        400,
-        "input 'input'",
-    ),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [{**GOOD, "data": ["a"] * 8}]}, 400, "not a valid FP32"),
-    (
-        "POST",
-        "/v2/models/mlp/infer",
-        {"inputs": [{k: v for k, v in GOOD.items() if k != "data"}]},
-        400,
-        "neither 'data'",
-    ),
-    ("POST", "/v2/models/mlp/infer", {"inputs": []}, 400, "non-empty 'inputs'"),
-    ("POST", "/v2/models/mlp/infer", [1, 2], 400, "JSON object"),
-    (
-        "POST",
-        "/v2/models/mlp/infer",
-        {"inputs": [GOOD], "outputs": [{"name": "logits"}]},
-        400,
-        "no output 'logits'",
-    ),
-    ("POST", "/v2/models/mlp/infer", {"inputs": [GOOD, GOOD]}, 400, "given twice"),
-    ("GET", "/v2/models/mlp/infer", None, 405, "not allowed"),
-    ("GET", "/v2/models/nope", None, 404, "unknown model"),
-    ("GET", "/v2/nothing/here", None, 404, "no route"),
-    ("GET", "/metrics", None, 404, "under /v2"),
-    ("POST", "/v2/repository/models/nope/unload", None, 404, "unknown model"),
-]
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status", "needle"), BAD_CASES, ids=[c[4] for c in BAD_CASES]
-)
-def test_bad_input_gets_a_4xx_naming_the_problem(
-    client: httpx.Client, method, path, body, status, needle
-) -> None:
-    r = client.request(method, path, json=body) if body is not None else client.request(method, path)
-    assert r.status_code == status, r.text
-    assert needle in r.json()["error"]
-    assert client.post("/v2/models/mlp/infer", json={"inputs": [GOOD]}).status_code == 200
-
-
-@pytest.mark.parametrize(
-    ("content", "headers", "needle"),
-    [
-        (b"{not json", {}, "malformed JSON"),
-        (b"", {}, "malformed JSON"),
-        (
-            json.dumps({"inputs": [GOOD]}).encode() + b"xx",
-            {"Inference-Header-Content-Length": str(len(json.dumps({"inputs": [GOOD]})))},
-            "2 binary bytes",
-        ),
-        (b"{}", {"Inference-Header-Content-Length": "99"}, "outside the body"),
-        (b"{}", {"Inference-Header-Content-Length": "x"}, "must be an integer"),
-        (b"not gzip", {"Content-Encoding": "gzip"}, "not valid gzip"),
-    ],
-)
-def test_malformed_bodies(client: httpx.Client, content: bytes, headers: dict, needle: str) -> None:
-    r = client.post("/v2/models/mlp/infer", content=content, headers=headers)
-    assert r.status_code == 400, r.text
-    assert needle in r.json()["error"]
-
-
-def test_binary_size_past_the_body(client: httpx.Client) -> None:
-    head = json.dumps(
-        {
-            "inputs": [
-                {**{k: v for k, v in GOOD.items() if k != "data"}, "parameters": {"binary_data_size": 32}}
-            ]
-        }
-    ).encode()
-    r = client.post(
-        "/v2/models/mlp/infer",
-        content=head + b"\0" * 16,
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
-    assert r.status_code == 400 and "runs past" in r.json()["error"]
-    r = client.post(
-        "/v2/models/mlp/infer",
-        content=head + b"\0" * 32,
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
-    assert r.status_code == 200
-
-
-def test_oversized_body_is_413_and_the_server_keeps_serving(client: httpx.Client) -> None:
-    x = np.zeros((20000, 8), np.float32)
-    r = client.post("/v2/models/mlp/infer", json=infer_body(x))
-    assert r.status_code == 413 and "exceeds" in r.json()["error"]
-    assert client.post("/v2/models/mlp/infer", json={"inputs": [GOOD]}).status_code == 200
-
-
-def test_malformed_http_and_pipelining(server: ServerProcess) -> None:
-    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
-        s.sendall(b"GARBAGE\r\n\r\n")
-        assert s.recv(4096).startswith(b"HTTP/1.1 400")
-    body = json.dumps({"inputs": [GOOD]}).encode()
-    one = (
-        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + TOKEN.encode()
-        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
-        s.sendall(one + live + one)
-        data = b""
-        while data.count(b"HTTP/1.1 200") < 3:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    parts = data.split(b"HTTP/1.1 200 OK")
-    assert b"probabilities" in parts[1] and b'"live"' in parts[2] and b"probabilities" in parts[3]
 
 
 def test_repository_index_unload_load(client: httpx.Client) -> None:

@@ -194,3 +194,28 @@ async def test_dashboard_shows_dashes_for_missing_data() -> None:
         assert "requests/s: -" in text_of(app, "#model")
         assert app.screen.query_one("#runs", DataTable).get_row_at(0)[0] == "no pipeline runs yet"
         assert app.screen.query_one("#drift", DataTable).get_row_at(0)[0] == "no drift data yet"
+
+
+async def test_review_shows_the_file_that_will_be_written() -> None:
+    from textual.widgets import TextArea
+
+    from appliance.answers_file import render_answers
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.set("profile", "edge")
+        app.goto("review")
+        await settle(pilot)
+        assert app.screen.query_one("#answers-text", TextArea).text == render_answers(app.state.answers())
+        assert "profile: edge" in app.screen.query_one("#answers-text", TextArea).text
+        assert "/srv/appliance/appliance.yaml" in text_of(app, "#target")
+
+
+async def test_runtime_choice_is_written() -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab", "down", "space")  # runtime local -> the next one offered
+        await settle(pilot)
+        assert app.state.answers().runtime != "local"
+        assert app.state.answers().profile == "lab"

@@ -51,9 +51,8 @@ class StorageScreen(WizardScreen):
             with Horizontal(classes="field-row"):
                 yield Label(f"{'secret key':<11}")
                 yield Input(self.state.s3_secret, id="s3-secret", password=True, compact=True)
-            with Horizontal(classes="field-row"):
-                yield Button("Test connection", id="test", compact=True)
-                yield Static("", id="s3-result")
+            yield Button("Test connection", id="test", compact=True)
+            yield Static("", id="s3-result")
 
     @staticmethod
     def _hint(key: str) -> str:

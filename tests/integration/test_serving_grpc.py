@@ -7,6 +7,7 @@ with a stub we did not generate, plus the high-level tritonclient on HTTP and gR
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import grpc
@@ -166,6 +167,13 @@ def test_typed_datatype_mismatch_and_repository(stub) -> None:
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def close_http(client: triton_http.InferenceServerClient) -> None:
+    """Close the client and run the garbage collector here, in the test's thread: a client's
+    __del__ closes its gevent pool again, which fails when another thread's collection runs it."""
+    client.close()
+    gc.collect()
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_http(server: ServerProcess, models: Path, binary: bool) -> None:
     client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
@@ -184,7 +192,7 @@ def test_tritonclient_http(server: ServerProcess, models: Path, binary: bool) ->
     bad.set_data_from_numpy(x, binary_data=binary)
     with pytest.raises(InferenceServerException, match="no input 'wrong'"):
         client.infer("mlp", [bad], headers=dict(HEADERS))
-    client.close()
+    close_http(client)
 
 
 def test_tritonclient_http_every_datatype(server: ServerProcess) -> None:
@@ -198,7 +206,7 @@ def test_tritonclient_http_every_datatype(server: ServerProcess) -> None:
     result = client.infer("echo", inputs, headers=dict(HEADERS))
     for key, (_dt, a) in arrays.items():
         np.testing.assert_array_equal(result.as_numpy(f"out_{key}"), a)
-    client.close()
+    close_http(client)
 
 
 def echo_arrays() -> dict[str, tuple[str, np.ndarray]]:

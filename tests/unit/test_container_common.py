@@ -138,3 +138,13 @@ def test_gpu_flavour_tags_differ_and_every_image_has_a_containerfile() -> None:
 def test_project_requirement_becomes_the_wheel_with_extras(tmp_path: Path) -> None:
     wheel = tmp_path / "mlops_appliance-0.1.0-py3-none-any.whl"
     assert _local_requirements(["mlops-appliance[serving]", "boto3"], wheel) == [f"{wheel}[serving]", "boto3"]
+
+
+def test_cdi_spec_for_nvidia_is_found_only_when_it_names_the_gpu_kind(tmp_path: Path) -> None:
+    from appliance.images.preflight import cdi_has_nvidia, gpu_check
+
+    (tmp_path / "other.yaml").write_text("kind: vendor.com/fpga\n")
+    assert not cdi_has_nvidia((tmp_path, tmp_path / "absent"))
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
+    assert cdi_has_nvidia((tmp_path,))
+    assert gpu_check("podman", []).status == "pass"

@@ -155,3 +155,17 @@ def test_malformed_http_and_pipelining(server: ServerProcess) -> None:
             data += chunk
     parts = data.split(b"HTTP/1.1 200 OK")
     assert b"probabilities" in parts[1] and b'"live"' in parts[2] and b"probabilities" in parts[3]
+
+
+def test_expect_100_continue_is_answered(server: ServerProcess) -> None:
+    body = json.dumps({"inputs": [GOOD]}).encode()
+    head = (
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
+        s.sendall(head)
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")

@@ -83,7 +83,11 @@ def run_attempt(
         while True:
             try:
                 code = proc.wait(timeout=POLL_SECONDS)
-            except subprocess.TimeoutExpired:
+            except BaseException as err:
+                if not isinstance(err, subprocess.TimeoutExpired):
+                    # Ctrl-C or a crash in the runner: the step's own session would outlive us.
+                    kill_group(proc.pid, grace=1.0)
+                    raise
                 if cancel is not None and cancel.is_set():
                     kill_group(proc.pid)
                     proc.wait()

@@ -105,10 +105,15 @@ class RunStore:
             )
 
     def finish(self, run_id: str, state: str, **fields: Any) -> None:
-        """Close the run; steps that never started are marked ``not run``."""
+        """Close the run; steps that never started are ``not run``, one cut short is ``failed``."""
         self.update_run(run_id, state=state, finished=time.time(), **fields)
         with self._db() as db:
             db.execute("UPDATE steps SET state = 'not run' WHERE run_id = ? AND state = 'pending'", (run_id,))
+            db.execute(
+                "UPDATE steps SET state = 'failed', finished = ?, error = COALESCE(error, ?),"
+                " child_pid = NULL WHERE run_id = ? AND state = 'running'",
+                (time.time(), fields.get("error") or "interrupted", run_id),
+            )
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """One run with its steps; ``run_id`` may be a unique prefix."""

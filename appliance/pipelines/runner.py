@@ -180,12 +180,22 @@ class PipelineRunner:
             error = err.message
         except OSError as err:
             error = f"cannot run the pipeline: {err}"
+        except KeyboardInterrupt:
+            error = "interrupted"
+            raise
         finally:
             outcome = self._outcome(run, state, failed_step)
             version = _read_output(run, "version")
             self.store.finish(run.run_id, state, outcome=outcome, version=version, error=error)
             if tracker and parent:
                 try:
+                    # A step cut short (Ctrl-C) was closed by finish() with the run's error; its
+                    # MLflow child run is still RUNNING. Steps that failed normally are ended already.
+                    for step in (self.store.get(run.run_id) or {}).get("steps", []):
+                        if step["state"] == "failed" and step["error"] == error and step["mlflow_run_id"]:
+                            tracker.end(
+                                step["mlflow_run_id"], "FAILED", tags={"appliance.error": error or ""}
+                            )
                     tracker.end(
                         parent,
                         "FINISHED" if state == "succeeded" else "FAILED",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import InvalidInputError
 from appliance.pipelines.loader import available, find_pipeline, load_pipeline, search_dirs
 from appliance.pipelines.records import RunStore
 from appliance.pipelines.recovery import fail_orphans
@@ -69,8 +70,13 @@ class Controller:
 
     def start_up(self) -> list[str]:
         """Check every pipeline file, fail orphaned runs, seed the cool-downs; return failed run ids."""
-        for path in available(self.dirs).values():
-            load_pipeline(path)
+        for name, path in available(self.dirs).items():
+            try:
+                load_pipeline(path)
+            except InvalidInputError as err:
+                if name == self.retrain_pipeline:
+                    raise  # without a valid retrain pipeline the controller has no purpose
+                log.error("pipeline %s cannot run until fixed: %s", name, err)
         find_pipeline(self.retrain_pipeline, self.dirs)
         failed = fail_orphans(self.store, self.state_dir, self.env)
         for run_id in failed:

@@ -88,11 +88,19 @@ def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
 def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[str]) -> RenderedService:
     """Render one service's templates (config files are added by ``render_stack``)."""
     v = TemplateVars(ctx).as_dict(name)
+    for secret in spec.secrets:
+        ctx.secrets.get(secret)
     env = {k: _fmt(t, v, f"{name}.env.{k}") for k, t in spec.env.items()}
     if spec.data_connection:
         env = ctx.connection_env() | env
-    command = [_fmt(a, v, f"{name}.command") for a in spec.command]
+    extra: list[str] = []
+    for flag, template in spec.optional_args.items():
+        value = _fmt(template, v, f"{name}.optional_args.{flag}")
+        if value not in ("", "None"):
+            extra += [flag, value]
+    command = [_fmt(a, v, f"{name}.command") for a in spec.command] + extra
     container = [_fmt(a, v, f"{name}.container_command") for a in spec.container_command or spec.command]
+    container += extra
     health = spec.health.model_copy(
         update={
             "http": spec.health.http and _fmt(spec.health.http, v, f"{name}.health"),

@@ -66,10 +66,16 @@ class ServiceSpec(Spec):
     """Container image (container runtimes)."""
     command: list[str]
     """Command template for the local runtime."""
+    optional_args: dict[str, str] = Field(default_factory=dict)
+    """Flag -> value template, appended to the command only when the value is set (not empty/None),
+    e.g. ``{--schedule: "{answers.monitoring.retrain_schedule}"}``."""
     container_command: list[str] | None = None
     """Command template inside the container; the local command when absent."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment templates."""
+    secrets: list[str] = Field(default_factory=list)
+    """Secrets generated (``STATE/secrets/NAME``, 0600) before the service starts, for services that
+    read them from a file (``{state}/secrets/NAME``) rather than from their environment."""
     data_connection: bool = False
     """Inject the data connection (docs/interfaces.md) into the environment."""
     ports: dict[str, str] = Field(default_factory=dict)

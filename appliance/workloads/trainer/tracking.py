@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from appliance.workloads.trainer.errors import MlflowUnreachableError
+from appliance.workloads.trainer.errors import MlflowUnreachableError, TrainerError
 
 ERROR_TAG = "appliance.error"
 
@@ -51,9 +51,21 @@ def run_scope(experiment: str, run_name: str) -> Iterator[str]:
         yield active.info.run_id
         return
     check_reachable()
-    if not os.environ.get("MLFLOW_RUN_ID"):
+    given = os.environ.get("MLFLOW_RUN_ID")
+    if given:
+        # The run's own experiment, so that an experiment chosen earlier in this process
+        # cannot clash with the run the pipeline runner handed us.
+        try:
+            owner = mlflow.MlflowClient().get_run(given).info.experiment_id
+        except mlflow.exceptions.MlflowException as err:
+            raise TrainerError(
+                f"MLFLOW_RUN_ID {given!r} is not a run on {tracking_uri()}",
+                fix="unset MLFLOW_RUN_ID to start a new run, or create the run on this server first",
+            ) from err
+        mlflow.set_experiment(experiment_id=owner)
+    else:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
-    with mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else run_name) as run:
+    with mlflow.start_run(run_name=None if given else run_name) as run:
         try:
             yield run.info.run_id
         except BaseException as err:

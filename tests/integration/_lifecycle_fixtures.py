@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -106,7 +107,7 @@ def _boto_keys() -> dict[str, str]:
     }
 
 
-def s3_client(services: Services):  # type: ignore[no-untyped-def]
+def s3_client(services: Services) -> Any:
     import boto3
 
     return boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1", **_boto_keys())

@@ -15,7 +15,8 @@ import yaml
 from tests.conftest import APPLIANCE, free_ports, run_cli
 from tests.integration._container_fixtures import MONITORING_IMAGE, ensure_images, runtime_available
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The first test may build the images (base, wheelhouse, mlflow): ~12 min on a fresh 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 EDGE = {
     "profile": "edge",
     "object_store": {"kind": "filesystem"},

@@ -26,7 +26,8 @@ from tests.integration._container_fixtures import (
     runtime_available,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The first test may build the images (base, wheelhouse, mlflow): ~12 min on a fresh 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module", params=[pytest.param(r, marks=pytest.mark.runtime(r)) for r in RUNTIMES])

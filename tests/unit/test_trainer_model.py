@@ -56,8 +56,12 @@ def test_parity_failure_raises(tmp_path: Path) -> None:
     data, n_out = blobs("classification")
     result = fit(data, "classification", n_out, FitConfig(epochs=2, seed=1), lambda row: None)
     path = export(result.model, "classification", tmp_path / "model.onnx")
-    with __import__("torch").no_grad():
-        result.model.net[0].bias.add_(1.0)  # the PyTorch model moves, the exported graph does not
+    import torch
+
+    first_layer = result.model.net[0]
+    assert isinstance(first_layer, torch.nn.Linear)
+    with torch.no_grad():
+        first_layer.bias.add_(1.0)  # the PyTorch model moves, the exported graph does not
     with pytest.raises(ParityError, match="nothing was registered"):
         check_parity(result.model, "classification", path, data.x["test"])
 

@@ -82,6 +82,13 @@ from appliance.errors import ApplianceError
     "for a new version; 0: never.",
 )
 @click.option(
+    "--wait-for-model/--no-wait-for-model",
+    default=False,
+    show_default=True,
+    help="Start even when a model cannot be loaded yet (e.g. no champion registered): retry it every "
+    "--poll-seconds and report not ready until then. Without it the server exits with the reason.",
+)
+@click.option(
     "--drift-window", default=1000, show_default=True, type=click.IntRange(1), help="Rows in the PSI window."
 )
 @click.option(
@@ -117,6 +124,7 @@ def serve_cmd(
     max_batch_size: int,
     max_queue_delay_us: int,
     poll_seconds: float,
+    wait_for_model: bool,
     drift_window: int,
     intra_op_threads: int,
     inter_op_threads: int,
@@ -139,6 +147,7 @@ def serve_cmd(
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         poll_seconds=poll_seconds,
+        wait_for_models=wait_for_model,
         drift_window=drift_window,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,

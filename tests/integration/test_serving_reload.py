@@ -202,3 +202,64 @@ def test_registry_alias_moved_under_load(tmp_path: Path, mlflow_server: str) -> 
         )
     finally:
         server.stop()
+
+
+def test_waits_for_a_model_that_is_not_there_yet(tmp_path: Path) -> None:
+    """The stack starts serving before the first champion exists: live, not ready, then ready."""
+    folder = tmp_path / "later"
+    target = folder / "model.onnx"
+    server = start_server(
+        ["--model", f"later={target}", "--poll-seconds", "0.3", "--wait-for-model"], tmp_path
+    )
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 200
+            assert client.get("/v2/health/ready").status_code == 503
+            assert client.get("/v2/models/later/ready").status_code == 503
+            refused = client.post("/v2/models/later/infer", json=BODY)
+            assert refused.status_code == 503 and "not loaded" in refused.json()["error"]
+            index = client.post("/v2/repository/index", json={}).json()
+            assert index == [
+                {"name": "later", "version": "", "state": "UNAVAILABLE", "reason": index[0]["reason"]}
+            ]
+            assert "load failed" in index[0]["reason"]
+
+            staging = tmp_path / "staging"
+            write_mlp(staging)
+            folder.mkdir()
+            shutil.copy(staging / "model.onnx", folder / "model.tmp")
+            os.replace(folder / "model.tmp", target)
+            deadline = time.monotonic() + 30
+            while client.get("/v2/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+                time.sleep(0.2)
+            answer = client.post("/v2/models/later/infer", json=BODY)
+            assert answer.status_code == 200, answer.text
+            got = np.array(answer.json()["outputs"][0]["data"]).reshape(3, -1)
+            np.testing.assert_allclose(got, predict(staging), atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_exits_with_the_reason_when_not_asked_to_wait(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.workloads.serving",
+            "--model",
+            str(tmp_path / "none.onnx"),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "none.onnx" in proc.stderr and "--model" in proc.stderr

@@ -27,6 +27,9 @@ class ServeConfig:
     max_queue_delay_us: int = 0
     poll_seconds: float = 30.0
     """How often to check every model's source for a new version; 0: never."""
+    wait_for_models: bool = False
+    """Start even when a model cannot be loaded yet (no champion registered so far): it is retried
+    every ``poll_seconds`` and the server reports not ready until it loads. Off: exit instead."""
     drift_window: int = 1000
     intra_op_threads: int = 1
     inter_op_threads: int = 1

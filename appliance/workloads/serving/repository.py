@@ -38,6 +38,8 @@ class Entry:
     state: str = "UNAVAILABLE"  # READY, LOADING, UNAVAILABLE
     reason: str = ""
     loads: int = 0
+    wanted: bool = True
+    """False once unloaded through the repository API: the poller leaves it alone until loaded again."""
     scratch: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,7 +128,8 @@ class ModelRepository:
             if uri is None:
                 raise NotFound(f"unknown model '{name}': give parameters.uri to load a new one")
             entry = self.add(name, uri)
-        elif entry.model is None and entry.state != "LOADING":
+        entry.wanted = True
+        if entry.model is None and entry.state != "LOADING":
             entry.fingerprint = None
         loop = asyncio.get_running_loop()
         try:
@@ -141,7 +144,11 @@ class ModelRepository:
         if entry is None:
             raise NotFound(f"unknown model '{name}'")
         entry.model, entry.batcher, entry.fingerprint = None, None, None
-        entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+        entry.state, entry.reason, entry.wanted = "UNAVAILABLE", "unloaded", False
+
+    def all_ready(self) -> bool:
+        """Every model that should be served is loaded (the server's readiness)."""
+        return all(e.model is not None for e in list(self.entries.values()) if e.wanted)
 
     def index(self) -> list[dict[str, Any]]:
         return [
@@ -155,15 +162,19 @@ class ModelRepository:
         ]
 
     async def poll(self, seconds: float) -> None:
-        """Reload every loaded model whose source moved; runs until cancelled."""
+        """Reload every model whose source moved, and load the ones still missing (a registry alias
+        that does not exist yet, a file not written yet); runs until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(seconds)
             for entry in list(self.entries.values()):
-                if entry.model is None:
+                if not entry.wanted:
                     continue
                 try:
                     await loop.run_in_executor(self.executor, self.load_blocking, entry, None)
-                except Exception as err:  # keep serving the old version; retry next round
-                    entry.reason = f"reload failed: {err}"
-                    log.warning("reload of %s failed: %s", entry.name, err)
+                except Exception as err:  # keep serving the old version (if any); retry next round
+                    verb = "reload" if entry.model is not None else "load"
+                    reason = f"{verb} failed: {err}"
+                    if reason != entry.reason:  # once per distinct problem, not every round
+                        log.warning("%s of %s failed: %s", verb, entry.name, err)
+                    entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), reason

@@ -67,7 +67,7 @@ class RestRouter(Router):
         if what == "live":
             return _json({"live": True})
         if what == "ready":
-            ready = self.service.ready
+            ready = self.service.server_ready()
             return _json({"ready": ready}, 200 if ready else 503)
         raise NotFound(f"no route GET {path} (use /v2/health/live or /v2/health/ready)")
 

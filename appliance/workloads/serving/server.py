@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.workloads.serving import grpc_server, http_server
 from appliance.workloads.serving.config import ServeConfig
+from appliance.workloads.serving.errors import Unavailable
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import ModelRepository
@@ -49,7 +50,12 @@ async def serve(
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when it is None)."""
     service = build_service(config)
     for entry in list(service.repo.entries.values()):
-        await service.repo.load(entry.name)
+        try:
+            await service.repo.load(entry.name)
+        except Unavailable as err:
+            if not config.wait_for_models or config.poll_seconds <= 0:
+                raise
+            log.warning("%s; retrying every %ss, not ready until then", err.message, config.poll_seconds)
     gc.freeze()  # startup objects (sessions, modules) leave the GC's scans: fewer latency spikes
     stop = stop or _signal_event()
     rest = await http_server.start(RestRouter(service), config.host, config.http_port, config.max_body_bytes)

@@ -67,6 +67,10 @@ class InferenceService:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
+    def server_ready(self) -> bool:
+        """Up and serving every model it should (a model still waiting for its alias: not ready)."""
+        return self.ready and self.repo.all_ready()
+
     def model_ready(self, name: str, version: str | None) -> bool:
         entry = self.repo.entries.get(name)
         if entry is None or entry.model is None:

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
-APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux)
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,352 @@
+"""The closed loop on a real lab stack (local runtime): drift is seen, alerted, retrained, promoted,
+hot-reloaded and gone, with no failed request.
+
+Every service is the real one from the stack (MLflow, the model server, Prometheus, Alertmanager,
+the controller, node exporter); the object store is a moto S3 endpoint (MinIO cannot be installed
+on these machines). Rule timings are shortened through the answers file. Each stage is asserted
+from its own source: the Prometheus API (PSI, the firing alert), the Alertmanager API (the alert
+it routed), the controller (the run the alert started), MLflow (the champion alias and the
+decision tags) and the model server's metadata (the version it serves). At the end, every metric
+name the Grafana dashboards query must exist among the metrics Prometheus scraped from the stack.
+
+The timings and PSI values are printed (``pytest -s``) and written to ``e2e-loop.json`` beside the
+answers file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import pytest
+
+from appliance.monitoring.grafana import dashboard_metric_names
+from tests.conftest import free_ports, run_cli
+from tests.integration._lifecycle_fixtures import BIN, S3_KEYS, free_port, start, stop, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "breast_cancer"
+PSI_THRESHOLD = 0.2
+SHIFT_SIGMAS = 3.0
+DASHBOARDS = REPO / "stacks" / "monitoring" / "grafana" / "dashboards"
+GPU_ONLY = "DCGM_"  # NVIDIA DCGM exporter metrics: only on hosts with a GPU and the exporter
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Stack:
+    answers: Path
+    env: dict[str, str]
+    urls: dict[str, str]
+    token: str
+    s3: Any
+
+    def cli(self, *args: str, timeout: float = 900) -> str:
+        return run_cli(*args, answers=self.answers, env=self.env, timeout=timeout).stdout
+
+    def prom(self, query: str) -> list[dict[str, Any]]:
+        reply = httpx.get(f"{self.urls['prometheus']}/api/v1/query", params={"query": query}, timeout=10)
+        reply.raise_for_status()
+        return list(reply.json()["data"]["result"])
+
+    def max_psi(self) -> float | None:
+        """The largest feature PSI Prometheus holds for the model; None before the first scrape."""
+        rows = self.prom(f'max(appliance_feature_psi{{model="{MODEL}"}})')
+        return float(rows[0]["value"][1]) if rows else None
+
+    def full_window_psi(self) -> float | None:
+        """``max_psi`` once the server's drift window is full (PSI of a few rows is noise)."""
+        if not self.prom(f'appliance_drift_window_rows{{model="{MODEL}"}} >= 1000'):
+            return None
+        return self.max_psi()
+
+    def served_version(self) -> str:
+        reply = httpx.get(f"{self.urls['serving']}/models/{MODEL}", headers=self.auth, timeout=10)
+        return str(reply.json()["versions"][0]) if reply.status_code == 200 else ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Traffic:
+    """Threads posting batches of rows without pause; every failure and served version counted."""
+
+    stack: Stack
+    rows: np.ndarray
+    batch: int = 8
+    failures: list[str] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def switch(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def start(self, threads: int = 2) -> Traffic:
+        for seed in range(threads):
+            thread = threading.Thread(target=self._post, args=(seed,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _post(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        url = f"{self.stack.urls['serving']}/models/{MODEL}/infer"
+        with httpx.Client(headers=self.stack.auth, timeout=30) as client:
+            while not self._stop.is_set():
+                rows = self.rows[rng.integers(0, len(self.rows), self.batch)]
+                body = {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": list(rows.shape),
+                            "data": rows.ravel().tolist(),
+                        }
+                    ]
+                }
+                try:
+                    reply = client.post(url, json=body)
+                except httpx.HTTPError as err:
+                    with self._lock:
+                        self.failures.append(f"{type(err).__name__}: {err}")
+                    continue
+                with self._lock:
+                    if reply.status_code != 200:
+                        self.failures.append(f"{reply.status_code}: {reply.text[:200]}")
+                    else:
+                        self.versions[reply.json()["model_version"]] += 1
+                time.sleep(0.01)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    import boto3
+
+    s3_port = free_port()
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    moto = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], tmp_path / "moto.log")
+    answers = tmp_path / "appliance.yaml"
+    env = {"E2E_S3_SECRET": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}
+    try:
+        wait_http(f"{endpoint}/", moto, tmp_path / "moto.log", 60)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        )
+        for bucket in ("datasets", "models", "mlflow"):
+            s3.create_bucket(Bucket=bucket)
+        ports = free_ports()
+        answers.write_text(
+            json.dumps(
+                {
+                    "profile": "lab",
+                    "state_dir": str(tmp_path / "state"),
+                    "health_timeout_seconds": 300,
+                    "ports": ports,
+                    "components": {"workbench": False},
+                    "object_store": {
+                        "kind": "s3",
+                        "endpoint": endpoint,
+                        "access_key": S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        "secret_key_env": "E2E_S3_SECRET",
+                    },
+                    "serving": {"poll_seconds": 1},
+                    "monitoring": {
+                        "drift_psi_threshold": PSI_THRESHOLD,
+                        "drift_for": "10s",
+                        "scrape_interval": "2s",
+                        "evaluation_interval": "2s",
+                        "alert_group_wait": "1s",
+                        "retrain_cooldown_seconds": 600,
+                    },
+                }
+            )
+        )
+        urls = {
+            "prometheus": f"http://127.0.0.1:{ports['prometheus']}",
+            "alertmanager": f"http://127.0.0.1:{ports['alertmanager']}",
+            "controller": f"http://127.0.0.1:{ports['controller']}",
+            "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+            "serving": f"http://127.0.0.1:{ports['serving_http']}/v2",
+        }
+        run_cli("up", answers=answers, env=env, timeout=900)
+        token = run_cli("secrets", "show", "serving_token", answers=answers).stdout.strip()
+        yield Stack(answers, env, urls, token, s3)
+    finally:
+        run_cli("down", answers=answers, env=env, check=False, timeout=300)
+        stop(moto)
+
+
+def dataset(stack: Stack) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The seeded CSV, read back from the object store: (feature names, features, target)."""
+    import pandas as pd
+
+    body = stack.s3.get_object(Bucket="datasets", Key=f"{MODEL}/{MODEL}.csv")["Body"].read()
+    frame = pd.read_csv(io.BytesIO(body))
+    features = [c for c in frame.columns if c != "target"]
+    return features, frame[features].to_numpy(np.float32), frame["target"].to_numpy()
+
+
+def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
+    stack: Stack, tmp_path: Path
+) -> None:
+    report: dict[str, Any] = {}
+    stack.cli("data", "seed", "--dataset", MODEL)
+    stack.cli("train", "--dataset", MODEL)
+    wait_for("the server to load champion v1", lambda: stack.served_version() == "1", 120)
+
+    names, x, y = dataset(stack)
+    shifted = (x + SHIFT_SIGMAS * x.std(axis=0)).astype(np.float32)
+    traffic = Traffic(stack, x).start()
+    try:
+        # In distribution: the window fills and Prometheus sees a low PSI.
+        psi_before = wait_for(
+            "a full drift window of in-distribution traffic",
+            stack.full_window_psi,
+            180,
+        )
+        assert psi_before < PSI_THRESHOLD, psi_before
+        report["psi_in_distribution"] = psi_before
+
+        # The shift: live traffic moves, and new labelled data with the same shift lands.
+        loop_start = time.monotonic()
+        traffic.switch(shifted)
+        frame = {n: shifted[:, i] for i, n in enumerate(names)} | {"target": y}
+        csv = io.StringIO()
+        __import__("pandas").DataFrame(frame).to_csv(csv, index=False)
+        time.sleep(1.1)  # a later LastModified than the seeded file, whatever the clock granularity
+        stack.s3.put_object(Bucket="datasets", Key=f"{MODEL}/{MODEL}-shifted.csv", Body=csv.getvalue())
+
+        psi_drift = wait_for(
+            "PSI above the threshold",
+            lambda: _beyond(stack.max_psi(), above=True),
+            120,
+        )
+        report["psi_shifted"] = psi_drift
+        firing = wait_for("Prometheus to fire a drift alert", lambda: _firing(stack), 180)
+        report["alert_firing_s"] = round(time.monotonic() - loop_start, 1)
+        routed = wait_for("Alertmanager to hold the drift alert", lambda: _routed(stack), 60)
+        assert routed["labels"]["model"] == MODEL and firing["labels"]["model"] == MODEL
+
+        run = wait_for("the controller to start a run from the alert", lambda: _alert_run(stack), 120)
+        done = wait_for(
+            "the retrain run to finish",
+            lambda: _finished(stack, run["id"]),
+            900,
+            2,
+        )
+        assert done["state"] == "succeeded", json.dumps(done, indent=1)[-3000:]
+        assert (done["outcome"], done["version"]) == ("promoted", "2"), done
+        report["retrain_run_s"] = round(done["finished"] - done["started"], 1)
+
+        from mlflow.tracking import MlflowClient
+
+        registry = MlflowClient(stack.urls["mlflow"])
+        champion = registry.get_model_version_by_alias(MODEL, "champion")
+        assert champion.version == "2"
+        tags = champion.tags
+        challenger_score = float(tags["appliance.challenger_score"])
+        champion_score = float(tags["appliance.champion_score"])
+        assert challenger_score > champion_score, tags
+        report["accuracy_new_test_set"] = {"v1": champion_score, "v2": challenger_score}
+
+        wait_for("the server to hot-reload v2", lambda: stack.served_version() == "2", 120)
+        wait_for("traffic answered by v2", lambda: traffic.versions["2"] > 50, 60)
+        psi_after = wait_for(
+            "PSI back under the threshold",
+            lambda: _beyond(stack.full_window_psi(), above=False),
+            180,
+        )
+        report["psi_after_retrain"] = psi_after
+        report["loop_s"] = round(time.monotonic() - loop_start, 1)
+    finally:
+        traffic.stop()
+    assert traffic.failures == [], traffic.failures[:10]
+    assert traffic.versions["1"] > 0 and traffic.versions["2"] > 0, traffic.versions
+    report["requests"] = dict(traffic.versions)
+
+    # Every metric a dashboard panel queries was scraped from this running stack.
+    scraped = set(
+        httpx.get(f"{stack.urls['prometheus']}/api/v1/label/__name__/values", timeout=10).json()["data"]
+    )
+    for board in sorted(DASHBOARDS.glob("*.json")):
+        wanted = {n for n in dashboard_metric_names(board) if not n.startswith(GPU_ONLY)}
+        assert wanted <= scraped, f"{board.name}: no such metric scraped: {sorted(wanted - scraped)}"
+
+    print(json.dumps(report, indent=1))
+    (stack.answers.parent / "e2e-loop.json").write_text(json.dumps(report, indent=1))
+    if os.environ.get("APPLIANCE_E2E_REPORT"):
+        Path(os.environ["APPLIANCE_E2E_REPORT"]).write_text(json.dumps(report, indent=1))
+
+
+def _beyond(psi: float | None, above: bool) -> float | None:
+    """``psi`` when it is on the asked side of the alert threshold, else None (keep waiting)."""
+    if psi is None or (psi > PSI_THRESHOLD) != above:
+        return None
+    return psi
+
+
+def _finished(stack: Stack, run_id: str) -> dict[str, Any] | None:
+    run: dict[str, Any] = httpx.get(f"{stack.urls['controller']}/runs/{run_id}", timeout=10).json()
+    return None if run["state"] == "running" else run
+
+
+def _firing(stack: Stack) -> dict[str, Any] | None:
+    alerts = httpx.get(f"{stack.urls['prometheus']}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    for alert in alerts:
+        if (
+            alert["labels"].get("alertname") in ("FeatureDrift", "PredictionDrift")
+            and alert["state"] == "firing"
+        ):
+            return dict(alert)
+    return None
+
+
+def _routed(stack: Stack) -> dict[str, Any] | None:
+    alerts = httpx.get(f"{stack.urls['alertmanager']}/api/v2/alerts", timeout=10).json()
+    for alert in alerts:
+        drift = alert["labels"].get("alertname") in ("FeatureDrift", "PredictionDrift")
+        if drift and "controller" in [r["name"] for r in alert.get("receivers", [])]:
+            return dict(alert)
+    return None
+
+
+def _alert_run(stack: Stack) -> dict[str, Any] | None:
+    runs = httpx.get(f"{stack.urls['controller']}/runs", params={"model": MODEL}, timeout=10).json()["runs"]
+    started = [r for r in runs if r.get("trigger") == "alert"]
+    return dict(started[0]) if started else None

@@ -102,10 +102,13 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
         term.keys("C-n")
         term.wait_for("step 7/7", "profile: lab")
         term.keys("C-n")
-        done = term.wait_for("done · the stack is up", "appliance --answers", timeout=480)
+        done = term.wait_for(
+            "done · the stack is up", "appliance --answers $A", "Credentials", "healthy", timeout=480
+        )
         (tmp_path / "done-screen.txt").write_text(done)
         print(done)
-        assert "secrets show NAME" in done and "train --dataset breast_cancer" in done
+        assert "secrets show NAME" in done and "train --dataset breast_cancer" in done, done
+        assert f"A={paths['out']}" in "".join(line.strip() for line in done.splitlines())
         term.keys("d")
         dashboard = term.wait_for("status · profile lab", "healthy", "no pipeline runs yet", timeout=60)
         print(dashboard)

@@ -10,7 +10,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
@@ -24,7 +24,7 @@ class DoneScreen(AppScreen):
 
     def compose(self) -> ComposeResult:
         yield Static("MLOps Appliance setup · done · the stack is up", id="step-title")
-        with Vertical(id="body"):
+        with VerticalScroll(id="body"):
             yield DataTable(id="urls", cursor_type="none", zebra_stripes=False)
             yield Static("", id="credentials")
             yield Static(self._next_commands(), id="next-commands")
@@ -35,8 +35,17 @@ class DoneScreen(AppScreen):
         yield Footer()
 
     def _next_commands(self) -> str:
-        prefix = f"appliance --answers {self.state.answers_out}"
-        return f"Next:\n  {prefix} status\n  {prefix} data seed\n  {prefix} train --dataset breast_cancer"
+        """Copy-pasteable shell lines; the answers path (often long) is spelt once, as ``$A``."""
+        return "\n".join(
+            [
+                "Next, in a shell:",
+                f"  A={self.state.answers_out}",
+                "  appliance --answers $A status",
+                "  appliance --answers $A secrets show NAME",
+                "  appliance --answers $A data seed",
+                "  appliance --answers $A train --dataset breast_cancer",
+            ]
+        )
 
     def on_mount(self) -> None:
         table = self.query_one("#urls", DataTable)
@@ -65,8 +74,7 @@ class DoneScreen(AppScreen):
         where = self.state.state_dir / "secrets"
         names = ", ".join(secrets) or "none yet"
         self.query_one("#credentials", Static).update(
-            f"Credentials (generated, mode 0600) are in {where}/: {names}\n"
-            f"Show one with: appliance --answers {self.state.answers_out} secrets show NAME"
+            f"Credentials (generated, mode 0600) in {where}/: {names}"
         )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

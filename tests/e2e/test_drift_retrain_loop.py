@@ -227,7 +227,16 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
 ) -> None:
     report: dict[str, Any] = {}
     stack.cli("data", "seed", "--dataset", MODEL)
-    stack.cli("train", "--dataset", MODEL)
+    trained = json.loads(stack.cli("train", "--dataset", MODEL).strip().splitlines()[-1])
+    # The first champion, trained through the CLI against this running stack.
+    assert trained["promoted"] is True and trained["version"] == "1", trained
+    assert trained["metrics"]["accuracy"] >= 0.95 and trained["parity_max_abs_diff"] <= 1e-4, trained
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(stack.urls["mlflow"])
+    artifacts = {a.path for a in registry.list_artifacts(trained["run_id"])}
+    assert "training_curve.png" in artifacts, artifacts
+    report["v1_train"] = {"accuracy": trained["metrics"]["accuracy"], "seconds": trained["total_seconds"]}
     wait_for("the server to load champion v1", lambda: stack.served_version() == "1", 120)
 
     names, x, y = dataset(stack)
@@ -274,9 +283,6 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
         assert (done["outcome"], done["version"]) == ("promoted", "2"), done
         report["retrain_run_s"] = round(done["finished"] - done["started"], 1)
 
-        from mlflow.tracking import MlflowClient
-
-        registry = MlflowClient(stack.urls["mlflow"])
         champion = registry.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == "2"
         tags = champion.tags

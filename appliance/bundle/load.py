@@ -32,15 +32,22 @@ def load_bundle(bundle: Path, engine: str) -> Manifest:
 
 
 def _load(engine: str, tag: str, stream: object) -> None:
+    # stdout is not read while the archive streams in, so it must not be a pipe that can fill up;
+    # stderr (small) is read once stdin is closed.
     proc = subprocess.Popen(
-        [engine, "load"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [engine, "load"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    assert proc.stdin is not None
-    with stream:  # type: ignore[attr-defined]
-        while chunk := stream.read(CHUNK):  # type: ignore[attr-defined]
-            proc.stdin.write(chunk)
-    proc.stdin.close()
-    _, err = proc.communicate()
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        with stream:  # type: ignore[attr-defined]
+            while chunk := stream.read(CHUNK):  # type: ignore[attr-defined]
+                proc.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # the engine gave up early; its exit status and stderr say why
+    finally:
+        proc.stdin.close()
+    err = proc.stderr.read()
+    proc.wait()
     if proc.returncode != 0:
         raise BundleError(f"{engine} load of {tag} failed: {err.decode(errors='replace').strip()[-400:]}")
 

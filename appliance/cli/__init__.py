@@ -40,6 +40,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "serve": "appliance.cli.serve_cmd:serve_cmd",
     "pipeline": "appliance.cli.pipeline_cmds:pipeline_group",
     "tui": "appliance.cli.tui_cmd:tui_cmd",
+    "images": "appliance.cli.image_cmds:images_group",
+    "bundle": "appliance.cli.bundle_cmds:bundle_group",
 }
 
 

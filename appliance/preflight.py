@@ -162,6 +162,23 @@ def _runtime(ctx: AppContext) -> Check:
     )
 
 
+def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
+    """A registry URI needs a registry: the edge profile has none unless the user points elsewhere."""
+    model = ctx.answers.serving.model
+    if "serving" not in desired or not model.startswith("models:/") or "mlflow" in desired:
+        return []
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return [Check("serving model", "pass", f"{model} from MLflow at {os.environ['MLFLOW_TRACKING_URI']}")]
+    return [
+        Check(
+            "serving model",
+            "warn",
+            f"serving.model is {model} but this stack has no MLflow: the server stays not ready",
+            "set serving.model to a model folder, an .onnx file or an s3:// URI",
+        )
+    ]
+
+
 def run_preflight(
     ctx: AppContext,
     desired: Mapping[str, RenderedService],
@@ -179,6 +196,7 @@ def run_preflight(
         *_binaries(desired),
         *_ports(ctx, desired, observed),
         _gpu(ctx),
+        *_model_source(ctx, desired),
     ]
 
 

@@ -60,3 +60,16 @@ def test_prometheus_scrapes_every_metrics_target(tmp_path: Path) -> None:
     config = services["prometheus"].files["prometheus.yml"]
     assert "127.0.0.1:9555" in config
     assert services["prometheus"].config_hash != render_stack(ctx(tmp_path))["prometheus"].config_hash
+
+
+def test_edge_serving_from_the_registry_is_flagged_and_a_file_is_not(tmp_path: Path, monkeypatch) -> None:
+    from appliance.preflight import _model_source
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    edge = ctx(tmp_path, profile="edge")
+    (check,) = _model_source(edge, render_stack(edge))
+    assert check.status == "warn" and "no MLflow" in check.detail and "s3://" in check.fix
+    local = ctx(tmp_path, profile="edge", serving={"model": "/models/breast_cancer"})
+    assert _model_source(local, render_stack(local)) == []
+    lab = ctx(tmp_path)
+    assert _model_source(lab, render_stack(lab)) == []

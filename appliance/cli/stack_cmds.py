@@ -38,7 +38,7 @@ def engine() -> Engine:
     help="Where to write the answers file.",
 )
 @click.option("--profile", type=click.Choice(["lab", "edge", "custom"]), default="lab", show_default=True)
-@click.option("--runtime", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--runtime", type=click.Choice(["local", "podman", "docker"]), default="local", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_cmd(output: Path, profile: str, runtime: str, force: bool) -> None:
     """Write a commented answers file with every default spelled out."""

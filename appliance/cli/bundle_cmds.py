@@ -102,8 +102,11 @@ def load_cmd(bundle: Path, engine: str | None) -> None:
         raise BundleError(
             f"runtime {chosen!r} runs no containers", fix="pass --engine podman|docker or set runtime: podman"
         )
-    manifest = load_bundle(bundle, chosen)
-    click.echo(f"loaded {len(manifest.archives)} image(s) into {chosen}: {', '.join(manifest.archives)}")
+    _, done = load_bundle(bundle, chosen)
+    if done.loaded:
+        click.echo(f"loaded {len(done.loaded)} image(s) into {chosen}: {', '.join(done.loaded)}")
+    if done.skipped:
+        click.echo(f"already in {chosen} (same image ID, not loaded again): {', '.join(done.skipped)}")
 
 
 for command in (create_cmd, verify_cmd, inspect_cmd, load_cmd):

@@ -4,6 +4,8 @@ each tampered, missing and extra file, in a tar and in the folder it unpacks to.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.bundle.create import archive_name, create_bundle
+from appliance.bundle.load import archive_image_id
 from appliance.bundle.manifest import BundleError, read_manifest, require_intact, verify
 from appliance.cli.bundle_cmds import bundle_group
 
@@ -111,3 +114,27 @@ def test_cli_verify_fails_naming_the_file_and_inspect_summarises(bundle: Path, t
 
 def test_archive_names_are_safe_file_names() -> None:
     assert archive_name("localhost/appliance-mlflow:latest") == "images/localhost_appliance-mlflow_latest.tar"
+
+
+def _docker_archive(config: str) -> io.BytesIO:
+    """A docker-archive's outline: a layer, then manifest.json naming the config (the image ID)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (
+            ("abc/layer.tar", b"\0" * 4096),
+            ("manifest.json", json.dumps([{"Config": config, "RepoTags": ["x:latest"]}]).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("config", [f"{'ab' * 32}.json", f"blobs/sha256/{'ab' * 32}"])
+def test_the_image_id_comes_from_the_archive_manifest(config: str) -> None:
+    assert archive_image_id(_docker_archive(config)) == "ab" * 32
+
+
+def test_an_archive_without_a_manifest_has_no_image_id() -> None:
+    assert archive_image_id(io.BytesIO(b"not a tar at all")) is None

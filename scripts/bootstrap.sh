@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
-APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl)
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

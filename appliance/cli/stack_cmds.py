@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from appliance.answers import Answers
@@ -22,6 +24,7 @@ from appliance.errors import ApplianceError, PreflightError
 MARK = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
 HEALTH = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
 console = Console(highlight=False)
+progress_console = Console(stderr=True, highlight=False)
 
 
 def engine() -> Engine:
@@ -38,7 +41,9 @@ def engine() -> Engine:
     help="Where to write the answers file.",
 )
 @click.option("--profile", type=click.Choice(["lab", "edge", "custom"]), default="lab", show_default=True)
-@click.option("--runtime", type=click.Choice(["local", "podman", "docker"]), default="local", show_default=True)
+@click.option(
+    "--runtime", type=click.Choice(["local", "podman", "docker"]), default="local", show_default=True
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_cmd(output: Path, profile: str, runtime: str, force: bool) -> None:
     """Write a commented answers file with every default spelled out."""
@@ -92,14 +97,65 @@ def plan_cmd(as_json: bool) -> None:
 
 @click.command("up")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def up_cmd(quiet: bool) -> None:
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    help="Install from this offline bundle first (verify, load images, wheelhouse); no network used.",
+)
+@click.option(
+    "--load-images",
+    type=click.Choice(["podman", "docker"]),
+    help="With --bundle on the local runtime: load the bundle's images into this engine as well.",
+)
+def up_cmd(quiet: bool, bundle: Path | None, load_images: str | None) -> None:
     """Bring the stack up (or up to date). Safe to run again at any time."""
+    if load_images and bundle is None:
+        raise click.UsageError("--load-images needs --bundle")
+    if bundle is not None and _install_bundle(bundle, load_images, quiet):
+        _up_in_new_process(quiet)
     eng = engine()
     result = eng.up(None if quiet else ProgressPrinter())
     status = eng.status()
     _print_status(status)
     if not result.changed:
         click.echo("stack already up to date (0 actions)")
+
+
+def _install_bundle(bundle: Path, load_images: str | None, quiet: bool) -> bool:
+    """Install from ``bundle`` before ``up``; True when pip changed the running virtualenv."""
+    from appliance.bundle.install import install_from_bundle
+
+    runtime = app_context().answers.runtime
+    engines: list[str] = [runtime] if runtime in ("podman", "docker") else []
+    if load_images and load_images not in engines:
+        engines.append(load_images)
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        if not quiet:
+            elapsed = time.monotonic() - started
+            progress_console.print(f"[{elapsed:6.1f}s] bundle  {escape(line)}", style="cyan", soft_wrap=True)
+
+    done = install_from_bundle(bundle, engines, say)
+    say(f"installed from {bundle.name} in {time.monotonic() - started:.1f}s; bringing the stack up")
+    return done.wheels_installed
+
+
+def _up_in_new_process(quiet: bool) -> None:
+    """Run the rest of ``up`` with the code pip just installed, not the one imported here."""
+    obj = click.get_current_context().find_root().obj
+    script = Path(sys.executable).parent / "appliance"
+    argv = [str(script)] if script.exists() else [sys.executable, "-c", "import appliance.cli as c; c.main()"]
+    if obj.get("answers_path"):
+        argv += ["--answers", str(obj["answers_path"])]
+    if obj.get("state_dir"):
+        argv += ["--state-dir", str(obj["state_dir"])]
+    if obj.get("debug"):
+        argv.append("--debug")
+    argv += ["up", *(["--quiet"] if quiet else [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 @click.command("down")

@@ -186,13 +186,14 @@ class PipelineRunner:
         finally:
             outcome = self._outcome(run, state, failed_step)
             version = _read_output(run, "version")
-            self.store.finish(run.run_id, state, outcome=outcome, version=version, error=error)
             if tracker and parent:
+                # MLflow first, the record last: once the record says the run is over, everything
+                # about it is closed (readers of the API go on to look at MLflow).
                 try:
-                    # A step cut short (Ctrl-C) was closed by finish() with the run's error; its
-                    # MLflow child run is still RUNNING. Steps that failed normally are ended already.
+                    # A step cut short (Ctrl-C) is still running here and so is its MLflow child
+                    # run; steps that failed normally ended theirs already.
                     for step in (self.store.get(run.run_id) or {}).get("steps", []):
-                        if step["state"] == "failed" and step["error"] == error and step["mlflow_run_id"]:
+                        if step["state"] == "running" and step["mlflow_run_id"]:
                             tracker.end(
                                 step["mlflow_run_id"], "FAILED", tags={"appliance.error": error or ""}
                             )
@@ -203,6 +204,7 @@ class PipelineRunner:
                     )
                 except TrackingUnavailableError as err:
                     error = error or str(err)
+            self.store.finish(run.run_id, state, outcome=outcome, version=version, error=error)
             run.lock.release()
         emit(Event(run.run_id, None, state, message=error or outcome))
         record = self.store.get(run.run_id)

@@ -33,6 +33,10 @@ def clean_env() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+    # In-process trainer calls choose MLflow experiments; later tests talk to other servers.
+    import mlflow.tracking.fluent
+
+    mlflow.tracking.fluent._active_experiment_id = None
 
 
 def run_cli(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -149,6 +153,6 @@ def test_pipeline_steps_log_into_the_given_run(
     assert dict(client.get_registered_model("wine_steps").aliases) == {"champion": "1"}
     train_run = client.get_run(results["train"]["run_id"])
     assert "training_curve.png" in {a.path for a in client.list_artifacts(train_run.info.run_id)}
-    os.environ.pop("MLFLOW_RUN_ID")
+    os.environ.pop("MLFLOW_RUN_ID", None)  # MLflow consumes it when it resumes the run
     assert trainer(["register", "--workdir", str(tmp_path / "empty")]) == 2
     assert "run the 'validate' step first" in capfd.readouterr().err

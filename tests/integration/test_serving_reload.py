@@ -164,6 +164,7 @@ def register(url: str, folder: Path, name: str) -> str:
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("serving-reload")  # this server's, whatever an earlier test chose
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), artifact_path="model")
     client = MlflowClient(url)

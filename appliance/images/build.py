@@ -8,6 +8,7 @@ BuildKit. Archives are docker-archive tarballs, which both engines load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -94,12 +95,25 @@ def build_image(
     started = time.monotonic()
     cmd = ["podman", "build", "-q", "-f", str(spec.containerfile), "-t", tag]
     cmd += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REQUIREMENTS={' '.join(requirements)}"]
+    cmd += ["--build-arg", f"WHEELHOUSE_DIGEST={wheelhouse_digest(house)}"]
     cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}", str(context)]
     _run(cmd, f"building {tag}")
     for engine in engines:
         if engine != "podman" and engine_ready(engine):
             transfer(tag, engine)
     return Built(spec.name, tag, time.monotonic() - started, image_size("podman", tag))
+
+
+def wheelhouse_digest(house: Path) -> str:
+    """Digest of every wheel's name and bytes. The wheelhouse is bind-mounted into the build, which
+    the layer cache does not see; passed as a build argument, a changed wheel rebuilds the layer."""
+    digest = hashlib.sha256()
+    for wheel in sorted(house.glob("*.whl")):
+        digest.update(wheel.name.encode() + b"\0")
+        with wheel.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def transfer(tag: str, engine: str) -> None:

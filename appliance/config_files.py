@@ -11,7 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
+from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
 
-GENERATORS: dict[str, Generator] = {**MONITORING_GENERATORS}
+
+def retrain_pipeline(ctx: Any, services: Any) -> str:
+    """The stack's retrain pipeline (``stacks/pipelines/retrain.yaml``), for a controller that runs
+    where the project's ``stacks/`` folder is not (a container: it reads ``{config}``)."""
+    return (STACKS_DIR / "pipelines" / "retrain.yaml").read_text()
+
+
+GENERATORS: dict[str, Generator] = {**MONITORING_GENERATORS, "retrain_pipeline": retrain_pipeline}

@@ -24,6 +24,9 @@ from appliance.answers import Answers
 from appliance.errors import ApplianceError
 from appliance.secrets_store import SecretStore
 
+CONTAINER_STATE_DIR = "/var/lib/appliance"
+"""Inside containers, the workloads' state (and the filesystem store's data): the ``state`` volume."""
+
 
 def default_state_dir() -> Path:
     """``$APPLIANCE_STATE_DIR``, else ``$XDG_DATA_HOME/mlops-appliance`` (``~/.local/share/...``)."""
@@ -73,8 +76,21 @@ class AppContext:
         return resolve_store_kind(self.answers)
 
     @property
+    def in_containers(self) -> bool:
+        """Services run as containers on one stack network (podman or docker)."""
+        return self.answers.runtime != "local"
+
+    def host_of(self, service: str, inside: bool = False) -> str:
+        """How one service reaches ``service``: the bind address on the host, its name on the
+        stack network when ``inside`` a container."""
+        return service if inside else self.answers.bind_address
+
+    @property
     def mlflow_uri(self) -> str:
-        return f"http://{self.answers.bind_address}:{self.answers.ports.mlflow}"
+        return self.mlflow_uri_from(inside=False)
+
+    def mlflow_uri_from(self, inside: bool) -> str:
+        return f"http://{self.host_of('mlflow', inside)}:{self.answers.ports.mlflow}"
 
     def s3_credentials(self) -> tuple[str, str]:
         """Access key and secret of the object store (generated for MinIO, copied for S3)."""
@@ -97,8 +113,11 @@ class AppContext:
 
     @property
     def s3_endpoint(self) -> str | None:
+        return self.s3_endpoint_from(inside=False)
+
+    def s3_endpoint_from(self, inside: bool) -> str | None:
         if self.store_kind == "minio":
-            return f"http://{self.answers.bind_address}:{self.answers.ports.minio}"
+            return f"http://{self.host_of('minio', inside)}:{self.answers.ports.minio}"
         return self.answers.object_store.endpoint
 
     @property
@@ -106,18 +125,20 @@ class AppContext:
         """Root of datasets and models for the ``filesystem`` store."""
         return self.state_dir / "data"
 
-    def connection_env(self) -> dict[str, str]:
-        """The data connection and tracking URI, as every workload receives them."""
+    def connection_env(self, inside: bool = False) -> dict[str, str]:
+        """The data connection and tracking URI, as every workload receives them; ``inside`` a
+        container, services are reached by name and the state is the ``state`` volume."""
         store = self.answers.object_store
+        state_dir = Path(CONTAINER_STATE_DIR) if inside else self.state_dir
         env = {
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "APPLIANCE_STATE_DIR": str(self.state_dir),
+            "MLFLOW_TRACKING_URI": self.mlflow_uri_from(inside),
+            "APPLIANCE_STATE_DIR": str(state_dir),
             "APPLIANCE_DATASETS_BUCKET": store.datasets_bucket,
             "APPLIANCE_MODELS_BUCKET": store.models_bucket,
         }
         if self.store_kind in ("minio", "s3"):
             access, secret = self.s3_credentials()
-            endpoint = self.s3_endpoint or ""
+            endpoint = self.s3_endpoint_from(inside) or ""
             env |= {
                 "APPLIANCE_DATA_KIND": "s3",
                 "AWS_S3_ENDPOINT": endpoint,
@@ -128,5 +149,5 @@ class AppContext:
                 "MLFLOW_S3_ENDPOINT_URL": endpoint,
             }
         else:
-            env |= {"APPLIANCE_DATA_KIND": "filesystem", "APPLIANCE_DATA_ROOT": str(self.data_root)}
+            env |= {"APPLIANCE_DATA_KIND": "filesystem", "APPLIANCE_DATA_ROOT": str(state_dir / "data")}
         return env

@@ -12,45 +12,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.context import AppContext, find_minio
+from appliance.context import CONTAINER_STATE_DIR, AppContext, find_minio
 from appliance.errors import ApplianceError
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 
 PROJECT_DIR = STACKS_DIR.parent
+CONTAINER_PYTHON = "/opt/appliance/bin/python"
+"""The appliance images' Python (a virtualenv, images/*/Containerfile)."""
+CONTAINER_MLFLOW_DIR = "/var/lib/mlflow"
+"""The mlflow image's data folder (the ``mlflow`` volume)."""
+
+
+class Hosts:
+    """``{host.NAME}``: how one service reaches the service NAME (the bind address on the host,
+    the service name on the stack network inside a container)."""
+
+    def __init__(self, ctx: AppContext, inside: bool) -> None:
+        self._ctx, self._inside = ctx, inside
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._ctx.host_of(name, self._inside)
+
+    def __getitem__(self, name: str) -> str:
+        return self._ctx.host_of(name, self._inside)
 
 
 @dataclass(frozen=True)
 class TemplateVars:
-    """Names a stack template may use, e.g. ``{ports.mlflow}`` or ``{secret.jupyter_token}``."""
+    """Names a stack template may use, e.g. ``{ports.mlflow}`` or ``{secret.jupyter_token}``.
+
+    ``inside``: the values as seen from inside a container (``{bind}`` = ``0.0.0.0``, other
+    services by name); otherwise as seen from the host."""
 
     ctx: AppContext
+    inside: bool = False
 
     def as_dict(self, service: str) -> dict[str, Any]:
         ctx = self.ctx
+        state = Path(CONTAINER_STATE_DIR) if self.inside else ctx.state_dir
+        python = Path(CONTAINER_PYTHON) if self.inside else Path(sys.executable)
         return {
-            "bind": ctx.answers.bind_address,
+            "bind": "0.0.0.0" if self.inside else ctx.answers.bind_address,
+            "host": Hosts(ctx, self.inside),
             "ports": ctx.answers.ports,
             "answers": ctx.answers,
             "secret": ctx.secrets,
-            "state": ctx.state_dir,
-            "data": ctx.data_root,
+            "state": state,
+            "data": state / "data",
+            # mounted read-only at the host's path (see containers_common)
             "config": ctx.state_dir / "config" / service,
-            "logs": ctx.state_dir / "logs",
-            "python": sys.executable,
-            "bin": Path(sys.executable).parent,
+            "logs": state / "logs",
+            "python": python,
+            "bin": python.parent,
             "project": PROJECT_DIR,
             "stacks": STACKS_DIR,
             "store": ctx.answers.object_store,
             "store_kind": ctx.store_kind,
             "minio": find_minio(ctx.answers) or "minio",
-            "mlflow_artifacts": _mlflow_artifacts(ctx),
-            "mlflow_uri": ctx.mlflow_uri,
+            "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
+            "mlflow_uri": ctx.mlflow_uri_from(self.inside),
         }
 
 
-def _mlflow_artifacts(ctx: AppContext) -> str:
+def _mlflow_artifacts(ctx: AppContext, inside: bool = False) -> str:
     if ctx.store_kind in ("minio", "s3"):
         return f"s3://{ctx.answers.object_store.mlflow_bucket}"
+    if inside:
+        return f"{CONTAINER_MLFLOW_DIR}/artifacts"
     return str(ctx.state_dir / "mlflow" / "artifacts")
 
 
@@ -86,20 +116,26 @@ def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
 
 
 def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[str]) -> RenderedService:
-    """Render one service's templates (config files are added by ``render_stack``)."""
+    """Render one service's templates (config files are added by ``render_stack``).
+
+    On a container runtime, what the service itself reads (container command, env, its metrics
+    target, which Prometheus scrapes from its own container) is rendered as seen from inside a
+    container; health probes and URLs stay as seen from the host, where the ports are published."""
     v = TemplateVars(ctx).as_dict(name)
+    inside = ctx.in_containers
+    c = TemplateVars(ctx, inside=True).as_dict(name) if inside else v
     for secret in spec.secrets:
         ctx.secrets.get(secret)
-    env = {k: _fmt(t, v, f"{name}.env.{k}") for k, t in spec.env.items()}
+    env = {k: _fmt(t, c, f"{name}.env.{k}") for k, t in spec.env.items()}
     if spec.data_connection:
-        env = ctx.connection_env() | env
+        env = ctx.connection_env(inside=inside) | env
     extra: list[str] = []
     for flag, template in spec.optional_args.items():
         value = _fmt(template, v, f"{name}.optional_args.{flag}")
         if value not in ("", "None"):
             extra += [flag, value]
     command = [_fmt(a, v, f"{name}.command") for a in spec.command] + extra
-    container = [_fmt(a, v, f"{name}.container_command") for a in spec.container_command or spec.command]
+    container = [_fmt(a, c, f"{name}.container_command") for a in spec.container_command or spec.command]
     container += extra
     health = spec.health.model_copy(
         update={
@@ -124,7 +160,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         oneshot=spec.oneshot,
         gpu=spec.gpu,
         url=spec.url and _fmt(spec.url, v, f"{name}.url"),
-        metrics=spec.metrics and _fmt(spec.metrics, v, f"{name}.metrics"),
+        metrics=spec.metrics and _fmt(spec.metrics, c, f"{name}.metrics"),
     )
 
 

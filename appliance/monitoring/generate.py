@@ -53,14 +53,24 @@ def _host(bind_address: str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
-def controller_webhook_url(answers: Answers) -> str:
+def _reach(answers: Answers, service: str, inside: bool) -> str:
+    """How Prometheus or Alertmanager reaches ``service``: by name on a container runtime's stack
+    network (``inside``), else at the bind address (as ``{host.NAME}`` renders in the stack file)."""
+    return service if inside else _host(answers.bind_address)
+
+
+def _inside(answers: Answers) -> bool:
+    return answers.runtime != "local"
+
+
+def controller_webhook_url(answers: Answers, inside: bool = False) -> str:
     """The controller's Alertmanager webhook (``docs/interfaces.md``: ``POST /alerts``)."""
-    return f"http://{_host(answers.bind_address)}:{answers.ports.controller}/alerts"
+    return f"http://{_reach(answers, 'controller', inside)}:{answers.ports.controller}/alerts"
 
 
-def alertmanager_url(answers: Answers) -> str:
+def alertmanager_url(answers: Answers, inside: bool = False) -> str:
     """Where Prometheus sends alerts."""
-    return f"http://{_host(answers.bind_address)}:{answers.ports.alertmanager}"
+    return f"http://{_reach(answers, 'alertmanager', inside)}:{answers.ports.alertmanager}"
 
 
 def controller_token_file(state_dir: Path) -> Path:
@@ -92,7 +102,7 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
     """``config_files`` generator: scrape every service that declares ``metrics`` (job = service
     name), load ``alert_rules.yml`` beside it, notify Alertmanager when the stack runs one."""
     targets = [ScrapeTarget(name, svc.metrics) for name, svc in sorted(services.items()) if svc.metrics]
-    manager = alertmanager_url(ctx.answers) if "alertmanager" in services else None
+    manager = alertmanager_url(ctx.answers, _inside(ctx.answers)) if "alertmanager" in services else None
     mon = ctx.answers.monitoring
     return render_prometheus_config(
         targets, [RULES_FILE], manager, mon.scrape_interval, mon.evaluation_interval
@@ -104,9 +114,9 @@ def _rules_text(answers: Answers) -> str:
     return render_alert_rules(mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds)
 
 
-def _alertmanager_text(answers: Answers, state_dir: Path) -> str:
+def _alertmanager_text(answers: Answers, state_dir: Path, inside: bool = False) -> str:
     return render_alertmanager_config(
-        controller_webhook_url(answers),
+        controller_webhook_url(answers, inside),
         str(controller_token_file(state_dir)),
         answers.monitoring.alert_webhook_url,
         group_wait=answers.monitoring.alert_group_wait,
@@ -120,7 +130,7 @@ def alert_rules_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
 
 def alertmanager_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
     """``config_files`` generator: drift alerts to the controller, the rest to the user."""
-    return _alertmanager_text(ctx.answers, ctx.state_dir)
+    return _alertmanager_text(ctx.answers, ctx.state_dir, _inside(ctx.answers))
 
 
 GENERATORS = {

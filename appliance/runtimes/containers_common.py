@@ -5,11 +5,13 @@ the work and each runtime only says how to connect, how to attach a network alia
 a GPU. Ownership is by label, never by name: ``observe``, ``stop``, ``remove`` and ``shutdown`` only
 ever see objects labelled with this state directory's stack hash, so nothing unlabelled is touched.
 
-Addresses: a container cannot listen on the host's bind address, so the command's listen address
-(the answers' ``bind_address``) becomes ``0.0.0.0`` inside the container while each port is
-published on the host at ``bind_address:port`` -> the same port inside. The engine's health
-probes keep working from the host unchanged. Config files are mounted read-only at the same path
-as on the host, so ``{config}`` means the same thing to every runtime.
+Addresses: ``render.py`` renders the container command with ``{bind}`` = ``0.0.0.0`` (a
+container cannot listen on the host's bind address) and ``{host.NAME}`` = the service name on the
+stack network, while each port is published on the host at ``bind_address:port`` -> the same
+port inside. The engine's health probes keep working from the host unchanged. Config files, and
+the secret files a service names, are mounted read-only (config files at the same path as on the
+host, so ``{config}`` means the same thing to every runtime; secrets where the container's
+command or files name them). Container state lives in volumes (``{state}`` = /var/lib/appliance).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.answers import Answers
+from appliance.context import CONTAINER_STATE_DIR
 from appliance.errors import ApplianceError, RuntimeUnavailableError
 from appliance.runtimes.base import ObservedService, ProcState
 from appliance.stack import RenderedService
@@ -49,14 +52,6 @@ ONESHOT_TIMEOUT = 600
 def stack_hash(state_dir: Path) -> str:
     """The stack's identity on a host: the state directory, as the local runtime marks it."""
     return hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]
-
-
-def in_container(args: list[str], bind_address: str) -> list[str]:
-    """The command as it must run inside a container: the host bind address becomes 0.0.0.0."""
-    if bind_address in ("0.0.0.0", "::"):
-        return list(args)
-    pattern = re.compile(rf"(?<![\w.:]){re.escape(bind_address)}(?![\w.])")
-    return [pattern.sub("0.0.0.0", arg) for arg in args]
 
 
 def parse_started(value: str | None) -> float | None:
@@ -213,6 +208,22 @@ class ContainerRuntime:
             self.client.volumes.create(name, labels=self.labels())
         return name
 
+    def secret_files(self, svc: RenderedService) -> dict[str, Path]:
+        """Secret files the service's command, env or config files name, as container path ->
+        host file (``STATE/secrets/NAME``). A name under the container state folder
+        (``{state}/secrets/NAME`` in the stack file) or under the host's secrets folder (config
+        files) is mounted read-only at that path; no other secret is."""
+        root = self.state_dir / "secrets"
+        texts = [*svc.container_command, *svc.env.values(), *svc.files.values()]
+        found: dict[str, Path] = {}
+        for prefix in (str(root), f"{CONTAINER_STATE_DIR}/secrets"):
+            pattern = re.compile(re.escape(prefix) + r"/([\w.-]+)")
+            for text in texts:
+                for match in pattern.finditer(text):
+                    if (root / match.group(1)).is_file():
+                        found[match.group(0)] = root / match.group(1)
+        return found
+
     def _spec(self, svc: RenderedService, image: str) -> dict[str, Any]:
         config_dir = self.state_dir / "config" / svc.name
         for file_name, text in svc.files.items():
@@ -220,10 +231,12 @@ class ContainerRuntime:
         volumes = {self._volume(vol): {"bind": path, "mode": "rw"} for vol, path in svc.volumes.items()}
         if svc.files:
             volumes[str(config_dir)] = {"bind": str(config_dir), "mode": "ro"}
+        for inside, secret in self.secret_files(svc).items():
+            volumes[str(secret)] = {"bind": inside, "mode": "ro"}
         bind = self.answers.bind_address
         kwargs: dict[str, Any] = {
             "image": image,
-            "command": in_container(svc.container_command, bind),
+            "command": list(svc.container_command),
             "name": self.container_name(svc.name),
             "environment": dict(svc.env),
             "labels": self.labels(

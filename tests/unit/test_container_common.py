@@ -15,7 +15,6 @@ from appliance.runtimes.containers_common import (
     HASH_LABEL,
     ONESHOT_LABEL,
     SERVICE_LABEL,
-    in_container,
     observed_from,
     parse_started,
     restart_policy,
@@ -47,20 +46,6 @@ def service(**changes: object) -> RenderedService:
         metrics=None,
     )
     return RenderedService.model_validate(base | changes)
-
-
-def test_listen_addresses_become_the_container_wildcard() -> None:
-    args = ["--host", "127.0.0.1", "--web.listen-address=127.0.0.1:9100", "sqlite:////data/127.0.0.10.db"]
-    assert in_container(args, "127.0.0.1") == [
-        "--host",
-        "0.0.0.0",
-        "--web.listen-address=0.0.0.0:9100",
-        "sqlite:////data/127.0.0.10.db",
-    ]
-
-
-def test_wildcard_bind_is_kept() -> None:
-    assert in_container(["--host", "0.0.0.0"], "0.0.0.0") == ["--host", "0.0.0.0"]
 
 
 def test_timestamps_with_nanoseconds_and_offsets() -> None:
@@ -148,3 +133,22 @@ def test_cdi_spec_for_nvidia_is_found_only_when_it_names_the_gpu_kind(tmp_path: 
     (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
     assert cdi_has_nvidia((tmp_path,))
     assert gpu_check("podman", []).status == "pass"
+
+
+def test_only_the_secret_files_a_container_names_are_mounted(tmp_path: Path) -> None:
+    from appliance.runtimes.containers_common import ContainerRuntime
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("serving_token", "controller_webhook_token", "minio_root_password"):
+        (secrets / name).write_text("x")
+    runtime = ContainerRuntime(tmp_path, Answers())
+    svc = service(
+        container_command=["serve", "--token-file", "/var/lib/appliance/secrets/serving_token"],
+        files={"am.yml": f"credentials_file: {secrets}/controller_webhook_token\n"},
+    )
+    assert runtime.secret_files(svc) == {
+        "/var/lib/appliance/secrets/serving_token": secrets / "serving_token",
+        f"{secrets}/controller_webhook_token": secrets / "controller_webhook_token",
+    }
+    assert runtime.secret_files(service()) == {}

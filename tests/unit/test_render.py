@@ -73,3 +73,66 @@ def test_edge_serving_from_the_registry_is_flagged_and_a_file_is_not(tmp_path: P
     assert _model_source(local, render_stack(local)) == []
     lab = ctx(tmp_path)
     assert _model_source(lab, render_stack(lab)) == []
+
+
+def test_local_runtime_renders_every_address_as_the_bind_address(tmp_path: Path) -> None:
+    services = render_stack(ctx(tmp_path, bind_address="127.0.0.2", ports={"mlflow": 5555}))
+    assert services["serving"].env["MLFLOW_TRACKING_URI"] == "http://127.0.0.2:5555"
+    assert services["serving"].metrics and services["serving"].metrics.startswith("127.0.0.2:")
+    mlflow = services["mlflow"]
+    assert mlflow.container_command[mlflow.container_command.index("--host") + 1] == "127.0.0.2"
+    config = services["prometheus"].files["prometheus.yml"]
+    assert "127.0.0.2:" in config and "serving:" not in config
+    assert "http://127.0.0.2:" in services["alertmanager"].files["alertmanager.yml"]
+
+
+def test_container_runtimes_listen_on_the_wildcard_and_name_other_services(tmp_path: Path) -> None:
+    for runtime in ("podman", "docker"):
+        services = render_stack(
+            ctx(tmp_path / runtime, runtime=runtime, ports={"mlflow": 5555, "controller": 8999})
+        )
+        mlflow = services["mlflow"]
+        assert mlflow.container_command[mlflow.container_command.index("--host") + 1] == "0.0.0.0"
+        assert "127.0.0.1" not in " ".join(mlflow.container_command)
+        assert mlflow.command[mlflow.command.index("--host") + 1] == "127.0.0.1"
+        # probes and URLs are used from the host, where the ports are published
+        assert mlflow.health.http == "http://127.0.0.1:5555/health"
+        assert mlflow.url == "http://127.0.0.1:5555"
+        serving = services["serving"]
+        assert serving.env["MLFLOW_TRACKING_URI"] == "http://mlflow:5555"
+        assert serving.env["APPLIANCE_DATA_ROOT"] == "/var/lib/appliance/data"
+        assert serving.metrics and serving.metrics.startswith("serving:")
+        config = services["prometheus"].files["prometheus.yml"]
+        assert "serving:" in config and "controller:8999" in config and "alertmanager:" in config
+        assert "127.0.0.1" not in config
+        assert "http://controller:8999/alerts" in services["alertmanager"].files["alertmanager.yml"]
+
+
+def test_container_minio_endpoint_is_the_service_name(tmp_path: Path) -> None:
+    services = render_stack(ctx(tmp_path, runtime="podman", object_store={"kind": "minio"}))
+    assert services["mlflow"].env["AWS_S3_ENDPOINT"] == "http://minio:9000"
+    assert services["mlflow"].env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_host_template_variable(tmp_path: Path) -> None:
+    from appliance.render import TemplateVars
+
+    local = TemplateVars(ctx(tmp_path, bind_address="10.0.0.5")).as_dict("x")
+    assert "{host.node-exporter}:{bind}".format(**local) == "10.0.0.5:10.0.0.5"
+    inside = TemplateVars(ctx(tmp_path), inside=True).as_dict("x")
+    assert "{host.node-exporter}:{bind}".format(**inside) == "node-exporter:0.0.0.0"
+
+
+def test_container_controller_reads_its_pipeline_from_config_and_keeps_state_in_the_volume(
+    tmp_path: Path,
+) -> None:
+    controller = render_stack(ctx(tmp_path, runtime="docker"))["controller"]
+    args = controller.container_command
+    config = str(tmp_path / "state" / "config" / "controller")
+    assert args[args.index("--pipelines-dir") + 1] == config
+    assert args[args.index("--state-dir") + 1] == "/var/lib/appliance"
+    assert args[0] == "/opt/appliance/bin/python"
+    assert "name: retrain" in controller.files["retrain.yaml"]
+    assert controller.volumes == {"state": "/var/lib/appliance"}
+    serving = render_stack(ctx(tmp_path, runtime="docker"))["serving"].container_command
+    assert serving[serving.index("--token-file") + 1] == "/var/lib/appliance/secrets/serving_token"

@@ -86,11 +86,17 @@ def runtime_available(name: str) -> bool:
     return engine_ready(name)
 
 
-def ensure_images(runtime: str) -> None:
+SMALL_STACK_IMAGES = ("prometheus-debian", "mlflow")
+LAB_IMAGES = (*SMALL_STACK_IMAGES, "serving", "controller")
+"""What the lab stack runs in the tests. The workbench image (torch, JupyterLab) is left out: its
+build takes too long for a test run, so the lab tests switch the workbench off."""
+
+
+def ensure_images(runtime: str, names: tuple[str, ...] = SMALL_STACK_IMAGES) -> None:
     """Build the test images into podman when missing, then copy them to docker when asked."""
     if not image_present("podman", BASE_TAG):
         subprocess.run([str(PROJECT_DIR / "scripts" / "build-base-image.sh")], check=True)
-    for name in ("prometheus-debian", "mlflow"):
+    for name in names:
         spec = get_image(name)
         if not image_present("podman", spec.tag()):
             build_image(spec, engines=("podman",))
@@ -118,6 +124,23 @@ def container_engine(runtime: str, root: Path) -> Engine:
     # Footprints come from the project's stack file by default; this engine runs only CONTAINER_STACK.
     engine.footprints = lambda: dict.fromkeys(desired, 256)  # type: ignore[method-assign]
     return engine
+
+
+def lab_engine(runtime: str, root: Path) -> Engine:
+    """An Engine on ``runtime`` over the project's own stack file, lab profile, on free ports, state
+    under ``root``: the monitoring services in the prometheus-debian image, no workbench."""
+    answers = Answers.model_validate(
+        {
+            "runtime": runtime,
+            "profile": "lab",
+            "ports": free_ports(),
+            "object_store": {"kind": "filesystem"},
+            "components": {"workbench": False},
+            "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
+            "health_timeout_seconds": 300,
+        }
+    )
+    return Engine(AppContext.create(answers, None, root / "state"))
 
 
 def owned(runtime: ContainerRuntime) -> dict[str, list[str]]:

@@ -1,0 +1,138 @@
+"""The lab stack from the project's own stack file (stacks/services.yaml) as real containers, on
+podman and on docker: MLflow, the model server, the retraining controller, Prometheus,
+Alertmanager and the node exporter (the workbench is switched off: its image is not built here).
+Up to healthy, a zero-action plan, the controller answering, Prometheus scraping the model server
+and the controller by service name, a killed container restarted by its policy, and a down that
+removes every container and network of the stack and touches nothing else.
+
+The model server has no champion model here, so it stays live but not ready; its health probe is
+``/v2/health/live``. The same tests run on both runtimes (skipped only where an engine is absent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.engine import Engine
+from appliance.runtimes.containers_common import ContainerRuntime
+from tests.integration._container_fixtures import (
+    LAB_IMAGES,
+    RUNTIMES,
+    TEST_LABEL,
+    ensure_images,
+    lab_engine,
+    owned,
+    runtime_available,
+)
+
+# The first test may build the images (base, wheelhouse, mlflow, serving, controller): ~20 min on a
+# fresh 2-core machine; with the images present, up takes about a minute.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+LAB_SERVICES = {"mlflow", "serving", "controller", "prometheus", "alertmanager", "node-exporter"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(r, marks=pytest.mark.runtime(r)) for r in RUNTIMES])
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    name = str(request.param)
+    if not runtime_available(name):
+        pytest.skip(f"{name} is not installed or its daemon does not answer")
+    ensure_images(name, LAB_IMAGES)
+    engine = lab_engine(name, tmp_path_factory.mktemp(name))
+    runtime: Any = engine.runtime
+    started = time.monotonic()
+    try:
+        engine.up()
+        print(f"{name}: lab stack up in {time.monotonic() - started:.1f}s")
+        yield engine
+    finally:
+        engine.down()
+        runtime.purge()
+
+
+def health(engine: Engine) -> dict[str, str]:
+    return {name: s["health"] for name, s in engine.status()["services"].items()}
+
+
+def prometheus_query(engine: Engine, query: str) -> list[dict[str, Any]]:
+    url = engine.desired["prometheus"].url
+    result = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
+    return list(result["data"]["result"])
+
+
+def test_up_makes_every_lab_service_healthy(lab: Engine) -> None:
+    assert set(lab.desired) == LAB_SERVICES
+    assert health(lab) == dict.fromkeys(LAB_SERVICES, "healthy")
+    for name, seen in lab.observed().items():
+        assert seen.config_hash == lab.desired[name].config_hash
+        assert seen.pid and seen.ref
+
+
+def test_plan_after_up_is_empty_and_up_again_changes_nothing(lab: Engine) -> None:
+    assert not lab.plan().actions
+    assert lab.up().changed == []
+
+
+def test_the_controller_answers_and_the_server_is_live(lab: Engine) -> None:
+    controller = httpx.get(f"{lab.desired['controller'].url}/healthz", timeout=10)
+    assert controller.status_code == 200
+    live = httpx.get(f"{lab.desired['serving'].url}/health/live", timeout=10)
+    assert live.status_code == 200
+
+
+def test_prometheus_scrapes_serving_and_controller_by_service_name(lab: Engine) -> None:
+    deadline = time.monotonic() + 120
+    up: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        up = {s["metric"]["job"]: s["value"][1] for s in prometheus_query(lab, "up")}
+        if up.get("serving") == "1" and up.get("controller") == "1":
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"serving and controller were not both scraped over the stack network: {up}")
+    targets = httpx.get(f"{lab.desired['prometheus'].url}/api/v1/targets", timeout=10).json()
+    instances = {t["labels"]["job"]: t["labels"]["instance"] for t in targets["data"]["activeTargets"]}
+    assert instances["serving"].startswith("serving:") and instances["controller"].startswith("controller:")
+    managers = httpx.get(f"{lab.desired['prometheus'].url}/api/v1/alertmanagers", timeout=10).json()
+    urls = [m["url"] for m in managers["data"]["activeAlertmanagers"]]
+    assert any(u.startswith("http://alertmanager:") for u in urls), urls
+
+
+def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:
+    before = lab.observed()["controller"]
+    assert before.pid
+    os.kill(before.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    now: Any = None
+    while time.monotonic() < deadline:
+        now = lab.observed()["controller"]
+        if now.pid and now.pid != before.pid and health(lab)["controller"] == "healthy":
+            assert now.ref == before.ref, "the same container restarts; it is not recreated"
+            return
+        time.sleep(1)
+    pytest.fail(f"the controller was not restarted after SIGKILL: {now}")
+
+
+def test_down_removes_the_stack_and_leaves_others_alone(lab: Engine) -> None:
+    runtime: Any = lab.runtime
+    assert isinstance(runtime, ContainerRuntime)
+    bystander = runtime.client.containers.create(
+        "localhost/appliance-base:bookworm", ["sleep", "300"], labels={TEST_LABEL: "bystander"}
+    )
+    try:
+        lab.down()
+        left = owned(runtime)
+        assert left["containers"] == [] and left["networks"] == [], left
+        volumes = ("mlflow", "prometheus", "alertmanager", "state")
+        assert sorted(left["volumes"]) == sorted(runtime.container_name(v) for v in volumes)
+        bystander.reload()
+        assert bystander.status == "created", "down touched a container that is not ours"
+    finally:
+        bystander.remove(force=True)

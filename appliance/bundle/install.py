@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +18,8 @@ from pathlib import Path
 
 from appliance.bundle.load import load_images, unpack
 from appliance.bundle.manifest import BundleError, Manifest, require_intact
-from appliance.errors import ApplianceError
 from appliance.images.catalog import PROJECT
+from appliance.images.wheelhouse import run_pip
 
 RUNTIME_EXTRAS_SKIPPED = {"dev"}
 """Extras for working on the project, not for running it: bundles do not carry them."""
@@ -82,14 +81,10 @@ def _install_wheelhouse(bundle: Path, say: Callable[[str], None]) -> bool:
         house = unpack(bundle, Path(tmp), "wheelhouse", verified=True)
         wheels = len(list(house.glob("*.whl")))
         say(f"installing {requirement} into {sys.prefix} from the bundle's wheelhouse ({wheels} wheels)")
-        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-index"]
-        cmd += ["--find-links", str(house), "--upgrade", requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
-        raise ApplianceError(
-            f"installing from the bundle's wheelhouse failed (pip exited {proc.returncode}):\n{tail}",
-            fix="create the bundle on a machine whose images were built with the same extras",
+        proc = run_pip(
+            ["install", "--no-index", "--find-links", str(house), "--upgrade", requirement],
+            "installing from the bundle's wheelhouse",
+            "create the bundle on a machine whose images were built with the same extras",
         )
     changed = [line for line in proc.stdout.splitlines() if line.startswith("Successfully installed")]
     took = f" ({time.monotonic() - started:.1f}s)"

@@ -31,15 +31,19 @@ def constraints_text() -> str:
     return "\n".join(sorted(pins.values())) + "\n"
 
 
-def _pip(args: list[str], what: str) -> None:
+def run_pip(args: list[str], what: str, fix: str) -> subprocess.CompletedProcess[str]:
+    """Run pip in this interpreter; on failure raise with pip's last lines, ``what`` and ``fix``."""
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
-        raise ApplianceError(
-            f"{what} failed (pip exited {proc.returncode}):\n{tail}",
-            fix="check that the package index is reachable, or pass a wheelhouse from an offline bundle",
-        )
+        raise ApplianceError(f"{what} failed (pip exited {proc.returncode}):\n{tail}", fix=fix)
+    return proc
+
+
+def _pip(args: list[str], what: str) -> None:
+    fix = "check that the package index is reachable, or pass a wheelhouse from an offline bundle"
+    run_pip(args, what, fix)
 
 
 def build_project_wheel(dest: Path) -> Path:

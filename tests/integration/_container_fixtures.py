@@ -10,7 +10,10 @@ when missing, and kept between runs (building them is most of the cost).
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +164,23 @@ def runtime_name(request: pytest.FixtureRequest) -> Iterator[str]:
     if not runtime_available(name):
         pytest.skip(f"{name} is not installed or its daemon does not answer")
     yield name
+
+
+def health(engine: Engine) -> dict[str, str]:
+    return {name: s["health"] for name, s in engine.status()["services"].items()}
+
+
+def kill_and_wait_for_restart(engine: Engine, service: str, timeout: float = 120) -> None:
+    """SIGKILL the service's main process; its restart policy must bring the same container back."""
+    before = engine.observed()[service]
+    assert before.pid
+    os.kill(before.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    now: Any = None
+    while time.monotonic() < deadline:
+        now = engine.observed()[service]
+        if now.pid and now.pid != before.pid and health(engine)[service] == "healthy":
+            assert now.ref == before.ref, "the same container restarts; it is not recreated"
+            return
+        time.sleep(1)
+    pytest.fail(f"{service} was not restarted after SIGKILL: {now}")

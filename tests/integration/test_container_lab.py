@@ -11,8 +11,6 @@ The model server has no champion model here, so it stays live but not ready; its
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +25,8 @@ from tests.integration._container_fixtures import (
     RUNTIMES,
     TEST_LABEL,
     ensure_images,
+    health,
+    kill_and_wait_for_restart,
     lab_engine,
     owned,
     runtime_available,
@@ -55,10 +55,6 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         engine.down()
         runtime.purge()
-
-
-def health(engine: Engine) -> dict[str, str]:
-    return {name: s["health"] for name, s in engine.status()["services"].items()}
 
 
 def prometheus_query(engine: Engine, query: str) -> list[dict[str, Any]]:
@@ -106,18 +102,7 @@ def test_prometheus_scrapes_serving_and_controller_by_service_name(lab: Engine) 
 
 
 def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:
-    before = lab.observed()["controller"]
-    assert before.pid
-    os.kill(before.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    now: Any = None
-    while time.monotonic() < deadline:
-        now = lab.observed()["controller"]
-        if now.pid and now.pid != before.pid and health(lab)["controller"] == "healthy":
-            assert now.ref == before.ref, "the same container restarts; it is not recreated"
-            return
-        time.sleep(1)
-    pytest.fail(f"the controller was not restarted after SIGKILL: {now}")
+    kill_and_wait_for_restart(lab, "controller")
 
 
 def test_down_removes_the_stack_and_leaves_others_alone(lab: Engine) -> None:

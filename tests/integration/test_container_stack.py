@@ -5,8 +5,6 @@ nothing else. The same tests run on both runtimes (skipped only where an engine 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,8 @@ from tests.integration._container_fixtures import (
     TEST_LABEL,
     container_engine,
     ensure_images,
+    health,
+    kill_and_wait_for_restart,
     owned,
     runtime_available,
 )
@@ -44,10 +44,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     yield engine
     engine.down()
     runtime.purge()
-
-
-def health(engine: Engine) -> dict[str, str]:
-    return {name: s["health"] for name, s in engine.status()["services"].items()}
 
 
 def test_up_makes_every_service_healthy(stack: Engine) -> None:
@@ -76,18 +72,7 @@ def test_prometheus_scrapes_the_exporter_by_service_name(stack: Engine) -> None:
 
 
 def test_a_killed_container_is_restarted_by_its_policy(stack: Engine) -> None:
-    before = stack.observed()["mlflow"]
-    assert before.pid
-    os.kill(before.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    now: Any = None
-    while time.monotonic() < deadline:
-        now = stack.observed()["mlflow"]
-        if now.pid and now.pid != before.pid and health(stack)["mlflow"] == "healthy":
-            assert now.ref == before.ref, "the same container restarts; it is not recreated"
-            return
-        time.sleep(1)
-    pytest.fail(f"mlflow was not restarted after SIGKILL: {now}")
+    kill_and_wait_for_restart(stack, "mlflow")
 
 
 def test_down_removes_the_stack_and_leaves_others_alone(stack: Engine, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import click
 
 from appliance.bundle.create import create_bundle, profile_images
 from appliance.bundle.load import load_bundle
-from appliance.bundle.manifest import BundleError, read_manifest, verify
+from appliance.bundle.manifest import BundleError, read_manifest, require_intact
 from appliance.cli.common import app_context
 from appliance.images.build import ENGINES, cache_dir
 
@@ -62,12 +62,7 @@ def create_cmd(
 @click.argument("bundle", type=BUNDLE)
 def verify_cmd(bundle: Path) -> None:
     """Check every file of BUNDLE against its manifest; name what is tampered, missing or extra."""
-    manifest, result = verify(bundle)
-    if not result.ok:
-        raise BundleError(
-            f"{bundle} does not match its manifest: {result.describe()}",
-            fix="copy the bundle again from where it was created, or create a new one",
-        )
+    manifest = require_intact(bundle)
     click.echo(f"{bundle}: intact ({len(manifest.files)} files, profile {manifest.profile})")
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from appliance.monitoring.grafana import dashboard_metric_names
@@ -214,8 +215,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def dataset(stack: Stack) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The seeded CSV, read back from the object store: (feature names, features, target)."""
-    import pandas as pd
-
     body = stack.s3.get_object(Bucket="datasets", Key=f"{MODEL}/{MODEL}.csv")["Body"].read()
     frame = pd.read_csv(io.BytesIO(body))
     features = [c for c in frame.columns if c != "target"]
@@ -255,9 +254,8 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
         # The shift: live traffic moves, and new labelled data with the same shift lands.
         loop_start = time.monotonic()
         traffic.switch(shifted)
-        frame = {n: shifted[:, i] for i, n in enumerate(names)} | {"target": y}
         csv = io.StringIO()
-        __import__("pandas").DataFrame(frame).to_csv(csv, index=False)
+        pd.DataFrame(shifted, columns=names).assign(target=y).to_csv(csv, index=False)
         time.sleep(1.1)  # a later LastModified than the seeded file, whatever the clock granularity
         stack.s3.put_object(Bucket="datasets", Key=f"{MODEL}/{MODEL}-shifted.csv", Body=csv.getvalue())
 

@@ -234,9 +234,13 @@ class ContainerRuntime:
         for inside, secret in self.secret_files(svc).items():
             volumes[str(secret)] = {"bind": inside, "mode": "ro"}
         bind = self.answers.bind_address
+        argv = list(svc.container_command)
         kwargs: dict[str, Any] = {
             "image": image,
-            "command": list(svc.container_command),
+            # The command is the whole argv, whatever the image's ENTRYPOINT (the upstream
+            # monitoring images set one, ours only a CMD): its first word replaces the entrypoint.
+            "entrypoint": argv[:1],
+            "command": argv[1:],
             "name": self.container_name(svc.name),
             "environment": dict(svc.env),
             "labels": self.labels(

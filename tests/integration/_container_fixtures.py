@@ -47,7 +47,7 @@ services:
     profiles: [lab]
     image: quay.io/prometheus/node-exporter:v1.8.2
     command: ["{python}", "-c", "pass"]
-    container_command: ["/usr/bin/prometheus-node-exporter",
+    container_command: ["/bin/node_exporter",
       "--web.listen-address={bind}:{ports.node_exporter}", "--collector.disable-defaults",
       "--collector.cpu", "--collector.meminfo", "--collector.loadavg"]
     ports: {http: "{ports.node_exporter}"}
@@ -59,7 +59,7 @@ services:
     profiles: [lab]
     image: quay.io/prometheus/prometheus:v2.53.2
     command: ["{python}", "-c", "pass"]
-    container_command: ["/usr/bin/prometheus", "--config.file={config}/prometheus.yml",
+    container_command: ["/bin/prometheus", "--config.file={config}/prometheus.yml",
       "--storage.tsdb.path=/prometheus", "--web.listen-address={bind}:{ports.prometheus}"]
     config_files: {prometheus.yml: prometheus_yml, alert_rules.yml: alert_rules_yml}
     ports: {http: "{ports.prometheus}"}

@@ -48,6 +48,14 @@ class Ports(Strict):
     """ONNX model server, Prometheus metrics."""
     controller: Port = Field(8090, ge=1, le=65535)
     """Retraining controller: Alertmanager webhook, pipeline API and metrics."""
+    gateway_serving: Port = Field(8443, ge=1, le=65535)
+    """TLS gateway in front of the model server: REST over HTTPS and gRPC over TLS on one port
+    (only when ``tls.enabled``)."""
+    gateway_mlflow: Port = Field(5443, ge=1, le=65535)
+    """TLS gateway in front of MLflow (HTTPS; only when ``tls.enabled`` and MLflow runs)."""
+    gateway_workbench: Port = Field(8843, ge=1, le=65535)
+    """TLS gateway in front of the workbench (HTTPS and WebSockets; only when ``tls.enabled`` and
+    the workbench runs)."""
 
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
@@ -168,6 +176,46 @@ class Monitoring(Strict):
     ignored for this long, so a flapping alert cannot start a storm of runs."""
 
 
+class Tls(Strict):
+    """TLS for the endpoints people and clients use: an nginx gateway terminates HTTPS and gRPC over
+    TLS with a certificate signed by a CA generated at install, and proxies to the services, which
+    stay on ``bind_address``."""
+
+    enabled: bool = False
+    """Run the gateway: the model server (REST and gRPC), MLflow and the workbench over TLS on the
+    ``ports.gateway_*`` ports. Clients trust ``STATE/secrets/tls_ca_cert``."""
+    listen_address: str | None = None
+    """Address the gateway listens on; ``bind_address`` when absent. ``0.0.0.0`` (or a LAN
+    address) lets other machines in while every service itself stays on loopback."""
+    hostnames: list[str] = Field(default_factory=list)
+    """Extra DNS names the certificate is valid for; ``localhost``, this host's name and the
+    listen and bind addresses always are."""
+    rate_limit_rps: int | None = Field(None, ge=1)
+    """Requests per second per client address the gateway lets through (bursts of twice that);
+    more get 429. None: no limit."""
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError as err:
+                raise ValueError(f"{value!r} is not an IP address (e.g. 0.0.0.0)") from err
+        return value
+
+    @field_validator("hostnames")
+    @classmethod
+    def _dns_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            labels = name.split(".")
+            if not name or len(name) > 253 or not all(
+                label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
+            ):
+                raise ValueError(f"{name!r} is not a DNS name (letters, digits, '-' and dots)")
+        return value
+
+
 class Answers(Strict):
     """Everything the appliance needs to know to provision a stack on this machine."""
 
@@ -198,6 +246,8 @@ class Answers(Strict):
     """Model serving."""
     monitoring: Monitoring = Monitoring()
     """Alerting and retraining."""
+    tls: Tls = Tls()
+    """The TLS gateway."""
     health_timeout_seconds: int = Field(180, ge=5)
     """How long ``up`` waits for a service to turn healthy before it fails."""
     images: dict[str, str] = Field(default_factory=dict)

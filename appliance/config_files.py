@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from appliance.gateway import gateway_nginx
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
 from appliance.stack import STACKS_DIR
 
@@ -22,4 +23,8 @@ def retrain_pipeline(ctx: Any, services: Any) -> str:
     return (STACKS_DIR / "pipelines" / "retrain.yaml").read_text()
 
 
-GENERATORS: dict[str, Generator] = {**MONITORING_GENERATORS, "retrain_pipeline": retrain_pipeline}
+GENERATORS: dict[str, Generator] = {
+    **MONITORING_GENERATORS,
+    "retrain_pipeline": retrain_pipeline,
+    "gateway_nginx": gateway_nginx,
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ from appliance.stack import HealthCheck
 def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, str]:
     """One probe: (healthy, what was seen)."""
     if check.http:
-        return _http(check.http, check.timeout)
+        return _http(check.http, check.timeout, check.ca)
     if check.tcp:
         host, _, port = check.tcp.rpartition(":")
         try:
@@ -39,9 +40,18 @@ def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, 
     return proc.returncode == 0, detail[-1] if detail else f"exit code {proc.returncode}"
 
 
-def _http(url: str, timeout: float) -> tuple[bool, str]:
+def _http(url: str, timeout: float, ca: str | None = None) -> tuple[bool, str]:
     request = urllib.request.Request(url, headers={"User-Agent": "appliance-health"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if url.startswith("https://"):
+        # Verified against the stack's own CA: a probe that accepted any certificate would call
+        # a gateway serving the wrong one healthy.
+        try:
+            context = ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as err:
+            return False, f"CA file {ca}: {err}"
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=timeout) as response:
             return response.status < 400, f"GET {urlsplit(url).path} -> {response.status}"

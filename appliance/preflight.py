@@ -25,6 +25,7 @@ APT_HINTS = {
     "prometheus": "apt-get install prometheus",
     "prometheus-node-exporter": "apt-get install prometheus-node-exporter",
     "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
+    "nginx": "apt-get install nginx (the TLS gateway)",
     "minio": "install the MinIO server binary (or set object_store.kind: filesystem)",
 }
 
@@ -107,9 +108,11 @@ def _ports(
     checks = []
     for name, svc in desired.items():
         seen = observed.get(name)
-        ours = seen is not None and seen.running and seen.config_hash == svc.config_hash
+        # A running service of ours holds its own ports; a changed one is stopped before its
+        # replacement starts, so its ports count as free for it.
+        ours = seen is not None and seen.running
         for label, port in svc.ports.items():
-            if ours or port_free(ctx.answers.bind_address, port):
+            if ours or port_free(svc.publish_address, port):
                 checks.append(Check(f"port {port}", "pass", f"{name} {label}: free or already ours"))
             else:
                 checks.append(

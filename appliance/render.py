@@ -6,6 +6,7 @@ so the local and container runtimes receive identical, fully rendered services.
 
 from __future__ import annotations
 
+import shutil
 import string
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from appliance.context import CONTAINER_STATE_DIR, AppContext, find_minio
 from appliance.errors import ApplianceError
+from appliance.monitoring.generate import reachable_host
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 
 PROJECT_DIR = STACKS_DIR.parent
@@ -73,7 +75,20 @@ class TemplateVars:
             "minio": find_minio(ctx.answers) or "minio",
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
+            "nginx": _nginx(),
+            "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
+            "gateway_host": reachable_host(gateway_address(ctx)),
         }
+
+
+def gateway_address(ctx: AppContext) -> str:
+    """Where the TLS gateway listens on the host: ``tls.listen_address`` or the bind address."""
+    return ctx.answers.tls.listen_address or ctx.answers.bind_address
+
+
+def _nginx() -> str:
+    """nginx lives in /usr/sbin, which is not on every user's PATH."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") or "nginx"
 
 
 def _mlflow_artifacts(ctx: AppContext, inside: bool = False) -> str:
@@ -86,7 +101,11 @@ def _mlflow_artifacts(ctx: AppContext, inside: bool = False) -> str:
 
 def facts(ctx: AppContext) -> dict[str, str]:
     """Resolved facts that ``when:`` conditions test."""
-    return {"store": ctx.store_kind, "profile": ctx.answers.profile}
+    return {
+        "store": ctx.store_kind,
+        "profile": ctx.answers.profile,
+        "tls": "on" if ctx.answers.tls.enabled else "off",
+    }
 
 
 def selected(ctx: AppContext, specs: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
@@ -142,6 +161,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
             "http": spec.health.http and _fmt(spec.health.http, v, f"{name}.health"),
             "tcp": spec.health.tcp and _fmt(spec.health.tcp, v, f"{name}.health"),
             "command": spec.health.command and [_fmt(a, v, f"{name}.health") for a in spec.health.command],
+            "ca": spec.health.ca and _fmt(spec.health.ca, v, f"{name}.health"),
         }
     )
     return RenderedService(
@@ -152,6 +172,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         image=spec.image,
         env=env,
         ports={k: int(_fmt(t, v, f"{name}.ports")) for k, t in spec.ports.items()},
+        publish_address=_fmt(spec.publish_on or "{bind}", v, f"{name}.publish_on"),
         volumes=dict(spec.volumes),
         files={},
         health=health,

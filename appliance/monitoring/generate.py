@@ -45,7 +45,7 @@ class _Service(Protocol):
     def metrics(self) -> str | None: ...
 
 
-def _host(bind_address: str) -> str:
+def reachable_host(bind_address: str) -> str:
     """Address to reach a service bound to ``bind_address`` (wildcards mean loopback)."""
     ip = ipaddress.ip_address(bind_address)
     if ip.is_unspecified:
@@ -56,7 +56,7 @@ def _host(bind_address: str) -> str:
 def _reach(answers: Answers, service: str, inside: bool) -> str:
     """How Prometheus or Alertmanager reaches ``service``: by name on a container runtime's stack
     network (``inside``), else at the bind address (as ``{host.NAME}`` renders in the stack file)."""
-    return service if inside else _host(answers.bind_address)
+    return service if inside else reachable_host(answers.bind_address)
 
 
 def _inside(answers: Answers) -> bool:
@@ -85,7 +85,7 @@ def monitoring_targets(answers: Answers, extra: list[ScrapeTarget] | None = None
     exporter, the model server and the controller when those run, plus ``extra`` (serving
     replicas, a DCGM exporter). MLflow is not scraped: it exposes no metrics unless started
     with ``--expose-prometheus``. Job names are the stack's service names."""
-    host, ports, parts = _host(answers.bind_address), answers.ports, answers.components
+    host, ports, parts = reachable_host(answers.bind_address), answers.ports, answers.components
     targets = [
         ScrapeTarget("prometheus", f"{host}:{ports.prometheus}"),
         ScrapeTarget("alertmanager", f"{host}:{ports.alertmanager}"),

@@ -233,7 +233,7 @@ class ContainerRuntime:
             volumes[str(config_dir)] = {"bind": str(config_dir), "mode": "ro"}
         for inside, secret in self.secret_files(svc).items():
             volumes[str(secret)] = {"bind": inside, "mode": "ro"}
-        bind = self.answers.bind_address
+        bind = svc.publish_address
         argv = list(svc.container_command)
         kwargs: dict[str, Any] = {
             "image": image,

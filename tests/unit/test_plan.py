@@ -19,6 +19,7 @@ def svc(name: str, depends_on: list[str] | None = None, command: str = "run") ->
         image=None,
         env={},
         ports={},
+        publish_address="127.0.0.1",
         volumes={},
         files={},
         health=HealthCheck(tcp="127.0.0.1:1"),

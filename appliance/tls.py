@@ -1,0 +1,197 @@
+"""The stack's own certificate authority and the gateway's server certificate, made at install.
+
+Nothing is shipped: the CA key and the server key are generated on this machine the first time
+TLS is wanted and kept in the secret store (mode 0600) with the certificates. The CA outlives
+changes to the answers file; the server certificate is re-issued when the names it must cover
+change (a new listen address or hostname), so clients keep trusting the same CA file.
+
+ECDSA P-256 keys: small, fast handshakes, accepted by every TLS stack the clients use (curl,
+Python's ssl, grpcio's BoringSSL, browsers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from appliance.secrets_store import SecretStore
+
+CA_CERT, CA_KEY = "tls_ca_cert", "tls_ca_key"
+SERVER_CERT, SERVER_KEY = "gateway_tls_cert", "gateway_tls_key"
+CA_DAYS, SERVER_DAYS = 3650, 825
+"""Validity: the CA for ten years; the server certificate for the longest span browsers accept."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of the PEM files, and the server certificate's SHA-256 fingerprint."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+    fingerprint: str
+
+
+def certificate_names(bind_address: str, listen_address: str, extra: Iterable[str] = ()) -> list[str]:
+    """Every name the server certificate must cover: loopback, this host, the addresses the
+    gateway is reached on, the gateway's name on a container network, and the user's own."""
+    names = ["localhost", "127.0.0.1", "::1", "gateway", socket.gethostname()]
+    for address in (bind_address, listen_address):
+        if not ipaddress.ip_address(address).is_unspecified:
+            names.append(address)
+    names += list(extra)
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def ensure_certificates(store: SecretStore, names: list[str]) -> TlsFiles:
+    """The CA and a server certificate for ``names``: kept when present and still right,
+    generated (or re-issued) otherwise."""
+    ca_key, ca_cert = _ensure_ca(store)
+    cert_path = store.root / SERVER_CERT
+    current = _load_cert(cert_path)
+    if (
+        current is None
+        or not _covers(current, names)
+        or not _signed_by(current, ca_cert)
+        or _expiring(current)
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(key, ca_key, ca_cert, names)
+        store.put(SERVER_KEY, _key_pem(key))
+        store.put(SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
+        current = cert
+    der = current.public_bytes(serialization.Encoding.DER)
+    return TlsFiles(
+        ca_cert=store.root / CA_CERT,
+        cert=cert_path,
+        key=store.root / SERVER_KEY,
+        fingerprint=hashlib.sha256(der).hexdigest(),
+    )
+
+
+def _ensure_ca(store: SecretStore) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    cert = _load_cert(store.root / CA_CERT)
+    key_path = store.root / CA_KEY
+    if cert is not None and key_path.exists() and not _expiring(cert):
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key, cert
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLOps Appliance"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"MLOps Appliance CA {socket.gethostname()}"),
+        ]
+    )
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    store.put(CA_KEY, _key_pem(key))
+    store.put(CA_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
+    return key, cert
+
+
+def _issue(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    names: list[str],
+) -> x509.Certificate:
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _covers(cert: x509.Certificate, names: list[str]) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    present = {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    present |= set(san.get_values_for_type(x509.DNSName))
+    return {str(_general_name(n).value) for n in names} <= present
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _expiring(cert: x509.Certificate) -> bool:
+    return cert.not_valid_after_utc - _now() < dt.timedelta(days=30)
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -125,26 +125,13 @@ def measure(
                     result["grpc_error"] = repr(err)[:200]
                     continue
             for c in args.concurrency:
-                if proto == "rest":
-                    r = asyncio.run(loadgen.run_rest(peer.http_port, request, c, args.seconds, args.warmup))
-                else:
-                    r = asyncio.run(
-                        loadgen.run_grpc(
-                            peer.grpc_port, peer.model_name, x, token, c, args.seconds, args.warmup
-                        )
+                if proto == "grpc":
+                    result[f"grpc_c{c}"] = grpc_point(
+                        peer.name, peer.grpc_port, peer.model_name, x, token, ref, c, args
                     )
-                result[f"{proto}_c{c}"] = {
-                    "rps": r.rps,
-                    "p50_ms": r.pct(50),
-                    "p99_ms": r.pct(99),
-                    "errors": r.errors,
-                    "requests": r.requests,
-                }
-                print(
-                    f"  {peer.name:9s} {proto:4s} c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms  "
-                    f"p99 {r.pct(99):.3f} ms  errors {r.errors}",
-                    flush=True,
-                )
+                    continue
+                r = asyncio.run(loadgen.run_rest(peer.http_port, request, c, args.seconds, args.warmup))
+                result[f"{proto}_c{c}"] = point(peer.name, proto, c, r)
     finally:
         try:
             os.killpg(proc.pid, 15)
@@ -152,6 +139,48 @@ def measure(
         except (subprocess.TimeoutExpired, ProcessLookupError):
             os.killpg(proc.pid, 9)
     return result
+
+
+def point(name: str, proto: str, c: int, r: loadgen.Result, checked: str = "") -> dict[str, Any]:
+    print(
+        f"  {name:12s} {proto:4s} c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms  "
+        f"p99 {r.pct(99):.3f} ms  errors {r.errors}{checked}",
+        flush=True,
+    )
+    return {
+        "rps": r.rps,
+        "p50_ms": r.pct(50),
+        "p99_ms": r.pct(99),
+        "errors": r.errors,
+        "requests": r.requests,
+    }
+
+
+def grpc_point(
+    name: str,
+    port: int,
+    model: str,
+    x: np.ndarray,
+    token: str | None,
+    ref: np.ndarray,
+    c: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One gRPC load point, then a grpc.aio pass that checks real answers (errors cannot hide)."""
+    if args.grpc_client == "python":
+        r = asyncio.run(loadgen.run_grpc(port, model, x, token, c, args.seconds, args.warmup))
+        return point(name, "grpc", c, r)
+    bad, size = asyncio.run(loadgen.grpc_check(port, model, x, token, ref, 8, 1))
+    if bad or not size:
+        raise RuntimeError(f"{name}: gRPC answers wrong before the load point ({bad} of 8)")
+    r = loadgen.run_h2load(port, model, x, token, c, args.seconds, args.warmup, args.grpc_connections, size)
+    bad, _ = asyncio.run(loadgen.grpc_check(port, model, x, token, ref, args.check_calls, min(c, 8)))
+    r.errors += bad
+    res = point(
+        name, "grpc", c, r, f"  (grpc.aio check after: {args.check_calls - bad}/{args.check_calls} OK)"
+    )
+    res["check_errors"] = bad
+    return res
 
 
 def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,16 +199,9 @@ def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
+        canned = np.array([[0.5, 0.5]], np.float32)
         for c in args.concurrency:
-            r = asyncio.run(loadgen.run_grpc(port, "mlp", x, None, c, args.seconds, args.warmup))
-            result[f"grpc_c{c}"] = {
-                "rps": r.rps,
-                "p50_ms": r.pct(50),
-                "p99_ms": r.pct(99),
-                "errors": r.errors,
-                "requests": r.requests,
-            }
-            print(f"  grpc-ceiling c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms", flush=True)
+            result[f"grpc_c{c}"] = grpc_point("grpc-ceiling", port, "mlp", x, None, canned, c, args)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -235,6 +257,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--start-timeout", type=float, default=180.0)
+    ap.add_argument(
+        "--grpc-client",
+        choices=("h2load", "python"),
+        default="h2load",
+        help="gRPC load generator: h2load (C, from nghttp2-client) or grpc.aio (slower than the servers)",
+    )
+    ap.add_argument(
+        "--grpc-connections", type=int, default=4, help="HTTP/2 connections h2load spreads the c streams over"
+    )
+    ap.add_argument(
+        "--check-calls", type=int, default=64, help="grpc.aio calls checked after each gRPC point"
+    )
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args()
     args.protocols = [p for p in args.protocols.split(",") if p]

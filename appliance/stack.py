@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from appliance.errors import InvalidInputError, Problem
 
-STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+
+def _stacks_dir() -> Path:
+    """The checkout's stacks/ (source tree, editable install), else the copy a wheel installs under
+    ``{prefix}/share/mlops-appliance/stacks`` (pyproject.toml's data-files)."""
+    checkout = Path(__file__).resolve().parent.parent / "stacks"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "mlops-appliance" / "stacks"
+
+
+STACKS_DIR = _stacks_dir()
 
 
 class Spec(BaseModel):
@@ -36,6 +45,8 @@ class HealthCheck(Spec):
     """``host:port`` template that must accept a connection."""
     command: list[str] | None = None
     """Command template that must exit 0."""
+    ca: str | None = None
+    """CA certificate file template an ``https`` probe trusts (the stack's own CA)."""
     interval: float = 0.5
     """Seconds between probes while waiting."""
     timeout: float = 3.0
@@ -80,6 +91,9 @@ class ServiceSpec(Spec):
     """Inject the data connection (docs/interfaces.md) into the environment."""
     ports: dict[str, str] = Field(default_factory=dict)
     """Named ports: name -> port template (``{ports.mlflow}``)."""
+    publish_on: str | None = None
+    """Address template the ports are published on (container runtimes) and checked free on;
+    ``bind_address`` when absent. The TLS gateway faces outward through it."""
     volumes: dict[str, str] = Field(default_factory=dict)
     """Named volumes: state sub-folder -> path inside a container."""
     config_files: dict[str, str] = Field(default_factory=dict)
@@ -121,6 +135,7 @@ class RenderedService(BaseModel):
     image: str | None
     env: dict[str, str]
     ports: dict[str, int]
+    publish_address: str
     volumes: dict[str, str]
     files: dict[str, str]
     health: HealthCheck

@@ -35,6 +35,7 @@ def service(**changes: object) -> RenderedService:
         image="img",
         env={},
         ports={},
+        publish_address="127.0.0.1",
         volumes={},
         files={},
         health=HealthCheck(tcp="127.0.0.1:1"),

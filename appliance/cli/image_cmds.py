@@ -12,7 +12,7 @@ from typing import cast
 
 import click
 
-from appliance.images.build import ENGINES, build_image, list_images
+from appliance.images.build import ENGINES, build_image, list_images, short_ref, upstream_images
 from appliance.images.catalog import BASE_TAG, CATALOG, FLAVORS, Flavor, get_image, gpu_images
 
 
@@ -46,16 +46,21 @@ def build_cmd(names: tuple[str, ...], flavor: str, base: str, wheelhouse: Path |
 @click.option("--engine", type=click.Choice(ENGINES), default="podman", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(engine: str, as_json: bool) -> None:
-    """Appliance images present in ENGINE's store."""
+    """Appliance images present in ENGINE's store, then the upstream images the stack names
+    (pinned by tag and digest; an ``images.<service>`` override in the answers file replaces one)."""
     rows = list_images(engine)
+    upstream = upstream_images(engine)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + upstream, indent=2))
         return
     if not rows:
         click.echo("no appliance images yet: run `appliance images build`")
     for row in rows:
         size = f"{float(str(row['size_bytes'] or 0)) / 2**20:.0f} MiB"
         click.echo(f"{row['name']!s:<18} {row['flavor']!s:<4} {row['tag']!s:<48} {size:>9}")
+    for row in upstream:
+        size = f"{float(str(row['size_bytes'])) / 2**20:.0f} MiB" if row["present"] else "absent"
+        click.echo(f"{row['name']!s:<18} {'up':<4} {short_ref(str(row['tag'])):<70} {size:>9}")
 
 
 images_group.add_command(build_cmd)

@@ -96,12 +96,36 @@ def build_image(
     cmd = ["podman", "build", "-q", "-f", str(spec.containerfile), "-t", tag]
     cmd += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REQUIREMENTS={' '.join(requirements)}"]
     cmd += ["--build-arg", f"WHEELHOUSE_DIGEST={wheelhouse_digest(house)}"]
-    cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}", str(context)]
+    cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}"]
+    cmd += ["--label", f"{RECIPE_LABEL}={recipe_digest(spec, flavor)}", str(context)]
     _run(cmd, f"building {tag}")
     for engine in engines:
         if engine != "podman" and engine_ready(engine):
             transfer(tag, engine)
     return Built(spec.name, tag, time.monotonic() - started, image_size("podman", tag))
+
+
+RECIPE_LABEL = f"{LABEL}.recipe"
+"""Digest of what an image is built from besides the wheels (Containerfile, requirements, flavour)."""
+
+
+def recipe_digest(spec: ImageSpec, flavor: Flavor = "cpu") -> str:
+    """Changes when the Containerfile or the requirements change, so a stale image can be told."""
+    digest = hashlib.sha256(spec.containerfile.read_bytes())
+    digest.update("\0".join((flavor, *spec.requirements_for(flavor))).encode())
+    return digest.hexdigest()[:16]
+
+
+def image_recipe(engine: str, tag: str) -> str | None:
+    """The recipe label of ``tag`` in ``engine``'s store; None when absent or unlabelled."""
+    proc = subprocess.run(
+        [engine, "image", "inspect", "--format", f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}', tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    value = proc.stdout.strip()
+    return value if proc.returncode == 0 and value and value != "<no value>" else None
 
 
 def wheelhouse_digest(house: Path) -> str:
@@ -147,17 +171,49 @@ def list_images(engine: str = "podman") -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for item in _json_lines(out):
         tags = item.get("Names") or [f"{item.get('Repository')}:{item.get('Tag')}"]
-        labels = item.get("Labels") or {}
+        if tags[0] in ("None:None", "<none>:<none>"):
+            continue  # untagged: a build's intermediate or an image a rebuild replaced
+        labels = item.get("Labels")
+        if not isinstance(labels, dict):  # docker's list leaves labels out: ask inspect
+            out = _run([engine, "image", "inspect", "--format", "{{json .Config.Labels}}", tags[0]], "labels")
+            labels = json.loads(out or "{}") or {}
         rows.append(
             {
                 "name": labels.get(LABEL, "?"),
                 "flavor": labels.get(f"{LABEL}.flavor", "cpu"),
                 "tag": tags[0],
-                "size_bytes": item.get("Size"),
+                # podman gives bytes; docker's list gives text ("1.06GB"), so ask inspect
+                "size_bytes": size
+                if isinstance(size := item.get("Size"), int)
+                else image_size(engine, tags[0]),
                 "created": item.get("CreatedAt") or item.get("Created"),
             }
         )
     return sorted(rows, key=lambda r: str(r["tag"]))
+
+
+def short_ref(ref: str, digits: int = 12) -> str:
+    """A reference short enough for a table: a digest cut to ``digits`` hex digits."""
+    name, at, digest = ref.partition("@")
+    algorithm, _, value = digest.partition(":")
+    return f"{name}@{algorithm}:{value[:digits]}" if at else ref
+
+
+def upstream_images(engine: str = "podman") -> list[dict[str, object]]:
+    """The images the stack file names that the appliance does not build (pinned by tag and
+    digest): service, reference, and whether ``engine`` holds that exact image."""
+    from appliance.stack import load_stack
+
+    rows: list[dict[str, object]] = []
+    for service, spec in load_stack().items():
+        if not spec.image or spec.image.startswith("localhost/"):
+            continue
+        present = image_present(engine, spec.image)
+        size = image_size(engine, spec.image) if present else None
+        rows.append(
+            {"name": service, "flavor": "upstream", "tag": spec.image, "size_bytes": size, "present": present}
+        )
+    return rows
 
 
 def _json_lines(text: str) -> list[dict]:

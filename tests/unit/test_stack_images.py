@@ -117,3 +117,10 @@ def test_the_container_command_is_the_whole_argv_whatever_the_entrypoint(
     runtime = ContainerRuntime(tmp_path, Answers())
     kwargs = runtime._spec(service(container_command=argv), "img")
     assert (kwargs["entrypoint"], kwargs["command"]) == (entrypoint, command)
+
+
+def test_images_list_shows_a_pinned_reference_with_a_short_digest() -> None:
+    from appliance.images.build import short_ref
+
+    assert short_ref(DIGEST_REF) == "quay.io/prometheus/prometheus:v2.53.2@sha256:cafe963e591c"
+    assert short_ref("localhost/appliance-mlflow:latest") == "localhost/appliance-mlflow:latest"

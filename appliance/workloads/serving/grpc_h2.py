@@ -203,6 +203,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.methods = server.methods
         self.max_message = server.max_message
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.buf = b""
         self.preface = False
         self.decoder = Decoder()
@@ -442,7 +443,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             return
         stream.started = True
         self.active += 1
-        asyncio.get_running_loop().create_task(self._serve(stream))
+        self.loop.create_task(self._serve(stream))
 
     async def _serve(self, stream: _Stream) -> None:
         try:
@@ -563,7 +564,7 @@ class H2GrpcProtocol(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False

@@ -264,7 +264,10 @@ def main() -> None:
         help="gRPC load generator: h2load (C, from nghttp2-client) or grpc.aio (slower than the servers)",
     )
     ap.add_argument(
-        "--grpc-connections", type=int, default=4, help="HTTP/2 connections h2load spreads the c streams over"
+        "--grpc-connections",
+        type=int,
+        default=1,
+        help="HTTP/2 connections h2load spreads the c streams over (1: one channel, as a gRPC client)",
     )
     ap.add_argument(
         "--check-calls", type=int, default=64, help="grpc.aio calls checked after each gRPC point"

@@ -75,7 +75,9 @@ class Engine:
         return result
 
     def purge(self) -> None:
-        """Remove the state directory (data, logs, secrets) after ``down``."""
+        """Remove the state directory (data, logs, secrets) and the runtime's data volumes after
+        ``down``."""
+        self.runtime.purge()
         if self.ctx.state_dir.exists():
             shutil.rmtree(self.ctx.state_dir)
 

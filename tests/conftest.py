@@ -1,8 +1,11 @@
-"""Shared test helpers: free ports, answers files on free ports, and running the real CLI."""
+"""Shared test helpers: free ports, answers files on free ports, running the real CLI, and the
+``runtime`` fixture that runs a test module once per runtime (local, podman, docker)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +29,61 @@ PORT_KEYS = [
     "serving_metrics",
     "controller",
 ]
+
+ALL_RUNTIMES = ("local", "podman", "docker")
+REQUIRE_RUNTIMES = "APPLIANCE_REQUIRE_RUNTIMES"
+"""Set (to anything but 0) where every runtime must be there, as in CI: an absent one then fails the
+tests that need it instead of skipping them."""
+
+
+@functools.cache
+def runtime_missing(name: str) -> str:
+    """Why ``name`` cannot run stacks here, or "" when it can. The local runtime is always there;
+    a container runtime needs its CLI (image builds) and its API socket answering (the runtimes)."""
+    if name == "local":
+        return ""
+    if shutil.which(name) is None:
+        return f"{name} is not installed"
+    try:
+        if name == "podman":
+            import podman
+
+            url = os.environ.get("CONTAINER_HOST", "unix:///run/podman/podman.sock")
+            with podman.PodmanClient(base_url=url) as client:
+                client.ping()
+        else:
+            import docker
+
+            docker.from_env(timeout=10).ping()
+    except Exception as err:  # any transport error: the daemon does not answer
+        return f"the {name} API does not answer ({err}); scripts/setup-containers.sh starts it"
+    return ""
+
+
+def use_runtime(name: str) -> None:
+    """Skip the calling test when runtime ``name`` is absent, or fail it when the run requires every
+    runtime (``APPLIANCE_REQUIRE_RUNTIMES``, which scripts/test.sh sets)."""
+    reason = runtime_missing(name)
+    if not reason:
+        return
+    if os.environ.get(REQUIRE_RUNTIMES, "0") not in ("", "0"):
+        pytest.fail(f"{reason}, and {REQUIRE_RUNTIMES} says every runtime must be here", pytrace=False)
+    pytest.skip(reason)
+
+
+def runtime_params(*names: str) -> list[object]:
+    """``names`` as fixture parameters, each marked ``runtime(NAME)`` (select with ``-m runtime`` or
+    ``-k NAME``)."""
+    return [pytest.param(name, marks=pytest.mark.runtime(name), id=name) for name in names]
+
+
+@pytest.fixture(scope="module", params=runtime_params(*ALL_RUNTIMES))
+def runtime(request: pytest.FixtureRequest) -> str:
+    """Each runtime in turn for the whole module (module-scoped stacks are built once per runtime);
+    skipped only where that runtime is absent."""
+    name = str(request.param)
+    use_runtime(name)
+    return name
 
 
 def free_port() -> int:

@@ -65,3 +65,6 @@ class Runtime(Protocol):
 
     def shutdown(self) -> None:
         """Stop the runtime's own daemon when it belongs to the appliance (local supervisord)."""
+
+    def purge(self) -> None:
+        """Delete the stack's data kept outside its state directory (container volumes)."""

@@ -213,6 +213,9 @@ class LocalRuntime:
         self.sup.shutdown()
         terminate(pids_with_marker(self.marker_prefix))
 
+    def purge(self) -> None:
+        """Nothing to do: a local stack keeps all its data in the state directory."""
+
     # -- one-shot jobs ---------------------------------------------------------------------------
     def _run_oneshot(self, svc: RenderedService, timeout: float = 300) -> None:
         self._write_files(svc)

@@ -9,12 +9,12 @@ when missing, and kept between runs (building them is most of the cost).
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,14 @@ import pytest
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.engine import Engine
-from appliance.images.build import build_image, engine_ready, image_present, transfer
+from appliance.images.build import build_image, image_present, transfer
 from appliance.images.catalog import BASE_TAG, get_image
 from appliance.images.wheelhouse import PROJECT_DIR
 from appliance.render import render_stack
 from appliance.runtimes.containers_common import STACK_LABEL, ContainerRuntime
-from tests.conftest import free_ports
+from tests.conftest import ALL_RUNTIMES, free_ports, runtime_missing, runtime_params, use_runtime
 
-RUNTIMES = ["podman", "docker"]
+RUNTIMES = [name for name in ALL_RUNTIMES if name != "local"]
 MONITORING_IMAGE = get_image("prometheus-debian").tag()
 MLFLOW_IMAGE = get_image("mlflow").tag()
 TEST_LABEL = "io.mlops-appliance.test"
@@ -83,16 +83,22 @@ services:
 """
 
 
-@functools.cache
 def runtime_available(name: str) -> bool:
-    """The engine is installed and answers (the only reason a container test may skip)."""
-    return engine_ready(name)
+    """True when the engine is installed and answers. When it is absent the calling test is skipped
+    right here (the only reason a container test may skip), or failed where the run requires every
+    runtime (``APPLIANCE_REQUIRE_RUNTIMES``)."""
+    if runtime_missing(name):
+        use_runtime(name)
+        return False
+    return True
 
 
 SMALL_STACK_IMAGES = ("prometheus-debian", "mlflow")
 LAB_IMAGES = (*SMALL_STACK_IMAGES, "serving", "controller")
 """What the lab stack runs in the tests. The workbench image (torch, JupyterLab) is left out: its
 build takes too long for a test run, so the lab tests switch the workbench off."""
+LAB_VOLUMES = ("mlflow", "prometheus", "alertmanager", "state")
+"""The named volumes of the lab stack as containers run it: they outlive ``down``."""
 
 
 def ensure_images(runtime: str, names: tuple[str, ...] = SMALL_STACK_IMAGES) -> None:
@@ -132,18 +138,21 @@ def container_engine(runtime: str, root: Path) -> Engine:
 def lab_engine(runtime: str, root: Path) -> Engine:
     """An Engine on ``runtime`` over the project's own stack file, lab profile, on free ports, state
     under ``root``: the monitoring services in the prometheus-debian image, no workbench."""
-    answers = Answers.model_validate(
-        {
-            "runtime": runtime,
-            "profile": "lab",
-            "ports": free_ports(),
-            "object_store": {"kind": "filesystem"},
-            "components": {"workbench": False},
-            "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
-            "health_timeout_seconds": 300,
-        }
-    )
+    answers = Answers.model_validate(lab_answers(runtime) | {"ports": free_ports()})
     return Engine(AppContext.create(answers, None, root / "state"))
+
+
+def lab_answers(runtime: str) -> dict[str, Any]:
+    """The answers (all but the ports) of the lab stack as ``runtime``'s containers: the monitoring
+    services in the prometheus-debian image, no workbench, the object store on the filesystem."""
+    return {
+        "runtime": runtime,
+        "profile": "lab",
+        "object_store": {"kind": "filesystem"},
+        "components": {"workbench": False},
+        "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
+        "health_timeout_seconds": 300,
+    }
 
 
 def owned(runtime: ContainerRuntime) -> dict[str, list[str]]:
@@ -157,12 +166,31 @@ def owned(runtime: ContainerRuntime) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(params=RUNTIMES)
+@contextmanager
+def bystander(runtime: ContainerRuntime) -> Iterator[Any]:
+    """A container that is not the stack's, created (never started) beside it; removed afterwards."""
+    container = runtime.client.containers.create(BASE_TAG, ["sleep", "300"], labels={TEST_LABEL: "bystander"})
+    try:
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+def assert_down_left_only_volumes(runtime: ContainerRuntime, volumes: tuple[str, ...], other: Any) -> None:
+    """After ``down``: no container or network of the stack, its named ``volumes`` and nothing else,
+    and the ``other`` (bystander) container as it was."""
+    left = owned(runtime)
+    assert left["containers"] == [] and left["networks"] == [], left
+    assert sorted(left["volumes"]) == sorted(runtime.container_name(v) for v in volumes)
+    other.reload()
+    assert other.status == "created", "down touched a container that is not ours"
+
+
+@pytest.fixture(params=runtime_params(*RUNTIMES))
 def runtime_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each container runtime in turn; skipped only when that engine is absent."""
     name = str(request.param)
-    if not runtime_available(name):
-        pytest.skip(f"{name} is not installed or its daemon does not answer")
+    use_runtime(name)
     yield name
 
 

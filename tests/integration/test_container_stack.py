@@ -15,26 +15,26 @@ import pytest
 
 from appliance.engine import Engine
 from appliance.runtimes.containers_common import ContainerRuntime
+from tests.conftest import runtime_params, use_runtime
 from tests.integration._container_fixtures import (
     RUNTIMES,
-    TEST_LABEL,
+    assert_down_left_only_volumes,
+    bystander,
     container_engine,
     ensure_images,
     health,
     kill_and_wait_for_restart,
     owned,
-    runtime_available,
 )
 
 # The first test may build the images (base, wheelhouse, mlflow): ~12 min on a fresh 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-@pytest.fixture(scope="module", params=[pytest.param(r, marks=pytest.mark.runtime(r)) for r in RUNTIMES])
+@pytest.fixture(scope="module", params=runtime_params(*RUNTIMES))
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     name = str(request.param)
-    if not runtime_available(name):
-        pytest.skip(f"{name} is not installed or its daemon does not answer")
+    use_runtime(name)
     ensure_images(name)
     engine = container_engine(name, tmp_path_factory.mktemp(name))
     runtime: Any = engine.runtime
@@ -78,17 +78,9 @@ def test_a_killed_container_is_restarted_by_its_policy(stack: Engine) -> None:
 def test_down_removes_the_stack_and_leaves_others_alone(stack: Engine, tmp_path: Path) -> None:
     runtime: Any = stack.runtime
     assert isinstance(runtime, ContainerRuntime)
-    client = runtime.client
-    bystander = client.containers.create(
-        "localhost/appliance-base:bookworm", ["sleep", "300"], labels={TEST_LABEL: "bystander"}
-    )
-    try:
+    with bystander(runtime) as other:
         stack.down()
-        left = owned(runtime)
-        assert left["containers"] == [] and left["networks"] == [], left
-        assert sorted(left["volumes"]) == sorted(runtime.container_name(v) for v in ("mlflow", "prometheus"))
-        bystander.reload()
-        assert bystander.status == "created", "down touched a container that is not ours"
+        assert_down_left_only_volumes(runtime, ("mlflow", "prometheus"), other)
         started = time.monotonic()
         stack.up()
         print(f"{runtime.name}: up again from volumes in {time.monotonic() - started:.1f}s")
@@ -96,5 +88,3 @@ def test_down_removes_the_stack_and_leaves_others_alone(stack: Engine, tmp_path:
         stack.down()
         runtime.purge()
         assert owned(runtime) == {"containers": [], "networks": [], "volumes": []}
-    finally:
-        bystander.remove(force=True)

@@ -209,8 +209,12 @@ class Tls(Strict):
     def _dns_names(cls, value: list[str]) -> list[str]:
         for name in value:
             labels = name.split(".")
-            if not name or len(name) > 253 or not all(
-                label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
+            if (
+                not name
+                or len(name) > 253
+                or not all(
+                    label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
+                )
             ):
                 raise ValueError(f"{name!r} is not a DNS name (letters, digits, '-' and dots)")
         return value

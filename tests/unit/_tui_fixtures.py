@@ -30,6 +30,13 @@ FAKE_STACK: dict[str, tuple[str, tuple[str, ...], bool, tuple[str, ...], int]] =
     "prometheus": ("monitoring", ("lab", "edge"), False, ("prometheus",), 256),
     "alertmanager": ("monitoring", ("lab", "edge"), False, ("alertmanager",), 64),
     "serving": ("serving", ("lab", "edge"), True, ("serving_http", "serving_grpc"), 512),
+    "gateway": (
+        "gateway",
+        ("lab", "edge"),
+        False,
+        ("gateway_serving", "gateway_mlflow", "gateway_workbench"),
+        32,
+    ),
 }
 FIXED_AT = 1_700_000_000.0
 OUT = Path("/srv/appliance/appliance.yaml")
@@ -42,7 +49,9 @@ def fake_services(answers: Answers) -> dict[str, ServiceInfo]:
     for name, (component, profiles, gpu, ports, mb) in FAKE_STACK.items():
         if answers.profile != "custom" and answers.profile not in profiles:
             continue
-        if not switches[component] or (name == "minio" and answers.object_store.kind != "minio"):
+        if not switches.get(component, True) or (name == "minio" and answers.object_store.kind != "minio"):
+            continue
+        if name == "gateway" and not answers.tls.enabled:
             continue
         chosen[name] = ServiceInfo(name, component, gpu, ports, mb)
     return chosen

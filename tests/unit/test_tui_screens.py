@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Input
+from textual.widgets import Button, Checkbox, DataTable, Input
 
 from appliance.preflight import Check
 from tests.unit._tui_fixtures import FakeBackend, make_app
@@ -68,6 +68,37 @@ async def test_duplicate_port_and_bad_bind_address_block() -> None:
         await settle(pilot)
         assert "INVALID" in text_of(app, "#bind-state")
         await assert_blocked(pilot, app, "network", "not an IP address")
+
+
+async def test_tls_switch_shows_the_gateway_rows_and_checks_them() -> None:
+    backend = FakeBackend()
+    backend.busy = {5443}
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("network")
+        await settle(pilot)
+        assert not app.screen.query_one("#port-gateway_mlflow").parent.display  # off: hidden, not checked
+        assert not app.screen.query_one("#next", Button).disabled
+        app.screen.query_one("#tls", Checkbox).value = True
+        await settle(pilot)
+        assert app.screen.query_one("#port-gateway_mlflow").parent.display
+        assert "BUSY" in text_of(app, "#state-gateway_mlflow")
+        await assert_blocked(pilot, app, "network", "port 5443 (gateway_mlflow) is in use")
+        app.screen.query_one("#port-gateway_mlflow", Input).value = "5444"
+        app.screen.query_one("#listen", Input).value = "everywhere"
+        await settle(pilot)
+        await assert_blocked(pilot, app, "network", "gateway address 'everywhere' is not an IP address")
+        app.screen.query_one("#listen", Input).value = "0.0.0.0"
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.step == "review"
+        tls = app.state.answers().tls
+        assert (
+            tls.enabled
+            and tls.listen_address == "0.0.0.0"
+            and app.state.answers().ports.gateway_mlflow == 5444
+        )
 
 
 async def test_bad_s3_endpoint_shows_the_error_and_blocks() -> None:

@@ -96,6 +96,16 @@ def test_network_with_a_busy_port(snap_compare) -> None:
     assert snap_compare(make_app(backend), terminal_size=SIZE, run_before=at("network"))
 
 
+def test_network_with_tls_on(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await at("network")(pilot)
+        pilot.app.screen.query_one("#tls").value = True
+        pilot.app.screen.query_one("#listen", Input).value = "0.0.0.0"
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=run_before)
+
+
 def test_review_plan_tab(snap_compare) -> None:
     async def run_before(pilot: Pilot) -> None:
         await at("review")(pilot)

@@ -67,7 +67,7 @@ async def test_lab_walk_writes_the_answers_it_shows(tmp_path: Path) -> None:
     assert backend.up_calls == 1
 
 
-async def test_edge_walk_with_gpu_off(tmp_path: Path) -> None:
+async def test_edge_walk_with_gpu_off_and_tls_on(tmp_path: Path) -> None:
     out = tmp_path / "out.yaml"
     app = make_app(FakeBackend(write_to=out), out=out, state_dir=tmp_path / "s")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -82,6 +82,11 @@ async def test_edge_walk_with_gpu_off(tmp_path: Path) -> None:
         await next_step(pilot, "network")
         # minio's two ports are shown because the store is minio on edge
         assert app.screen.query("#port-minio") and not app.screen.query("#port-mlflow")
+        # TLS on, the gateway facing outward while the services stay on loopback
+        await pilot.press("tab", "space", "tab", *"0.0.0.0")
+        await settle(pilot)
+        assert app.screen.query_one("#port-gateway_serving").parent.display
+        assert not app.screen.query("#port-gateway_mlflow")  # no MLflow on edge: nothing to front
         await next_step(pilot, "review")
         await next_step(pilot, "done")
     expected = Answers.model_validate(
@@ -90,6 +95,7 @@ async def test_edge_walk_with_gpu_off(tmp_path: Path) -> None:
             "state_dir": str(tmp_path / "s"),
             "object_store": {"kind": "minio"},
             "gpu": {"mode": "off"},
+            "tls": {"enabled": True, "listen_address": "0.0.0.0"},
         }
     )
     assert written(tmp_path) == expected

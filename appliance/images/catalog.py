@@ -56,7 +56,13 @@ CATALOG: dict[str, ImageSpec] = {
     spec.name: spec
     for spec in (
         ImageSpec("mlflow", (PROJECT, "mlflow", "boto3")),
-        ImageSpec("controller", (f"{PROJECT}[controller]", "boto3", "mlflow")),
+        # The controller runs the retrain pipeline's trainer steps itself, so it carries the
+        # trainer's packages (torch CPU here, the CUDA build in the gpu flavour).
+        ImageSpec(
+            "controller",
+            (f"{PROJECT}[controller,train]", "boto3", "mlflow"),
+            (f"{PROJECT}[controller,train]", "boto3", "mlflow"),
+        ),
         ImageSpec(
             "serving",
             (f"{PROJECT}[serving]",),

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from appliance.answers import Answers
+from appliance.bundle.load import present_image_id
 from appliance.context import AppContext
 from appliance.engine import Engine
-from appliance.images.build import build_image, image_present, transfer
+from appliance.images.build import build_image, image_present, image_recipe, recipe_digest, transfer
 from appliance.images.catalog import BASE_TAG, get_image
 from appliance.images.wheelhouse import PROJECT_DIR
 from appliance.render import render_stack
@@ -102,14 +103,18 @@ LAB_VOLUMES = ("mlflow", "prometheus", "alertmanager", "state")
 
 
 def ensure_images(runtime: str, names: tuple[str, ...] = SMALL_STACK_IMAGES) -> None:
-    """Build the test images into podman when missing, then copy them to docker when asked."""
+    """Build the test images into podman when missing or labelled with an older recipe (the
+    Containerfile or the requirements changed), then copy them to docker when its copy differs."""
     if not image_present("podman", BASE_TAG):
         subprocess.run([str(PROJECT_DIR / "scripts" / "build-base-image.sh")], check=True)
     for name in names:
         spec = get_image(name)
-        if not image_present("podman", spec.tag()):
-            build_image(spec, engines=("podman",))
-        if runtime != "podman" and not image_present(runtime, spec.tag()):
+        recipe = image_recipe("podman", spec.tag())
+        if not image_present("podman", spec.tag()) or recipe not in (None, recipe_digest(spec)):
+            built = build_image(spec, engines=("podman",))
+            print(f"built {built.tag}: {built.size_bytes / 2**20:.0f} MiB in {built.seconds:.0f}s")
+        wanted = present_image_id("podman", spec.tag())
+        if runtime != "podman" and present_image_id(runtime, spec.tag()) != wanted:
             transfer(spec.tag(), runtime)
 
 

@@ -1,12 +1,15 @@
 """The lab stack from the project's own stack file (stacks/services.yaml) as real containers, on
 podman and on docker: MLflow, the model server, the retraining controller, Prometheus,
-Alertmanager and the node exporter (the workbench is switched off: its image is not built here).
-Up to healthy, a zero-action plan, the controller answering, Prometheus scraping the model server
-and the controller by service name, a killed container restarted by its policy, and a down that
-removes every container and network of the stack and touches nothing else.
+Alertmanager and the node exporter (the workbench is switched off here; test_container_images.py
+runs it). Up to healthy, a zero-action plan, the controller answering, Prometheus scraping the
+model server and the controller by service name, a retrain started through the controller's API
+that trains in the controller's container, registers a version in MLflow and is then served, a
+killed container restarted by its policy, and a down that removes every container and network of
+the stack and touches nothing else.
 
-The model server has no champion model here, so it stays live but not ready; its health probe is
-``/v2/health/live``. The same tests run on both runtimes (skipped only where an engine is absent).
+The model server starts with no champion model, so it is live but not ready until the retrain; its
+health probe is ``/v2/health/live``. The same tests run on both runtimes (skipped only where an
+engine is absent).
 """
 
 from __future__ import annotations
@@ -99,6 +102,55 @@ def test_prometheus_scrapes_serving_and_controller_by_service_name(lab: Engine) 
     managers = httpx.get(f"{lab.desired['prometheus'].url}/api/v1/alertmanagers", timeout=10).json()
     urls = [m["url"] for m in managers["data"]["activeAlertmanagers"]]
     assert any(u.startswith("http://alertmanager:") for u in urls), urls
+
+
+def test_a_retrain_through_the_controller_registers_a_version_the_server_then_serves(lab: Engine) -> None:
+    """Data seeded into the stack's object store (as the workloads see it, from inside the
+    controller's container), a retrain started through the controller's API with its token: the
+    trainer steps run in the controller's container, the version lands in MLflow's registry, and the
+    model server loads the new champion."""
+    runtime: Any = lab.runtime
+    controller = runtime._find("controller")
+    seed = (
+        "import os; from appliance.dataconn import DataConnection; from appliance.dataconn.seed import seed; "
+        "print(seed(DataConnection.from_env(os.environ), 'breast_cancer'))"
+    )
+    code, output = controller.exec_run(["/opt/appliance/bin/python", "-c", seed])
+    assert code == 0, output
+    token = (lab.ctx.state_dir / "secrets" / "controller_webhook_token").read_text().strip()
+    url = lab.desired["controller"].url
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{url}/pipelines/retrain/run",
+        json={"params": {"epochs": 20}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert reply.status_code == 202, reply.text
+    run_id = reply.json()["run_id"]
+    deadline = time.monotonic() + 900
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{url}/runs/{run_id}", timeout=10).json()
+        if run["state"] != "running":
+            break
+        time.sleep(2)
+    print(f"retrain in the controller container: {run['state']} in {time.monotonic() - started:.1f}s")
+    assert run["state"] == "succeeded", run
+    assert (run["outcome"], run["version"]) == ("promoted", "1"), run
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(lab.desired["mlflow"].url)
+    version = client.get_model_version("breast_cancer", "1")
+    assert version.status == "READY" and version.run_id
+    assert client.get_model_version_by_alias("breast_cancer", "champion").version == "1"
+    serving = lab.desired["serving"].url
+    deadline = time.monotonic() + 180
+    while httpx.get(f"{serving}/health/ready", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the model server did not load the new champion"
+        time.sleep(2)
+    print(f"served by the model server {time.monotonic() - started:.1f}s after the retrain started")
 
 
 def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:

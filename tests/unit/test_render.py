@@ -93,7 +93,12 @@ def test_container_runtimes_listen_on_the_wildcard_and_name_other_services(tmp_p
         )
         mlflow = services["mlflow"]
         assert mlflow.container_command[mlflow.container_command.index("--host") + 1] == "0.0.0.0"
-        assert "127.0.0.1" not in " ".join(mlflow.container_command)
+        argv = mlflow.container_command
+        listen = argv[: argv.index("--allowed-hosts")]
+        assert "127.0.0.1" not in " ".join(listen)
+        # Host headers MLflow accepts: its name on the stack network and the host's bind address
+        hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
+        assert {"mlflow:5555", "127.0.0.1:5555"} <= set(hosts)
         assert mlflow.command[mlflow.command.index("--host") + 1] == "127.0.0.1"
         # probes and URLs are used from the host, where the ports are published
         assert mlflow.health.http == "http://127.0.0.1:5555/health"

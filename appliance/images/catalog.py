@@ -71,9 +71,11 @@ CATALOG: dict[str, ImageSpec] = {
         ImageSpec("trainer", (f"{PROJECT}[train]",), (f"{PROJECT}[train]",)),
         ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",)),
         ImageSpec("prometheus-debian", ()),
+        ImageSpec("nginx-debian", ()),
     )
 }
-"""Images by name. ``prometheus-debian`` stands in for the upstream monitoring images offline."""
+"""Images by name. ``prometheus-debian`` and ``nginx-debian`` stand in for the upstream monitoring
+and gateway images offline."""
 
 
 def gpu_images() -> list[str]:

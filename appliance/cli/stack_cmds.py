@@ -44,14 +44,21 @@ def engine() -> Engine:
 @click.option(
     "--runtime", type=click.Choice(["local", "podman", "docker"]), default="local", show_default=True
 )
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="Front the stack with the TLS gateway (tls.enabled).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init_cmd(output: Path, profile: str, runtime: str, force: bool) -> None:
+def init_cmd(output: Path, profile: str, runtime: str, tls: bool, force: bool) -> None:
     """Write a commented answers file with every default spelled out."""
     if output.exists() and not force:
         raise ApplianceError(
             f"{output} already exists", fix="pass --force to overwrite it, or -o another path"
         )
-    output.write_text(render_answers(Answers.model_validate({"profile": profile, "runtime": runtime})))
+    choices = {"profile": profile, "runtime": runtime, "tls": {"enabled": tls}}
+    output.write_text(render_answers(Answers.model_validate(choices)))
     click.echo(f"wrote {output}; edit it, then run: appliance --answers {output} up")
 
 

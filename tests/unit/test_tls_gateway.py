@@ -93,3 +93,16 @@ def test_a_reissued_certificate_changes_the_gateway_config_hash(tmp_path: Path) 
     after = render_stack(ctx(tmp_path, tls={"enabled": True, "hostnames": ["new.example"]}))
     assert before["gateway"].config_hash != after["gateway"].config_hash
     assert before["serving"].config_hash == after["serving"].config_hash
+
+
+def test_init_tls_writes_a_file_that_switches_the_gateway_on(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    out = tmp_path / "appliance.yaml"
+    result = CliRunner().invoke(cli, ["init", "--profile", "edge", "--tls", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    answers = parse_answers(out.read_text(), str(out))
+    assert answers.tls.enabled and answers.profile == "edge"
+    assert "gateway" in render_stack(AppContext(answers, tmp_path / "state"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.images.catalog import BASE_TAG, CATALOG, LABEL, Flavor, ImageSpec
-from appliance.images.wheelhouse import ensure_wheelhouse
+from appliance.images.wheelhouse import add_wheels_for_python, ensure_wheelhouse
 
 ENGINES = ("podman", "docker")
 
@@ -87,6 +87,8 @@ def build_image(
     context = cache_dir() / "context"
     house = wheelhouse or context / "wheelhouse"
     ensure_wheelhouse(house, requirements, offline=offline)
+    if requirements:
+        add_wheels_for_python(house, base_python(base), offline=offline)
     if wheelhouse is not None:  # the build context must hold the wheelhouse under that name
         context = house.parent
         if house.name != "wheelhouse":
@@ -126,6 +128,14 @@ def image_recipe(engine: str, tag: str) -> str | None:
     )
     value = proc.stdout.strip()
     return value if proc.returncode == 0 and value and value != "<no value>" else None
+
+
+def base_python(base: str) -> str:
+    """The Python version of the base image's ``python3`` (what the image's pip installs for)."""
+    code = "import platform; print(platform.python_version())"
+    return _run(
+        ["podman", "run", "--rm", base, "python3", "-c", code], f"asking {base} for its Python"
+    ).strip()
 
 
 def wheelhouse_digest(house: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,6 +74,50 @@ def _local_requirements(requirements: Iterable[str], project_wheel: Path) -> lis
         else:
             out.append(req)
     return out
+
+
+def requires_python(wheel: Path) -> str | None:
+    """The wheel's ``Requires-Python`` (from its METADATA), or None when it states none."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.endswith(".dist-info/METADATA") and name.count("/") == 1:
+                for line in archive.read(name).decode("utf-8", "replace").splitlines():
+                    if not line.strip():
+                        break  # the headers end at the first blank line
+                    if line.startswith("Requires-Python:"):
+                        return line.split(":", 1)[1].strip()
+    return None
+
+
+def add_wheels_for_python(dest: Path, python_version: str, offline: bool = False) -> list[str]:
+    """Beside each wheel that Python ``python_version`` (the image's interpreter) may not install,
+    put the newest release that it may; returns their names. The wheelhouse is pinned to the
+    builder's interpreter, which can be newer than the image's (a pin needing Python >= 3.11.5
+    on a 3.11.2 base): the image's pip, installing with ``--no-index``, skips the wheel it cannot
+    use and takes the one added here."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.utils import parse_wheel_filename
+
+    wanted: set[str] = set()
+    for wheel in sorted(dest.glob("*.whl")):
+        spec = requires_python(wheel)
+        try:
+            if spec and not SpecifierSet(spec).contains(python_version, prereleases=True):
+                wanted.add(str(parse_wheel_filename(wheel.name)[0]))
+        except InvalidSpecifier:
+            continue
+    for name in sorted(wanted):
+        if offline:
+            raise ApplianceError(
+                f"the wheelhouse's {name} needs a newer Python than the image's {python_version}",
+                fix="make the bundle on a machine with the image's Python version, or build online",
+            )
+        target = ["--only-binary=:all:", "--python-version", python_version]
+        _pip(
+            ["download", "-q", "--no-deps", *target, "-d", str(dest), name],
+            f"a {name} for Python {python_version}",
+        )
+    return sorted(wanted)
 
 
 def ensure_wheelhouse(dest: Path, requirements: Iterable[str], offline: bool = False) -> Path:

@@ -1,9 +1,11 @@
 """Side-by-side benchmark of the ONNX model server against raw ONNX Runtime and peer servers.
 
-One load client (loadgen.py, this interpreter), one model (an MLP exported with onnx.helper:
+The load clients of loadgen.py (h2load for gRPC), one model (an MLP exported with onnx.helper:
 30 features -> 64 -> 64 -> 2, the breast-cancer shape), the same ONNX Runtime session options
 everywhere (1 intra-op, 1 inter-op thread). For each server and protocol it reports p50/p99
-latency at concurrency 1 and requests/s at 8 and 32, and the ratio of ours to each peer.
+latency at concurrency 1 and requests/s at 8 and 32, and the ratio of ours to each peer. It also
+reports the CPU time the server's processes spent per request (at c=32 in the table): unlike
+requests/s, that barely depends on what else the shared machine is running.
 
 Our server runs as in production: bearer auth on, /metrics on, drift statistics on.
 
@@ -127,11 +129,14 @@ def measure(
             for c in args.concurrency:
                 if proto == "grpc":
                     result[f"grpc_c{c}"] = grpc_point(
-                        peer.name, peer.grpc_port, peer.model_name, x, token, ref, c, args
+                        peer.name, peer.grpc_port, peer.model_name, x, token, ref, c, args, proc.pid
                     )
                     continue
+                cpu = session_cpu(proc.pid)
                 r = asyncio.run(loadgen.run_rest(peer.http_port, request, c, args.seconds, args.warmup))
-                result[f"{proto}_c{c}"] = point(peer.name, proto, c, r)
+                result[f"{proto}_c{c}"] = point(
+                    peer.name, proto, c, r, cpu_per_request(proc.pid, cpu, r, args)
+                )
     finally:
         try:
             os.killpg(proc.pid, 15)
@@ -141,16 +146,46 @@ def measure(
     return result
 
 
-def point(name: str, proto: str, c: int, r: loadgen.Result, checked: str = "") -> dict[str, Any]:
+def session_cpu(session: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one session.
+
+    Every server starts in its own session, so this covers all its processes and threads (the
+    Triton binary and its Python backend stubs, for PyTriton).
+    """
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(session: int, before: float, r: loadgen.Result, args: argparse.Namespace) -> float:
+    """Server CPU microseconds per measured request: the point's CPU, scaled to its measured part."""
+    used = (session_cpu(session) - before) * args.seconds / (args.seconds + args.warmup)
+    return used / r.requests * 1e6 if r.requests else float("nan")
+
+
+def point(
+    name: str, proto: str, c: int, r: loadgen.Result, cpu_us: float, checked: str = ""
+) -> dict[str, Any]:
     print(
         f"  {name:12s} {proto:4s} c={c:<3d} {r.rps:8.0f} req/s  p50 {r.pct(50):.3f} ms  "
-        f"p99 {r.pct(99):.3f} ms  errors {r.errors}{checked}",
+        f"p99 {r.pct(99):.3f} ms  server CPU {cpu_us:.0f} us/req  errors {r.errors}{checked}",
         flush=True,
     )
     return {
         "rps": r.rps,
         "p50_ms": r.pct(50),
         "p99_ms": r.pct(99),
+        "cpu_us": cpu_us,
         "errors": r.errors,
         "requests": r.requests,
     }
@@ -165,19 +200,28 @@ def grpc_point(
     ref: np.ndarray,
     c: int,
     args: argparse.Namespace,
+    session: int,
 ) -> dict[str, Any]:
     """One gRPC load point, then a grpc.aio pass that checks real answers (errors cannot hide)."""
     if args.grpc_client == "python":
+        cpu = session_cpu(session)
         r = asyncio.run(loadgen.run_grpc(port, model, x, token, c, args.seconds, args.warmup))
-        return point(name, "grpc", c, r)
+        return point(name, "grpc", c, r, cpu_per_request(session, cpu, r, args))
     bad, size = asyncio.run(loadgen.grpc_check(port, model, x, token, ref, 8, 1))
     if bad or not size:
         raise RuntimeError(f"{name}: gRPC answers wrong before the load point ({bad} of 8)")
+    cpu = session_cpu(session)
     r = loadgen.run_h2load(port, model, x, token, c, args.seconds, args.warmup, args.grpc_connections, size)
+    cpu_us = cpu_per_request(session, cpu, r, args)
     bad, _ = asyncio.run(loadgen.grpc_check(port, model, x, token, ref, args.check_calls, min(c, 8)))
     r.errors += bad
     res = point(
-        name, "grpc", c, r, f"  (grpc.aio check after: {args.check_calls - bad}/{args.check_calls} OK)"
+        name,
+        "grpc",
+        c,
+        r,
+        cpu_us,
+        f"  (grpc.aio check after: {args.check_calls - bad}/{args.check_calls} OK)",
     )
     res["check_errors"] = bad
     return res
@@ -186,7 +230,9 @@ def grpc_point(
 def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     """Requests/s of a canned-response grpcio server: the transport's own limit here."""
     port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_ceiling.py"), str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "grpc_ceiling.py"), str(port)], start_new_session=True
+    )
     result: dict[str, Any] = {}
     try:
         x = np.zeros((1, N_IN), np.float32)
@@ -201,7 +247,7 @@ def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.3)
         canned = np.array([[0.5, 0.5]], np.float32)
         for c in args.concurrency:
-            result[f"grpc_c{c}"] = grpc_point("grpc-ceiling", port, "mlp", x, None, canned, c, args)
+            result[f"grpc_c{c}"] = grpc_point("grpc-ceiling", port, "mlp", x, None, canned, c, args, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -217,20 +263,21 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
         lines += [
             f"### {proto.upper()}",
             "",
-            "| server | p50 c=1 (ms) | p99 c=1 (ms) | req/s c=8 | req/s c=32 |",
-            "| --- | --- | --- | --- | --- |",
+            "| server | p50 c=1 (ms) | p99 c=1 (ms) | req/s c=8 | req/s c=32 | server CPU us/req c=32 |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for name, res in results.items():
             if name == "grpc-ceiling" and proto != "grpc":
                 continue
             if "error" in res or f"{proto}_c1" not in res:
                 why = res.get("error") or res.get("grpc_error") or "not measured"
-                lines.append(f"| {name} | {why} | | | |")
+                lines.append(f"| {name} | {why} | | | | |")
                 continue
             c = {k: res.get(f"{proto}_c{k}", {}) for k in (1, 8, 32)}
             lines.append(
                 f"| {name} | {c[1].get('p50_ms', float('nan')):.3f} | {c[1].get('p99_ms', float('nan')):.3f} "
-                f"| {c[8].get('rps', float('nan')):.0f} | {c[32].get('rps', float('nan')):.0f} |"
+                f"| {c[8].get('rps', float('nan')):.0f} | {c[32].get('rps', float('nan')):.0f} "
+                f"| {c[32].get('cpu_us', float('nan')):.0f} |"
             )
         ours_res = results.get("ours", {})
         for name, res in results.items():

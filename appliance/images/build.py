@@ -163,8 +163,14 @@ def transfer(tag: str, engine: str) -> None:
 
 
 def save_image(engine: str, tag: str, archive: Path) -> None:
-    """Write ``tag`` as a docker-archive tarball."""
+    """Write ``tag`` as a docker-archive tarball. A digest-pinned ``name:tag@sha256:...`` is saved
+    under ``name:tag``: the format names images by tag only, and one saved by its digest would load
+    with no name at all (the runtime falls back to ``name:tag`` when offline)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
+    tagged = tag.split("@", 1)[0]
+    if tagged != tag:
+        _run([engine, "tag", tag, tagged], f"naming {tag} {tagged}")
+        tag = tagged
     if engine == "podman":
         _run(["podman", "save", "--format", "docker-archive", "-o", str(archive), tag], f"saving {tag}")
     else:

@@ -178,22 +178,38 @@ class ContainerRuntime:
             )
         return image
 
-    def _ensure_image(self, image: str) -> None:
+    def _has(self, image: str) -> bool:
         try:
             self.client.images.get(image)
-            return
         except self.not_found:
-            pass
+            return False
+        return True
+
+    def _ensure_image(self, image: str) -> str:
+        """The reference to run ``image`` by: itself, when the engine holds it or can pull it. A
+        digest-pinned ``name:tag@sha256:...`` that the engine has not and cannot pull (offline)
+        falls back to ``name:tag`` where that is present: an offline bundle carries it under that
+        name (a docker-archive keeps tags, not registry digests), its sha256 checked at load."""
+        if self._has(image):
+            return image
         hint = "build it with `appliance images build`, or load an offline bundle"
         if image.startswith("localhost/"):
             raise ApplianceError(f"image {image} is not in {self.name}'s image store", fix=hint)
+        error: Exception | None = None
         try:
             self.client.images.pull(image)
         except self.api_error as err:
-            raise ApplianceError(
-                f"image {image} is not in {self.name}'s store and pulling it failed: {err}",
-                fix=f"{hint}, or point images.<service> in the answers file at a local image",
-            ) from err
+            error = err
+        # podman's pull can answer 200 with the failure in its stream: ask the store, not the reply
+        if self._has(image):
+            return image
+        tagged = image.split("@", 1)[0]
+        if tagged != image and self._has(tagged):
+            return tagged
+        raise ApplianceError(
+            f"image {image} is not in {self.name}'s store and pulling it failed: {error or 'not stored'}",
+            fix=f"{hint}, or point images.<service> in the answers file at a local image",
+        ) from error
 
     def _ensure_network(self) -> None:
         found = self.client.networks.list(filters={"label": f"{STACK_LABEL}={self.stack}"})
@@ -282,8 +298,7 @@ class ContainerRuntime:
 
     def create(self, service: RenderedService) -> None:
         self.remove(service.name)
-        image = self.image_for(service)
-        self._ensure_image(image)
+        image = self._ensure_image(self.image_for(service))
         self._ensure_network()
         kwargs = self._spec(service, image)
         self.attach(kwargs, service.name)

@@ -28,7 +28,8 @@ class PodmanRuntime(ContainerRuntime):
 
         super().__init__(state_dir, answers)
         self.url = os.environ.get("CONTAINER_HOST", DEFAULT_SOCKET)
-        self.not_found = (podman.errors.NotFound,)
+        # images.get raises ImageNotFound, which podman-py does not derive from NotFound
+        self.not_found = (podman.errors.NotFound, podman.errors.ImageNotFound)
         self.api_error = (podman.errors.APIError,)
 
     def connect(self) -> Any:

@@ -106,7 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def _auth(self, context: grpc.aio.ServicerContext) -> None:
+    async def _auth(self, context: grpc_h2.Context) -> None:
         if not self.service.tokens:
             return
         token = None
@@ -201,8 +201,8 @@ async def start(
 ) -> tuple[grpc_h2.H2GrpcServer, int]:
     """Start the gRPC server on host:port (0: any free port); returns it and its port.
 
-    The transport is grpc_h2's asyncio HTTP/2 server (measured about twice grpc.aio's
-    throughput here, see benchmarks/README.md); ``ssl_context`` serves gRPC over TLS.
+    The transport is grpc_h2's asyncio HTTP/2 server (about an eighth of grpc.aio's CPU per call
+    here, see benchmarks/README.md); ``ssl_context`` serves gRPC over TLS.
     """
     methods = grpc_h2.methods_of(InferenceServicer(service), pb.DESCRIPTOR.services_by_name[SERVICE], pb)
     server = grpc_h2.H2GrpcServer(methods, max_message)

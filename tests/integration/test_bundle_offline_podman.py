@@ -45,8 +45,9 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 MODEL_DIR = "/var/lib/appliance/models/mlp"
-"""Where the model goes: inside the state volume (mounted at /var/lib/appliance). The server is
-given the file, which does not exist yet when it starts (a missing path is taken for a file)."""
+"""Where the model goes: a folder in the state volume (mounted at /var/lib/appliance), which does
+not exist yet when the server starts. The server is given the file in it: a serving image built
+before LocalSource took a missing path for a folder would watch the folder as if it were the file."""
 EDGE = {
     "runtime": "podman",
     "profile": "edge",

@@ -45,12 +45,15 @@ class Source:
 
 
 class LocalSource(Source):
-    """A local model.onnx file, or a folder holding one; fingerprint is mtime and size."""
+    """A local model.onnx file, or a folder holding one; fingerprint is mtime and size.
+
+    A path that does not exist yet (a server waiting for its model) is a folder unless it names an
+    ``.onnx`` file, so the folder a user fills later is watched for its model.onnx."""
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         path = Path(uri.removeprefix("file://")).expanduser()
-        self.onnx = path / MODEL_FILE if path.is_dir() else path
+        self.onnx = path if path.is_file() or path.suffix == ".onnx" else path / MODEL_FILE
 
     def default_name(self) -> str:
         return self.onnx.parent.name if self.onnx.name == MODEL_FILE else self.onnx.stem

@@ -93,6 +93,38 @@ def test_many_calls_in_flight_on_one_connection() -> None:
     serve(test)
 
 
+def test_large_answers_on_many_streams_share_the_windows() -> None:
+    async def test(stub: Any, _servicer: Echo, _server: Any) -> None:
+        requests = [infer((1 << 20) + i * 4099, model=f"m{i}") for i in range(6)]
+        responses = await asyncio.gather(*(stub.ModelInfer(r) for r in requests))
+        for request, response in zip(requests, responses, strict=True):
+            assert response.raw_output_contents[0] == request.raw_input_contents[0]
+
+    serve(test)
+
+
+def test_cancelled_calls_and_dropped_connections_leave_the_server_serving() -> None:
+    async def test(stub: Any, servicer: Echo, server: grpc_h2.H2GrpcServer) -> None:
+        servicer.release.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(infer(10), timeout=0.2)  # the client resets the stream
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        port = server.server.sockets[0].getsockname()[1]
+        other = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        pending = asyncio.ensure_future(pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(infer(10)))
+        await asyncio.sleep(0.2)
+        await other.close()  # the connection goes away with a call in flight
+        with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):  # as grpcio reports it
+            await pending
+        servicer.release.set()
+        response = await stub.ModelInfer(infer(1000))
+        assert response.raw_output_contents[0] == infer(1000).raw_input_contents[0]
+        await asyncio.sleep(0.1)
+        assert sum(c.active for c in server.connections) == 0
+
+    serve(test)
+
+
 def test_gzip_compressed_calls() -> None:
     async def test(stub: Any, _servicer: Echo, _server: Any) -> None:
         request = infer(200_000)

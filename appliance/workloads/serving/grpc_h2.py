@@ -562,6 +562,8 @@ class H2GrpcProtocol(asyncio.Protocol):
                 self.streams.pop(stream.id, None)
         self.blocked = still
         self._schedule_flush()
+        if self.going_away and not still:
+            self._close_if_idle()
 
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled:

@@ -78,12 +78,28 @@ class TemplateVars:
             "nginx": _nginx(),
             "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
             "gateway_host": reachable_host(gateway_address(ctx)),
+            "gateway_url": gateway_url(ctx),
         }
 
 
 def gateway_address(ctx: AppContext) -> str:
     """Where the TLS gateway listens on the host: ``tls.listen_address`` or the bind address."""
     return ctx.answers.tls.listen_address or ctx.answers.bind_address
+
+
+def gateway_url(ctx: AppContext) -> str:
+    """What ``status`` shows for the gateway: the first service it fronts (the model server's
+    API, else MLflow, else the workbench)."""
+    answers, host = ctx.answers, reachable_host(gateway_address(ctx))
+    on = answers.components
+    full = answers.profile != "edge"
+    if on.serving:
+        return f"https://{host}:{answers.ports.gateway_serving}/v2"
+    if on.mlflow and full:
+        return f"https://{host}:{answers.ports.gateway_mlflow}"
+    if on.workbench and full:
+        return f"https://{host}:{answers.ports.gateway_workbench}/lab"
+    return f"https://{host}:{answers.ports.gateway_serving}"
 
 
 def _nginx() -> str:
@@ -180,6 +196,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         restart=spec.restart,
         oneshot=spec.oneshot,
         gpu=spec.gpu,
+        container_user=spec.container_user,
         url=spec.url and _fmt(spec.url, v, f"{name}.url"),
         metrics=spec.metrics and _fmt(spec.metrics, c, f"{name}.metrics"),
     )

@@ -1,9 +1,9 @@
 """The wizard in a real terminal: tmux runs ``appliance tui``, keys are typed, the screen is read.
-
-A lab install on the local runtime with the filesystem store and the serving and controller
-components switched off, chosen with keys only. Afterwards the stack must be healthy according
-to ``appliance status`` and the answers file the wizard wrote must reproduce the install:
-``appliance --answers FILE plan --json`` plans zero actions (the file carries the state dir).
+A lab install on the local runtime with the filesystem store, the serving and controller
+components switched off and the TLS gateway on, chosen with keys only. Afterwards the stack must
+be healthy according to ``appliance status`` and the answers file the wizard wrote must reproduce
+the install: ``appliance --answers FILE plan --json`` plans zero actions (the file carries the
+state dir).
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
         term.keys("C-n")
         screen = term.wait_for("step 6/7", "free (mlflow)")
         assert "BUSY" not in screen
+        term.keys("Tab", "Space")  # TLS on: the gateway and its ports join the stack
+        screen = term.wait_for("▐X▌ TLS gateway", "free (gateway: mlflow)")
+        assert "BUSY" not in screen
         term.keys("C-n")
         term.wait_for("step 7/7", "profile: lab")
         term.keys("C-n")
@@ -108,6 +111,8 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
         (tmp_path / "done-screen.txt").write_text(done)
         print(done)
         assert "secrets show NAME" in done and "train --dataset breast_cancer" in done, done
+        # serving is off: the gateway's address shown is MLflow's, over HTTPS
+        assert f"https://127.0.0.1:{load_answers(paths['seed']).ports.gateway_mlflow}" in done, done
         assert f"A={paths['out']}" in "".join(line.strip() for line in done.splitlines())
         term.keys("d")
         dashboard = term.wait_for("status · profile lab", "healthy", "no pipeline runs yet", timeout=60)
@@ -120,6 +125,7 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
     assert written.profile == "lab" and written.runtime == "local"
     assert written.object_store.kind == "filesystem"
     assert not written.components.serving and not written.components.controller
+    assert written.tls.enabled
     assert written.state_dir == paths["state"].resolve()
 
     status = json.loads(run_cli("status", "--json", answers=paths["out"]).stdout)["services"]

@@ -106,3 +106,10 @@ def test_init_tls_writes_a_file_that_switches_the_gateway_on(tmp_path: Path) -> 
     answers = parse_answers(out.read_text(), str(out))
     assert answers.tls.enabled and answers.profile == "edge"
     assert "gateway" in render_stack(AppContext(answers, tmp_path / "state"))
+
+
+def test_the_gateway_url_points_at_the_first_service_it_fronts(tmp_path: Path) -> None:
+    lab = render_stack(ctx(tmp_path, tls={"enabled": True}))
+    assert lab["gateway"].url == "https://127.0.0.1:8443/v2"
+    no_serving = render_stack(ctx(tmp_path, components={"serving": False}, tls={"enabled": True}))
+    assert no_serving["gateway"].url == "https://127.0.0.1:5443"

@@ -152,43 +152,37 @@ def _serving_block(listen: str, limit: str, present: bool) -> str:
     }}"""
 
 
-def _mlflow_block(listen: str, limit: str, target: str) -> str:
-    # Host: what MLflow would see without the gateway (its host check refuses unknown names).
+def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, read_timeout: str) -> str:
+    """A server proxying everything to ``upstream`` with the Host it would see without the gateway
+    (``target``: MLflow's and Jupyter's host checks refuse unknown names)."""
     return f"""\
     server {{
         {listen}
 {_health()}
         location / {{
-            {limit}
-            proxy_pass http://mlflow;
+            {limit}{extra}
+            proxy_pass http://{upstream};
             proxy_set_header Host {target};
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
             proxy_set_header X-Forwarded-Proto https;
-            proxy_read_timeout 300s;
+            proxy_read_timeout {read_timeout};
         }}
     }}"""
+
+
+def _mlflow_block(listen: str, limit: str, target: str) -> str:
+    return _web_block(
+        listen, limit, "mlflow", target, '\n            proxy_set_header Connection "";', "300s"
+    )
 
 
 def _workbench_block(listen: str, limit: str, target: str) -> str:
     # Jupyter refuses WebSockets whose Origin differs from its Host: a page served through the
-    # gateway has the gateway's origin, so exactly that origin is mapped to the workbench's own
-    # (and Host is the workbench's own address, as without the gateway).
-    return f"""\
-    server {{
-        {listen}
-{_health()}
-        location / {{
-            {limit}
+    # gateway has the gateway's origin, so exactly that origin is mapped to the workbench's own.
+    websockets = f"""
             set $workbench_origin $http_origin;
             if ($http_origin = "https://$http_host") {{ set $workbench_origin "http://{target}"; }}
-            proxy_pass http://workbench;
-            proxy_set_header Host {target};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Origin $workbench_origin;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_read_timeout 1h;
-        }}
-    }}"""
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;"""
+    return _web_block(listen, limit, "workbench", target, websockets, "1h")

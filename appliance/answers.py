@@ -36,6 +36,10 @@ class Ports(Strict):
     """Alertmanager web UI and API."""
     node_exporter: Port = Field(9100, ge=1, le=65535)
     """Prometheus node exporter (host metrics)."""
+    grafana: Port = Field(3000, ge=1, le=65535)
+    """Grafana dashboards (HTTP, admin password in ``STATE/secrets/grafana_admin_password``; only
+    when ``components.dashboards`` and Grafana runs: always on a container runtime, on the local
+    runtime where a Grafana server is installed)."""
     minio: Port = Field(9000, ge=1, le=65535)
     """MinIO S3 API (only when the object store is MinIO)."""
     minio_console: Port = Field(9001, ge=1, le=65535)
@@ -82,6 +86,9 @@ class Components(Strict):
     """ONNX model server for the registered champion."""
     controller: bool = True
     """Retraining controller (cron schedule and drift-alert webhook)."""
+    dashboards: bool = True
+    """Grafana with the appliance's dashboards. It reads the stack's Prometheus, so it runs only
+    with ``monitoring``; on the local runtime only where a Grafana server is installed."""
 
 
 ObjectStoreKind = Literal["auto", "minio", "s3", "filesystem"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from appliance.gateway import gateway_nginx
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
+from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
 from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
@@ -25,6 +26,7 @@ def retrain_pipeline(ctx: Any, services: Any) -> str:
 
 GENERATORS: dict[str, Generator] = {
     **MONITORING_GENERATORS,
+    **GRAFANA_GENERATORS,
     "retrain_pipeline": retrain_pipeline,
     "gateway_nginx": gateway_nginx,
 }

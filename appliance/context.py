@@ -53,6 +53,17 @@ def find_minio(answers: Answers) -> str | None:
     return shutil.which("minio")
 
 
+GRAFANA_SERVER = "grafana-server"
+"""The server binary of Grafana's Debian and RPM packages (``/usr/sbin``)."""
+SBIN_PATH = "/usr/sbin:/usr/local/sbin"
+"""Where packaged servers live when they are not on the user's ``PATH``."""
+
+
+def find_grafana() -> str | None:
+    """Path of an installed Grafana server binary (``PATH``, then the sbin folders), else None."""
+    return shutil.which(GRAFANA_SERVER) or shutil.which(GRAFANA_SERVER, path=SBIN_PATH)
+
+
 @dataclass
 class AppContext:
     """The answers and the state directory a command works on."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.context import CONTAINER_STATE_DIR, AppContext, find_minio
+from appliance.context import CONTAINER_STATE_DIR, GRAFANA_SERVER, AppContext, find_grafana, find_minio
 from appliance.errors import ApplianceError
 from appliance.monitoring.generate import reachable_host
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
@@ -73,6 +73,7 @@ class TemplateVars:
             "store": ctx.answers.object_store,
             "store_kind": ctx.store_kind,
             "minio": find_minio(ctx.answers) or "minio",
+            "grafana": find_grafana() or GRAFANA_SERVER,
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
             "nginx": _nginx(),
@@ -121,6 +122,9 @@ def facts(ctx: AppContext) -> dict[str, str]:
         "store": ctx.store_kind,
         "profile": ctx.answers.profile,
         "tls": "on" if ctx.answers.tls.enabled else "off",
+        "monitoring": "on" if ctx.answers.components.monitoring else "off",
+        # Containers run Grafana's image; host processes need Grafana installed (its Debian package).
+        "grafana": "found" if ctx.in_containers or find_grafana() else "absent",
     }
 
 

@@ -22,6 +22,7 @@ PORT_KEYS = [
     "prometheus",
     "alertmanager",
     "node_exporter",
+    "grafana",
     "minio",
     "minio_console",
     "serving_http",

@@ -127,7 +127,7 @@ def container_engine(runtime: str, root: Path) -> Engine:
             "runtime": runtime,
             "ports": free_ports(),
             "object_store": {"kind": "filesystem"},
-            "components": {"workbench": False, "serving": False, "controller": False},
+            "components": {"workbench": False, "serving": False, "controller": False, "dashboards": False},
             "images": {"prometheus": MONITORING_IMAGE, "node-exporter": MONITORING_IMAGE},
             "health_timeout_seconds": 180,
         }
@@ -149,12 +149,13 @@ def lab_engine(runtime: str, root: Path) -> Engine:
 
 def lab_answers(runtime: str) -> dict[str, Any]:
     """The answers (all but the ports) of the lab stack as ``runtime``'s containers: the monitoring
-    services in the prometheus-debian image, no workbench, the object store on the filesystem."""
+    services in the prometheus-debian image, no workbench, no Grafana (its upstream image cannot
+    be pulled here), the object store on the filesystem."""
     return {
         "runtime": runtime,
         "profile": "lab",
         "object_store": {"kind": "filesystem"},
-        "components": {"workbench": False},
+        "components": {"workbench": False, "dashboards": False},
         "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
         "health_timeout_seconds": 300,
     }

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180
 EDGE = {
     "profile": "edge",
     "object_store": {"kind": "filesystem"},
-    "components": {"serving": False, "controller": False},
+    "components": {"serving": False, "controller": False, "dashboards": False},
     "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
 }
 

@@ -52,6 +52,7 @@ EDGE = {
     "runtime": "podman",
     "profile": "edge",
     "object_store": {"kind": "filesystem"},
+    "components": {"dashboards": False},  # Grafana's upstream image cannot be pulled here
     "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
     "serving": {"model": f"{MODEL_DIR}/model.onnx", "poll_seconds": 1},
     "health_timeout_seconds": 240,

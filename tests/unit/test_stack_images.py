@@ -34,7 +34,7 @@ def upstream_images() -> dict[str, str]:
 
 def test_every_upstream_image_in_the_stack_is_pinned_by_tag_and_digest() -> None:
     images = upstream_images()
-    assert {"minio", "node-exporter", "prometheus", "alertmanager"} <= set(images)
+    assert {"minio", "node-exporter", "prometheus", "alertmanager", "grafana"} <= set(images)
     unpinned = {name: image for name, image in images.items() if not PINNED.match(image)}
     assert not unpinned, f"upstream images need name:tag@sha256:<64 hex> (the index digest): {unpinned}"
 

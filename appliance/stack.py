@@ -108,6 +108,8 @@ class ServiceSpec(Spec):
     """A job that runs to completion once per config (e.g. bucket creation); checked before it acts."""
     gpu: bool = False
     """Wants a GPU when the host has one and the answers allow it."""
+    container_user: str | None = None
+    """``uid[:gid]`` a container runtime runs it as; the image's own user when absent."""
     url: str | None = None
     """What ``status`` shows as the service's address."""
     metrics: str | None = None
@@ -145,11 +147,15 @@ class RenderedService(BaseModel):
     gpu: bool
     url: str | None
     metrics: str | None
+    container_user: str | None = None
 
     @property
     def config_hash(self) -> str:
         """Digest of everything that defines the service's behaviour."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        data = self.model_dump(mode="json")
+        if data["container_user"] is None:  # absent: the hashes of services without one stay as they were
+            del data["container_user"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -274,6 +274,8 @@ class ContainerRuntime:
             kwargs["mem_limit"] = f"{limits.memory_mb}m"
         if limits.cpus:
             kwargs["nano_cpus"] = int(limits.cpus * 1e9)
+        if svc.container_user:
+            kwargs["user"] = svc.container_user
         if wants_gpu(svc, self.answers):
             kwargs.update(self.gpu_options())
         return kwargs

@@ -51,6 +51,7 @@ services:
     container_command: ["/bin/node_exporter",
       "--web.listen-address={bind}:{ports.node_exporter}", "--collector.disable-defaults",
       "--collector.cpu", "--collector.meminfo", "--collector.loadavg"]
+    container_user: "0"
     ports: {http: "{ports.node_exporter}"}
     health: {http: "http://{bind}:{ports.node_exporter}/metrics"}
     metrics: "node-exporter:{ports.node_exporter}"
@@ -62,6 +63,7 @@ services:
     command: ["{python}", "-c", "pass"]
     container_command: ["/bin/prometheus", "--config.file={config}/prometheus.yml",
       "--storage.tsdb.path=/prometheus", "--web.listen-address={bind}:{ports.prometheus}"]
+    container_user: "0"
     config_files: {prometheus.yml: prometheus_yml, alert_rules.yml: alert_rules_yml}
     ports: {http: "{ports.prometheus}"}
     volumes: {prometheus: /prometheus}

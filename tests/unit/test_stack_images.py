@@ -126,3 +126,15 @@ def test_images_list_shows_a_pinned_reference_with_a_short_digest() -> None:
 
     assert short_ref(DIGEST_REF) == "quay.io/prometheus/prometheus:v2.53.2@sha256:cafe963e591c"
     assert short_ref("localhost/appliance-mlflow:latest") == "localhost/appliance-mlflow:latest"
+
+
+def test_the_monitoring_services_run_as_root_in_containers_and_others_as_their_image_says(
+    tmp_path: Path,
+) -> None:
+    specs = load_stack()
+    as_root = {n for n, s in specs.items() if s.container_user == "0"}
+    assert {"node-exporter", "prometheus", "alertmanager"} <= as_root
+    runtime = ContainerRuntime(tmp_path, Answers())
+    assert runtime._spec(service(container_user="0"), "img")["user"] == "0"
+    assert "user" not in runtime._spec(service(), "img")
+    assert service(container_user="0").config_hash != service().config_hash

@@ -77,13 +77,20 @@ def build_image(
     offline: bool = False,
     engines: tuple[str, ...] = ENGINES,
 ) -> Built:
-    """Build ``spec`` with podman, then hand it to the other engines that run here."""
+    """Build ``spec`` with podman, then hand it to the other engines that run here. An image with a
+    ``parent`` is built on the parent's image, which is built first when missing or stale."""
     requirements = spec.requirements_for(flavor)
     if not image_present("podman", base):
         raise ApplianceError(
             f"base image {base} is missing from podman",
             fix="run scripts/build-base-image.sh (debootstrap, no registry needed) or pass --base IMAGE",
         )
+    if spec.parent is not None:
+        parent = CATALOG[spec.parent]
+        parent_tag = parent.tag(flavor)
+        if image_recipe("podman", parent_tag) != recipe_digest(parent, flavor):
+            build_image(parent, flavor, base, wheelhouse, offline, engines=("podman",))
+        base = parent_tag
     context = cache_dir() / "context"
     house = wheelhouse or context / "wheelhouse"
     ensure_wheelhouse(house, requirements, offline=offline)
@@ -112,9 +119,12 @@ RECIPE_LABEL = f"{LABEL}.recipe"
 
 
 def recipe_digest(spec: ImageSpec, flavor: Flavor = "cpu") -> str:
-    """Changes when the Containerfile or the requirements change, so a stale image can be told."""
+    """Changes when the Containerfile or the requirements change (the parent's included), so a
+    stale image can be told."""
     digest = hashlib.sha256(spec.containerfile.read_bytes())
     digest.update("\0".join((flavor, *spec.requirements_for(flavor))).encode())
+    if spec.parent is not None:  # a rebuilt parent makes its children stale too
+        digest.update(recipe_digest(CATALOG[spec.parent], flavor).encode())
     return digest.hexdigest()[:16]
 
 

@@ -32,6 +32,9 @@ class ImageSpec:
     """What pip installs from the wheelhouse (empty: the image installs no wheels)."""
     gpu_requirements: tuple[str, ...] | None = None
     """Requirements of the gpu flavour; None when the image has no gpu flavour."""
+    parent: str | None = None
+    """Catalog image this one is built on instead of the base, so that a large shared layer
+    (torch, about 1 GB) is installed and stored once for the trainer, controller and workbench."""
 
     def tag(self, flavor: Flavor = "cpu") -> str:
         suffix = "" if flavor == "cpu" else "-gpu"
@@ -62,6 +65,7 @@ CATALOG: dict[str, ImageSpec] = {
             "controller",
             (f"{PROJECT}[controller,train]", "boto3", "mlflow"),
             (f"{PROJECT}[controller,train]", "boto3", "mlflow"),
+            parent="trainer",
         ),
         ImageSpec(
             "serving",
@@ -69,7 +73,7 @@ CATALOG: dict[str, ImageSpec] = {
             (f"{PROJECT}[serving]", "onnxruntime-gpu"),
         ),
         ImageSpec("trainer", (f"{PROJECT}[train]",), (f"{PROJECT}[train]",)),
-        ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",)),
+        ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",), parent="trainer"),
         ImageSpec("prometheus-debian", ()),
         ImageSpec("nginx-debian", ()),
     )

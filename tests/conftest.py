@@ -29,6 +29,9 @@ PORT_KEYS = [
     "serving_grpc",
     "serving_metrics",
     "controller",
+    "gateway_serving",
+    "gateway_mlflow",
+    "gateway_workbench",
 ]
 
 ALL_RUNTIMES = ("local", "podman", "docker")

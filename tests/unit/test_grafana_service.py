@@ -230,3 +230,21 @@ def test_the_container_test_answers_switch_grafana_off(tmp_path: Path, no_grafan
         test_bundle_offline.EDGE | {"runtime": "podman"},
     ):
         assert "grafana" not in render_stack(ctx(tmp_path / str(id(data)), **data))
+
+
+def test_generated_provisioning_matches_the_committed_files_but_for_the_filled_in_values(
+    tmp_path: Path, no_grafana: Path
+) -> None:
+    """The stack's Grafana and a user's own (``stacks/monitoring/grafana/provisioning``) get the same
+    data source and provider; only the Prometheus URL and the dashboards path are filled in."""
+    committed = Path(__file__).resolve().parents[2] / "stacks" / "monitoring" / "grafana" / "provisioning"
+    grafana = render_stack(ctx(tmp_path, runtime="podman"))["grafana"]
+    (ours,) = yaml.safe_load(grafana.files[DATASOURCES])["datasources"]
+    (theirs,) = yaml.safe_load((committed / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert ours | {"url": None} == theirs | {"url": None}
+    (ours,) = yaml.safe_load(grafana.files[PROVIDER])["providers"]
+    (theirs,) = yaml.safe_load((committed / "dashboards" / "appliance.yaml").read_text())["providers"]
+    assert {**ours, "options": {**ours["options"], "path": None}} == {
+        **theirs,
+        "options": {**theirs["options"], "path": None},
+    }

@@ -53,7 +53,9 @@ class ServiceProgress(Horizontal):
         self._show()
 
     def _show(self) -> None:
-        bars = self.query(ProgressBar)
-        if bars:
+        # Children mount one by one: an event can land when the bar is there but the word is not
+        # yet; whatever is missing shows the current state in its own on_mount.
+        bars, words = self.query(ProgressBar), self.query(".service-step")
+        if bars and words:
             bars.first().update(progress=self.progress)
-            self.query_one(".service-step", Label).update(self.step_word)
+            words.first(Label).update(self.step_word)

@@ -59,9 +59,14 @@ SBIN_PATH = "/usr/sbin:/usr/local/sbin"
 """Where packaged servers live when they are not on the user's ``PATH``."""
 
 
+def find_sbin(program: str) -> str | None:
+    """Path of an installed ``program`` (``PATH``, then the sbin folders), else None."""
+    return shutil.which(program) or shutil.which(program, path=SBIN_PATH)
+
+
 def find_grafana() -> str | None:
-    """Path of an installed Grafana server binary (``PATH``, then the sbin folders), else None."""
-    return shutil.which(GRAFANA_SERVER) or shutil.which(GRAFANA_SERVER, path=SBIN_PATH)
+    """Path of an installed Grafana server binary, else None."""
+    return find_sbin(GRAFANA_SERVER)
 
 
 @dataclass

@@ -12,15 +12,37 @@ into the file, so a re-issued certificate changes the config hash and restarts t
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from appliance.monitoring.generate import reachable_host
-from appliance.render import gateway_address
 
+FRONTED = (
+    ("serving", "gateway_serving", "/v2"),
+    ("mlflow", "gateway_mlflow", ""),
+    ("workbench", "gateway_workbench", "/lab"),
+)
+"""What the gateway fronts: service, its gateway port (``ports.*``), the path ``status`` shows.
+The first port is always open (the health check's), whatever the stack runs."""
 HEALTH_PATH = "/-/gateway/health"
 """Answered by nginx itself on every gateway port: the health probe's target."""
 GRPC_SERVICE_PATH = "/inference.GRPCInferenceService/"
 """Requests under this path are gRPC calls (Open Inference Protocol) and go to the gRPC port."""
+
+
+def gateway_address(ctx: Any) -> str:
+    """Where the TLS gateway listens on the host: ``tls.listen_address`` or the bind address."""
+    return str(ctx.answers.tls.listen_address or ctx.answers.bind_address)
+
+
+def gateway_url(ctx: Any, chosen: Collection[str]) -> str:
+    """What ``status`` shows for the gateway: the first service in the stack that it fronts (the
+    model server's API, else MLflow, else the workbench)."""
+    host, ports = reachable_host(gateway_address(ctx)), ctx.answers.ports
+    for service, port, path in FRONTED:
+        if service in chosen:
+            return f"https://{host}:{getattr(ports, port)}{path}"
+    return f"https://{host}:{ports.gateway_serving}"
 
 
 def gateway_nginx(ctx: Any, services: Any) -> str:

@@ -6,15 +6,23 @@ so the local and container runtimes receive identical, fully rendered services.
 
 from __future__ import annotations
 
-import shutil
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.context import CONTAINER_STATE_DIR, GRAFANA_SERVER, AppContext, find_grafana, find_minio
+from appliance.context import (
+    CONTAINER_STATE_DIR,
+    GRAFANA_SERVER,
+    AppContext,
+    find_grafana,
+    find_minio,
+    find_sbin,
+)
 from appliance.errors import ApplianceError
+from appliance.gateway import gateway_address, gateway_url
 from appliance.monitoring.generate import reachable_host
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 
@@ -23,6 +31,21 @@ CONTAINER_PYTHON = "/opt/appliance/bin/python"
 """The appliance images' Python (a virtualenv, images/*/Containerfile)."""
 CONTAINER_MLFLOW_DIR = "/var/lib/mlflow"
 """The mlflow image's data folder (the ``mlflow`` volume)."""
+
+
+class Installed:
+    """``{minio}``, ``{grafana}``, ``{nginx}``: a program's path on this host, looked up only when a
+    template formats it (every service's templates get these names; one service uses each), else
+    its bare name."""
+
+    def __init__(self, find: Callable[[], str | None], name: str) -> None:
+        self._find, self._name = find, name
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __str__(self) -> str:
+        return self._find() or self._name
 
 
 class Hosts:
@@ -50,6 +73,8 @@ class TemplateVars:
 
     ctx: AppContext
     inside: bool = False
+    chosen: frozenset[str] = frozenset()
+    """The services in the stack (what the gateway fronts)."""
 
     def as_dict(self, service: str) -> dict[str, Any]:
         ctx = self.ctx
@@ -72,40 +97,15 @@ class TemplateVars:
             "stacks": STACKS_DIR,
             "store": ctx.answers.object_store,
             "store_kind": ctx.store_kind,
-            "minio": find_minio(ctx.answers) or "minio",
-            "grafana": find_grafana() or GRAFANA_SERVER,
+            "minio": Installed(lambda: find_minio(ctx.answers), "minio"),
+            "grafana": Installed(find_grafana, GRAFANA_SERVER),
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
-            "nginx": _nginx(),
+            "nginx": Installed(lambda: find_sbin("nginx"), "nginx"),
             "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
             "gateway_host": reachable_host(gateway_address(ctx)),
-            "gateway_url": gateway_url(ctx),
+            "gateway_url": gateway_url(ctx, self.chosen),
         }
-
-
-def gateway_address(ctx: AppContext) -> str:
-    """Where the TLS gateway listens on the host: ``tls.listen_address`` or the bind address."""
-    return ctx.answers.tls.listen_address or ctx.answers.bind_address
-
-
-def gateway_url(ctx: AppContext) -> str:
-    """What ``status`` shows for the gateway: the first service it fronts (the model server's
-    API, else MLflow, else the workbench)."""
-    answers, host = ctx.answers, reachable_host(gateway_address(ctx))
-    on = answers.components
-    full = answers.profile != "edge"
-    if on.serving:
-        return f"https://{host}:{answers.ports.gateway_serving}/v2"
-    if on.mlflow and full:
-        return f"https://{host}:{answers.ports.gateway_mlflow}"
-    if on.workbench and full:
-        return f"https://{host}:{answers.ports.gateway_workbench}/lab"
-    return f"https://{host}:{answers.ports.gateway_serving}"
-
-
-def _nginx() -> str:
-    """nginx lives in /usr/sbin, which is not on every user's PATH."""
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") or "nginx"
 
 
 def _mlflow_artifacts(ctx: AppContext, inside: bool = False) -> str:
@@ -160,9 +160,9 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
     On a container runtime, what the service itself reads (container command, env, its metrics
     target, which Prometheus scrapes from its own container) is rendered as seen from inside a
     container; health probes and URLs stay as seen from the host, where the ports are published."""
-    v = TemplateVars(ctx).as_dict(name)
+    v = TemplateVars(ctx, chosen=frozenset(chosen)).as_dict(name)
     inside = ctx.in_containers
-    c = TemplateVars(ctx, inside=True).as_dict(name) if inside else v
+    c = TemplateVars(ctx, inside=True, chosen=frozenset(chosen)).as_dict(name) if inside else v
     for secret in spec.secrets:
         ctx.secrets.get(secret)
     env = {k: _fmt(t, c, f"{name}.env.{k}") for k, t in spec.env.items()}

@@ -15,10 +15,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Static
 
+from appliance.gateway import FRONTED
 from tui.screens.base import WizardScreen
 from tui.widgets.choices import Tick
 
-GATEWAY_PORTS = {"gateway_serving": "serving", "gateway_mlflow": "mlflow", "gateway_workbench": "workbench"}
+GATEWAY_PORTS = {port: service for service, port, _ in FRONTED}
 """The gateway's ports and the service each fronts (the first is always open: its health check)."""
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.workloads.serving.limits import ServerLimits
+
 
 class Strict(BaseModel):
     """Base for every answers-file section: immutable, no unknown keys, docstrings as descriptions."""
@@ -157,6 +159,9 @@ class Serving(Strict):
     """Longest a request waits for others to join its batch, in microseconds."""
     poll_seconds: float = Field(10.0, ge=0)
     """How often the server checks the registry alias for a new version to hot-reload (0: never)."""
+    limits: ServerLimits = ServerLimits()
+    """Sizes, counts, timeouts and connections every client of the model server lives under
+    (REST and gRPC alike); docs/security.md says what a client gets past each."""
 
 
 class Monitoring(Strict):

@@ -106,11 +106,17 @@ from appliance.errors import ApplianceError
     help="ONNX Runtime inter-op threads.",
 )
 @click.option(
-    "--max-body-bytes",
-    default=64 * 1024 * 1024,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Largest request body (REST) or message (gRPC) accepted.",
+    "--limit",
+    "limit_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A server limit (repeatable), e.g. --limit max_body_bytes=1048576; see docs/security.md.",
+)
+@click.option(
+    "--limits-json",
+    default=None,
+    help="Server limits as a JSON object (what the stack renders from serving.limits); "
+    "--limit flags apply on top.",
 )
 def serve_cmd(
     models: tuple[str, ...],
@@ -128,15 +134,24 @@ def serve_cmd(
     drift_window: int,
     intra_op_threads: int,
     inter_op_threads: int,
-    max_body_bytes: int,
+    limit_pairs: tuple[str, ...],
+    limits_json: str | None,
 ) -> None:
     """Serve ONNX models over the KServe v2 protocol (REST and gRPC) with /metrics."""
+    from pydantic import ValidationError
+
     from appliance.workloads.serving.config import ServeConfig, parse_model_args, read_tokens
+    from appliance.workloads.serving.limits import ServerLimits
 
     try:
         pairs = parse_model_args(models, names)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--model/--name") from None
+    try:
+        base = ServerLimits.model_validate_json(limits_json) if limits_json else None
+        limits = ServerLimits.from_pairs(limit_pairs, base)
+    except (ValueError, ValidationError) as err:
+        raise click.BadParameter(str(err), param_hint="--limit/--limits-json") from None
     config = ServeConfig(
         models=pairs,
         host=host,
@@ -151,7 +166,7 @@ def serve_cmd(
         drift_window=drift_window,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
-        max_body_bytes=max_body_bytes,
+        limits=limits,
     )
     from appliance.workloads.serving.errors import InferenceError
     from appliance.workloads.serving.server import run

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.workloads.serving.limits import ServerLimits
+
 TOKEN_ENV = "APPLIANCE_SERVING_TOKEN"
 
 
@@ -33,7 +35,8 @@ class ServeConfig:
     drift_window: int = 1000
     intra_op_threads: int = 1
     inter_op_threads: int = 1
-    max_body_bytes: int = 64 * 1024 * 1024
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """Sizes, counts, timeouts and connections every client lives under (REST and gRPC)."""
 
 
 def read_tokens(token: str | None, token_file: Path | None) -> frozenset[str]:

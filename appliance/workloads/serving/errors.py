@@ -47,7 +47,7 @@ class MethodNotAllowed(InferenceError):
 
 
 class PayloadTooLarge(InferenceError):
-    """The body is larger than the server accepts (``--max-body-bytes``)."""
+    """The body is larger than the server accepts (``--limit max_body_bytes=N``)."""
 
     http_status = 413
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -21,6 +21,7 @@ import numpy as np
 
 from appliance.workloads.serving import grpc_h2
 from appliance.workloads.serving.errors import BadRequest, InferenceError
+from appliance.workloads.serving.limits import ServerLimits
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from appliance.workloads.serving.service import InferenceService
@@ -196,7 +197,7 @@ async def start(
     service: InferenceService,
     host: str,
     port: int,
-    max_message: int,
+    limits: ServerLimits,
     ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[grpc_h2.H2GrpcServer, int]:
     """Start the gRPC server on host:port (0: any free port); returns it and its port.
@@ -205,6 +206,6 @@ async def start(
     here, see benchmarks/README.md); ``ssl_context`` serves gRPC over TLS.
     """
     methods = grpc_h2.methods_of(InferenceServicer(service), pb.DESCRIPTOR.services_by_name[SERVICE], pb)
-    server = grpc_h2.H2GrpcServer(methods, max_message)
+    server = grpc_h2.H2GrpcServer(methods, limits.max_body_bytes)
     bound = await server.start(host, port, ssl_context)
     return server, bound

@@ -21,6 +21,7 @@ from typing import Any
 import httptools
 
 from appliance.workloads.serving.errors import InferenceError, PayloadTooLarge
+from appliance.workloads.serving.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -214,10 +215,12 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-async def start(router: Router, host: str, port: int, max_body: int) -> asyncio.Server:
+async def start(router: Router, host: str, port: int, limits: ServerLimits) -> asyncio.Server:
     """Listen on host:port (port 0: any free one)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(router, max_body), host, port, backlog=1024)
+    return await loop.create_server(
+        lambda: HttpProtocol(router, limits.max_body_bytes), host, port, backlog=1024
+    )
 
 
 def bound_port(server: asyncio.Server) -> Any:

@@ -58,12 +58,12 @@ async def serve(
             log.warning("%s; retrying every %ss, not ready until then", err.message, config.poll_seconds)
     gc.freeze()  # startup objects (sessions, modules) leave the GC's scans: fewer latency spikes
     stop = stop or _signal_event()
-    rest = await http_server.start(RestRouter(service), config.host, config.http_port, config.max_body_bytes)
+    rest = await http_server.start(RestRouter(service), config.host, config.http_port, config.limits)
     ports: dict[str, Any] = {"http_port": http_server.bound_port(rest)}
     grpc = None
     if config.grpc_port >= 0:
         grpc, ports["grpc_port"] = await grpc_server.start(
-            service, config.host, config.grpc_port, config.max_body_bytes
+            service, config.host, config.grpc_port, config.limits
         )
     metrics_http = None
     if config.metrics_port >= 0:

@@ -103,10 +103,18 @@ def run_cmd(
     name: str, model: str | None, params: tuple[str, ...], pipelines_dir: Path | None, as_json: bool
 ) -> None:
     """Run pipeline NAME (a name or a path to a .yaml file) now, in the foreground."""
+    from appliance.names import check_name
     from appliance.pipelines.loader import find_pipeline, load_pipeline, search_dirs
+    from appliance.pipelines.model import DATASET_PARAMETER
     from appliance.pipelines.runner import PipelineRunner
 
     overrides = _parse_params(params)
+    if not name.endswith((".yaml", ".yml")):
+        check_name(name, "pipeline name")
+    if model is not None:
+        check_name(model, "model name")
+    if DATASET_PARAMETER in overrides:
+        check_name(overrides[DATASET_PARAMETER], "dataset name")
     app = app_context()
     path = find_pipeline(name, search_dirs(pipelines_dir or app.state_dir / "pipelines"))
     pipeline = load_pipeline(path)

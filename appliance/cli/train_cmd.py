@@ -49,7 +49,11 @@ def train_cmd(
 ) -> None:
     """Validate, train, evaluate, export to ONNX, register, and promote if better than the champion."""
     from appliance.cli.common import app_context
+    from appliance.names import check_name
 
+    check_name(dataset, "dataset name")
+    if model_name is not None:
+        check_name(model_name, "model name")
     os.environ.update(app_context().connection_env())
     from appliance.workloads.trainer import lifecycle
     from appliance.workloads.trainer.workdir import Options

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from appliance.dataconn.connection import DataConnection
 from appliance.dataconn.errors import DatasetFormatError, DatasetNotFoundError
 from appliance.dataconn.stores import ObjectInfo
+from appliance.names import check_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +61,10 @@ def list_datasets(conn: DataConnection) -> list[DatasetEntry]:
 
 
 def resolve(conn: DataConnection, name: str, key: str | None = None) -> ObjectInfo:
-    """The object holding dataset ``name``: ``key`` when given, else the newest file under it."""
+    """The object holding dataset ``name``: ``key`` when given, else the newest file under it.
+
+    The name becomes a key prefix (a folder of the filesystem store), so it is checked first."""
+    check_name(name, "dataset name")
     candidates = [o for o in conn.datasets.list(f"{name}/") if _is_dataset_file(o.key)]
     if key is not None:
         candidates = [o for o in candidates if o.key == key]
@@ -109,6 +113,7 @@ def write_dataset(conn: DataConnection, name: str, frame: pd.DataFrame, fmt: str
 
     Identical content is not written again, so seeding is idempotent and keeps the file's date.
     """
+    check_name(name, "dataset name")
     key = f"{name}/{name}.{fmt}"
     data = serialize(frame, fmt)
     conn.datasets.ensure()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from appliance.answers_file import _line_index
 from appliance.errors import ApplianceError, InvalidInputError, Problem
+from appliance.names import check_name
 from appliance.pipelines import templating
 from appliance.pipelines.model import BUILTIN_OUTPUTS, Pipeline, Step, action_problems
 
@@ -200,6 +201,7 @@ def find_pipeline(name_or_path: str, dirs: list[Path]) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
+    check_name(name_or_path, "pipeline name")
     known = available(dirs)
     if name_or_path in known:
         return known[name_or_path]

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.names import check_name, child_path
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -27,12 +29,18 @@ def lock_dir(state_dir: Path) -> Path:
     return state_dir / "controller" / "locks"
 
 
+def lock_path(state_dir: Path, model: str) -> Path:
+    """``locks/MODEL.lock``: the model name is checked (names.py) and the path kept in the folder,
+    since names arrive from HTTP bodies and alert labels."""
+    return child_path(lock_dir(state_dir), check_name(model, "model name"), ".lock")
+
+
 class ModelLock:
     """The run lock of one model; ``acquire()`` never waits."""
 
     def __init__(self, state_dir: Path, model: str) -> None:
-        self.model = model
-        self.path = lock_dir(state_dir) / f"{model}.lock"
+        self.model = check_name(model, "model name")
+        self.path = lock_path(state_dir, model)
         self._fd: int | None = None
 
     def acquire(self, run_id: str) -> bool:
@@ -63,7 +71,7 @@ class ModelLock:
 
 def holder(state_dir: Path, model: str) -> Holder | None:
     """Who holds ``model``'s lock now, or None when nobody does (probed without keeping it)."""
-    path = lock_dir(state_dir) / f"{model}.lock"
+    path = lock_path(state_dir, model)
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)

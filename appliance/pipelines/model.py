@@ -14,7 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.names import RULE, name_problem
+
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+"""Step and output names (pipeline, model and dataset names follow ``appliance.names``)."""
+DATASET_PARAMETER = "dataset"
+"""A parameter of this name is a dataset name and follows ``appliance.names`` too."""
 _RELATIVE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$")
 
 BuiltinName = Literal["ingest"]
@@ -47,7 +52,20 @@ def action_problems(step: Mapping[str, Any]) -> list[str]:
     args = step.get("args")
     if step.get("builtin") == "ingest" and not (isinstance(args, dict) and "dataset" in args):
         return ["builtin ingest needs args.dataset (the dataset name under datasets/)"]
+    if step.get("builtin") == "ingest" and isinstance(args, dict):
+        dataset = args["dataset"]
+        if not (isinstance(dataset, str) and "{" in dataset):  # placeholders are checked once resolved
+            problem = name_problem(dataset)
+            if problem:
+                return [f"args.dataset {dataset!r} {problem}: a dataset name must be {RULE}"]
     return []
+
+
+def _check_name(value: str, what: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(f"{what} {value!r} {problem}: it must be {RULE}")
+    return value
 
 
 class Step(Strict):
@@ -116,11 +134,11 @@ class Step(Strict):
 class Pipeline(Strict):
     """A pipeline file: what to run, for which model, with which parameters."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str
     """Name used by ``appliance pipeline run NAME`` and ``POST /pipelines/NAME/run``."""
     description: str = ""
     """One line shown in listings."""
-    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str
     """Registered model the pipeline works on (default; ``--model`` or an alert's ``model``
     label overrides it). Only one run per model at a time."""
     experiment: str | None = None
@@ -131,3 +149,20 @@ class Pipeline(Strict):
     """Environment variables for every step (templated)."""
     steps: list[Step] = Field(min_length=1)
     """The steps, run in this order; the first failure stops the run."""
+
+    @field_validator("name")
+    @classmethod
+    def _pipeline_name(cls, value: str) -> str:
+        return _check_name(value, "pipeline name")
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return _check_name(value, "model name")
+
+    @field_validator("parameters")
+    @classmethod
+    def _dataset_name(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        if DATASET_PARAMETER in value:
+            _check_name(str(value[DATASET_PARAMETER]), "dataset name")
+        return value

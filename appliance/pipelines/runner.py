@@ -21,9 +21,10 @@ from typing import Any
 
 import appliance
 from appliance.errors import ApplianceError
+from appliance.names import check_name
 from appliance.pipelines import templating
 from appliance.pipelines.locks import ModelLock, holder
-from appliance.pipelines.model import Pipeline, Step
+from appliance.pipelines.model import DATASET_PARAMETER, Pipeline, Step
 from appliance.pipelines.process import run_attempt
 from appliance.pipelines.records import RunStore
 from appliance.pipelines.recovery import fail_orphans
@@ -118,8 +119,10 @@ class PipelineRunner:
         trigger: str = "manual",
     ) -> PreparedRun:
         """Check parameters, take the model's lock and record the run; raise AlreadyRunningError if held."""
-        model = model or pipeline.model
+        model = check_name(model or pipeline.model, "model name")
         values = resolve_params(pipeline, params or {})
+        if DATASET_PARAMETER in values:
+            check_name(values[DATASET_PARAMETER], "dataset name")
         run_id = new_run_id()
         lock = ModelLock(self.state_dir, model)
         if not lock.acquire(run_id):

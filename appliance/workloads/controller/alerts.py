@@ -7,12 +7,15 @@ gets a 400 naming the field, not a stack trace; fields Alertmanager may add late
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from appliance.errors import ApplianceError
+from appliance.names import RULE, name_problem
 
+log = logging.getLogger(__name__)
 DRIFT_ALERTS = frozenset({"FeatureDrift", "PredictionDrift"})
 
 
@@ -71,9 +74,14 @@ def parse_notification(body: bytes) -> Notification:
     return notification
 
 
-def models_to_retrain(notification: Notification) -> list[str]:
-    """Models named by firing drift alerts, each once, in order; a drift alert without one is an error."""
+def drift_targets(notification: Notification) -> tuple[list[str], list[str]]:
+    """Models named by firing drift alerts (each once, in order) and the reasons for every
+    ``model`` label that is not a valid name (appliance.names) and so is not acted on.
+
+    A bad label is ignored, not refused as a whole: the same notification may carry valid
+    alerts, and Alertmanager groups them. A drift alert without a model label is an error."""
     models: list[str] = []
+    refused: list[str] = []
     missing: list[str] = []
     for index, alert in enumerate(notification.alerts):
         name = alert.labels.get("alertname", "")
@@ -82,8 +90,19 @@ def models_to_retrain(notification: Notification) -> list[str]:
         model = alert.labels.get("model", "").strip()
         if not model:
             missing.append(f"alerts.{index}.labels.model: {name} alert has no model label")
+        elif (problem := name_problem(model)) is not None:
+            refused.append(f"alerts.{index}.labels.model {model!r} {problem}: a model name must be {RULE}")
         elif model not in models:
             models.append(model)
     if missing:
         raise AlertPayloadError(missing)
+    return models, refused
+
+
+def models_to_retrain(notification: Notification) -> list[str]:
+    """Models named by firing drift alerts, each once, in order; invalid names are logged and
+    left out; a drift alert without a model label is an error."""
+    models, refused = drift_targets(notification)
+    for reason in refused:
+        log.warning("drift alert not acted on: %s", reason)
     return models

@@ -17,16 +17,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from appliance.errors import ApplianceError
+from appliance.names import check_name
 from appliance.pipelines.locks import holder
 from appliance.workloads.controller import metrics
-from appliance.workloads.controller.alerts import AlertPayloadError, models_to_retrain, parse_notification
+from appliance.workloads.controller.alerts import AlertPayloadError, drift_targets, parse_notification
 from appliance.workloads.controller.schedule import Scheduler
 from appliance.workloads.controller.service import STARTED, Controller
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-PIPELINE_RUN = r"/pipelines/([A-Za-z][A-Za-z0-9_-]*)/run"
+PIPELINE_RUN = r"/pipelines/([^/]+)/run"
+"""Any segment matches, so a bad name gets the name rule's 400 instead of a bare 404."""
 RUN = r"/runs/([A-Za-z0-9-]+)"
 
 
@@ -149,7 +151,10 @@ class Handler(BaseHTTPRequestHandler):
             limit = max(1, min(1000, int(query.get("limit", ["20"])[0])))
         except ValueError as err:
             raise HttpError(400, "limit must be a whole number", "e.g. /runs?limit=50") from err
-        runs = self.server.controller.store.recent(limit=limit, model=query.get("model", [None])[0])
+        model = query.get("model", [None])[0]
+        if model is not None:
+            check_name(model, "model name")
+        runs = self.server.controller.store.recent(limit=limit, model=model)
         self._json(200, {"runs": [self._with_status(r) for r in runs]})
 
     def _run(self, run_id: str) -> None:
@@ -162,15 +167,18 @@ class Handler(BaseHTTPRequestHandler):
         self._authorize()
         body = self._payload
         try:
-            models = models_to_retrain(parse_notification(body))
+            models, refused = drift_targets(parse_notification(body))
         except AlertPayloadError as err:
             raise HttpError(400, err.message, err.fix or "") from err
+        for reason in refused:
+            log.warning("drift alert not acted on: %s", reason)
         if not models:
-            self._json(200, {"status": "ignored", "detail": "no firing FeatureDrift/PredictionDrift alert"})
+            detail = "; ".join(refused) or "no firing FeatureDrift/PredictionDrift alert"
+            self._json(200, {"status": "ignored", "detail": detail, "refused": refused})
             return
         results = [self.server.controller.trigger_retrain(model).as_dict() for model in models]
         started = any(r["status"] == STARTED for r in results)
-        self._json(202 if started else 200, {"results": results})
+        self._json(202 if started else 200, {"results": results, "refused": refused})
 
     def _pipeline_run(self, name: str) -> None:
         self._authorize()
@@ -193,6 +201,11 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "params must map names to strings or numbers")
         if model is not None and not isinstance(model, str):
             raise HttpError(400, "model must be a string")
+        check_name(name, "pipeline name")
+        if model is not None:
+            check_name(model, "model name")
+        if "dataset" in params:
+            check_name(str(params["dataset"]), "dataset name")
         if name not in self.server.controller.pipeline_names():
             raise HttpError(
                 404,

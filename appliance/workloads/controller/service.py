@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import InvalidInputError
+from appliance.names import check_name
 from appliance.pipelines.loader import available, find_pipeline, load_pipeline, search_dirs
 from appliance.pipelines.records import RunStore
 from appliance.pipelines.recovery import fail_orphans
@@ -92,7 +93,10 @@ class Controller:
     def trigger(
         self, pipeline_name: str, model: str | None, trigger: str, params: Mapping[str, str] | None = None
     ) -> TriggerResult:
-        """Start ``pipeline_name`` for ``model`` unless its lock is held; ApplianceError on bad input."""
+        """Start ``pipeline_name`` for ``model`` unless its lock is held; ApplianceError on bad input
+        (a model name breaking appliance.names among it, before it reaches a lock file)."""
+        if model is not None:
+            check_name(model, "model name")
         path = find_pipeline(pipeline_name, self.dirs)
         pipeline = load_pipeline(path)
         chosen = model or pipeline.model
@@ -108,6 +112,7 @@ class Controller:
 
     def trigger_retrain(self, model: str) -> TriggerResult:
         """A drift alert for ``model``: start the retrain pipeline unless cooling down or running."""
+        check_name(model, "model name")
         outcome: list[TriggerResult] = []
 
         def start() -> bool:

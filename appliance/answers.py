@@ -11,8 +11,10 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from appliance.cron import check_cron
+from appliance.monitoring.durations import check_duration
 from appliance.workloads.serving.limits import ServerLimits
 
 
@@ -186,6 +188,18 @@ class Monitoring(Strict):
     retrain_cooldown_seconds: int = Field(900, ge=0)
     """After a drift alert starts a retraining run, further drift alerts for the same model are
     ignored for this long, so a flapping alert cannot start a storm of runs."""
+
+    @field_validator("drift_for", "scrape_interval", "evaluation_interval", "alert_group_wait")
+    @classmethod
+    def _duration(cls, value: str, info: ValidationInfo) -> str:
+        # Prometheus and Alertmanager would refuse their config only when the service starts.
+        return check_duration(value, f"monitoring.{info.field_name}")
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        # The controller would refuse it only when it starts (appliance.cron: one rule for both).
+        return None if value is None else check_cron(value, "monitoring.retrain_schedule")
 
 
 class Tls(Strict):

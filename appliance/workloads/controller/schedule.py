@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from appliance.cron import FORMAT, cron_problem
 from appliance.errors import ApplianceError
 
 log = logging.getLogger(__name__)
@@ -21,19 +22,19 @@ SLICE_SECONDS = 1.0
 class InvalidScheduleError(ApplianceError):
     exit_code = 2
 
-    def __init__(self, expression: str) -> None:
-        super().__init__(
-            f"--schedule {expression!r} is not a cron expression",
-            fix="give five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * *'",
-        )
+    def __init__(self, expression: str, problem: str | None = None) -> None:
+        why = f": it {problem}" if problem else ""
+        super().__init__(f"--schedule {expression!r} is not a cron expression{why}", fix=f"give {FORMAT}")
 
 
 def check_schedule(expression: str) -> str:
-    """The expression, or InvalidScheduleError when croniter cannot read it."""
+    """The expression, or InvalidScheduleError when the rule the answers file uses
+    (``appliance.cron``) or croniter refuses it."""
     from croniter import croniter
 
-    if not expression.strip() or not croniter.is_valid(expression):
-        raise InvalidScheduleError(expression)
+    problem = cron_problem(expression)
+    if problem is not None or not croniter.is_valid(expression):
+        raise InvalidScheduleError(expression, problem)
     return expression
 
 

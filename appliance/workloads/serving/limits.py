@@ -54,7 +54,11 @@ class ServerLimits(BaseModel):
     connection with ENHANCE_YOUR_CALM); their bytes count against ``max_header_bytes``."""
     max_connection_buffer_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
     """Request bytes one connection may hold buffered across all its streams and pipelined
-    requests; past it the connection is closed (HTTP/2: ENHANCE_YOUR_CALM)."""
+    requests; past it the connection is closed (HTTP/2: ENHANCE_YOUR_CALM; REST stops reading
+    from it until the requests already read are answered)."""
+    max_pipelined_requests: int = Field(32, ge=1)
+    """REST: requests one HTTP/1.1 connection may have read and waiting for their answers
+    (pipelining); at it the server stops reading from that connection until they are answered."""
 
     @property
     def json_arg(self) -> str:

@@ -1,4 +1,11 @@
-"""REST routes of the Open Inference Protocol v2 and the model repository extension."""
+"""REST routes of the Open Inference Protocol v2 and the model repository extension.
+
+Who may call what is decided in ``admit``, from the request head alone (the body is not read
+yet): /v2/health/* is public (probes), the repository's load/unload need the admin token,
+everything else (inference, metadata, model readiness, the repository index) the inference token.
+``admit`` splits and decodes the path once and ``dispatch`` routes on those same segments, so an
+encoded path cannot be classed one way and routed another.
+"""
 
 from __future__ import annotations
 
@@ -42,18 +49,32 @@ class RestRouter(Router):
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
+    def admit(self, req: Request) -> InferenceError | None:
+        parts = req.parts = [unquote(p) for p in req.path.strip("/").split("/")]
+        if len(parts) == 3 and parts[1] == "health" and parts[0] == "v2":
+            return None
+        try:
+            if len(parts) > 2 and parts[1] == "repository" and parts[2] != "index":
+                self.service.check_admin(req.headers.get("authorization"))
+            else:
+                index = len(parts) == 3 and parts[1] == "repository"  # the admin reads it too
+                self.service.check_auth(req.headers.get("authorization"), "rest", admin_ok=index)
+        except InferenceError as err:
+            return err
+        return None
+
     def dispatch(self, req: Request) -> Response | Awaitable[Response]:
-        parts = [unquote(p) for p in req.path.strip("/").split("/")]
+        parts = req.parts
+        if parts is None:
+            raise InferenceError("request dispatched without admission")  # a bug: 500
         if not parts or parts[0] != "v2":
             raise NotFound(f"no route {req.method} {req.path} (the API lives under /v2)")
         if parts[1:2] == ["health"] and len(parts) == 3:
             _method(req, "GET")
             return self._health(parts[2], req.path)
         if parts[1:2] == ["models"] and len(parts) >= 3 and parts[-1] == "infer" and req.method == "POST":
-            # the hot path: auth failure is counted as an inference request
             name, version = _model_ref(parts[2:-1], req.path)
-            return self._infer(req, name, version)
-        self.service.check_auth(req.headers.get("authorization"), "rest")
+            return self._run_infer(req, name, version)
         if len(parts) == 1:
             _method(req, "GET")
             return _json(self.service.server_metadata())
@@ -85,16 +106,12 @@ class RestRouter(Router):
         model, _ = self.service.repo.get(name, version)
         return _json(model.metadata())
 
-    def _infer(self, req: Request, name: str, version: str | None) -> Awaitable[Response]:
-        return self._run_infer(req, name, version)
-
     async def _run_infer(self, req: Request, name: str, version: str | None) -> Response:
         started = time.perf_counter()
         service = self.service
         service.begin("rest")
         model_version = ""
         try:
-            service.check_auth(req.headers.get("authorization"), "rest")
             header = req.headers.get("inference-header-content-length")
             if header is not None and not header.isdigit():
                 raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header!r}")

@@ -60,6 +60,19 @@ from appliance.errors import ApplianceError
     help="File holding the bearer token(s), one per line.",
 )
 @click.option(
+    "--admin-token",
+    envvar="APPLIANCE_SERVING_ADMIN_TOKEN",
+    help="Bearer token of the model repository API (load/unload), distinct from the inference "
+    "token. Env: APPLIANCE_SERVING_ADMIN_TOKEN. Without one, that API is closed while an inference "
+    "token is set.",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="APPLIANCE_SERVING_ADMIN_TOKEN_FILE",
+    help="File holding the admin token(s), one per line.",
+)
+@click.option(
     "--max-batch-size",
     default=32,
     show_default=True,
@@ -127,6 +140,8 @@ def serve_cmd(
     metrics_port: int,
     token: str | None,
     token_file: Path | None,
+    admin_token: str | None,
+    admin_token_file: Path | None,
     max_batch_size: int,
     max_queue_delay_us: int,
     poll_seconds: float,
@@ -140,7 +155,12 @@ def serve_cmd(
     """Serve ONNX models over the KServe v2 protocol (REST and gRPC) with /metrics."""
     from pydantic import ValidationError
 
-    from appliance.workloads.serving.config import ServeConfig, parse_model_args, read_tokens
+    from appliance.workloads.serving.config import (
+        ADMIN_TOKEN_ENV,
+        ServeConfig,
+        parse_model_args,
+        read_tokens,
+    )
     from appliance.workloads.serving.limits import ServerLimits
 
     try:
@@ -152,13 +172,21 @@ def serve_cmd(
         limits = ServerLimits.from_pairs(limit_pairs, base)
     except (ValueError, ValidationError) as err:
         raise click.BadParameter(str(err), param_hint="--limit/--limits-json") from None
+    tokens = read_tokens(token, token_file)
+    admin_tokens = read_tokens(admin_token, admin_token_file, ADMIN_TOKEN_ENV)
+    if tokens & admin_tokens:
+        raise click.BadParameter(
+            "the admin token must differ from the inference token (generate another one)",
+            param_hint="--admin-token/--admin-token-file",
+        )
     config = ServeConfig(
         models=pairs,
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
-        tokens=read_tokens(token, token_file),
+        tokens=tokens,
+        admin_tokens=admin_tokens,
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         poll_seconds=poll_seconds,

@@ -207,6 +207,8 @@ def start_server(
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "adm1n-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module", name="models")
@@ -221,6 +223,8 @@ def rest_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rest_server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     token_file = models / "token"
     token_file.write_text(TOKEN + "\n")
+    admin_file = models / "admin_token"
+    admin_file.write_text(ADMIN_TOKEN + "\n")
     srv = start_server(
         [
             "--model",
@@ -229,6 +233,8 @@ def rest_server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             str(models / "echo"),
             "--token-file",
             str(token_file),
+            "--admin-token-file",
+            str(admin_file),
             "--limit",
             "max_body_bytes=200000",
             "--poll-seconds",

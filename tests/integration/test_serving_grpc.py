@@ -32,6 +32,8 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "grpc-token"
 META = (("authorization", f"Bearer {TOKEN}"),)
+ADMIN_TOKEN = "grpc-admin-token"
+ADMIN_META = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = start_server(
         ["--model", str(models / "mlp"), "--model", str(models / "echo"), "--poll-seconds", "0"],
         tmp_path_factory.mktemp("logs"),
-        env={"APPLIANCE_SERVING_TOKEN": TOKEN},
+        env={"APPLIANCE_SERVING_TOKEN": TOKEN, "APPLIANCE_SERVING_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     yield srv
     srv.stop()
@@ -153,9 +155,9 @@ def test_typed_datatype_mismatch_and_repository(stub) -> None:
     assert (
         err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fp64_contents has 0" in err.value.details()
     )
-    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="echo"), metadata=META)
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="echo"), metadata=ADMIN_META)
     assert not stub.ModelReady(pb.ModelReadyRequest(name="echo"), metadata=META).ready
-    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="echo"), metadata=META)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="echo"), metadata=ADMIN_META)
     assert stub.ModelReady(pb.ModelReadyRequest(name="echo"), metadata=META).ready
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelReady(pb.ModelReadyRequest(name="ghost"), metadata=META)

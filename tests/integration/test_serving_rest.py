@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.integration._serving_fixtures import (
+    ADMIN,
     ServerProcess,
     infer_body,
     reference,
@@ -216,10 +217,10 @@ def test_gzip_request_body(client: httpx.Client, models: Path) -> None:
     )
 
 
-def test_repository_index_unload_load(client: httpx.Client) -> None:
+def test_repository_index_unload_load(client: httpx.Client, models: Path) -> None:
     index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
     assert index["echo"]["state"] == "READY"
-    assert client.post("/v2/repository/models/echo/unload").status_code == 200
+    assert client.post("/v2/repository/models/echo/unload", headers=ADMIN).status_code == 200
     assert client.get("/v2/models/echo/ready").status_code == 503
     r = client.post("/v2/models/echo/infer", json=echo_body())
     assert r.status_code == 503 and "not loaded" in r.json()["error"]
@@ -229,11 +230,22 @@ def test_repository_index_unload_load(client: httpx.Client) -> None:
     ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
     assert [m["name"] for m in ready_only] == ["mlp"]
     assert client.post("/v2/repository/index", content=b"[1]").status_code == 400
-    assert client.post("/v2/repository/models/echo/load").status_code == 200
+    assert client.post("/v2/repository/models/echo/load", headers=ADMIN).status_code == 200
     assert client.post("/v2/models/echo/infer", json=echo_body()).status_code == 200
-    assert client.post("/v2/repository/models/ghost/load").status_code == 404
-    r = client.post("/v2/repository/models/ghost/load", json={"parameters": {"uri": "/does/not/exist"}})
-    assert r.status_code == 400 and "failed to load" in r.json()["error"]
+    assert client.post("/v2/repository/models/ghost/load", headers=ADMIN).status_code == 404
+    # a new name from a source the server was started with: allowed
+    r = client.post(
+        "/v2/repository/models/echo2/load",
+        json={"parameters": {"uri": str(models / "echo")}},
+        headers=ADMIN,
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(
+        "/v2/repository/models/ghost/load",
+        json={"parameters": {"uri": "/does/not/exist"}},
+        headers=ADMIN,
+    )
+    assert r.status_code == 403 and "only from the sources it was started with" in r.json()["error"]
 
 
 def test_metrics_are_exported_and_move(client: httpx.Client, server: ServerProcess) -> None:

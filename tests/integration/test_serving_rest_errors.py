@@ -68,7 +68,7 @@ BAD_CASES = [
     ("GET", "/v2/models/nope", None, 404, "unknown model"),
     ("GET", "/v2/nothing/here", None, 404, "no route"),
     ("GET", "/metrics", None, 404, "under /v2"),
-    ("POST", "/v2/repository/models/nope/unload", None, 404, "unknown model"),
+    ("POST", "/v2/repository/models/nope/unload", None, 403, "use the admin token"),
 ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from appliance.workloads.serving.limits import ServerLimits
 
 TOKEN_ENV = "APPLIANCE_SERVING_TOKEN"
+ADMIN_TOKEN_ENV = "APPLIANCE_SERVING_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,10 @@ class ServeConfig:
     metrics_port: int = 8082
     """-1 turns the metrics endpoint off."""
     tokens: frozenset[str] = field(default_factory=frozenset)
-    """Accepted bearer tokens; empty: auth off."""
+    """Accepted inference bearer tokens; empty: inference auth off."""
+    admin_tokens: frozenset[str] = field(default_factory=frozenset)
+    """Tokens of the repository API (load/unload); none while inference tokens are set: that API
+    is closed; none of either kind: everything open (tests only)."""
     max_batch_size: int = 32
     max_queue_delay_us: int = 0
     poll_seconds: float = 30.0
@@ -39,10 +43,10 @@ class ServeConfig:
     """Sizes, counts, timeouts and connections every client lives under (REST and gRPC)."""
 
 
-def read_tokens(token: str | None, token_file: Path | None) -> frozenset[str]:
+def read_tokens(token: str | None, token_file: Path | None, env: str = TOKEN_ENV) -> frozenset[str]:
     """Tokens from a flag/env value and from a file (one per line, blanks and #comments skipped)."""
     tokens = set()
-    value = token if token is not None else os.environ.get(TOKEN_ENV)
+    value = token if token is not None else os.environ.get(env)
     if value and value.strip():
         tokens.add(value.strip())
     if token_file is not None:

@@ -62,6 +62,15 @@ class Unauthorized(InferenceError):
     outcome = "unauthorized"
 
 
+class Forbidden(InferenceError):
+    """A valid credential for something else: the inference token on the admin API, or a load
+    from a source the server was not started with."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    outcome = "unauthorized"
+
+
 class Unavailable(InferenceError):
     """The model exists but is not loaded (unloaded, or its load failed)."""
 

@@ -101,6 +101,14 @@ def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.n
             getattr(out.contents, _CONTENTS[datatype]).extend(array.ravel().tolist())
 
 
+def _authorization(context: grpc_h2.Context) -> str | None:
+    token = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            token = value if isinstance(value, str) else value.decode()
+    return token
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The gRPC methods over an InferenceService."""
 
@@ -110,12 +118,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _auth(self, context: grpc_h2.Context) -> None:
         if not self.service.tokens:
             return
-        token = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                token = value if isinstance(value, str) else value.decode()
         try:
-            self.service.check_auth(token, "grpc")
+            self.service.check_auth(_authorization(context), "grpc")
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+
+    async def _admin(self, context: grpc_h2.Context) -> None:
+        """The repository methods' gate: the admin token (inference token: PERMISSION_DENIED)."""
+        try:
+            self.service.check_admin(_authorization(context))
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
 
@@ -175,7 +186,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._auth(context)
+        await self._admin(context)
         name = request.triton_model_name or request.model_name
         try:
             await self.service.repo.load(name)
@@ -184,13 +195,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self._auth(context)
+        await self._admin(context)
         name = request.triton_model_name or request.model_name
         try:
             self.service.repo.unload(name)
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+
+# Methods anyone may call (health probes); the repository methods need the admin token.
+_PUBLIC = frozenset(f"/inference.{SERVICE}/{m}" for m in ("ServerLive", "ServerReady"))
+_ADMIN = frozenset(f"/inference.{SERVICE}/{m}" for m in ("RepositoryModelLoad", "RepositoryModelUnload"))
+
+
+def authorizer(service: InferenceService) -> grpc_h2.Authorize:
+    """The transport's gate, decided from the HEADERS frame before any body is read or inflated.
+
+    It applies the servicer's own rules (the servicer checks again; this one only makes the
+    refusal come first): public health methods, the admin token for the repository methods, the
+    inference token for the rest. It raises InferenceError subclasses (UNAUTHENTICATED, ...).
+    """
+
+    def authorize(path: str, authorization: str | None) -> None:
+        if path in _PUBLIC:
+            return
+        if path in _ADMIN:
+            service.check_admin(authorization)
+        else:
+            service.check_auth(authorization, "grpc")
+
+    return authorize
 
 
 async def start(
@@ -203,9 +238,10 @@ async def start(
     """Start the gRPC server on host:port (0: any free port); returns it and its port.
 
     The transport is grpc_h2's asyncio HTTP/2 server (about an eighth of grpc.aio's CPU per call
-    here, see benchmarks/README.md); ``ssl_context`` serves gRPC over TLS.
+    here, see benchmarks/README.md) under ``limits``, refusing calls without the right token
+    from their headers; ``ssl_context`` serves gRPC over TLS.
     """
     methods = grpc_h2.methods_of(InferenceServicer(service), pb.DESCRIPTOR.services_by_name[SERVICE], pb)
-    server = grpc_h2.H2GrpcServer(methods, limits.max_body_bytes)
+    server = grpc_h2.H2GrpcServer(methods, limits, authorizer(service))
     bound = await server.start(host, port, ssl_context)
     return server, bound

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.workloads.serving.batcher import Batcher
-from appliance.workloads.serving.errors import NotFound, Unavailable
+from appliance.workloads.serving.errors import Forbidden, NotFound, Unavailable
 from appliance.workloads.serving.model import LoadedModel, SessionOptions
 from appliance.workloads.serving.sources import Source, source_for
 
@@ -61,13 +61,34 @@ class ModelRepository:
         self.drift_window = drift_window
         self.on_batch = on_batch
         self.entries: dict[str, Entry] = {}
+        self.allowed: dict[str, str] = {}
+        """Source key -> URI of every source given at startup: the only places a load may name."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serving")
 
     def add(self, name: str | None, uri: str) -> Entry:
+        """A model the server is started with; its source becomes one a load may name."""
         source = source_for(uri)
+        self.allowed[source.location] = uri
+        return self._add(name, source)
+
+    def _add(self, name: str | None, source: Source) -> Entry:
         entry = Entry(name or source.default_name(), source)
         self.entries[entry.name] = entry
         return entry
+
+    def check_source(self, uri: str) -> Source:
+        """The Source of ``uri`` if the server was started with it, else a 403 naming those it was:
+        the admin API swaps what is served, it does not read arbitrary paths or buckets."""
+        try:
+            source = source_for(uri)
+        except ValueError as err:
+            raise Forbidden(f"cannot load from {uri!r}: {err}") from None
+        if source.location not in self.allowed:
+            raise Forbidden(
+                f"cannot load from {uri!r}: this server loads only from the sources it was started "
+                f"with ({', '.join(sorted(self.allowed.values())) or 'none'}); start it with another --model"
+            )
+        return source
 
     def models(self) -> list[LoadedModel]:
         return [e.model for e in list(self.entries.values()) if e.model is not None]
@@ -123,11 +144,12 @@ class ModelRepository:
 
     async def load(self, name: str, uri: str | None = None) -> Entry:
         """Load (or reload) a model by name; a name not served yet needs a ``uri``."""
+        source = self.check_source(uri) if uri is not None else None
         entry = self.entries.get(name)
         if entry is None:
-            if uri is None:
+            if source is None:
                 raise NotFound(f"unknown model '{name}': give parameters.uri to load a new one")
-            entry = self.add(name, uri)
+            entry = self._add(name, source)
         entry.wanted = True
         if entry.model is None and entry.state != "LOADING":
             entry.fingerprint = None

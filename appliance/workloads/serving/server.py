@@ -39,7 +39,7 @@ def build_service(config: ServeConfig) -> InferenceService:
     )
     for name, uri in config.models:
         repo.add(name, uri)
-    return InferenceService(repo, ServingMetrics(repo.models), config.tokens)
+    return InferenceService(repo, ServingMetrics(repo.models), config.tokens, config.admin_tokens)
 
 
 async def serve(

@@ -14,7 +14,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from appliance import __version__
-from appliance.workloads.serving.errors import BadRequest, InferenceError, Unauthorized
+from appliance.workloads.serving.errors import BadRequest, Forbidden, InferenceError, Unauthorized
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import LoadedModel
 from appliance.workloads.serving.repository import ModelRepository
@@ -27,11 +27,20 @@ class InferenceService:
     """Everything a request needs, whichever protocol it came in on."""
 
     def __init__(
-        self, repo: ModelRepository, metrics: ServingMetrics, tokens: frozenset[str] = frozenset()
+        self,
+        repo: ModelRepository,
+        metrics: ServingMetrics,
+        tokens: frozenset[str] = frozenset(),
+        admin_tokens: frozenset[str] = frozenset(),
     ) -> None:
         self.repo = repo
         self.metrics = metrics
         self.tokens = tokens
+        """Inference tokens: inference, metadata, readiness of a model, the repository index."""
+        self.admin_tokens = admin_tokens
+        """Admin tokens: the repository API's load and unload (what changes what is served)."""
+        self._tokens = [t.encode() for t in tokens]
+        self._admin_tokens = [t.encode() for t in admin_tokens]
         self.ready = False
         self._active = 0
         self._gauges = {p: metrics.child(metrics.in_flight, p) for p in ("rest", "grpc")}
@@ -51,17 +60,48 @@ class InferenceService:
         return self._active
 
     # auth -----------------------------------------------------------------------------------
-    def check_auth(self, authorization: str | None, protocol: str) -> None:
-        """Raise Unauthorized unless auth is off or the header is 'Bearer <a valid token>'."""
+    def auth_off(self) -> bool:
+        """No token of either kind: the test-only mode where every call is open."""
+        return not self.tokens and not self.admin_tokens
+
+    def check_auth(self, authorization: str | None, protocol: str, admin_ok: bool = False) -> None:
+        """Raise Unauthorized unless inference auth is off or the header is 'Bearer <a valid
+        inference token>' (or, with ``admin_ok``, an admin token: the repository index)."""
         if not self.tokens:
             return
-        if authorization and authorization[:7].lower() == "bearer ":
-            given = authorization[7:].strip().encode()
-            for token in self.tokens:
-                if hmac.compare_digest(given, token.encode()):
-                    return
+        given = _bearer(authorization)
+        if given is not None and (
+            _matches(given, self._tokens) or (admin_ok and _matches(given, self._admin_tokens))
+        ):
+            return
         self.metrics.child(self.metrics.requests, "", "", protocol, "unauthorized").inc()
         raise Unauthorized("missing or invalid bearer token (send 'Authorization: Bearer <token>')")
+
+    def check_admin(self, authorization: str | None) -> None:
+        """The repository API's gate: an admin token, or nothing when auth is off altogether.
+
+        No token or a wrong one: 401. The inference token: 403 saying which credential the call
+        needs (the admin token; or, on a server started without one, that the API is closed)."""
+        if self.auth_off():
+            return
+        given = _bearer(authorization)
+        if given is not None and _matches(given, self._admin_tokens):
+            return
+        if given is None:
+            raise Unauthorized(
+                "the model repository API needs the admin token (send 'Authorization: Bearer <admin token>')"
+            )
+        if _matches(given, self._tokens):
+            if not self._admin_tokens:
+                raise Forbidden(
+                    "the model repository API is closed: this server was started without an admin "
+                    "token (--admin-token-file)"
+                )
+            raise Forbidden(
+                "the inference token cannot load or unload models: use the admin token "
+                "(STATE/secrets/serving_admin_token in the stack)"
+            )
+        raise Unauthorized("invalid admin token (send 'Authorization: Bearer <admin token>')")
 
     # metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -88,6 +128,11 @@ class InferenceService:
     ) -> tuple[LoadedModel, list[str], list[np.ndarray]]:
         """Check the request against the model, run it through the batcher, pick the outputs."""
         model, batcher = self.repo.get(name, version)
+        for input_name, array in arrays.items():
+            if array.size == 0:  # nothing to infer; and an empty batch has no drift statistics
+                raise BadRequest(
+                    f"input '{input_name}': shape {list(array.shape)} holds no values; send at least one row"
+                )
         feeds = model.check_inputs(arrays, datatypes)
         if requested is not None:
             unknown = [n for n in requested if n not in model.output_names]
@@ -124,3 +169,17 @@ class InferenceService:
         queue = m.child(m.queue, model.name)
         for w in waits:
             queue.observe(w)
+
+
+def _bearer(authorization: str | None) -> bytes | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip().encode()
+    return None
+
+
+def _matches(given: bytes, tokens: list[bytes]) -> bool:
+    """Constant-time comparison against every token (no early exit on the first match)."""
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(given, token)
+    return found

@@ -34,6 +34,12 @@ class Source:
     def __init__(self, uri: str) -> None:
         self.uri = uri
 
+    @property
+    def location(self) -> str:
+        """What identifies the location, for comparing two spellings of it (the repository API
+        may load only from the sources the server was started with)."""
+        return self.uri
+
     def default_name(self) -> str:
         raise NotImplementedError
 
@@ -54,6 +60,10 @@ class LocalSource(Source):
         super().__init__(uri)
         path = Path(uri.removeprefix("file://")).expanduser()
         self.onnx = path if path.is_file() or path.suffix == ".onnx" else path / MODEL_FILE
+
+    @property
+    def location(self) -> str:
+        return str(self.onnx.resolve())
 
     def default_name(self) -> str:
         return self.onnx.parent.name if self.onnx.name == MODEL_FILE else self.onnx.stem
@@ -124,6 +134,10 @@ class S3Source(Source):
         self.profile_key = (
             self.key.rsplit("/", 1)[0] + "/" + PROFILE_FILE if "/" in self.key else PROFILE_FILE
         )
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
     def _client(self) -> Any:
         import boto3

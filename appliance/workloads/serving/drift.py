@@ -73,8 +73,8 @@ class DriftMonitor:
 
     def observe(self, features: np.ndarray, output: np.ndarray | None) -> None:
         """Queue a served batch (cheap); bins are computed in bulk later."""
-        if features.ndim != 2 or features.shape[1] != len(self.features):
-            return
+        if features.ndim != 2 or features.shape[1] != len(self.features) or features.shape[0] == 0:
+            return  # not this profile's layout, or no rows (which would break the bulk reshape)
         with self._plock:
             self._pending.append((features, output))
             self._pending_rows += features.shape[0]

@@ -128,7 +128,7 @@ def encode(
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            out["data"] = to_json_list(array)
+            out["data"] = to_json_list(array, name)
         outputs.append(out)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": outputs}
     if req.id is not None:

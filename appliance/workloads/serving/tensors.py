@@ -98,6 +98,13 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) 
             raise BadRequest(f"input '{name}': data is not a valid {datatype} list ({err})") from None
         if array.dtype == object:
             raise BadRequest(f"input '{name}': data is ragged; it must be a flat or rectangular list")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            # JSON numbers are finite: a non-finite value here is a string ("nan", "inf") or a
+            # number past the datatype's range (1e39 in FP32), which the model would silently get
+            raise BadRequest(
+                f"input '{name}': data holds NaN, infinity or a value out of {datatype}'s range "
+                f"(largest {float(np.finfo(dtype).max):.6g}); send finite numbers"
+            )
     if array.size != expected:
         raise BadRequest(
             f"input '{name}': shape {list(shape)} needs {expected} values, data has {array.size}"
@@ -132,7 +139,7 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-def to_json_list(array: np.ndarray) -> list[Any]:
+def to_json_list(array: np.ndarray, name: str = "") -> list[Any]:
     """A flat list for the JSON ``data`` field (BYTES as UTF-8 strings)."""
     if array.dtype.kind in "OUS":
         out = []
@@ -146,6 +153,12 @@ def to_json_list(array: np.ndarray) -> list[Any]:
                     ) from None
             out.append(str(v))
         return out
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        # orjson would write null: a silent hole in the answer
+        raise BadRequest(
+            f"output '{name}' holds NaN or infinity, which JSON cannot carry: ask for it with "
+            "binary_data_output (raw IEEE 754 bytes carry them)"
+        )
     result: list[Any] = array.ravel().tolist()
     return result
 

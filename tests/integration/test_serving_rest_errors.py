@@ -169,3 +169,58 @@ def test_expect_100_continue_is_answered(server: ServerProcess) -> None:
         assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(body)
         assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_request_with_no_rows_is_400_and_metrics_keep_scraping(
+    client: httpx.Client, server: ServerProcess
+) -> None:
+    r = client.post("/v2/models/mlp/infer", json={"inputs": [{**GOOD, "shape": [0, 8], "data": []}]})
+    assert r.status_code == 400 and "holds no values" in r.json()["error"]
+    scrape = httpx.get(server.metrics_url, timeout=10)
+    assert scrape.status_code == 200 and "appliance_drift_window_rows" in scrape.text
+    assert client.post("/v2/models/mlp/infer", json={"inputs": [GOOD]}).status_code == 200
+    assert httpx.get(server.metrics_url, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, "nan", "inf", "-Infinity"])
+def test_non_finite_or_out_of_range_floats_are_400_naming_the_input(
+    client: httpx.Client, value: object
+) -> None:
+    data = [0.0] * 7 + [value]
+    r = client.post("/v2/models/mlp/infer", json={"inputs": [{**GOOD, "data": data}]})
+    assert r.status_code == 400, r.text
+    assert "input 'input'" in r.json()["error"] and "NaN, infinity" in r.json()["error"]
+    assert client.post("/v2/models/mlp/infer", json={"inputs": [GOOD]}).status_code == 200
+
+
+def test_a_non_finite_output_is_never_a_json_null(client: httpx.Client) -> None:
+    """NaN and infinity sent as raw bytes reach the echo model; asked back as JSON they are
+    refused naming the output, asked back as binary they come back bit for bit."""
+    raw = np.array([[np.nan, np.inf]], np.float32).tobytes()
+    others = {"FP16": 0.0, "FP64": 0.0, "INT64": 0, "INT32": 0, "INT8": 0, "UINT8": 0, "BOOL": False}
+    inputs: list[dict] = [
+        {"name": "in_fp32", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+        {"name": "in_bytes", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]},
+    ]
+    inputs += [
+        {"name": f"in_{dt.lower()}", "datatype": dt, "shape": [1, 2], "data": [v, v]}
+        for dt, v in others.items()
+    ]
+
+    def send(binary_out: bool) -> httpx.Response:
+        head = json.dumps(
+            {"inputs": inputs, "outputs": [{"name": "out_fp32", "parameters": {"binary_data": binary_out}}]}
+        ).encode()
+        return client.post(
+            "/v2/models/echo/infer",
+            content=head + raw,
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+
+    r = send(False)
+    assert r.status_code == 400, r.text
+    assert "output 'out_fp32'" in r.json()["error"] and b"null" not in r.content
+    r = send(True)
+    assert r.status_code == 200, r.text
+    json_len = int(r.headers["inference-header-content-length"])
+    np.testing.assert_array_equal(np.frombuffer(r.content[json_len:], np.float32), [np.nan, np.inf])

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2 as pb  # the upstream stub; the integr
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from appliance.workloads.serving import grpc_h2
+from appliance.workloads.serving.limits import ServerLimits
 
 
 class Echo(pb_grpc.GRPCInferenceServiceServicer):
@@ -52,7 +53,7 @@ def serve(
     async def main() -> None:
         servicer = Echo()
         methods = grpc_h2.methods_of(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb)
-        server = grpc_h2.H2GrpcServer(methods, MAX_MESSAGE)
+        server = grpc_h2.H2GrpcServer(methods, ServerLimits(max_body_bytes=MAX_MESSAGE))
         port = await server.start("127.0.0.1", 0)
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
         try:
@@ -212,7 +213,7 @@ def test_tls_with_alpn_h2(tmp_path: Path) -> None:
 
     async def main() -> None:
         methods = grpc_h2.methods_of(Echo(), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb)
-        server = grpc_h2.H2GrpcServer(methods, MAX_MESSAGE)
+        server = grpc_h2.H2GrpcServer(methods, ServerLimits(max_body_bytes=MAX_MESSAGE))
         port = await server.start("127.0.0.1", 0, context)
         credentials = grpc.ssl_channel_credentials(pem)
         options = [("grpc.ssl_target_name_override", "localhost")]

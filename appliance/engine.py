@@ -2,6 +2,11 @@
 
 The CLI and the TUI both call these, so a wizard run and ``appliance up --answers FILE`` take the
 same path. Nothing here prints: progress leaves as events, results as values.
+
+``plan``, ``preflight`` and ``status`` only look: they render in the secret store's read-only
+mode (no secret, certificate or state directory is made; ``up`` makes them) and take no lock.
+``up``, ``down`` and ``purge`` hold the state directory's lock (``state_lock``) for their whole
+run, so two of them never interleave.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
 from appliance.apply import Applier, ApplyResult, EventSink
@@ -22,7 +26,9 @@ from appliance.preflight import Check, run_preflight
 from appliance.render import render_stack, selected
 from appliance.runtimes import get_runtime
 from appliance.runtimes.base import ObservedService, Runtime
+from appliance.secrets_store import is_read_only, read_only
 from appliance.stack import RenderedService, load_stack
+from appliance.state_lock import state_lock
 
 STARTING_GRACE_SECONDS = 90
 
@@ -33,10 +39,18 @@ class Engine:
     def __init__(self, ctx: AppContext, runtime: Runtime | None = None) -> None:
         self.ctx = ctx
         self.runtime = runtime or get_runtime(ctx)
+        self._rendered: dict[bool, dict[str, RenderedService]] = {}
 
-    @cached_property
+    @property
     def desired(self) -> dict[str, RenderedService]:
-        return render_stack(self.ctx)
+        """The rendered stack. Rendered once per mode: a read-only render holds placeholders for
+        secrets not made yet, so ``up`` never applies it; a read-only caller reuses the real one."""
+        if False in self._rendered:
+            return self._rendered[False]
+        mode = is_read_only()
+        if mode not in self._rendered:
+            self._rendered[mode] = render_stack(self.ctx)
+        return self._rendered[mode]
 
     def footprints(self) -> dict[str, int]:
         specs = selected(self.ctx, load_stack())
@@ -46,46 +60,58 @@ class Engine:
         return self.runtime.observe()
 
     def plan(self) -> Plan:
-        return plan(self.desired, self.observed())
+        """What ``up`` would do; writes nothing."""
+        with read_only():
+            return plan(self.desired, self.observed())
 
     def preflight(self) -> list[Check]:
+        """Host checks for this stack; writes nothing."""
+        with read_only():
+            return self._preflight()
+
+    def _preflight(self) -> list[Check]:
         return run_preflight(self.ctx, self.desired, self.observed(), self.footprints())
 
     def up(self, on_event: EventSink | None = None, cancel: threading.Event | None = None) -> ApplyResult:
-        """Bring the stack to the desired state; re-running an unchanged stack does nothing."""
-        failures = [c for c in self.preflight() if c.status == "fail"]
-        if failures:
-            raise PreflightError([(c.name, c.detail, c.fix) for c in failures])
-        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ctx.state_dir.chmod(0o700)
-        self.runtime.ensure_ready()
-        the_plan = self.plan()
-        applier = Applier(
-            self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event, cancel
-        )
-        return applier.run(the_plan)
+        """Bring the stack to the desired state; re-running an unchanged stack does nothing.
+        Holds the state directory's lock throughout (StateLockedError while another holds it)."""
+        with state_lock(self.ctx.state_dir):
+            failures = [c for c in self._preflight() if c.status == "fail"]
+            if failures:
+                raise PreflightError([(c.name, c.detail, c.fix) for c in failures])
+            self.runtime.ensure_ready()
+            the_plan = plan(self.desired, self.observed())
+            applier = Applier(
+                self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event, cancel
+            )
+            return applier.run(the_plan)
 
     def down(self, on_event: EventSink | None = None) -> ApplyResult:
-        """Stop every service and the runtime's own daemon; data stay."""
+        """Stop every service and the runtime's own daemon; data stay. Holds the lock."""
         result = ApplyResult()
         if self.ctx.state_dir.exists():
-            the_plan = plan_down(self.desired, self.observed())
-            result = Applier(self.runtime, self.desired, 30, on_event).run(the_plan)
-            self.runtime.shutdown()
+            with state_lock(self.ctx.state_dir):
+                the_plan = plan_down(self.desired, self.observed())
+                result = Applier(self.runtime, self.desired, 30, on_event).run(the_plan)
+                self.runtime.shutdown()
         return result
 
     def purge(self) -> None:
         """Remove the state directory (data, logs, secrets) and the runtime's data volumes after
-        ``down``."""
-        self.runtime.purge()
-        if self.ctx.state_dir.exists():
+        ``down``. Holds the lock until the directory (with the lock file) is gone."""
+        if not self.ctx.state_dir.exists():
+            self.runtime.purge()
+            return
+        with state_lock(self.ctx.state_dir):
+            self.runtime.purge()
             shutil.rmtree(self.ctx.state_dir)
 
     def restart(self, name: str) -> None:
         svc = self._service(name)
-        self.runtime.ensure_ready()
-        self.runtime.stop(name)
-        self.runtime.start(svc)
+        with state_lock(self.ctx.state_dir):
+            self.runtime.ensure_ready()
+            self.runtime.stop(name)
+            self.runtime.start(svc)
 
     def _service(self, name: str) -> RenderedService:
         if name not in self.desired:
@@ -100,9 +126,11 @@ class Engine:
         return path
 
     def status(self) -> dict[str, Any]:
-        """``{"services": {NAME: {"health", "url", "pid", "uptime_seconds", ...}}}``."""
-        observed = self.observed() if self.ctx.state_dir.exists() else {}
-        return {"services": {name: self._one_status(svc, observed) for name, svc in self.desired.items()}}
+        """``{"services": {NAME: {"health", "url", "pid", "uptime_seconds", ...}}}``; writes nothing."""
+        with read_only():
+            observed = self.observed() if self.ctx.state_dir.exists() else {}
+            desired = self.desired
+        return {"services": {name: self._one_status(svc, observed) for name, svc in desired.items()}}
 
     def _one_status(self, svc: RenderedService, observed: Mapping[str, ObservedService]) -> dict[str, Any]:
         seen = observed.get(svc.name)

@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.secrets_store import SecretStore
+from appliance.secrets_store import SecretStore, is_read_only
 
 CA_CERT, CA_KEY = "tls_ca_cert", "tls_ca_key"
 SERVER_CERT, SERVER_KEY = "gateway_tls_cert", "gateway_tls_key"
 CA_DAYS, SERVER_DAYS = 3650, 825
 """Validity: the CA for ten years; the server certificate for the longest span browsers accept."""
+PENDING = "to be issued by appliance up"
+"""The fingerprint read-only commands see where ``up`` would make or re-issue a certificate."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,12 @@ def certificate_names(bind_address: str, listen_address: str, extra: Iterable[st
 
 def ensure_certificates(store: SecretStore, names: list[str]) -> TlsFiles:
     """The CA and a server certificate for ``names``: kept when present and still right,
-    generated (or re-issued) otherwise."""
-    ca_key, ca_cert = _ensure_ca(store)
+    generated (or re-issued) otherwise. In read-only mode (``plan``, ``status``) nothing is made:
+    a certificate ``up`` would make or re-issue shows as the ``PENDING`` fingerprint."""
     cert_path = store.root / SERVER_CERT
+    if is_read_only():
+        return _as_they_are(store, names)
+    ca_key, ca_cert = _ensure_ca(store)
     current = _load_cert(cert_path)
     if (
         current is None
@@ -77,6 +82,30 @@ def ensure_certificates(store: SecretStore, names: list[str]) -> TlsFiles:
         cert=cert_path,
         key=store.root / SERVER_KEY,
         fingerprint=hashlib.sha256(der).hexdigest(),
+    )
+
+
+def _as_they_are(store: SecretStore, names: list[str]) -> TlsFiles:
+    """The files as they are now, without making anything: the current fingerprint when the
+    certificates are present and right, ``PENDING`` when ``up`` would (re)issue them."""
+    ca = _load_cert(store.root / CA_CERT)
+    current = _load_cert(store.root / SERVER_CERT)
+    fingerprint = PENDING
+    if (
+        ca is not None
+        and (store.root / CA_KEY).exists()
+        and not _expiring(ca)
+        and current is not None
+        and _covers(current, names)
+        and _signed_by(current, ca)
+        and not _expiring(current)
+    ):
+        fingerprint = hashlib.sha256(current.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return TlsFiles(
+        ca_cert=store.root / CA_CERT,
+        cert=store.root / SERVER_CERT,
+        key=store.root / SERVER_KEY,
+        fingerprint=fingerprint,
     )
 
 

@@ -1,7 +1,8 @@
 """Making a bundle: save the profile's images, add the wheelhouse and stacks, hash, then tar.
 
 The tar is written beside its final name and renamed at the end, so an interrupted create never
-leaves a file that looks like a bundle. ``manifest.json`` goes first so ``inspect`` reads little.
+leaves a file that looks like a bundle. ``manifest.json`` goes first so ``inspect`` reads little,
+its signature (``manifest.sig``, ``appliance.bundle.signing``) second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.bundle.manifest import MANIFEST, BundleError, Manifest, sha256_stream
+from appliance.bundle.manifest import MANIFEST, SIGNATURE, BundleError, Manifest, sha256_stream
+from appliance.bundle.signing import sign, signing_key
 from appliance.context import AppContext
 from appliance.images.build import image_present, save_image
 from appliance.render import selected
@@ -41,8 +43,11 @@ def create_bundle(
     engine: str = "podman",
     wheelhouse: Path | None = None,
     stacks_dir: Path = STACKS_DIR,
+    key_file: Path | None = None,
 ) -> Manifest:
-    """Write the bundle to ``out`` and return its manifest."""
+    """Write the bundle to ``out``, its manifest signed with ``key_file`` (default: this user's
+    own signing key, made on first use), and return the manifest."""
+    key = signing_key(key_file)
     missing = sorted({tag for tag in images.values() if not image_present(engine, tag)})
     if missing:
         raise BundleError(
@@ -78,10 +83,13 @@ def create_bundle(
             with path.open("rb") as fh:
                 manifest.files[rel] = sha256_stream(fh)
             manifest.sizes[rel] = path.stat().st_size
-        (staging / MANIFEST).write_text(manifest.to_json())
+        manifest_bytes = manifest.to_json().encode()
+        (staging / MANIFEST).write_bytes(manifest_bytes)
+        (staging / SIGNATURE).write_bytes(sign(manifest_bytes, key))
         partial = out.with_name(out.name + ".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(staging / MANIFEST, arcname=MANIFEST)
+            tar.add(staging / SIGNATURE, arcname=SIGNATURE)
             for path in files:
                 tar.add(path, arcname=path.relative_to(staging).as_posix())
         partial.replace(out)

@@ -1,8 +1,9 @@
 """Installing from one offline bundle before ``up``: verify, load images, install the wheelhouse.
 
 Nothing here reaches a network: images stream from the bundle into the engine's own store and
-pip installs with ``--no-index`` from the bundle's wheelhouse. The bundle is verified first, so a
-tampered, missing or extra file stops everything before the first change.
+pip installs with ``--no-index`` from the bundle's wheelhouse. The bundle is verified first (its
+signature by a trusted key, then every hash), so an unsigned or foreign bundle, or a tampered,
+missing or extra file, stops everything before the first change.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.bundle.load import load_images, unpack
-from appliance.bundle.manifest import BundleError, Manifest, require_intact
+from appliance.bundle.manifest import BundleError, Manifest, require_trusted
 from appliance.images.catalog import PROJECT
 from appliance.images.wheelhouse import run_pip
 
@@ -38,20 +39,29 @@ class Installed:
     """pip changed the virtualenv (the running process still has the old code imported)."""
 
 
-def install_from_bundle(bundle: Path, engines: list[str], say: Callable[[str], None]) -> Installed:
-    """Verify ``bundle``, load its images into each of ``engines``, install its wheelhouse."""
+def verify_bundle(bundle: Path, say: Callable[[str], None]) -> Manifest:
+    """The manifest of ``bundle`` once its signature (a trusted key) and every hash are checked."""
     if not bundle.exists():
         raise BundleError(f"no bundle at {bundle}", fix="check the path given to --bundle")
     if not (bundle.is_file() or bundle.is_dir()):
         raise BundleError(f"{bundle} is neither a bundle tar nor its folder", fix="check the path")
     started = time.monotonic()
-    say(f"verifying {bundle} (sha256 of every file)")
-    manifest = require_intact(bundle)
+    say(f"verifying {bundle} (signature, sha256 of every file)")
+    manifest = require_trusted(bundle)
     size = sum(manifest.sizes.values()) / 2**20
     say(
         f"intact: {len(manifest.files)} files, {size:.0f} MiB, profile {manifest.profile}, "
         f"appliance {manifest.appliance_version} ({time.monotonic() - started:.1f}s)"
     )
+    return manifest
+
+
+def install_from_bundle(
+    bundle: Path, engines: list[str], say: Callable[[str], None], verified: Manifest | None = None
+) -> Installed:
+    """Verify ``bundle`` (unless ``verified`` is its manifest, just checked by
+    ``verify_bundle``), load its images into each of ``engines``, install its wheelhouse."""
+    manifest = verified or verify_bundle(bundle, say)
     done = Installed(manifest)
     for engine in engines:
         phase = time.monotonic()

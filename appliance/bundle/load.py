@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from appliance.bundle.manifest import CHUNK, BundleError, Manifest, require_intact
+from appliance.bundle.manifest import CHUNK, BundleError, Manifest, require_trusted
 
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -34,8 +34,8 @@ class Loaded:
 
 
 def load_bundle(bundle: Path, engine: str) -> tuple[Manifest, Loaded]:
-    """Check every hash, then load every image of the bundle into ``engine``."""
-    manifest = require_intact(bundle)
+    """Check the signature and every hash, then load every image of the bundle into ``engine``."""
+    manifest = require_trusted(bundle)
     return manifest, load_images(bundle, manifest, engine)
 
 
@@ -132,7 +132,7 @@ def unpack(bundle: Path, dest: Path, prefix: str, verified: bool = False) -> Pat
     ``verified``: the caller has just checked every hash, so they are not checked again.
     """
     if not verified:
-        require_intact(bundle)
+        require_trusted(bundle)
     dest.mkdir(parents=True, exist_ok=True)
     if bundle.is_dir():
         shutil.copytree(bundle / prefix, dest / prefix, dirs_exist_ok=True)

@@ -13,11 +13,16 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError
 
+if TYPE_CHECKING:
+    from appliance.bundle.signing import Signer
+
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+"""The signature of the manifest (``appliance.bundle.signing``); the one file the manifest cannot list."""
 FORMAT_VERSION = 1
 CHUNK = 1 << 20
 
@@ -98,28 +103,36 @@ def read_manifest(bundle: Path) -> Manifest:
 
 @dataclass(frozen=True)
 class Verification:
-    """What differs between a bundle and its manifest (all empty: intact)."""
+    """What differs between a bundle and its manifest (all empty: intact), and the manifest's
+    exact bytes and signature as read in the same pass (for ``signing.check_signature``)."""
 
     tampered: list[str]
     missing: list[str]
     extra: list[str]
+    manifest_bytes: bytes = field(default=b"", repr=False)
+    signature: bytes | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return not (self.tampered or self.missing or self.extra)
 
     def describe(self) -> str:
-        parts = [f"{what}: {', '.join(names)}" for what, names in self.__dict__.items() if names]
+        found = {"tampered": self.tampered, "missing": self.missing, "extra": self.extra}
+        parts = [f"{what}: {', '.join(names)}" for what, names in found.items() if names]
         return "; ".join(parts) or "intact"
 
 
 def verify(bundle: Path) -> tuple[Manifest, Verification]:
     """Hash every file of the bundle and compare with its manifest."""
     manifest: Manifest | None = None
+    raw, signature = b"", None
     seen: dict[str, str] = {}
     for name, stream in _members(bundle):
         if name == MANIFEST:
-            manifest = Manifest.from_json(stream.read().decode(), str(bundle))
+            raw = stream.read()
+            manifest = Manifest.from_json(raw.decode(), str(bundle))
+        elif name == SIGNATURE:
+            signature = stream.read(1 << 16)
         else:
             seen[name] = sha256_stream(stream)
     if manifest is None:
@@ -129,16 +142,40 @@ def verify(bundle: Path) -> tuple[Manifest, Verification]:
         tampered=sorted(n for n in seen if n in expected and seen[n] != expected[n]),
         missing=sorted(set(expected) - set(seen)),
         extra=sorted(set(seen) - set(expected)),
+        manifest_bytes=raw,
+        signature=signature,
     )
     return manifest, result
 
 
 def require_intact(bundle: Path) -> Manifest:
-    """The manifest of an intact bundle, or a BundleError naming every difference."""
+    """The manifest of an intact bundle, or a BundleError naming every difference (the hashes
+    only: ``require_trusted`` also checks who signed it)."""
     manifest, result = verify(bundle)
+    _raise_unless_intact(bundle, result)
+    return manifest
+
+
+def require_trusted(bundle: Path) -> Manifest:
+    """The manifest of a bundle that is intact and signed by a trusted key, else a BundleError
+    saying which of the two it is not (the signature is checked first: a manifest altered after
+    signing is named as such)."""
+    return trusted_manifest(bundle)[0]
+
+
+def trusted_manifest(bundle: Path) -> tuple[Manifest, Signer]:
+    """``require_trusted``, with who signed the bundle."""
+    from appliance.bundle.signing import check_signature  # cryptography: only for bundles
+
+    manifest, result = verify(bundle)
+    signer = check_signature(bundle, result.manifest_bytes, result.signature)
+    _raise_unless_intact(bundle, result)
+    return manifest, signer
+
+
+def _raise_unless_intact(bundle: Path, result: Verification) -> None:
     if not result.ok:
         raise BundleError(
             f"{bundle} does not match its manifest: {result.describe()}",
             fix="copy the bundle again from where it was created, or create a new one",
         )
-    return manifest

@@ -1,7 +1,9 @@
 """``appliance bundle``: make, check, read and load offline bundles.
 
-``create`` runs on a connected machine that has the images; ``verify``, ``inspect`` and ``load``
-need no network at all (the air-gapped side), so they never touch an index or a registry.
+``create`` runs on a connected machine that has the images and signs the manifest with this
+user's key; ``verify``, ``inspect`` and ``load`` need no network at all (the air-gapped side), so
+they never touch an index or a registry. ``key`` prints where the public key is, ``trust`` makes
+another machine accept bundles signed with it (``appliance.bundle.signing``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import click
 
 from appliance.bundle.create import create_bundle, profile_images
 from appliance.bundle.load import load_bundle
-from appliance.bundle.manifest import BundleError, read_manifest, require_intact
+from appliance.bundle.manifest import BundleError, read_manifest, trusted_manifest
 from appliance.cli.common import app_context
 from appliance.images.build import ENGINES, cache_dir
 
@@ -38,10 +40,20 @@ def bundle_group() -> None:
     help="Wheelhouse to include (default: the one image builds used, when present).",
 )
 @click.option("--no-wheelhouse", is_flag=True, help="Images and stacks only.")
+@click.option(
+    "--signing-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Ed25519 private key (PEM) to sign with (default: your own, made on first use).",
+)
 def create_cmd(
-    profile: str | None, out: Path, engine: str, wheelhouse: Path | None, no_wheelhouse: bool
+    profile: str | None,
+    out: Path,
+    engine: str,
+    wheelhouse: Path | None,
+    no_wheelhouse: bool,
+    signing_key: Path | None,
 ) -> None:
-    """Write a bundle of every image PROFILE runs (answers' image overrides applied)."""
+    """Write a signed bundle of every image PROFILE runs (answers' image overrides applied)."""
     ctx = app_context()
     if profile:
         answers = ctx.answers.model_copy(update={"profile": profile})
@@ -50,7 +62,7 @@ def create_cmd(
     house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
     images = profile_images(ctx)
     started = time.monotonic()
-    manifest = create_bundle(out, ctx.answers.profile, images, engine, house)
+    manifest = create_bundle(out, ctx.answers.profile, images, engine, house, key_file=signing_key)
     size = out.stat().st_size / 2**20
     click.echo(
         f"{out}: {len(manifest.archives)} image(s), {len(manifest.files)} files, {size:.0f} MiB "
@@ -61,9 +73,13 @@ def create_cmd(
 @click.command("verify")
 @click.argument("bundle", type=BUNDLE)
 def verify_cmd(bundle: Path) -> None:
-    """Check every file of BUNDLE against its manifest; name what is tampered, missing or extra."""
-    manifest = require_intact(bundle)
-    click.echo(f"{bundle}: intact ({len(manifest.files)} files, profile {manifest.profile})")
+    """Check BUNDLE's signature (a key you trust) and every file against its manifest; name what
+    is unsigned, untrusted, tampered, missing or extra."""
+    manifest, signer = trusted_manifest(bundle)
+    whose = "your own key" if signer.own else f"trusted key {signer.key_id}"
+    click.echo(
+        f"{bundle}: intact ({len(manifest.files)} files, profile {manifest.profile}), signed by {whose}"
+    )
 
 
 @click.command("inspect")
@@ -104,5 +120,25 @@ def load_cmd(bundle: Path, engine: str | None) -> None:
         click.echo(f"already in {chosen} (same image ID, not loaded again): {', '.join(done.skipped)}")
 
 
-for command in (create_cmd, verify_cmd, inspect_cmd, load_cmd):
+@click.command("key")
+def key_cmd() -> None:
+    """Print the path of your bundle-signing public key (made on first use): copy it to the
+    machines that install your bundles and run `appliance bundle trust FILE` there."""
+    from appliance.bundle.signing import key_id, public_key_file, signing_key
+
+    path = public_key_file()
+    click.echo(f"{path}  (key {key_id(signing_key().public_key())})")
+
+
+@click.command("trust")
+@click.argument("public_key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def trust_cmd(public_key: Path) -> None:
+    """Accept bundles signed by the key in PUBLIC_KEY (another machine's bundle-signing.pub)."""
+    from appliance.bundle.signing import config_dir, trust
+
+    ident = trust(public_key)
+    click.echo(f"trusted key {ident} (kept in {config_dir()})")
+
+
+for command in (create_cmd, verify_cmd, inspect_cmd, load_cmd, key_cmd, trust_cmd):
     bundle_group.add_command(command)

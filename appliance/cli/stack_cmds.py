@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -20,6 +22,10 @@ from appliance.cli.common import app_context
 from appliance.cli.progress import ProgressPrinter
 from appliance.engine import Engine
 from appliance.errors import ApplianceError, PreflightError
+from appliance.state_lock import pass_over_exec, state_lock
+
+if TYPE_CHECKING:
+    from appliance.bundle.manifest import Manifest
 
 MARK = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
 HEALTH = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
@@ -115,20 +121,45 @@ def plan_cmd(as_json: bool) -> None:
     help="With --bundle on the local runtime: load the bundle's images into this engine as well.",
 )
 def up_cmd(quiet: bool, bundle: Path | None, load_images: str | None) -> None:
-    """Bring the stack up (or up to date). Safe to run again at any time."""
+    """Bring the stack up (or up to date). Safe to run again at any time.
+
+    The state directory's lock is held from before the bundle's images and wheels are installed
+    to the end of ``up`` (across the restart into the new code), so two runs never interleave; the
+    bundle is verified before the lock, so a refused bundle leaves no trace."""
     if load_images and bundle is None:
         raise click.UsageError("--load-images needs --bundle")
-    if bundle is not None and _install_bundle(bundle, load_images, quiet):
-        _up_in_new_process(quiet)
-    eng = engine()
-    result = eng.up(None if quiet else ProgressPrinter())
-    status = eng.status()
+    say = _bundle_progress(quiet)
+    verified = None
+    if bundle is not None:
+        from appliance.bundle.install import verify_bundle
+
+        verified = verify_bundle(bundle, say)
+    with state_lock(app_context().state_dir) as lock_fd:
+        if bundle is not None and _install_bundle(bundle, load_images, say, verified):
+            pass_over_exec(lock_fd)
+            _up_in_new_process(quiet)
+        eng = engine()
+        result = eng.up(None if quiet else ProgressPrinter())
+        status = eng.status()
     _print_status(status)
     if not result.changed:
         click.echo("stack already up to date (0 actions)")
 
 
-def _install_bundle(bundle: Path, load_images: str | None, quiet: bool) -> bool:
+def _bundle_progress(quiet: bool) -> Callable[[str], None]:
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        if not quiet:
+            elapsed = time.monotonic() - started
+            progress_console.print(f"[{elapsed:6.1f}s] bundle  {escape(line)}", style="cyan", soft_wrap=True)
+
+    return say
+
+
+def _install_bundle(
+    bundle: Path, load_images: str | None, say: Callable[[str], None], verified: Manifest | None
+) -> bool:
     """Install from ``bundle`` before ``up``; True when pip changed the running virtualenv."""
     from appliance.bundle.install import install_from_bundle
 
@@ -137,13 +168,7 @@ def _install_bundle(bundle: Path, load_images: str | None, quiet: bool) -> bool:
     if load_images and load_images not in engines:
         engines.append(load_images)
     started = time.monotonic()
-
-    def say(line: str) -> None:
-        if not quiet:
-            elapsed = time.monotonic() - started
-            progress_console.print(f"[{elapsed:6.1f}s] bundle  {escape(line)}", style="cyan", soft_wrap=True)
-
-    done = install_from_bundle(bundle, engines, say)
+    done = install_from_bundle(bundle, engines, say, verified)
     say(f"installed from {bundle.name} in {time.monotonic() - started:.1f}s; bringing the stack up")
     return done.wheels_installed
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.gateway import gateway_nginx
+from appliance.mlflow_auth import auth_ini as mlflow_auth_ini
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
 from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
 from appliance.stack import STACKS_DIR
@@ -29,4 +30,5 @@ GENERATORS: dict[str, Generator] = {
     **GRAFANA_GENERATORS,
     "retrain_pipeline": retrain_pipeline,
     "gateway_nginx": gateway_nginx,
+    "mlflow_auth_ini": mlflow_auth_ini,
 }

@@ -10,6 +10,10 @@ common S3 data-connection convention (``AWS_S3_ENDPOINT``, ``AWS_S3_BUCKET``, ..
   ``AWS_S3_BUCKET`` (datasets), ``APPLIANCE_MODELS_BUCKET``, ``MLFLOW_S3_ENDPOINT_URL``
 - filesystem: ``APPLIANCE_DATA_ROOT`` (holds ``datasets/`` and ``models/``)
 - always: ``MLFLOW_TRACKING_URI``, ``APPLIANCE_STATE_DIR``
+- for the CLI's own commands (train, pipeline runs, data, models): ``MLFLOW_TRACKING_USERNAME`` and
+  ``MLFLOW_TRACKING_PASSWORD`` of MLflow's writer account once ``up`` has made it. Services get
+  their MLflow account from their own ``env`` in the stack file instead (the model server the
+  read-only one), so none receives a credential it does not need.
 """
 
 from __future__ import annotations
@@ -105,6 +109,13 @@ class AppContext:
     def mlflow_uri(self) -> str:
         return self.mlflow_uri_from(inside=False)
 
+    def mlflow_env(self) -> dict[str, str]:
+        """The tracking URI and, once ``up`` has made it, MLflow's writer account: what the CLI's
+        lifecycle commands (train, models, pipeline run) need to log, register and move aliases."""
+        from appliance.mlflow_auth import WRITER_USER, client_env
+
+        return {"MLFLOW_TRACKING_URI": self.mlflow_uri} | client_env(self, WRITER_USER)
+
     def mlflow_uri_from(self, inside: bool) -> str:
         return f"http://{self.host_of('mlflow', inside)}:{self.answers.ports.mlflow}"
 
@@ -141,9 +152,11 @@ class AppContext:
         """Root of datasets and models for the ``filesystem`` store."""
         return self.state_dir / "data"
 
-    def connection_env(self, inside: bool = False) -> dict[str, str]:
+    def connection_env(self, inside: bool = False, mlflow_account: bool = True) -> dict[str, str]:
         """The data connection and tracking URI, as every workload receives them; ``inside`` a
-        container, services are reached by name and the state is the ``state`` volume."""
+        container, services are reached by name and the state is the ``state`` volume. With
+        ``mlflow_account`` (the CLI's own jobs) MLflow's writer account too (``mlflow_env``); the
+        stack's services name theirs in the stack file."""
         store = self.answers.object_store
         state_dir = Path(CONTAINER_STATE_DIR) if inside else self.state_dir
         env = {
@@ -166,4 +179,6 @@ class AppContext:
             }
         else:
             env |= {"APPLIANCE_DATA_KIND": "filesystem", "APPLIANCE_DATA_ROOT": str(state_dir / "data")}
+        if mlflow_account and not inside:
+            env |= self.mlflow_env()
         return env

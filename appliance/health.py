@@ -1,13 +1,20 @@
-"""Health probes (http, tcp, command) and the wait for a service to turn healthy."""
+"""Health probes (http, tcp, command) and the wait for a service to turn healthy.
+
+An http probe of a service that asks for basic auth on every endpoint (Prometheus, Alertmanager,
+node exporter) sends its user and the password read from the secret file at probe time, so the
+password is in no rendered service, plan or status output.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.stack import HealthCheck
@@ -16,7 +23,15 @@ from appliance.stack import HealthCheck
 def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, str]:
     """One probe: (healthy, what was seen)."""
     if check.http:
-        return _http(check.http, check.timeout, check.ca)
+        headers = {"User-Agent": "appliance-health"}
+        if check.auth_user:
+            try:
+                password = Path(check.auth_password_file or "").read_text().strip()
+            except OSError as err:
+                return False, f"password file of {check.auth_user}: {err.strerror or err}"
+            token = base64.b64encode(f"{check.auth_user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        return _http(check.http, check.timeout, check.ca, headers)
     if check.tcp:
         host, _, port = check.tcp.rpartition(":")
         try:
@@ -40,8 +55,10 @@ def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, 
     return proc.returncode == 0, detail[-1] if detail else f"exit code {proc.returncode}"
 
 
-def _http(url: str, timeout: float, ca: str | None = None) -> tuple[bool, str]:
-    request = urllib.request.Request(url, headers={"User-Agent": "appliance-health"})
+def _http(
+    url: str, timeout: float, ca: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[bool, str]:
+    request = urllib.request.Request(url, headers=headers or {"User-Agent": "appliance-health"})
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if url.startswith("https://"):
         # Verified against the stack's own CA: a probe that accepted any certificate would call

@@ -167,7 +167,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         ctx.secrets.get(secret)
     env = {k: _fmt(t, c, f"{name}.env.{k}") for k, t in spec.env.items()}
     if spec.data_connection:
-        env = ctx.connection_env(inside=inside) | env
+        env = ctx.connection_env(inside=inside, mlflow_account=False) | env
     extra: list[str] = []
     for flag, template in spec.optional_args.items():
         value = _fmt(template, v, f"{name}.optional_args.{flag}")
@@ -182,6 +182,8 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
             "tcp": spec.health.tcp and _fmt(spec.health.tcp, v, f"{name}.health"),
             "command": spec.health.command and [_fmt(a, v, f"{name}.health") for a in spec.health.command],
             "ca": spec.health.ca and _fmt(spec.health.ca, v, f"{name}.health"),
+            "auth_password_file": spec.health.auth_password_file
+            and _fmt(spec.health.auth_password_file, v, f"{name}.health"),
         }
     )
     return RenderedService(

@@ -47,6 +47,11 @@ class HealthCheck(Spec):
     """Command template that must exit 0."""
     ca: str | None = None
     """CA certificate file template an ``https`` probe trusts (the stack's own CA)."""
+    auth_user: str | None = None
+    """Basic-auth user an ``http`` probe sends, for services that ask for one on every endpoint."""
+    auth_password_file: str | None = None
+    """File template holding that user's password (``{state}/secrets/NAME``), read at probe time
+    so the password is in no rendered service."""
     interval: float = 0.5
     """Seconds between probes while waiting."""
     timeout: float = 3.0
@@ -155,6 +160,9 @@ class RenderedService(BaseModel):
         data = self.model_dump(mode="json")
         if data["container_user"] is None:  # absent: the hashes of services without one stay as they were
             del data["container_user"]
+        for key in ("auth_user", "auth_password_file"):  # likewise for probes without basic auth
+            if data["health"].get(key) is None:
+                data["health"].pop(key, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

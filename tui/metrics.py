@@ -31,12 +31,14 @@ def prometheus_url(status: dict[str, Any]) -> str | None:
     return str(url) if url else None
 
 
-def query(url: str, promql: str, timeout: float = 2.0) -> list[dict[str, Any]]:
-    """An instant query's result vector; empty on any failure."""
+def query(
+    url: str, promql: str, timeout: float = 2.0, auth: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """An instant query's result vector (with Prometheus's basic auth ``auth``); empty on any failure."""
     import httpx
 
     try:
-        response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=timeout)
+        response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=timeout, auth=auth)
         body = response.json()
     except (httpx.HTTPError, ValueError):
         return []
@@ -90,6 +92,10 @@ def pipeline_runs(state_dir: Path, limit: int = 5) -> list[dict[str, Any]] | Non
 
 def gather(ctx: AppContext, status: dict[str, Any]) -> dict[str, Any]:
     """Everything the dashboard shows besides the service table."""
+    from appliance.monitoring.web_auth import WEB_USER, read_password
+
     url = prometheus_url(status)
-    results = {key: query(url, promql) for key, promql in QUERIES.items()} if url else {}
+    password = read_password(ctx.state_dir, "prometheus")
+    auth = (WEB_USER, password) if password else None
+    results = {key: query(url, promql, auth=auth) for key, promql in QUERIES.items()} if url else {}
     return summarize(results) | {"runs": pipeline_runs(ctx.state_dir)}

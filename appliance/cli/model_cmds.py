@@ -13,11 +13,12 @@ import click
 
 
 def _connect() -> None:
-    """Point MLflow at the stack's server and fail fast with a fix when it is down."""
+    """Point MLflow at the stack's server, as its writer account (promote and rollback move the
+    champion alias), and fail fast with a fix when it is down or refuses the account."""
     from appliance.cli.common import app_context
     from appliance.workloads.trainer import tracking
 
-    os.environ["MLFLOW_TRACKING_URI"] = app_context().mlflow_uri
+    os.environ.update(app_context().mlflow_env())
     tracking.check_reachable()
 
 

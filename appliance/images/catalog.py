@@ -58,7 +58,7 @@ class ImageSpec:
 CATALOG: dict[str, ImageSpec] = {
     spec.name: spec
     for spec in (
-        ImageSpec("mlflow", (PROJECT, "mlflow", "boto3")),
+        ImageSpec("mlflow", (PROJECT, "mlflow[auth]", "boto3")),
         # The controller runs the retrain pipeline's trainer steps itself, so it carries the
         # trainer's packages (torch CPU here, the CUDA build in the gpu flavour).
         ImageSpec(

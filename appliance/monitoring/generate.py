@@ -27,6 +27,8 @@ from appliance.monitoring.alertmanager_config import render_alertmanager_config
 from appliance.monitoring.dashboards import write_dashboards
 from appliance.monitoring.prometheus_config import ScrapeTarget, render_prometheus_config
 from appliance.monitoring.rules import render_alert_rules
+from appliance.monitoring.web_auth import GENERATORS as WEB_CONFIG_GENERATORS
+from appliance.monitoring.web_auth import WEB_PASSWORDS, WEB_USER, password_file
 from appliance.secrets_store import SecretStore
 
 CONTROLLER_TOKEN_SECRET = "controller_webhook_token"
@@ -38,6 +40,9 @@ RULES_FILE = "alert_rules.yml"
 class _Context(Protocol):
     answers: Answers
     state_dir: Path
+
+    @property
+    def secrets(self) -> SecretStore: ...
 
 
 class _Service(Protocol):
@@ -98,14 +103,34 @@ def monitoring_targets(answers: Answers, extra: list[ScrapeTarget] | None = None
     return targets + list(extra or [])
 
 
+def web_auth(ctx: _Context, service: str) -> tuple[str, str] | None:
+    """``(user, password file)`` for calling ``service`` when it asks for basic auth (Prometheus,
+    Alertmanager, node exporter); the password is generated here if it does not exist yet. The
+    file is named by its host path, where a container runtime mounts it too."""
+    if service not in WEB_PASSWORDS:
+        return None
+    ctx.secrets.get(WEB_PASSWORDS[service])
+    return WEB_USER, str(password_file(ctx.state_dir, service))
+
+
 def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
     """``config_files`` generator: scrape every service that declares ``metrics`` (job = service
-    name), load ``alert_rules.yml`` beside it, notify Alertmanager when the stack runs one."""
-    targets = [ScrapeTarget(name, svc.metrics) for name, svc in sorted(services.items()) if svc.metrics]
+    name, with the basic auth of those that ask for it), load ``alert_rules.yml`` beside it,
+    notify Alertmanager (with its credentials) when the stack runs one."""
+    targets = [
+        ScrapeTarget(name, svc.metrics, basic_auth=web_auth(ctx, name))
+        for name, svc in sorted(services.items())
+        if svc.metrics
+    ]
     manager = alertmanager_url(ctx.answers, _inside(ctx.answers)) if "alertmanager" in services else None
     mon = ctx.answers.monitoring
     return render_prometheus_config(
-        targets, [RULES_FILE], manager, mon.scrape_interval, mon.evaluation_interval
+        targets,
+        [RULES_FILE],
+        manager,
+        mon.scrape_interval,
+        mon.evaluation_interval,
+        alertmanager_auth=web_auth(ctx, "alertmanager") if manager else None,
     )
 
 
@@ -137,6 +162,7 @@ GENERATORS = {
     "prometheus_yml": prometheus_yml,
     "alert_rules_yml": alert_rules_yml,
     "alertmanager_yml": alertmanager_yml,
+    **WEB_CONFIG_GENERATORS,
 }
 """Generator name (as used in ``stacks/services.yaml``) to generator."""
 

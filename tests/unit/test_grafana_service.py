@@ -195,7 +195,12 @@ def test_the_admin_password_is_a_0600_secret_grafana_reads_from_its_file(
     # the secret file is mounted read-only where the environment names it, and runs as root to read it
     runtime = PodmanRuntime(podman_ctx.state_dir, podman_ctx.answers)
     runtime._client = SimpleNamespace(volumes=SimpleNamespace(get=lambda name: name))  # no engine is asked
-    assert runtime.secret_files(inside) == {path: podman_ctx.state_dir / "secrets" / SECRET}
+    prometheus_password = podman_ctx.state_dir / "secrets" / "prometheus_web_password"
+    assert runtime.secret_files(inside) == {
+        path: podman_ctx.state_dir / "secrets" / SECRET,
+        # the data source's Prometheus password, named by its host path in the provisioning file
+        str(prometheus_password): prometheus_password,
+    }
     spec = runtime._spec(inside, "img")
     assert spec["volumes"][str(podman_ctx.state_dir / "secrets" / SECRET)] == {"bind": path, "mode": "ro"}
     assert spec["user"] == "0"
@@ -211,7 +216,7 @@ def test_the_admin_password_is_a_0600_secret_grafana_reads_from_its_file(
 def test_every_dashboard_has_a_config_file_of_the_grafana_service() -> None:
     spec = load_stack()["grafana"]
     assert spec.component == "dashboards" and set(spec.profiles) == {"lab", "edge"}
-    assert spec.secrets == ["grafana_admin_password"]
+    assert spec.secrets == ["grafana_admin_password", "prometheus_web_password"]
     dashboards = {
         name.removeprefix("dashboards/") for name in spec.config_files if name.startswith("dashboards/")
     }
@@ -236,12 +241,17 @@ def test_generated_provisioning_matches_the_committed_files_but_for_the_filled_i
     tmp_path: Path, no_grafana: Path
 ) -> None:
     """The stack's Grafana and a user's own (``stacks/monitoring/grafana/provisioning``) get the same
-    data source and provider; only the Prometheus URL and the dashboards path are filled in."""
+    data source and provider; only the Prometheus URL, its password and the dashboards path are
+    filled in (the password as the path of its secret file, which Grafana reads itself)."""
     committed = Path(__file__).resolve().parents[2] / "stacks" / "monitoring" / "grafana" / "provisioning"
     grafana = render_stack(ctx(tmp_path, runtime="podman"))["grafana"]
     (ours,) = yaml.safe_load(grafana.files[DATASOURCES])["datasources"]
     (theirs,) = yaml.safe_load((committed / "datasources" / "prometheus.yaml").read_text())["datasources"]
-    assert ours | {"url": None} == theirs | {"url": None}
+    password_file = tmp_path / "state" / "secrets" / "prometheus_web_password"
+    assert ours["secureJsonData"] == {"basicAuthPassword": f"$__file{{{password_file}}}"}
+    assert theirs["secureJsonData"] == {"basicAuthPassword": "${PROMETHEUS_PASSWORD}"}
+    filled = {"url": None, "secureJsonData": None}
+    assert ours | filled == theirs | filled
     (ours,) = yaml.safe_load(grafana.files[PROVIDER])["providers"]
     (theirs,) = yaml.safe_load((committed / "dashboards" / "appliance.yaml").read_text())["providers"]
     assert {**ours, "options": {**ours["options"], "path": None}} == {

@@ -50,6 +50,19 @@ class MlflowUnreachableError(TrainerError):
         )
 
 
+class MlflowAuthError(TrainerError):
+    """MLflow asks for an account and got none, or a wrong one."""
+
+    def __init__(self, uri: str, user: str | None) -> None:
+        given = f"refuses the account {user!r}" if user else "asks for an account and none was given"
+        super().__init__(
+            f"MLflow at {uri} {given}",
+            fix="run the command on the host that ran `appliance up` (it reads the stack's writer account), "
+            "or set MLFLOW_TRACKING_USERNAME=appliance-writer and MLFLOW_TRACKING_PASSWORD to "
+            "`appliance secrets show mlflow_writer_password`",
+        )
+
+
 class RegistryError(TrainerError):
     """A registry operation names a model, version or alias that does not exist."""
 

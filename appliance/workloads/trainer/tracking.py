@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from appliance.workloads.trainer.errors import MlflowUnreachableError, TrainerError
+from appliance.workloads.trainer.errors import MlflowAuthError, MlflowUnreachableError, TrainerError
 
 ERROR_TAG = "appliance.error"
 
@@ -39,6 +39,27 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
         raise MlflowUnreachableError(uri, type(err).__name__) from err
     if response.status_code != 200:
         raise MlflowUnreachableError(uri, f"/health answered HTTP {response.status_code}")
+    _check_account(uri, timeout)
+
+
+def _check_account(uri: str, timeout: float) -> None:
+    """MLflow with its authentication on refuses a missing or wrong account: say so up front,
+    with where the stack's account is, rather than after MLflow's retries."""
+    import httpx
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None
+    try:
+        response = httpx.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=auth,
+            timeout=timeout,
+        )
+    except httpx.HTTPError as err:
+        raise MlflowUnreachableError(uri, type(err).__name__) from err
+    if response.status_code == 401:
+        raise MlflowAuthError(uri, user)
 
 
 @contextmanager

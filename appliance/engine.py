@@ -29,6 +29,7 @@ from appliance.runtimes.base import ObservedService, Runtime
 from appliance.secrets_store import is_read_only, read_only
 from appliance.stack import RenderedService, load_stack
 from appliance.state_lock import state_lock
+from appliance.state_version import require_compatible, write_stamp
 
 STARTING_GRACE_SECONDS = 90
 
@@ -76,10 +77,12 @@ class Engine:
         """Bring the stack to the desired state; re-running an unchanged stack does nothing.
         Holds the state directory's lock throughout (StateLockedError while another holds it)."""
         with state_lock(self.ctx.state_dir):
+            require_compatible(self.ctx.state_dir)
             failures = [c for c in self._preflight() if c.status == "fail"]
             if failures:
                 raise PreflightError([(c.name, c.detail, c.fix) for c in failures])
             self.runtime.ensure_ready()
+            write_stamp(self.ctx.state_dir)
             the_plan = plan(self.desired, self.observed())
             applier = Applier(
                 self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event, cancel

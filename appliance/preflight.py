@@ -6,6 +6,7 @@ starts, so a busy port or a missing binary leaves nothing half-applied.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 import shutil
@@ -182,6 +183,52 @@ def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
     ]
 
 
+CREDENTIALS = {
+    "minio": "MinIO's root keys (minio_root_password)",
+    "mlflow": "MLflow accounts admin, appliance-writer, appliance-reader (mlflow_*_password)",
+    "workbench": "the Jupyter token (jupyter_token)",
+    "serving": "bearer tokens: serving_token (inference), serving_admin_token (repository API)",
+    "controller": "the bearer token controller_webhook_token",
+    "prometheus": "basic auth, user appliance (prometheus_web_password)",
+    "alertmanager": "basic auth, user appliance (alertmanager_web_password)",
+    "node-exporter": "basic auth, user appliance (node_exporter_web_password)",
+    "grafana": "Grafana's admin password (grafana_admin_password)",
+    "gateway": "TLS with the stack's CA; each service behind it checks its own credential",
+}
+"""What an unauthenticated caller needs to get past each service: named by the network warning."""
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _network_exposure(desired: Mapping[str, RenderedService]) -> list[Check]:
+    """A non-loopback ``bind_address`` or ``tls.listen_address``: which services other machines
+    can reach, and with which credential (every one checks its own; nothing is open)."""
+    exposed: dict[str, list[str]] = {}
+    for name, svc in desired.items():
+        if svc.ports and not _is_loopback(svc.publish_address):
+            exposed.setdefault(svc.publish_address, []).append(name)
+    checks = []
+    for address, names in exposed.items():
+        listed = "; ".join(f"{n} ({CREDENTIALS.get(n, 'its own credential')})" for n in names)
+        checks.append(
+            Check(
+                f"network {address}",
+                "warn",
+                f"listening on {address}, reachable from the network: {listed}",
+                "keep bind_address (and tls.listen_address) at 127.0.0.1 unless other machines "
+                "must reach these; with TLS on, only tls.listen_address needs to face outward",
+            )
+        )
+    return checks
+
+
 def run_preflight(
     ctx: AppContext,
     desired: Mapping[str, RenderedService],
@@ -200,6 +247,7 @@ def run_preflight(
         *_ports(ctx, desired, observed),
         _gpu(ctx),
         *_model_source(ctx, desired),
+        *_network_exposure(desired),
     ]
 
 

@@ -1,0 +1,193 @@
+"""Every service of a real lab stack (local runtime) refuses a caller without a credential, and the
+stack itself, holding its credentials, still works end to end.
+
+One stack for the module: MLflow with its authentication, the mlflow-users job, the model server,
+the controller, Prometheus, Alertmanager and node exporter (the workbench is off: its Jupyter token
+is older than this test and checked in the lab stack test). A champion is trained through the CLI
+(MLflow's writer account) and the model server loads it with the read-only account.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from appliance.mlflow_auth import READER_USER, WRITER_USER
+from tests.conftest import run_cli, write_answers
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+MODEL = "breast_cancer"
+RUN_CREATE = "/api/2.0/mlflow/runs/create"
+SET_ALIAS = "/api/2.0/mlflow/registered-models/alias"
+
+
+@dataclass(frozen=True)
+class Stack:
+    answers: Path
+    state: Path
+    ports: dict[str, int]
+    trained: dict[str, Any]
+
+    def cli(self, *args: str) -> str:
+        return run_cli(*args, answers=self.answers, state=self.state, timeout=600).stdout
+
+    def url(self, port: str) -> str:
+        return f"http://127.0.0.1:{self.ports[port]}"
+
+    def secret(self, name: str) -> str:
+        return (self.state / "secrets" / name).read_text().strip()
+
+    def web(self, service: str) -> tuple[str, str]:
+        """The monitoring services' basic auth, as the stack's own clients send it."""
+        return "appliance", self.secret(f"{service.replace('-', '_')}_web_password")
+
+    def mlflow_account(self, user: str) -> tuple[str, str]:
+        name = {WRITER_USER: "mlflow_writer_password", READER_USER: "mlflow_reader_password"}[user]
+        return user, self.secret(name)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("auth")
+    answers = write_answers(
+        root / "appliance.yaml",
+        object_store={"kind": "filesystem"},
+        components={"workbench": False},
+        serving={"poll_seconds": 1},
+        monitoring={"scrape_interval": "2s", "evaluation_interval": "2s"},
+    )
+    state = root / "state"
+    ports = yaml.safe_load(answers.read_text())["ports"]
+    try:
+        run_cli("up", answers=answers, state=state, timeout=600)
+        run_cli("data", "seed", "--dataset", MODEL, answers=answers, state=state)
+        out = run_cli("train", "--dataset", MODEL, "--epochs", "5", answers=answers, state=state, timeout=600)
+        yield Stack(answers, state, ports, json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        run_cli("down", answers=answers, state=state, check=False, timeout=300)
+
+
+def test_mlflow_refuses_runs_alias_moves_and_artifact_writes_without_an_account(stack: Stack) -> None:
+    mlflow = stack.url("mlflow")
+    assert httpx.get(f"{mlflow}/health").status_code == 200  # the probe's path stays public
+    refused = {
+        "create run": httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}),
+        "set alias": httpx.post(
+            f"{mlflow}{SET_ALIAS}", json={"name": MODEL, "alias": "champion", "version": "1"}
+        ),
+        "upload artifact": httpx.put(f"{mlflow}/api/2.0/mlflow-artifacts/artifacts/0/x.txt", content=b"x"),
+        "delete artifact": httpx.delete(f"{mlflow}/api/2.0/mlflow-artifacts/artifacts/0/x.txt"),
+        "read registry": httpx.get(f"{mlflow}/api/2.0/mlflow/registered-models/search"),
+        "wrong password": httpx.post(
+            f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=(WRITER_USER, "not-the-password")
+        ),
+    }
+    assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 401)
+
+
+def test_the_writer_registered_the_champion_and_the_server_loads_it_with_the_read_only_account(
+    stack: Stack,
+) -> None:
+    assert stack.trained["promoted"] is True and stack.trained["version"] == "1", stack.trained
+    token = {"Authorization": f"Bearer {stack.secret('serving_token')}"}
+
+    def served() -> list[str]:
+        reply = httpx.get(f"{stack.url('serving_http')}/v2/models/{MODEL}", headers=token, timeout=10)
+        return list(reply.json().get("versions", [])) if reply.status_code == 200 else []
+
+    assert wait_for("the server to load champion v1", served, 120) == ["1"]
+    # the stack is as rendered (the model server holding the read-only account alone, see
+    # tests/unit/test_service_auth.py): nothing to change
+    assert json.loads(stack.cli("plan", "--json")) == {"actions": []}
+    reader = stack.mlflow_account(READER_USER)
+    alias = httpx.get(
+        f"{stack.url('mlflow')}{SET_ALIAS}", params={"name": MODEL, "alias": "champion"}, auth=reader
+    )
+    assert alias.status_code == 200 and alias.json()["model_version"]["version"] == "1"
+
+
+def test_the_read_only_account_reads_but_cannot_move_an_alias_log_a_run_or_upload(stack: Stack) -> None:
+    mlflow, reader = stack.url("mlflow"), stack.mlflow_account(READER_USER)
+    move = {"name": MODEL, "alias": "champion", "version": "1"}
+    assert httpx.post(f"{mlflow}{SET_ALIAS}", json=move, auth=reader).status_code == 403
+    assert httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=reader).status_code == 403
+    upload = httpx.put(f"{mlflow}/api/2.0/mlflow-artifacts/artifacts/0/x.txt", content=b"x", auth=reader)
+    assert upload.status_code == 403
+    # the writer may move it (to where it already is: the served model does not change)
+    writer = stack.mlflow_account(WRITER_USER)
+    assert httpx.post(f"{mlflow}{SET_ALIAS}", json=move, auth=writer).status_code == 200
+    assert httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=writer).status_code == 200
+
+
+def test_prometheus_refuses_quit_reload_and_queries_without_credentials(stack: Stack) -> None:
+    prometheus = stack.url("prometheus")
+    refused = {
+        "quit": httpx.post(f"{prometheus}/-/quit"),
+        "reload": httpx.post(f"{prometheus}/-/reload"),
+        "query": httpx.get(f"{prometheus}/api/v1/query", params={"query": "up"}),
+        "wrong password": httpx.get(
+            f"{prometheus}/api/v1/query", params={"query": "up"}, auth=("appliance", "x")
+        ),
+    }
+    assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 401)
+    # with the credential the lifecycle API is still off (nothing here needs it): nobody can stop it
+    assert httpx.post(f"{prometheus}/-/quit", auth=stack.web("prometheus")).status_code == 403
+    assert httpx.get(f"{prometheus}/-/ready", auth=stack.web("prometheus")).status_code == 200
+
+
+def test_prometheus_scrapes_every_target_with_its_credentials(stack: Stack) -> None:
+    auth = stack.web("prometheus")
+
+    def targets() -> dict[str, str] | None:
+        reply = httpx.get(f"{stack.url('prometheus')}/api/v1/targets", auth=auth, timeout=10).json()
+        seen = {t["labels"]["job"]: t["health"] for t in reply["data"]["activeTargets"]}
+        return seen if seen and all(h == "up" for h in seen.values()) else None
+
+    seen = wait_for("every scrape target up", targets, 90)
+    assert set(seen) == {"prometheus", "alertmanager", "node-exporter", "serving", "controller"}
+
+
+def test_alertmanager_takes_alerts_only_with_credentials(stack: Stack) -> None:
+    alertmanager, auth = stack.url("alertmanager"), stack.web("alertmanager")
+    name = f"AuthProbe{uuid.uuid4().hex[:8]}"  # not a drift alert: routed to no receiver
+    alert = [{"labels": {"alertname": name, "severity": "info"}, "annotations": {"summary": "auth test"}}]
+    assert httpx.post(f"{alertmanager}/api/v2/alerts", json=alert).status_code == 401
+    assert httpx.get(f"{alertmanager}/api/v2/alerts").status_code == 401
+    assert httpx.post(f"{alertmanager}/api/v2/alerts", json=alert, auth=auth).status_code == 200
+    listed = httpx.get(f"{alertmanager}/api/v2/alerts", params={"filter": f'alertname="{name}"'}, auth=auth)
+    assert [a["labels"]["alertname"] for a in listed.json()] == [name]
+
+
+def test_node_exporter_and_the_controller_refuse_callers_without_credentials(stack: Stack) -> None:
+    node = f"{stack.url('node_exporter')}/metrics"
+    assert httpx.get(node).status_code == 401
+    reply = httpx.get(node, auth=stack.web("node-exporter"))
+    assert reply.status_code == 200 and "node_cpu_seconds_total" in reply.text
+    alerts = {"alerts": [{"status": "firing", "labels": {"alertname": "FeatureDrift", "model": MODEL}}]}
+    assert httpx.post(f"{stack.url('controller')}/alerts", json=alerts).status_code == 401
+
+
+def test_status_probes_every_service_with_its_credentials(stack: Stack) -> None:
+    services = json.loads(stack.cli("status", "--json"))["services"]
+    assert {name: s["health"] for name, s in services.items()} == dict.fromkeys(services, "healthy")
+    assert services["mlflow-users"]["state"] == "done"

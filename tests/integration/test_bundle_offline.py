@@ -215,3 +215,44 @@ def test_up_from_a_tampered_bundle_changes_nothing(edge_bundle: Path, tmp_path: 
     assert missing.returncode == 2
     assert f"no bundle at {tmp_path / 'nowhere.tar'}" in missing.stderr
     assert not state.exists()
+
+
+def _rewritten(bundle: Path, out: Path, drop_signature: bool, manifest_change: dict[str, str]) -> Path:
+    """A copy of ``bundle`` (streamed, member by member) without its signature, or with fields of
+    its manifest changed while the signature stays."""
+    with tarfile.open(bundle) as src, tarfile.open(out, "w") as dst:
+        for member in src:
+            if member.name == "manifest.sig" and drop_signature:
+                continue
+            stream = src.extractfile(member)
+            if member.name == "manifest.json" and manifest_change:
+                assert stream is not None
+                data = json.loads(stream.read()) | manifest_change
+                raw = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+                member.size = len(raw)
+                stream = io.BytesIO(raw)  # type: ignore[assignment]
+            dst.addfile(member, stream)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("drop", "change", "reason"),
+    [(True, {}, "is not signed"), (False, {"profile": "lab"}, "altered after it was signed")],
+    ids=["unsigned", "manifest-changed"],
+)
+def test_up_from_an_unsigned_or_re_manifested_bundle_loads_nothing(
+    edge_bundle: Path, tmp_path: Path, drop: bool, change: dict[str, str], reason: str
+) -> None:
+    bad_bundle = _rewritten(edge_bundle, tmp_path / "bad.tar", drop, change)
+    answers = write_answers(tmp_path / "appliance.yaml", runtime="local", **EDGE)
+    state = tmp_path / "state"
+    cli = ["--answers", str(answers), "--state-dir", str(state)]
+    for args in (
+        ["up", "--bundle", str(bad_bundle), "--load-images", "podman"],
+        ["bundle", "verify", str(bad_bundle)],
+    ):
+        bad = offline(*(cli if args[0] == "up" else []), *args)
+        assert bad.returncode == 2, bad.stdout + bad.stderr
+        assert reason in bad.stderr and "fix:" in bad.stderr
+        assert "loading" not in bad.stderr
+    assert not state.exists(), "up started something from a bundle it could not trust"

@@ -145,6 +145,10 @@ class HttpProtocol(asyncio.Protocol):
         limits = self.limits = listener.limits
         self.router = listener.router
         self.max_body = limits.max_body_bytes
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_header_count = limits.max_header_count
+        self.max_pipelined = limits.max_pipelined_requests
+        self.max_buffered = limits.max_connection_buffer_bytes
         self.time = listener.loop.time
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -249,7 +253,7 @@ class HttpProtocol(asyncio.Protocol):
         self._hbytes += len(name) + len(value) + 4
         self._hcount += 1
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-        if self._hbytes > self.limits.max_header_bytes or self._hcount > self.limits.max_header_count:
+        if self._hbytes > self.max_header_bytes or self._hcount > self.max_header_count:
             raise _Refuse(431, "", _header_too_large(self.limits))
 
     def on_headers_complete(self) -> None:
@@ -313,10 +317,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         pause = self.write_paused or (
             not self.closing
-            and (
-                len(self.queue) >= self.limits.max_pipelined_requests
-                or self.queued_bytes > self.limits.max_connection_buffer_bytes
-            )
+            and (len(self.queue) >= self.max_pipelined or self.queued_bytes > self.max_buffered)
         )
         if pause != self.read_paused:
             self.read_paused = pause

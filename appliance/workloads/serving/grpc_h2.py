@@ -60,7 +60,7 @@ import ssl
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 from hpack import Decoder
@@ -222,6 +222,8 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.blocked: list[tuple[_Stream, bytes, bytes]] = []  # waiting for send window
+        self.blocked_bytes = 0
+        self.waiting: list[_Stream] = []  # whole requests not started while answers are blocked
         self.active = 0  # calls being served
         self.calls = 0  # streams opened, ever (the idle timer's activity mark)
         self.going_away = False
@@ -231,7 +233,7 @@ class H2GrpcProtocol(asyncio.Protocol):
 
     # asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         limits = self.limits
         if len(self.server.connections) >= limits.max_connections:
@@ -606,7 +608,13 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._forget(stream, reset_by_us=False)
         elif not stream.head.grpc:
             self._send_http_error(stream)
-        elif stream.task is None:
+        elif self.blocked_bytes > self.limits.max_pending_write_bytes:
+            self.waiting.append(stream)  # started when the client's windows let answers out
+        else:
+            self._start(stream)
+
+    def _start(self, stream: _Stream) -> None:
+        if stream.task is None and not stream.local_closed:
             self.active += 1
             stream.task = self.loop.create_task(self._serve(stream))
 
@@ -633,6 +641,9 @@ class H2GrpcProtocol(asyncio.Protocol):
             del closed[next(iter(closed))]
         if self.blocked:
             self.blocked = [b for b in self.blocked if b[0] is not stream]
+            self.blocked_bytes = sum(len(b[1]) for b in self.blocked)
+        if self.waiting and stream in self.waiting:
+            self.waiting.remove(stream)
 
     def _reset(self, sid: int, code: int) -> None:
         """A stream error: RST_STREAM, and the stream's frames in flight are ignored."""
@@ -737,6 +748,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         else:
             self.out.append(head)
             self.blocked.append((stream, data, w.OK_TRAILERS))
+            self.blocked_bytes += n
             self._unblock()
         self._schedule_flush()
 
@@ -781,6 +793,11 @@ class H2GrpcProtocol(asyncio.Protocol):
             if self.streams.get(stream.id) is stream:
                 self._local_end(stream)
         self.blocked = still
+        self.blocked_bytes = sum(len(b[1]) for b in still)
+        if self.waiting and self.blocked_bytes <= self.limits.max_pending_write_bytes:
+            waiting, self.waiting = self.waiting, []
+            for stream in waiting:
+                self._start(stream)
         self._schedule_flush()
         if self.going_away and not still:
             self._close_if_idle()

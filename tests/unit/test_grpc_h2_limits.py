@@ -1,0 +1,427 @@
+"""Each limit of the HTTP/2 gRPC transport, hit by a raw client over a real socket.
+
+The server runs in-process (its own event loop in a thread) with a small echo servicer and the
+limits each test sets, so a limit can be made small enough to hit in milliseconds. Every test
+asserts what the client gets at the limit (a GOAWAY or RST_STREAM code, a grpc-status, a close)
+and that a normal call on a new connection still succeeds right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from appliance.workloads.serving import grpc_h2
+from appliance.workloads.serving.errors import Unauthorized
+from appliance.workloads.serving.limits import ServerLimits
+from tests._h2client import (
+    CONTINUATION,
+    DATA,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    GOAWAY,
+    HEADERS,
+    NO_ERROR,
+    PING,
+    PREFACE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    Closed,
+    H2Client,
+    frame,
+    grpc_message,
+)
+
+TOKEN = "good-token"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+LIVE = "/inference.GRPCInferenceService/ServerLive"
+
+
+class Echo(pb_grpc.GRPCInferenceServiceServicer):
+    """ModelInfer sends the raw inputs back (after ``hold`` is set); counts calls and cancels."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cancelled = 0
+        self.started = threading.Event()
+        self.hold: asyncio.Event | None = None
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        self.calls += 1
+        self.started.set()
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        response = pb.ModelInferResponse(model_name=request.model_name)
+        response.raw_output_contents.extend(request.raw_input_contents)
+        return response
+
+
+def authorize(path: str, authorization: str | None) -> None:
+    if path != LIVE and authorization != f"Bearer {TOKEN}":
+        raise Unauthorized("missing or invalid bearer token")
+
+
+@dataclass
+class Running:
+    port: int
+    server: grpc_h2.H2GrpcServer
+    servicer: Echo
+    loop: asyncio.AbstractEventLoop
+
+    def connection(self) -> grpc_h2.H2GrpcProtocol:
+        (conn,) = self.server.connections
+        return conn
+
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(params=LOOPS, autouse=True)
+def loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on both loops: the model server runs on uvloop when it is installed, whose
+    transports differ from asyncio's (no Transport subclass, their own pause/resume and EOF)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed (the serving extra has it)")
+    global _LOOP_KIND
+    _LOOP_KIND = request.param
+    yield request.param
+
+
+_LOOP_KIND = "asyncio"
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    if _LOOP_KIND == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+@contextmanager
+def running(**limits: Any) -> Iterator[Running]:
+    loop = new_loop()
+    servicer = Echo()
+    methods = grpc_h2.methods_of(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb)
+    server = grpc_h2.H2GrpcServer(methods, ServerLimits(**limits), authorize)
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield Running(port, server, servicer, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def infer_request(size: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m")
+    request.raw_input_contents.append(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    return request
+
+
+def assert_normal_call(port: int) -> None:
+    """A new connection, through grpcio's own client: the server still serves."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(infer_request(1000), metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert response.raw_output_contents[0] == infer_request(1000).raw_input_contents[0]
+
+
+def server_settings(client: H2Client) -> dict[int, int]:
+    got = client.wait_for(SETTINGS)
+    return {
+        k: v for k, v in (struct.unpack_from(">HL", got.payload, i) for i in range(0, len(got.payload), 6))
+    }
+
+
+def test_header_block_past_max_header_bytes_ends_the_connection() -> None:
+    with running(max_header_bytes=1024) as srv:
+        with H2Client(srv.port) as client:
+            assert server_settings(client)[0x6] == 1024  # SETTINGS_MAX_HEADER_LIST_SIZE
+            client.open_stream(client.request_headers(INFER, TOKEN, [("x-big", "a" * 2000)]))
+            assert client.wait_for(GOAWAY).code == ENHANCE_YOUR_CALM
+        # small on the wire, large decoded: the second copy is one byte (an HPACK index)
+        with H2Client(srv.port) as client:
+            client.open_stream(client.request_headers(INFER, TOKEN, [("x-a", "b" * 600)] * 2))
+            assert client.wait_for(GOAWAY).code == ENHANCE_YOUR_CALM
+        assert_normal_call(srv.port)
+
+
+def test_more_header_fields_than_max_header_count_are_refused_on_the_stream() -> None:
+    with running(max_header_count=10) as srv:
+        with H2Client(srv.port) as client:
+            extra = [(f"x-{i}", "v") for i in range(10)]
+            sid = client.open_stream(client.request_headers(INFER, TOKEN, extra))
+            code, message = client.grpc_status(sid)  # answered from the headers alone
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert "max_header_count" in message
+        assert srv.servicer.calls == 0
+        assert_normal_call(srv.port)
+
+
+def test_a_continuation_flood_ends_the_connection_at_once() -> None:
+    with running(max_continuation_frames=16) as srv:
+        with H2Client(srv.port) as client:
+            block = client.encoder.encode(client.request_headers(INFER, TOKEN))
+            flood = frame(HEADERS, 0, 1, block) + frame(CONTINUATION, 0, 1) * 50_000  # 450 KB
+            started = time.monotonic()
+            try:
+                client.send(flood)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed while we were still sending: as good
+            assert client.wait_for(GOAWAY).code == ENHANCE_YOUR_CALM
+            assert time.monotonic() - started < 5
+        with H2Client(srv.port) as client:  # few frames, too many bytes
+            fragment = b"\x00" * 700
+            client.send(frame(HEADERS, 0, 1, fragment) + frame(CONTINUATION, 0, 1, fragment) * 30)
+            assert client.wait_for(GOAWAY).code == ENHANCE_YOUR_CALM
+        assert_normal_call(srv.port)
+
+
+def test_streams_past_max_concurrent_streams_are_refused() -> None:
+    with running(max_concurrent_streams=3) as srv:
+        with H2Client(srv.port) as client:
+            assert server_settings(client)[0x3] == 3  # SETTINGS_MAX_CONCURRENT_STREAMS
+            open_ids = [client.open_stream(client.request_headers(INFER, TOKEN)) for _ in range(3)]
+            extra = client.open_stream(client.request_headers(INFER, TOKEN))
+            reset = client.wait_for(RST_STREAM, extra)
+            assert reset.code == REFUSED_STREAM
+            client.send(
+                frame(DATA, END_STREAM, open_ids[0], grpc_message(infer_request(10).SerializeToString()))
+            )
+            assert client.grpc_status(open_ids[0])[0] == 0  # the open ones still work
+        assert_normal_call(srv.port)
+
+
+def test_a_call_without_a_token_is_refused_from_its_headers_and_its_body_is_not_kept() -> None:
+    with running() as srv:
+        with H2Client(srv.port) as client:
+            sid = client.open_stream(
+                client.request_headers(INFER, None, [("grpc-encoding", "gzip")])
+            )  # no DATA sent yet
+            code, message = client.grpc_status(sid)
+            assert code == grpc.StatusCode.UNAUTHENTICATED.value[0] and "token" in message
+            assert client.wait_for(RST_STREAM, sid).code == NO_ERROR  # asked to stop sending
+            body = gzip.compress(infer_request(4 << 20).SerializeToString())
+            for i in range(0, len(body), 16384):  # sent anyway: dropped, the window given back
+                client.send(frame(DATA, 0, sid, body[i : i + 16384]))
+            client.send(frame(DATA, END_STREAM, sid) + frame(PING, 0, 0, b"12345678"))
+            assert client.wait_for(PING).payload == b"12345678"
+            conn = srv.connection()
+            assert not conn.streams and conn.recv_window + conn.recv_release == conn.recv_target
+        assert srv.servicer.calls == 0
+        assert_normal_call(srv.port)
+
+
+def test_a_message_past_max_body_bytes_is_refused_before_it_ends() -> None:
+    with running(max_body_bytes=4096) as srv:
+        with H2Client(srv.port) as client:
+            sid = client.open_stream(client.request_headers(INFER, TOKEN))
+            client.send(frame(DATA, 0, sid, grpc_message(b"x" * 8192)))  # no END_STREAM
+            code, message = client.grpc_status(sid)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "larger than max" in message
+        assert_normal_call(srv.port)
+
+
+def test_buffered_request_bytes_are_bounded_by_the_connection_window() -> None:
+    limit = 1 << 20
+    with running(max_connection_buffer_bytes=limit, max_body_bytes=900_000) as srv:
+        with H2Client(srv.port) as client:
+            update = client.wait_for(WINDOW_UPDATE, 0)
+            assert 65535 + struct.unpack(">L", update.payload)[0] == limit
+            chunk = b"\x00" * 16384
+            for _ in range(2):  # two unfinished requests of 40 x 16 KiB: past 1 MiB together
+                sid = client.open_stream(client.request_headers(INFER, TOKEN))
+                try:
+                    for _ in range(40):
+                        client.send(frame(DATA, 0, sid, chunk))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            assert client.wait_for(GOAWAY).code == FLOW_CONTROL_ERROR
+        assert_normal_call(srv.port)
+
+
+def test_slow_prefaces_and_header_blocks_are_closed_after_header_timeout() -> None:
+    with running(header_timeout_s=0.5) as srv:
+        started = time.monotonic()
+        slow = [H2Client(srv.port, handshake=False) for _ in range(20)]
+        for client in slow:
+            client.send(PREFACE[:10])  # and never the rest
+        dribbling = H2Client(srv.port)
+        block = dribbling.encoder.encode(dribbling.request_headers(INFER, TOKEN))
+        dribbling.send(frame(HEADERS, 0, 1, block[:5]))  # a header block never finished
+        for client in [*slow, dribbling]:
+            client.closed_within(5)
+        assert time.monotonic() - started < 5
+        assert dribbling.frames[-1].kind == GOAWAY and dribbling.frames[-1].code == ENHANCE_YOUR_CALM
+        for client in [*slow, dribbling]:
+            client.close()
+        assert_normal_call(srv.port)
+
+
+def test_a_body_not_sent_within_body_timeout_gets_deadline_exceeded() -> None:
+    with running(body_timeout_s=0.5) as srv:
+        with H2Client(srv.port) as client:
+            sid = client.open_stream(client.request_headers(INFER, TOKEN))
+            client.send(frame(DATA, 0, sid, b"\x00\x00\x00"))
+            code, message = client.grpc_status(sid, timeout=5)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and "body_timeout_s" in message
+        assert_normal_call(srv.port)
+
+
+def test_an_idle_connection_gets_goaway_and_is_closed() -> None:
+    with running(idle_timeout_s=0.6) as srv:
+        with H2Client(srv.port) as busy, H2Client(srv.port) as idle:
+            started = time.monotonic()
+            while time.monotonic() - started < 1.5:  # a call every 0.2 s keeps a connection open
+                busy.call(LIVE, b"")
+                time.sleep(0.2)
+            frames = idle.closed_within(5)
+            assert [f.code for f in frames if f.kind == GOAWAY] == [NO_ERROR]
+            sid = busy.call(LIVE, b"")
+            assert busy.grpc_status(sid)[0] == 0
+        assert_normal_call(srv.port)
+
+
+def test_connections_past_max_connections_are_closed_at_once() -> None:
+    with running(max_connections=3) as srv:
+        held = [H2Client(srv.port) for _ in range(3)]
+        for client in held:
+            server_settings(client)
+        with H2Client(srv.port) as extra:
+            frames = extra.closed_within(5)
+            assert [f.code for f in frames if f.kind == GOAWAY] == [ENHANCE_YOUR_CALM]
+        held.pop().close()
+        time.sleep(0.2)
+        assert_normal_call(srv.port)
+        for client in held:
+            client.close()
+
+
+def raw_client(port: int, small_buffers: bool) -> H2Client:
+    """A client whose socket buffers are tiny (so that what the server queues shows)."""
+    sock = socket.socket()
+    if small_buffers:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return H2Client(port, sock=sock)
+
+
+def send_call(client: H2Client, message: bytes) -> int:
+    sid = client.open_stream(client.request_headers(INFER, TOKEN))
+    for i in range(0, len(message), 16384):
+        last = i + 16384 >= len(message)
+        client.send(frame(DATA, END_STREAM if last else 0, sid, message[i : i + 16384]))
+    return sid
+
+
+def test_a_client_that_never_reads_stops_being_read() -> None:
+    pending = 64 * 1024
+    with running(max_pending_write_bytes=pending) as srv:
+        client = raw_client(srv.port, small_buffers=True)
+        # it opens every window wide, so nothing waits on flow control: answers go to the socket
+        client.send(
+            frame(SETTINGS, 0, 0, struct.pack(">HL", 0x4, 2**31 - 1))
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 2**31 - 1 - 65535))
+        )
+        message = grpc_message(infer_request(256 * 1024).SerializeToString())
+        sent = 0
+        client.sock.settimeout(3)
+        with pytest.raises(TimeoutError):  # the server stopped reading: our sends block
+            for _ in range(400):  # 100 MiB of answers owed if it kept reading
+                send_call(client, message)
+                sent += 1
+                time.sleep(0.005)
+        conn = srv.connection()
+        assert conn.transport is not None and conn.write_paused
+        assert sent < 400
+        # paused past the mark: at most the answers of the calls already running go over it
+        assert conn.transport.get_write_buffer_size() < pending + 8 * len(message)
+        client.close()
+        assert_normal_call(srv.port)
+
+
+def test_answers_held_by_flow_control_stop_new_calls_from_starting() -> None:
+    pending = 64 * 1024
+    with running(max_pending_write_bytes=pending, max_connection_buffer_bytes=4 << 20) as srv:
+        with raw_client(srv.port, small_buffers=False) as client:  # never sends a WINDOW_UPDATE
+            message = grpc_message(infer_request(100 * 1024).SerializeToString())
+            for _ in range(20):  # 2 MB of requests, within the 4 MiB connection window
+                send_call(client, message)
+            client.send(frame(PING, 0, 0, b"12345678"))
+            assert client.wait_for(PING).payload == b"12345678"  # still read and answered
+            conn = srv.connection()
+            # the first answers wait for the window; calls not started by then wait for them
+            started = srv.servicer.calls
+            assert started <= 4 and len(conn.waiting) == 20 - started
+            assert conn.blocked_bytes <= started * len(message)
+            client.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 2**31 - 1 - 65535)))
+            client.send(frame(SETTINGS, 0, 0, struct.pack(">HL", 0x4, 2**31 - 1)))
+            statuses = [client.grpc_status(sid)[0] for sid in range(1, 41, 2)]
+            assert statuses == [0] * 20  # all served once the windows opened
+        assert_normal_call(srv.port)
+
+
+def test_rst_stream_cancels_the_call() -> None:
+    with running() as srv:
+        srv.servicer.hold = asyncio.Event()
+        with H2Client(srv.port) as client:
+            sid = client.call(INFER, infer_request(10).SerializeToString(), TOKEN)
+            assert srv.servicer.started.wait(5)
+            client.send(frame(RST_STREAM, 0, sid, struct.pack(">L", 0x8)))  # CANCEL
+            deadline = time.monotonic() + 5
+            while srv.servicer.cancelled == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert srv.servicer.cancelled == 1
+            assert srv.connection().active == 0
+        srv.servicer.hold = None
+        assert_normal_call(srv.port)
+
+
+def test_a_request_that_is_not_grpc_gets_415_with_a_body() -> None:
+    with running() as srv, H2Client(srv.port) as client:
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", "/"), ("content-type", "text/plain")]
+        sid = client.open_stream(headers, end_stream=True)
+        head = client.wait_for(HEADERS, sid)
+        assert dict(head.headers)[":status"] == "415"
+        body = client.wait_for(DATA, sid)
+        assert body.flags & END_STREAM and b"application/grpc" in body.payload
+
+
+def test_frames_after_a_connection_error_do_not_reset_away_the_goaway() -> None:
+    with running() as srv:
+        with H2Client(srv.port) as client:
+            client.send(frame(PING, 0, 3, b"12345678") + frame(DATA, 0, 1, b"x" * 60_000))
+            try:
+                goaway = client.wait_for(GOAWAY)
+            except Closed:
+                pytest.fail("connection closed before the GOAWAY could be read")
+            assert goaway.code == 0x1  # PROTOCOL_ERROR: PING on a stream
+        assert_normal_call(srv.port)

@@ -42,6 +42,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "tui": "appliance.cli.tui_cmd:tui_cmd",
     "images": "appliance.cli.image_cmds:images_group",
     "bundle": "appliance.cli.bundle_cmds:bundle_group",
+    "backup": "appliance.cli.backup_cmds:backup_group",
+    "restore": "appliance.cli.backup_cmds:restore_cmd",
 }
 
 

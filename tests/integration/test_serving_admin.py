@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from tritonclient.grpc import service_pb2 as pb  # not ours: both in one process would clash
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
-from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.integration._serving_fixtures import (
     ADMIN,
     ADMIN_TOKEN,

@@ -56,3 +56,12 @@ def test_bad_flags_are_usage_errors() -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(serve_cmd, [])
     assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_admin_tokens_read_their_own_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.workloads.serving.config import ADMIN_TOKEN_ENV
+
+    monkeypatch.setenv("APPLIANCE_SERVING_TOKEN", "inference")
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "admin")
+    assert read_tokens(None, None, ADMIN_TOKEN_ENV) == {"admin"}
+    assert read_tokens(None, None) == {"inference"}

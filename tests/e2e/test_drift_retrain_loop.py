@@ -64,12 +64,22 @@ class Stack:
     urls: dict[str, str]
     token: str
     s3: Any
+    state: Path
+
+    def web(self, service: str) -> tuple[str, str]:
+        """Basic auth of Prometheus or Alertmanager (user appliance, the stack's generated password)."""
+        return "appliance", (self.state / "secrets" / f"{service}_web_password").read_text().strip()
 
     def cli(self, *args: str, timeout: float = 900) -> str:
         return run_cli(*args, answers=self.answers, env=self.env, timeout=timeout).stdout
 
     def prom(self, query: str) -> list[dict[str, Any]]:
-        reply = httpx.get(f"{self.urls['prometheus']}/api/v1/query", params={"query": query}, timeout=10)
+        reply = httpx.get(
+            f"{self.urls['prometheus']}/api/v1/query",
+            params={"query": query},
+            auth=self.web("prometheus"),
+            timeout=10,
+        )
         reply.raise_for_status()
         return list(reply.json()["data"]["result"])
 
@@ -207,7 +217,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         }
         run_cli("up", answers=answers, env=env, timeout=900)
         token = run_cli("secrets", "show", "serving_token", answers=answers).stdout.strip()
-        yield Stack(answers, env, urls, token, s3)
+        yield Stack(answers, env, urls, token, s3, tmp_path / "state")
     finally:
         run_cli("down", answers=answers, env=env, check=False, timeout=300)
         stop(moto)
@@ -222,7 +232,7 @@ def dataset(stack: Stack) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     report: dict[str, Any] = {}
     stack.cli("data", "seed", "--dataset", MODEL)
@@ -232,6 +242,11 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
     assert trained["metrics"]["accuracy"] >= 0.95 and trained["parity_max_abs_diff"] <= 1e-4, trained
     from mlflow.tracking import MlflowClient
 
+    # MLflow's read-only account (what the model server holds) reads the run's artifacts
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "appliance-reader")
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_PASSWORD", (stack.state / "secrets" / "mlflow_reader_password").read_text().strip()
+    )
     registry = MlflowClient(stack.urls["mlflow"])
     artifacts = {a.path for a in registry.list_artifacts(trained["run_id"])}
     assert "training_curve.png" in artifacts, artifacts
@@ -306,7 +321,11 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
 
     # Every metric a dashboard panel queries was scraped from this running stack.
     scraped = set(
-        httpx.get(f"{stack.urls['prometheus']}/api/v1/label/__name__/values", timeout=10).json()["data"]
+        httpx.get(
+            f"{stack.urls['prometheus']}/api/v1/label/__name__/values",
+            auth=stack.web("prometheus"),
+            timeout=10,
+        ).json()["data"]
     )
     for board in sorted(DASHBOARDS.glob("*.json")):
         wanted = {n for n in dashboard_metric_names(board) if not n.startswith(GPU_ONLY)}
@@ -331,7 +350,8 @@ def _finished(stack: Stack, run_id: str) -> dict[str, Any] | None:
 
 
 def _firing(stack: Stack) -> dict[str, Any] | None:
-    alerts = httpx.get(f"{stack.urls['prometheus']}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    reply = httpx.get(f"{stack.urls['prometheus']}/api/v1/alerts", auth=stack.web("prometheus"), timeout=10)
+    alerts = reply.json()["data"]["alerts"]
     for alert in alerts:
         if (
             alert["labels"].get("alertname") in ("FeatureDrift", "PredictionDrift")
@@ -342,7 +362,9 @@ def _firing(stack: Stack) -> dict[str, Any] | None:
 
 
 def _routed(stack: Stack) -> dict[str, Any] | None:
-    alerts = httpx.get(f"{stack.urls['alertmanager']}/api/v2/alerts", timeout=10).json()
+    alerts = httpx.get(
+        f"{stack.urls['alertmanager']}/api/v2/alerts", auth=stack.web("alertmanager"), timeout=10
+    ).json()
     for alert in alerts:
         drift = alert["labels"].get("alertname") in ("FeatureDrift", "PredictionDrift")
         if drift and "controller" in [r["name"] for r in alert.get("receivers", [])]:

@@ -161,12 +161,17 @@ def test_grpc_over_tls_with_tritonclient_and_a_raw_channel(stack: tuple[Path, Pa
 def test_mlflow_and_workbench_over_https(stack: tuple[Path, Path]) -> None:
     answers, state = stack
     p = ports(answers)
+    search = f"https://127.0.0.1:{p['gateway_mlflow']}/api/2.0/mlflow/experiments/search"
+    reader = ("appliance-reader", (state / "secrets" / "mlflow_reader_password").read_text().strip())
     with httpx.Client(verify=trusting(state), timeout=20) as client:
-        runs = client.get(
-            f"https://127.0.0.1:{p['gateway_mlflow']}/api/2.0/mlflow/experiments/search",
-            params={"max_results": 5},
-        )
+        # MLflow checks its own accounts behind the gateway: nothing reaches it without one
+        assert client.get(search, params={"max_results": 5}).status_code == 401
+        runs = client.get(search, params={"max_results": 5}, auth=reader)
         assert runs.status_code == 200 and "experiments" in runs.json()
+        create = client.post(
+            f"https://127.0.0.1:{p['gateway_mlflow']}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}
+        )
+        assert create.status_code == 401
         jupyter = (state / "secrets" / "jupyter_token").read_text().strip()
         api = client.get(
             f"https://127.0.0.1:{p['gateway_workbench']}/api/status",

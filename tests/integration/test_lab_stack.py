@@ -46,9 +46,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 LOCAL_LAB = {"object_store": {"kind": "filesystem"}, "components": {"serving": False, "controller": False}}
 MONITORING = {"prometheus", "node-exporter", "alertmanager"}
 SERVICES = {
-    "local": {"mlflow", "workbench", *MONITORING},
-    "containers": {"mlflow", "serving", "controller", *MONITORING},
+    "local": {"mlflow", "mlflow-users", "workbench", *MONITORING},
+    "containers": {"mlflow", "mlflow-users", "serving", "controller", *MONITORING},
 }
+ONESHOT = {"mlflow-users"}
+"""Jobs that ran to completion: healthy (their check passes), no process left."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class Lab:
     def status(self) -> dict[str, Any]:
         services: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)["services"]
         return services
+
+    def secret(self, name: str) -> str:
+        return (self.state / "secrets" / name).read_text().strip()
 
     def engine(self) -> Engine:
         """The engine the CLI builds from the same answers and state (to look at the runtime)."""
@@ -112,7 +117,8 @@ def test_up_brings_every_service_to_healthy(lab: Lab) -> None:
     services = lab.status()
     assert set(services) == SERVICES["containers" if lab.in_containers else "local"]
     assert {name: s["health"] for name, s in services.items()} == dict.fromkeys(services, "healthy")
-    assert all(s["pid"] for s in services.values())
+    assert all(s["pid"] for name, s in services.items() if name not in ONESHOT)
+    assert {services[name]["state"] for name in ONESHOT} == {"done"}
 
 
 def test_plan_right_after_up_has_zero_actions(lab: Lab) -> None:
@@ -125,7 +131,10 @@ def test_prometheus_scrapes_node_exporter(lab: Lab) -> None:
     result: Any = None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        result = httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="node-exporter"}'}).json()
+        # Prometheus asks for basic auth, like every monitoring service (user appliance)
+        auth = ("appliance", lab.secret("prometheus_web_password"))
+        query = {"query": 'up{job="node-exporter"}'}
+        result = httpx.get(f"{url}/api/v1/query", params=query, auth=auth).json()
         if result["data"]["result"] and result["data"]["result"][0]["value"][1] == "1":
             return
         time.sleep(2)
@@ -137,8 +146,12 @@ def test_kill_9_of_a_service_is_healed(lab: Lab) -> None:
     kill_and_wait_for_restart(lab.engine(), "mlflow")
 
 
-def test_data_survive_down_and_up(lab: Lab) -> None:
+def test_data_survive_down_and_up(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
+
+    # MLflow's writer account, as the CLI's lifecycle commands use it
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "appliance-writer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", lab.secret("mlflow_writer_password"))
 
     uri = lab.status()["mlflow"]["url"]
     experiment = MlflowClient(uri).create_experiment(f"persist-{time.time_ns()}")

@@ -192,15 +192,21 @@ def main(argv: list[str]) -> int:
     uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise SystemExit("no MLflow URL: pass --uri or set MLFLOW_TRACKING_URI")
+    import httpx
+
     passwords = _passwords()
     api = _Api(uri, passwords[ADMIN_USER])
-    if args.check:
-        problems = check(api, passwords)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1 if problems else 0
-    for line in ensure(api, passwords) or ["every MLflow account is already in place"]:
-        print(line)
+    try:
+        if args.check:
+            problems = check(api, passwords)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1 if problems else 0
+        for line in ensure(api, passwords) or ["every MLflow account is already in place"]:
+            print(line)
+    except httpx.HTTPError as err:
+        print(f"cannot reach MLflow at {uri}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,9 @@ is older than this test and checked in the lab stack test). A champion is traine
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from appliance.mlflow_auth import READER_USER, WRITER_USER
+from appliance.mlflow_auth import PASSWORD_ENV, READER_USER, SECRETS, WRITER_USER
 from tests.conftest import run_cli, write_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -191,3 +194,26 @@ def test_status_probes_every_service_with_its_credentials(stack: Stack) -> None:
     services = json.loads(stack.cli("status", "--json"))["services"]
     assert {name: s["health"] for name, s in services.items()} == dict.fromkeys(services, "healthy")
     assert services["mlflow-users"]["state"] == "done"
+
+
+def test_the_accounts_job_checks_before_it_creates_and_repairs_a_changed_password(stack: Stack) -> None:
+    env = {var: stack.secret(SECRETS[user]) for user, var in PASSWORD_ENV.items()}
+    env |= {"MLFLOW_TRACKING_URI": stack.url("mlflow")}
+
+    def job(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "appliance.mlflow_auth", *args]
+        return subprocess.run(
+            cmd, env=os.environ | env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    again = job()
+    assert again.returncode == 0 and again.stdout.strip() == "every MLflow account is already in place"
+    admin = ("admin", stack.secret("mlflow_admin_password"))
+    changed = {"username": READER_USER, "password": f"changed-{uuid.uuid4().hex}"}
+    url = f"{stack.url('mlflow')}/api/2.0/mlflow/users/update-password"
+    assert httpx.patch(url, json=changed, auth=admin).status_code == 200
+    broken = job("--check")
+    assert broken.returncode == 1 and f"{READER_USER} cannot log in" in broken.stderr
+    repaired = job()
+    assert repaired.returncode == 0 and f"reset the password of {READER_USER}" in repaired.stdout
+    assert job("--check").returncode == 0

@@ -90,6 +90,39 @@ def test_promtool_accepts_the_config_with_its_rules(tmp_path: Path) -> None:
 
 
 @needs_promtool
+def test_basic_auth_targets_and_alertmanager_pass_promtool(tmp_path: Path) -> None:
+    """Targets behind basic auth (the stack's monitoring services) and an Alertmanager that asks
+    for it: the password stays in its file, named by path."""
+    password = tmp_path / "am_password"
+    password.write_text("s3cret")
+    auth = ("appliance", str(password))
+    targets = [ScrapeTarget("alertmanager", "127.0.0.1:9093", basic_auth=auth), *TARGETS[3:]]
+    text = render_prometheus_config(targets, [], "http://127.0.0.1:9093", alertmanager_auth=auth)
+    assert "s3cret" not in text
+    config = yaml.safe_load(text)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["alertmanager"]["basic_auth"] == {"username": "appliance", "password_file": str(password)}
+    assert "basic_auth" not in jobs["serving"]
+    assert config["alerting"]["alertmanagers"][0]["basic_auth"]["password_file"] == str(password)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
+    result = subprocess.run([PROMTOOL, "check", "config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_replicas_of_a_job_must_agree_on_basic_auth() -> None:
+    with pytest.raises(ValueError, match="basic auth"):
+        render_prometheus_config(
+            [
+                ScrapeTarget("serving", "127.0.0.1:8082", basic_auth=("appliance", "/a")),
+                ScrapeTarget("serving", "127.0.0.1:8182"),
+            ],
+            [],
+            None,
+        )
+
+
+@needs_promtool
 def test_promtool_check_fails_on_a_missing_rule_file(tmp_path: Path) -> None:
     """Guards the check above: promtool really reads the rule files the config names."""
     config = tmp_path / "prometheus.yml"

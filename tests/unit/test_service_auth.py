@@ -216,3 +216,46 @@ def test_preflight_names_what_a_non_loopback_address_exposes_and_with_which_cred
     (check,) = _network_exposure(render_stack(gateway_only))
     assert check.detail.startswith("listening on 0.0.0.0, reachable from the network: gateway (TLS")
     assert "mlflow" not in check.detail.split("gateway", 1)[0]
+
+
+class _MlflowAuthHandler(http.server.BaseHTTPRequestHandler):
+    """MLflow with its authentication: /health public, everything else 401 without an account."""
+
+    def do_GET(self) -> None:
+        public = self.path == "/health"
+        good = (
+            self.headers.get("Authorization") == "Basic " + base64.b64encode(b"appliance-writer:pw").decode()
+        )
+        self.send_response(200 if public or good else 401)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_trainer_says_which_account_mlflow_wants_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from appliance.workloads.trainer import tracking
+    from appliance.workloads.trainer.errors import MlflowAuthError
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MlflowAuthHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        with pytest.raises(MlflowAuthError) as none_given:
+            tracking.check_reachable(uri)
+        assert (
+            "asks for an account" in str(none_given.value)
+            and "mlflow_writer_password" in none_given.value.fix
+        )
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "appliance-writer")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(MlflowAuthError, match="refuses the account 'appliance-writer'"):
+            tracking.check_reachable(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+        tracking.check_reachable(uri)  # the right account passes
+    finally:
+        server.shutdown()

@@ -1,4 +1,4 @@
-"""``appliance models list|promote|rollback``: the registry's versions and the champion alias.
+"""``appliance models list|promote|rollback|import``: the registry's versions and the champion alias.
 
 Promotion by hand and rollback are recorded as tags (on the version and on the registered
 model's champion history), so the registry always says who moved ``champion`` and why.
@@ -10,6 +10,8 @@ import os
 import time
 
 import click
+
+from appliance.cli.import_cmd import import_cmd
 
 
 def _connect() -> None:
@@ -79,3 +81,4 @@ def rollback_cmd(name: str) -> None:
 models_group.add_command(list_cmd)
 models_group.add_command(promote_cmd)
 models_group.add_command(rollback_cmd)
+models_group.add_command(import_cmd)

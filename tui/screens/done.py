@@ -16,6 +16,15 @@ from textual.worker import Worker, WorkerState
 
 from tui.screens.base import AppScreen
 
+LOGINS = (
+    ("mlflow_admin_password", "MLflow (user admin)"),
+    ("jupyter_token", "workbench"),
+    ("grafana_admin_password", "Grafana (user admin)"),
+    ("serving_token", "model server (bearer)"),
+)
+"""The secrets a person types somewhere, named on the screen; the services' own accounts (a
+dozen of them once every service asks for one) are only counted, so the screen fits 80x24."""
+
 
 class DoneScreen(AppScreen):
     """Install finished: URLs, credentials and what to run next."""
@@ -72,9 +81,10 @@ class DoneScreen(AppScreen):
         for name, svc in status.get("services", {}).items():
             table.add_row(name, svc.get("health") or "-", svc.get("url") or "-")
         where = self.state.state_dir / "secrets"
-        names = ", ".join(secrets) or "none yet"
+        logins = ", ".join(f"{what}: {name}" for name, what in LOGINS if name in secrets)
         self.query_one("#credentials", Static).update(
-            f"Credentials (generated, mode 0600) in {where}/: {names}"
+            f"Credentials: {len(secrets)} generated, mode 0600, in {where}/"
+            + (f"\nTo log in: {logins}" if logins else "")
         )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -72,7 +72,8 @@ from appliance.workloads.serving.limits import ServerLimits
 log = logging.getLogger(__name__)
 
 OUR_MAX_FRAME = 1 << 20  # frames we accept (SETTINGS_MAX_FRAME_SIZE); the peer's is its own
-CLOSED_MEMORY = 1024  # closed stream ids remembered to tell "closed" from "never opened"
+RESET_MEMORY = 1024  # stream ids we reset, remembered so that their frames in flight are ignored
+SKIP_MEMORY = 16  # ranges of stream ids a client skipped (never opened), remembered
 LINGER_S = 1.0  # after a GOAWAY for an error: read and drop for this long, then close
 
 
@@ -206,7 +207,11 @@ class H2GrpcProtocol(asyncio.Protocol):
 
         table.add = counted_add  # type: ignore[method-assign]
         self.streams: dict[int, _Stream] = {}
-        self.closed_ids: dict[int, bool] = {}  # recently closed stream -> reset by us (ignore)
+        # A stream id at or below last_stream that is not open was closed, unless the client
+        # skipped it (rare: clients count up by two) or we reset it (its frames are ignored).
+        # Kept that way round so that a normal call adds nothing to either.
+        self.reset_ids: dict[int, None] = {}
+        self.skipped: list[tuple[int, int]] = []
         self.last_stream = 0
         self.peer_window = w.DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of the peer
         self.peer_max_frame = w.DEFAULT_MAX_FRAME
@@ -373,10 +378,9 @@ class H2GrpcProtocol(asyncio.Protocol):
             raise _ConnectionError(w.PROTOCOL_ERROR, f"{what} on stream 0")
         if sid > self.last_stream or sid % 2 == 0:
             raise _ConnectionError(w.PROTOCOL_ERROR, f"{what} on an idle stream")
-        reset_by_us = self.closed_ids.get(sid)
-        if reset_by_us:
+        if sid in self.reset_ids:
             return True  # in flight before our RST_STREAM reached the client
-        if reset_by_us is None:
+        if any(low <= sid < high for low, high in self.skipped):
             raise _ConnectionError(w.PROTOCOL_ERROR, f"{what} on a stream that was never opened")
         raise _ConnectionError(w.STREAM_CLOSED, f"{what} on a closed stream")
 
@@ -521,6 +525,9 @@ class H2GrpcProtocol(asyncio.Protocol):
             if sid % 2 and self._state_error(sid, "HEADERS"):
                 return
             raise _ConnectionError(w.PROTOCOL_ERROR, "invalid stream id")
+        if sid > self.last_stream + 2:
+            self.skipped.append((self.last_stream + 1, sid))
+            del self.skipped[:-SKIP_MEMORY]
         self.last_stream = sid
         self.calls += 1
         if head.field_error or head.request_error:
@@ -635,10 +642,8 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._release(stream.flow)
             stream.flow = 0
         stream.body.clear()
-        closed = self.closed_ids
-        closed[stream.id] = reset_by_us
-        if len(closed) > CLOSED_MEMORY:
-            del closed[next(iter(closed))]
+        if reset_by_us:
+            self._remember_reset(stream.id)
         if self.blocked:
             self.blocked = [b for b in self.blocked if b[0] is not stream]
             self.blocked_bytes = sum(len(b[1]) for b in self.blocked)
@@ -655,10 +660,13 @@ class H2GrpcProtocol(asyncio.Protocol):
             if stream.task is not None:
                 stream.task.cancel()
         else:
-            self.closed_ids[sid] = True
-            if len(self.closed_ids) > CLOSED_MEMORY:
-                del self.closed_ids[next(iter(self.closed_ids))]
+            self._remember_reset(sid)
         self._schedule_flush()
+
+    def _remember_reset(self, sid: int) -> None:
+        self.reset_ids[sid] = None
+        if len(self.reset_ids) > RESET_MEMORY:
+            self.reset_ids = dict.fromkeys(list(self.reset_ids)[RESET_MEMORY // 2 :])
 
     def _local_end(self, stream: _Stream) -> None:
         """We sent END_STREAM: the stream closes, or the client is asked to stop sending."""

@@ -182,6 +182,12 @@ def test_xgboost_classifier(lab: Lab) -> None:
     assert result["framework"] == "xgboost" and result["task"] == "classification"
     assert result["metrics"]["accuracy"] > 0.9
     check_version(lab, "bc_xgboost", "xgboost", "breast_cancer", 30)
+    # The same trees through the native API (a Booster): onnxmltools, the same test scores.
+    booster = model.get_booster()
+    native_uri = log(lab, lambda: mlflow.xgboost.log_model(booster, name="model", pip_requirements=PIP))
+    native = imported(lab, native_uri, "bc_xgboost_booster", "breast_cancer")
+    assert native["converter"] == "onnxmltools" and native["task"] == "classification"
+    assert native["metrics"] == pytest.approx(result["metrics"])
     rows = x.iloc[100:130].to_numpy(dtype=np.float32)
     expected = model.predict_proba(pd.DataFrame(rows, columns=x.columns))
     np.testing.assert_allclose(served(lab, "bc_xgboost", rows), expected, atol=1e-5)
@@ -202,6 +208,12 @@ def test_lightgbm_regressor(lab: Lab) -> None:
     result = imported(lab, uri, "diabetes_lightgbm", "diabetes")
     assert result["framework"] == "lightgbm" and result["metric"] == "rmse"
     check_version(lab, "diabetes_lightgbm", "lightgbm", "diabetes", 10)
+    native_uri = log(
+        lab, lambda: mlflow.lightgbm.log_model(model.booster_, name="model", pip_requirements=PIP)
+    )
+    native = imported(lab, native_uri, "diabetes_lightgbm_booster", "diabetes")
+    assert native["converter"] == "onnxmltools" and native["task"] == "regression"
+    assert native["metrics"] == pytest.approx(result["metrics"])
     rows = x.iloc[:20].to_numpy(dtype=np.float32)
     expected = np.asarray(model.predict(pd.DataFrame(rows.astype(np.float64), columns=x.columns))).reshape(
         -1, 1

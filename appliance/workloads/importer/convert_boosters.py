@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CONVERTER = "onnxmltools"
-TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
+TARGET_OPSET = 15  # onnxmltools takes the default domain's opset alone, 15 at most
 
 
 def _kind(model: Any) -> str | None:

@@ -62,16 +62,19 @@ def _served(model: Any, cols: Columns, sample: np.ndarray) -> Any:
     return served
 
 
-def _eval(model: Any) -> None:
-    """Inference mode; a module MLflow saved as a torch.export program (its default when given an
-    input example) is in it already and refuses ``eval()``."""
+def _eval(model: Any) -> bool:
+    """Inference mode; False for a module MLflow saved as a torch.export program (its default when
+    given an input example), which is in that mode already and refuses ``eval()``."""
     try:
         model.eval()
     except NotImplementedError:
-        pass
+        return False
+    return True
 
 
-def export(served: Any, n_features: int, output: str) -> bytes:
+def export(served: Any, n_features: int, output: str, torchscript: bool = True) -> bytes:
+    """ONNX bytes of ``served``; ``torchscript=False`` goes straight to the dynamo exporter (the
+    TorchScript one switches modes, which an exported program refuses)."""
     import torch
 
     example = torch.zeros(2, n_features, dtype=torch.float32)
@@ -81,12 +84,15 @@ def export(served: Any, n_features: int, output: str) -> bytes:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
+                if not torchscript:
+                    raise NotImplementedError("an exported program")
                 torch.onnx.export(
                     served, (example,), str(path), input_names=[INPUT], output_names=[output],
                     dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}}, dynamo=False,
                 )  # fmt: skip
             except Exception as first:
-                print(f"TorchScript export failed ({first}); trying the dynamo exporter", file=sys.stderr)
+                if torchscript:
+                    print(f"TorchScript export failed ({first}); trying the dynamo exporter", file=sys.stderr)
                 program = torch.onnx.export(
                     served, (example,), input_names=[INPUT], output_names=[output],
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
@@ -101,7 +107,7 @@ def convert(model: Any, cols: Columns, sample: pd.DataFrame) -> Converted:
     import torch
 
     served = _served(model, cols, sample.to_numpy(dtype=np.float32)[:256])
-    onx = onnx.load_model_from_string(export(served, len(cols.features), cols.output))
+    onx = onnx.load_model_from_string(export(served, len(cols.features), cols.output, _eval(model)))
 
     def original(frame: pd.DataFrame) -> np.ndarray:
         with torch.no_grad():

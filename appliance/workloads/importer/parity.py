@@ -16,6 +16,18 @@ ATOL = 1e-4
 RTOL = 1e-5
 
 
+def run_graph(serialized: bytes, x: np.ndarray) -> np.ndarray:
+    """The served graph's output for ``x`` with ONNX Runtime (CPU), as float64.
+
+    Not the trainer's ``onnx_predict``: its module imports torch, which an import of a
+    scikit-learn model has no use for (seconds of start-up per import)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    return out.astype(np.float64)
+
+
 def check(
     cols: Columns,
     original: np.ndarray,

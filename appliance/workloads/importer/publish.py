@@ -30,9 +30,10 @@ def log_model(
     import onnxruntime
     from mlflow.models import infer_signature
 
-    from appliance.workloads.trainer.export import onnx_predict
+    from appliance.workloads.importer.parity import run_graph
 
-    signature = infer_signature(x_example, onnx_predict(graph.SerializeToString(), x_example))
+    output = run_graph(graph.SerializeToString(), x_example).astype(np.float32)
+    signature = infer_signature(x_example, output)
     logged = mlflow.onnx.log_model(
         graph,
         name="model",

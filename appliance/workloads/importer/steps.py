@@ -76,12 +76,22 @@ def _model_facts(
     return task, columns
 
 
+def ranking_metric(chosen: str | None, task: str) -> str:
+    """``--metric`` or the task's default, as the trainer ranks versions (checked before any work)."""
+    from appliance.workloads.trainer import metrics as metric_fns
+    from appliance.workloads.trainer.errors import RegistryError
+
+    metric = chosen or metric_fns.PRIMARY[task]
+    if metric not in metric_fns.CHOICES[task]:
+        choices = ", ".join(metric_fns.CHOICES[task])
+        raise RegistryError(f"metric {metric!r} cannot rank {task} models", fix=f"use one of: {choices}")
+    return metric
+
+
 def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
     """Import ``opts.source`` as a new version of ``opts.name``; returns the JSON summary."""
     from appliance.workloads.trainer import metrics as metric_fns
     from appliance.workloads.trainer import profile, tracking
-    from appliance.workloads.trainer.export import onnx_predict
-    from appliance.workloads.trainer.workdir import Options, primary_metric
 
     with tempfile.TemporaryDirectory(prefix="appliance-import-") as tmp:
         progress("load", f"reading {opts.source}")
@@ -107,6 +117,7 @@ def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
     if hasattr(module, "classes_of"):
         rows.check_classes(data, module.classes_of(src.model))
     cols = data.cols
+    metric = ranking_metric(opts.metric, cols.task)
     sizes = {part: len(y) for part, y in data.split.y.items()}
     progress(
         "data",
@@ -127,7 +138,7 @@ def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
 
     x_test, y_test = data.split.x["test"], data.split.y["test"]
     expected = converted.original(data.frame("test"))
-    actual = onnx_predict(serialized, x_test).astype("float64")
+    actual = parity.run_graph(serialized, x_test)
     diff = parity.check(cols, expected, actual, data.row_ids["test"], opts.atol, opts.rtol)
     progress(
         "parity",
@@ -136,10 +147,9 @@ def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
     )
 
     drift = profile.build(
-        cols.features, data.split.x["train"], onnx_predict(serialized, data.split.x["train"]), cols.task
+        cols.features, data.split.x["train"], parity.run_graph(serialized, data.split.x["train"]), cols.task
     )
     test_metrics = metric_fns.compute(cols.task, y_test, actual)
-    metric = primary_metric(Options(workdir=Path(), metric=opts.metric), cols.task)
     shown = " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items())
     progress("profile", f"drift profile of {sizes['train']} training rows; test {shown}")
 

@@ -47,6 +47,10 @@ Limits (``ServerLimits``, one object with the REST front end; docs/security.md l
   the server queue without bound: at most its open streams' answers wait).
 - RST_STREAM from the client cancels the call's task; so does a lost connection.
 
+Modules: this one is the connection (frames, stream states, flow control, limits, timers);
+h2_wire holds the wire constants, the HPACK we send and the request-head rules; h2_calls the
+servicer's side of a call (context, method table, message framing and gzip).
+
 Scope: unary methods of one generated servicer (all of GRPCInferenceService is unary), identity
 or gzip message encoding, HTTP/2 flow control both ways, graceful stop. Not done: server
 streaming, server push, deadlines (grpc-timeout is ignored).
@@ -58,16 +62,28 @@ import asyncio
 import logging
 import ssl
 import struct
-import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, cast
+from typing import cast
 
 import grpc
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from appliance.workloads.serving import h2_wire as w
+from appliance.workloads.serving.h2_calls import (
+    AbortError,
+    Authorize,
+    CallError,
+    Context,
+    Handler,
+    Methods,
+    methods_of,
+    request_message,
+    run_call,
+)
 from appliance.workloads.serving.limits import ServerLimits
+
+# the servicer side lives in h2_calls; these names are grpc_h2's API as before
+__all__ = ["AbortError", "Authorize", "Context", "H2GrpcServer", "Handler", "Methods", "methods_of"]
 
 log = logging.getLogger(__name__)
 
@@ -75,58 +91,6 @@ OUR_MAX_FRAME = 1 << 20  # frames we accept (SETTINGS_MAX_FRAME_SIZE); the peer'
 RESET_MEMORY = 1024  # stream ids we reset, remembered so that their frames in flight are ignored
 SKIP_MEMORY = 16  # ranges of stream ids a client skipped (never opened), remembered
 LINGER_S = 1.0  # after a GOAWAY for an error: read and drop for this long, then close
-
-
-class AbortError(Exception):
-    """Raised by ``context.abort``: ends the call with this status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class Context:
-    """The part of grpc.aio's ServicerContext that the servicers here use."""
-
-    __slots__ = ("_metadata", "code", "details")
-
-    def __init__(self, metadata: tuple[tuple[str, Any], ...]) -> None:
-        self._metadata = metadata
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
-        return self._metadata
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
-        raise AbortError(code, details)
-
-
-Handler = Callable[[Any, Context], Awaitable[Any]]
-# path -> (request deserializer, handler)
-Methods = dict[str, tuple[Callable[[bytes], Any], Handler]]
-# (method path, authorization header or None) -> None, or raises an exception with ``grpc_code``
-# and ``message`` (errors.InferenceError) to refuse the call before its body is read
-Authorize = Callable[[str, str | None], None]
-
-
-def methods_of(servicer: Any, service_descriptor: Any, message_classes: Any) -> Methods:
-    """The unary methods of a generated servicer, by their HTTP/2 path."""
-    out: Methods = {}
-    for method in service_descriptor.methods:
-        if method.client_streaming or method.server_streaming:
-            continue  # unary only: a streaming method answers UNIMPLEMENTED
-        request_class = getattr(message_classes, method.input_type.name)
-        path = f"/{service_descriptor.full_name}/{method.name}"
-        out[path] = (request_class.FromString, getattr(servicer, method.name))
-    return out
 
 
 class _Stream:
@@ -169,13 +133,6 @@ class _StreamError(Exception):
         super().__init__(message)
         self.stream = stream
         self.code = code
-
-
-class _CallError(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 class H2GrpcProtocol(asyncio.Protocol):
@@ -682,7 +639,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             message = await self._call(stream)
         except AbortError as err:
             self._send_status(stream, err.code, err.details)
-        except _CallError as err:
+        except CallError as err:
             self._send_status(stream, err.code, err.details)
         except asyncio.CancelledError:
             pass  # reset by the client, or the connection is gone: nobody to answer
@@ -698,42 +655,13 @@ class H2GrpcProtocol(asyncio.Protocol):
 
     async def _call(self, stream: _Stream) -> bytes:
         head = stream.head
-        entry = self.methods[head.path]  # _refusal answered unknown paths
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         stream.body.clear()
         if stream.flow:
             self._release(stream.flow)
             stream.flow = 0
-        if len(body) < 5 or len(body) != 5 + int.from_bytes(body[1:5], "big"):
-            raise _CallError(grpc.StatusCode.INTERNAL, "expected exactly one length-prefixed request message")
-        payload = body[5:]
-        if body[0]:
-            payload = self._decompress(payload, head.encoding)
-        try:
-            request = entry[0](payload)
-        except Exception as err:
-            raise _CallError(grpc.StatusCode.INTERNAL, f"could not parse the request: {err}") from None
-        context = Context(head.metadata)
-        try:
-            response = await entry[1](request, context)
-        except NotImplementedError:  # the generated servicer's default for a method not written
-            raise _CallError(
-                context.code or grpc.StatusCode.UNIMPLEMENTED, context.details or "Method not implemented!"
-            ) from None
-        return bytes(response.SerializeToString())
-
-    def _decompress(self, payload: bytes, encoding: bytes) -> bytes:
-        if encoding not in (b"gzip", b"deflate"):
-            name = encoding.decode("latin-1")
-            raise _CallError(grpc.StatusCode.UNIMPLEMENTED, f"message encoding '{name}' not supported")
-        d = zlib.decompressobj(31 if encoding == b"gzip" else 15)
-        try:
-            out = d.decompress(payload, self.max_message + 1)
-        except zlib.error as err:
-            raise _CallError(grpc.StatusCode.INTERNAL, f"bad {encoding.decode()} message: {err}") from None
-        if len(out) > self.max_message:
-            raise _CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
-        return out
+        payload = request_message(body, head.encoding, self.max_message)
+        return await run_call(self.methods[head.path], payload, head.metadata)  # known: _refusal
 
     # writing -------------------------------------------------------------------------------
     def _send_message(self, stream: _Stream, message: bytes) -> None:

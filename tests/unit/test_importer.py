@@ -152,3 +152,23 @@ def test_sources_that_are_no_model(tmp_path: Path) -> None:
         source.detect(str(folder), folder)
     assert err.value.flavours == ["keras", "python_function"] and err.value.exit_code == 2
     assert "supported: sklearn, xgboost, lightgbm, pytorch, onnx" in str(err.value)
+
+
+def test_the_import_command_loads_no_converter_until_it_runs() -> None:
+    """`appliance models ...` imports the import command's module; the converters, the ML runtimes
+    and MLflow come only when an import runs."""
+    import json
+    import subprocess
+    import sys
+
+    heavy = ["torch", "onnxruntime", "onnx", "skl2onnx", "onnxmltools", "xgboost", "lightgbm", "mlflow"]
+    probe = (
+        "import json, sys\n"
+        "import appliance.cli.model_cmds, appliance.cli.import_cmd\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -106,7 +106,8 @@ class ParityFailedError(ModelImportError):
         self.row, self.diff = row, diff
         super().__init__(
             f"model {name!r}: the ONNX model does not match the original on {rows} held-out rows: "
-            f"worst row {row}: original {_fmt(original)} vs ONNX {_fmt(converted)} (abs diff {diff:.3g}, "
+            f"worst row {row} of the dataset: original {_fmt(original)} vs ONNX {_fmt(converted)} "
+            f"(abs diff {diff:.3g}, "
             f"tolerance {atol:g} + {rtol:g} x |original|); nothing was registered",
             fix="check that the logged model is the one trained on this dataset; if the difference is "
             "float32 rounding the model can live with, raise --atol/--rtol",

@@ -425,3 +425,18 @@ def test_frames_after_a_connection_error_do_not_reset_away_the_goaway() -> None:
                 pytest.fail("connection closed before the GOAWAY could be read")
             assert goaway.code == 0x1  # PROTOCOL_ERROR: PING on a stream
         assert_normal_call(srv.port)
+
+
+def test_an_authorization_check_that_breaks_refuses_the_call_and_keeps_the_connection() -> None:
+    def broken(path: str, authorization: str | None) -> None:
+        raise RuntimeError("token store unreadable")
+
+    with running() as srv:
+        srv.server.authorize = broken
+        with H2Client(srv.port) as client:
+            sid = client.call(INFER, infer_request(10).SerializeToString(), TOKEN)
+            code, message = client.grpc_status(sid)
+            assert code == grpc.StatusCode.INTERNAL.value[0] and "authorization" in message
+            client.send(frame(PING, 0, 0, b"abcdefgh"))
+            assert client.wait_for(PING).payload == b"abcdefgh"
+        assert srv.servicer.calls == 0

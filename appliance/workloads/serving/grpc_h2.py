@@ -518,9 +518,10 @@ class H2GrpcProtocol(asyncio.Protocol):
                 self.authorize(head.path, head.authorization)
             except Exception as err:
                 code = getattr(err, "grpc_code", None)
-                if not isinstance(code, grpc.StatusCode):
-                    raise
-                return code, str(getattr(err, "message", err))
+                if isinstance(code, grpc.StatusCode):
+                    return code, str(getattr(err, "message", err))
+                log.exception("the authorization check failed on %s", head.path)
+                return grpc.StatusCode.INTERNAL, "the authorization check failed (see the server log)"
         return None
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:

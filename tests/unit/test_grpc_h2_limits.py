@@ -30,6 +30,7 @@ from appliance.workloads.serving.limits import ServerLimits
 from tests._h2client import (
     CONTINUATION,
     DATA,
+    END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
@@ -440,3 +441,27 @@ def test_an_authorization_check_that_breaks_refuses_the_call_and_keeps_the_conne
             client.send(frame(PING, 0, 0, b"abcdefgh"))
             assert client.wait_for(PING).payload == b"abcdefgh"
         assert srv.servicer.calls == 0
+
+
+def test_rapid_reset_ends_the_connection() -> None:
+    with running() as srv:
+        with H2Client(srv.port) as client:
+            headers = client.request_headers(INFER, TOKEN)
+            burst = b""
+            for _ in range(1100):  # open and reset at once: past the 1000-reset bucket
+                sid = client.next_stream
+                client.next_stream += 2
+                burst += frame(HEADERS, END_HEADERS, sid, client.encoder.encode(headers))
+                burst += frame(RST_STREAM, 0, sid, struct.pack(">L", 0x8))
+            try:
+                client.send(burst)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert client.wait_for(GOAWAY).code == ENHANCE_YOUR_CALM
+        with H2Client(srv.port) as client:  # a few cancels are nothing unusual
+            for _ in range(20):
+                sid = client.open_stream(client.request_headers(INFER, TOKEN))
+                client.send(frame(RST_STREAM, 0, sid, struct.pack(">L", 0x8)))
+            sid = client.call(INFER, infer_request(10).SerializeToString(), TOKEN)
+            assert client.grpc_status(sid)[0] == 0
+        assert_normal_call(srv.port)

@@ -45,7 +45,8 @@ Limits (``ServerLimits``, one object with the REST front end; docs/security.md l
 - ``max_pending_write_bytes``: the transport's write high-water mark; while a connection has more
   unsent answer bytes the server stops reading from it (a client that never reads cannot make
   the server queue without bound: at most its open streams' answers wait).
-- RST_STREAM from the client cancels the call's task; so does a lost connection.
+- RST_STREAM from the client cancels the call's task; so does a lost connection. Resets are
+  rate-limited (rapid reset): 1000 at once, then 33 a second, else GOAWAY ENHANCE_YOUR_CALM.
 
 Modules: this one is the connection (frames, stream states, flow control, limits, timers);
 h2_wire holds the wire constants, the HPACK we send and the request-head rules; h2_calls the
@@ -90,6 +91,10 @@ log = logging.getLogger(__name__)
 OUR_MAX_FRAME = 1 << 20  # frames we accept (SETTINGS_MAX_FRAME_SIZE); the peer's is its own
 RESET_MEMORY = 1024  # stream ids we reset, remembered so that their frames in flight are ignored
 SKIP_MEMORY = 16  # ranges of stream ids a client skipped (never opened), remembered
+# Rapid reset (CVE-2023-44487): streams a client opens and resets cost work and never count
+# against the concurrent-stream cap. As nghttp2 does, a token bucket: 1000 resets at once, then
+# 33 a second; past it GOAWAY ENHANCE_YOUR_CALM.
+RESET_BURST, RESET_RATE = 1000.0, 33.0
 LINGER_S = 1.0  # after a GOAWAY for an error: read and drop for this long, then close
 
 
@@ -189,6 +194,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.active = 0  # calls being served
         self.calls = 0  # streams opened, ever (the idle timer's activity mark)
         self.going_away = False
+        self.reset_budget, self.reset_at = RESET_BURST, self.born
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle_mark = (-1, 0.0)
@@ -399,6 +405,11 @@ class H2GrpcProtocol(asyncio.Protocol):
             if sid > self.last_stream or sid % 2 == 0:
                 raise _ConnectionError(w.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             return
+        now = self.loop.time()
+        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
+        self.reset_at = now
+        if self.reset_budget < 0:
+            raise _ConnectionError(w.ENHANCE_YOUR_CALM, "too many streams reset by the client")
         stream.local_closed = True
         self._forget(stream, reset_by_us=False)
         if stream.task is not None:

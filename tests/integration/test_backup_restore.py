@@ -348,6 +348,16 @@ def test_damaged_archives_are_refused_before_anything_is_touched(
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".appliance-restore-")]
 
 
+def test_restore_never_replaces_a_running_stack(lab: Lab, archive: tuple[Path, dict[str, Any]]) -> None:
+    path, _ = archive
+    secrets = tree(lab.state / "secrets")
+    proc = lab.cli("restore", str(path), "--state-dir", str(lab.state), "--yes", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "is running" in proc.stderr and "down" in proc.stderr
+    assert tree(lab.state / "secrets") == secrets
+    assert served_version(lab, lab.secret("serving_token"))
+
+
 def test_encrypted_archive_needs_its_passphrase(lab: Lab, tmp_path: Path) -> None:
     (tmp_path / "pass").write_text("correct horse battery staple\n")
     (tmp_path / "wrong").write_text("incorrect\n")

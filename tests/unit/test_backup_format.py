@@ -192,3 +192,31 @@ def test_members_outside_the_archive_folders_and_missing_manifest_are_refused(tm
     _raw_archive(cut, {"secrets/a": b"x"})
     with pytest.raises(BadArchiveError, match="no manifest"):
         scan(cut)
+
+
+def test_restore_onto_a_directory_with_data_needs_a_yes_and_swaps_every_part(tmp_path: Path) -> None:
+    ctx = _state(tmp_path)
+    path = Path(create_backup(ctx, str(tmp_path / "a.tar.gz")).path)
+    (ctx.state_dir / "secrets" / "serving_token").write_text("changed since")
+    (ctx.state_dir / "data" / "datasets" / "new").mkdir()
+    with pytest.raises(Exception, match="not empty"):
+        restore(path, ctx.state_dir, confirm=lambda _question: False)
+    assert (ctx.state_dir / "secrets" / "serving_token").read_text() == "changed since"
+    restore(path, ctx.state_dir, confirm=lambda _question: True)
+    assert (ctx.state_dir / "secrets" / "serving_token").read_text() == "tok"
+    assert not (ctx.state_dir / "data" / "datasets" / "new").exists()
+    assert not [p.name for p in ctx.state_dir.iterdir() if "pre-restore" in p.name]
+    assert (ctx.state_dir / "logs" / "mlflow.log").exists()  # not a part: left alone
+
+
+def test_an_archive_from_a_newer_appliance_is_refused_with_nothing_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.backup import create as create_module
+    from appliance.state_version import StateTooNewError
+
+    monkeypatch.setattr(create_module, "__version__", "99.0.0")
+    path = Path(create_backup(_state(tmp_path), str(tmp_path / "new.tar.gz")).path)
+    with pytest.raises(StateTooNewError, match=r"99\.0\.0"):
+        restore(path, tmp_path / "target")
+    assert not (tmp_path / "target").exists()

@@ -136,7 +136,9 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
 
 def _rules_text(answers: Answers) -> str:
     mon = answers.monitoring
-    return render_alert_rules(mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds)
+    return render_alert_rules(
+        mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds, drift_min_rows=mon.drift_min_rows
+    )
 
 
 def _alertmanager_text(answers: Answers, state_dir: Path, inside: bool = False) -> str:

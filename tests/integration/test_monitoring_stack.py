@@ -126,6 +126,8 @@ def exporter() -> Iterator[str]:
     psi = Gauge("appliance_feature_psi", "PSI per feature", ["model", "feature"], registry=registry)
     psi.labels("breast_cancer", "mean radius").set(0.61)
     psi.labels("breast_cancer", "mean area").set(0.05)
+    rows = Gauge("appliance_drift_window_rows", "Rows in the drift window", ["model"], registry=registry)
+    rows.labels("breast_cancer").set(1000)  # a full window: the drift rules need enough rows
     port = free_port()
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     yield f"127.0.0.1:{port}"

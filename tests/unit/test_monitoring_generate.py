@@ -59,12 +59,16 @@ def answers_with(**monitoring: object) -> Answers:
 
 def test_files_carry_the_answers(tmp_path: Path) -> None:
     answers = answers_with(
-        drift_psi_threshold=0.3, drift_for="90s", alert_webhook_url="https://hooks.example.com/x"
+        drift_psi_threshold=0.3,
+        drift_for="90s",
+        drift_min_rows=450,
+        alert_webhook_url="https://hooks.example.com/x",
     )
     files = write_monitoring_configs(answers, tmp_path)
     rules = {r["alert"]: r for r in yaml.safe_load(files.alert_rules.read_text())["groups"][0]["rules"]}
     assert rules["FeatureDrift"]["for"] == "90s"
-    assert rules["FeatureDrift"]["expr"].endswith("> 0.3")
+    assert "appliance_feature_psi) > 0.3)" in rules["FeatureDrift"]["expr"]
+    assert rules["FeatureDrift"]["expr"].endswith("(appliance_drift_window_rows) >= 450)")
     prometheus = yaml.safe_load(files.prometheus_config.read_text())
     assert prometheus["rule_files"] == ["alert_rules.yml"]
     assert files.alert_rules.parent == files.prometheus_config.parent

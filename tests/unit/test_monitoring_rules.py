@@ -21,6 +21,11 @@ needs_promtool = pytest.mark.skipif(not PROMTOOL, reason="promtool (package prom
 SERVING = 'job="serving", instance="127.0.0.1:8082"'
 
 
+def window_rows(model: str, values: str = "1000x10") -> dict:
+    """The drift window's row count, which the drift rules require to be large enough."""
+    return {"series": f'appliance_drift_window_rows{{model="{model}", {SERVING}}}', "values": values}
+
+
 def promtool_test(tmp_path: Path, rules: str, tests: list[dict]) -> subprocess.CompletedProcess[str]:
     (tmp_path / "rules.yml").write_text(rules)
     doc = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
@@ -55,8 +60,12 @@ def test_rule_names_follow_the_interface_contract() -> None:
 def test_answers_values_reach_the_rules() -> None:
     rules = {r["alert"]: r for r in alert_rules(0.35, "7m", 0.125, target_down_for="90s")}
     assert rules["FeatureDrift"]["for"] == "7m"
-    assert rules["FeatureDrift"]["expr"].endswith("> 0.35")
-    assert rules["PredictionDrift"]["expr"].endswith("> 0.35")
+    assert "appliance_feature_psi) > 0.35)" in rules["FeatureDrift"]["expr"]
+    assert "appliance_prediction_psi) > 0.35)" in rules["PredictionDrift"]["expr"]
+    for drift in ("FeatureDrift", "PredictionDrift"):
+        assert rules[drift]["expr"].endswith("(appliance_drift_window_rows) >= 300)")
+    fewer = {r["alert"]: r for r in alert_rules(0.2, "5m", 0.05, drift_min_rows=50)}
+    assert fewer["FeatureDrift"]["expr"].endswith(">= 50)")
     assert rules["ServingLatencyHigh"]["expr"].endswith("> 0.125")
     assert rules["TargetDown"]["for"] == "90s"
 
@@ -69,6 +78,8 @@ def test_answers_values_reach_the_rules() -> None:
         ({"psi_threshold": 0.0}, "drift_psi_threshold"),
         ({"latency_p99_slo_seconds": -1.0}, "latency_p99_slo_seconds"),
         ({"target_down_for": "1x"}, "target_down_for"),
+        ({"drift_min_rows": 0}, "drift_min_rows"),
+        ({"drift_min_rows": 2.5}, "drift_min_rows"),
     ],
 )
 def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
@@ -114,6 +125,7 @@ def test_feature_drift_fires_after_drift_for_and_names_the_feature(tmp_path: Pat
             "series": f'appliance_feature_psi{{model="cancer", feature="mean area", {SERVING}}}',
             "values": "0.19x10",
         },
+        window_rows("cancer"),
     ]
     tests = [
         {
@@ -140,7 +152,8 @@ def test_feature_drift_fires_after_drift_for_and_names_the_feature(tmp_path: Pat
 @needs_promtool
 def test_feature_drift_that_recovers_before_drift_for_never_fires(tmp_path: Path) -> None:
     series = [
-        {"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.9 0.9 0.1x8"}
+        {"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.9 0.9 0.1x8"},
+        window_rows("m"),
     ]
     tests = [
         {
@@ -158,7 +171,10 @@ def test_feature_drift_that_recovers_before_drift_for_never_fires(tmp_path: Path
 @needs_promtool
 def test_a_zero_drift_for_fires_at_once(tmp_path: Path) -> None:
     rules = default_rules(drift_for="0s")
-    series = [{"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.3x3"}]
+    series = [
+        {"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.3x3"},
+        window_rows("m"),
+    ]
     expected = feature_alert("m", "f", "0.300")
     expected["exp_annotations"]["description"] = 'PSI of feature "f" is 0.300, above 0.2 for 0s.'
     tests = [
@@ -177,6 +193,8 @@ def test_prediction_drift_uses_its_own_threshold(tmp_path: Path) -> None:
     series = [
         {"series": f'appliance_prediction_psi{{model="above", {SERVING}}}', "values": "0.31x10"},
         {"series": f'appliance_prediction_psi{{model="below", {SERVING}}}', "values": "0.29x10"},
+        window_rows("above"),
+        window_rows("below"),
     ]
     fired = {
         "exp_labels": {"severity": "warning", "model": "above"},
@@ -319,3 +337,30 @@ def test_promtool_test_would_catch_a_wrong_expectation(tmp_path: Path) -> None:
     result = promtool_test(tmp_path, default_rules(), tests)
     assert result.returncode != 0
     assert "FeatureDrift" in result.stdout + result.stderr
+
+
+@needs_promtool
+def test_drift_in_a_nearly_empty_window_does_not_fire(tmp_path: Path) -> None:
+    """After a restart the window fills from zero: high PSI over 40 rows is noise, not drift; the
+    same PSI fires once the window holds drift_min_rows (here the default, 300)."""
+    series = [
+        {"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.9x10"},
+        {"series": f'appliance_prediction_psi{{model="m", {SERVING}}}', "values": "0.9x10"},
+        window_rows("m", "40 120 299 299 300 1000x5"),
+    ]
+    fired = feature_alert("m", "f", "0.900")
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                *(
+                    {"eval_time": t, "alertname": name, "exp_alerts": []}
+                    for t in ("0m", "2m", "3m", "5m")
+                    for name in ("FeatureDrift", "PredictionDrift")
+                ),
+                {"eval_time": "6m", "alertname": "FeatureDrift", "exp_alerts": [fired]},
+            ],
+        }
+    ]
+    assert_passes(promtool_test(tmp_path, default_rules(), tests))

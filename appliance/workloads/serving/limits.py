@@ -27,10 +27,10 @@ class ServerLimits(BaseModel):
     """Largest request body (and largest decompressed body) in bytes. REST checks Content-Length
     before reading (413, and no ``100 Continue``); gRPC checks each message's length prefix."""
     max_header_bytes: int = Field(16 * 1024, ge=1024)
-    """Largest request header block in bytes (REST: 431; HTTP/2: SETTINGS_MAX_HEADER_LIST_SIZE,
-    a larger block resets the stream or ends the connection)."""
+    """Largest request header block in bytes (REST: 431; HTTP/2: advertised as
+    SETTINGS_MAX_HEADER_LIST_SIZE, a larger block ends the connection with ENHANCE_YOUR_CALM)."""
     max_header_count: int = Field(100, ge=8)
-    """Most header fields in one request (REST: 431; HTTP/2: stream reset)."""
+    """Most header fields in one request (REST: 431; HTTP/2: RESOURCE_EXHAUSTED on that call)."""
     max_url_bytes: int = Field(8 * 1024, ge=256)
     """Longest request target (REST: 414)."""
     header_timeout_s: float = Field(10.0, gt=0)
@@ -54,8 +54,9 @@ class ServerLimits(BaseModel):
     connection with ENHANCE_YOUR_CALM); their bytes count against ``max_header_bytes``."""
     max_connection_buffer_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
     """Request bytes one connection may hold buffered across all its streams and pipelined
-    requests; past it the connection is closed (HTTP/2: ENHANCE_YOUR_CALM; REST stops reading
-    from it until the requests already read are answered)."""
+    requests. HTTP/2: the connection's receive window, credited back only as calls take their
+    bytes, so DATA past it is a FLOW_CONTROL_ERROR; REST stops reading from the connection until
+    the requests already read are answered."""
     max_pipelined_requests: int = Field(32, ge=1)
     """REST: requests one HTTP/1.1 connection may have read and waiting for their answers
     (pipelining); at it the server stops reading from that connection until they are answered."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the appliance needs, from nothing, and is cheap to run again:
 #   - system packages (Prometheus, Alertmanager, node exporter, nginx for the TLS gateway, tmux,
-#     and h2load from nghttp2-client for the serving benchmark) through apt when root,
+#     h2load from nghttp2-client for the serving benchmark, libb64 for Triton's perf_analyzer)
+#     through apt when root,
 #     or prints the exact command to run otherwise;
 #   - the project's virtualenv (.venv) with the Python extras asked for (default: everything a
 #     lab host runs; `dev` adds the test tools).
@@ -9,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
-APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2 nginx nghttp2-client)
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2 nginx nghttp2-client
+  libb64-0d)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

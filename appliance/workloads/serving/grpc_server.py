@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from appliance.workloads.serving import grpc_h2
 from appliance.workloads.serving.errors import BadRequest, InferenceError
@@ -169,10 +170,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             arrays, datatypes = _decode_inputs(request)
             requested = [o.name for o in request.outputs] or None
+            decoded_at = time.perf_counter()
             model, names, outputs = await service.infer(
                 name, request.model_version or None, arrays, datatypes, requested
             )
             version = model.version
+            inferred_at = time.perf_counter()
             response = pb.ModelInferResponse(
                 model_name=model.name, model_version=model.version, id=request.id
             )
@@ -182,8 +185,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(err.grpc_code, err.message)
         finally:
             service.end("grpc")
-        service.record(name, version, "grpc", "success", started)
+        service.record(name, version, "grpc", "success", started, decoded_at, inferred_at)
         return response
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        """Triton's model configuration extension (what perf_analyzer asks for first)."""
+        await self._auth(context)
+        try:
+            config = self.service.model_config(request.name, request.version or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        """Triton's statistics extension: one model, or every loaded one when the name is empty."""
+        await self._auth(context)
+        try:
+            stats = self.service.model_statistics(request.name or None, request.version or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         await self._admin(context)

@@ -78,6 +78,9 @@ class RestRouter(Router):
         if len(parts) == 1:
             _method(req, "GET")
             return _json(self.service.server_metadata())
+        if parts[1:] == ["models", "stats"]:
+            _method(req, "GET")
+            return _json(self.service.model_statistics(None, None))
         if parts[1] == "models" and len(parts) >= 3:
             return self._model_route(req, parts[2:])
         if parts[1] == "repository":
@@ -93,11 +96,16 @@ class RestRouter(Router):
         raise NotFound(f"no route GET {path} (use /v2/health/live or /v2/health/ready)")
 
     def _model_route(self, req: Request, rest: list[str]) -> Response | Awaitable[Response]:
-        action = rest[-1] if rest[-1] in ("ready", "infer") and len(rest) in (2, 4) else None
+        actions = ("ready", "infer", "config", "stats")
+        action = rest[-1] if rest[-1] in actions and len(rest) in (2, 4) else None
         name, version = _model_ref(rest[:-1] if action else rest, req.path)
         if action == "infer":
             _method(req, "POST")
         _method(req, "GET")
+        if action == "config":
+            return _json(self.service.model_config(name, version))
+        if action == "stats":
+            return _json(self.service.model_statistics(name, version))
         if action == "ready":
             if name not in self.service.repo.entries:
                 raise NotFound(f"unknown model '{name}'")
@@ -116,10 +124,12 @@ class RestRouter(Router):
             if header is not None and not header.isdigit():
                 raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header!r}")
             decoded = rest_codec.decode(req.body, int(header) if header is not None else None)
+            decoded_at = time.perf_counter()
             model, names, arrays = await service.infer(
                 name, version, decoded.arrays, decoded.datatypes, decoded.outputs
             )
             model_version = model.version
+            inferred_at = time.perf_counter()
             body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays)
         except InferenceError as err:
             if err.outcome != "unauthorized":
@@ -127,7 +137,7 @@ class RestRouter(Router):
             raise
         finally:
             service.end("rest")
-        service.record(name, model_version, "rest", "success", started)
+        service.record(name, model_version, "rest", "success", started, decoded_at, inferred_at)
         if json_len is None:
             return Response(200, body)
         return Response(200, body, _OCTET, [("Inference-Header-Content-Length", str(json_len))])
@@ -179,4 +189,6 @@ def _model_ref(parts: list[str], path: str) -> tuple[str, str | None]:
         return parts[0], None
     if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
         return parts[0], parts[2]
-    raise NotFound(f"no route {path} (expected /v2/models/NAME[/versions/VERSION][/ready|/infer])")
+    raise NotFound(
+        f"no route {path} (expected /v2/models/NAME[/versions/VERSION][/ready|/infer|/config|/stats])"
+    )

@@ -18,9 +18,16 @@ from appliance.workloads.serving.errors import BadRequest, Forbidden, InferenceE
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import LoadedModel
 from appliance.workloads.serving.repository import ModelRepository
+from appliance.workloads.serving.triton import ModelStats, model_config
 
 SERVER_NAME = "appliance-onnx-server"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics_prometheus"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "statistics_prometheus",
+]
 
 
 class InferenceService:
@@ -44,6 +51,7 @@ class InferenceService:
         self.ready = False
         self._active = 0
         self._gauges = {p: metrics.child(metrics.in_flight, p) for p in ("rest", "grpc")}
+        self._stats: dict[tuple[str, str], ModelStats] = {}
         repo.on_batch = self._on_batch
 
     def begin(self, protocol: str) -> None:
@@ -154,15 +162,55 @@ class InferenceService:
         index = {n: i for i, n in enumerate(model.output_names)}
         return model, requested, [outputs[index[n]] for n in requested]
 
-    def record(self, model: str, version: str, protocol: str, outcome: str, started: float) -> None:
-        """Count a finished request and its latency."""
+    def record(
+        self,
+        model: str,
+        version: str,
+        protocol: str,
+        outcome: str,
+        started: float,
+        decoded: float | None = None,
+        inferred: float | None = None,
+    ) -> None:
+        """Count a finished request and its latency (and, for the statistics extension, the
+        time spent decoding it, up to ``decoded``, and encoding the answer, after ``inferred``)."""
         m = self.metrics
-        if model not in self.repo.entries:  # unknown names must not mint label values
+        now = time.perf_counter()
+        entry = self.repo.entries.get(model)
+        if entry is None:  # unknown names must not mint label values
             model, version = "", ""
         m.child(m.requests, model, version, protocol, outcome).inc()
-        m.child(m.duration, model, protocol).observe(time.perf_counter() - started)
+        m.child(m.duration, model, protocol).observe(now - started)
+        loaded = entry.model if entry is not None else None
+        if loaded is not None and (not version or version == loaded.version):
+            self.stats_of(loaded).request(
+                outcome == "success",
+                now - started,
+                None if decoded is None else decoded - started,
+                None if inferred is None else now - inferred,
+            )
+
+    # Triton's extensions ------------------------------------------------------------------------
+    def stats_of(self, model: LoadedModel) -> ModelStats:
+        """The statistics of a model version (made on first use; a reload starts a new one)."""
+        key = (model.name, model.version)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = ModelStats(model.name, model.version)
+        return stats
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration of a loaded model (NotFound otherwise)."""
+        model, batcher = self.repo.get(name, version)
+        return model_config(model, batcher)
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics document: one model (NotFound if unknown) or every loaded one."""
+        models = [self.repo.get(name, version)[0]] if name else self.repo.models()
+        return {"model_stats": [self.stats_of(m).as_dict() for m in models]}
 
     def _on_batch(self, model: LoadedModel, rows: int, compute_s: float, waits: list[float]) -> None:
+        self.stats_of(model).execution(rows, compute_s, waits)
         m = self.metrics
         m.child(m.batch, model.name).observe(rows)
         m.child(m.compute, model.name).observe(compute_s)

@@ -317,6 +317,9 @@ def test_restore_onto_podman_puts_the_data_where_its_containers_read_them(
     try:
         twin.cli("up", timeout=900)
         assert registry(twin, password) == before
+        # And back: a backup of the podman stack reads MLflow from its volume.
+        again = json.loads(twin.cli("backup", "--to", f"{tmp_path}/again/", "--json").stdout.splitlines()[-1])
+        assert again["parts"]["mlflow-db"]["files"] == 2 and again["parts"]["mlflow"]["files"] > 0
     finally:
         twin.cli("down", "--purge", "--yes", check=False, timeout=300)
 

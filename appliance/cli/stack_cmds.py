@@ -207,8 +207,11 @@ def down_cmd(purge: bool, yes: bool) -> None:
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_cmd(as_json: bool) -> None:
-    """Health, URL, pid and uptime of every service."""
-    status = engine().status()
+    """Health, URL, pid, uptime and memory (PSS of its processes) of every service."""
+    from appliance.footprint import add_memory
+
+    eng = engine()
+    status = add_memory(eng.status(), eng.runtime)
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:
@@ -216,12 +219,18 @@ def status_cmd(as_json: bool) -> None:
 
 
 def _print_status(status: dict) -> None:
-    table = Table("service", "health", "pid", "uptime", "url", box=None)
+    from appliance.footprint import human
+
+    table = Table("service", "health", "pid", "uptime", "memory", "url", box=None)
     for name, s in status["services"].items():
         uptime = f"{s['uptime_seconds']:.0f}s" if s["uptime_seconds"] is not None else "-"
         color = HEALTH.get(s["health"], "")
-        table.add_row(name, f"[{color}]{s['health']}[/]", str(s["pid"] or "-"), uptime, s["url"] or "")
+        memory = human(s.get("memory_bytes"))
+        pid = str(s["pid"] or "-")
+        table.add_row(name, f"[{color}]{s['health']}[/]", pid, uptime, memory, s["url"] or "")
     console.print(table)
+    if status.get("memory_total_bytes"):
+        console.print(f"memory of the running services: {human(status['memory_total_bytes'])}")
 
 
 @click.command("logs")

@@ -101,6 +101,7 @@ class FakeEngine:
                 "url": f"http://127.0.0.1:{7000 + i}",
                 "pid": 4000 + i,
                 "uptime_seconds": 65.0 + i,
+                "memory_bytes": (40 + 25 * i) << 20,
             }
         return {"services": services}
 

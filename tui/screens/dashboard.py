@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
+from appliance.footprint import add_memory, human
 from tui.screens.base import AppScreen
 from tui.screens.modals import ConfirmScreen, LogScreen
 from tui.widgets.tables import fill_table, fmt_seconds
@@ -47,7 +48,8 @@ class DashboardScreen(AppScreen):
         return f"MLOps Appliance · status · profile {profile} · refreshed {at}"
 
     def on_mount(self) -> None:
-        self.query_one("#services", DataTable).add_columns("service", "health", "uptime", "pid", "url")
+        columns = ("service", "health", "uptime", "pid", "memory", "url")
+        self.query_one("#services", DataTable).add_columns(*columns)
         self.query_one("#drift", DataTable).add_columns("feature", "PSI", "drift")
         self.query_one("#runs", DataTable).add_columns("run", "pipeline", "state", "outcome", "took")
         self.query_one("#services", DataTable).focus()
@@ -60,6 +62,9 @@ class DashboardScreen(AppScreen):
 
         def work() -> tuple[dict[str, Any], dict[str, Any], str]:
             status = engine.status()
+            runtime = getattr(engine, "runtime", None)  # a real engine: measure its services
+            if runtime is not None:
+                add_memory(status, runtime)
             return status, backend.dashboard_data(engine.ctx, status), clock()
 
         self.run_worker(work, thread=True, exit_on_error=False, exclusive=True, group="refresh")
@@ -85,6 +90,7 @@ class DashboardScreen(AppScreen):
                 s.get("health") or DASH,
                 fmt_seconds(s.get("uptime_seconds")),
                 str(s.get("pid") or DASH),
+                human(s["memory_bytes"]) if s.get("memory_bytes") is not None else DASH,
                 s.get("url") or DASH,
             )
             for name, s in status.get("services", {}).items()

@@ -109,7 +109,7 @@ def add_memory(status: dict[str, Any], runtime: Any, proc: Path = PROC) -> dict[
     service of an ``Engine.status()`` answer, and ``memory_total_bytes`` to the answer."""
     total = 0
     for name, s in status.get("services", {}).items():
-        running = s.get("health", "stopped") != "stopped"
+        running = s.get("health", "stopped") != "stopped" and s.get("state") != "done"  # done: a job
         found, source = service_memory(runtime, name, s.get("pid"), proc) if running else (None, "none")
         s["memory_bytes"], s["memory_source"] = found, source
         total += found or 0

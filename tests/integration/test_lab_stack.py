@@ -121,6 +121,17 @@ def test_up_brings_every_service_to_healthy(lab: Lab) -> None:
     assert {services[name]["state"] for name in ONESHOT} == {"done"}
 
 
+def test_status_reports_the_memory_of_every_running_service(lab: Lab) -> None:
+    doc = json.loads(lab.cli("status", "--json").stdout)
+    running = {name: s for name, s in doc["services"].items() if name not in ONESHOT}
+    memory = {name: s["memory_bytes"] for name, s in running.items()}
+    assert all(isinstance(v, int) and v > 0 for v in memory.values()), memory
+    assert doc["memory_total_bytes"] == sum(memory.values())
+    assert {doc["services"][name]["memory_bytes"] for name in ONESHOT} == {None}  # a finished job
+    text = lab.cli("status").stdout
+    assert "memory" in text and "MiB" in text
+
+
 def test_plan_right_after_up_has_zero_actions(lab: Lab) -> None:
     assert json.loads(lab.cli("plan", "--json").stdout) == {"actions": []}
     assert "0 actions" in lab.cli("up").stdout

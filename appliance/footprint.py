@@ -80,7 +80,8 @@ def container_memory_bytes(stats: Any) -> int | None:
     mem = stats.get("memory_stats")
     if isinstance(mem, dict) and isinstance(mem.get("usage"), int):
         detail = mem.get("stats") or {}
-        cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+        # cgroup v1 answers carry total_inactive_file (what `docker stats` subtracts there), v2 inactive_file
+        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
         return max(0, int(mem["usage"]) - int(cache or 0))
     listed = stats.get("Stats")  # podman's libpod endpoint
     if isinstance(listed, list) and listed and isinstance(listed[0], dict):

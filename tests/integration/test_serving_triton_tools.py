@@ -126,6 +126,9 @@ def test_rest_stats_count_the_requests_sent(server: ServerProcess) -> None:
         after = _mlp_stats(c.get("/v2/models/mlp/stats").json())
         every = c.get("/v2/models/stats").json()
         assert c.get("/v2/models/nope/stats").status_code == 404
+        versioned = c.get("/v2/models/mlp/versions/1/stats").json()["model_stats"]
+        assert [(m["name"], m["version"]) for m in versioned] == [("mlp", "1")]
+        assert c.get("/v2/models/mlp/versions/99/stats").status_code == 404
     assert after["inference_count"] - before["inference_count"] == sent + 3
     ok_before, ok_after = before["inference_stats"]["success"], after["inference_stats"]["success"]
     assert ok_after["count"] - ok_before["count"] == sent + 1

@@ -26,6 +26,7 @@ from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.engine import Engine
 from appliance.images.catalog import get_image
+from appliance.mlflow_auth import WRITER_USER, client_env
 from tests.conftest import free_ports, use_runtime
 from tests.integration._container_fixtures import ensure_images, health
 
@@ -72,7 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 def test_the_workbench_answers_its_api_with_the_token_only(stack: Engine) -> None:
-    assert health(stack) == {"mlflow": "healthy", "workbench": "healthy"}
+    assert health(stack) == {"mlflow": "healthy", "mlflow-users": "healthy", "workbench": "healthy"}
     url = stack.desired["workbench"].url.removesuffix("/lab")
     token = stack.ctx.secrets.get("jupyter_token")
     status = httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
@@ -87,7 +88,7 @@ def test_the_workbench_answers_its_api_with_the_token_only(stack: Engine) -> Non
 
 
 def test_the_trainer_image_trains_exports_onnx_and_registers_in_the_stack(
-    stack: Engine, tmp_path: Path
+    stack: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job container in the trainer image, on the stack network with the data connection every
     workload gets (the state volume holds the filesystem store): seed, then the whole lifecycle."""
@@ -99,7 +100,8 @@ def test_the_trainer_image_trains_exports_onnx_and_registers_in_the_stack(
             f'python -c "{SEED}" && python -m appliance.workloads.trainer run --dataset breast_cancer '
             "--model-name trainer_image --epochs 15"
         ],
-        "environment": stack.ctx.connection_env(inside=True),
+        # the data connection and MLflow's writer account, as the stack gives its trainer
+        "environment": stack.ctx.connection_env(inside=True) | client_env(stack.ctx, WRITER_USER),
         "volumes": {runtime._volume("state"): {"bind": "/var/lib/appliance", "mode": "rw"}},
         "labels": runtime.labels(),
         "detach": True,
@@ -127,6 +129,8 @@ def test_the_trainer_image_trains_exports_onnx_and_registers_in_the_stack(
     from appliance.dataconn.seed import load_frame
     from appliance.workloads.trainer.export import onnx_predict
 
+    for key, value in client_env(stack.ctx, WRITER_USER).items():
+        monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(stack.desired["mlflow"].url)
     local = Path(
         mlflow.artifacts.download_artifacts(artifact_uri="models:/trainer_image/1", dst_path=str(tmp_path))

@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from appliance.apply import Applier, ApplyResult, EventSink
@@ -37,9 +38,13 @@ STARTING_GRACE_SECONDS = 90
 class Engine:
     """Preflight, plan, apply and inspect the stack an AppContext describes."""
 
-    def __init__(self, ctx: AppContext, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self, ctx: AppContext, runtime: Runtime | None = None, stack_file: Path | None = None
+    ) -> None:
         self.ctx = ctx
         self.runtime = runtime or get_runtime(ctx)
+        self.stack_file = stack_file
+        """Another stack file than the project's ``stacks/services.yaml`` (tests run small ones)."""
         self._rendered: dict[bool, dict[str, RenderedService]] = {}
 
     @property
@@ -50,11 +55,11 @@ class Engine:
             return self._rendered[False]
         mode = is_read_only()
         if mode not in self._rendered:
-            self._rendered[mode] = render_stack(self.ctx)
+            self._rendered[mode] = render_stack(self.ctx, self.stack_file)
         return self._rendered[mode]
 
     def footprints(self) -> dict[str, int]:
-        specs = selected(self.ctx, load_stack())
+        specs = selected(self.ctx, load_stack(self.stack_file))
         return {name: spec.footprint_mb for name, spec in specs.items()}
 
     def observed(self) -> dict[str, ObservedService]:

@@ -27,7 +27,6 @@ from appliance.engine import Engine
 from appliance.images.build import build_image, image_present, image_recipe, recipe_digest, transfer
 from appliance.images.catalog import BASE_TAG, get_image
 from appliance.images.wheelhouse import PROJECT_DIR
-from appliance.render import render_stack
 from appliance.runtimes.containers_common import STACK_LABEL, ContainerRuntime
 from tests.conftest import ALL_RUNTIMES, free_ports, runtime_missing, runtime_params, use_runtime
 
@@ -135,11 +134,7 @@ def container_engine(runtime: str, root: Path) -> Engine:
         }
     )
     ctx = AppContext.create(answers, None, root / "state")
-    engine = Engine(ctx)
-    engine.__dict__["desired"] = desired = render_stack(ctx, stack)
-    # Footprints come from the project's stack file by default; this engine runs only CONTAINER_STACK.
-    engine.footprints = lambda: dict.fromkeys(desired, 256)  # type: ignore[method-assign]
-    return engine
+    return Engine(ctx, stack_file=stack)
 
 
 def lab_engine(runtime: str, root: Path) -> Engine:

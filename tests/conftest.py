@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,23 @@ def run_cli(
 @pytest.fixture
 def answers_file(tmp_path: Path) -> Path:
     return write_answers(tmp_path / "appliance.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_leaks_between_tests() -> Iterator[None]:
+    """Put ``os.environ`` back after every test.
+
+    Some code under test writes to the process environment on purpose. ``mlflow.set_tracking_uri``
+    exports ``MLFLOW_TRACKING_URI`` so that subprocesses inherit it, and the CLI's lifecycle
+    commands export the data connection. Without this fixture a server a test has already
+    stopped stays in the environment, and later tests that start subprocesses with
+    ``os.environ | ...`` point them at it. Their results then depend on which tests ran before.
+    """
+    saved = dict(os.environ)
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:  # its in-process tracking URI goes back to "read the environment"
+        mlflow.set_tracking_uri(None)
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)

@@ -89,5 +89,6 @@ def test_every_http_entry_refuses_a_bad_name_and_a_good_one_still_runs(controlle
     started = controller.post("/pipelines/retrain/run", {"model": "wine"})
     assert started.status_code == 202, started.text
     run = wait_for("the run to finish", lambda: controller.run(started.json()["run_id"])["finished"])
-    assert run and controller.run(started.json()["run_id"])["state"] == "succeeded"
+    record = controller.run(started.json()["run_id"])
+    assert run and record["state"] == "succeeded", (record, controller.log_path.read_text()[-3000:])
     assert not (state.parent / "escaped.lock").exists() and not (state / "escaped.lock").exists()

@@ -319,17 +319,32 @@ def test_drift_alert_retrains_promotes_and_reloads_without_a_failed_request(
     assert traffic.versions["1"] > 0 and traffic.versions["2"] > 0, traffic.versions
     report["requests"] = dict(traffic.versions)
 
-    # Every metric a dashboard panel queries was scraped from this running stack.
-    scraped = set(
-        httpx.get(
+    # Every metric a dashboard panel queries was scraped from this running stack. The controller's
+    # run and promotion counters exist only once the retrain has run, so they reach Prometheus at
+    # its next scrape of the controller: wait for that scrape rather than race it.
+    wanted_by_board = {
+        board.name: {n for n in dashboard_metric_names(board) if not n.startswith(GPU_ONLY)}
+        for board in sorted(DASHBOARDS.glob("*.json"))
+    }
+
+    def scraped_names() -> set[str]:
+        response = httpx.get(
             f"{stack.urls['prometheus']}/api/v1/label/__name__/values",
             auth=stack.web("prometheus"),
             timeout=10,
-        ).json()["data"]
-    )
-    for board in sorted(DASHBOARDS.glob("*.json")):
-        wanted = {n for n in dashboard_metric_names(board) if not n.startswith(GPU_ONLY)}
-        assert wanted <= scraped, f"{board.name}: no such metric scraped: {sorted(wanted - scraped)}"
+        )
+        return set(response.json()["data"])
+
+    def all_scraped() -> set[str] | None:
+        names = scraped_names()
+        return names if all(wanted <= names for wanted in wanted_by_board.values()) else None
+
+    try:
+        scraped = wait_for("every dashboard metric to be scraped", all_scraped, 30)
+    except AssertionError:
+        scraped = scraped_names()
+    for board_name, wanted in wanted_by_board.items():
+        assert wanted <= scraped, f"{board_name}: no such metric scraped: {sorted(wanted - scraped)}"
 
     print(json.dumps(report, indent=1))
     (stack.answers.parent / "e2e-loop.json").write_text(json.dumps(report, indent=1))

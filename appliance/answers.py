@@ -164,6 +164,37 @@ class Serving(Strict):
     limits: ServerLimits = ServerLimits()
     """Sizes, counts, timeouts and connections every client of the model server lives under
     (REST and gRPC alike); docs/security.md says what a client gets past each."""
+    min_replicas: int = Field(1, ge=1)
+    """Fewest model-server processes the serving service runs (KServe's ``minReplicas``). At least
+    1: scale to zero is not offered (a cold replica loads and calibrates its model for seconds)."""
+    max_replicas: int = Field(1, ge=1)
+    """Most model-server processes (KServe's ``maxReplicas``); above 1 a load balancer fronts them
+    on the serving ports and the controller scales between the two bounds."""
+    target_concurrency: float = Field(8.0, gt=0)
+    """In-flight requests each replica should carry (Knative's ``autoscaling.knative.dev/target``)."""
+    target_utilization: float = Field(0.7, gt=0, le=1)
+    """Fraction of ``target_concurrency`` the autoscaler aims at, leaving headroom for bursts
+    (Knative's ``target-utilization-percentage`` / 100)."""
+    stable_window: float = Field(60.0, ge=6, le=3600)
+    """Seconds over which concurrency is averaged for ordinary decisions (Knative's stable window)."""
+    panic_window_percentage: float = Field(10.0, ge=1, le=100)
+    """The panic window as a percentage of the stable window (10 %: 6 s of 60 s)."""
+    panic_threshold_percentage: float = Field(200.0, ge=110, le=1000)
+    """Panic (scale up at once, never down) when the panic window asks for this percentage of the
+    replicas running now."""
+    scale_down_delay: float = Field(30.0, ge=0, le=3600)
+    """Seconds a lower replica count must have been wanted before replicas go (Knative's default
+    is 0; 30 s here because a new replica costs seconds of model load and warm-up, so a short dip
+    should not cost a replica that the next burst needs again)."""
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Serving:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serving.min_replicas ({self.min_replicas}) is above serving.max_replicas "
+                f"({self.max_replicas}): raise max_replicas or lower min_replicas"
+            )
+        return self
 
 
 class Monitoring(Strict):

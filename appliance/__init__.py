@@ -5,4 +5,4 @@ observed) -> apply (runtime calls, events) -> state. This package never imports 
 onnxruntime; workloads that need them live under ``appliance.workloads`` and import them lazily.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

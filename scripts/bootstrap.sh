@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the appliance needs, from nothing, and is cheap to run again:
 #   - system packages (Prometheus, Alertmanager, node exporter, nginx for the TLS gateway, tmux,
-#     h2load from nghttp2-client for the serving benchmark, libb64 for Triton's perf_analyzer)
+#     h2load from nghttp2-client for the serving benchmark, libb64 for Triton's perf_analyzer,
+#     PostgreSQL's server for the database-import tests)
 #     through apt when root,
 #     or prints the exact command to run otherwise;
 #   - the project's virtualenv (.venv) with the Python extras asked for (default: everything a
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
 APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2 nginx nghttp2-client
-  libb64-0d)
+  libb64-0d postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -31,7 +32,7 @@ if ((${#missing[@]})); then
 fi
 # Debian starts these as system services on install; the appliance runs its own, on its own ports.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
-  systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter nginx >/dev/null 2>&1 || true
+  systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter nginx postgresql >/dev/null 2>&1 || true
 fi
 
 PY="${PYTHON:-python3}"

@@ -22,6 +22,13 @@ import click
 @click.option(
     "--task", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True
 )
+@click.option(
+    "--model-kind",
+    type=click.Choice(["auto", "mlp", "cnn"]),
+    default="auto",
+    show_default=True,
+    help="auto: a small CNN for an image dataset (columns pixel_ROW_COL), else the MLP.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True, help="Maximum epochs.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option(
@@ -40,6 +47,7 @@ def train_cmd(
     model_name: str | None,
     target: str | None,
     task: str,
+    model_kind: str,
     epochs: int,
     seed: int,
     promote_margin: float,
@@ -69,6 +77,7 @@ def train_cmd(
         seed=seed,
         promote_margin=promote_margin,
         metric=metric,
+        model_kind=model_kind,
     )
     summary = lifecycle.run(opts)
     if not as_json:

@@ -1,6 +1,9 @@
 """Live drift statistics: PSI of each feature and of the prediction over a sliding window.
 
 Every served row is binned against the model's ``drift_profile.json`` (docs/interfaces.md). The
+prediction's PSI (predicted class frequencies, or the histogram of a regression's values, against
+the training split's) exists for every model; a profile with no features (an image model, whose
+input is a tensor [batch, C, H, W]) is watched on its outputs alone. The
 hot path only appends the batch arrays to a list (rows older than the window are dropped there,
 since they could never count); binning happens in bulk (vectorised numpy, one comparison against
 all features' padded edges at once) when Prometheus scrapes, on the metrics thread. Measured: a
@@ -72,9 +75,19 @@ class DriftMonitor:
         return np.maximum(out, FLOOR)
 
     def observe(self, features: np.ndarray, output: np.ndarray | None) -> None:
-        """Queue a served batch (cheap); bins are computed in bulk later."""
-        if features.ndim != 2 or features.shape[1] != len(self.features) or features.shape[0] == 0:
-            return  # not this profile's layout, or no rows (which would break the bulk reshape)
+        """Queue a served batch (cheap); bins are computed in bulk later.
+
+        A profile without features (an image model's) watches the outputs alone: any input with
+        rows counts, one row per item of its first dimension.
+        """
+        if features.ndim == 0 or features.shape[0] == 0:
+            return  # no rows (which would break the bulk reshape)
+        if not self.features:
+            if self.prediction_kind is None or output is None:
+                return
+            features = np.empty((features.shape[0], 0))
+        elif features.ndim != 2 or features.shape[1] != len(self.features):
+            return  # not this profile's layout
         with self._plock:
             self._pending.append((features, output))
             self._pending_rows += features.shape[0]

@@ -30,6 +30,12 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--target", help="target column (default: 'target', else the last column)")
     common.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
+    common.add_argument(
+        "--model-kind",
+        choices=["auto", "mlp", "cnn"],
+        default="auto",
+        help="auto: a CNN for an image dataset (pixel_ROW_COL columns), else the MLP",
+    )
     common.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping)")
     common.add_argument("--seed", type=int, default=42)
     common.add_argument("--batch-size", type=int, default=32)
@@ -61,6 +67,7 @@ def options(args: argparse.Namespace) -> Options:
         patience=args.patience,
         promote_margin=args.promote_margin,
         metric=args.metric,
+        model_kind=args.model_kind,
     )
 
 

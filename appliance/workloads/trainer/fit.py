@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from appliance.workloads.trainer.errors import TrainingError
-from appliance.workloads.trainer.model import ServingModel, TabularMLP
+from appliance.workloads.trainer.model import ImageCNN, ServingModel, TabularMLP, as_input
 from appliance.workloads.trainer.prepare import Split, scaling
 
 
@@ -34,6 +34,10 @@ class FitConfig:
     dropout: float = 0.1
     patience: int = 10
     seed: int = 42
+    model_kind: str = "mlp"
+    """``mlp`` (tables) or ``cnn`` (images, see ``images``)."""
+    image_shape: tuple[int, ...] = ()
+    """[channels, rows, cols] of a ``cnn``'s input."""
 
     def params(self) -> dict[str, str]:
         return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}
@@ -43,7 +47,7 @@ class FitConfig:
 class FitResult:
     """The trained model (best validation epoch) and per-epoch history."""
 
-    model: TabularMLP
+    model: TabularMLP | ImageCNN
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     device: str = "cpu"
@@ -72,12 +76,14 @@ def seed_everything(seed: int, device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
 
 
-def predict(model: TabularMLP, task: str, x: np.ndarray, device: torch.device | None = None) -> np.ndarray:
-    """The served output (probabilities or predictions) for raw features ``x``."""
+def predict(
+    model: TabularMLP | ImageCNN, task: str, x: np.ndarray, device: torch.device | None = None
+) -> np.ndarray:
+    """The served output (probabilities or predictions) for raw features ``x`` (rows of the table)."""
     device = device or next(model.parameters()).device
     serving = ServingModel(model, task).eval()
     with torch.no_grad():
-        out: np.ndarray = serving(torch.as_tensor(x, device=device)).cpu().numpy()
+        out: np.ndarray = serving(torch.as_tensor(as_input(model, x), device=device)).cpu().numpy()
     return out
 
 
@@ -97,7 +103,11 @@ def fit(
     seed_everything(cfg.seed, device)
     started = time.perf_counter()
     x_mean, x_std = scaling(data.x["train"])
-    model = TabularMLP(data.x["train"].shape[1], n_outputs, cfg.hidden, cfg.dropout)
+    model: TabularMLP | ImageCNN
+    if cfg.model_kind == "cnn":
+        model = ImageCNN(cfg.image_shape, n_outputs, dropout=cfg.dropout)  # type: ignore[arg-type]
+    else:
+        model = TabularMLP(data.x["train"].shape[1], n_outputs, cfg.hidden, cfg.dropout)
     y_train = data.y["train"]
     if task == "regression":
         model.set_scaling(x_mean, x_std, float(y_train.mean()), float(y_train.std() or 1.0))
@@ -110,8 +120,8 @@ def fit(
         t = torch.as_tensor(y, device=device)
         return t if task == "classification" else ((t - model.y_mean) / model.y_std).unsqueeze(1)
 
-    x_tr, y_tr = torch.as_tensor(data.x["train"], device=device), target(y_train)
-    x_va, y_va = torch.as_tensor(data.x["val"], device=device), target(data.y["val"])
+    x_tr, y_tr = torch.as_tensor(as_input(model, data.x["train"]), device=device), target(y_train)
+    x_va, y_va = torch.as_tensor(as_input(model, data.x["val"]), device=device), target(data.y["val"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     result = FitResult(model=model, device=device.type)

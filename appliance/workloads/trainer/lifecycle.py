@@ -75,6 +75,7 @@ def run(opts: Options) -> dict[str, Any]:
         "epochs_run": train["epochs_run"],
         "best_epoch": train["best_epoch"],
         "device": train["device"],
+        "model_kind": train["model_kind"],
         "train_seconds": train["train_seconds"],
         "step_seconds": seconds,
         "total_seconds": round(time.perf_counter() - started, 3),

@@ -25,8 +25,18 @@ def histogram(values: np.ndarray, edges: list[float]) -> list[int]:
     return [int(c) for c in np.bincount(idx, minlength=len(edges) + 1)]
 
 
-def build(features: list[str], x_train: np.ndarray, output: np.ndarray, task: str) -> dict[str, Any]:
-    """The profile of the training features and of the model's predictions on them."""
+def build(
+    features: list[str],
+    x_train: np.ndarray,
+    output: np.ndarray,
+    task: str,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """The profile of the training features and of the model's predictions on them.
+
+    An image model (``input_shape`` [channels, rows, cols]) gets no per-feature entries: a pixel's
+    PSI says little, and the server then watches the distribution of its outputs alone.
+    """
     feats = []
     for i, name in enumerate(features):
         edges = quantile_edges(x_train[:, i])
@@ -39,10 +49,13 @@ def build(features: list[str], x_train: np.ndarray, output: np.ndarray, task: st
         values = output[:, 0]
         edges = quantile_edges(values)
         prediction = {"kind": "value", "edges": edges, "counts": histogram(values, edges)}
-    return {
+    out: dict[str, Any] = {
         "version": 1,
         "input_name": "input",
         "n_rows": int(x_train.shape[0]),
         "features": feats,
         "prediction": prediction,
     }
+    if input_shape:
+        out["input_shape"] = list(input_shape)
+    return out

@@ -35,6 +35,7 @@ def export(opts: Options) -> dict[str, Any]:
 
     from appliance.workloads.trainer import export as onnx_export
     from appliance.workloads.trainer import profile
+    from appliance.workloads.trainer.model import as_input
 
     info = dataset_info(opts, "export")
     spec = spec_of(info)
@@ -50,12 +51,15 @@ def export(opts: Options) -> dict[str, Any]:
         spec.task, data.y["test"], onnx_export.onnx_predict(onnx_path, data.x["test"])
     )
     train_out = onnx_export.onnx_predict(onnx_path, data.x["train"])
-    drift = profile.build(spec.features, data.x["train"], train_out, spec.task)
+    shape = getattr(model, "input_shape", None)
+    # Per-feature PSI is for tables; an image model's drift is watched on its outputs alone.
+    drift = profile.build([] if shape else spec.features, data.x["train"], train_out, spec.task, shape)
     profile_path = opts.workdir / "drift_profile.json"
     profile_path.write_text(json.dumps(drift, indent=1))
     metrics_path = opts.workdir / "metrics.json"
     metrics_path.write_text(json.dumps({"test": evaluation["metrics"], "task": spec.task}, indent=1))
-    signature = infer_signature(data.x["test"][:5], onnx_export.onnx_predict(onnx_path, data.x["test"][:5]))
+    example = as_input(model, data.x["test"][:5])
+    signature = infer_signature(example, onnx_export.onnx_predict(onnx_path, data.x["test"][:5]))
     import onnxruntime
 
     logged = mlflow.onnx.log_model(

@@ -30,12 +30,13 @@ def validate(opts: Options) -> dict[str, Any]:
     import mlflow
 
     from appliance.dataconn import DataConnection, read_dataset
-    from appliance.workloads.trainer import prepare, schema
+    from appliance.workloads.trainer import images, prepare, schema
 
     if not opts.dataset:
         raise WorkdirError("validate", "a dataset name", "validate --dataset NAME")
     loaded = read_dataset(DataConnection.from_env(), opts.dataset, opts.dataset_key)
     spec = schema.validate(loaded.frame, opts.dataset, opts.target, opts.task)
+    kind, shape = images.choose_kind(opts.model_kind, opts.dataset, spec.features)
     data = prepare.split(loaded.frame, spec, opts.seed)
     opts.workdir.mkdir(parents=True, exist_ok=True)
     data.save(opts.workdir / "split.npz")
@@ -49,6 +50,8 @@ def validate(opts: Options) -> dict[str, Any]:
         "seed": opts.seed,
         "spec": asdict(spec),
         "rows": rows,
+        "model_kind": kind,
+        "image_shape": list(shape) if shape else None,
     }
     write_json(opts, "dataset.json", info)
     mlflow.log_params(
@@ -60,7 +63,12 @@ def validate(opts: Options) -> dict[str, Any]:
         {"appliance.dataset_uri": loaded.uri, "appliance.dataset_sha256": loaded.sha256}
         | {"appliance.version": appliance.__version__, "appliance.model_name": info["model_name"]}
     )
-    print(f"dataset {loaded.uri}: {spec.n_rows} rows, {len(spec.features)} features, {spec.task}", flush=True)
+    shown = f", images {'x'.join(map(str, shape))}" if shape else ""
+    print(
+        f"dataset {loaded.uri}: {spec.n_rows} rows, {len(spec.features)} features, {spec.task}{shown}; "
+        f"model {kind}",
+        flush=True,
+    )
     return info
 
 
@@ -69,12 +77,15 @@ def train(opts: Options) -> dict[str, Any]:
     import mlflow
     import torch
 
-    from appliance.workloads.trainer import fit, tracking
+    from appliance.workloads.trainer import fit, images, tracking
 
     info = dataset_info(opts, "train")
     spec = spec_of(info)
     data = Split.load(require(opts, "train", "split.npz", "validate"))
+    chosen = opts.model_kind if opts.model_kind != "auto" else info.get("model_kind", "auto")
+    kind, shape = images.choose_kind(chosen, info["name"], spec.features)
     cfg = opts.fit_config()
+    cfg.model_kind, cfg.image_shape = kind, shape or ()
     mlflow.log_params(cfg.params() | {"appliance_version": appliance.__version__})
 
     def progress(row: dict[str, float]) -> None:
@@ -84,6 +95,7 @@ def train(opts: Options) -> dict[str, Any]:
 
     result = fit.fit(data, spec.task, spec.n_outputs, cfg, progress)
     arch = {"n_features": len(spec.features), "n_outputs": spec.n_outputs, "hidden": list(cfg.hidden)}
+    arch |= {"kind": kind, "image_shape": list(shape or ())}
     torch.save(
         {"state_dict": result.model.state_dict(), "arch": arch | {"dropout": cfg.dropout}},
         opts.workdir / "model.pt",
@@ -93,6 +105,7 @@ def train(opts: Options) -> dict[str, Any]:
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "device": result.device,
+        "model_kind": kind,
         "train_seconds": round(result.seconds, 3),
     }
     mlflow.log_params({"device": result.device})

@@ -42,6 +42,8 @@ class Options:
     patience: int = 10
     promote_margin: float = 0.0
     metric: str | None = None
+    model_kind: str = "auto"
+    """``auto`` (a CNN for an image dataset, see ``images``), ``mlp`` or ``cnn``."""
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -82,16 +84,15 @@ def spec_of(info: dict[str, Any]) -> DatasetSpec:
 
 
 def load_model(opts: Options, step: str) -> Any:
-    """The trained TabularMLP saved by the train step, on CPU, in eval mode."""
+    """The model (MLP or CNN, as ``model.pt`` records) saved by the train step, on CPU, in eval mode."""
     import torch
 
     from appliance.workloads.trainer.fit import configure_threads
-    from appliance.workloads.trainer.model import TabularMLP
+    from appliance.workloads.trainer.model import build
 
     configure_threads()
     saved = torch.load(require(opts, step, "model.pt", "train"), map_location="cpu", weights_only=True)
-    arch = saved["arch"]
-    model = TabularMLP(arch["n_features"], arch["n_outputs"], tuple(arch["hidden"]), arch["dropout"])
+    model = build(saved["arch"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
 

@@ -136,20 +136,34 @@ class DriftMonitor:
 
     def snapshot(self) -> tuple[dict[str, float], float | None, int]:
         """(PSI per feature, PSI of the prediction or None, rows in the window)."""
+        fcounts, pcounts, rows = self.window_counts()
+        if rows == 0:
+            return dict.fromkeys(self.features, 0.0), (0.0 if self.prediction_kind else None), 0
+        fpsi = psi(fcounts, self._fexp)
+        pred_psi = None if pcounts is None else float(psi(pcounts[None, :], self._pexp)[0])
+        return dict(zip(self.features, fpsi.tolist(), strict=True)), pred_psi, rows
+
+    def window_counts(self) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(rows per feature and bin [features, bins], rows per prediction bin or None, rows in
+        the window): what replicas of one model export so that PSI is computed over their sum."""
         self.flush()
         with self._lock:
-            rows = self._filled
-            if rows == 0:
-                return dict.fromkeys(self.features, 0.0), (0.0 if self.prediction_kind else None), 0
             nf, bf = len(self.features), self._fbins.n_bins
-            live = np.maximum(self._counts[:nf, :bf] / rows, FLOOR)
-            psi = ((live - self._fexp) * np.log(live / self._fexp)).sum(axis=1)
-            pred_psi = None
+            fcounts = self._counts[:nf, :bf].copy()
+            pcounts = None
             if self.prediction_kind is not None:
-                total = self._counts[nf, : self._pbins.n_bins].sum()
-                if total > 0:
-                    a = np.maximum(self._counts[nf, : self._pbins.n_bins] / total, FLOOR)
-                    pred_psi = float(((a - self._pexp[0]) * np.log(a / self._pexp[0])).sum())
-                else:
-                    pred_psi = 0.0
-            return dict(zip(self.features, psi.tolist(), strict=True)), pred_psi, rows
+                pcounts = self._counts[nf, : self._pbins.n_bins].copy()
+            return fcounts, pcounts, self._filled
+
+    def expected(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The profile's proportions (floored) per feature and bin, and of the prediction."""
+        return self._fexp, (self._pexp[0] if self.prediction_kind is not None else None)
+
+
+def psi(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """PSI of each row of live bin ``counts`` [vars, bins] against ``expected`` proportions: both
+    floored at FLOOR so an empty bin does not make it infinite; a row with no rows reads 0."""
+    totals = counts.sum(axis=1, keepdims=True)
+    live = np.maximum(counts / np.maximum(totals, 1), FLOOR)
+    out = ((live - expected) * np.log(live / expected)).sum(axis=1)
+    return np.where(totals[:, 0] > 0, out, 0.0)

@@ -48,6 +48,16 @@ class Ports(Strict):
     """MinIO S3 API (only when the object store is MinIO)."""
     minio_console: Port = Field(9001, ge=1, le=65535)
     """MinIO web console (only when the object store is MinIO)."""
+    s3: Port = Field(8333, ge=1, le=65535)
+    """SeaweedFS's S3 API, the stack's data connection (only when the object store is SeaweedFS)."""
+    seaweedfs_master: Port = Field(9333, ge=1, le=65535)
+    """SeaweedFS master (HTTP; its gRPC port is this plus 10000). Internal to the store."""
+    seaweedfs_volume: Port = Field(8334, ge=1, le=65535)
+    """SeaweedFS volume server (HTTP; gRPC on this plus 10000). Internal to the store."""
+    seaweedfs_filer: Port = Field(8335, ge=1, le=65535)
+    """SeaweedFS filer (HTTP; gRPC on this plus 10000). Internal to the store."""
+    seaweedfs_metrics: Port = Field(9327, ge=1, le=65535)
+    """SeaweedFS's Prometheus metrics (master, volume, filer and S3 gateway in one process)."""
     serving_http: Port = Field(8080, ge=1, le=65535)
     """ONNX model server, Open Inference Protocol over REST."""
     serving_grpc: Port = Field(8081, ge=1, le=65535)
@@ -79,7 +89,7 @@ class Components(Strict):
     """Which parts of the stack to run. A profile decides which of these it can offer at all."""
 
     object_store: bool = True
-    """Run a local object store (MinIO) when ``object_store.kind`` is ``minio``."""
+    """Run a local object store when ``object_store.kind`` is ``seaweedfs`` or ``minio``."""
     mlflow: bool = True
     """MLflow tracking server and model registry."""
     workbench: bool = True
@@ -95,16 +105,17 @@ class Components(Strict):
     with ``monitoring``; on the local runtime only where a Grafana server is installed."""
 
 
-ObjectStoreKind = Literal["auto", "minio", "s3", "filesystem"]
+ObjectStoreKind = Literal["auto", "seaweedfs", "minio", "s3", "filesystem"]
 
 
 class ObjectStore(Strict):
     """Where datasets, models and MLflow artifacts live: the stack's data connection."""
 
     kind: ObjectStoreKind = "auto"
-    """``minio`` runs a local MinIO; ``s3`` uses an external S3 endpoint; ``filesystem`` keeps
+    """``seaweedfs`` runs the bundled SeaweedFS (its S3 gateway, a key per workload class);
+    ``minio`` runs a local MinIO; ``s3`` uses an external S3 endpoint; ``filesystem`` keeps
     everything on local disk under the state directory; ``auto`` picks ``minio`` when a MinIO
-    binary is found and ``filesystem`` otherwise."""
+    binary is configured or found and ``seaweedfs`` otherwise."""
     endpoint: str | None = None
     """S3 endpoint URL (``kind: s3`` only), e.g. ``https://s3.eu-west-1.amazonaws.com``."""
     region: str = "us-east-1"

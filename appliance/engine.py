@@ -31,6 +31,7 @@ from appliance.secrets_store import is_read_only, read_only
 from appliance.stack import RenderedService, load_stack
 from appliance.state_lock import state_lock
 from appliance.state_version import require_compatible, write_stamp
+from appliance.upgrade.journal import check_before_up
 
 STARTING_GRACE_SECONDS = 90
 
@@ -83,6 +84,7 @@ class Engine:
         Holds the state directory's lock throughout (StateLockedError while another holds it)."""
         with state_lock(self.ctx.state_dir):
             require_compatible(self.ctx.state_dir)
+            check_before_up(self.ctx.state_dir)
             failures = [c for c in self._preflight() if c.status == "fail"]
             if failures:
                 raise PreflightError([(c.name, c.detail, c.fix) for c in failures])

@@ -7,7 +7,6 @@ so the local and container runtimes receive identical, fully rendered services.
 from __future__ import annotations
 
 import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
 from appliance.monitoring.generate import reachable_host
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
+from appliance.upgrade.releases import running_python
 
 PROJECT_DIR = STACKS_DIR.parent
 CONTAINER_PYTHON = "/opt/appliance/bin/python"
@@ -79,7 +79,7 @@ class TemplateVars:
     def as_dict(self, service: str) -> dict[str, Any]:
         ctx = self.ctx
         state = Path(CONTAINER_STATE_DIR) if self.inside else ctx.state_dir
-        python = Path(CONTAINER_PYTHON) if self.inside else Path(sys.executable)
+        python = Path(CONTAINER_PYTHON) if self.inside else running_python(ctx.state_dir)
         return {
             "bind": "0.0.0.0" if self.inside else ctx.answers.bind_address,
             "host": Hosts(ctx, self.inside),

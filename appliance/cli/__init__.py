@@ -44,6 +44,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "bundle": "appliance.cli.bundle_cmds:bundle_group",
     "backup": "appliance.cli.backup_cmds:backup_group",
     "restore": "appliance.cli.backup_cmds:restore_cmd",
+    "upgrade": "appliance.cli.upgrade_cmds:upgrade_cmd",
+    "rollback": "appliance.cli.upgrade_cmds:rollback_cmd",
 }
 
 

@@ -1,0 +1,217 @@
+"""``appliance upgrade`` and ``appliance rollback``: the steps, each recorded before it runs.
+
+Upgrade, from the release the stack runs (``releases.active``) to another installed one:
+
+1. show what changes (``changes.diff``) and ask;
+2. journal ``backing-up``: ``appliance backup`` into ``STATE/backups/`` (the rollback point);
+3. journal ``applying``: MLflow's ``db upgrade`` when the schema changes; point ``current`` at
+   the new release and run *its* ``appliance up``, which recreates each changed service in
+   dependency order, each gated on its health check; then every service must report healthy;
+4. journal ``done``.
+
+Any failure in 3 rolls back by itself: the new release's ``down``, ``restore`` of the backup
+(every part: MLflow, data, records, secrets), ``current`` back to the previous release and its
+``up``; the error names what failed and says that the previous version is back. ``rollback``
+does the same by hand after a ``done`` upgrade (data written since the upgrade are lost: the
+backup is from before it) or to finish an interrupted one.
+
+The releases' own CLIs run as subprocesses (each renders its own stack with its own code); they
+get ``APPLIANCE_UPGRADE_STEP=1`` so their ``up`` does not refuse the unfinished journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.backup.snapshot import alembic_revision
+from appliance.context import AppContext
+from appliance.errors import ApplianceError
+from appliance.state_version import STAMP_FILE
+from appliance.upgrade import journal as jr
+from appliance.upgrade.changes import Change, diff, facts_of, needs_migration
+from appliance.upgrade.releases import Release, activate, active, get, installed
+
+Say = Callable[[str], None]
+STEP_TIMEOUT_S = 1800
+
+
+class UpgradeFailedError(ApplianceError):
+    """The upgrade failed and was rolled back (or the rollback failed too)."""
+
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an upgrade will do, before it does anything."""
+
+    from_release: Release
+    to_release: Release
+    changes: list[Change]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    from_version: str
+    to_version: str
+    backup: str
+    seconds: float
+
+
+def _globals(ctx: AppContext) -> list[str]:
+    args = ["--state-dir", str(ctx.state_dir)]
+    if ctx.answers_path is not None:
+        args += ["--answers", str(Path(ctx.answers_path).resolve())]
+    return args
+
+
+def _run_cli(release: Release, ctx: AppContext, *args: str) -> str:
+    """Run one of ``release``'s commands on this state; raise with its output's tail on failure."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env[jr.STEP_ENV] = "1"
+    proc = subprocess.run(
+        release.cli(*_globals(ctx), *args),
+        cwd=ctx.state_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise ApplianceError(
+            f"`appliance {' '.join(args)}` of release {release.version} exited {proc.returncode}:\n{tail}"
+        )
+    return proc.stdout
+
+
+def unhealthy(status_json: str) -> list[str]:
+    """Services of a ``status --json`` answer that are neither healthy nor a finished job."""
+    services = json.loads(status_json).get("services", {})
+    return sorted(
+        f"{name} ({info.get('health')}: {info.get('detail')})"
+        for name, info in services.items()
+        if info.get("health") != "healthy" and info.get("state") != "done"
+    )
+
+
+def _database_schema(ctx: AppContext) -> str | None:
+    db = ctx.state_dir / "mlflow" / "mlflow.db"
+    return alembic_revision(db) if db.is_file() else None
+
+
+def current_release(ctx: AppContext) -> Release:
+    release = active(ctx.state_dir)
+    if release is None:
+        raise ApplianceError(
+            f"the stack in {ctx.state_dir} does not run from an installed release, so an upgrade "
+            "would have no version to roll back to",
+            fix="install the version it runs now first: `appliance upgrade --current-bundle FILE.tar.gz` "
+            "(a `git archive` of that version)",
+        )
+    return release
+
+
+def plan_upgrade(ctx: AppContext, to: Release) -> Plan:
+    """What upgrading to ``to`` changes; reads only."""
+    jr.require_settled(ctx.state_dir)
+    frm = current_release(ctx)
+    if frm.version == to.version:
+        raise ApplianceError(f"the stack already runs appliance {to.version}", fix="nothing to do")
+    return Plan(frm, to, diff(facts_of(frm), facts_of(to), _database_schema(ctx)))
+
+
+def upgrade(ctx: AppContext, plan: Plan, say: Say) -> Outcome:
+    """Back up, apply ``plan.to_release``, verify; on any failure roll back and raise."""
+    from appliance.backup.create import create_backup
+
+    started = time.monotonic()
+    frm, to = plan.from_release, plan.to_release
+    journal = jr.start(ctx.state_dir, frm.version, to.version)
+    say(f"backup: taking the rollback point of {frm.version}")
+    try:
+        backup = create_backup(ctx)
+    except BaseException as err:
+        journal.move(ctx.state_dir, "aborted", f"backup failed: {err}")
+        raise
+    journal.backup = backup.path
+    say(f"backup: {backup.path} ({backup.archive_bytes / 1e6:.1f} MB, {backup.seconds:.1f}s)")
+    journal.move(ctx.state_dir, "applying")
+    try:
+        _apply(ctx, plan, say)
+    except (Exception, KeyboardInterrupt) as err:
+        what = str(err).strip() or type(err).__name__
+        say(f"upgrade to {to.version} failed, rolling back to {frm.version}: {what}")
+        journal.move(ctx.state_dir, "rolling-back", what)
+        _roll_back(ctx, journal, say)
+        raise UpgradeFailedError(
+            f"upgrade to {to.version} failed and was rolled back: {frm.version} runs again with the "
+            f"data of {journal.backup}.\nWhat failed: {what}",
+            fix="correct the cause (the service's log: `appliance logs NAME`), then upgrade again",
+        ) from err
+    journal.move(ctx.state_dir, "done")
+    return Outcome(frm.version, to.version, backup.path, time.monotonic() - started)
+
+
+def _apply(ctx: AppContext, plan: Plan, say: Say) -> None:
+    to = plan.to_release
+    if needs_migration(plan.changes) and (ctx.state_dir / "mlflow" / "mlflow.db").is_file():
+        say("mlflow: migrating the tracking database's schema")
+        uri = f"sqlite:///{ctx.state_dir / 'mlflow' / 'mlflow.db'}"
+        subprocess.run(
+            [str(to.bin / "mlflow"), "db", "upgrade", uri], check=True, capture_output=True, timeout=600
+        )
+    activate(ctx.state_dir, to)
+    say(f"up: release {to.version}, service by service, each gated on its health check")
+    _run_cli(to, ctx, "up")
+    bad = unhealthy(_run_cli(to, ctx, "status", "--json"))
+    if bad:
+        raise ApplianceError(f"not healthy after the upgrade: {', '.join(bad)}")
+
+
+def _roll_back(ctx: AppContext, journal: jr.Journal, say: Say) -> None:
+    from appliance.backup.restore import restore
+
+    state = ctx.state_dir
+    try:
+        frm = get(state, journal.from_version)
+        if journal.backup is None or not Path(journal.backup).is_file():
+            raise ApplianceError(f"the upgrade's backup {journal.backup} is missing")
+        running = active(state) or installed(state).get(journal.to_version) or frm
+        say(f"rollback: stopping release {running.version}'s stack")
+        _run_cli(running, ctx, "down")
+        say(f"rollback: restoring {journal.backup}")
+        restore(Path(journal.backup), state, confirm=lambda _q: True)
+        (state / STAMP_FILE).unlink(missing_ok=True)  # its up stamps the previous version again
+        activate(state, frm)
+        say(f"rollback: up with release {frm.version}")
+        _run_cli(frm, ctx, "up")
+    except (Exception, KeyboardInterrupt) as err:
+        journal.move(state, "rollback-failed", f"{journal.error}; then the rollback failed: {err}")
+        raise UpgradeFailedError(
+            f"the rollback to {journal.from_version} failed too: {err}",
+            fix=f"run `appliance rollback` again; the data before the upgrade are in {journal.backup}",
+        ) from err
+    journal.move(state, "rolled-back")
+
+
+def rollback(ctx: AppContext, say: Say) -> jr.Journal:
+    """Return to the version (and data) before the last upgrade, or finish an interrupted one."""
+    journal = jr.load(ctx.state_dir)
+    if journal is None or journal.phase not in ("done", *jr.UNFINISHED):
+        raise ApplianceError(
+            f"no upgrade to roll back in {ctx.state_dir}"
+            + (f" (the last one is {journal.phase})" if journal else ""),
+            fix="`appliance backup list` and `appliance restore` return to any backup",
+        )
+    if journal.phase != "rolling-back":
+        journal.move(ctx.state_dir, "rolling-back", journal.error or "rollback asked for")
+    _roll_back(ctx, journal, say)
+    return journal

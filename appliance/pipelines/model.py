@@ -27,6 +27,11 @@ BUILTIN_OUTPUTS: dict[str, dict[str, str]] = {
     "ingest": {"dataset_key": "dataset_key.txt", "dataset_uri": "dataset_uri.txt"},
 }
 """Outputs a built-in step always writes, on top of the ones a pipeline declares."""
+BUILTIN_ARGS: dict[str, tuple[str, ...]] = {"ingest": ("dataset", "refresh")}
+"""The options each built-in step takes (``args``); any other key is refused."""
+REFRESH_CHOICES = ("auto", "true", "false")
+"""``ingest``'s ``refresh``: re-run a database dataset's saved query first (``auto``: when it has
+one), see appliance.dataconn.dbimport."""
 
 
 class Strict(BaseModel):
@@ -52,6 +57,16 @@ def action_problems(step: Mapping[str, Any]) -> list[str]:
     args = step.get("args")
     if step.get("builtin") == "ingest" and not (isinstance(args, dict) and "dataset" in args):
         return ["builtin ingest needs args.dataset (the dataset name under datasets/)"]
+    builtin = step.get("builtin")
+    if isinstance(builtin, str) and builtin in BUILTIN_ARGS and isinstance(args, dict):
+        unknown = sorted(str(k) for k in args if k not in BUILTIN_ARGS[builtin])
+        if unknown:
+            takes = ", ".join(BUILTIN_ARGS[builtin])
+            return [f"builtin {builtin} takes args {takes}, not {', '.join(unknown)}"]
+        refresh = args.get("refresh")
+        templated = isinstance(refresh, str) and "{" in refresh  # checked once resolved
+        if refresh is not None and not templated and str(refresh).lower() not in REFRESH_CHOICES:
+            return [f"args.refresh {refresh!r} must be one of {', '.join(REFRESH_CHOICES)}"]
     if step.get("builtin") == "ingest" and isinstance(args, dict):
         dataset = args["dataset"]
         if not (isinstance(dataset, str) and "{" in dataset):  # placeholders are checked once resolved
@@ -82,7 +97,9 @@ class Step(Strict):
     paths are resolved from the pipeline file's folder."""
     builtin: BuiltinName | None = None
     """A step that ships with the appliance: ``ingest`` picks the newest object under
-    ``datasets/<args.dataset>/`` through the data connection and writes its key to the workdir."""
+    ``datasets/<args.dataset>/`` through the data connection and writes its key to the workdir;
+    with ``args.refresh`` ``true`` (or ``auto`` and the dataset came from ``appliance data
+    import``) it first re-runs the dataset's saved database query as a new version."""
     args: dict[str, str] = Field(default_factory=dict)
     """Named arguments: notebook parameters, or the built-in step's options (templated)."""
     inputs: list[str] = Field(default_factory=list)

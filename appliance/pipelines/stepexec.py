@@ -77,15 +77,9 @@ def command_for(step: Step, source: Path, workdir: Path, resolve: Resolve) -> li
             argv += ["-p", key, value]
         return argv
     assert step.builtin == "ingest"
-    return [
-        sys.executable,
-        "-m",
-        "appliance.pipelines.ingest",
-        "--dataset",
-        args["dataset"],
-        "--workdir",
-        str(workdir),
-    ]
+    argv = [sys.executable, "-m", "appliance.pipelines.ingest", "--dataset", args["dataset"]]
+    argv += ["--workdir", str(workdir), "--state-dir", resolve("state_dir")]
+    return argv + (["--refresh", args["refresh"].lower()] if "refresh" in args else [])
 
 
 def step_env(

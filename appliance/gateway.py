@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from appliance.monitoring.generate import reachable_host
-
 FRONTED = (
     ("serving", "gateway_serving", "/v2"),
     ("mlflow", "gateway_mlflow", ""),
@@ -38,11 +36,11 @@ def gateway_address(ctx: Any) -> str:
 def gateway_url(ctx: Any, chosen: Collection[str]) -> str:
     """What ``status`` shows for the gateway: the first service in the stack that it fronts (the
     model server's API, else MLflow, else the workbench)."""
-    host, ports = reachable_host(gateway_address(ctx)), ctx.answers.ports
+    address, ports = gateway_address(ctx), ctx.answers.ports
     for service, port, path in FRONTED:
         if service in chosen:
-            return f"https://{host}:{getattr(ports, port)}{path}"
-    return f"https://{host}:{ports.gateway_serving}"
+            return ctx.addressing.gateway_url(address, getattr(ports, port), path)
+    return ctx.addressing.gateway_url(address, ports.gateway_serving)
 
 
 def gateway_nginx(ctx: Any, services: Any) -> str:
@@ -58,7 +56,7 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
     ports = answers.ports
 
     def upstream(service: str, port: int) -> str:
-        return f"{service if inside else reachable_host(answers.bind_address)}:{port}"
+        return f"{ctx.host_of(service, inside)}:{port}"
 
     def listen(port: int) -> str:
         if inside:

@@ -7,11 +7,13 @@ so the local and container runtimes receive identical, fully rendered services.
 from __future__ import annotations
 
 import string
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.addressing import dial_address
 from appliance.context import (
     CONTAINER_STATE_DIR,
     GRAFANA_SERVER,
@@ -22,9 +24,7 @@ from appliance.context import (
 )
 from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
-from appliance.monitoring.generate import reachable_host
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
-from appliance.upgrade.releases import running_python
 
 PROJECT_DIR = STACKS_DIR.parent
 CONTAINER_PYTHON = "/opt/appliance/bin/python"
@@ -79,7 +79,7 @@ class TemplateVars:
     def as_dict(self, service: str) -> dict[str, Any]:
         ctx = self.ctx
         state = Path(CONTAINER_STATE_DIR) if self.inside else ctx.state_dir
-        python = Path(CONTAINER_PYTHON) if self.inside else running_python(ctx.state_dir)
+        python = Path(CONTAINER_PYTHON) if self.inside else Path(sys.executable)
         return {
             "bind": "0.0.0.0" if self.inside else ctx.answers.bind_address,
             "host": Hosts(ctx, self.inside),
@@ -103,7 +103,7 @@ class TemplateVars:
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
             "nginx": Installed(lambda: find_sbin("nginx"), "nginx"),
             "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
-            "gateway_host": reachable_host(gateway_address(ctx)),
+            "gateway_host": dial_address(gateway_address(ctx)),
             "gateway_url": gateway_url(ctx, self.chosen),
         }
 
@@ -176,11 +176,14 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
     command = [_fmt(a, v, f"{name}.command") for a in spec.command] + extra
     container = [_fmt(a, c, f"{name}.container_command") for a in spec.container_command or spec.command]
     container += extra
+    # Health probes and URLs are clients: their {bind} is where a client dials the service
+    # (loopback for a wildcard bind, the service's host in a cluster), never 0.0.0.0.
+    d = v | {"bind": ctx.host_of(name)}
     health = spec.health.model_copy(
         update={
-            "http": spec.health.http and _fmt(spec.health.http, v, f"{name}.health"),
-            "tcp": spec.health.tcp and _fmt(spec.health.tcp, v, f"{name}.health"),
-            "command": spec.health.command and [_fmt(a, v, f"{name}.health") for a in spec.health.command],
+            "http": spec.health.http and _fmt(spec.health.http, d, f"{name}.health"),
+            "tcp": spec.health.tcp and _fmt(spec.health.tcp, d, f"{name}.health"),
+            "command": spec.health.command and [_fmt(a, d, f"{name}.health") for a in spec.health.command],
             "ca": spec.health.ca and _fmt(spec.health.ca, v, f"{name}.health"),
             "auth_password_file": spec.health.auth_password_file
             and _fmt(spec.health.auth_password_file, v, f"{name}.health"),
@@ -203,7 +206,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         oneshot=spec.oneshot,
         gpu=spec.gpu,
         container_user=spec.container_user,
-        url=spec.url and _fmt(spec.url, v, f"{name}.url"),
+        url=spec.url and _fmt(spec.url, d, f"{name}.url"),
         metrics=spec.metrics and _fmt(spec.metrics, c, f"{name}.metrics"),
     )
 

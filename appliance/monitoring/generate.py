@@ -16,12 +16,12 @@ webhook token is created in the secret store here (if absent) so that Alertmanag
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from appliance.addressing import Addressing, dial_address
 from appliance.answers import Answers
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
 from appliance.monitoring.dashboards import write_dashboards
@@ -50,18 +50,10 @@ class _Service(Protocol):
     def metrics(self) -> str | None: ...
 
 
-def reachable_host(bind_address: str) -> str:
-    """Address to reach a service bound to ``bind_address`` (wildcards mean loopback)."""
-    ip = ipaddress.ip_address(bind_address)
-    if ip.is_unspecified:
-        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
 def _reach(answers: Answers, service: str, inside: bool) -> str:
-    """How Prometheus or Alertmanager reaches ``service``: by name on a container runtime's stack
-    network (``inside``), else at the bind address (as ``{host.NAME}`` renders in the stack file)."""
-    return service if inside else reachable_host(answers.bind_address)
+    """How Prometheus or Alertmanager reaches ``service`` (``appliance.addressing``, the rule
+    ``{host.NAME}`` renders with in the stack file)."""
+    return Addressing(answers.bind_address).host(service, inside)
 
 
 def _inside(answers: Answers) -> bool:
@@ -90,7 +82,7 @@ def monitoring_targets(answers: Answers, extra: list[ScrapeTarget] | None = None
     exporter, the model server and the controller when those run, plus ``extra`` (serving
     replicas, a DCGM exporter). MLflow is not scraped: it exposes no metrics unless started
     with ``--expose-prometheus``. Job names are the stack's service names."""
-    host, ports, parts = reachable_host(answers.bind_address), answers.ports, answers.components
+    host, ports, parts = dial_address(answers.bind_address), answers.ports, answers.components
     targets = [
         ScrapeTarget("prometheus", f"{host}:{ports.prometheus}"),
         ScrapeTarget("alertmanager", f"{host}:{ports.alertmanager}"),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from appliance.cron import check_cron
 from appliance.monitoring.durations import check_duration
+from appliance.names import RULE, name_problem
 from appliance.workloads.serving.limits import ServerLimits
 
 
@@ -161,11 +162,81 @@ class Resources(Strict):
     """CPU limit per service (fractional cores); none when absent."""
 
 
-class Serving(Strict):
-    """The model the stack serves."""
+DEFAULT_MODEL = "breast_cancer"
+"""The demo model served when the answers name none (``make up`` trains it)."""
+BUILTIN_PIPELINE = "retrain"
 
-    model: str = "models:/breast_cancer@champion"
-    """What to serve: a registry URI (``models:/NAME@ALIAS``), an S3 URI or a local ONNX path."""
+
+class ModelEntry(Strict):
+    """One served model and its own retraining loop (``models:`` list). The model server serves
+    every entry at once; drift alerts, the cron schedule and ``appliance pipeline run`` for a model
+    retrain it on its own dataset with its own parameters."""
+
+    name: str
+    """The model's name: its registered model in MLflow, its path on the server
+    (``/v2/models/NAME``) and the ``model`` label of its metrics and alerts."""
+    uri: str | None = None
+    """What to serve (like KServe's ``storageUri`` or MLflow's model URI): ``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``, ``s3://BUCKET/KEY`` or a local ONNX file or folder;
+    ``models:/<name>@champion`` when absent."""
+    dataset: str | None = None
+    """The dataset this model learns from (a name in the datasets store, ``appliance data ls``).
+    Retraining reads it, and a new version is registered only from its columns and target.
+    Without it, drift alerts and scheduled runs for this model are refused (nothing to retrain on)."""
+    target: str | None = None
+    """Target column of ``dataset``; the dataset's default when absent (``target``, else its last
+    column)."""
+    pipeline: str = BUILTIN_PIPELINE
+    """Pipeline that retrains this model: ``STATE/pipelines/NAME.yaml`` first, then the built-in
+    ones (``stacks/pipelines``)."""
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Parameters of this model's pipeline runs (e.g. ``{epochs: 30}``), over the pipeline's own
+    defaults. ``dataset`` and ``target`` come from the keys above, not from here."""
+    drift_psi_threshold: float | None = Field(None, gt=0)
+    """This model's PSI threshold for its drift alerts; ``monitoring.drift_psi_threshold`` when
+    absent."""
+    drift_min_rows: int | None = Field(None, ge=1, le=1000)
+    """Rows this model's drift window must hold before its drift alerts may fire;
+    ``monitoring.drift_min_rows`` when absent."""
+    retrain_schedule: str | None = None
+    """Cron expression for this model's scheduled retraining; ``monitoring.retrain_schedule`` when
+    absent."""
+
+    @field_validator("name", "dataset", "pipeline")
+    @classmethod
+    def _names(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # These become lock files, object-store prefixes and URL segments (appliance.names).
+        if value is not None and (problem := name_problem(value)) is not None:
+            raise ValueError(f"{info.field_name} {value!r} {problem}: it must be {RULE}")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _own_keys(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for key in ("dataset", "target"):
+            if key in value:
+                raise ValueError(f"parameters.{key}: set the model's own `{key}:` key instead")
+        return value
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value, "retrain_schedule")
+
+    @property
+    def served_uri(self) -> str:
+        """What the model server loads for this entry."""
+        return self.uri or f"models:/{self.name}@champion"
+
+
+class Serving(Strict):
+    """How the model server serves (what it serves: ``models``)."""
+
+    model: str | None = None
+    """Shorthand for one served model: a registry URI (``models:/NAME@ALIAS``), an S3 URI or a
+    local ONNX path. It means ``models: [{name: NAME, uri: ...}]``, bound to the dataset of the
+    same name for a registry URI (as ``appliance train --dataset NAME`` registers it). Use
+    ``models`` for more than one model or another binding; setting both is refused."""
     max_batch_size: int = Field(32, ge=1)
     """Largest batch the dynamic batcher forms across concurrent requests."""
     max_queue_delay_us: int = Field(200, ge=0)
@@ -319,6 +390,9 @@ class Answers(Strict):
     """GPU use."""
     resources: Resources = Resources()
     """Resource limits per service."""
+    models: list[ModelEntry] = Field(default_factory=list)
+    """The models the stack serves, each with its dataset binding and retraining loop. Empty:
+    ``serving.model`` alone, or the demo model ``breast_cancer`` bound to its dataset."""
     serving: Serving = Serving()
     """Model serving."""
     monitoring: Monitoring = Monitoring()
@@ -331,6 +405,38 @@ class Answers(Strict):
     """Container image per service name, replacing the stack's default (container runtimes
     only), e.g. ``{prometheus: localhost/appliance-prometheus-debian:latest}`` where the
     upstream image cannot be pulled."""
+
+    @model_validator(mode="after")
+    def _one_model_list(self) -> Answers:
+        if self.models and self.serving.model is not None:
+            raise ValueError(
+                f"serving.model ({self.serving.model}) and models are both set: move it into models "
+                f"as an entry (name: ..., uri: {self.serving.model}) and remove serving.model"
+            )
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(self.models):
+            if entry.name in seen:
+                raise ValueError(
+                    f"models.{seen[entry.name]} and models.{index} are both named {entry.name!r}: "
+                    "give each model its own name (it is the registered model and the served path)"
+                )
+            seen[entry.name] = index
+        self.served_models()  # a shorthand whose URI gives no valid model name fails here
+        return self
+
+    def served_models(self) -> list[ModelEntry]:
+        """Every model the stack serves, the ``serving.model`` shorthand expanded (one rule for the
+        render, the controller, preflight and the monitoring)."""
+        if self.models:
+            return list(self.models)
+        uri = self.serving.model or f"models:/{DEFAULT_MODEL}@champion"
+        if uri.startswith("models:/"):
+            name = uri.removeprefix("models:/").split("@", 1)[0].split("/", 1)[0]
+            if name_problem(name) is None:
+                return [ModelEntry(name=name, uri=uri, dataset=name)]
+        from appliance.workloads.serving.sources import source_for
+
+        return [ModelEntry(name=source_for(uri).default_name(), uri=uri)]
 
     @field_validator("bind_address")
     @classmethod

@@ -17,6 +17,7 @@ from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
 from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
+from appliance.workloads.binding import controller_models
 
 
 def retrain_pipeline(ctx: Any, services: Any) -> str:
@@ -31,4 +32,5 @@ GENERATORS: dict[str, Generator] = {
     "retrain_pipeline": retrain_pipeline,
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
+    "controller_models": controller_models,
 }

@@ -167,18 +167,23 @@ def _runtime(ctx: AppContext) -> Check:
 
 
 def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
-    """A registry URI needs a registry: the edge profile has none unless the user points elsewhere."""
+    """A registry URI needs a registry. The edge profile runs none, so a stack serving from one
+    it cannot reach would start, never turn ready and end in a health timeout: it fails here,
+    before anything starts. In a cluster MLflow may run on the control host instead."""
     model = ctx.answers.serving.model
     if "serving" not in desired or not model.startswith("models:/") or "mlflow" in desired:
         return []
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return [Check("serving model", "pass", f"{model} from MLflow at {os.environ['MLFLOW_TRACKING_URI']}")]
+    if ctx.hosts is not None and ctx.hosts.host_of("mlflow") not in (None, ctx.here):
+        return [Check("serving model", "pass", f"{model} from the cluster's MLflow at {ctx.mlflow_uri}")]
+    why = "the edge profile" if ctx.answers.profile == "edge" else "this stack (components.mlflow is off)"
     return [
         Check(
             "serving model",
-            "warn",
-            f"serving.model is {model} but this stack has no MLflow: the server stays not ready",
-            "set serving.model to a model folder, an .onnx file or an s3:// URI",
+            "fail",
+            f"the stack serves {model} from the MLflow registry, which {why} does not run: "
+            "the model server would never turn ready",
+            "set serving.model to a model folder, an .onnx file or an s3:// URI, "
+            "or run this host in a cluster (a cluster: section) whose control host runs MLflow",
         )
     ]
 

@@ -150,6 +150,16 @@ def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
     except (KeyError, AttributeError, IndexError) as err:
         raise ApplianceError(
             f"stack template {template!r} in {where} uses an unknown name: {err}",
+def served_models(ctx: AppContext) -> list[str]:
+    """``NAME=URI`` of every model the stack serves (``models``, or the ``serving.model``
+    shorthand), for the model server's repeated ``--model``."""
+    return [f"{m.name}={m.served_uri}" for m in ctx.answers.served_models()]
+
+
+LISTS: dict[str, Callable[[AppContext], list[str]]] = {"served_models": served_models}
+"""Lists a stack's ``repeated_args`` may expand into one flag per item."""
+
+
             fix="correct the template in stacks/services.yaml",
         ) from err
 
@@ -180,6 +190,14 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
     # (loopback for a wildcard bind, the service's host in a cluster), never 0.0.0.0.
     d = v | {"bind": ctx.host_of(name)}
     health = spec.health.model_copy(
+    for flag, list_name in spec.repeated_args.items():
+        if list_name not in LISTS:
+            raise ApplianceError(
+                f"service {name!r} repeats {flag} over {list_name!r}, which is not a list the render knows",
+                fix=f"use one of: {', '.join(sorted(LISTS))}",
+            )
+        for item in LISTS[list_name](ctx):
+            extra += [flag, item]
         update={
             "http": spec.health.http and _fmt(spec.health.http, d, f"{name}.health"),
             "tcp": spec.health.tcp and _fmt(spec.health.tcp, d, f"{name}.health"),

@@ -85,6 +85,9 @@ class ServiceSpec(Spec):
     optional_args: dict[str, str] = Field(default_factory=dict)
     """Flag -> value template, appended to the command only when the value is set (not empty/None),
     e.g. ``{--schedule: "{answers.monitoring.retrain_schedule}"}``."""
+    repeated_args: dict[str, str] = Field(default_factory=dict)
+    """Flag -> name of a list the render computes (``appliance.render.LISTS``), appended as the
+    flag once per item, e.g. ``{--model: served_models}`` gives ``--model NAME=URI`` per model."""
     container_command: list[str] | None = None
     """Command template inside the container; the local command when absent."""
     env: dict[str, str] = Field(default_factory=dict)

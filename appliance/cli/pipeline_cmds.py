@@ -104,9 +104,10 @@ def run_cmd(
 ) -> None:
     """Run pipeline NAME (a name or a path to a .yaml file) now, in the foreground."""
     from appliance.names import check_name
-    from appliance.pipelines.loader import find_pipeline, load_pipeline, search_dirs
+    from appliance.pipelines.loader import find_pipeline, load_pipeline, search_dirs, user_pipelines_dir
     from appliance.pipelines.model import DATASET_PARAMETER
     from appliance.pipelines.runner import PipelineRunner
+    from appliance.workloads.binding import resolved_entries, run_params
 
     overrides = _parse_params(params)
     if not name.endswith((".yaml", ".yml")):
@@ -116,10 +117,17 @@ def run_cmd(
     if DATASET_PARAMETER in overrides:
         check_name(overrides[DATASET_PARAMETER], "dataset name")
     app = app_context()
-    path = find_pipeline(name, search_dirs(pipelines_dir or app.state_dir / "pipelines"))
+    path = find_pipeline(name, search_dirs(pipelines_dir or user_pipelines_dir(app.state_dir)))
     pipeline = load_pipeline(path)
+    # The model's own dataset, target and parameters from the answers (models list), as the
+    # controller's runs get them; a dataset named here by hand must agree with the binding.
+    bindings = {entry.name: entry for entry in resolved_entries(app.answers)}
+    chosen = model or pipeline.model
+    values = run_params(chosen, pipeline.model, pipeline.parameters, bindings, overrides, explicit=True)
     runner = PipelineRunner(app.state_dir, app.connection_env(), on_event=_render_event)
-    record = runner.run(pipeline, path, model=model, params=overrides, trigger="manual")
+    record = runner.run(
+        pipeline, path, model=chosen, params=values, trigger="manual", binding=bindings.get(chosen)
+    )
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
     if record["state"] != "succeeded":

@@ -24,6 +24,8 @@ from appliance.pipelines import templating
 from appliance.pipelines.model import BUILTIN_OUTPUTS, Pipeline, Step, action_problems
 
 PROMOTE_STEP = "promote"
+DRAWN_SUFFIX = ".pipeline"
+"""Pipelines drawn in the workbench (Elyra), converted by ``appliance.pipelines.elyra``."""
 TEMPLATED_LISTS = ("run", "inputs")
 TEMPLATED_MAPS = ("args", "env")
 
@@ -171,6 +173,10 @@ def parse_pipeline(text: str, source: str) -> Pipeline:
 
 def load_pipeline(path: Path) -> Pipeline:
     """Read and validate one pipeline file."""
+    if path.suffix == DRAWN_SUFFIX:  # drawn in the workbench's pipeline editor (Elyra)
+        from appliance.pipelines.elyra import load_elyra
+
+        return load_elyra(path)
     if not path.is_file():
         raise InvalidInputError(str(path), [Problem("", "file not found")])
     return parse_pipeline(path.read_text(), str(path))
@@ -181,9 +187,17 @@ def builtin_pipelines_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "stacks" / "pipelines"
 
 
-def search_dirs(extra: Path | None) -> list[Path]:
-    """Where ``pipeline run NAME`` looks, first match wins: the given folder, then the built-ins."""
-    return [d for d in (extra, builtin_pipelines_dir()) if d is not None]
+def user_pipelines_dir(state_dir: Path) -> Path:
+    """Where a user's own pipelines live (``STATE/pipelines``), searched before the built-ins."""
+    return state_dir / "pipelines"
+
+
+def search_dirs(extra: Path | list[Path] | None) -> list[Path]:
+    """Where ``pipeline run NAME`` and the controller look, first match wins: the given folders
+    (``STATE/pipelines`` in the stack), then the built-ins. The one search path for both: the
+    folders are listed again at every run, so a file added after ``up`` is used."""
+    given = extra if isinstance(extra, list) else [extra] if extra is not None else []
+    return [*given, builtin_pipelines_dir()]
 
 
 def available(dirs: list[Path]) -> dict[str, Path]:
@@ -191,15 +205,16 @@ def available(dirs: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in reversed(dirs):
         if folder.is_dir():
-            for path in sorted(folder.glob("*.y*ml")):
-                found[path.stem] = path
+            for pattern in ("*" + DRAWN_SUFFIX, "*.y*ml"):  # NAME.yaml wins over NAME.pipeline
+                for path in sorted(folder.glob(pattern)):
+                    found[path.stem] = path
     return found
 
 
 def find_pipeline(name_or_path: str, dirs: list[Path]) -> Path:
     """A pipeline file from a name (looked up in ``dirs``) or a path to a YAML file."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml", DRAWN_SUFFIX) and candidate.is_file():
         return candidate
     check_name(name_or_path, "pipeline name")
     known = available(dirs)
@@ -209,5 +224,6 @@ def find_pipeline(name_or_path: str, dirs: list[Path]) -> Path:
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ApplianceError(
         f"no pipeline named {name_or_path!r} in {', '.join(str(d) for d in dirs)}",
-        fix=f"{hint}known pipelines: {', '.join(sorted(known)) or '(none)'}; or give a path to a .yaml file",
+        fix=f"{hint}known pipelines: {', '.join(sorted(known)) or '(none)'}; "
+        "or give a path to a .yaml or .pipeline file",
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 import os
 import secrets
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import appliance
 from appliance.errors import ApplianceError
@@ -30,6 +31,13 @@ from appliance.pipelines.records import RunStore
 from appliance.pipelines.recovery import fail_orphans
 from appliance.pipelines.stepexec import StepFailure, command_for, output_file, read_output, step_env
 from appliance.pipelines.tracking import Tracker, TrackingUnavailableError, tracker_from_env
+
+if TYPE_CHECKING:
+    from appliance.answers import ModelEntry
+
+REGISTER_STEP = "register"
+"""Before a step of this name the run's data is checked against its model's binding."""
+BINDING_CHECK_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class PreparedRun:
     lock: ModelLock
     root: Path
     cancel: threading.Event = field(default_factory=threading.Event)
+    binding: ModelEntry | None = None
+    """The model's entry in the answers (dataset, target): checked before ``register``."""
 
     @property
     def workdir(self) -> Path:
@@ -117,8 +127,10 @@ class PipelineRunner:
         model: str | None = None,
         params: Mapping[str, str] | None = None,
         trigger: str = "manual",
+        binding: ModelEntry | None = None,
     ) -> PreparedRun:
-        """Check parameters, take the model's lock and record the run; raise AlreadyRunningError if held."""
+        """Check parameters, take the model's lock and record the run; raise AlreadyRunningError if
+        held. With a ``binding``, the data is checked against it before the ``register`` step."""
         model = check_name(model or pipeline.model, "model name")
         values = resolve_params(pipeline, params or {})
         if DATASET_PARAMETER in values:
@@ -145,7 +157,7 @@ class PipelineRunner:
         except BaseException:
             lock.release()
             raise
-        return PreparedRun(run_id, pipeline, source, model, values, trigger, lock, root)
+        return PreparedRun(run_id, pipeline, source, model, values, trigger, lock, root, binding=binding)
 
     def execute(self, run: PreparedRun) -> dict[str, Any]:
         """Run every step; always releases the lock and leaves a finished record behind."""
@@ -221,9 +233,10 @@ class PipelineRunner:
         model: str | None = None,
         params: Mapping[str, str] | None = None,
         trigger: str = "manual",
+        binding: ModelEntry | None = None,
     ) -> dict[str, Any]:
         """``prepare`` then ``execute`` in this thread."""
-        return self.execute(self.prepare(pipeline, source, model, params, trigger))
+        return self.execute(self.prepare(pipeline, source, model, params, trigger, binding))
 
     def _outcome(self, run: PreparedRun, state: str, failed_step: str | None) -> str:
         if state != "succeeded":
@@ -270,6 +283,8 @@ class PipelineRunner:
                 emit(Event(run.run_id, step.name, "skipped", message=f"when: {step.when}"))
                 return True
             argv = command_for(step, run.source, run.workdir, resolve)
+            if step.name == REGISTER_STEP:
+                self._check_binding(run, log_path)
         except (templating.TemplateError, StepFailure) as err:
             store.update_step(run.run_id, step.name, state="failed", error=str(err), finished=time.time())
             emit(Event(run.run_id, step.name, "failed", message=str(err)))
@@ -358,6 +373,31 @@ class PipelineRunner:
             Event(run.run_id, step.name, "succeeded" if ok else "failed", attempt, total, "" if ok else error)
         )
         return ok
+
+    def _check_binding(self, run: PreparedRun, log_path: Path) -> None:
+        """StepFailure unless the run's data is its model's (appliance.workloads.binding), so a
+        version of one model is never registered from another model's data. Runs in a child
+        process with the steps' environment (MLflow's address and account)."""
+        entry = run.binding
+        if entry is None or entry.dataset is None:
+            return
+        argv = [sys.executable, "-m", "appliance.workloads.binding", "check", "--workdir", str(run.workdir)]
+        argv += ["--model", run.model, "--dataset", entry.dataset]
+        argv += ["--target", entry.target] if entry.target else []
+        env = {**os.environ, **self.env, "PYTHONPATH": _source_root()}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=BINDING_CHECK_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired as err:
+            raise StepFailure(f"the binding check timed out after {BINDING_CHECK_TIMEOUT_S:g} s") from err
+        with log_path.open("a") as log:
+            log.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            reason = " ".join(line.strip().removeprefix("error: ") for line in lines[-2:]) or "failed"
+            raise StepFailure(f"binding check: {reason}")
 
 
 def _source_root() -> str:

@@ -68,7 +68,7 @@ def test_edge_serving_from_the_registry_is_flagged_and_a_file_is_not(tmp_path: P
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     edge = ctx(tmp_path, profile="edge")
     (check,) = _model_source(edge, render_stack(edge))
-    assert check.status == "warn" and "no MLflow" in check.detail and "s3://" in check.fix
+    assert check.status == "fail" and "edge profile does not run" in check.detail and "s3://" in check.fix
     local = ctx(tmp_path, profile="edge", serving={"model": "/models/breast_cancer"})
     assert _model_source(local, render_stack(local)) == []
     lab = ctx(tmp_path)

@@ -15,8 +15,13 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.workloads.controller.schedule import Scheduler
+    from appliance.workloads.controller.service import Controller
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,10 +30,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     parser.add_argument("--state-dir", type=Path, required=True, help="the appliance state directory")
     parser.add_argument(
-        "--pipelines-dir", type=Path, help="folder of pipeline files, searched before the built-ins"
+        "--pipelines-dir",
+        type=Path,
+        action="append",
+        help="folder of pipeline files, searched before the built-ins (repeatable, first wins)",
     )
     parser.add_argument(
-        "--schedule", help="cron expression that starts the retrain pipeline, e.g. '0 3 * * *'"
+        "--models-file",
+        type=Path,
+        help="models.json: each model's dataset binding, pipeline, parameters and schedule",
+    )
+    parser.add_argument(
+        "--schedule",
+        help="cron expression that starts the retrain pipeline for its own model, e.g. '0 3 * * *'",
     )
     parser.add_argument(
         "--webhook-token-file", type=Path, help="file holding the bearer token for POST routes"
@@ -63,10 +77,37 @@ def read_token(path: Path | None) -> str | None:
     return token
 
 
+def schedules(controller: Controller, default: str | None, log: logging.Logger) -> dict[str, Scheduler]:
+    """A cron scheduler per model with a ``retrain_schedule`` (each runs the model's own pipeline
+    on its own data), plus ``--schedule`` for the retrain pipeline's own model. An unbound model's
+    schedule is refused here, at start-up, naming the key to add."""
+    from appliance.workloads.binding import UnboundModelError
+    from appliance.workloads.controller.schedule import Scheduler
+
+    def fire(model: str | None) -> None:
+        if model is None:
+            result = controller.trigger(controller.retrain_pipeline, None, "cron")
+        else:
+            result = controller.trigger_retrain(model, "cron")
+        log.info("scheduled trigger: %s", result.as_dict())
+
+    found: dict[str, Scheduler] = {}
+    for name, entry in controller.models.items():
+        if not entry.retrain_schedule:
+            continue
+        if entry.dataset is None:
+            log.error("schedule of model %s not started: %s", name, UnboundModelError(name, []))
+            continue
+        found[name] = Scheduler(entry.retrain_schedule, lambda m=name: fire(m))  # type: ignore[misc]
+    if default:
+        found["*"] = Scheduler(default, lambda: fire(None))
+    return found
+
+
 def serve(args: argparse.Namespace) -> None:
+    from appliance.workloads.binding import load_models
     from appliance.workloads.controller.cooldown import Cooldown
     from appliance.workloads.controller.http import ControllerServer
-    from appliance.workloads.controller.schedule import Scheduler
     from appliance.workloads.controller.service import Controller
 
     log = logging.getLogger("appliance.controller")
@@ -75,21 +116,16 @@ def serve(args: argparse.Namespace) -> None:
     token = read_token(args.webhook_token_file)
     state_dir = args.state_dir.resolve()
     env = {**os.environ, "APPLIANCE_STATE_DIR": str(state_dir)}
+    models = load_models(args.models_file)
     controller = Controller(
         state_dir,
         args.pipelines_dir,
         env,
         Cooldown(args.cooldown_seconds),
         retrain_pipeline=args.retrain_pipeline,
+        models=models,
     )
-    scheduler = None
-    if args.schedule:
-        scheduler = Scheduler(
-            args.schedule,
-            lambda: log.info(
-                "scheduled trigger: %s", controller.trigger(args.retrain_pipeline, None, "cron").as_dict()
-            ),
-        )
+    schedulers = schedules(controller, args.schedule, log)
     controller.start_up()
     try:
         server = ControllerServer((args.host, args.port), controller, token)
@@ -98,9 +134,9 @@ def serve(args: argparse.Namespace) -> None:
             f"cannot listen on {args.host}:{args.port}: {err.strerror}",
             fix="choose a free port with --port (ports.controller in the answers file)",
         ) from err
-    if scheduler:
+    for scheduler in schedulers.values():
         scheduler.start()
-        server.scheduler = scheduler
+    server.schedulers = schedulers
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -117,7 +153,7 @@ def serve(args: argparse.Namespace) -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        if scheduler:
+        for scheduler in schedulers.values():
             scheduler.stop()
         controller.stop()
         server.server_close()

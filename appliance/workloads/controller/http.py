@@ -47,8 +47,11 @@ class ControllerServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.controller = controller
         self.token = token
-        self.registry = metrics.registry_for(controller.store, controller.pipeline_names)
-        self.scheduler: Scheduler | None = None
+        self.registry = metrics.registry_for(
+            controller.store, controller.pipeline_names, lambda: dict(controller.refusals)
+        )
+        self.schedulers: dict[str, Scheduler] = {}
+        """Cron schedules by model (``models[].retrain_schedule``; ``--schedule``: the pipeline's model)."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -137,9 +140,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _healthz(self) -> None:
         health: dict[str, Any] = {"status": "ok", "active_runs": self.server.controller.active_runs()}
-        scheduler = self.server.scheduler
-        if scheduler is not None:
-            health |= {"schedule": scheduler.expression, "next_fire": scheduler.next_at}
+        schedules = self.server.schedulers
+        if schedules:
+            first = next(iter(schedules.values()))
+            health |= {"schedule": first.expression, "next_fire": first.next_at}
+            health["schedules"] = {
+                model: {"schedule": s.expression, "next_fire": s.next_at} for model, s in schedules.items()
+            }
         self._json(200, health)
 
     def _metrics(self) -> None:
@@ -212,5 +219,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"no pipeline named {name!r}",
                 f"known: {', '.join(self.server.controller.pipeline_names()) or '(none)'}",
             )
-        result = self.server.controller.trigger(name, model, "manual", {k: str(v) for k, v in params.items()})
+        result = self.server.controller.trigger(
+            name, model, "manual", {k: str(v) for k, v in params.items()}, explicit=True
+        )
         self._json(202 if result.status == STARTED else 409, result.as_dict())

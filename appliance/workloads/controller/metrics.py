@@ -20,9 +20,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class RunRecordsCollector:
     """A Prometheus collector over ``RunStore.counts()``."""
 
-    def __init__(self, store: RunStore, pipelines: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        pipelines: Callable[[], list[str]],
+        refusals: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self.store = store
         self.pipelines = pipelines
+        self.refusals = refusals
 
     def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
@@ -59,11 +65,22 @@ class RunRecordsCollector:
         for row in counts["promotions"]:
             promotions.add_metric([row["model"]], row["n"])
         yield promotions
+        # Refusals start no run, so they have no record: counted in memory since the start.
+        refused = CounterMetricFamily(
+            "appliance_retrain_refusals_total",
+            "Drift alerts that started no run because the model has no dataset binding.",
+            labels=["model"],
+        )
+        for model, n in sorted(self.refusals().items()):
+            refused.add_metric([model], n)
+        yield refused
 
 
-def registry_for(store: RunStore, pipelines: Callable[[], list[str]]) -> CollectorRegistry:
+def registry_for(
+    store: RunStore, pipelines: Callable[[], list[str]], refusals: Callable[[], dict[str, int]] = dict
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunRecordsCollector(store, pipelines))
+    registry.register(RunRecordsCollector(store, pipelines, refusals))
     return registry
 
 

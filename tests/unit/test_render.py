@@ -134,10 +134,59 @@ def test_container_controller_reads_its_pipeline_from_config_and_keeps_state_in_
     controller = render_stack(ctx(tmp_path, runtime="docker"))["controller"]
     args = controller.container_command
     config = str(tmp_path / "state" / "config" / "controller")
-    assert args[args.index("--pipelines-dir") + 1] == config
+    dirs = [args[i + 1] for i, a in enumerate(args) if a == "--pipelines-dir"]
+    assert dirs == ["/var/lib/appliance/pipelines", config]  # the user's first, then the built-ins
+    assert args[args.index("--models-file") + 1] == f"{config}/models.json"
     assert args[args.index("--state-dir") + 1] == "/var/lib/appliance"
     assert args[0] == "/opt/appliance/bin/python"
     assert "name: retrain" in controller.files["retrain.yaml"]
     assert controller.volumes == {"state": "/var/lib/appliance"}
     serving = render_stack(ctx(tmp_path, runtime="docker"))["serving"].container_command
     assert serving[serving.index("--token-file") + 1] == "/var/lib/appliance/secrets/serving_token"
+
+
+def test_serving_serves_every_model_and_the_controller_gets_every_binding(tmp_path: Path) -> None:
+    import json
+
+    models = [
+        {"name": "breast_cancer", "dataset": "breast_cancer"},
+        {
+            "name": "wine",
+            "dataset": "wine",
+            "target": "target",
+            "drift_psi_threshold": 0.3,
+            "parameters": {"epochs": 5},
+            "retrain_schedule": "0 4 * * *",
+        },
+        {"name": "edge_file", "uri": "/models/edge/model.onnx"},
+    ]
+    services = render_stack(ctx(tmp_path, models=models, monitoring={"retrain_schedule": "0 3 * * *"}))
+    command = services["serving"].command
+    served = [command[i + 1] for i, a in enumerate(command) if a == "--model"]
+    assert served == [
+        "breast_cancer=models:/breast_cancer@champion",
+        "wine=models:/wine@champion",
+        "edge_file=/models/edge/model.onnx",
+    ]
+    controller = services["controller"]
+    local_dirs = [
+        controller.command[i + 1] for i, a in enumerate(controller.command) if a == "--pipelines-dir"
+    ]
+    assert local_dirs == [str(tmp_path / "state" / "pipelines")]  # then the built-ins (loader.search_dirs)
+    assert "--schedule" not in controller.command  # schedules are per model, in models.json
+    bindings = {m["name"]: m for m in json.loads(controller.files["models.json"])["models"]}
+    assert bindings["wine"]["dataset"] == "wine" and bindings["wine"]["parameters"] == {"epochs": 5}
+    assert bindings["wine"]["retrain_schedule"] == "0 4 * * *"
+    assert bindings["breast_cancer"]["retrain_schedule"] == "0 3 * * *"  # monitoring's, by default
+    assert (
+        bindings["wine"]["drift_psi_threshold"] == 0.3
+        and bindings["breast_cancer"]["drift_psi_threshold"] == 0.2
+    )
+    assert bindings["edge_file"]["dataset"] is None
+
+
+def test_the_serving_model_shorthand_is_one_model_bound_to_its_own_dataset(tmp_path: Path) -> None:
+    command = render_stack(ctx(tmp_path, serving={"model": "models:/wine@champion"}))["serving"].command
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--model"] == ["wine=models:/wine@champion"]
+    default = render_stack(ctx(tmp_path))["serving"].command
+    assert default[default.index("--model") + 1] == "breast_cancer=models:/breast_cancer@champion"

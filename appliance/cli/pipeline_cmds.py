@@ -102,7 +102,7 @@ def pipeline_group() -> None:
 def run_cmd(
     name: str, model: str | None, params: tuple[str, ...], pipelines_dir: Path | None, as_json: bool
 ) -> None:
-    """Run pipeline NAME (a name or a path to a .yaml file) now, in the foreground."""
+    """Run pipeline NAME (a name or a path to a .yaml or .pipeline file) now, in the foreground."""
     from appliance.names import check_name
     from appliance.pipelines.loader import find_pipeline, load_pipeline, search_dirs, user_pipelines_dir
     from appliance.pipelines.model import DATASET_PARAMETER
@@ -110,7 +110,7 @@ def run_cmd(
     from appliance.workloads.binding import resolved_entries, run_params
 
     overrides = _parse_params(params)
-    if not name.endswith((".yaml", ".yml")):
+    if not name.endswith((".yaml", ".yml", ".pipeline")):
         check_name(name, "pipeline name")
     if model is not None:
         check_name(model, "model name")
@@ -231,3 +231,24 @@ def validate_cmd(file: Path) -> None:
     pipeline = load_pipeline(file)
     steps = ", ".join(s.name for s in pipeline.steps)
     click.echo(f"{file}: ok, pipeline {pipeline.name!r} for model {pipeline.model!r}: {steps}")
+
+
+@pipeline_group.command("export")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write here instead of stdout."
+)
+def export_cmd(file: Path, output: Path | None) -> None:
+    """Print (or write) a pipeline drawn in the workbench (FILE.pipeline) in the YAML form."""
+    from appliance.pipelines.elyra import export_text
+
+    text = export_text(file, output)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if not output.parent.is_dir():
+        raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_text(text)
+    partial.replace(output)
+    click.echo(f"wrote {output}")

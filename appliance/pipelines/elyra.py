@@ -487,3 +487,19 @@ def to_yaml_document(pipeline: Pipeline, source: Path, target: Path) -> dict[str
             notebook = (source.parent / step["notebook"]).resolve()
             step["notebook"] = os.path.relpath(notebook, target.resolve().parent)
     return document
+
+
+def export_text(source: Path, target: Path | None) -> str:
+    """``appliance pipeline export``: the YAML form of a drawing (checked first, so a drawing the
+    runner would refuse exports nothing), with a header naming where it came from."""
+    import yaml
+
+    if source.suffix != ".pipeline":
+        raise InvalidInputError(
+            str(source),
+            [Problem("", "not a .pipeline file", None, "give the file saved by the pipeline editor")],
+        )
+    pipeline = load_elyra(source)
+    document = to_yaml_document(pipeline, source, target or source.with_suffix(".yaml"))
+    header = f"# Exported from {source.name} (drawn in the workbench); runs as pipeline {pipeline.name!r}.\n"
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

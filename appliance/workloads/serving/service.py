@@ -17,6 +17,7 @@ from appliance import __version__
 from appliance.workloads.serving.errors import BadRequest, Forbidden, InferenceError, Unauthorized
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import LoadedModel
+from appliance.workloads.serving.replica_metrics import ConcurrencyClock, ReplicaCollector
 from appliance.workloads.serving.repository import ModelRepository
 from appliance.workloads.serving.triton import ModelStats, model_config
 
@@ -52,15 +53,20 @@ class InferenceService:
         self._active = 0
         self._gauges = {p: metrics.child(metrics.in_flight, p) for p in ("rest", "grpc")}
         self._stats: dict[tuple[str, str], ModelStats] = {}
+        self._clock = ConcurrencyClock()
+        metrics.registry.register(ReplicaCollector(self._clock, repo.models))
         repo.on_batch = self._on_batch
 
     def begin(self, protocol: str) -> None:
-        """An inference request starts (in-flight gauge, and the count shutdown waits on)."""
+        """An inference request starts (in-flight gauge, the autoscaler's concurrency integral,
+        and the count shutdown waits on)."""
         self._active += 1
+        self._clock.change(1)
         self._gauges[protocol].inc()
 
     def end(self, protocol: str) -> None:
         self._active -= 1
+        self._clock.change(-1)
         self._gauges[protocol].dec()
 
     def in_flight(self) -> int:

@@ -128,8 +128,18 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
 
 def _rules_text(answers: Answers) -> str:
     mon = answers.monitoring
+    # A model's own drift settings (models[].drift_psi_threshold, .drift_min_rows) get its own rules.
+    own = {
+        m.name: (m.drift_psi_threshold or mon.drift_psi_threshold, m.drift_min_rows or mon.drift_min_rows)
+        for m in answers.served_models()
+        if m.drift_psi_threshold is not None or m.drift_min_rows is not None
+    }
     return render_alert_rules(
-        mon.drift_psi_threshold, mon.drift_for, mon.latency_p99_slo_seconds, drift_min_rows=mon.drift_min_rows
+        mon.drift_psi_threshold,
+        mon.drift_for,
+        mon.latency_p99_slo_seconds,
+        drift_min_rows=mon.drift_min_rows,
+        per_model=own,
     )
 
 

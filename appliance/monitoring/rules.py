@@ -12,6 +12,8 @@ serving replicas) so the notification says which feature moved; Alertmanager gro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import yaml
 
 from appliance.monitoring.durations import check_duration
@@ -42,6 +44,33 @@ def _alert(name: str, expr: str, duration: str, severity: str, summary: str, des
     }
 
 
+def _drift_alerts(psi: str, pred_psi: str, rows: int, drift_for: str, selector: str) -> list[dict]:
+    """FeatureDrift and PredictionDrift over the series ``selector`` picks (all when empty)."""
+    value = '{{ printf "%.3f" $value }}'
+    pick = f"{{{selector}}}" if selector else ""
+    # Drift is only read from a window holding enough rows: after a restart or a reload a window
+    # of a few dozen rows reads as drift by chance (docs/monitoring.md has the measurement).
+    enough_rows = f"on (model) (max by (model) (appliance_drift_window_rows{pick}) >= {rows})"
+    return [
+        _alert(
+            "FeatureDrift",
+            f"(max by (model, feature) (appliance_feature_psi{pick}) > {psi}) and {enough_rows}",
+            drift_for,
+            "warning",
+            'Feature "{{ $labels.feature }}" of model {{ $labels.model }} has drifted',
+            f'PSI of feature "{{{{ $labels.feature }}}}" is {value}, above {psi} for {drift_for}.',
+        ),
+        _alert(
+            "PredictionDrift",
+            f"(max by (model) (appliance_prediction_psi{pick}) > {pred_psi}) and {enough_rows}",
+            drift_for,
+            "warning",
+            "Predictions of model {{ $labels.model }} have drifted",
+            f"PSI of the predictions is {value}, above {pred_psi} for {drift_for}.",
+        ),
+    ]
+
+
 def alert_rules(
     psi_threshold: float,
     drift_for: str,
@@ -53,8 +82,11 @@ def alert_rules(
     error_ratio_for: str = "5m",
     rate_window: str = "5m",
     drift_min_rows: int = 300,
+    per_model: Mapping[str, tuple[float, int]] | None = None,
 ) -> list[dict]:
-    """The alert rules as data (see :func:`render_alert_rules`)."""
+    """The alert rules as data (see :func:`render_alert_rules`). ``per_model``: models with their
+    own drift threshold and minimum rows (``models[]`` in the answers), each with its own drift
+    rules; the default drift rules leave those models out."""
     psi = _number(psi_threshold, "drift_psi_threshold")
     pred_psi = _number(prediction_psi_threshold or psi_threshold, "prediction_psi_threshold")
     slo = _number(latency_p99_slo_seconds, "latency_p99_slo_seconds")
@@ -62,28 +94,22 @@ def alert_rules(
     drift_for = check_duration(drift_for, "drift_for")
     window = check_duration(rate_window, "rate_window")
     rows = _min_rows(drift_min_rows)
-    value = '{{ printf "%.3f" $value }}'
     requests = "appliance_inference_requests_total"
-    # Drift is only read from a window holding enough rows: after a restart or a reload a window
-    # of a few dozen rows reads as drift by chance (docs/monitoring.md has the measurement).
-    enough_rows = f"on (model) (max by (model) (appliance_drift_window_rows) >= {rows})"
+    own = dict(per_model or {})
+    # Models with their own thresholds get their own drift rules; the default ones leave them out.
+    others = ",".join(f'model!="{name}"' for name in sorted(own))
+    drift = _drift_alerts(psi, pred_psi, rows, drift_for, others)
+    for name, (model_psi, model_rows) in sorted(own.items()):
+        model_psi_text = _number(model_psi, f"models.{name}.drift_psi_threshold")
+        drift += _drift_alerts(
+            model_psi_text,
+            model_psi_text if prediction_psi_threshold is None else pred_psi,
+            _min_rows(model_rows),
+            drift_for,
+            f'model="{name}"',
+        )
     return [
-        _alert(
-            "FeatureDrift",
-            f"(max by (model, feature) (appliance_feature_psi) > {psi}) and {enough_rows}",
-            drift_for,
-            "warning",
-            'Feature "{{ $labels.feature }}" of model {{ $labels.model }} has drifted',
-            f'PSI of feature "{{{{ $labels.feature }}}}" is {value}, above {psi} for {drift_for}.',
-        ),
-        _alert(
-            "PredictionDrift",
-            f"(max by (model) (appliance_prediction_psi) > {pred_psi}) and {enough_rows}",
-            drift_for,
-            "warning",
-            "Predictions of model {{ $labels.model }} have drifted",
-            f"PSI of the predictions is {value}, above {pred_psi} for {drift_for}.",
-        ),
+        *drift,
         _alert(
             "ServingLatencyHigh",
             "histogram_quantile(0.99, sum by (le, model) "
@@ -125,6 +151,7 @@ def render_alert_rules(
     error_ratio_for: str = "5m",
     rate_window: str = "5m",
     drift_min_rows: int = 300,
+    per_model: Mapping[str, tuple[float, int]] | None = None,
 ) -> str:
     """The text of the alert rule file (``promtool check rules`` format), one group ``appliance``.
 
@@ -142,6 +169,7 @@ def render_alert_rules(
         error_ratio_for,
         rate_window,
         drift_min_rows,
+        per_model,
     )
     doc = {"groups": [{"name": "appliance", "rules": rules}]}
     return "# Generated by the appliance from the answers file; edits are overwritten.\n" + yaml.safe_dump(

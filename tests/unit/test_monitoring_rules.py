@@ -364,3 +364,60 @@ def test_drift_in_a_nearly_empty_window_does_not_fire(tmp_path: Path) -> None:
         }
     ]
     assert_passes(promtool_test(tmp_path, default_rules(), tests))
+
+
+@needs_promtool
+def test_a_model_with_its_own_threshold_and_min_rows_alerts_by_them_and_the_others_by_the_default(
+    tmp_path: Path,
+) -> None:
+    # Both models see PSI 0.25 on a window of 100 rows. "wine" (its own: 0.3, 50 rows) stays
+    # silent at 0.25 where the default (0.2) would fire; "cancer" (default: 0.2, 300 rows) stays
+    # silent because its window is short; at 0.35 with 400 rows both fire, once each.
+    series = [
+        {
+            "series": f'appliance_feature_psi{{model="wine", feature="alcohol", {SERVING}}}',
+            "values": "0.25x4 0.35x6",
+        },
+        {
+            "series": f'appliance_feature_psi{{model="cancer", feature="mean radius", {SERVING}}}',
+            "values": "0.25x4 0.35x6",
+        },
+        window_rows("wine", "100x4 400x6"),
+        window_rows("cancer", "100x4 400x6"),
+    ]
+    wine = {
+        "exp_labels": {"severity": "warning", "model": "wine", "feature": "alcohol"},
+        "exp_annotations": {
+            "summary": 'Feature "alcohol" of model wine has drifted',
+            "description": 'PSI of feature "alcohol" is 0.350, above 0.3 for 2m.',
+        },
+    }
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": "FeatureDrift", "exp_alerts": []},
+                {
+                    "eval_time": "9m",
+                    "alertname": "FeatureDrift",
+                    "exp_alerts": [wine, feature_alert("cancer", "mean radius", "0.350")],
+                },
+            ],
+        }
+    ]
+    rules = default_rules(per_model={"wine": (0.3, 50)})
+    assert rules.count("alert: FeatureDrift") == 2, rules
+    assert_passes(promtool_test(tmp_path, rules, tests))
+
+
+def test_per_model_drift_settings_reach_the_rules_from_the_answers() -> None:
+    from appliance.answers import Answers
+    from appliance.monitoring.generate import _rules_text
+
+    answers = Answers.model_validate(
+        {"models": [{"name": "a", "dataset": "a"}, {"name": "b", "dataset": "b", "drift_min_rows": 40}]}
+    )
+    text = _rules_text(answers)
+    assert 'appliance_feature_psi{model="b"}) > 0.2' in text and ">= 40" in text
+    assert 'appliance_feature_psi{model!="b"}) > 0.2' in text and ">= 300" in text

@@ -320,6 +320,25 @@ class Monitoring(Strict):
         return None if value is None else check_cron(value, "monitoring.retrain_schedule")
 
 
+class BackupSchedule(Strict):
+    """Backups taken by the controller on a schedule (docs/backup.md)."""
+
+    schedule: str | None = None
+    """Cron expression (UTC), e.g. ``0 2 * * *``; absent: no scheduled backups."""
+    retention: int = Field(7, ge=1, le=1000)
+    """How many archives to keep in ``to``; older ones are deleted after each good backup."""
+    to: str | None = None
+    """Folder or ``s3://BUCKET/PREFIX`` for the archives; absent: ``STATE/backups``."""
+    stale_after_periods: float = Field(2.0, ge=1.0, le=100.0)
+    """The ``BackupTooOld`` alert fires when the last good backup is older than this many
+    schedule periods."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value, "backup.schedule")
+
+
 class Tls(Strict):
     """TLS for the endpoints people and clients use: an nginx gateway terminates HTTPS and gRPC over
     TLS with a certificate signed by a CA generated at install, and proxies to the services, which
@@ -399,6 +418,8 @@ class Answers(Strict):
     """Alerting and retraining."""
     tls: Tls = Tls()
     """The TLS gateway."""
+    backup: BackupSchedule = BackupSchedule()
+    """Scheduled backups by the controller."""
     health_timeout_seconds: int = Field(180, ge=5)
     """How long ``up`` waits for a service to turn healthy before it fails."""
     images: dict[str, str] = Field(default_factory=dict)

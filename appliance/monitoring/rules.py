@@ -18,7 +18,14 @@ import yaml
 
 from appliance.monitoring.durations import check_duration
 
-ALERT_NAMES = ("FeatureDrift", "PredictionDrift", "ServingLatencyHigh", "ServingErrorRatio", "TargetDown")
+ALERT_NAMES = (
+    "FeatureDrift",
+    "PredictionDrift",
+    "ServingLatencyHigh",
+    "ServingErrorRatio",
+    "TargetDown",
+    "BackupTooOld",
+)
 DRIFT_ALERTS = ("FeatureDrift", "PredictionDrift")
 
 
@@ -136,6 +143,17 @@ def alert_rules(
             "{{ $labels.job }} at {{ $labels.instance }} is down",
             f"Prometheus could not scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) "
             f"for {target_down_for}.",
+        ),
+        # The controller exports its own threshold (periods x the schedule's period), so the rule
+        # holds no copy of the schedule; no schedule, no series, no alert.
+        _alert(
+            "BackupTooOld",
+            "time() - appliance_backup_last_success_timestamp_seconds > appliance_backup_stale_after_seconds",
+            "5m",
+            "warning",
+            "No good backup for too long",
+            "The last good scheduled backup is {{ $value | humanizeDuration }} old, more than "
+            "backup.stale_after_periods schedule periods; `appliance logs controller` says why.",
         ),
     ]
 

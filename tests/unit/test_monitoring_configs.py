@@ -86,7 +86,7 @@ def test_promtool_accepts_the_config_with_its_rules(tmp_path: Path) -> None:
     result = subprocess.run([PROMTOOL, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
 
 
 @needs_promtool

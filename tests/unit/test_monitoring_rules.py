@@ -54,6 +54,7 @@ def test_rule_names_follow_the_interface_contract() -> None:
         "ServingLatencyHigh",
         "ServingErrorRatio",
         "TargetDown",
+        "BackupTooOld",
     ]
 
 
@@ -94,7 +95,7 @@ def test_promtool_accepts_the_rule_file(tmp_path: Path) -> None:
     path.write_text(default_rules())
     result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
 
 
 def feature_alert(model: str, feature: str, value: str) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -38,9 +38,13 @@ def _line_index(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, .
 def _model_at(model: type[BaseModel], path: tuple[str, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the mapping at ``path`` (for suggestions)."""
     current: type[BaseModel] = model
-    for part in path:
-        field = current.model_fields.get(part)
+    parts = list(path)
+    while parts:
+        field = current.model_fields.get(parts.pop(0))
         annotation = getattr(field, "annotation", None)
+        if get_origin(annotation) is list and parts and parts[0].isdigit():
+            parts.pop(0)  # an item of a list of sections (``models.0``): its item type owns it
+            annotation = get_args(annotation)[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         current = annotation

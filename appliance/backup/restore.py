@@ -77,7 +77,9 @@ def _write_answers(staged: Path, target: Path, runtime: str | None) -> Path:
 def _check_stack_down(ctx: AppContext) -> None:
     from appliance.engine import Engine
 
-    running = sorted(name for name, seen in Engine(ctx).observed().items() if seen.running)
+    # A finished job (state done) leaves only its marker; it runs nothing that restore could race.
+    observed = Engine(ctx).observed().items()
+    running = sorted(name for name, seen in observed if seen.running and seen.state != "done")
     if running:
         raise ApplianceError(
             f"the stack on {ctx.state_dir} is running ({', '.join(running)}); restore replaces its data",

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--retrain-pipeline", default="retrain", help="pipeline started by alerts and the schedule"
     )
+    parser.add_argument(
+        "--backup-file", type=Path, help="backup.json: scheduled backups (the answers' backup section)"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -106,6 +109,7 @@ def schedules(controller: Controller, default: str | None, log: logging.Logger) 
 
 def serve(args: argparse.Namespace) -> None:
     from appliance.workloads.binding import load_models
+    from appliance.workloads.controller.backups import start_backups
     from appliance.workloads.controller.cooldown import Cooldown
     from appliance.workloads.controller.http import ControllerServer
     from appliance.workloads.controller.service import Controller
@@ -137,6 +141,7 @@ def serve(args: argparse.Namespace) -> None:
     for scheduler in schedulers.values():
         scheduler.start()
     server.schedulers = schedulers
+    backups = start_backups(args.backup_file, state_dir, server.registry)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -155,6 +160,8 @@ def serve(args: argparse.Namespace) -> None:
     finally:
         for scheduler in schedulers.values():
             scheduler.stop()
+        if backups is not None:
+            backups.stop()
         controller.stop()
         server.server_close()
 

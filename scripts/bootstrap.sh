@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
 APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2 nginx nghttp2-client
   libb64-0d postgresql)
+# The browser test of the workbench's pipeline editor drives Debian's chromium (dev only).
+if [[ ",$EXTRAS," == *",dev,"* ]]; then APT_PACKAGES+=(chromium); fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -45,6 +47,10 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${EXTRAS/
 if [ ! -f "$stamp" ]; then
   echo "==> installing Python packages [$EXTRAS] (torch is the CPU build, pinned)"
   .venv/bin/pip install -q --progress-bar off -e ".[${EXTRAS}]"
+  # Elyra's pipeline editor in the workbench, without its pins (see the lab extra in pyproject.toml)
+  if [[ ",$EXTRAS," == *",lab,"* ]]; then
+    .venv/bin/pip install -q --progress-bar off --no-deps "elyra==4.1.0"
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 RECORD = "schedule.json"
@@ -63,8 +64,11 @@ class BackupPlan:
 
 
 def backup_config(ctx: Any, services: Any) -> str:
-    """The controller's ``backup.json`` (a config file generator: see config_files.py)."""
+    """The controller's ``backup.json`` (a config file generator: see config_files.py). Without a
+    schedule it says only that, so the controller's config hash follows no other answer."""
     settings = ctx.answers.backup
+    if not settings.schedule:  # only the schedule: another answer changing restarts nothing
+        return json.dumps({"schedule": None})
     answers = ctx.answers.model_dump(mode="json", exclude_none=True)
     body = {
         "schedule": settings.schedule,
@@ -230,6 +234,8 @@ class BackupJob:
 
     # -- metrics -------------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         data = self.record()
         last = data.get("last_success") or {}
 

@@ -18,6 +18,7 @@ from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
 from appliance.workloads.binding import controller_models
+from appliance.workloads.controller.backups import backup_config as controller_backup
 
 
 def retrain_pipeline(ctx: Any, services: Any) -> str:
@@ -33,4 +34,5 @@ GENERATORS: dict[str, Generator] = {
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
     "controller_models": controller_models,
+    "controller_backup": controller_backup,
 }

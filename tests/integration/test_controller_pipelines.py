@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 
 from tests.conftest import APPLIANCE
 from tests.integration._controller_fixtures import (  # noqa: F401 - fixtures are found by their names
+    Controller,
     Home,
+    controllers_fixture,
     home_fixture,
     mlflow_children,
     mlflow_run,
@@ -65,6 +68,15 @@ def put_dataset(home: Home, name: str, files: dict[str, float]) -> None:
     for file, age in files.items():
         (folder / file).write_text("a,b,target\n1,2,0\n")
         os.utime(folder / file, (now - age, now - age))
+
+
+def drift(model: str) -> dict:
+    labels = {"alertname": "FeatureDrift", "model": model, "feature": "a"}
+    return {"status": "firing", "labels": labels, "annotations": {}, "fingerprint": secrets.token_hex(8)}
+
+
+def notification(*alerts: dict) -> dict:
+    return {"version": "4", "status": "firing", "receiver": "controller", "alerts": list(alerts)}
 
 
 def show(home: Home, run_id: str) -> dict:
@@ -255,3 +267,84 @@ steps:
     workdir = Path(run["workdir"])
     assert (workdir / "report.txt").read_text() == f"{run['id']} 0.5 report"
     assert (workdir / "report.ipynb").is_file(), "the executed notebook is kept beside the outputs"
+
+
+# A user's own retrain pipeline, placed in STATE/pipelines after the controller started. Its
+# validate step writes dataset.json as the trainer does (what it trained on), from a dataset it
+# is told (`{params.dataset}`, the model's binding) or, in the wrong one, a fixed other dataset.
+USER_RETRAIN = """\
+name: {name}
+model: breast_cancer
+parameters: {{dataset: breast_cancer, target: ""}}
+steps:
+  - name: ingest
+    builtin: ingest
+    args: {{dataset: "{{params.dataset}}"}}
+  - name: validate
+    run: ["sh", "-c", "echo user-pipeline {{model}} {trained_on} > trained.txt; printf '%s' '{{{{\\"name\\":
+          \\"{trained_on}\\", \\"model_name\\": \\"{{model}}\\", \\"spec\\": {{{{\\"target\\": \\"target\\",
+          \\"features\\": [\\"a\\", \\"b\\"]}}}}}}}}' > dataset.json"]
+    outputs: {{trained: trained.txt}}
+  - name: register
+    run: ["sh", "-c", "echo 1 > version.txt"]
+    outputs: {{version: version.txt}}
+"""
+
+
+def test_the_controller_runs_the_users_pipeline_from_state_pipelines_for_each_models_own_data(
+    home: Home, controllers: list[Controller]
+) -> None:
+    from appliance.answers import Answers
+    from appliance.workloads.binding import models_json
+
+    put_dataset(home, "wine", {"wine.csv": 5})
+    put_dataset(home, "breast_cancer", {"breast_cancer.csv": 5})
+    models = home.root / "models.json"
+    models.write_text(
+        models_json(
+            Answers.model_validate(
+                {
+                    "models": [
+                        {"name": "breast_cancer", "dataset": "breast_cancer"},
+                        {"name": "wine", "dataset": "wine"},
+                        {"name": "orphan", "uri": str(home.root / "orphan.onnx")},
+                    ]
+                }
+            )
+        )
+    )
+    token = home.root / "token"
+    token.write_text(secrets.token_urlsafe(24))
+    user = home.state / "pipelines"  # where the stack points the controller (--pipelines-dir)
+    controller = Controller(home, user, token, "--models-file", str(models)).start()
+    controllers.append(controller)
+    # Added after the controller started: the next trigger reads it.
+    user.mkdir(parents=True, exist_ok=True)
+    (user / "retrain.yaml").write_text(USER_RETRAIN.format(name="retrain", trained_on="{params.dataset}"))
+
+    started = controller.post("/alerts", notification(drift("wine")))
+    assert started.status_code == 202, started.text
+    run_id = started.json()["results"][0]["run_id"]
+    done = wait_for("the wine run", lambda: (r := controller.run(run_id))["state"] != "running" and r)
+    assert done["state"] == "succeeded", done
+    workdir = Path(done["workdir"])
+    assert (workdir / "trained.txt").read_text().split() == ["user-pipeline", "wine", "wine"]
+    assert done["params"]["dataset"] == "wine" and done["model"] == "wine"
+
+    # A model with no binding: acknowledged (Alertmanager must not retry), refused, counted.
+    refused = controller.post("/alerts", notification(drift("orphan")))
+    assert refused.status_code == 200, refused.text
+    result = refused.json()["results"][0]
+    assert result["status"] == "refused" and "models[].dataset" in result["detail"], result
+    assert 'appliance_retrain_refusals_total{model="orphan"} 1.0' in controller.get("/metrics").text
+    assert [r["model"] for r in controller.get("/runs").json()["runs"]] == ["wine"]
+
+    # A pipeline that trains wine on another model's data never reaches its register step.
+    (user / "wrong.yaml").write_text(USER_RETRAIN.format(name="wrong", trained_on="breast_cancer"))
+    wrong = controller.post("/pipelines/wrong/run", {"model": "wine"})
+    assert wrong.status_code == 202, wrong.text
+    run_id = wrong.json()["run_id"]
+    failed = wait_for("the wrong run", lambda: (r := controller.run(run_id))["state"] != "running" and r)
+    assert failed["state"] == "failed" and failed["outcome"] == "failed at register", failed
+    assert "the run trained on dataset 'breast_cancer', but 'wine' is bound to 'wine'" in failed["error"]
+    assert not (Path(failed["workdir"]) / "version.txt").exists()

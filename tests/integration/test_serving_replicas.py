@@ -1,0 +1,359 @@
+"""Serving replicas behind the balancer: one supervisor (nginx + real model servers) for the module.
+
+Requests spread over replicas on both protocols (gRPC streams of one channel included); metric sums
+equal the requests sent and drift PSI is the PSI of all traffic; the replica count goes up and down
+under load with no failed request; a killed replica is replaced without a failed request; the
+autoscaler follows a stepped load within its bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from appliance.workloads.controller.autoscale import Autoscaler, KpaSettings
+from appliance.workloads.serving.drift import DriftMonitor
+from tests.integration._serving_fixtures import REPO, reference, training_data, write_mlp
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                reason="nginx (the balancer) is not installed")  # fmt: skip
+
+TOKEN, ADMIN_TOKEN = "replica-token", "replica-admin"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+META = (("authorization", f"Bearer {TOKEN}"),)
+RETRY = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    http: str
+    grpc_target: str
+    admin: str
+    log: Path
+
+    def status(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.admin}/replicas", headers=ADMIN, timeout=10)
+        r.raise_for_status()
+        result: dict[str, Any] = r.json()
+        return result
+
+    def scale(self, n: int) -> httpx.Response:
+        return httpx.put(f"{self.admin}/replicas", headers=ADMIN, json={"replicas": n}, timeout=10)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin}/metrics", timeout=30).text
+
+    def wait_ready(self, n: int, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st["ready"] == n and len(st["replicas"]) == n:
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"not {n} ready replicas within {timeout}s: {self.status()}\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("replica-models")
+    write_mlp(root / "mlp")
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    (tmp / "token").write_text(TOKEN)
+    (tmp / "admin").write_text(ADMIN_TOKEN)
+    http, grpc_port, admin = free_port(), free_port(), free_port()
+    log = tmp / "supervisor.log"
+    cmd = [
+        sys.executable, "-m", "appliance.workloads.serving.supervisor",
+        "--min-replicas", "1", "--max-replicas", "3", "--replicas", "2",
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(admin),
+        "--admin-token-file", str(tmp / "admin"), "--run-dir", str(tmp / "run"),
+        "--", "--model", f"mlp={models / 'mlp'}", "--poll-seconds", "0",
+        "--token-file", str(tmp / "token"), "--admin-token-file", str(tmp / "admin"),
+    ]  # fmt: skip
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    svc = Service(
+        proc, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin}", log
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, svc.tail()
+        try:
+            svc.status()
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    svc.wait_ready(2)
+    yield svc
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    leftover = subprocess.run(["pgrep", "-f", str(models / "mlp")], capture_output=True, text=True).stdout
+    assert not leftover.strip(), f"replicas left running: {leftover}"
+
+
+def rest_body(x: np.ndarray) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
+
+
+def grpc_request(x: np.ndarray) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="mlp")
+    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.astype(np.float32).tobytes())
+    return req
+
+
+def per_replica(text: str, protocol: str) -> dict[str, float]:
+    """Successful requests per replica label, from the supervisor's exposition."""
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        if (
+            line.startswith("appliance_inference_requests_total{")
+            and f'protocol="{protocol}"' in line
+            and 'outcome="success"' in line
+        ):
+            replica = line.split('replica="', 1)[1].split('"', 1)[0]
+            out[replica] += float(line.rsplit(" ", 1)[1])
+    return dict(out)
+
+
+def gauge(text: str, name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ " and all(w in line for w in want):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in the exposition")
+
+
+@dataclass
+class Load:
+    """Client threads sending requests until stopped, every answer checked."""
+
+    service: Service
+    models: Path
+    threads: int = 4
+    grpc_retry: bool = False
+    """gRPC clients retry UNAVAILABLE (a standard retry policy): a request inside a replica that is
+    killed cannot be replayed by nginx, whose gRPC request bodies stream unbuffered; gRPC defines
+    UNAVAILABLE as safe to retry, and REST requests are retried by nginx itself."""
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> Load:
+        x = training_data(2, seed=3)
+        want = reference(self.models, x)
+        for i in range(self.threads):
+            target: Callable[[np.ndarray, np.ndarray], None] = self._rest if i % 2 == 0 else self._grpc
+            t = threading.Thread(target=target, args=(x, want), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def _count(self, failure: str | None) -> None:
+        with self._lock:
+            self.sent += 1
+            if failure:
+                self.failures.append(failure)
+
+    def _rest(self, x: np.ndarray, want: np.ndarray) -> None:
+        with httpx.Client(base_url=self.service.http, headers=AUTH, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post("/v2/models/mlp/infer", json=rest_body(x))
+                    ok = r.status_code == 200 and np.allclose(
+                        np.array(r.json()["outputs"][0]["data"]).reshape(want.shape), want, atol=1e-6
+                    )
+                    self._count(None if ok else f"REST {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as err:
+                    self._count(f"REST {type(err).__name__}: {err}")
+
+    def _grpc(self, x: np.ndarray, want: np.ndarray) -> None:
+        options = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY)] if self.grpc_retry else []
+        with grpc.insecure_channel(self.service.grpc_target, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    resp = stub.ModelInfer(grpc_request(x), metadata=META, timeout=30)
+                    got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(want.shape)
+                    self._count(None if np.allclose(got, want, atol=1e-6) else "gRPC wrong answer")
+                except grpc.RpcError as err:
+                    self._count(f"gRPC {err.code()}: {err.details()}")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(60)
+
+
+def test_metric_sums_equal_requests_sent_and_both_protocols_spread(service: Service, models: Path) -> None:
+    before = service.metrics()
+    rest0, grpc0 = per_replica(before, "rest"), per_replica(before, "grpc")
+    x = training_data(200, seed=11)
+    with httpx.Client(base_url=service.http, headers=AUTH, timeout=30) as client:
+        for i in range(100):
+            assert client.post("/v2/models/mlp/infer", json=rest_body(x[i : i + 1])).status_code == 200
+    with grpc.insecure_channel(service.grpc_target) as channel:  # one channel: one HTTP/2 connection
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for i in range(100, 200):
+            stub.ModelInfer(grpc_request(x[i : i + 1]), metadata=META, timeout=30)
+    after = service.metrics()
+    rest1, grpc1 = per_replica(after, "rest"), per_replica(after, "grpc")
+    rest = {k: v - rest0.get(k, 0) for k, v in rest1.items()}
+    grpc_ = {k: v - grpc0.get(k, 0) for k, v in grpc1.items()}
+    assert sum(rest.values()) == 100 and sum(grpc_.values()) == 100
+    # both replicas served both protocols: gRPC streams of one connection are not pinned
+    assert len([v for v in rest.values() if v > 0]) == 2, rest
+    assert len([v for v in grpc_.values() if v > 0]) == 2, grpc_
+    # drift over all traffic: the PSI of every row sent, not of one replica's share
+    profile = json.loads((models / "mlp" / "drift_profile.json").read_text())
+    whole = DriftMonitor(profile, window=100_000)
+    whole.observe(x, reference(models, x))
+    features, prediction, rows = whole.snapshot()
+    assert gauge(after, "appliance_drift_window_rows", model="mlp") == rows == 200
+    for name in ("f0", "f5"):
+        assert gauge(after, "appliance_feature_psi", model="mlp", feature=name) == pytest.approx(
+            features[name]
+        )
+    assert gauge(after, "appliance_prediction_psi", model="mlp") == pytest.approx(prediction)
+    assert 'appliance_feature_psi{feature="f0",model="mlp",replica=' not in after
+
+
+def test_scale_up_and_down_under_load_fails_no_request(service: Service, models: Path) -> None:
+    with Load(service, models) as load:
+        assert service.scale(3).status_code == 200
+        service.wait_ready(3)
+        time.sleep(0.5)
+        assert service.scale(1).status_code == 200
+        service.wait_ready(1)
+        time.sleep(0.5)
+        assert service.scale(2).status_code == 200
+        service.wait_ready(2)
+        time.sleep(0.5)
+    assert load.sent > 100
+    assert load.failures == [], load.failures[:5]
+
+
+def test_a_killed_replica_is_replaced_without_a_failed_request(service: Service, models: Path) -> None:
+    st = service.wait_ready(2)
+    replaced = st["replaced"]
+    victim = st["replicas"][0]["pid"]
+    with Load(service, models, grpc_retry=True) as load:
+        time.sleep(0.5)
+        os.kill(victim, 9)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = service.status()
+            if st["replaced"] == replaced + 1 and st["ready"] == 2:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
+    assert st["replaced"] == replaced + 1 and st["ready"] == 2, st
+    assert victim not in [r["pid"] for r in st["replicas"]]
+    assert load.failures == [], load.failures[:5]
+
+
+def test_bad_counts_are_refused_naming_the_bounds(service: Service) -> None:
+    r = service.scale(4)
+    assert r.status_code == 400 and "serving.max_replicas (3)" in r.json()["error"]
+    r = httpx.put(f"{service.admin}/replicas", json={"replicas": 2}, timeout=10)
+    assert r.status_code == 401
+    r = httpx.put(f"{service.admin}/replicas", headers=ADMIN, json={"replicas": "two"}, timeout=10)
+    assert r.status_code == 400
+    assert service.status()["desired"] == 2
+
+
+def test_autoscaler_follows_a_stepped_load_within_bounds(service: Service, models: Path) -> None:
+    settings = KpaSettings(
+        min_replicas=1,
+        max_replicas=3,
+        # the MLP answers in ~0.1 ms, so Python clients keep little in flight inside the server:
+        # one REST client holds ~0.1 on these cores, six ~0.7 (the log shows the figures)
+        target_concurrency=0.2,
+        target_utilization=0.7,
+        stable_window=6,
+        panic_window_percentage=50,
+        scale_down_delay=2,
+    )
+    scaler = Autoscaler(
+        settings, f"{service.admin}/metrics", f"{service.admin}/replicas", ADMIN_TOKEN, tick=0.5
+    )
+    scaler.start()
+    try:
+        with Load(service, models, threads=1):  # a light load first
+            time.sleep(8)
+        low = [d.desired for d in scaler.history]
+        with Load(service, models, threads=6) as load:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and service.status()["ready"] < 3:
+                time.sleep(0.5)
+            peak = service.status()
+        assert load.failures == [], load.failures[:5]
+        assert peak["ready"] == 3, (peak, [d.reason for d in list(scaler.history)[-5:]])
+        assert peak["decision"] is not None and peak["decision"]["reason"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and service.status()["ready"] > 1:
+            time.sleep(0.5)
+        assert service.status()["ready"] == 1
+    finally:
+        scaler.stop()
+    counts = [d.desired for d in scaler.history]
+    assert all(1 <= c <= 3 for c in counts)
+    assert min(low, default=1) <= 2
+    assert any("panic" in d.reason or "stable" in d.reason for d in scaler.history)

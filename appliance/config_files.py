@@ -14,6 +14,7 @@ from appliance.gateway import gateway_nginx
 from appliance.mlflow_auth import auth_ini as mlflow_auth_ini
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
 from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
+from appliance.pipelines.elyra_runtime import runtime_config as elyra_runtime_config
 from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
@@ -31,6 +32,7 @@ GENERATORS: dict[str, Generator] = {
     **MONITORING_GENERATORS,
     **GRAFANA_GENERATORS,
     "retrain_pipeline": retrain_pipeline,
+    "elyra_runtime_config": elyra_runtime_config,
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
     "controller_models": controller_models,

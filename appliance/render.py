@@ -15,15 +15,18 @@ from typing import Any
 
 from appliance.addressing import dial_address
 from appliance.context import (
+    BUNDLED_KINDS,
     CONTAINER_STATE_DIR,
     GRAFANA_SERVER,
     AppContext,
     find_grafana,
     find_minio,
     find_sbin,
+    find_weed,
 )
 from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
+from appliance.objectstore.identities import identity_of
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 
 PROJECT_DIR = STACKS_DIR.parent
@@ -98,6 +101,7 @@ class TemplateVars:
             "store": ctx.answers.object_store,
             "store_kind": ctx.store_kind,
             "minio": Installed(lambda: find_minio(ctx.answers), "minio"),
+            "weed": Installed(find_weed, "weed"),
             "grafana": Installed(find_grafana, GRAFANA_SERVER),
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
@@ -109,7 +113,7 @@ class TemplateVars:
 
 
 def _mlflow_artifacts(ctx: AppContext, inside: bool = False) -> str:
-    if ctx.store_kind in ("minio", "s3"):
+    if ctx.store_is_s3:
         return f"s3://{ctx.answers.object_store.mlflow_bucket}"
     if inside:
         return f"{CONTAINER_MLFLOW_DIR}/artifacts"
@@ -120,6 +124,8 @@ def facts(ctx: AppContext) -> dict[str, str]:
     """Resolved facts that ``when:`` conditions test."""
     return {
         "store": ctx.store_kind,
+        # SeaweedFS or MinIO: the stack runs the store, so also its buckets job.
+        "bundled_store": "yes" if ctx.store_kind in BUNDLED_KINDS else "no",
         "profile": ctx.answers.profile,
         "tls": "on" if ctx.answers.tls.enabled else "off",
         "monitoring": "on" if ctx.answers.components.monitoring else "off",
@@ -177,7 +183,8 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         ctx.secrets.get(secret)
     env = {k: _fmt(t, c, f"{name}.env.{k}") for k, t in spec.env.items()}
     if spec.data_connection:
-        env = ctx.connection_env(inside=inside, mlflow_account=False) | env
+        identity = identity_of(name)
+        env = ctx.connection_env(inside=inside, mlflow_account=False, identity=identity) | env
     extra: list[str] = []
     for flag, template in spec.optional_args.items():
         value = _fmt(template, v, f"{name}.optional_args.{flag}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,11 @@ PORT_KEYS = [
     "grafana",
     "minio",
     "minio_console",
+    "s3",
+    "seaweedfs_master",
+    "seaweedfs_volume",
+    "seaweedfs_filer",
+    "seaweedfs_metrics",
     "serving_http",
     "serving_grpc",
     "serving_metrics",
@@ -98,10 +104,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+GRPC_OFFSET_KEYS = ("s3", "seaweedfs_master", "seaweedfs_volume", "seaweedfs_filer")
+"""SeaweedFS listens for gRPC on each of these ports plus 10000: both must be valid and free."""
+
+
+def free_offset_port(offset: int = 10000) -> int:
+    """A free port below 65535 - ``offset`` whose ``port + offset`` is free too."""
+    while True:
+        port = random.randrange(20000, 65535 - offset)
+        try:
+            for candidate in (port, port + offset):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
 def free_ports() -> dict[str, int]:
     ports: dict[str, int] = {}
-    while len(set(ports.values())) < len(PORT_KEYS):
-        ports = {key: free_port() for key in PORT_KEYS}
+    while len(set(ports.values()) | {p + 10000 for k, p in ports.items() if k in GRPC_OFFSET_KEYS}) < len(
+        PORT_KEYS
+    ) + len(GRPC_OFFSET_KEYS):
+        ports = {key: free_offset_port() if key in GRPC_OFFSET_KEYS else free_port() for key in PORT_KEYS}
     return ports
 
 

@@ -95,7 +95,7 @@ def _entries(ctx: AppContext, staging: Path, manifest: Manifest) -> Iterator[tup
         if part in layout.folders:
             for entry in snapshot.folder_entries(part, layout.folders[part]):
                 yield part, entry
-    if ctx.store_kind in ("minio", "s3"):
+    if ctx.store_is_s3:
         for entry in snapshot.s3_entries(ctx):
             yield "object-store", entry
 

@@ -25,7 +25,7 @@ def split(uri: str) -> tuple[str, str]:
 
 
 def client(ctx: AppContext) -> Any:
-    if ctx.store_kind in ("minio", "s3"):
+    if ctx.store_is_s3:
         from appliance.backup.snapshot import s3_client
 
         return s3_client(ctx)

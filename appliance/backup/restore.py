@@ -166,7 +166,7 @@ def restore(
                 )
             _check_stack_down(ctx)
         with state_lock(target):
-            if ctx.store_kind in ("minio", "s3"):
+            if ctx.store_is_s3:
                 _upload_objects(ctx, staged / "s3", say)
             layout = layout_for(ctx, create=True)
             pairs = [

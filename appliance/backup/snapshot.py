@@ -115,17 +115,11 @@ def secret_entries(layout: Layout) -> Iterator[Entry]:
 
 
 def s3_client(ctx: AppContext) -> Any:
-    """boto3 S3 client on the stack's data connection."""
-    import boto3
+    """boto3 S3 client on the stack's data connection, with the store's admin key (a backup
+    reads, and a restore writes, every bucket)."""
+    from appliance.dataconn.client import client_from_env
 
-    env = ctx.connection_env(mlflow_account=False)
-    return boto3.client(
-        "s3",
-        endpoint_url=env.get("AWS_S3_ENDPOINT") or None,
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    return client_from_env(ctx.connection_env(mlflow_account=False, identity="admin"))
 
 
 def store_buckets(ctx: AppContext) -> list[str]:

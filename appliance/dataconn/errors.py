@@ -36,14 +36,42 @@ class StoreUnreachableError(DataConnectionError):
         )
 
 
+KEY_CODES = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+)
+"""S3 error codes that mean the keys themselves are wrong (not merely lacking a permission)."""
+FULL_CODES = ("EntityTooLarge", "InsufficientStorage", "XMinioStorageFull")
+"""S3 error codes of a store that has no room for the object."""
+
+
 class StoreAccessError(DataConnectionError):
     """The object store answered but refused the credentials or the request."""
 
-    def __init__(self, location: str, cause: str) -> None:
-        super().__init__(
-            f"the object store refused access to {location}: {cause}",
-            fix="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (`appliance secrets`) and the bucket name",
-        )
+    def __init__(self, location: str, cause: str, code: str = "") -> None:
+        if code in KEY_CODES:
+            fix = (
+                "the store does not know these keys: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                "(the stack's are in `appliance secrets`; an external store's come from object_store)"
+            )
+        elif code in ("AccessDenied", "403"):
+            fix = (
+                "these keys may not do this here: each workload's key reaches only its own buckets "
+                "(docs/security.md); use the key of a workload allowed to, or widen the external "
+                "store's policy"
+            )
+        elif code == "InvalidBucketName":
+            fix = (
+                "bucket names are 3-63 lowercase letters, digits, dots and hyphens: "
+                "correct object_store.*_bucket"
+            )
+        elif code in FULL_CODES:
+            fix = "free space on the store's disk (or raise its quota), then run the command again"
+        else:
+            fix = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (`appliance secrets`) and the bucket name"
+        super().__init__(f"the object store refused access to {location}: {cause}", fix=fix)
 
 
 class DatasetNotFoundError(DataConnectionError):

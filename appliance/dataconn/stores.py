@@ -84,26 +84,12 @@ class S3Store:
     """One S3 bucket reached through boto3 (MinIO, SeaweedFS, Garage, AWS: all plain S3)."""
 
     def __init__(self, bucket: str, endpoint: str, access_key: str, secret_key: str, region: str) -> None:
-        import boto3
-        from botocore.config import Config
+        from appliance.dataconn.client import s3_client
 
         self.bucket = bucket
         self.endpoint = endpoint
         self.location = f"s3://{bucket} at {endpoint}"
-        config = Config(
-            connect_timeout=3,
-            read_timeout=20,
-            retries={"max_attempts": 2, "mode": "standard"},
-            s3={"addressing_style": "path"},
-        )
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            region_name=region,
-            config=config,
-        )
+        self.client: Any = s3_client(endpoint, access_key, secret_key, region)
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -117,7 +103,8 @@ class S3Store:
             code = err.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 raise
-            raise StoreAccessError(f"s3://{self.bucket}", f"{code or 'error'}: {err}") from err
+            where = f"s3://{self.bucket} at {self.endpoint}"
+            raise StoreAccessError(where, f"{code or 'error'}: {err}", code) from err
         except BotoCoreError as err:
             raise StoreUnreachableError(self.endpoint, type(err).__name__) from err
 

@@ -97,6 +97,8 @@ http {{
 
     server {{
         listen {listen_host}:{http_port} reuseport backlog=4096;
+        # live: the service runs (a replica still waiting for its model is live, not ready)
+        location = /v2/health/live {{ return 200; }}
         location / {{
             proxy_pass http://serving_rest;
             proxy_http_version 1.1;

@@ -39,6 +39,12 @@ import click
     help="How much the new version must beat the champion by to replace it.",
 )
 @click.option("--metric", help="Ranking metric: accuracy or f1 (classification), rmse (regression).")
+@click.option(
+    "--script",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Your own training script (.py) or notebook (.ipynb) instead of the built-in model; it must "
+    "leave an MLflow model folder user_model/ (docs/training.md).",
+)
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Keep step results here.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
 def train_cmd(
@@ -52,10 +58,13 @@ def train_cmd(
     seed: int,
     promote_margin: float,
     metric: str | None,
+    script: Path | None,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
-    """Validate, train, evaluate, export to ONNX, register, and promote if better than the champion."""
+    """Validate, train, evaluate, export to ONNX, register, and promote if better than the champion.
+
+    With --script, your own code trains the model and the same steps follow it."""
     from appliance.cli.common import app_context
     from appliance.names import check_name
 
@@ -78,6 +87,7 @@ def train_cmd(
         promote_margin=promote_margin,
         metric=metric,
         model_kind=model_kind,
+        script=script,
     )
     summary = lifecycle.run(opts)
     if not as_json:

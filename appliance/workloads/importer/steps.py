@@ -65,7 +65,7 @@ def converter_for(src: source.Source) -> ModuleType:
     raise UnsupportedFlavourError(src.uri, src.flavours, f"it loads as a {kind}")
 
 
-def _model_facts(
+def model_facts(
     src: source.Source, module: ModuleType
 ) -> tuple[str | None, tuple[list[str] | None, int | None]]:
     """The model's own task and columns: its signature first, else what the model records."""
@@ -88,6 +88,25 @@ def ranking_metric(chosen: str | None, task: str) -> str:
     return metric
 
 
+def convert_checked(
+    src: source.Source, module: ModuleType, data: rows.Rows, uri: str, atol: float, rtol: float
+) -> tuple[Any, Any, float]:
+    """Convert to the served layout and check parity on the test rows: (graph, its test outputs,
+    max abs diff). Shared by the import and by a user's training script's model."""
+    cols = data.cols
+    try:
+        converted = module.convert(src.model, cols, data.frame("train"))
+        graph = contract.normalize(converted.onnx, cols)
+    except ModelImportError:
+        raise
+    except Exception as err:
+        raise ConversionError(uri, src.framework, str(err).strip().splitlines()[0][:400]) from err
+    expected = converted.original(data.frame("test"))
+    actual = parity.run_graph(graph.SerializeToString(), data.split.x["test"])
+    diff = parity.check(cols, expected, actual, data.row_ids["test"], atol, rtol)
+    return graph, actual, diff
+
+
 def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
     """Import ``opts.source`` as a new version of ``opts.name``; returns the JSON summary."""
     from appliance.workloads.trainer import metrics as metric_fns
@@ -102,7 +121,7 @@ def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
             f"framework {src.framework} (flavours: {', '.join(src.flavours)}), converter {module.CONVERTER}",
         )
 
-    model_task, model_columns = _model_facts(src, module)
+    model_task, model_columns = model_facts(src, module)
     progress("data", f"reading dataset {opts.dataset!r}")
     data = rows.load(
         opts.name,
@@ -126,20 +145,11 @@ def run(opts: ImportOptions, progress: Progress) -> dict[str, Any]:
     )
 
     progress("convert", f"{src.framework} -> ONNX with {module.CONVERTER}")
-    try:
-        converted = module.convert(src.model, cols, data.frame("train"))
-        graph = contract.normalize(converted.onnx, cols)
-    except ModelImportError:
-        raise
-    except Exception as err:
-        raise ConversionError(opts.source, src.framework, str(err).strip().splitlines()[0][:400]) from err
+    graph, actual, diff = convert_checked(src, module, data, opts.source, opts.atol, opts.rtol)
     serialized = graph.SerializeToString()
     progress("convert", f"ONNX graph: input 'input' [batch, {len(cols.features)}] -> {cols.output!r}")
 
     x_test, y_test = data.split.x["test"], data.split.y["test"]
-    expected = converted.original(data.frame("test"))
-    actual = parity.run_graph(serialized, x_test)
-    diff = parity.check(cols, expected, actual, data.row_ids["test"], opts.atol, opts.rtol)
     progress(
         "parity",
         f"{len(y_test)} held-out rows: max abs diff {diff:.3g} "

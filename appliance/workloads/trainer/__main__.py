@@ -43,6 +43,17 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--patience", type=int, default=10, help="epochs without validation improvement")
     common.add_argument("--promote-margin", type=float, default=0.0, help="challenger must win by more")
     common.add_argument("--metric", help="ranking metric: accuracy or f1 (classification), rmse (regression)")
+    common.add_argument(
+        "--script",
+        type=Path,
+        help="train with your own script (.py) or notebook (.ipynb) instead of the built-in model "
+        "(it must leave user_model/; docs/training.md)",
+    )
+    common.add_argument(
+        "--from-user-model",
+        action="store_true",
+        help="evaluate/export the model your code left in user_model/ (after --script or a notebook step)",
+    )
     common.add_argument("--workdir", type=Path, help="folder for step results (required for single steps)")
     top = argparse.ArgumentParser(prog="python -m appliance.workloads.trainer", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -68,6 +79,8 @@ def options(args: argparse.Namespace) -> Options:
         promote_margin=args.promote_margin,
         metric=args.metric,
         model_kind=args.model_kind,
+        script=args.script,
+        from_user_model=args.from_user_model or args.script is not None,
     )
 
 

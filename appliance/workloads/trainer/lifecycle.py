@@ -44,6 +44,11 @@ def run_step(step: str, opts: Options) -> dict[str, Any]:
 def run(opts: Options) -> dict[str, Any]:
     """validate -> train -> evaluate -> export -> register -> promote; returns the summary."""
     tracking.check_reachable()
+    if opts.script is not None:
+        from appliance.workloads.trainer.user_model import check_script
+
+        opts.script = check_script(opts.script)  # before a run is started for it
+        opts.from_user_model = True
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmp:
         if opts.workdir == Path():

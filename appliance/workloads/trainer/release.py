@@ -9,7 +9,10 @@ promote moves ``champion`` only when the challenger wins on the same test rows.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import appliance
 from appliance.workloads.trainer import metrics as metric_fns
@@ -29,9 +32,11 @@ from appliance.workloads.trainer.workdir import (
 
 def export(opts: Options) -> dict[str, Any]:
     """ONNX export checked against PyTorch on the test split, the drift profile, the logged model."""
+    if opts.from_user_model:
+        from appliance.workloads.trainer import user_model
+
+        return user_model.export(opts)
     import mlflow
-    import onnx
-    from mlflow.models import infer_signature
 
     from appliance.workloads.trainer import export as onnx_export
     from appliance.workloads.trainer import profile
@@ -40,7 +45,7 @@ def export(opts: Options) -> dict[str, Any]:
     info = dataset_info(opts, "export")
     spec = spec_of(info)
     data = Split.load(require(opts, "export", "split.npz", "validate"))
-    evaluation = read_json(opts, "export", "evaluation.json", "evaluate")
+    read_json(opts, "export", "evaluation.json", "evaluate")  # evaluate ran: fail before the export work
     model = load_model(opts, "export")
     onnx_path = onnx_export.export(model, spec.task, opts.workdir / "model.onnx")
     diff = onnx_export.check_parity(model, spec.task, onnx_path, data.x["test"])
@@ -54,32 +59,54 @@ def export(opts: Options) -> dict[str, Any]:
     shape = getattr(model, "input_shape", None)
     # Per-feature PSI is for tables; an image model's drift is watched on its outputs alone.
     drift = profile.build([] if shape else spec.features, data.x["train"], train_out, spec.task, shape)
+    result = log_served(opts, info, onnx_path, as_input(model, data.x["test"][:5]), drift, diff, {})
+    result["onnx_metrics"] = onnx_test
+    write_json(opts, "export.json", result)
+    return result
+
+
+def log_served(
+    opts: Options,
+    info: dict[str, Any],
+    onnx_path: Path,
+    example: np.ndarray,
+    drift: dict[str, Any],
+    diff: float,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Log the ONNX graph as the LoggedModel the server downloads (with the drift profile and the
+    test metrics at its top); the built-in and the user's model leave through here alike."""
+    import mlflow
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    from appliance.workloads.importer.parity import run_graph
+
+    task = info["spec"]["task"]
+    evaluation = read_json(opts, "export", "evaluation.json", "evaluate")
     profile_path = opts.workdir / "drift_profile.json"
     profile_path.write_text(json.dumps(drift, indent=1))
     metrics_path = opts.workdir / "metrics.json"
-    metrics_path.write_text(json.dumps({"test": evaluation["metrics"], "task": spec.task}, indent=1))
-    example = as_input(model, data.x["test"][:5])
-    signature = infer_signature(example, onnx_export.onnx_predict(onnx_path, data.x["test"][:5]))
-    import onnxruntime
-
+    metrics_path.write_text(json.dumps({"test": evaluation["metrics"], "task": task}, indent=1))
+    output = run_graph(onnx_path.read_bytes(), example).astype(np.float32)
     logged = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
         name="model",
-        signature=signature,
+        signature=infer_signature(example, output),
         save_as_external_data=False,
         # Stated, not inferred: inference starts a subprocess that costs ~10 s per export.
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        tags={"appliance.task": spec.task, "appliance.dataset": info["name"]},
+        tags={"appliance.task": task, "appliance.dataset": info["name"]} | tags,
     )
     client = registry.client()
     client.log_model_artifact(logged.model_id, str(profile_path))
     client.log_model_artifact(logged.model_id, str(metrics_path))
     mlflow.log_metrics({f"test_{k}": v for k, v in evaluation["metrics"].items()}, model_id=logged.model_id)
     mlflow.log_artifact(str(profile_path))
-    result = {"parity_max_abs_diff": diff, "model_id": logged.model_id, "model_uri": logged.model_uri}
-    result["onnx_metrics"] = onnx_test
-    write_json(opts, "export.json", result)
-    return result
+    if tags:
+        mlflow.set_tags(tags)
+    return {"parity_max_abs_diff": diff, "model_id": logged.model_id, "model_uri": logged.model_uri}
 
 
 def register(opts: Options) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from appliance.workloads.trainer import metrics as metric_fns
 from appliance.workloads.trainer import registry
 from appliance.workloads.trainer.errors import WorkdirError
 from appliance.workloads.trainer.prepare import Split
+from appliance.workloads.trainer.schema import DatasetSpec
 from appliance.workloads.trainer.workdir import (
     Options,
     dataset_info,
@@ -30,7 +31,7 @@ def validate(opts: Options) -> dict[str, Any]:
     import mlflow
 
     from appliance.dataconn import DataConnection, read_dataset
-    from appliance.workloads.trainer import images, prepare, schema
+    from appliance.workloads.trainer import images, prepare, schema, user_model
 
     if not opts.dataset:
         raise WorkdirError("validate", "a dataset name", "validate --dataset NAME")
@@ -40,6 +41,8 @@ def validate(opts: Options) -> dict[str, Any]:
     data = prepare.split(loaded.frame, spec, opts.seed)
     opts.workdir.mkdir(parents=True, exist_ok=True)
     data.save(opts.workdir / "split.npz")
+    # The rows a user's own training code learns from (user_model's contract), test rows held back.
+    user_model.write_train_csv(opts.workdir, spec, data)
     rows = {s: len(data.y[s]) for s in data.y}
     info = {
         "name": loaded.name,
@@ -73,7 +76,12 @@ def validate(opts: Options) -> dict[str, Any]:
 
 
 def train(opts: Options) -> dict[str, Any]:
-    """Fit the MLP, printing and logging every epoch; save the weights and the curve."""
+    """Fit the MLP (or CNN), printing and logging every epoch; save the weights and the curve.
+    With ``--script`` the user's own training code runs instead (``user_model``)."""
+    if opts.script is not None:
+        from appliance.workloads.trainer import user_model
+
+        return user_model.train(opts)
     import mlflow
     import torch
 
@@ -116,8 +124,10 @@ def train(opts: Options) -> dict[str, Any]:
 
 def evaluate(opts: Options) -> dict[str, Any]:
     """Test metrics of the new model and of the current champion on the same test rows."""
-    import mlflow
+    if opts.from_user_model:
+        from appliance.workloads.trainer import user_model
 
+        return user_model.evaluate(opts)
     from appliance.workloads.trainer.fit import predict
 
     info = dataset_info(opts, "evaluate")
@@ -125,6 +135,15 @@ def evaluate(opts: Options) -> dict[str, Any]:
     data = Split.load(require(opts, "evaluate", "split.npz", "validate"))
     model = load_model(opts, "evaluate")
     test = metric_fns.compute(spec.task, data.y["test"], predict(model, spec.task, data.x["test"]))
+    return compare_with_champion(opts, info, spec, data, test)
+
+
+def compare_with_champion(
+    opts: Options, info: dict[str, Any], spec: DatasetSpec, data: Split, test: dict[str, float]
+) -> dict[str, Any]:
+    """Log the new model's test metrics, score the champion on the same rows, write evaluation.json."""
+    import mlflow
+
     mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
     metric = primary_metric(opts, spec.task)
     champ_ver = registry.champion_version(info["model_name"])

@@ -5,9 +5,12 @@ each step as its own process (one MLflow child run per step) and ``run`` calls t
 process and one run. Either way the same files carry the results, so a failed pipeline can be
 inspected, and resumed, step by step:
 
-- ``dataset.json``, ``split.npz`` (validate); ``model.pt``, ``train.json`` (train);
-  ``evaluation.json`` (evaluate); ``model.onnx``, ``drift_profile.json``, ``export.json``
-  (export); ``registration.json`` (register); ``decision.json`` (promote).
+- ``dataset.json``, ``split.npz``, ``train.csv`` (validate); ``model.pt``, ``train.json``
+  (train); ``evaluation.json`` (evaluate); ``model.onnx``, ``drift_profile.json``,
+  ``export.json`` (export); ``registration.json`` (register); ``decision.json`` (promote).
+- With the user's own training code (``user_model``): ``user_model/`` (the code's model, an
+  MLflow model folder) instead of ``model.pt``; evaluate writes ``model.onnx`` and
+  ``user_model.json`` (the conversion and its parity), export the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class Options:
     metric: str | None = None
     model_kind: str = "auto"
     """``auto`` (a CNN for an image dataset, see ``images``), ``mlp`` or ``cnn``."""
+    script: Path | None = None
+    """The user's training script or notebook, run as the train step (``user_model``)."""
+    from_user_model: bool = False
+    """evaluate/export the model the user's code left in ``user_model/`` instead of ``model.pt``."""
 
     def fit_config(self) -> FitConfig:
         return FitConfig(

@@ -17,6 +17,7 @@ from appliance.monitoring.grafana_files import GENERATORS as GRAFANA_GENERATORS
 from appliance.objectstore.identities import s3_config as seaweedfs_s3_config
 from appliance.objectstore.identities import security_toml as seaweedfs_security
 from appliance.pipelines.elyra_runtime import runtime_config as elyra_runtime_config
+from appliance.pipelines.elyra_runtime import runtime_image_config as elyra_image_config
 from appliance.stack import STACKS_DIR
 
 Generator = Callable[[Any, Any], str]
@@ -35,6 +36,7 @@ GENERATORS: dict[str, Generator] = {
     **GRAFANA_GENERATORS,
     "retrain_pipeline": retrain_pipeline,
     "elyra_runtime_config": elyra_runtime_config,
+    "elyra_image_config": elyra_image_config,
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
     "seaweedfs_s3_config": seaweedfs_s3_config,

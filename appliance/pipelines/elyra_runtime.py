@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from appliance.errors import ApplianceError
+from appliance.images.catalog import CATALOG
 from appliance.names import check_name
 from appliance.pipelines.elyra import convert
 
@@ -107,6 +108,23 @@ def runtime_config(ctx: Any, services: Any) -> str:
             "runtime_type": RUNTIME_TYPE,
             "description": "Runs the pipeline on this appliance's pipeline runner (the controller)",
             "api_endpoint": endpoint,
+        },
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def runtime_image_config(ctx: Any, services: Any) -> str:
+    """Config generator: the image Elyra offers for every node (it wants one for any runtime but
+    its local one), the image the controller runs steps in, which the converter accepts."""
+    controller = services.get("controller")
+    image = getattr(controller, "image", None) or CATALOG["controller"].tag()
+    document = {
+        "display_name": "MLOps Appliance (the controller's environment)",
+        "schema_name": "runtime-image",
+        "metadata": {
+            "description": "Steps run in the appliance's own environment, where the controller runs",
+            "image_name": image,
+            "pull_policy": "IfNotPresent",
         },
     }
     return json.dumps(document, indent=2) + "\n"

@@ -79,8 +79,18 @@ def node(
     }
 
 
-def drawing(name: str, nodes: list[dict[str, Any]], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """A whole ``.pipeline`` document; ``env`` is the pipeline's default environment."""
+APPLIANCE_IMAGE = "localhost/appliance-controller:latest"
+"""The runtime image the appliance's runtime-images entry offers (Elyra wants one per node)."""
+
+
+def drawing(
+    name: str,
+    nodes: list[dict[str, Any]],
+    env: dict[str, str] | None = None,
+    parameters: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A whole ``.pipeline`` document; ``env`` is the pipeline's default environment and
+    ``parameters`` its pipeline parameters (string defaults)."""
     return {
         "doc_type": "pipeline",
         "version": "3.0",
@@ -104,9 +114,19 @@ def drawing(name: str, nodes: list[dict[str, Any]], env: dict[str, str] | None =
                             "mounted_volumes": [],
                             "env_vars": [{"env_var": k, "value": v} for k, v in (env or {}).items()],
                             "kubernetes_secrets": [],
+                            "runtime_image": APPLIANCE_IMAGE,
                         },
                         "name": name,
                         "runtime": "Generic",
+                        "pipeline_parameters": [
+                            {
+                                "name": k,
+                                "description": "",
+                                "default_value": {"type": "String", "value": v},
+                                "required": False,
+                            }
+                            for k, v in (parameters or {}).items()
+                        ],
                     },
                 },
                 "runtime_ref": "",
@@ -148,7 +168,7 @@ TRAIN_NOTEBOOK = (
 """The drawn retrain's training notebook: reads what the script wrote, writes a version."""
 PREPARE_SCRIPT = (
     "import os, pathlib\n"
-    "pathlib.Path('dataset_key.txt').write_text('datasets/' + os.environ['DATASET'] + '/latest.csv')\n"
+    "pathlib.Path('dataset_key.txt').write_text('datasets/' + os.environ['dataset'] + '/latest.csv')\n"
 )
 """The drawn retrain's first node: a Python script that writes the file the notebook reads."""
 
@@ -162,7 +182,13 @@ def retrain_drawing(folder: Path, name: str = "drawn", model: str = "drawn-model
         name,
         [
             node(
-                "n-prepare", "prepare.py", outputs=("dataset_key.txt",), env={"DATASET": "iris"}, x=80, y=120
+                "n-prepare",
+                "prepare.py",
+                outputs=("dataset_key.txt",),
+                env={"STAGE": "prepare"},
+                pipeline_parameters=["dataset"],
+                x=80,
+                y=120,
             ),
             node(
                 "n-train",
@@ -175,6 +201,7 @@ def retrain_drawing(folder: Path, name: str = "drawn", model: str = "drawn-model
             ),
         ],
         env={"APPLIANCE_MODEL": model},
+        parameters={"dataset": "iris"},
     )
     path = folder / f"{name}.pipeline"
     path.write_text(json.dumps(doc, indent=2))

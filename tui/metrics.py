@@ -62,11 +62,16 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     model = ", ".join(f"{m.get('model', '?')} v{m.get('version', '?')}" for m in models) or DASH
     rps = _number(results["rps"][0]) if results.get("rps") else None
     p99 = _number(results["p99"][0]) if results.get("p99") else None
-    drift = []
-    for sample in results.get("drift", []):
+    drift: list[tuple[str, float, str]] = []
+    samples = results.get("drift", [])
+    # With several models, each row says whose feature it is (rows: label, PSI, model).
+    several = len({s.get("metric", {}).get("model") for s in samples}) > 1
+    for sample in samples:
         value = _number(sample)
         if value is not None:
-            drift.append((sample.get("metric", {}).get("feature", "?"), value))
+            labels = sample.get("metric", {})
+            feature, owner = labels.get("feature", "?"), labels.get("model", "?")
+            drift.append((f"{owner} / {feature}" if several else feature, value, owner))
     drift.sort(key=lambda row: -row[1])
     return {
         "model": model,

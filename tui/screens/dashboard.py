@@ -100,8 +100,13 @@ class DashboardScreen(AppScreen):
             f"Model: {data.get('model', DASH)}   requests/s: {data.get('rps', DASH)}   "
             f"p99: {data.get('p99', DASH)}"
         )
-        limit = self.state.get("monitoring.drift_psi_threshold")
-        drift = [(f, f"{v:.3f}", "DRIFT" if v > limit else "ok") for f, v in data.get("drift", [])]
+        # Each model's own threshold (models[].drift_psi_threshold), else monitoring's.
+        default = self.state.get("monitoring.drift_psi_threshold")
+        limits = {m.get("name"): m.get("drift_psi_threshold") for m in self.state.data.get("models") or []}
+        drift = [
+            (row[0], f"{row[1]:.3f}", "DRIFT" if row[1] > (limits.get(row[-1]) or default) else "ok")
+            for row in data.get("drift", [])
+        ]
         fill_table(self.query_one("#drift", DataTable), drift or [("no drift data yet", DASH, DASH)])
         runs = data.get("runs")
         rows = [

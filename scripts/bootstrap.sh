@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 EXTRAS="${1:-lab,train,serving,controller,tui}"
 APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter tmux curl iproute2 nginx nghttp2-client
   libb64-0d postgresql)
+# Test-only tools: vagrant checks the cluster lab's Vagrantfile (`vagrant validate --ignore-provider`).
+if [[ ",$EXTRAS," == *",dev,"* ]]; then APT_PACKAGES+=(vagrant); fi
 # The browser test of the workbench's pipeline editor drives Debian's chromium (dev only).
 if [[ ",$EXTRAS," == *",dev,"* ]]; then APT_PACKAGES+=(chromium); fi
 

@@ -2,7 +2,7 @@
 # The whole test run, as CI runs it: install from nothing, lint, type-check, every test tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh lab,train,serving,controller,tui,containers,dev
+scripts/bootstrap.sh lab,train,serving,controller,tui,containers,cluster,dev
 if [ -x scripts/setup-containers.sh ] && [ "$(id -u)" = 0 ]; then
   scripts/setup-containers.sh
 fi

@@ -119,7 +119,7 @@ def import_cmd(
     sql = query if query is not None else query_file.read() if query_file else ""
     url = parse_url(source)
     conn_name = dbimport.connection_name(connection or dbimport.default_connection(dataset))
-    given = password_file.read().strip() if password_file else os.environ.get(dbimport.PASSWORD_ENV)
+    given = _read_password(password_file) if password_file else os.environ.get(dbimport.PASSWORD_ENV)
     if given is not None and url.scheme == "sqlite":
         raise DatabaseImportError(
             "a password was given for a SQLite file, which has none",
@@ -143,6 +143,20 @@ def import_cmd(
     state = "written" if result.written else "unchanged, same as the newest version"
     click.echo(f"{dataset}: {result.uri} ({state}; {result.rows} rows, {result.columns} columns)")
     click.echo(f"sha256 {result.sha256}")
+
+
+def _read_password(handle: IO[str]) -> str:
+    """The password file's text without its line end, or an error naming the file."""
+    from appliance.dataconn.dbsource import DatabaseImportError
+
+    try:
+        return handle.read().strip()
+    except UnicodeDecodeError as err:
+        raise DatabaseImportError(
+            f"the password file {handle.name} is not UTF-8 text",
+            fix="give a file holding only the password",
+            exit_code=2,
+        ) from err
 
 
 data_group.add_command(seed_cmd)

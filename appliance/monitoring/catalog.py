@@ -56,11 +56,24 @@ DCGM_METRICS: dict[str, MetricType] = {
 }
 """NVIDIA DCGM exporter metrics; present only on hosts that run it next to a GPU."""
 
+SEAWEEDFS_METRICS: dict[str, MetricType] = {
+    "SeaweedFS_s3_request_total": "counter",
+    "SeaweedFS_s3_request_seconds": "histogram",
+    "SeaweedFS_volumeServer_resource": "gauge",
+    "SeaweedFS_volumeServer_total_disk_size": "gauge",
+}
+"""The bundled object store's (SeaweedFS 4.x, ``-metricsPort``) that the host dashboard reads."""
+
 PROMETHEUS_METRICS: dict[str, MetricType] = {"up": "gauge"}
 """Series Prometheus itself writes for every target."""
 
 ALL_METRICS: dict[str, MetricType] = (
-    SERVING_METRICS | CONTROLLER_METRICS | NODE_EXPORTER_METRICS | DCGM_METRICS | PROMETHEUS_METRICS
+    SERVING_METRICS
+    | CONTROLLER_METRICS
+    | NODE_EXPORTER_METRICS
+    | DCGM_METRICS
+    | SEAWEEDFS_METRICS
+    | PROMETHEUS_METRICS
 )
 
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

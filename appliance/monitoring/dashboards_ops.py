@@ -1,4 +1,5 @@
-"""Dashboards about the platform: retraining pipelines (controller metrics) and the host.
+"""Dashboards about the platform: retraining pipelines (controller metrics), the host and the
+bundled object store (SeaweedFS's capacity and S3 request rates).
 
 The host dashboard's GPU row reads NVIDIA DCGM exporter metrics; it sits collapsed and stays
 empty on hosts without a GPU.
@@ -84,7 +85,8 @@ def pipelines() -> dict[str, Any]:
 
 
 def host() -> dict[str, Any]:
-    """CPU, memory, disk and network from node exporter, GPU from the DCGM exporter."""
+    """CPU, memory, disk and network from node exporter, the object store from SeaweedFS, GPU from
+    the DCGM exporter."""
     disk = 'fstype!~"tmpfs|overlay|squashfs|ramfs"'
     nic = 'device!="lo"'
     gpu_help = "Needs NVIDIA's DCGM exporter scraped by Prometheus; empty on hosts without a GPU."
@@ -146,6 +148,49 @@ def host() -> dict[str, Any]:
                     mappings=UP_DOWN,
                     options={"colorMode": "background", "textMode": "value_and_name"},
                     description="Every scrape target; red means Prometheus cannot reach it.",
+                ),
+            ],
+        ),
+        Row(
+            "Object store",
+            [
+                Panel(
+                    "Store disk used",
+                    [
+                        Query(
+                            'SeaweedFS_volumeServer_resource{type="used"}'
+                            ' / SeaweedFS_volumeServer_resource{type="all"}',
+                            "{{instance}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    description="The disk holding the object store's volumes (SeaweedFS).",
+                ),
+                Panel(
+                    "Stored bytes by bucket",
+                    [
+                        Query(
+                            'sum by (collection) (SeaweedFS_volumeServer_total_disk_size{type="normal"})',
+                            "{{collection}}",
+                        )
+                    ],
+                    unit="bytes",
+                ),
+                Panel(
+                    "S3 requests",
+                    [Query(f"sum by (type) (rate(SeaweedFS_s3_request_total[{RATE}]))", "{{type}}")],
+                    unit="reqps",
+                ),
+                Panel(
+                    "S3 errors",
+                    [
+                        Query(
+                            f'sum by (code) (rate(SeaweedFS_s3_request_total{{code!~"2.."}}[{RATE}]))',
+                            "{{code}}",
+                        )
+                    ],
+                    unit="reqps",
+                    description="Refused keys and permissions show as 403.",
                 ),
             ],
         ),

@@ -8,6 +8,7 @@ docstring becomes its description in the committed JSON schema (``schemas/answer
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -268,6 +269,17 @@ class Serving(Strict):
     """Seconds a lower replica count must have been wanted before replicas go (Knative's default
     is 0; 30 s here because a new replica costs seconds of model load and warm-up, so a short dip
     should not cost a replica that the next burst needs again)."""
+
+    @property
+    def autoscale_json(self) -> str:
+        """The controller's ``--autoscale`` argument: the knobs above as JSON, or empty (no
+        autoscaler) when the count cannot change (``max_replicas`` equal to ``min_replicas``)."""
+        if self.max_replicas <= self.min_replicas:
+            return ""
+        keys: tuple[str, ...] = ("min_replicas", "max_replicas", "target_concurrency", "target_utilization")
+        keys += ("stable_window",)
+        keys += ("panic_window_percentage", "panic_threshold_percentage", "scale_down_delay")
+        return json.dumps({k: getattr(self, k) for k in keys}, separators=(",", ":"))
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> Serving:

@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backup-file", type=Path, help="backup.json: scheduled backups (the answers' backup section)"
     )
+    parser.add_argument(
+        "--autoscale", help="autoscaling settings of the serving replicas (JSON; absent: no autoscaler)"
+    )
+    parser.add_argument("--serving-url", help="the serving supervisor's metrics port, e.g. http://HOST:8082")
+    parser.add_argument("--serving-admin-token-file", type=Path, help="the serving admin token (autoscaler)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -118,6 +123,15 @@ def serve(args: argparse.Namespace) -> None:
     if args.cooldown_seconds < 0:
         raise ApplianceError("--cooldown-seconds must be 0 or more", fix="e.g. --cooldown-seconds 1800")
     token = read_token(args.webhook_token_file)
+    try:  # read before anything starts, so that a bad path stops nothing half-started
+        serving_admin = (
+            args.serving_admin_token_file.read_text().strip() if args.serving_admin_token_file else ""
+        )
+    except OSError as err:
+        raise ApplianceError(
+            f"cannot read --serving-admin-token-file {args.serving_admin_token_file}: {err.strerror}",
+            fix="point it at the serving_admin_token secret in STATE/secrets/",
+        ) from err
     state_dir = args.state_dir.resolve()
     env = {**os.environ, "APPLIANCE_STATE_DIR": str(state_dir)}
     models = load_models(args.models_file)
@@ -142,6 +156,11 @@ def serve(args: argparse.Namespace) -> None:
         scheduler.start()
     server.schedulers = schedulers
     backups = start_backups(args.backup_file, state_dir, server.registry)
+    scaler = None
+    if args.autoscale and args.serving_url:
+        from appliance.workloads.controller.autoscale import start_for_controller
+
+        scaler = start_for_controller(args.autoscale, args.serving_url, serving_admin, server.registry)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -162,6 +181,8 @@ def serve(args: argparse.Namespace) -> None:
             scheduler.stop()
         if backups is not None:
             backups.stop()
+        if scaler is not None:
+            scaler.stop()
         controller.stop()
         server.server_close()
 

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 log = logging.getLogger(__name__)
 
 CONCURRENCY_METRIC = "appliance_serving_concurrency_seconds_total"
@@ -282,3 +284,61 @@ class Autoscaler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+class DecisionCollector:
+    """The autoscaler's decisions as controller metrics (Prometheus and Grafana read them there):
+    the replicas wanted, the concurrency seen over each window, panic mode, and decisions counted
+    by the count they asked for and by mode."""
+
+    def __init__(self, scaler: Autoscaler) -> None:
+        self.scaler = scaler
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def record(self, decision: Decision) -> None:
+        key = (str(decision.desired), "panic" if decision.panic else "stable")
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> list[Metric]:
+        d = self.scaler.last
+        desired = GaugeMetricFamily("appliance_autoscale_desired_replicas", "Replicas the autoscaler wants")
+        ready = GaugeMetricFamily("appliance_autoscale_ready_replicas", "Replicas ready when it decided")
+        conc = GaugeMetricFamily(
+            "appliance_autoscale_observed_concurrency",
+            "Average requests in flight over the window",
+            labels=["window"],
+        )
+        panic = GaugeMetricFamily("appliance_autoscale_panic", "1 while in panic mode")
+        decisions = CounterMetricFamily(
+            "appliance_autoscale_decisions", "Autoscaler decisions", labels=["desired", "mode"]
+        )
+        if d is not None:
+            desired.add_metric([], d.desired)
+            ready.add_metric([], d.ready)
+            conc.add_metric(["stable"], d.stable_concurrency)
+            conc.add_metric(["panic"], d.panic_concurrency)
+            panic.add_metric([], 1.0 if d.panic else 0.0)
+        for (count, mode), n in sorted(self.counts.items()):
+            decisions.add_metric([count, mode], n)
+        return [desired, ready, conc, panic, decisions]
+
+
+def start_for_controller(settings_json: str, serving_url: str, admin_token: str, registry: Any) -> Autoscaler:
+    """The controller's hook: an autoscaler over the serving supervisor at ``serving_url`` (its
+    metrics port), its decisions logged and exported through the controller's ``registry``."""
+    settings = KpaSettings(**json.loads(settings_json))
+    base = serving_url.rstrip("/")
+    scaler = Autoscaler(settings, f"{base}/metrics", f"{base}/replicas", admin_token)
+    collector = DecisionCollector(scaler)
+    last: list[int] = []
+
+    def on_decision(decision: Decision) -> None:
+        collector.record(decision)
+        if not last or last[0] != decision.desired:
+            log.info("autoscale: %d replicas (%s)", decision.desired, decision.reason)
+            last[:] = [decision.desired]
+
+    scaler.on_decision = on_decision
+    registry.register(collector)
+    scaler.start()
+    return scaler

@@ -224,6 +224,7 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         ports={k: int(_fmt(t, v, f"{name}.ports")) for k, t in spec.ports.items()},
         publish_address=_fmt(spec.publish_on or "{bind}", v, f"{name}.publish_on"),
         volumes=dict(spec.volumes),
+        host_dirs={_fmt(h, v, f"{name}.host_dirs"): inside for h, inside in spec.host_dirs.items()},
         files={},
         health=health,
         depends_on=[d for d in spec.depends_on if d in chosen],

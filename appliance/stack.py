@@ -85,6 +85,10 @@ class ServiceSpec(Spec):
     optional_args: dict[str, str] = Field(default_factory=dict)
     """Flag -> value template, appended to the command only when the value is set (not empty/None),
     e.g. ``{--schedule: "{answers.monitoring.retrain_schedule}"}``."""
+    host_dirs: dict[str, str] = Field(default_factory=dict)
+    """Host folder template -> path in the container: a host folder the service reads, mounted
+    read-only on container runtimes (created when missing), e.g. the user's ``STATE/pipelines``
+    for the controller. The local runtime reads the host folder itself."""
     repeated_args: dict[str, str] = Field(default_factory=dict)
     """Flag -> name of a list the render computes (``appliance.render.LISTS``), appended as the
     flag once per item, e.g. ``{--model: served_models}`` gives ``--model NAME=URI`` per model."""
@@ -156,6 +160,8 @@ class RenderedService(BaseModel):
     url: str | None
     metrics: str | None
     container_user: str | None = None
+    host_dirs: dict[str, str] = Field(default_factory=dict)
+    """Host folder -> path in the container, mounted read-only (container runtimes)."""
 
     @property
     def config_hash(self) -> str:
@@ -163,6 +169,8 @@ class RenderedService(BaseModel):
         data = self.model_dump(mode="json")
         if data["container_user"] is None:  # absent: the hashes of services without one stay as they were
             del data["container_user"]
+        if not data["host_dirs"]:  # likewise for services that mount no host folder
+            del data["host_dirs"]
         for key in ("auth_user", "auth_password_file"):  # likewise for probes without basic auth
             if data["health"].get(key) is None:
                 data["health"].pop(key, None)

@@ -249,6 +249,9 @@ class ContainerRuntime:
             volumes[str(config_dir)] = {"bind": str(config_dir), "mode": "ro"}
         for inside, secret in self.secret_files(svc).items():
             volumes[str(secret)] = {"bind": inside, "mode": "ro"}
+        for host_dir, inside in svc.host_dirs.items():  # host folders the service reads, read-only
+            Path(host_dir).mkdir(parents=True, exist_ok=True)
+            volumes[host_dir] = {"bind": inside, "mode": "ro"}
         bind = svc.publish_address
         argv = list(svc.container_command)
         kwargs: dict[str, Any] = {

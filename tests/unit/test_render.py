@@ -137,6 +137,8 @@ def test_container_controller_reads_its_pipeline_from_config_and_keeps_state_in_
     dirs = [args[i + 1] for i, a in enumerate(args) if a == "--pipelines-dir"]
     assert dirs == ["/var/lib/appliance/pipelines", config]  # the user's first, then the built-ins
     assert args[args.index("--models-file") + 1] == f"{config}/models.json"
+    # The host's STATE/pipelines is mounted (read-only) where that first folder is looked up.
+    assert controller.host_dirs == {str(tmp_path / "state" / "pipelines"): "/var/lib/appliance/pipelines"}
     assert args[args.index("--state-dir") + 1] == "/var/lib/appliance"
     assert args[0] == "/opt/appliance/bin/python"
     assert "name: retrain" in controller.files["retrain.yaml"]
@@ -190,3 +192,18 @@ def test_the_serving_model_shorthand_is_one_model_bound_to_its_own_dataset(tmp_p
     assert [command[i + 1] for i, a in enumerate(command) if a == "--model"] == ["wine=models:/wine@champion"]
     default = render_stack(ctx(tmp_path))["serving"].command
     assert default[default.index("--model") + 1] == "breast_cancer=models:/breast_cancer@champion"
+
+
+def test_a_container_controller_sees_the_hosts_state_pipelines_read_only(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from appliance.runtimes.podman_rt import PodmanRuntime
+
+    c = ctx(tmp_path, runtime="podman")
+    controller = render_stack(c)["controller"]
+    runtime = PodmanRuntime(c.state_dir, c.answers)
+    runtime._client = SimpleNamespace(volumes=SimpleNamespace(get=lambda name: name))  # no engine asked
+    spec = runtime._spec(controller, "img")
+    host = tmp_path / "state" / "pipelines"
+    assert spec["volumes"][str(host)] == {"bind": "/var/lib/appliance/pipelines", "mode": "ro"}
+    assert host.is_dir()  # created, so a user can drop a file there after `up`

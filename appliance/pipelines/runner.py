@@ -283,6 +283,8 @@ class PipelineRunner:
                 emit(Event(run.run_id, step.name, "skipped", message=f"when: {step.when}"))
                 return True
             argv = command_for(step, run.source, run.workdir, resolve)
+            if step is run.pipeline.steps[0]:
+                self._check_dataset(run)
             if step.name == REGISTER_STEP:
                 self._check_binding(run, log_path)
         except (templating.TemplateError, StepFailure) as err:
@@ -373,6 +375,24 @@ class PipelineRunner:
             Event(run.run_id, step.name, "succeeded" if ok else "failed", attempt, total, "" if ok else error)
         )
         return ok
+
+    def _check_dataset(self, run: PreparedRun) -> None:
+        """StepFailure, before anything runs, when the model's bound dataset is not in the store
+        (the message names the model, the dataset and the fix). An unreachable store is left to
+        the steps, which say so themselves."""
+        entry = run.binding
+        if entry is None or entry.dataset is None:
+            return
+        from appliance.workloads.binding import missing_dataset
+
+        try:
+            from appliance.dataconn import DataConnection, list_datasets
+
+            names = {d.name for d in list_datasets(DataConnection.from_env(self.env))}
+        except Exception:  # no store configured or reachable here: ingest reports it
+            return
+        if entry.dataset not in names:
+            raise StepFailure(missing_dataset(run.model, entry.dataset, sorted(names)))
 
     def _check_binding(self, run: PreparedRun, log_path: Path) -> None:
         """StepFailure unless the run's data is its model's (appliance.workloads.binding), so a

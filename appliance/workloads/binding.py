@@ -134,6 +134,16 @@ def run_params(
     return params | overrides
 
 
+def missing_dataset(model: str, dataset: str, available: list[str]) -> str:
+    """Why a run for ``model`` cannot start: its bound dataset is not in the store."""
+    known = ", ".join(available[:20]) or "none yet"
+    return (
+        f"model {model!r} is bound to dataset {dataset!r} (models[].dataset), which is not in the "
+        f"datasets store (available: {known}); fix: upload it (`appliance data seed --dataset "
+        f"{dataset}` for scikit-learn's sets) or correct the model's dataset in the answers file"
+    )
+
+
 def _profile_features(model: str, version: str) -> list[str] | None:
     """Feature names in the drift profile of ``model`` version ``version``, None without one."""
     from appliance.workloads.serving.sources import source_for

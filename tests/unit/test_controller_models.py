@@ -186,3 +186,27 @@ def test_a_runs_data_is_checked_against_its_binding() -> None:
     assert workdir_problems(ok, "wine", "wine", "class") == [
         "the run's target is 'target', but 'wine' is bound to target 'class'"
     ]
+
+
+def test_a_run_for_a_model_whose_bound_dataset_is_missing_fails_before_any_step(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "datasets" / "breast_cancer").mkdir(parents=True)
+    (data / "datasets" / "breast_cancer" / "breast_cancer.csv").write_text("a,target\n1,0\n")
+    user = user_pipelines_dir(tmp_path / "state")
+    user.mkdir(parents=True)
+    (user / "retrain.yaml").write_text(ECHO)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "APPLIANCE_"))}
+    env |= {"APPLIANCE_DATA_KIND": "filesystem", "APPLIANCE_DATA_ROOT": str(data)}
+    controller = Controller(tmp_path / "state", user, env, Cooldown(600), models=bound())
+    result = controller.trigger_retrain("wine")
+    assert result.status == STARTED
+    deadline = time.monotonic() + 30
+    while (run := controller.store.get(str(result.run_id))) is None or run["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert run["state"] == "failed" and run["outcome"] == "failed at show", run
+    assert (
+        "model 'wine' is bound to dataset 'wine'" in run["error"]
+        and "available: breast_cancer" in run["error"]
+    )
+    assert not (Path(run["workdir"]) / "seen.json").exists()  # the step never ran

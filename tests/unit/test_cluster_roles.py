@@ -1,0 +1,108 @@
+"""The cluster's Ansible roles: Galaxy layout, prefixed variables, a preflight assert that tells the
+fix, ansible-lint's production profile, and the systemd unit template quoting a command exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+BIN = Path(sys.executable).parent
+SERVICE_ROLES = ("mlflow", "seaweedfs", "serving", "controller", "monitoring", "gateway", "train_worker")
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is missing: scripts/bootstrap.sh with the cluster extra installs it")
+    return str(path)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    # Ansible's own folders in the test's temporary directory, nothing read from the user's setup.
+    return os.environ | {
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+
+
+def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [_tool("ansible-lint"), "--offline", "--nocolor", "--profile", "production", "roles/"],
+        cwd=ROLES.parent,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("role", ["common", *SERVICE_ROLES])
+def test_each_role_has_the_galaxy_layout_prefixed_variables_and_an_assert_with_the_fix(role: str) -> None:
+    root = ROLES / f"appliance_{role}"
+    for part in ("tasks/main.yml", "defaults/main.yml", "meta/main.yml", "meta/argument_specs.yml"):
+        assert (root / part).is_file(), f"{root.name} lacks {part}"
+    defaults = yaml.safe_load((root / "defaults/main.yml").read_text())
+    assert defaults and all(name.startswith(f"appliance_{role}_") for name in defaults)
+    specs = yaml.safe_load((root / "meta/argument_specs.yml").read_text())["argument_specs"]
+    assert set(defaults) <= set(specs["main"]["options"]), "every default is documented in argument_specs"
+    tasks = yaml.safe_load((root / "tasks/main.yml").read_text())
+    asserts = [t for t in tasks if "ansible.builtin.assert" in t]
+    assert asserts and all(len(t["ansible.builtin.assert"]["fail_msg"]) > 40 for t in asserts)
+    every_module = [key for t in tasks for key in t if key not in ("name", "when", "loop", "vars")]
+    assert all(key.startswith("ansible.builtin.") or key in _TASK_KEYWORDS for key in every_module)
+
+
+_TASK_KEYWORDS = {"loop_control", "register", "no_log", "notify", "changed_when", "delegate_to", "become"}
+
+
+def test_the_site_playbook_runs_every_service_role() -> None:
+    plays = yaml.safe_load((ROLES / "site.yml").read_text())
+    used = {r["role"] for play in plays for r in play["roles"]}
+    assert used == {"appliance_common", *(f"appliance_{r}" for r in SERVICE_ROLES)}
+    groups = {g for play in plays for g in play["hosts"].split(":")}
+    assert groups == {"control", "storage", "serving", "edge", "train_workers", "monitoring", "gateway"}
+
+
+def test_the_unit_template_quotes_a_command_exactly_as_systemd_reads_it(tmp_path: Path) -> None:
+    command = ["/opt/app venv/bin/python", "-m", "x", "--pw", 'a"b\\c', "--fmt", "100%", "$HOME", "--n", "8"]
+    unit = {"name": "serving", "description": "the model server", "command": command, "after": ["mlflow"]}
+    env = {"TOKEN": 'se"cr\\et', "PLAIN": "1"}
+    variables = tmp_path / "vars.json"
+    variables.write_text(json.dumps({"item": unit | {"env": env}}))
+    for template, out in (("unit.service.j2", "unit"), ("unit.env.j2", "env")):
+        done = subprocess.run(
+            [
+                _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,", "-e", f"@{variables}",
+                "-e", "appliance_common_user=appliance appliance_common_group=appliance",
+                "-e", "appliance_common_state_dir=/var/lib/appliance",
+                "-e", f"ansible_python_interpreter={sys.executable}",
+                "-m", "ansible.builtin.template",
+                "-a", f"src={ROLES}/appliance_common/templates/{template} dest={tmp_path / out}",
+            ],
+            env=_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    text = (tmp_path / "unit").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    # systemd: double quotes with \" and \\ as in the shell; %% and $$ stand for % and $.
+    parsed = [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(exec_start)]
+    assert parsed == command
+    assert "After=network-online.target appliance-mlflow.service" in text
+    assert "EnvironmentFile=/etc/appliance-serving.env" in text and "User=appliance" in text
+    lines = (tmp_path / "env").read_text().splitlines()
+    written = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert {k: shlex.split(v)[0] for k, v in written.items()} == env

@@ -90,3 +90,59 @@ def ort_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
         "p99_ms": float(np.percentile(a, 99) * 1e3),
         "rps_1": len(a) / seconds,
     }
+
+
+CNN_SHAPE = (3, 64, 64)
+CNN_CLASSES = 10
+
+
+def build_cnn(folder: Path) -> Path:
+    """A small CNN whose compute dominates: [N,3,64,64] -> three 3x3 convolutions (16, 32, 64
+    channels, ReLU, 2x2 max-pools between) -> global average pool -> 10-way softmax. About 11 M
+    multiply-adds per image (~0.6-1 ms on one core), against ~8 K for the MLP. No drift profile:
+    an image model is watched on its outputs alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    nodes, inits, prev, channels = [], [], "input", CNN_SHAPE[0]
+    for i, out in enumerate((16, 32, 64)):
+        w = rng.normal(scale=(2 / (channels * 9)) ** 0.5, size=(out, channels, 3, 3)).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"k{i}"),
+            numpy_helper.from_array(np.zeros(out, np.float32), f"c{i}"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [prev, f"k{i}", f"c{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]),
+        ]
+        prev, channels = f"relu{i}", out
+        if i < 2:
+            nodes.append(
+                helper.make_node("MaxPool", [prev], [f"pool{i}"], kernel_shape=[2, 2], strides=[2, 2])
+            )
+            prev = f"pool{i}"
+    w = rng.normal(scale=0.1, size=(channels, CNN_CLASSES)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(w, "wf"),
+        numpy_helper.from_array(np.zeros(CNN_CLASSES, np.float32), "bf"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *CNN_SHAPE])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", CNN_CLASSES])],
+        inits,
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        folder / "model.onnx",
+    )
+    return folder / "model.onnx"

@@ -5,6 +5,13 @@ Requests queue per model version. A batch is cut when ``max_batch_size`` rows ar
 everything that arrived in the same socket reads is batched without adding latency). Requests
 join a batch only when their feeds agree on names, dtypes and non-batch dimensions.
 
+How far to batch is measured per model version when its batcher is built (at load time, on the
+session's own provider, CPU or CUDA): the cost of batches of 1, 2, 4, ... rows, and the batch grows
+only while each doubling still cuts the cost per row by ``MIN_GAIN``. A small model, whose cost is
+mostly fixed per call, keeps batching to ``max_batch_size``; a compute-bound one, whose cost per
+row stays flat or grows with the batch (a CNN on a CPU: more cache misses), stops at 1 or 2, since
+a batch would only make its first request wait for the others. ``max_batch_size`` stays the bound.
+
 Small models (a warm-up batch under ``INLINE_COMPUTE_S``) run inline on the event loop: a thread
 hop costs more than their compute. Larger ones run in a worker thread, one batch at a time per
 model, so that new requests pile up and form the next, larger batch while one computes.
@@ -13,6 +20,8 @@ model, so that new requests pile up and form the next, larger batch while one co
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +31,10 @@ import numpy as np
 
 from appliance.workloads.serving.model import LoadedModel
 
+log = logging.getLogger(__name__)
 INLINE_COMPUTE_S = 0.0005
+MIN_GAIN = 0.10
+"""A doubling of the batch must cut the cost per row by at least this fraction to be worth it."""
 
 Pending = tuple[dict[str, np.ndarray], int, "asyncio.Future[list[np.ndarray]]", float]
 
@@ -40,6 +52,21 @@ class Batcher:
     ) -> None:
         self.model = model
         self.max_rows = max(1, max_batch_size) if model.batchable else 1
+        self.max_batch_size = self.max_rows
+        """The configured bound (what Triton's config calls max_batch_size: the largest request
+        a client may send); ``max_rows`` is how far requests are batched together."""
+        self.costs: dict[int, float] = {}
+        if self.max_rows > 1:
+            self.costs = model.batch_costs(self.max_rows)
+            if self.costs:
+                self.max_rows = batch_limit(self.costs)
+                log.info(
+                    "model %s v%s batches up to %d rows (cost per row by batch size: %s)",
+                    model.name,
+                    model.version,
+                    self.max_rows,
+                    ", ".join(f"{b}: {c / b * 1e6:.1f} us" for b, c in sorted(self.costs.items())),
+                )
         self.delay = max_queue_delay_s
         self.executor = executor
         self.on_batch = on_batch
@@ -129,6 +156,22 @@ class Batcher:
             if not fut.done():
                 fut.set_result([o[offset : offset + rows] for o in outputs])
             offset += rows
+
+
+def batch_limit(costs: dict[int, float], min_gain: float = MIN_GAIN) -> int:
+    """The largest batch size up to which every step (1 -> 2 -> 4 ...) cut the cost per row by at
+    least ``min_gain``; ``costs`` maps batch sizes to seconds per batch."""
+    sizes = sorted(costs)
+    best = sizes[0]
+    for prev, size in itertools.pairwise(sizes):
+        per_row, before = costs[size] / size, costs[prev] / prev
+        # a last step shorter than a doubling (32 after 16 is one, 24 after 16 is not) needs
+        # only its share of the gain
+        need = 1 - min_gain * min(1.0, (size / prev - 1))
+        if per_row > before * need:
+            break
+        best = size
+    return best
 
 
 def _signature(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:

@@ -140,6 +140,40 @@ class LoadedModel:
             self.drift.observe(feeds[self.drift_input], outputs[0])
         return outputs
 
+    def batch_costs(self, max_size: int, budget_s: float = 2.0) -> dict[int, float]:
+        """Seconds per batch of zeros for sizes 1, 2, 4, ... up to ``max_size`` (and it), on this
+        session's provider: the best of a few runs each (the least disturbed by other work), and
+        sizes stop once ``budget_s`` is spent. Empty for inputs that zeros cannot stand for."""
+        if any(spec.datatype == "BYTES" for spec in self.inputs):
+            return {}
+        sizes = [1]
+        while sizes[-1] * 2 <= max_size:
+            sizes.append(sizes[-1] * 2)
+        if sizes[-1] != max_size:
+            sizes.append(max_size)
+        costs: dict[int, float] = {}
+        deadline = time.perf_counter() + budget_s
+        for size in sizes:
+            feeds = {
+                spec.name: np.zeros(
+                    tuple(size if i == 0 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)),
+                    NUMPY_TYPES[spec.datatype],
+                )
+                for spec in self.inputs
+            }
+            self.session.run(self.output_names, feeds)  # allocations for this shape
+            runs = []
+            for _ in range(7):
+                start = time.perf_counter()
+                self.session.run(self.output_names, feeds)
+                runs.append(time.perf_counter() - start)
+                if sum(runs) > budget_s / 20 and len(runs) >= 3:
+                    break
+            costs[size] = min(runs)
+            if time.perf_counter() > deadline:
+                break
+        return costs
+
     def warm_up(self, rounds: int = 20) -> None:
         """Run a few batches of zeros so the first real request is not slow; time the compute."""
         feeds = {}

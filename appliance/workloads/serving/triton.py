@@ -55,7 +55,7 @@ def model_config(model: LoadedModel, batcher: Batcher) -> dict[str, Any]:
         "name": model.name,
         "platform": model.platform,
         "backend": "onnxruntime",
-        "max_batch_size": batcher.max_rows if batched else 0,
+        "max_batch_size": batcher.max_batch_size if batched else 0,
         "input": [
             {
                 "name": t.name,
@@ -73,8 +73,11 @@ def model_config(model: LoadedModel, batcher: Batcher) -> dict[str, Any]:
             for t in model.outputs
         ],
     }
-    if batched and batcher.max_rows > 1:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": round(batcher.delay * 1e6)}
+    if batched and batcher.max_rows > 1:  # batching measured worth it (batcher.py), this far
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(batcher.delay * 1e6),
+            "preferred_batch_size": [batcher.max_rows],
+        }
     return config
 
 

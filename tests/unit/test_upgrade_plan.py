@@ -133,3 +133,26 @@ def test_release_versions_and_sources_are_checked(tmp_path: Path) -> None:
     (tmp_path / "appliance").mkdir()
     (tmp_path / "appliance" / "__init__.py").write_text('"""x"""\n\n__version__ = "1.2.3"\n')
     assert source_version(tmp_path) == "1.2.3"
+
+
+def test_the_stack_runs_from_the_active_release_only_when_it_is_this_version(tmp_path: Path) -> None:
+    import sys
+
+    from appliance import __version__
+    from appliance.upgrade import releases
+
+    def fake(version: str) -> releases.Release:
+        root = releases.releases_dir(tmp_path) / version
+        (root / "venv" / "bin").mkdir(parents=True)
+        (root / "venv" / "bin" / "python").write_text("")
+        (root / releases.RELEASE_FILE).write_text(json.dumps({"version": version}))
+        return releases.Release(version, root)
+
+    assert releases.running_python(tmp_path) == Path(sys.executable)  # no release: as before
+    older, this = fake("0.0.1"), fake(__version__)
+    releases.activate(tmp_path, older)
+    assert releases.active(tmp_path) == older
+    assert releases.running_python(tmp_path) == Path(sys.executable)
+    releases.activate(tmp_path, this)
+    assert releases.running_python(tmp_path) == this.python
+    assert set(releases.installed(tmp_path)) == {"0.0.1", __version__}

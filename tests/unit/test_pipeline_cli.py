@@ -44,3 +44,17 @@ def test_a_param_flag_must_be_name_equals_value(flag: str) -> None:
 def test_show_names_a_run_that_does_not_exist(tmp_path: Path) -> None:
     code, text = invoke("--state-dir", str(tmp_path), "pipeline", "show", "nope")
     assert code != 0 and "no single run matches 'nope'" in text
+
+
+def test_a_run_for_a_model_gets_its_binding_and_an_unbound_or_contrary_one_is_refused(tmp_path: Path) -> None:
+    answers = tmp_path / "appliance.yaml"
+    answers.write_text(
+        "object_store: {kind: filesystem}\n"
+        "models:\n  - {name: breast_cancer, dataset: breast_cancer}\n  - {name: wine, dataset: wine}\n"
+    )
+    base = ("--answers", str(answers), "--state-dir", str(tmp_path / "state"), "pipeline", "run", "retrain")
+    code, text = invoke(*base, "--model", "diabetes")
+    assert code != 0 and "model 'diabetes' has no dataset binding" in text and "models[].dataset" in text
+    code, text = invoke(*base, "--model", "wine", "--param", "dataset=breast_cancer")
+    assert code != 0 and "model 'wine' is bound to dataset 'wine'" in text
+    assert not (tmp_path / "state" / "controller" / "runs").exists()  # nothing started

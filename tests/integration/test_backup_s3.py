@@ -1,5 +1,6 @@
-"""Backup and restore with an S3 object store, against a real S3 endpoint process (moto_server,
-as the other S3 tests here: no MinIO or SeaweedFS server is installed on the build machines).
+"""Backup and restore with an S3 object store, against the bundled SeaweedFS started as the
+product starts it, reached as an external ``s3`` store with its admin key (the backup writes a
+``backups`` bucket of its own).
 
 The datasets, models and MLflow buckets are read into the archive through the data connection
 and written back by restore; the archive itself can live in S3 (``--to s3://...``), be listed
@@ -18,7 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import free_ports, run_cli
-from tests.integration._lifecycle_fixtures import BIN, S3_KEYS, free_port, start, stop, wait_http
+from tests.integration._lifecycle_fixtures import S3_KEYS, seaweedfs_keys
+from tests.integration._object_store_fixtures import seaweedfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 OBJECTS = {
@@ -30,23 +32,9 @@ OBJECTS = {
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    import boto3
-
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log")
-    try:
-        wait_http(f"{endpoint}/", proc, tmp_path / "moto.log", 60)
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-        )
-        yield endpoint, client
-    finally:
-        stop(proc)
+    with seaweedfs(tmp_path / "store") as store:
+        seaweedfs_keys(store, "admin")
+        yield store.endpoint, store.client("admin")
 
 
 def _answers(path: Path, endpoint: str) -> Path:
@@ -67,8 +55,7 @@ def _objects(client: Any) -> dict[tuple[str, str], bytes]:
 
 def test_s3_store_round_trip_through_an_archive_kept_in_s3(s3: tuple[str, Any], tmp_path: Path) -> None:
     endpoint, client = s3
-    for bucket in ("datasets", "models", "mlflow", "backups"):
-        client.create_bucket(Bucket=bucket)
+    client.create_bucket(Bucket="backups")  # the store's buckets job made the other three
     for (bucket, key), body in OBJECTS.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
     state = tmp_path / "state"

@@ -1,5 +1,5 @@
-"""The model lifecycle against real services: moto S3 and an ``mlflow server`` with its artifact
-proxy writing to S3.
+"""The model lifecycle against real services: the bundled SeaweedFS and an ``mlflow server`` with
+its artifact proxy writing to it.
 
 breast_cancer trains through the CLI from a filesystem data connection and becomes champion; a
 second identical run stays challenger; promote and rollback move the alias. diabetes trains from

@@ -1,6 +1,6 @@
-"""``appliance models import`` against real services: moto S3 behind an ``mlflow server``, the data
-connection's datasets written by ``appliance data seed`` (breast_cancer, a classifier; diabetes,
-a regressor), and the real model server.
+"""``appliance models import`` against real services: the bundled SeaweedFS behind an
+``mlflow server``, the data connection's datasets written by ``appliance data seed``
+(breast_cancer, a classifier; diabetes, a regressor), and the real model server.
 
 Each framework's model is trained and logged to MLflow here as a notebook would do it, imported
 through the CLI, served from ``models:/NAME@champion``, and its served answers compared with the

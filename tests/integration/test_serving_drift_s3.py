@@ -1,18 +1,19 @@
-"""Drift gauges from live traffic, a model loaded by S3 URI from a real S3 endpoint (moto), and
-a model that cannot be loaded at startup."""
+"""Drift gauges from live traffic, a model loaded by S3 URI from a real S3 endpoint (the bundled
+SeaweedFS, read with the model server's own read-only key), and a model that cannot be loaded at
+startup."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.integration._object_store_fixtures import seaweedfs
 from tests.integration._serving_fixtures import FEATURES, start_server, training_data, write_mlp
 
 pytestmark = pytest.mark.integration
@@ -62,48 +63,20 @@ def test_psi_is_near_zero_in_distribution_and_raised_when_shifted(tmp_path: Path
 
 
 @pytest.fixture
-def s3(tmp_path: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = shutil.which("moto_server") or str(Path(__import__("sys").executable).parent / "moto_server")
-    proc = subprocess.Popen(
-        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    env = {
-        "AWS_S3_ENDPOINT": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    yield env
-    proc.terminate()
-    proc.wait(10)
+def s3(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any]]:
+    """The bundled SeaweedFS: the server gets the model server's (read-only) key, as in the stack;
+    the test uploads with the trainer's."""
+    with seaweedfs(tmp_path / "store") as store:
+        env = {"AWS_S3_ENDPOINT": store.endpoint, "AWS_DEFAULT_REGION": "us-east-1"} | store.keys("reader")
+        yield env, store.client("writer")
 
 
-def test_model_from_s3_uri(tmp_path: Path, s3: dict[str, str]) -> None:
-    import boto3
-
+def test_model_from_s3_uri(tmp_path: Path, s3: tuple[dict[str, str], Any]) -> None:
+    env, client = s3
     folder = write_mlp(tmp_path / "mlp")
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3["AWS_S3_ENDPOINT"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket="models")
     for name in ("model.onnx", "drift_profile.json"):
         client.upload_file(str(folder / name), "models", f"clf/{name}")
-    server = start_server(["--model", "s3://models/clf", "--poll-seconds", "0.3"], tmp_path, env=s3)
+    server = start_server(["--model", "s3://models/clf", "--poll-seconds", "0.3"], tmp_path, env=env)
     try:
         meta = httpx.get(f"{server.url}/v2/models/clf").json()
         assert meta["inputs"][0]["name"] == "input"

@@ -156,3 +156,30 @@ def test_the_stack_runs_from_the_active_release_only_when_it_is_this_version(tmp
     releases.activate(tmp_path, this)
     assert releases.running_python(tmp_path) == this.python
     assert set(releases.installed(tmp_path)) == {"0.0.1", __version__}
+
+
+def test_a_bundle_that_is_no_release_is_refused_before_anything_is_installed(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from appliance.upgrade.releases import install_bundle, releases_dir
+
+    state = tmp_path / "state"
+    escaping = tmp_path / "escaping.tar.gz"
+    with tarfile.open(escaping, "w:gz") as tar:
+        info = tarfile.TarInfo("../../outside.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(ReleaseInputError, match="not a readable release tarball"):
+        install_bundle(state, escaping)
+    not_ours = tmp_path / "other.tar.gz"
+    with tarfile.open(not_ours, "w:gz") as tar:
+        info = tarfile.TarInfo("project/README.md")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(ReleaseInputError, match="no appliance package"):
+        install_bundle(state, not_ours)
+    with pytest.raises(ReleaseInputError, match="no bundle at"):
+        install_bundle(state, tmp_path / "missing.tar.gz")
+    assert not (tmp_path / "outside.txt").exists()
+    assert not releases_dir(state).exists() or not any(releases_dir(state).iterdir())

@@ -236,6 +236,30 @@ def _network_exposure(desired: Mapping[str, RenderedService]) -> list[Check]:
 
 
 def run_preflight(
+def _model_datasets(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
+    """A model bound to a dataset the store does not hold, where the store can be read without
+    starting anything (the filesystem store) and already holds datasets: its retraining would
+    fail. A fresh store is left alone (``make up`` seeds after ``up``); runs check it again."""
+    if "controller" not in desired or ctx.store_kind != "filesystem":
+        return []
+    root = ctx.state_dir / "data" / ctx.answers.object_store.datasets_bucket
+    present = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    if not present:
+        return []
+    return [
+        Check(
+            f"dataset of model {m.name}",
+            "warn",
+            f"model {m.name!r} is bound to dataset {m.dataset!r}, which the datasets store does not "
+            f"hold (it holds: {', '.join(sorted(present)[:10])}): its retraining would fail",
+            f"upload it (`appliance data seed --dataset {m.dataset}` for scikit-learn's sets) or "
+            "correct models[].dataset",
+        )
+        for m in ctx.answers.served_models()
+        if m.dataset is not None and m.dataset not in present
+    ]
+
+
     ctx: AppContext,
     desired: Mapping[str, RenderedService],
     observed: Mapping[str, ObservedService],
@@ -254,6 +278,7 @@ def run_preflight(
         _gpu(ctx),
         *_model_source(ctx, desired),
         *_network_exposure(desired),
+        *_model_datasets(ctx, desired),
     ]
 
 

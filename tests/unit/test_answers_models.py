@@ -3,6 +3,8 @@ refused with the key, the line and the fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from appliance.answers_file import parse_answers, render_answers
@@ -73,3 +75,24 @@ def test_the_rendered_defaults_read_back_with_the_models_list() -> None:
 )
 def test_bad_model_entries_are_refused_naming_the_key_and_the_fix(text: str, wanted: str) -> None:
     assert wanted in problems(text)
+
+
+def test_preflight_warns_of_a_binding_to_a_dataset_the_filesystem_store_lacks(tmp_path: Path) -> None:
+    from appliance.context import AppContext
+    from appliance.preflight import _model_datasets
+    from appliance.render import render_stack
+
+    answers = parse_answers(
+        "object_store: {kind: filesystem}\n"
+        "models: [{name: a, dataset: breast_cancer}, {name: b, dataset: wine_typo},\n"
+        "         {name: c, uri: /m.onnx}]\n",
+        "a.yaml",
+    )
+    ctx = AppContext(answers, tmp_path / "state")
+    desired = render_stack(ctx)
+    assert _model_datasets(ctx, desired) == []  # a fresh store: `make up` seeds after `up`
+    (tmp_path / "state" / "data" / "datasets" / "breast_cancer").mkdir(parents=True)
+    checks = _model_datasets(ctx, desired)
+    assert [(c.name, c.status) for c in checks] == [("dataset of model b", "warn")]
+    assert "'b' is bound to dataset 'wine_typo'" in checks[0].detail and "breast_cancer" in checks[0].detail
+    assert "models[].dataset" in checks[0].fix

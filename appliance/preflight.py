@@ -170,9 +170,10 @@ def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
     """A registry URI needs a registry. The edge profile runs none, so a stack serving from one
     it cannot reach would start, never turn ready and end in a health timeout: it fails here,
     before anything starts. In a cluster MLflow may run on the control host instead."""
-    model = ctx.answers.serving.model
-    if "serving" not in desired or not model.startswith("models:/") or "mlflow" in desired:
+    registry = [m.served_uri for m in ctx.answers.served_models() if m.served_uri.startswith("models:/")]
+    if "serving" not in desired or not registry or "mlflow" in desired:
         return []
+    model = ", ".join(registry)
     if ctx.hosts is not None and ctx.hosts.host_of("mlflow") not in (None, ctx.here):
         return [Check("serving model", "pass", f"{model} from the cluster's MLflow at {ctx.mlflow_uri}")]
     why = "the edge profile" if ctx.answers.profile == "edge" else "this stack (components.mlflow is off)"
@@ -182,7 +183,7 @@ def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
             "fail",
             f"the stack serves {model} from the MLflow registry, which {why} does not run: "
             "the model server would never turn ready",
-            "set serving.model to a model folder, an .onnx file or an s3:// URI, "
+            "set serving.model (or models[].uri) to a model folder, an .onnx file or an s3:// URI, "
             "or run this host in a cluster (a cluster: section) whose control host runs MLflow",
         )
     ]
@@ -235,7 +236,6 @@ def _network_exposure(desired: Mapping[str, RenderedService]) -> list[Check]:
     return checks
 
 
-def run_preflight(
 def _model_datasets(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
     """A model bound to a dataset the store does not hold, where the store can be read without
     starting anything (the filesystem store) and already holds datasets: its retraining would
@@ -260,6 +260,7 @@ def _model_datasets(ctx: AppContext, desired: Mapping[str, RenderedService]) -> 
     ]
 
 
+def run_preflight(
     ctx: AppContext,
     desired: Mapping[str, RenderedService],
     observed: Mapping[str, ObservedService],
@@ -277,8 +278,8 @@ def _model_datasets(ctx: AppContext, desired: Mapping[str, RenderedService]) -> 
         *_ports(ctx, desired, observed),
         _gpu(ctx),
         *_model_source(ctx, desired),
-        *_network_exposure(desired),
         *_model_datasets(ctx, desired),
+        *_network_exposure(desired),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +147,25 @@ def build_cnn(folder: Path) -> Path:
         folder / "model.onnx",
     )
     return folder / "model.onnx"
+
+
+def _floor_worker(model: str, x: np.ndarray, seconds: float, out: Any) -> None:
+    out.put(ort_floor(Path(model), x, seconds)["rps_1"])
+
+
+def ort_floor_cores(model: Path, x: np.ndarray, seconds: float, processes: int) -> float:
+    """Requests/s of ONNX Runtime alone, in-process, on ``processes`` cores at once (one
+    single-threaded session per process, no server, no network): the most replicas can reach."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_floor_worker, args=(str(model), x, seconds, queue)) for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=seconds * 10 + 120) for _ in procs)
+    for p in procs:
+        p.join()
+    return float(total)

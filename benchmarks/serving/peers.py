@@ -137,7 +137,7 @@ so.intra_op_num_threads = 1
 so.inter_op_num_threads = 1
 sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 n_out = sess.get_outputs()[0].shape[1]
-n_in = sess.get_inputs()[0].shape[1]
+in_shape = tuple(sess.get_inputs()[0].shape[1:])  # (30,) for the MLP, (3, 64, 64) for the CNN
 
 
 @batch
@@ -149,7 +149,7 @@ config = TritonConfig(http_address="127.0.0.1", http_port=http_port, grpc_addres
                       grpc_port=grpc_port, metrics_port=metrics_port)
 with Triton(config=config) as triton:
     triton.bind(model_name="mlp", infer_func=infer,
-                inputs=[Tensor(name="input", dtype=np.float32, shape=(n_in,))],
+                inputs=[Tensor(name="input", dtype=np.float32, shape=in_shape)],
                 outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(n_out,))],
                 config=ModelConfig(max_batch_size=32, batcher=DynamicBatcher(max_queue_delay_microseconds=0)))
     triton.serve()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import peers  # noqa: E402
-from bench_model import N_IN, build_model, ort_floor  # noqa: E402
+from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model, ort_floor, ort_floor_cores  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -74,29 +74,22 @@ def wait_ready(port: int, model: str, proc: subprocess.Popen, timeout: float, lo
     raise RuntimeError(f"not ready in {timeout}s: {log.read_text()[-2000:]}")
 
 
-def ours(work: Path, model_dir: Path, args: argparse.Namespace) -> peers.Peer:
+def ours(work: Path, model_dir: Path, args: argparse.Namespace, replicas: str = "1") -> peers.Peer:
+    """Our server as the stack runs it: ``1`` the model server alone; ``N`` (or ``1b``) N replicas
+    behind the supervisor's nginx balancer."""
     ports = free_ports(3)
     (work / "token").write_text(TOKEN)
+    n = int(replicas.rstrip("b"))
     cmd = [
-        sys.executable,
-        "-m",
-        "appliance.workloads.serving",
-        "--model",
-        f"mlp={model_dir}",
-        "--http-port",
-        str(ports[0]),
-        "--grpc-port",
-        str(ports[1]),
-        "--metrics-port",
-        str(ports[2]),
-        "--token-file",
-        str(work / "token"),
-        "--max-batch-size",
-        "32",
-        "--poll-seconds",
-        "0",
-    ]
-    return peers.Peer("ours", cmd, {}, ports[0], ports[1], "mlp", ROOT)
+        sys.executable, "-m", "appliance.workloads.serving.supervisor",
+        "--min-replicas", str(n), "--max-replicas", str(max(n, 2) if replicas.endswith("b") else n),
+        "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+        "--run-dir", str(work / f"balancer-{replicas}"),
+        "--", "--model", f"mlp={model_dir}", "--token-file", str(work / "token"),
+        "--max-batch-size", "32", "--poll-seconds", "0",
+    ]  # fmt: skip
+    name = "ours" if replicas == "1" else f"ours x{replicas}"
+    return peers.Peer(name, cmd, {}, ports[0], ports[1], "mlp", ROOT)
 
 
 def measure(
@@ -108,7 +101,7 @@ def measure(
         proc = subprocess.Popen(
             peer.cmd, cwd=peer.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    token = TOKEN if peer.name == "ours" else None
+    token = TOKEN if peer.name.startswith("ours") else None
     result: dict[str, Any] = {}
     try:
         wait_ready(peer.http_port, peer.model_name, proc, args.start_timeout, log)
@@ -256,7 +249,8 @@ def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
-        f"ONNX Runtime in-process (floor): p50 {floor['p50_ms']:.4f} ms, p99 {floor['p99_ms']:.4f} ms",
+        f"ONNX Runtime in-process (floor): p50 {floor['p50_ms']:.4f} ms, p99 {floor['p99_ms']:.4f} ms, "
+        f"{floor['rps_1']:.0f} req/s on one core, {floor.get('rps_cores', float('nan')):.0f} on {args.cores}",
         "",
     ]
     for proto in args.protocols:
@@ -319,10 +313,22 @@ def main() -> None:
     ap.add_argument(
         "--check-calls", type=int, default=64, help="grpc.aio calls checked after each gRPC point"
     )
+    ap.add_argument("--models", default="mlp,cnn", help="mlp (30 features), cnn ([N,3,64,64]), or both")
+    ap.add_argument(
+        "--replicas",
+        default="1,2",
+        help="our replica counts: 1 (the server alone), N (N behind the balancer), 1b (one behind it)",
+    )
+    ap.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="processes of the ONNX Runtime floor"
+    )
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the canned gRPC server")
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args()
     args.protocols = [p for p in args.protocols.split(",") if p]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.models = [m for m in args.models.split(",") if m]
+    args.replicas = [r for r in args.replicas.split(",") if r]
     names = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
     results_dir = ROOT / "benchmarks" / "results"
     work = results_dir / f"serving-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -332,32 +338,46 @@ def main() -> None:
         peers.ensure_venv(name, work / f"install-{name}.log")
     if args.setup_only:
         return
-    model = build_model(work / "model")
-    x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
     import onnxruntime as ort
 
-    ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-    floor = ort_floor(model, x, min(args.seconds, 2.0))
-    print(f"onnxruntime floor: p50 {floor['p50_ms'] * 1e3:.1f} us", flush=True)
-    results: dict[str, Any] = {}
-    if "grpc" in args.protocols:
-        results["grpc-ceiling"] = grpc_ceiling(args)
-    for name in ["ours", *names]:
-        if name == "ours":
-            peer = ours(work, model.parent, args)
+    everything: dict[str, Any] = {}
+    for model_name in args.models:
+        folder = work / model_name
+        if model_name == "mlp":
+            model = build_model(folder)
+            x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
         else:
-            peer = peers.BUILDERS[name](work, model, free_ports(3))
-        print(f"measuring {name} ...", flush=True)
-        try:
-            results[name] = measure(peer, x, ref, args, work)
-        except Exception as err:
-            print(f"  {name} failed: {err}", flush=True)
-            results[name] = {"error": str(err).splitlines()[0][:120] if str(err) else repr(err)}
-    (work / "results.json").write_text(
-        json.dumps({"floor": floor, "results": results, "args": vars(args)}, indent=1)
-    )
+            model = build_cnn(folder)
+            x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
+        ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+        floor = ort_floor(model, x, min(args.seconds, 2.0))
+        floor["rps_cores"] = ort_floor_cores(model, x, min(args.seconds, 3.0), args.cores)
+        print(
+            f"{model_name}: onnxruntime floor p50 {floor['p50_ms'] * 1e3:.1f} us, "
+            f"{floor['rps_1']:.0f} req/s on 1 core, {floor['rps_cores']:.0f} on {args.cores}",
+            flush=True,
+        )
+        results: dict[str, Any] = {}
+        if "grpc" in args.protocols and model_name == "mlp" and args.ceiling:
+            results["grpc-ceiling"] = grpc_ceiling(args)
+        candidates = [("ours", r) for r in args.replicas] + [(n, "") for n in names]
+        for label, replicas in candidates:
+            if label == "ours":
+                peer = ours(folder, model.parent, args, replicas)
+            else:
+                peer = peers.BUILDERS[label](folder, model, free_ports(3))
+            print(f"measuring {peer.name} on {model_name} ...", flush=True)
+            try:
+                results[peer.name] = measure(peer, x, ref, args, folder)
+            except Exception as err:
+                print(f"  {label} failed: {err}", flush=True)
+                results[peer.name] = {"error": str(err).splitlines()[0][:120] if str(err) else repr(err)}
+        everything[model_name] = {"floor": floor, "results": results}
+        (work / "results.json").write_text(json.dumps({"models": everything, "args": vars(args)}, indent=1))
     print()
-    print(table(results, floor, args))
+    for model_name, got in everything.items():
+        print(f"## {model_name}\n")
+        print(table(got["results"], got["floor"], args))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def read_query(url: DatabaseURL, query: str, password: str | None, limits: Limit
 
 def _read_postgres(url: DatabaseURL, query: str, password: str | None, limits: Limits) -> pd.DataFrame:
     import psycopg
+    import psycopg.types.numeric
 
     try:
         conn = psycopg.connect(
@@ -120,6 +121,9 @@ def _read_postgres(url: DatabaseURL, query: str, password: str | None, limits: L
         raise _connect_error(url, str(err)) from err
     try:
         conn.read_only = True  # the transaction below is READ ONLY: the server refuses any write
+        # NUMERIC as float64, as the same digits in a CSV are read: Parquet would keep Decimal
+        # objects, which no model trains on (cast to text in the query to keep exact digits).
+        conn.adapters.register_loader("numeric", psycopg.types.numeric.FloatLoader)
         with conn.cursor(name="appliance_import") as cur:
             timeout_ms = str(int(limits.timeout_seconds * 1000))
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout_ms,))

@@ -198,6 +198,14 @@ def test_bad_input_names_the_problem_and_leaves_the_newest_version(
     in_url = attempt("--from", postgres.url.replace("admin@", f"admin:{PASSWORD}@"), "--query", "SELECT 1")
     assert in_url.returncode == 2 and "holds a password" in in_url.stderr and PASSWORD not in in_url.stderr
     assert versions(state, "shop") == before
+    numeric = attempt(
+        "--from", postgres.url, "--query", "SELECT alcohol::numeric(6, 2) AS alcohol, cultivar FROM wine"
+    )
+    assert numeric.returncode == 0, numeric.stderr
+    import pandas as pd
+
+    newest = pd.read_parquet(state / "data" / "datasets" / "shop" / versions(state, "shop")[-1])
+    assert str(newest["alcohol"].dtype) == "float64"  # NUMERIC arrives as numbers the trainer takes
     postgres.sql("SELECT 1")  # the server still answers and nothing was dropped or changed
     import psycopg
 

@@ -7,7 +7,6 @@ so the local and container runtimes receive identical, fully rendered services.
 from __future__ import annotations
 
 import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
 from appliance.objectstore.identities import identity_of
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
+from appliance.upgrade.releases import running_python
 
 PROJECT_DIR = STACKS_DIR.parent
 CONTAINER_PYTHON = "/opt/appliance/bin/python"
@@ -82,7 +82,7 @@ class TemplateVars:
     def as_dict(self, service: str) -> dict[str, Any]:
         ctx = self.ctx
         state = Path(CONTAINER_STATE_DIR) if self.inside else ctx.state_dir
-        python = Path(CONTAINER_PYTHON) if self.inside else Path(sys.executable)
+        python = Path(CONTAINER_PYTHON) if self.inside else running_python(ctx.state_dir)
         return {
             "bind": "0.0.0.0" if self.inside else ctx.answers.bind_address,
             "host": Hosts(ctx, self.inside),
@@ -150,12 +150,6 @@ def selected(ctx: AppContext, specs: dict[str, ServiceSpec]) -> dict[str, Servic
     return chosen
 
 
-def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
-    try:
-        return string.Formatter().vformat(template, (), variables)
-    except (KeyError, AttributeError, IndexError) as err:
-        raise ApplianceError(
-            f"stack template {template!r} in {where} uses an unknown name: {err}",
 def served_models(ctx: AppContext) -> list[str]:
     """``NAME=URI`` of every model the stack serves (``models``, or the ``serving.model``
     shorthand), for the model server's repeated ``--model``."""
@@ -166,6 +160,12 @@ LISTS: dict[str, Callable[[AppContext], list[str]]] = {"served_models": served_m
 """Lists a stack's ``repeated_args`` may expand into one flag per item."""
 
 
+def _fmt(template: str, variables: dict[str, Any], where: str) -> str:
+    try:
+        return string.Formatter().vformat(template, (), variables)
+    except (KeyError, AttributeError, IndexError) as err:
+        raise ApplianceError(
+            f"stack template {template!r} in {where} uses an unknown name: {err}",
             fix="correct the template in stacks/services.yaml",
         ) from err
 
@@ -190,13 +190,6 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         value = _fmt(template, v, f"{name}.optional_args.{flag}")
         if value not in ("", "None"):
             extra += [flag, value]
-    command = [_fmt(a, v, f"{name}.command") for a in spec.command] + extra
-    container = [_fmt(a, c, f"{name}.container_command") for a in spec.container_command or spec.command]
-    container += extra
-    # Health probes and URLs are clients: their {bind} is where a client dials the service
-    # (loopback for a wildcard bind, the service's host in a cluster), never 0.0.0.0.
-    d = v | {"bind": ctx.host_of(name)}
-    health = spec.health.model_copy(
     for flag, list_name in spec.repeated_args.items():
         if list_name not in LISTS:
             raise ApplianceError(
@@ -205,6 +198,13 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
             )
         for item in LISTS[list_name](ctx):
             extra += [flag, item]
+    command = [_fmt(a, v, f"{name}.command") for a in spec.command] + extra
+    container = [_fmt(a, c, f"{name}.container_command") for a in spec.container_command or spec.command]
+    container += extra
+    # Health probes and URLs are clients: their {bind} is where a client dials the service
+    # (loopback for a wildcard bind, the service's host in a cluster), never 0.0.0.0.
+    d = v | {"bind": ctx.host_of(name)}
+    health = spec.health.model_copy(
         update={
             "http": spec.health.http and _fmt(spec.health.http, d, f"{name}.health"),
             "tcp": spec.health.tcp and _fmt(spec.health.tcp, d, f"{name}.health"),

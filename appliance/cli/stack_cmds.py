@@ -209,9 +209,14 @@ def down_cmd(purge: bool, yes: bool) -> None:
 def status_cmd(as_json: bool) -> None:
     """Health, URL, pid, uptime and memory (PSS of its processes) of every service."""
     from appliance.footprint import add_memory
+    from appliance.workloads.serving.replica_status import replicas_status
 
     eng = engine()
     status = add_memory(eng.status(), eng.runtime)
+    serving = status["services"].get("serving", {})
+    replicas = replicas_status(eng.ctx, serving.get("health") in ("healthy", "starting"))
+    if replicas is not None:
+        status["serving_replicas"] = replicas
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:
@@ -231,6 +236,10 @@ def _print_status(status: dict) -> None:
     console.print(table)
     if status.get("memory_total_bytes"):
         console.print(f"memory of the running services: {human(status['memory_total_bytes'])}")
+    if status.get("serving_replicas"):
+        from appliance.workloads.serving.replica_status import describe
+
+        console.print(describe(status["serving_replicas"]), markup=False)
 
 
 @click.command("logs")

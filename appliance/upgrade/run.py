@@ -122,6 +122,13 @@ def current_release(ctx: AppContext) -> Release:
 def plan_upgrade(ctx: AppContext, to: Release) -> Plan:
     """What upgrading to ``to`` changes; reads only."""
     jr.require_settled(ctx.state_dir)
+    if ctx.answers.runtime != "local":
+        raise ApplianceError(
+            f"`appliance upgrade` moves stacks on the local runtime; this one runs on {ctx.answers.runtime}, "
+            "whose services run the code baked into their images",
+            fix="take a backup (`appliance backup`), then bring the new version's images up with "
+            "`appliance up --bundle NEW.tar` (docs/containers.md); `appliance restore` returns to the backup",
+        )
     frm = current_release(ctx)
     if frm.version == to.version:
         raise ApplianceError(f"the stack already runs appliance {to.version}", fix="nothing to do")

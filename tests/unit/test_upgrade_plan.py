@@ -183,3 +183,16 @@ def test_a_bundle_that_is_no_release_is_refused_before_anything_is_installed(tmp
         install_bundle(state, tmp_path / "missing.tar.gz")
     assert not (tmp_path / "outside.txt").exists()
     assert not releases_dir(state).exists() or not any(releases_dir(state).iterdir())
+
+
+def test_container_stacks_are_sent_to_their_images(tmp_path: Path) -> None:
+    from appliance.answers import Answers
+    from appliance.context import AppContext
+    from appliance.upgrade.releases import Release
+    from appliance.upgrade.run import plan_upgrade
+
+    ctx = AppContext.create(Answers(runtime="podman"), None, tmp_path)
+    with pytest.raises(ApplianceError, match="runs on podman") as caught:
+        plan_upgrade(ctx, Release("9.9.9", tmp_path / "nowhere"))
+    assert "appliance up --bundle" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -18,9 +18,12 @@ and ``appliance rollback`` finishes the way back. ``done`` keeps what ``applianc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -105,21 +108,55 @@ def load(state_dir: Path) -> Journal | None:
 
 
 def start(state_dir: Path, from_version: str, to_version: str) -> Journal:
-    """A new journal in ``backing-up``; refuses while another upgrade is unfinished."""
-    require_settled(state_dir)
+    """A new journal in ``backing-up``; refuses while another upgrade is unfinished. The caller
+    holds ``hold(state_dir)``."""
+    require_settled(state_dir, holding=True)
     journal = Journal(from_version, to_version)
     journal.history.append([journal.phase, journal.started])
     save(state_dir, journal)
     return journal
 
 
-def require_settled(state_dir: Path) -> None:
-    """Raise when an upgrade was interrupted between two versions (the next command's check).
+LOCK = ".upgrade.lock"
 
-    An interrupted ``backing-up`` changed nothing: it is marked aborted and the command goes on."""
+
+@contextlib.contextmanager
+def hold(state_dir: Path) -> Iterator[None]:
+    """Held for a whole upgrade or rollback, so no other one (or ``up``) runs meanwhile."""
+    fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpgradeInProgressError(
+                f"an upgrade or rollback is running on {state_dir}",
+                fix="wait for it to finish (`cat STATE/upgrade.json` shows its phase)",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _running(state_dir: Path) -> bool:
+    try:
+        with hold(state_dir):
+            return False
+    except UpgradeInProgressError:
+        return True
+
+
+def require_settled(state_dir: Path, holding: bool = False) -> None:
+    """Raise while an upgrade runs, or when one was interrupted between two versions (the next
+    command's check). An interrupted ``backing-up`` changed nothing: it is marked aborted and the
+    command goes on. ``holding``: the caller holds the upgrade lock itself."""
     journal = load(state_dir)
     if journal is None:
         return
+    if not holding and _running(state_dir):
+        raise UpgradeInProgressError(
+            f"the upgrade from {journal.from_version} to {journal.to_version} is running ({journal.phase})",
+            fix="wait for it to finish",
+        )
     if journal.phase == "backing-up":
         journal.move(state_dir, "aborted", "interrupted while taking the backup; nothing was changed")
         return

@@ -137,6 +137,11 @@ def plan_upgrade(ctx: AppContext, to: Release) -> Plan:
 
 def upgrade(ctx: AppContext, plan: Plan, say: Say) -> Outcome:
     """Back up, apply ``plan.to_release``, verify; on any failure roll back and raise."""
+    with jr.hold(ctx.state_dir):
+        return _upgrade(ctx, plan, say)
+
+
+def _upgrade(ctx: AppContext, plan: Plan, say: Say) -> Outcome:
     from appliance.backup.create import create_backup
 
     started = time.monotonic()
@@ -211,6 +216,11 @@ def _roll_back(ctx: AppContext, journal: jr.Journal, say: Say) -> None:
 
 def rollback(ctx: AppContext, say: Say) -> jr.Journal:
     """Return to the version (and data) before the last upgrade, or finish an interrupted one."""
+    with jr.hold(ctx.state_dir):
+        return _rollback(ctx, say)
+
+
+def _rollback(ctx: AppContext, say: Say) -> jr.Journal:
     journal = jr.load(ctx.state_dir)
     if journal is None or journal.phase not in ("done", *jr.UNFINISHED):
         raise ApplianceError(

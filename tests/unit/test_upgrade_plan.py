@@ -196,3 +196,19 @@ def test_container_stacks_are_sent_to_their_images(tmp_path: Path) -> None:
         plan_upgrade(ctx, Release("9.9.9", tmp_path / "nowhere"))
     assert "appliance up --bundle" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_running_upgrade_holds_off_another_and_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(jr.STEP_ENV, raising=False)
+    with jr.hold(tmp_path):
+        journal = jr.start(tmp_path, "0.1.0", "0.2.0")
+        # another process (here another descriptor) finds it running, not interrupted
+        with pytest.raises(jr.UpgradeInProgressError, match="is running"):
+            jr.check_before_up(tmp_path)
+        with pytest.raises(jr.UpgradeInProgressError, match="is running"), jr.hold(tmp_path):
+            pass
+        loaded = jr.load(tmp_path)
+        assert loaded is not None and loaded.phase == "backing-up"
+        journal.move(tmp_path, "applying")
+        journal.move(tmp_path, "done")
+    jr.check_before_up(tmp_path)

@@ -23,8 +23,12 @@ SERVING_METRICS: dict[str, MetricType] = {
     "appliance_feature_psi": "gauge",
     "appliance_prediction_psi": "gauge",
     "appliance_drift_window_rows": "gauge",
+    "appliance_serving_replicas_ready": "gauge",
+    "appliance_serving_replicas_desired": "gauge",
+    "appliance_serving_replicas_replaced_total": "counter",
+    "appliance_serving_concurrency_seconds_total": "counter",
 }
-"""Model server metrics (``docs/interfaces.md``)."""
+"""Model server metrics (``docs/interfaces.md``), with the replica supervisor's own."""
 
 CONTROLLER_METRICS: dict[str, MetricType] = {
     "appliance_pipeline_runs_total": "counter",
@@ -32,6 +36,11 @@ CONTROLLER_METRICS: dict[str, MetricType] = {
     "appliance_pipeline_running": "gauge",
     "appliance_retrain_triggers_total": "counter",
     "appliance_model_promotions_total": "counter",
+    "appliance_autoscale_desired_replicas": "gauge",
+    "appliance_autoscale_ready_replicas": "gauge",
+    "appliance_autoscale_observed_concurrency": "gauge",
+    "appliance_autoscale_panic": "gauge",
+    "appliance_autoscale_decisions_total": "counter",
 }
 """Controller metrics (``docs/interfaces.md``)."""
 

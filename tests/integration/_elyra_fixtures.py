@@ -168,7 +168,7 @@ TRAIN_NOTEBOOK = (
 """The drawn retrain's training notebook: reads what the script wrote, writes a version."""
 PREPARE_SCRIPT = (
     "import os, pathlib\n"
-    "pathlib.Path('dataset_key.txt').write_text('datasets/' + os.environ['dataset'] + '/latest.csv')\n"
+    "pathlib.Path('dataset_key.txt').write_text('datasets/' + os.environ['DATASET'] + '/latest.csv')\n"
 )
 """The drawn retrain's first node: a Python script that writes the file the notebook reads."""
 
@@ -186,7 +186,6 @@ def retrain_drawing(folder: Path, name: str = "drawn", model: str = "drawn-model
                 "prepare.py",
                 outputs=("dataset_key.txt",),
                 env={"STAGE": "prepare"},
-                pipeline_parameters=["dataset"],
                 x=80,
                 y=120,
             ),
@@ -200,8 +199,7 @@ def retrain_drawing(folder: Path, name: str = "drawn", model: str = "drawn-model
                 y=120,
             ),
         ],
-        env={"APPLIANCE_MODEL": model},
-        parameters={"dataset": "iris"},
+        env={"APPLIANCE_MODEL": model, "DATASET": "iris"},
     )
     path = folder / f"{name}.pipeline"
     path.write_text(json.dumps(doc, indent=2))

@@ -41,8 +41,8 @@ def test_a_drawing_becomes_the_runners_pipeline(tmp_path: Path) -> None:
     prepare, train = pipeline.steps
     assert prepare.name == "prepare"
     assert prepare.run == ["{python}", str((tmp_path / "prepare.py").resolve())]
-    assert prepare.env == {"STAGE": "prepare", "dataset": "{params.dataset}"}
-    assert pipeline.parameters == {"dataset": "iris"}
+    assert prepare.env == {"STAGE": "prepare"}
+    assert pipeline.env == {"DATASET": "iris"} and pipeline.parameters == {}
     assert prepare.outputs == {"dataset_key": "dataset_key.txt"}
     assert train.name == "train" and train.notebook == "train.ipynb"
     assert train.inputs == ["dataset_key.txt"]  # the parent's output must exist before it starts

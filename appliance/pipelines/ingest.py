@@ -40,6 +40,7 @@ def ingest(
             fix="pass the name `appliance data ls` shows, e.g. --dataset breast_cancer",
         )
     conn = DataConnection.from_env(env)
+    key = None
     if refresh != "false":
         from appliance.dataconn import dbimport
 
@@ -48,11 +49,12 @@ def ingest(
             result = dbimport.refresh(conn, dataset, state)
             state_word = "new version" if result.written else "same as the newest version"
             print(f"re-ran the saved query: {result.rows} rows, {state_word} ({result.key})")
-    found = resolve(conn, dataset)
+            key = result.key  # the snapshot just taken, even if another file lands right after
+    key = key or resolve(conn, dataset).key
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "dataset_key.txt").write_text(found.key + "\n")
-    (workdir / "dataset_uri.txt").write_text(conn.datasets.uri(found.key) + "\n")
-    return found.key
+    (workdir / "dataset_key.txt").write_text(key + "\n")
+    (workdir / "dataset_uri.txt").write_text(conn.datasets.uri(key) + "\n")
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,9 @@ def test_a_drawing_bound_to_a_model_runs_on_its_schedule_and_on_a_drift_alert(
 ) -> None:
     pipelines = home.root / "pipelines"
     retrain_drawing(pipelines, name="drawn", model="drawn-model")
+    iris = home.state / "data" / "datasets" / "iris"  # a bound model's dataset must be in the store
+    iris.mkdir(parents=True)
+    (iris / "latest.csv").write_text("a,b,target\n1,2,0\n")
     models = home.root / "models.json"
     binding = {
         "name": "drawn-model",

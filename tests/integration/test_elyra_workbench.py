@@ -25,6 +25,7 @@ from tests.conftest import free_port
 from tests.integration._controller_fixtures import (  # noqa: F401 - fixtures are found by their names
     Controller,
     Home,
+    mlflow_run,
     mlflow_server_fixture,
     stop_process,
     wait_for,
@@ -157,6 +158,13 @@ def test_run_from_elyra_starts_the_drawing_on_the_controller(workbench: Workbenc
     assert published.is_file() and (published.parent / "drawn.files").is_dir()
     listed = workbench.home.cli("pipeline", "runs").stdout
     assert run_id in listed
+    parent = mlflow_run(workbench.home.mlflow_url, run["mlflow_run_id"])
+    assert (parent.info.status, parent.data.tags["appliance.trigger"]) == ("FINISHED", "manual")
+    timings = {s["name"]: round(s["finished"] - s["started"], 1) for s in run["steps"]}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "elyra-run-timings.json").write_text(
+        json.dumps({"run": run_id, "seconds": round(run["finished"] - run["started"], 1), "steps": timings})
+    )
 
 
 def test_run_from_elyra_refuses_what_the_runner_cannot_honour_naming_the_node(workbench: Workbench) -> None:

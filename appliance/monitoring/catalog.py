@@ -36,6 +36,7 @@ CONTROLLER_METRICS: dict[str, MetricType] = {
     "appliance_pipeline_running": "gauge",
     "appliance_retrain_triggers_total": "counter",
     "appliance_model_promotions_total": "counter",
+    "appliance_retrain_refusals_total": "counter",
     "appliance_autoscale_desired_replicas": "gauge",
     "appliance_autoscale_ready_replicas": "gauge",
     "appliance_autoscale_observed_concurrency": "gauge",

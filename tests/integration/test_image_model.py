@@ -123,6 +123,18 @@ def test_served_with_a_4d_input_and_its_prediction_drift_alert_fires(
     answers_ = np.concatenate([infer(server, x[part]) for part in np.array_split(calm, 20)])
     assert answers_.shape == (WINDOW, 10)
     assert float((answers_.argmax(axis=1) == y[calm]).mean()) > 0.85
+    # gRPC takes the same 4-D tensor and gives the same answers.
+    import tritonclient.grpc as triton_grpc
+
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    try:
+        tensor = triton_grpc.InferInput("input", [5, 1, 8, 8], "FP32")
+        tensor.set_data_from_numpy(x[calm[:5]])
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        over_grpc = grpc_client.infer("digits", [tensor], headers=auth).as_numpy("probabilities")
+    finally:
+        grpc_client.close()
+    np.testing.assert_allclose(over_grpc, answers_[:5], rtol=1e-5, atol=1e-6)
     text = httpx.get(server.metrics_url).text
     assert gauge(text, "appliance_drift_window_rows", "digits") == WINDOW
     calm_psi = gauge(text, "appliance_prediction_psi", "digits")

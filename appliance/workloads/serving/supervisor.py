@@ -9,8 +9,13 @@
   its ``/v2/health/ready`` passes;
 - removes one drained: out of the balancer first (nginx lets the requests it holds finish), then
   until the replica reports nothing in flight, then SIGTERM (the server finishes what it still has);
-- replaces a replica that exits on its own, taking it out of the balancer at once (nginx also
-  retries a refused connection on another replica, so no request fails in between);
+- replaces a replica that exits on its own by a new one on the same ports, so the balancer's
+  config does not change: until the new one listens, nginx's connections there are refused and it
+  retries them on another replica (and marks that one failed for 2 s). Not reloading nginx matters:
+  a reload closes idle client keep-alive connections, and a client sending on one at that instant
+  sees it closed. (A request inside the process when it died is lost with it: nginx replays a REST
+  request elsewhere; a gRPC call, whose body nginx streams unbuffered, gets UNAVAILABLE.)
+  Deliberate scaling does reload nginx, with that small window;
 - serves, on the metrics port, ``/metrics`` (every replica's series with a ``replica`` label, the
   drift PSI over all traffic, and the monotonic totals the autoscaler reads; aggregate.py) and
   ``/replicas`` (GET: state; PUT ``{"replicas": N}``: the count, with the admin token).
@@ -87,6 +92,9 @@ class Supervisor:
         self.replaced = 0
         self._changed = asyncio.Event()
         self._spawning: set[int] = set()
+        self._reuse: dict[int, tuple[int, int]] = {}
+        """Slot -> ports of a replica that died while serving: its replacement listens there, and
+        they stay in the balancer meanwhile (nginx retries the refused connections elsewhere)."""
         self._stopping = False
         self._lock = asyncio.Lock()  # one balancer change at a time
 
@@ -95,9 +103,10 @@ class Supervisor:
         return [r for r in self.replicas.values() if r.state == "ready"]
 
     async def _start(self, slot: int) -> None:
+        http, grpc = self._reuse.get(slot, (0, 0))
         argv = [
             sys.executable, "-m", "appliance.workloads.serving", *self.serve_args,
-            "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+            "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", "0",
         ]  # fmt: skip
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -117,12 +126,16 @@ class Supervisor:
             log.error("replica %d did not become ready: %s; stopping it", slot, err)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if self._reuse.pop(slot, None) is not None:  # its ports leave the balancer after all
+                async with self._lock:
+                    await self._route()
             return
         if proc.returncode is not None or self._stopping:
             return
         async with self._lock:
             replica.state = "ready"
-            await self._route()
+            self._reuse.pop(slot, None)
+            await self._route()  # unchanged (no reload) when it took over a dead replica's ports
         log.info("replica %d (pid %d) ready on %d/%d", slot, proc.pid, replica.http_port, replica.grpc_port)
 
     @staticmethod
@@ -157,17 +170,17 @@ class Supervisor:
             return
         log.warning("replica %d (pid %d) exited with %s: replacing it", replica.slot, replica.proc.pid, code)
         was_ready = replica.state == "ready"
+        if was_ready:  # its replacement takes its ports: the balancer's config stays as it is
+            self._reuse[replica.slot] = (replica.http_port, replica.grpc_port)
         del self.replicas[replica.slot]
         self.aggregator.retire(replica)
         self.replaced += 1
-        async with self._lock:
-            await self._route()
         if not was_ready:  # it failed to start (a broken model?): do not spin
             await asyncio.sleep(RESTART_BACKOFF_S)
         self._changed.set()
 
     async def _route(self) -> None:
-        members = sorted((r.http_port, r.grpc_port) for r in self.ready())
+        members = sorted([*((r.http_port, r.grpc_port) for r in self.ready()), *self._reuse.values()])
         await self.balancer.set_members(members)
 
     async def _drain(self, replica: Replica) -> None:
@@ -198,10 +211,19 @@ class Supervisor:
         while not self._stopping:
             self._changed.clear()
             live = [r for r in self.replicas.values() if r.state != "draining"]
+            spare = sorted(s for s in self._reuse if s not in self._spawning and s not in self.replicas)
+            excess = len(live) + len(self._spawning) + len(spare) - self.desired
+            if spare and excess > 0:  # fewer wanted now: dead replicas' ports are not taken over
+                for slot in spare[:excess]:
+                    self._reuse.pop(slot)
+                async with self._lock:
+                    await self._route()
+                continue
             if len(live) + len(self._spawning) < self.desired:
                 for _ in range(self.desired - len(live) - len(self._spawning)):
                     taken = set(self.replicas) | self._spawning
-                    slot = next(i for i in range(len(taken) + 1) if i not in taken)
+                    free = [s for s in spare if s not in taken]
+                    slot = free[0] if free else next(i for i in range(len(taken) + 1) if i not in taken)
                     self._spawning.add(slot)  # taken until its process is in self.replicas
                     task = asyncio.get_running_loop().create_task(self._start(slot))
                     starting.add(task)

@@ -106,6 +106,7 @@ def test_digits_trains_a_cnn_registered_with_an_output_only_profile(
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     profile = json.loads((folder / "drift_profile.json").read_text())
     assert profile["features"] == [] and profile["input_shape"] == [1, 8, 8]
+    assert profile["columns"] == [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
     assert profile["prediction"]["kind"] == "class" and len(profile["prediction"]["counts"]) == 10
     assert tags["appliance.dataset"] == "digits"
 

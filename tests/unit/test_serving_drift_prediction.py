@@ -29,13 +29,15 @@ def probabilities(classes: np.ndarray) -> np.ndarray:
 def image_profile(rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     train_classes = rng.integers(0, CLASSES, size=2000)
     x = rng.uniform(0, 16, size=(2000, 64))
-    return profile.build([], x, probabilities(train_classes), "classification", (1, 8, 8)), train_classes
+    pixels = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    return profile.build(pixels, x, probabilities(train_classes), "classification", (1, 8, 8)), train_classes
 
 
 def test_image_profile_has_no_features_and_records_the_input_shape() -> None:
     prof, train_classes = image_profile(np.random.default_rng(0))
     assert prof["features"] == []
     assert prof["input_shape"] == [1, 8, 8]
+    assert prof["columns"][:2] == ["pixel_0_0", "pixel_0_1"] and len(prof["columns"]) == 64
     assert prof["prediction"]["kind"] == "class"
     assert prof["prediction"]["counts"] == np.bincount(train_classes, minlength=CLASSES).tolist()
 

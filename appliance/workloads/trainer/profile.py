@@ -35,10 +35,12 @@ def build(
     """The profile of the training features and of the model's predictions on them.
 
     An image model (``input_shape`` [channels, rows, cols]) gets no per-feature entries: a pixel's
-    PSI says little, and the server then watches the distribution of its outputs alone.
+    PSI says little, and the server then watches the distribution of its outputs alone. Its
+    ``columns`` still name the dataset columns it reads (row-major into the image), so that a
+    retrain can be checked against the columns the champion was trained on.
     """
     feats = []
-    for i, name in enumerate(features):
+    for i, name in enumerate([] if input_shape else features):
         edges = quantile_edges(x_train[:, i])
         feats.append({"name": name, "edges": edges, "counts": histogram(x_train[:, i], edges)})
     if task == "classification":
@@ -58,4 +60,5 @@ def build(
     }
     if input_shape:
         out["input_shape"] = list(input_shape)
+        out["columns"] = list(features)
     return out

@@ -58,7 +58,7 @@ def export(opts: Options) -> dict[str, Any]:
     train_out = onnx_export.onnx_predict(onnx_path, data.x["train"])
     shape = getattr(model, "input_shape", None)
     # Per-feature PSI is for tables; an image model's drift is watched on its outputs alone.
-    drift = profile.build([] if shape else spec.features, data.x["train"], train_out, spec.task, shape)
+    drift = profile.build(spec.features, data.x["train"], train_out, spec.task, shape)
     result = log_served(opts, info, onnx_path, as_input(model, data.x["test"][:5]), drift, diff, {})
     result["onnx_metrics"] = onnx_test
     write_json(opts, "export.json", result)

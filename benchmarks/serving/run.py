@@ -89,7 +89,29 @@ def ours(work: Path, model_dir: Path, args: argparse.Namespace, replicas: str = 
         "--max-batch-size", "32", "--poll-seconds", "0",
     ]  # fmt: skip
     name = "ours" if replicas == "1" else f"ours x{replicas}"
+    if name != "ours":
+        SUPERVISORS[name] = (ports[2], n)
     return peers.Peer(name, cmd, {}, ports[0], ports[1], "mlp", ROOT)
+
+
+SUPERVISORS: dict[str, tuple[int, int]] = {}
+"""Our replicated servers: name -> (supervisor port, replicas), to wait for every replica."""
+
+
+def wait_replicas(name: str, timeout: float) -> None:
+    """Until every replica is in the balancer: one joining mid-measurement reloads nginx."""
+    import httpx
+
+    port, n = SUPERVISORS[name]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/replicas", timeout=2).json()["ready"] >= n:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{name}: not {n} replicas ready in {timeout}s")
 
 
 def measure(
@@ -105,6 +127,8 @@ def measure(
     result: dict[str, Any] = {}
     try:
         wait_ready(peer.http_port, peer.model_name, proc, args.start_timeout, log)
+        if peer.name in SUPERVISORS:
+            wait_replicas(peer.name, args.start_timeout)
         request = loadgen.rest_request(peer.http_port, peer.model_name, x, token)
         status, body = asyncio.run(loadgen.rest_once(peer.http_port, request))
         got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(ref.shape)

@@ -53,20 +53,24 @@ SUFFIXES = (".py", ".ipynb")
 
 
 class ScriptError(TrainerError):
-    """The user's training code cannot run, failed, or broke the contract."""
+    """The user's training code failed or broke the contract."""
+
+
+class NotAScriptError(ScriptError):
+    """``--script`` names no Python script or notebook: invalid input."""
+
+    exit_code = 2
 
 
 def check_script(script: Path) -> Path:
-    """The script as an absolute path, or a ScriptError (exit 2) saying what a trainer can be."""
+    """The script as an absolute path, or NotAScriptError saying what a trainer can be."""
     if script.suffix not in SUFFIXES or not script.is_file():
         problem = "does not exist" if not script.exists() else f"is not a {' or '.join(SUFFIXES)} file"
-        err = ScriptError(
+        raise NotAScriptError(
             f"training script {script} {problem}",
             fix="give a Python script (.py) or a Jupyter notebook (.ipynb) that writes user_model/ "
             "(docs/training.md)",
         )
-        err.exit_code = 2
-        raise err
     return script.resolve()
 
 

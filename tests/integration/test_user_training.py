@@ -162,6 +162,7 @@ def test_not_a_script_is_refused_before_anything_runs(lab: Lab) -> None:
     assert not registered(lab, "user_txt")
 
 
+@pytest.mark.slow  # seven steps, each its own process (papermill's kernel among them)
 def test_a_users_notebook_is_the_train_step_of_the_retrain_pipeline(lab: Lab) -> None:
     import json
 

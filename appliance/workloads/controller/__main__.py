@@ -125,7 +125,9 @@ def serve(args: argparse.Namespace) -> None:
     token = read_token(args.webhook_token_file)
     try:  # read before anything starts, so that a bad path stops nothing half-started
         serving_admin = (
-            args.serving_admin_token_file.read_text().strip() if args.serving_admin_token_file else ""
+            args.serving_admin_token_file.read_text().strip()
+            if args.autoscale and args.serving_admin_token_file
+            else ""
         )
     except OSError as err:
         raise ApplianceError(

@@ -48,6 +48,7 @@ def cli(answers: Path, state: Path, *args: str) -> float:
 def answers(path: Path, kind: str, components: dict[str, bool]) -> Path:
     from tests.conftest import free_ports
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"ports": free_ports(), "object_store": {"kind": kind}, "components": components}
     path.write_text(yaml.safe_dump(doc | {"health_timeout_seconds": 600}))
     return path

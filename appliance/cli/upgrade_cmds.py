@@ -9,6 +9,7 @@ the installed release.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -39,9 +40,10 @@ def upgrade_cmd(
     """Upgrade the stack to this appliance's version (or --to / --bundle): show what changes,
     back up, apply service by service with health gates; on any failure roll back by itself."""
     from appliance import __version__
+    from appliance.state_version import read_stamp
     from appliance.upgrade import releases
     from appliance.upgrade.journal import require_settled
-    from appliance.upgrade.run import plan_upgrade, upgrade
+    from appliance.upgrade.run import current_release, plan_upgrade, upgrade
 
     if to_version and bundle:
         raise click.UsageError("give --to or --bundle, not both")
@@ -52,15 +54,22 @@ def upgrade_cmd(
     require_settled(state)
     if current_bundle is not None:
         installed = releases.install_bundle(state, current_bundle)
+        running = str((read_stamp(state) or {}).get("appliance_version", installed.version))
+        if running != installed.version:
+            shutil.rmtree(installed.root)
+            raise ApplianceError(
+                f"{current_bundle} is appliance {installed.version}, but {state} was written by {running}",
+                fix=f"give the tarball of {running}, the version the stack runs now",
+            )
         if releases.active(state) is None:
             releases.activate(state, installed)
         _say(f"installed the running version's release {installed.version}")
-    now = releases.active(state)
+    now = current_release(ctx)  # before installing anything: without it there is no way back
     if bundle is not None:
         target = releases.install_bundle(state, bundle)
     elif to_version is not None:
         target = releases.get(state, to_version)
-    elif now is not None and now.version == __version__:
+    elif now.version == __version__:
         raise ApplianceError(f"the stack already runs appliance {__version__}", fix="nothing to do")
     else:
         target = releases.install_running(state)

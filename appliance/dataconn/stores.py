@@ -150,6 +150,9 @@ class S3Store:
         return data
 
     def put(self, key: str, data: bytes) -> None:
+        """One PUT: S3 makes the object visible only once the whole body arrived, so a reader
+        (``newest version``) never sees a half-written one, even if the writer or the store dies
+        mid-upload (tests/integration/test_object_store.py kills the store to check)."""
         self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
 
     def uri(self, key: str) -> str:

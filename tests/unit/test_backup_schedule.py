@@ -28,7 +28,7 @@ def plan(schedule: str = "0 2 * * *", retention: int = 2, to: str | None = None)
 
 def scrape(job: BackupJob) -> dict[str, float]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(job)  # type: ignore[arg-type]
+    registry.register(job)
     values = {}
     for line in generate_latest(registry).decode().splitlines():
         if line.startswith("appliance_backup"):
@@ -158,3 +158,24 @@ def test_a_bad_schedule_is_refused_when_the_controller_starts(tmp_path: Path) ->
     config.write_text(json.dumps({"schedule": "61 * * * *"}))
     with pytest.raises(ApplianceError, match="not a cron expression"):
         load_job(config, tmp_path)
+
+
+def test_the_stack_gives_the_controller_its_schedule_and_only_that_without_one(tmp_path: Path) -> None:
+    from appliance.context import AppContext
+    from appliance.render import render_stack
+    from appliance.stack import RenderedService
+
+    def controller(**data: object) -> RenderedService:
+        context = AppContext.create(Answers.model_validate(data), None, tmp_path / "state")
+        return render_stack(context)["controller"]
+
+    plain = controller()
+    scheduled = controller(backup={"schedule": "0 2 * * *", "to": "/mnt/backups/"})
+    for svc in (plain, scheduled):
+        command = svc.command
+        assert command[command.index("--backup-file") + 1].endswith("/controller/backup.json")
+    assert json.loads(plain.files["backup.json"]) == {"schedule": None}
+    body = json.loads(scheduled.files["backup.json"])
+    assert (body["schedule"], body["to"], body["retention"]) == ("0 2 * * *", "/mnt/backups/", 7)
+    # another answer changes nothing for a controller without a schedule
+    assert controller(health_timeout_seconds=99).config_hash == plain.config_hash

@@ -46,6 +46,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "restore": "appliance.cli.backup_cmds:restore_cmd",
     "upgrade": "appliance.cli.upgrade_cmds:upgrade_cmd",
     "rollback": "appliance.cli.upgrade_cmds:rollback_cmd",
+    "cluster": "appliance.cli.cluster_cmds:cluster_group",
 }
 
 

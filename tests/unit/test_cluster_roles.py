@@ -71,10 +71,21 @@ _TASK_KEYWORDS = {"loop_control", "register", "no_log", "notify", "changed_when"
 
 def test_the_site_playbook_runs_every_service_role() -> None:
     plays = yaml.safe_load((ROLES / "site.yml").read_text())
-    used = {r["role"] for play in plays for r in play["roles"]}
+    used = {r["role"] for play in plays for r in play.get("roles", [])}
     assert used == {"appliance_common", *(f"appliance_{r}" for r in SERVICE_ROLES)}
     groups = {g for play in plays for g in play["hosts"].split(":")}
-    assert groups == {"control", "storage", "serving", "edge", "train_workers", "monitoring", "gateway"}
+    assert groups == {
+        "all",
+        "control",
+        "storage",
+        "serving",
+        "edge",
+        "train_workers",
+        "monitoring",
+        "gateway",
+    }
+    # facts once, for every host, by the first play
+    assert plays[0]["hosts"] == "all" and all(play["gather_facts"] is False for play in plays[1:])
 
 
 def test_the_unit_template_quotes_a_command_exactly_as_systemd_reads_it(tmp_path: Path) -> None:

@@ -1,0 +1,139 @@
+"""``appliance cluster preflight|plan|up|status|down``: render every host's units, write the
+inventory, run the playbook, return per-host results. Nothing here prints; the CLI does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.addressing import is_loopback
+from appliance.context import AppContext
+from appliance.errors import ApplianceError, PreflightError
+from appliance.secrets_store import read_only
+from appliance.state_lock import state_lock
+
+from .inventory import Inventory
+from .run import ClusterRunError, HostResult, ProgressSink, cluster_dir, run_playbook, write_inventory
+from .units import render_hosts
+
+
+def _cluster(ctx: AppContext) -> Inventory:
+    if ctx.answers.cluster is None:
+        raise ApplianceError(
+            f"{ctx.answers_path or 'the answers'} has no cluster section",
+            fix="add cluster.hosts (name, address, groups) to appliance.yaml; docs/cluster.md has an example",
+        )
+    return Inventory(ctx.answers.cluster)
+
+
+def local_checks(ctx: AppContext, host_vars: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """What this machine can tell before Ansible runs: (check, problem, fix) for each failure."""
+    inventory = _cluster(ctx)
+    problems = []
+    several = len(inventory.hosts) > 1
+    if several and is_loopback(ctx.answers.bind_address):
+        problems.append(
+            (
+                "bind address",
+                f"bind_address is {ctx.answers.bind_address}: the other hosts cannot reach the services",
+                "set bind_address: 0.0.0.0 (every service keeps its own credential; docs/security.md)",
+            )
+        )
+    key = ctx.answers.cluster.ssh_key if ctx.answers.cluster else None
+    if key is not None and not key.expanduser().is_file():
+        problems.append(
+            ("ssh key", f"cluster.ssh_key {key} does not exist", "point cluster.ssh_key at a private key")
+        )
+    if not any(v for vars_ in host_vars.values() for k, v in vars_.items() if k.endswith("_units")):
+        problems.append(("services", "no host runs any service", "check components and the hosts' groups"))
+    return problems
+
+
+def _render(ctx: AppContext, write_secrets: bool) -> dict[str, dict[str, Any]]:
+    secrets = ctx.state_dir / "secrets"
+    if write_secrets:
+        return render_hosts(ctx.answers, secrets)
+    with read_only():
+        return render_hosts(ctx.answers, secrets)
+
+
+def run(
+    ctx: AppContext, action: str, on_progress: ProgressSink | None = None, limit: list[str] | None = None
+) -> dict[str, HostResult]:
+    """Run ``action`` (preflight, plan, up, down) over the cluster; raises on a failed host."""
+    inventory = _cluster(ctx)
+    inventory.check_limit(limit or [])
+    host_vars = _render(ctx, write_secrets=action == "up")
+    problems = local_checks(ctx, host_vars) if action in ("preflight", "plan", "up") else []
+    if problems:
+        raise PreflightError(list(problems))
+    folder = cluster_dir(ctx.state_dir)
+    with state_lock(ctx.state_dir) if action in ("up", "down") else _nothing():
+        path = write_inventory(ctx.answers, host_vars, folder)
+        results = run_playbook(action, path, folder, on_progress, limit)
+    if any(r.state in ("failed", "unreachable") for r in results.values()):
+        if action == "preflight":
+            raise PreflightError(
+                [(h, r.state, "; ".join(r.messages[:2])) for h, r in results.items() if r.state != "ok"]
+            )
+        raise ClusterRunError(action, results)
+    return results
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def status(ctx: AppContext) -> dict[str, dict[str, str]]:
+    """Per host, each appliance unit's state (``active``, ``failed``, ...), or the host's trouble."""
+    import ansible_runner
+
+    _cluster(ctx)
+    folder = cluster_dir(ctx.state_dir)
+    path = folder / "inventory" / "hosts.yml"
+    if not path.exists():
+        raise ApplianceError(
+            "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
+        )
+    found: dict[str, dict[str, str]] = {}
+    (folder / "runner").mkdir(mode=0o700, exist_ok=True)
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        host, kind = data.get("host"), event.get("event", "")
+        if host and kind == "runner_on_ok":
+            units = {}
+            for line in (data.get("res") or {}).get("stdout", "").splitlines():
+                parts = line.split()
+                if len(parts) >= 4 and parts[0].startswith("appliance-"):
+                    units[parts[0].removeprefix("appliance-").removesuffix(".service")] = (
+                        f"{parts[2]} ({parts[3]})"
+                    )
+            found[host] = units
+        elif host and kind in ("runner_on_unreachable", "runner_on_failed"):
+            found[host] = {"(host)": kind.removeprefix("runner_on_")}
+        return True
+
+    from .run import ROLES_DIR
+
+    ansible_runner.run(
+        private_data_dir=str(folder / "runner"),
+        inventory=str(path),
+        host_pattern="all",
+        module="ansible.builtin.command",
+        module_args="systemctl list-units appliance-* --all --plain --no-legend --no-pager",
+        envvars={
+            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+            "ANSIBLE_SSH_ARGS": (
+                "-o StrictHostKeyChecking=accept-new "
+                f"-o UserKnownHostsFile={folder / 'known_hosts'} -o ControlMaster=auto -o ControlPersist=60s"
+            ),
+            "ANSIBLE_LOCAL_TEMP": str(folder / "tmp"),
+        },
+        event_handler=handle,
+        quiet=True,
+    )
+    return found

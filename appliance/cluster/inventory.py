@@ -1,0 +1,108 @@
+"""Who runs what: the answers' ``cluster`` section as groups with their defaults, and the host map
+the addressing rule (``appliance.addressing``) renders every URL with.
+
+A group nobody is in falls to the first control host (the first host when none is in ``control``),
+so one host is the all-in-one case of the same plan. A service runs on the hosts of its group:
+the model server on every ``serving`` and ``edge`` host, node exporter on every host, the rest on
+the first host of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.addressing import HostMap
+from appliance.answers import Cluster, ClusterHost
+from appliance.errors import ApplianceError
+
+GROUPS = ("control", "storage", "serving", "train_workers", "monitoring", "gateway", "edge")
+SERVICE_GROUP = {
+    "serving": ("serving", "edge"),
+    "prometheus": ("monitoring",),
+    "alertmanager": ("monitoring",),
+    "grafana": ("monitoring",),
+    "gateway": ("gateway",),
+}
+"""The group(s) whose hosts run a service; a service not listed runs on the first control host."""
+EVERY_HOST = ("node-exporter",)
+"""Services every host runs (each host's own metrics)."""
+ROLE_OF = {
+    "mlflow": "mlflow",
+    "mlflow-users": "mlflow",
+    "serving": "serving",
+    "controller": "controller",
+    "workbench": "controller",
+    "prometheus": "monitoring",
+    "alertmanager": "monitoring",
+    "node-exporter": "monitoring",
+    "grafana": "monitoring",
+    "gateway": "gateway",
+}
+"""The role (``roles/appliance_<role>``) that installs a service; object-store services go to
+``seaweedfs``."""
+
+
+def role_of(service: str) -> str:
+    return ROLE_OF.get(
+        service, "seaweedfs" if service in ("minio", "buckets") or "seaweed" in service else "controller"
+    )
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The hosts and their effective groups (empty groups filled with the first control host)."""
+
+    cluster: Cluster
+
+    @property
+    def hosts(self) -> dict[str, ClusterHost]:
+        return {h.name: h for h in self.cluster.hosts}
+
+    @property
+    def first_control(self) -> str:
+        control = [h.name for h in self.cluster.hosts if "control" in h.groups]
+        return (control or [self.cluster.hosts[0].name])[0]
+
+    def group(self, name: str) -> list[str]:
+        """Hosts in ``name`` (the first control host when nobody is)."""
+        members = [h.name for h in self.cluster.hosts if name in h.groups]
+        if name == "edge":  # edge boxes are only ever the hosts named so
+            return members
+        return members or [self.first_control]
+
+    def groups(self) -> dict[str, list[str]]:
+        return {g: self.group(g) for g in GROUPS}
+
+    def hosts_of(self, service: str) -> list[str]:
+        """The hosts that run ``service``."""
+        if service in EVERY_HOST:
+            return list(self.hosts)
+        groups = SERVICE_GROUP.get(service)
+        if groups is None:
+            return [self.first_control]
+        found: list[str] = []
+        for group in groups:
+            found += [h for h in self.group(group) if h not in found]
+        return found
+
+    def host_map(self, services: list[str], here: str | None = None) -> HostMap:
+        """Addresses and the host each service is reached at from ``here``: ``here`` itself when
+        it runs one of the service's replicas, else the service's first host."""
+
+        def reached_at(service: str) -> str:
+            hosts = self.hosts_of(service)
+            return here if here in hosts else hosts[0]
+
+        return HostMap(
+            addresses={h.name: h.address for h in self.cluster.hosts},
+            services={s: reached_at(s) for s in services if s not in EVERY_HOST},
+            default=self.first_control,
+        )
+
+    def check_limit(self, limit: list[str]) -> None:
+        unknown = [h for h in limit if h not in self.hosts]
+        if unknown:
+            raise ApplianceError(
+                f"--limit names hosts not in cluster.hosts: {', '.join(unknown)}",
+                fix=f"use one of: {', '.join(self.hosts)}",
+            )

@@ -1,0 +1,179 @@
+"""Ansible through ansible-runner: the inventory written from the answers, the playbooks in
+``roles/``, results per host as data and progress per host as events.
+
+The inventory holds each host's rendered units and the secrets they name, so it is written 0600
+in a 0700 folder of the state directory (``STATE/cluster/``). SSH trusts a host's key on first
+contact and remembers it in ``STATE/cluster/known_hosts`` (a changed key then stops the run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.answers import Answers
+from appliance.errors import ApplianceError
+from appliance.stack import STACKS_DIR
+
+from .inventory import Inventory
+
+ROLES_DIR = STACKS_DIR.parent / "roles"
+PLAYBOOKS = {"preflight": "preflight.yml", "plan": "site.yml", "up": "site.yml", "down": "teardown.yml"}
+
+
+@dataclass
+class HostResult:
+    """What Ansible did on one host."""
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    messages: list[str] = field(default_factory=list)
+    """The failed tasks' messages (task: message)."""
+
+    @property
+    def state(self) -> str:
+        if self.unreachable:
+            return "unreachable"
+        return "failed" if self.failed else ("changed" if self.changed else "ok")
+
+
+class ClusterRunError(ApplianceError):
+    """A playbook failed on some host (exit 4 when a host could not be reached, else 1)."""
+
+    def __init__(self, action: str, results: dict[str, HostResult]) -> None:
+        self.results = results
+        bad = {h: r for h, r in results.items() if r.state in ("failed", "unreachable")}
+        self.exit_code = 4 if any(r.unreachable for r in bad.values()) else 1
+        lines = [
+            f"  - {h}: {r.state}" + "".join(f"\n      {m}" for m in r.messages[:3]) for h, r in bad.items()
+        ]
+        super().__init__(
+            f"cluster {action} failed on {len(bad)} of {len(results)} hosts:\n" + "\n".join(lines),
+            fix="fix what each host reports, then run the same command again (what is done stays done)",
+        )
+
+
+def cluster_dir(state_dir: Path) -> Path:
+    path = state_dir / "cluster"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], folder: Path) -> Path:
+    """``hosts.yml`` (0600): the effective groups, SSH settings and each host's vars."""
+    assert answers.cluster is not None
+    cluster = answers.cluster
+    inventory = Inventory(cluster)
+    hosts: dict[str, dict[str, Any]] = {}
+    for host in cluster.hosts:
+        user = host.ssh_user or cluster.ssh_user
+        entry: dict[str, Any] = {
+            "ansible_host": host.address,
+            "ansible_port": host.ssh_port,
+            "ansible_user": user,
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "appliance_common_state_dir": cluster.state_dir,
+            "appliance_common_venv": cluster.venv,
+            "appliance_common_wheelhouse": str(cluster.wheelhouse or ""),
+        }
+        if cluster.ssh_key:
+            entry["ansible_ssh_private_key_file"] = str(cluster.ssh_key.expanduser())
+        hosts[host.name] = entry | host_vars.get(host.name, {})
+    children = {g: {"hosts": {h: None for h in members}} for g, members in inventory.groups().items()}
+    data = {"all": {"hosts": hosts, "children": children}}
+    path = folder / "inventory" / "hosts.yml"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(data, out, sort_keys=False)
+    return path
+
+
+ProgressSink = Callable[[str, str, str], None]
+"""``(host, status, task)`` for each task result as it happens."""
+
+
+def run_playbook(
+    action: str,
+    inventory: Path,
+    folder: Path,
+    on_progress: ProgressSink | None = None,
+    limit: list[str] | None = None,
+) -> dict[str, HostResult]:
+    """Run ``action``'s playbook (``plan``: check and diff mode); per-host results."""
+    import ansible_runner  # the cluster extra; only cluster commands need it
+
+    results: dict[str, HostResult] = {}
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        host, kind = data.get("host"), event.get("event", "")
+        if not host or not kind.startswith("runner_on_"):
+            return True
+        status = kind.removeprefix("runner_on_")
+        if status == "ok" and (data.get("res") or {}).get("changed"):
+            status = "changed"
+        if status == "failed" and data.get("ignore_errors"):
+            status = "ignored"
+        result = results.setdefault(host, HostResult())
+        if status in ("failed", "unreachable"):
+            res = data.get("res") or {}
+            result.messages.append(f"{data.get('task', '')}: {str(res.get('msg', ''))[:300]}")
+        if on_progress and status in ("ok", "changed", "failed", "unreachable", "skipped"):
+            on_progress(host, status, data.get("task", ""))
+        return True
+
+    (folder / "runner").mkdir(mode=0o700, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)
+    envvars = {
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+        "ANSIBLE_SSH_ARGS": (
+            "-C -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={folder / 'known_hosts'}"
+        ),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_LOCAL_TEMP": str(folder / "tmp"),
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+    }
+    runner = ansible_runner.run(
+        private_data_dir=str(folder / "runner"),
+        project_dir=str(ROLES_DIR),
+        playbook=str(ROLES_DIR / PLAYBOOKS[action]),
+        inventory=str(inventory),
+        envvars=envvars,
+        cmdline="--check --diff" if action == "plan" else None,
+        limit=",".join(limit) if limit else None,
+        event_handler=handle,
+        quiet=True,
+        rotate_artifacts=3,
+    )
+    stats = runner.stats or {}
+    for host in set().union(*(stats.get(k, {}) for k in ("ok", "changed", "failures", "dark", "skipped"))):
+        result = results.setdefault(host, HostResult())
+        result.ok = stats.get("ok", {}).get(host, 0)
+        result.changed = stats.get("changed", {}).get(host, 0)
+        result.failed = stats.get("failures", {}).get(host, 0)
+        result.unreachable = stats.get("dark", {}).get(host, 0)
+        result.skipped = stats.get("skipped", {}).get(host, 0)
+    if runner.rc != 0 and not any(r.state in ("failed", "unreachable") for r in results.values()):
+        raise ApplianceError(
+            f"ansible-playbook ended with {runner.rc} before a host reported: {runner.stdout.read()[-1500:]}",
+            fix="check the inventory in STATE/cluster/inventory and the playbooks in roles/",
+        )
+    return results
+
+
+def as_json(results: dict[str, HostResult]) -> dict[str, Any]:
+    return {host: asdict(r) | {"state": r.state} for host, r in sorted(results.items())}

@@ -1,0 +1,95 @@
+"""Each host's units, rendered from stacks/services.yaml with the one-host stack's own renderer.
+
+For each host the stack is rendered as seen from that host (``AppContext(hosts=..., here=host)``):
+a service on another host is reached at that host's address, one on the same host at loopback
+(``appliance.addressing``). Paths are the hosts' (``cluster.state_dir``, ``cluster.venv``); the
+secrets come from this machine's secret store, and each host receives only those its units name.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.answers import Answers
+from appliance.context import AppContext
+from appliance.errors import ApplianceError
+from appliance.render import render_stack
+from appliance.secrets_store import SecretStore
+from appliance.stack import RenderedService
+
+from .inventory import Inventory, role_of
+
+SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
+
+
+def host_context(
+    answers: Answers, inventory: Inventory, host: str, services: list[str], secrets: Path
+) -> AppContext:
+    """The context ``host``'s units render in: the hosts' state folder, this machine's secrets."""
+    assert answers.cluster is not None
+    ctx = AppContext(
+        answers, Path(answers.cluster.state_dir), hosts=inventory.host_map(services, host), here=host
+    )
+    ctx.__dict__["secrets"] = SecretStore(secrets)  # cached_property: the controller's store
+    return ctx
+
+
+def _venv_paths(text: str, venv: str) -> str:
+    """This machine's virtualenv in a rendered command becomes the hosts' (``cluster.venv``)."""
+    here = str(Path(sys.prefix))
+    return text if here == venv else text.replace(here + "/", venv + "/")
+
+
+def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStore) -> dict[str, Any]:
+    """What ``roles/appliance_common/tasks/units.yml`` takes for one service."""
+    health: dict[str, Any] = {}
+    if svc.health.http:
+        health["url"] = svc.health.http
+        if svc.health.auth_user and svc.health.auth_password_file:
+            health["user"] = svc.health.auth_user
+            health["password"] = secrets.get(Path(svc.health.auth_password_file).name)
+    return {
+        "name": svc.name,
+        "description": svc.description,
+        "command": [_venv_paths(a, venv) for a in svc.command],
+        "env": {k: _venv_paths(v, venv) for k, v in svc.env.items()},
+        "files": [{"key": k, "value": v} for k, v in sorted(svc.files.items())],
+        "oneshot": svc.oneshot,
+        "restart": svc.restart,
+        "after": [d for d in svc.depends_on if d in on_host],
+        "health": health,
+    }
+
+
+def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per host: ``appliance_<role>_units`` for each role with units there, and the secrets its
+    units name (``appliance_common_secrets``)."""
+    if answers.cluster is None:
+        raise ApplianceError(
+            "the answers file has no cluster section",
+            fix="add cluster.hosts (appliance init --cluster writes an example)",
+        )
+    inventory = Inventory(answers.cluster)
+    store = SecretStore(secrets_dir)
+    first = render_stack(host_context(answers, inventory, inventory.first_control, [], secrets_dir))
+    names = list(first)
+    result: dict[str, dict[str, Any]] = {}
+    for host in inventory.hosts:
+        ctx = host_context(answers, inventory, host, names, secrets_dir)
+        services = render_stack(ctx)
+        mine = {n for n in services if host in inventory.hosts_of(n)}
+        roles: dict[str, list[dict[str, Any]]] = {}
+        for name in services:  # the stack file's order: dependencies first
+            if name in mine:
+                roles.setdefault(role_of(name), []).append(
+                    unit(services[name], mine, answers.cluster.venv, store)
+                )
+        text = repr(roles)
+        needed = sorted(set(SECRET_FILE.findall(text)))
+        host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
+        host_vars["appliance_common_secrets"] = {n: store.get(n) for n in needed}
+        result[host] = host_vars
+    return result

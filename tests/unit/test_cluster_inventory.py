@@ -1,0 +1,106 @@
+"""The cluster section as groups, placement and per-host units (no hosts needed)."""
+
+from __future__ import annotations
+
+import re
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.answers import Answers
+from appliance.cluster.inventory import Inventory
+from appliance.cluster.run import write_inventory
+from appliance.cluster.units import render_hosts
+from appliance.errors import ApplianceError
+
+HOSTS = [
+    {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
+    {"name": "srv1", "address": "10.0.0.2", "groups": ["serving"]},
+    {"name": "srv2", "address": "10.0.0.3", "groups": ["serving"]},
+]
+
+
+def answers(hosts: list[dict[str, Any]] = HOSTS, **extra: Any) -> Answers:
+    return Answers.model_validate(
+        {
+            "bind_address": "0.0.0.0",
+            "object_store": {"kind": "filesystem"},
+            "components": {"workbench": False, "monitoring": False, "controller": False, "dashboards": False},
+            "cluster": {"hosts": hosts, "venv": "/opt/appliance/venv"},
+        }
+        | extra
+    )
+
+
+def test_every_group_nobody_is_in_falls_to_the_first_control_host() -> None:
+    cluster = answers().cluster
+    assert cluster is not None
+    inventory = Inventory(cluster)
+    groups = inventory.groups()
+    assert groups["control"] == ["ctl1"] and groups["serving"] == ["srv1", "srv2"]
+    assert groups["monitoring"] == groups["storage"] == groups["train_workers"] == ["ctl1"]
+    assert groups["edge"] == []  # edge boxes are only the hosts named so
+    assert inventory.hosts_of("serving") == ["srv1", "srv2"] and inventory.hosts_of("mlflow") == ["ctl1"]
+    alone = answers([{"name": "box", "address": "192.168.1.9"}]).cluster
+    assert alone is not None
+    one = Inventory(alone).groups()  # one host is the all-in-one case of the same plan
+    assert all(one[g] == ["box"] for g in one if g != "edge")
+    with pytest.raises(ApplianceError, match="srv9"):
+        inventory.check_limit(["srv9"])
+
+
+def test_each_host_gets_its_own_units_seeing_the_others_at_their_addresses(tmp_path: Path) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    assert [u["name"] for u in per_host["ctl1"]["appliance_mlflow_units"]] == ["mlflow", "mlflow-users"]
+    assert "appliance_serving_units" not in per_host["ctl1"]
+    for host in ("srv1", "srv2"):
+        (serving,) = per_host[host]["appliance_serving_units"]
+        assert serving["env"]["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"  # the control host's MLflow
+        assert serving["health"]["url"].startswith("http://127.0.0.1:")  # its own server, from itself
+        assert serving["after"] == []  # MLflow is on another host: no systemd ordering across hosts
+        assert all(a.startswith("/opt/appliance/venv/") for a in serving["command"][:1])
+        # only the secrets its units name, generated once on this machine and shared
+        assert set(per_host[host]["appliance_common_secrets"]) == {"serving_token", "serving_admin_token"}
+    assert per_host["srv1"]["appliance_common_secrets"] == per_host["srv2"]["appliance_common_secrets"]
+    mlflow = per_host["ctl1"]["appliance_mlflow_units"][0]
+    assert "0.0.0.0" in mlflow["command"] and mlflow["health"]["url"] == "http://127.0.0.1:5000/health"
+    assert per_host["ctl1"]["appliance_mlflow_units"][1]["after"] == ["mlflow"]
+    assert sys.prefix + "/" not in repr(per_host) or sys.prefix == "/opt/appliance/venv"
+
+
+def test_the_inventory_holds_secrets_so_it_is_0600_with_the_groups_and_ssh_settings(tmp_path: Path) -> None:
+    chosen = answers()
+    per_host = render_hosts(chosen, tmp_path / "secrets")
+    path = write_inventory(chosen, per_host, tmp_path / "cluster")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    data = yaml.safe_load(path.read_text())["all"]
+    assert (
+        data["hosts"]["srv2"]["ansible_host"] == "10.0.0.3"
+        and data["hosts"]["srv2"]["ansible_user"] == "root"
+    )
+    assert set(data["children"]["serving"]["hosts"]) == {"srv1", "srv2"}
+    assert set(data["children"]["gateway"]["hosts"]) == {"ctl1"}
+
+
+def test_a_cluster_on_loopback_fails_preflight_before_ansible_runs(tmp_path: Path) -> None:
+    from appliance.cluster.engine import run
+    from appliance.context import AppContext
+    from appliance.errors import PreflightError
+
+    ctx = AppContext(answers(bind_address="127.0.0.1"), tmp_path / "state")
+    with pytest.raises(PreflightError, match=re.escape("bind_address: 0.0.0.0")):
+        run(ctx, "preflight")
+    assert not (tmp_path / "state" / "cluster").exists()
+
+
+def test_without_a_cluster_section_the_commands_say_what_to_add(tmp_path: Path) -> None:
+    from appliance.cluster.engine import run
+    from appliance.context import AppContext
+
+    with pytest.raises(ApplianceError, match="no cluster section") as err:
+        run(AppContext(Answers(), tmp_path / "state"), "up")
+    assert "cluster.hosts" in str(err.value)

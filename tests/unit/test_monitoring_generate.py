@@ -140,4 +140,4 @@ def test_stack_generated_files_pass_promtool_in_their_config_folder(tmp_path: Pa
         [PROMTOOL, "check", "config", str(folder / "prometheus.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout

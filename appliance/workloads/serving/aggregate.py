@@ -143,7 +143,7 @@ class Aggregator(Collector):
     def _own(self, serving: int) -> Iterable[Metric]:
         sup = self.supervisor
         ready = GaugeMetricFamily("appliance_serving_replicas_ready", "Replicas in the balancer")
-        ready.add_metric([], len(sup.ready()))
+        ready.add_metric([], len(sup.serving()))
         desired = GaugeMetricFamily("appliance_serving_replicas_desired", "Replicas asked for")
         desired.add_metric([], sup.desired)
         replaced = CounterMetricFamily(

@@ -62,13 +62,15 @@ class Replica:
     grpc_port: int = 0
     metrics_port: int = 0
     state: str = "starting"  # starting, ready, draining
+    routed: bool = False
+    """In the balancer's running config (a reload has finished since it became ready)."""
     started: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
             "pid": self.proc.pid,
-            "state": self.state,
+            "state": self.state if self.state != "ready" or self.routed else "joining",
             "http_port": self.http_port,
             "grpc_port": self.grpc_port,
             "metrics_port": self.metrics_port,
@@ -100,7 +102,12 @@ class Supervisor:
 
     # replicas ----------------------------------------------------------------------------------
     def ready(self) -> list[Replica]:
+        """Replicas that pass their readiness check (the balancer's members)."""
         return [r for r in self.replicas.values() if r.state == "ready"]
+
+    def serving(self) -> list[Replica]:
+        """Ready replicas the running balancer already sends requests to."""
+        return [r for r in self.replicas.values() if r.state == "ready" and r.routed]
 
     async def _start(self, slot: int) -> None:
         http, grpc = self._reuse.get(slot, (0, 0))
@@ -136,6 +143,7 @@ class Supervisor:
             replica.state = "ready"
             self._reuse.pop(slot, None)
             await self._route()  # unchanged (no reload) when it took over a dead replica's ports
+            replica.routed = True
         log.info("replica %d (pid %d) ready on %d/%d", slot, proc.pid, replica.http_port, replica.grpc_port)
 
     @staticmethod
@@ -263,7 +271,7 @@ class Supervisor:
             "desired": self.desired,
             "min_replicas": self.min,
             "max_replicas": self.max,
-            "ready": len(self.ready()),
+            "ready": len(self.serving()),
             "replaced": self.replaced,
             "replicas": [r.as_dict() for r in sorted(self.replicas.values(), key=lambda r: r.slot)],
             "decision": self.decision,

@@ -158,3 +158,20 @@ def test_the_loader_finds_a_drawing_by_name_like_a_yaml_file(tmp_path: Path) -> 
     assert load_pipeline(path).steps[1].notebook == "train.ipynb"
     (tmp_path / "drawn.yaml").write_text("name: drawn\n")
     assert available([tmp_path])["drawn"] == tmp_path / "drawn.yaml"  # the YAML form wins
+
+
+def test_the_cli_refuses_a_bad_drawing_before_running_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    path = retrain_drawing(tmp_path / "work", name="drawn")
+    (path.parent / "train.ipynb").unlink()
+    state = tmp_path / "state"
+    result = CliRunner().invoke(
+        cli, ["--state-dir", str(state), "pipeline", "run", str(path)], obj={}, catch_exceptions=True
+    )
+    text = result.output + str(result.exception or "")
+    assert result.exit_code != 0
+    assert "node 'train.ipynb': filename 'train.ipynb' not found" in text
+    assert not (state / "controller" / "runs").exists()  # no run was recorded

@@ -111,6 +111,11 @@ def _comment(text: str | None, indent: str) -> list[str]:
     return [f"{indent}# {line.strip()}".rstrip() for line in text.strip().splitlines()]
 
 
+def _plain(value: object) -> object:
+    """JSON for what ``json`` does not know: a model in a list (``cluster.hosts``) as its fields."""
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else str(value)
+
+
 def _render(model: BaseModel, indent: str = "") -> list[str]:
     out: list[str] = []
     for name, field in type(model).model_fields.items():
@@ -120,7 +125,7 @@ def _render(model: BaseModel, indent: str = "") -> list[str]:
             out.append(f"{indent}{name}:")
             out.extend(_render(value, indent + "  "))
         else:
-            dumped = json.loads(json.dumps(value, default=str))
+            dumped = json.loads(json.dumps(value, default=_plain))
             rendered = yaml.safe_dump({name: dumped}, default_flow_style=True, width=1000).strip()
             out.append(f"{indent}{rendered.removeprefix('{').removesuffix('}')}")
     return out

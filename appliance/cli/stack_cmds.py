@@ -56,16 +56,27 @@ def engine() -> Engine:
     show_default=True,
     help="Front the stack with the TLS gateway (tls.enabled).",
 )
+@click.option(
+    "--cluster",
+    "with_cluster",
+    is_flag=True,
+    help="Add a cluster section with this host as the control host (docs/cluster.md).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init_cmd(output: Path, profile: str, runtime: str, tls: bool, force: bool) -> None:
+def init_cmd(output: Path, profile: str, runtime: str, tls: bool, with_cluster: bool, force: bool) -> None:
     """Write a commented answers file with every default spelled out."""
     if output.exists() and not force:
         raise ApplianceError(
             f"{output} already exists", fix="pass --force to overwrite it, or -o another path"
         )
-    choices = {"profile": profile, "runtime": runtime, "tls": {"enabled": tls}}
+    choices: dict[str, object] = {"profile": profile, "runtime": runtime, "tls": {"enabled": tls}}
+    if with_cluster:  # other hosts reach the services: they listen on every address
+        from appliance.cluster.inventory import this_host
+
+        choices |= {"bind_address": "0.0.0.0", "cluster": {"hosts": [this_host()]}}
     output.write_text(render_answers(Answers.model_validate(choices)))
-    click.echo(f"wrote {output}; edit it, then run: appliance --answers {output} up")
+    command = "cluster up" if with_cluster else "up"
+    click.echo(f"wrote {output}; edit it, then run: appliance --answers {output} {command}")
 
 
 @click.command("schema")

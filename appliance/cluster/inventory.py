@@ -106,3 +106,20 @@ class Inventory:
                 f"--limit names hosts not in cluster.hosts: {', '.join(unknown)}",
                 fix=f"use one of: {', '.join(self.hosts)}",
             )
+
+
+def this_host() -> dict[str, object]:
+    """This machine as the first control host of a new cluster section (``appliance init
+    --cluster``): its name (made to fit the name rule) and the address it reaches others from."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip(".-_") or "control"
+    address = "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+            address = probe.getsockname()[0]
+        except OSError:
+            pass
+    return {"name": name, "address": address, "groups": ["control"]}

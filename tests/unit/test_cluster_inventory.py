@@ -104,3 +104,18 @@ def test_without_a_cluster_section_the_commands_say_what_to_add(tmp_path: Path) 
     with pytest.raises(ApplianceError, match="no cluster section") as err:
         run(AppContext(Answers(), tmp_path / "state"), "up")
     assert "cluster.hosts" in str(err.value)
+
+
+def test_init_cluster_writes_an_answers_file_with_this_host_as_the_control_host(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.answers_file import load_answers
+    from appliance.cli import cli
+
+    out = tmp_path / "appliance.yaml"
+    done = CliRunner().invoke(cli, ["init", "--cluster", "-o", str(out)])
+    assert done.exit_code == 0 and "cluster up" in done.output, done.output
+    written = load_answers(out)
+    assert written.bind_address == "0.0.0.0" and written.cluster is not None
+    (host,) = written.cluster.hosts
+    assert host.groups == ["control"] and host.address and host.address != "0.0.0.0"

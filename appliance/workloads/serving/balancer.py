@@ -82,6 +82,12 @@ http {{
     scgi_temp_path scgi_temp;
     # Bodies, headers and timeouts are limited by the replicas (in their own error format).
     client_max_body_size 0;
+    # A body up to this stays in memory (a [1,3,64,64] image as JSON is ~250 KB): past the 16 KB
+    # default every such request went through a temporary file.
+    client_body_buffer_size 1m;
+    # nginx closes a client connection after 1000 requests by default: a client sending its next
+    # request at that instant sees the connection closed. Keep-alive ends on idleness instead.
+    keepalive_requests 1000000;
     http2_max_concurrent_streams 128;
 
     upstream serving_rest {{

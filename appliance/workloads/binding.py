@@ -153,6 +153,8 @@ def _profile_features(model: str, version: str) -> list[str] | None:
         if fetched.profile_path is None:
             return None
         profile = json.loads(fetched.profile_path.read_text())
+        if profile.get("columns"):  # an image model keeps no per-feature bins, only its columns
+            return [str(name) for name in profile["columns"]]
         return [str(f["name"]) for f in profile.get("features", [])]
     finally:
         if fetched.scratch is not None:

@@ -69,6 +69,18 @@ def pipelines() -> dict[str, Any]:
                     description="What started each retraining: cron schedule, drift alert or manual.",
                 ),
                 Panel(
+                    "Refused drift alerts",
+                    [
+                        Query(
+                            "sum by (model) (increase(appliance_retrain_refusals_total[1h]))",
+                            "{{model}}",
+                        )
+                    ],
+                    custom={"drawStyle": "bars", "fillOpacity": 60},
+                    description="Drift alerts for a model with no dataset binding (models[].dataset in "
+                    "the answers): nothing was retrained.",
+                ),
+                Panel(
                     "Last run duration",
                     [Query("max by (pipeline) (appliance_pipeline_last_duration_seconds)", "{{pipeline}}")],
                     unit="s",

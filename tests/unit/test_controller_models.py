@@ -96,7 +96,7 @@ def test_an_alert_for_a_model_without_binding_is_refused_counted_and_costs_no_co
         assert model in caplog.text
         assert controller.cooldown.remaining(model) == 0.0
     assert controller.store.recent(limit=10) == []
-    assert controller.refusals == {"orphan": 1, "unknown": 1}
+    assert controller.refusals == {"breast_cancer": 0, "wine": 0, "orphan": 1, "unknown": 1}
     text = metrics.render(metrics.registry_for(controller.store, lambda: [], lambda: controller.refusals))
     assert b'appliance_retrain_refusals_total{model="orphan"} 1.0' in text
 

@@ -67,8 +67,9 @@ class Controller:
         self.dirs = search_dirs(pipelines_dir)
         self.models = dict(models or {})
         """Every served model's binding (``models.json``): what a trigger for it runs, on what."""
-        self.refusals: dict[str, int] = {}
-        """Drift alerts refused per model (no binding), for the metrics."""
+        self.refusals: dict[str, int] = dict.fromkeys(self.models, 0)
+        """Drift alerts refused per model (no binding), for the metrics; every known model starts
+        at 0 so the series exists before the first refusal."""
         self.env = dict(env)
         self.cooldown = cooldown
         self.retrain_pipeline = retrain_pipeline

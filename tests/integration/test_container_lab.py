@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.dataconn.client import s3_client
 from appliance.engine import Engine
 from appliance.runtimes.containers_common import ContainerRuntime
 from tests.integration._container_fixtures import (
@@ -40,6 +41,8 @@ from tests.integration._container_fixtures import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 LAB_SERVICES = {
+    "seaweedfs",
+    "buckets",
     "mlflow",
     "mlflow-users",
     "serving",
@@ -48,7 +51,7 @@ LAB_SERVICES = {
     "alertmanager",
     "node-exporter",
 }
-ONESHOT = {"mlflow-users"}
+ONESHOT = {"mlflow-users", "buckets"}
 """Jobs that ran to completion in their container (no process left)."""
 
 
@@ -177,6 +180,12 @@ def test_a_retrain_through_the_controller_registers_a_version_the_server_then_se
         assert time.monotonic() < deadline, "the model server did not load the new champion"
         time.sleep(2)
     print(f"served by the model server {time.monotonic() - started:.1f}s after the retrain started")
+    # Everything went through the stack's SeaweedFS: the dataset, and MLflow's artifacts by its proxy.
+    store = s3_client(lab.ctx.s3_endpoint, *lab.ctx.s3_credentials("admin"))
+    datasets = [o["Key"] for o in store.list_objects_v2(Bucket="datasets").get("Contents", [])]
+    assert "breast_cancer/breast_cancer.csv" in datasets
+    artifacts = [o["Key"] for o in store.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(key.endswith("model.onnx") for key in artifacts), artifacts
 
 
 def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:
@@ -193,7 +202,7 @@ def test_down_removes_the_stack_and_leaves_others_alone(lab: Engine) -> None:
         lab.down()
         left = owned(runtime)
         assert left["containers"] == [] and left["networks"] == [], left
-        volumes = ("mlflow", "prometheus", "alertmanager", "state")
+        volumes = ("seaweedfs", "mlflow", "prometheus", "alertmanager", "state")
         assert sorted(left["volumes"]) == sorted(runtime.container_name(v) for v in volumes)
         bystander.reload()
         assert bystander.status == "created", "down touched a container that is not ours"

@@ -34,7 +34,9 @@ def s3_client(
     config = Config(
         connect_timeout=3,
         read_timeout=read_timeout,
-        retries={"max_attempts": 2, "mode": "standard"},
+        # Standard mode retries throttling and 5xx with backoff: a store that was just restarted
+        # answers InternalError for the second or so its gateway waits for the volume locations.
+        retries={"max_attempts": 4, "mode": "standard"},
         s3={"addressing_style": addressing_style(endpoint)},
     )
     return boto3.client(

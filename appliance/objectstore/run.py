@@ -23,6 +23,17 @@ import time
 from types import FrameType
 
 GRACE_SECONDS = 3.0
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent dies (Linux)."""
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when this wrapper dies, so a ``kill -9`` of the wrapper (or of the
+    supervisor's process group) never leaves an orphaned store holding the ports and the data."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float) -> int:
@@ -58,7 +69,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
     while not stopping and proc.poll() is None:
         time.sleep(0.1)
     if stopping:

@@ -66,9 +66,17 @@ class SeaweedStore:
         return services
 
     def pid(self) -> int:
+        """The service's process: the wrapper (appliance/objectstore/run.py)."""
         pid = self.status()["seaweedfs"]["pid"]
         assert isinstance(pid, int), self.status()
         return pid
+
+    def weed_pid(self) -> int:
+        """The store's own process, ``weed server``, the wrapper's child."""
+        wrapper = self.pid()
+        children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
+        assert len(children) == 1, f"the wrapper {wrapper} has children {children}"
+        return int(children[0])
 
 
 def start_seaweedfs(root: Path, buckets: dict[str, str] | None = None) -> SeaweedStore:

@@ -154,10 +154,10 @@ def test_kill_9_mid_upload_leaves_no_half_written_newest_version(store: SeaweedS
     big = tmp_path / "big.csv"
     big.write_bytes(b"x,target\n" + b"1,0\n" * (24 * 1024 * 1024 // 4))  # 24 MiB: a multipart upload
     expected = hashlib.sha256(big.read_bytes()).hexdigest()
-    pid = store.pid()
+    pid, weed = store.pid(), store.weed_pid()
     uploader = _uploader(store, big, "killed/zz_newer.csv")
     time.sleep(0.3)  # the upload is under way
-    os.kill(pid, signal.SIGKILL)  # the store's own process (weed), not the wrapper
+    os.kill(weed, signal.SIGKILL)  # the store's own process; the supervisor starts it again
     uploader.wait(120)
     _wait_healthy(store, pid)
     # Whatever the uploader saw, the newest version is a whole object: the old one, or the new one
@@ -173,8 +173,17 @@ def test_kill_9_mid_upload_leaves_no_half_written_newest_version(store: SeaweedS
     assert rerun.wait(180) == 0, rerun.stderr.read() if rerun.stderr else ""
     assert resolve(conn, "killed").key == "killed/zz_newer.csv"
     assert hashlib.sha256(conn.datasets.get("killed/zz_newer.csv")).hexdigest() == expected
-    assert conn.datasets.get(key) == conn.datasets.get(key)  # the older version is still readable
-    assert hashlib.sha256(conn.datasets.get(key)).hexdigest() == before.sha256
+    assert hashlib.sha256(conn.datasets.get(key)).hexdigest() == before.sha256  # the older one too
+
+
+def test_kill_9_of_the_wrapper_leaves_no_orphaned_store(store: SeaweedStore) -> None:
+    writer = store.client("writer")
+    writer.put_object(Bucket="models", Key="orphan/check.txt", Body=WRITTEN)
+    pid, weed = store.pid(), store.weed_pid()
+    os.kill(pid, signal.SIGKILL)
+    _wait_healthy(store, pid)
+    assert not Path(f"/proc/{weed}").exists(), "weed outlived its wrapper and holds the ports"
+    assert writer.get_object(Bucket="models", Key="orphan/check.txt")["Body"].read() == WRITTEN
 
 
 def test_objects_survive_down_and_up_and_go_with_purge(tmp_path: Path) -> None:

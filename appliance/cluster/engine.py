@@ -99,7 +99,7 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
         )
     found: dict[str, dict[str, str]] = {}
-    (folder / "runner").mkdir(mode=0o700, exist_ok=True)
+    (folder / "runner" / "status").mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def handle(event: dict[str, Any]) -> bool:
         data = event.get("event_data") or {}
@@ -120,7 +120,7 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
     from .run import ROLES_DIR
 
     ansible_runner.run(
-        private_data_dir=str(folder / "runner"),
+        private_data_dir=str(folder / "runner" / "status"),
         inventory=str(path),
         host_pattern="all",
         module="ansible.builtin.command",

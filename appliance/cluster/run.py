@@ -133,7 +133,10 @@ def run_playbook(
             on_progress(host, status, data.get("task", ""))
         return True
 
-    (folder / "runner").mkdir(mode=0o700, exist_ok=True)
+    # One folder per action: ansible-runner keeps a run's command line (plan's --check) in its
+    # folder and would reuse it for the next run there.
+    private = folder / "runner" / action
+    private.mkdir(mode=0o700, parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
     envvars = {
         "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
@@ -148,7 +151,7 @@ def run_playbook(
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
     }
     runner = ansible_runner.run(
-        private_data_dir=str(folder / "runner"),
+        private_data_dir=str(private),
         project_dir=str(ROLES_DIR),
         playbook=str(ROLES_DIR / PLAYBOOKS[action]),
         inventory=str(inventory),

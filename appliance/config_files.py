@@ -19,10 +19,10 @@ from appliance.objectstore.identities import security_toml as seaweedfs_security
 from appliance.pipelines.elyra_runtime import runtime_config as elyra_runtime_config
 from appliance.pipelines.elyra_runtime import runtime_image_config as elyra_image_config
 from appliance.stack import STACKS_DIR
-
-Generator = Callable[[Any, Any], str]
 from appliance.workloads.binding import controller_models
 from appliance.workloads.controller.backups import backup_config as controller_backup
+
+Generator = Callable[[Any, Any], str]
 
 
 def retrain_pipeline(ctx: Any, services: Any) -> str:
@@ -37,10 +37,10 @@ GENERATORS: dict[str, Generator] = {
     "retrain_pipeline": retrain_pipeline,
     "elyra_runtime_config": elyra_runtime_config,
     "elyra_image_config": elyra_image_config,
+    "controller_models": controller_models,
+    "controller_backup": controller_backup,
     "gateway_nginx": gateway_nginx,
     "mlflow_auth_ini": mlflow_auth_ini,
     "seaweedfs_s3_config": seaweedfs_s3_config,
     "seaweedfs_security": seaweedfs_security,
-    "controller_models": controller_models,
-    "controller_backup": controller_backup,
 }

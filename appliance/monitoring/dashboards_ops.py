@@ -91,7 +91,52 @@ def pipelines() -> dict[str, Any]:
                     custom={"lineInterpolation": "stepAfter"},
                 ),
             ],
-        )
+        ),
+        Row(
+            "Backups",
+            [
+                Panel(
+                    "Since the last good backup",
+                    [
+                        Query(
+                            "time() - max(appliance_backup_last_success_timestamp_seconds)",
+                            "age",
+                            True,
+                        ),
+                        Query("max(appliance_backup_stale_after_seconds)", "alert after", True),
+                    ],
+                    kind="stat",
+                    unit="s",
+                    width=8,
+                    height=5,
+                    description="Scheduled backups only (backup.schedule in the answers); "
+                    "BackupTooOld fires once the age passes the alert threshold.",
+                ),
+                Panel(
+                    "Last backup size",
+                    [Query("max(appliance_backup_last_size_bytes)", "archive", True)],
+                    kind="stat",
+                    unit="bytes",
+                    width=8,
+                    height=5,
+                ),
+                Panel(
+                    "Backups per day",
+                    [
+                        Query(
+                            "sum by (outcome) (increase(appliance_backup_runs_total[1d]))",
+                            "{{outcome}}",
+                        )
+                    ],
+                    custom={"drawStyle": "bars", "fillOpacity": 60},
+                ),
+                Panel(
+                    "Last backup duration",
+                    [Query("max(appliance_backup_last_duration_seconds)", "duration")],
+                    unit="s",
+                ),
+            ],
+        ),
     ]
     return dashboard("appliance-pipelines", "Appliance / Training and pipelines", rows, [])
 

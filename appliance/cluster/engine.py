@@ -117,23 +117,21 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
             found[host] = {"(host)": kind.removeprefix("runner_on_")}
         return True
 
-    from .run import ROLES_DIR
+    from .run import ansible_env
 
-    ansible_runner.run(
+    runner = ansible_runner.run(
         private_data_dir=str(folder / "runner" / "status"),
         inventory=str(path),
         host_pattern="all",
         module="ansible.builtin.command",
         module_args="systemctl list-units appliance-* --all --plain --no-legend --no-pager",
-        envvars={
-            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
-            "ANSIBLE_SSH_ARGS": (
-                "-o StrictHostKeyChecking=accept-new "
-                f"-o UserKnownHostsFile={folder / 'known_hosts'} -o ControlMaster=auto -o ControlPersist=60s"
-            ),
-            "ANSIBLE_LOCAL_TEMP": str(folder / "tmp"),
-        },
+        envvars=ansible_env(folder),
         event_handler=handle,
         quiet=True,
     )
+    if runner.rc != 0 and not found:
+        raise ApplianceError(
+            f"ansible ended with {runner.rc} before a host answered: {runner.stdout.read()[-1500:]}",
+            fix="check the inventory in STATE/cluster/inventory (written by `appliance cluster up`)",
+        )
     return found

@@ -99,6 +99,23 @@ def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], fold
     return path
 
 
+def ansible_env(folder: Path) -> dict[str, str]:
+    """Ansible's settings for every run: the roles, SSH trusting a host's key on first contact
+    (remembered in ``folder/known_hosts``), this virtualenv's ``ansible`` programs first on PATH."""
+    return {
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+        "ANSIBLE_SSH_ARGS": (
+            "-C -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={folder / 'known_hosts'}"
+        ),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_LOCAL_TEMP": str(folder / "tmp"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+
+
 ProgressSink = Callable[[str, str, str], None]
 """``(host, status, task)`` for each task result as it happens."""
 
@@ -137,25 +154,12 @@ def run_playbook(
     # folder and would reuse it for the next run there.
     private = folder / "runner" / action
     private.mkdir(mode=0o700, parents=True, exist_ok=True)
-    bin_dir = str(Path(sys.executable).parent)
-    envvars = {
-        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
-        "ANSIBLE_SSH_ARGS": (
-            "-C -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=accept-new "
-            f"-o UserKnownHostsFile={folder / 'known_hosts'}"
-        ),
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_LOCAL_TEMP": str(folder / "tmp"),
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-    }
     runner = ansible_runner.run(
         private_data_dir=str(private),
         project_dir=str(ROLES_DIR),
         playbook=str(ROLES_DIR / PLAYBOOKS[action]),
         inventory=str(inventory),
-        envvars=envvars,
+        envvars=ansible_env(folder),
         cmdline="--check --diff" if action == "plan" else None,
         limit=",".join(limit) if limit else None,
         event_handler=handle,

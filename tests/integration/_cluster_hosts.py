@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("systemd-sysv", "openssh-server", "python3", "sudo", "ca-certificates")
+HOST_KEYS_UNIT_NAME = "regen-ssh-host-keys.service"
 HOST_KEYS_UNIT = """\
 [Unit]
 Description=Make this clone's own SSH host keys
@@ -50,7 +51,7 @@ MASKED = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service", "systemd-logind.service",
 )  # fmt: skip
 RECIPE = json.dumps(
-    {"suite": "bookworm", "packages": PACKAGES, "unit": HOST_KEYS_UNIT, "masked": MASKED, "v": 1},
+    {"suite": "bookworm", "packages": PACKAGES, HOST_KEYS_UNIT_NAME: HOST_KEYS_UNIT, "masked": MASKED},
     sort_keys=True,
 )
 IMAGE = f"localhost/appliance-cluster-host:{hashlib.sha256(RECIPE.encode()).hexdigest()[:12]}"
@@ -85,10 +86,10 @@ def ensure_image() -> str:
         (root / "etc/machine-id").write_text("")
         for key in (root / "etc/ssh").glob("ssh_host_*"):
             key.unlink()
-        (root / "etc/systemd/system/regen-ssh-host-keys.service").write_text(HOST_KEYS_UNIT)
+        (root / "etc/systemd/system" / HOST_KEYS_UNIT_NAME).write_text(HOST_KEYS_UNIT)
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        (wants / "regen-ssh-host-keys.service").symlink_to("/etc/systemd/system/regen-ssh-host-keys.service")
+        (wants / HOST_KEYS_UNIT_NAME).symlink_to(f"/etc/systemd/system/{HOST_KEYS_UNIT_NAME}")
         for unit in MASKED:
             (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
@@ -122,11 +123,17 @@ class ClusterHosts:
     hosts: dict[str, Host] = field(default_factory=dict)
 
     def ssh(self, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` on ``host`` over SSH (what Ansible does)."""
-        return subprocess.run(
-            ["ssh", *ssh_options(self.key), f"root@{self.hosts[host].address}", command],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
+        """Run ``command`` on ``host`` over SSH (what Ansible does); a connection that fails (255,
+        e.g. a slow handshake on a loaded machine) is tried again, twice."""
+        for _ in range(3):
+            done = subprocess.run(
+                ["ssh", *ssh_options(self.key), f"root@{self.hosts[host].address}", command],
+                capture_output=True, text=True, timeout=timeout, check=False,
+            )  # fmt: skip
+            if done.returncode != 255:
+                break
+            time.sleep(2)
+        return done
 
     def memory_bytes(self, host: str) -> int:
         """The host container's memory use, as podman reports it."""
@@ -137,7 +144,7 @@ class ClusterHosts:
 def ssh_options(key: Path) -> list[str]:
     return [
         "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", "-o", "BatchMode=yes",
     ]  # fmt: skip
 
 

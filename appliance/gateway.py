@@ -26,6 +26,15 @@ HEALTH_PATH = "/-/gateway/health"
 """Answered by nginx itself on every gateway port: the health probe's target."""
 GRPC_SERVICE_PATH = "/inference.GRPCInferenceService/"
 """Requests under this path are gRPC calls (Open Inference Protocol) and go to the gRPC port."""
+NGINX_TEMP_PATHS = """\
+    client_body_temp_path client_body_temp;
+    proxy_temp_path proxy_temp;
+    fastcgi_temp_path fastcgi_temp;
+    uwsgi_temp_path uwsgi_temp;
+    scgi_temp_path scgi_temp;"""
+"""nginx's temporary folders, relative to its ``-p`` prefix (a state folder this user owns): the
+built-in defaults under /var/lib/nginx are root's. Shared by every nginx the appliance runs (this
+gateway and the serving replicas' balancer)."""
 
 
 def gateway_address(ctx: Any) -> str:
@@ -84,6 +93,7 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
         blocks.append(_workbench_block(listen(ports.gateway_workbench), limit, target))
     rate_zone = f"limit_req_zone $binary_remote_addr zone=clients:1m rate={rate}r/s;" if rate else ""
     return _MAIN.format(
+        temp_paths=NGINX_TEMP_PATHS,
         fingerprint=tls.fingerprint,
         cert=tls.cert,
         key=tls.key,
@@ -105,11 +115,7 @@ http {{
     access_log off;
     server_tokens off;
     default_type application/octet-stream;
-    client_body_temp_path client_body_temp;
-    proxy_temp_path proxy_temp;
-    fastcgi_temp_path fastcgi_temp;
-    uwsgi_temp_path uwsgi_temp;
-    scgi_temp_path scgi_temp;
+{temp_paths}
     # Bodies are limited by the services themselves (the model server answers 413 in its own format).
     client_max_body_size 0;
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from appliance.context import find_sbin
+from appliance.gateway import NGINX_TEMP_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ which the REST server turns into a 503 saying so)."""
 
 
 def find_nginx() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
+    found = find_sbin("nginx")
     if found is None:
         raise FileNotFoundError(
             "nginx not found: serving.max_replicas above 1 needs it as the load balancer "
@@ -75,11 +74,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     server_tokens off;
-    client_body_temp_path client_body_temp;
-    proxy_temp_path proxy_temp;
-    fastcgi_temp_path fastcgi_temp;
-    uwsgi_temp_path uwsgi_temp;
-    scgi_temp_path scgi_temp;
+{NGINX_TEMP_PATHS}
     # Bodies, headers and timeouts are limited by the replicas (in their own error format).
     client_max_body_size 0;
     # A body up to this stays in memory (a [1,3,64,64] image as JSON is ~250 KB): past the 16 KB

@@ -188,6 +188,43 @@ def test_a_retrain_through_the_controller_registers_a_version_the_server_then_se
     assert any(key.endswith("model.onnx") for key in artifacts), artifacts
 
 
+def test_a_pipeline_the_user_writes_in_state_pipelines_after_up_runs_in_the_controller(
+    lab: Engine,
+) -> None:
+    """STATE/pipelines on the host is where the docs tell users to put their pipelines; the
+    controller's container reads it (mounted read-only) on every run, so a file written after
+    ``up`` runs there, under its own name, without a restart."""
+    name = f"user-{lab.ctx.answers.runtime}"
+    folder = lab.ctx.state_dir / "pipelines"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(
+        f"""
+name: {name}
+model: breast_cancer
+steps:
+  - name: hello
+    run: ["{{python}}", "-c", "import sys; open('hello.txt', 'w').write(sys.prefix)"]
+    outputs: {{where: hello.txt}}
+"""
+    )
+    token = (lab.ctx.state_dir / "secrets" / "controller_webhook_token").read_text().strip()
+    url = lab.desired["controller"].url
+    reply = httpx.post(
+        f"{url}/pipelines/{name}/run", json={}, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert reply.status_code == 202, reply.text
+    run_id = reply.json()["run_id"]
+    deadline = time.monotonic() + 300
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{url}/runs/{run_id}", timeout=10).json()
+        if run["state"] != "running":
+            break
+        time.sleep(1)
+    assert run["state"] == "succeeded", run
+    assert run["pipeline"] == name, run
+
+
 def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:
     kill_and_wait_for_restart(lab, "controller")
 

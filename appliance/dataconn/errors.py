@@ -45,6 +45,8 @@ KEY_CODES = (
 """S3 error codes that mean the keys themselves are wrong (not merely lacking a permission)."""
 FULL_CODES = ("EntityTooLarge", "InsufficientStorage", "XMinioStorageFull")
 """S3 error codes of a store that has no room for the object."""
+SERVER_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "500", "503")
+"""S3 error codes of a store that failed on its side: nothing the caller's keys or names can fix."""
 
 
 class StoreAccessError(DataConnectionError):
@@ -69,6 +71,12 @@ class StoreAccessError(DataConnectionError):
             )
         elif code in FULL_CODES:
             fix = "free space on the store's disk (or raise its quota), then run the command again"
+        elif code in SERVER_CODES:
+            fix = (
+                "the store failed inside (one that has just restarted answers so until it knows "
+                "where its volumes are): run the command again; if it persists, read the store's "
+                "log (`appliance logs seaweedfs`)"
+            )
         else:
             fix = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (`appliance secrets`) and the bucket name"
         super().__init__(f"the object store refused access to {location}: {cause}", fix=fix)

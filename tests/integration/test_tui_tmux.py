@@ -92,7 +92,7 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
         term.wait_for("▐ ▌ serving", "▐ ▌ controller")
         term.keys("C-n")
         term.wait_for("step 4/7")
-        term.keys("Down", "Down", "Down", "Space")
+        term.keys("Down", "Down", "Down", "Down", "Space")  # auto -> filesystem
         term.wait_for("▐●▌ filesystem")
         term.keys("C-n")
         term.wait_for("step 5/7", "GPUs detected: none")

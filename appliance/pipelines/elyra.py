@@ -113,11 +113,7 @@ def step_name(label: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-_") or "step"
     if not base[0].isalpha():
         base = f"step-{base}"
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}-{n}", n + 1
-    taken.add(name)
-    return name
+    return _unique(base, taken, "-")
 
 
 def output_name(spec: str, taken: set[str]) -> str:
@@ -127,9 +123,14 @@ def output_name(spec: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", base).strip("_") or "output"
     if not base[0].isalpha():
         base = f"o_{base}"
+    return _unique(base, taken, "_")
+
+
+def _unique(base: str, taken: set[str], sep: str) -> str:
+    """``base``, or ``base{sep}2``, ``base{sep}3``... whichever is not ``taken`` yet; taken from now."""
     name, n = base, 2
     while name in taken:
-        name, n = f"{base}_{n}", n + 1
+        name, n = f"{base}{sep}{n}", n + 1
     taken.add(name)
     return name
 

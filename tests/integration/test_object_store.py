@@ -147,10 +147,10 @@ def _wait_healthy(store: SeaweedStore, old_pid: int, timeout: float = 90) -> Non
 
 
 def _read_once_serving(conn: DataConnection, key: str, timeout: float = 30) -> bytes:
-    """Read ``key`` from a store that has just restarted. Its S3 gateway answers (so it is
-    healthy) a second or two before it knows where its volumes are, and reads get InternalError
-    until then (measured: 3 runs in 5 here, past the client's own retries); that error must name
-    itself, and the read must then succeed: the object is whole, not lost."""
+    """Read ``key`` from a store that has just restarted after a kill -9. Its health check waits
+    until the master knows the volume server (appliance/objectstore/ready.py; before that, reads
+    got InternalError: 3 runs in 5 here); should a read still meet an error on the store's side,
+    it must name itself, and the read must then succeed: the object is whole, not lost."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -1,0 +1,63 @@
+"""The store's readiness check reads the master's topology: no volume server, not ready."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from appliance.objectstore.ready import check, volume_servers
+
+EMPTY: dict[str, Any] = {"Topology": {"DataCenters": None, "Max": 0}}
+ONE = {
+    "Topology": {
+        "DataCenters": [{"Racks": [{"DataNodes": [{"Url": "127.0.0.1:8334", "Volumes": 7}]}]}]
+    }
+}
+
+
+def test_volume_servers_are_read_from_every_rack() -> None:
+    assert volume_servers(EMPTY) == []
+    assert volume_servers({}) == []
+    assert volume_servers(ONE) == ["127.0.0.1:8334"]
+
+
+@pytest.fixture
+def master() -> Iterator[tuple[str, dict[str, Any]]]:
+    answer: dict[str, Any] = {"status": EMPTY}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"" if self.path == "/healthz" else json.dumps(answer["status"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ready_only_once_the_master_knows_a_volume_server(master: tuple[str, dict[str, Any]]) -> None:
+    url, answer = master
+    problem = check(url, url)
+    assert problem and "knows no volume server" in problem
+    answer["status"] = ONE
+    assert check(url, url) is None
+
+
+def test_a_gateway_that_does_not_answer_is_named() -> None:
+    problem = check("http://127.0.0.1:9", "http://127.0.0.1:9")
+    assert problem and problem.startswith("S3 gateway http://127.0.0.1:9")

@@ -440,6 +440,10 @@ class Cluster(Strict):
     wheelhouse: Path | None = None
     """Folder of wheels on this machine (an offline bundle's wheelhouse) the hosts install the
     virtualenv from, without a network; absent: ``venv`` already exists on every host."""
+    mlflow_backend: Literal["postgresql", "sqlite"] = "postgresql"
+    """MLflow's backend store: ``postgresql``, a PostgreSQL server on the first control host
+    (listening on that host's cluster address, password authentication, the password a generated
+    secret), which several stateless MLflow servers can share; ``sqlite``, a file on that host."""
 
     @model_validator(mode="after")
     def _unique(self) -> Cluster:

@@ -135,6 +135,18 @@ def test_status_reports_the_memory_of_every_running_service(lab: Lab) -> None:
     assert "memory" in text and "MiB" in text
 
 
+def test_mlflow_is_one_process(lab: Lab) -> None:
+    """appliance.mlflow_server puts uvicorn in place of ``mlflow server``: the service's process
+    is the server itself, with no parent holding the CLI's imports (nor a child doing the work)."""
+    if lab.in_containers:
+        pytest.skip("the container's processes are the runtime's to show; the image runs the same command")
+    pid = lab.status()["mlflow"]["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"uvicorn" in cmdline and b"mlflow.server.auth:create_app" in cmdline, cmdline
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert children == [], f"mlflow's process {pid} has children {children}"
+
+
 def test_plan_right_after_up_has_zero_actions(lab: Lab) -> None:
     assert json.loads(lab.cli("plan", "--json").stdout) == {"actions": []}
     assert "0 actions" in lab.cli("up").stdout

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     import mlflow.server
     from mlflow.cli import cli
 
-    mlflow.server._exec_cmd = exec_in_place  # type: ignore[attr-defined]
+    mlflow.server._exec_cmd = exec_in_place
     cli.main(args=["server", *argv], prog_name="mlflow server")
     return 0  # not reached when the server started: uvicorn replaced this process
 

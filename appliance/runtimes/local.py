@@ -20,6 +20,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from appliance.errors import ApplianceError
+from appliance.runtimes import handover
 from appliance.runtimes.base import ObservedService, ProcState
 from appliance.runtimes.procscan import MARKER_VAR, pids_with_marker, terminate
 from appliance.runtimes.supervisor_rpc import Supervisor
@@ -72,8 +73,14 @@ class LocalRuntime:
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
+    def _handover_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.handover.sock"
+
     def _service_env(self, svc: RenderedService) -> dict[str, str]:
-        return svc.env | {MARKER_VAR: self.marker_prefix + svc.name}
+        env = svc.env | {MARKER_VAR: self.marker_prefix + svc.name}
+        if svc.name in handover.TAKES_OVER:
+            env[handover.HANDOVER_ENV] = str(self._handover_file(svc.name))
+        return env
 
     def _write_files(self, svc: RenderedService) -> None:
         for volume in svc.volumes:
@@ -151,6 +158,7 @@ class LocalRuntime:
         if service.oneshot:
             self._run_oneshot(service)
             return
+        self._hold_sockets(service)
         self._forget(service.name)
         self._write_files(service)
         _write_atomic(self._program_file(service.name), self._program_text(service))
@@ -170,6 +178,24 @@ class LocalRuntime:
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
+
+    def _hold_sockets(self, service: RenderedService) -> None:
+        """Before a running model server is replaced, keep its listening sockets open for its
+        successor (handover.py), so that clients wait for the new one instead of being refused."""
+        if not handover.applies(service.name, service.command):
+            return
+        ports = [service.ports[p] for p in handover.TAKES_OVER[service.name] if service.ports.get(p, 0) > 0]
+        pids = pids_with_marker(self.marker_prefix + service.name, exact=True)
+        if not ports or not pids or not self.sup.alive():
+            return
+        try:
+            sockets = handover.take(pids, ports)
+        except handover.HandoverUnavailableError as err:
+            print(f"{service.name}: its ports close while it restarts ({err})", file=sys.stderr, flush=True)
+            return
+        if sockets:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handover.Holder(self._handover_file(service.name), sockets)
 
     def stop(self, name: str) -> None:
         if self.sup.alive():

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import struct
 from typing import cast
@@ -846,15 +847,22 @@ class H2GrpcServer:
         self.connections: set[H2GrpcProtocol] = set()
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (0: any free port), TLS when given a context; returns the port."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> int:
+        """Listen on host:port (0: any free port), or accept on ``sock`` (a listening socket taken
+        over from the previous server), TLS when given a context; returns the port."""
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2 by ALPN
         loop = asyncio.get_running_loop()
+        where = {"sock": sock} if sock is not None else {"host": host, "port": port}
         self.server = await loop.create_server(
             lambda: H2GrpcProtocol(self),
-            host,
-            port,
+            **where,
             backlog=1024,
             ssl=ssl_context,
             ssl_handshake_timeout=self.limits.header_timeout_s if ssl_context is not None else None,

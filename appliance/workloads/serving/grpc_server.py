@@ -12,6 +12,7 @@ UNAUTHENTICATED, ...).
 from __future__ import annotations
 
 import math
+import socket
 import ssl
 import time
 from typing import Any
@@ -255,6 +256,7 @@ async def start(
     port: int,
     limits: ServerLimits,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> tuple[grpc_h2.H2GrpcServer, int]:
     """Start the gRPC server on host:port (0: any free port); returns it and its port.
 
@@ -264,5 +266,5 @@ async def start(
     """
     methods = grpc_h2.methods_of(InferenceServicer(service), pb.DESCRIPTOR.services_by_name[SERVICE], pb)
     server = grpc_h2.H2GrpcServer(methods, limits, authorizer(service))
-    bound = await server.start(host, port, ssl_context)
+    bound = await server.start(host, port, ssl_context, sock)
     return server, bound

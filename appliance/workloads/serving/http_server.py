@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import zlib
 from collections import deque
 from collections.abc import Awaitable
@@ -450,10 +451,15 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-async def start(router: Router, host: str, port: int, limits: ServerLimits) -> asyncio.Server:
-    """Listen on host:port (port 0: any free one)."""
+async def start(
+    router: Router, host: str, port: int, limits: ServerLimits, sock: socket.socket | None = None
+) -> asyncio.Server:
+    """Listen on host:port (port 0: any free one), or accept on ``sock``, a listening socket
+    taken over from the previous server (runtimes/handover.py)."""
     loop = asyncio.get_running_loop()
     listener = _Listener(router, limits, loop)
+    if sock is not None:
+        return await loop.create_server(lambda: HttpProtocol(listener), sock=sock, backlog=1024)
     return await loop.create_server(lambda: HttpProtocol(listener), host, port, backlog=1024)
 
 

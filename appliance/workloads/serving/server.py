@@ -11,12 +11,14 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.runtimes import handover
 from appliance.workloads.serving import grpc_server, http_server
 from appliance.workloads.serving.config import ServeConfig
 from appliance.workloads.serving.errors import Unavailable
@@ -58,12 +60,18 @@ async def serve(
             log.warning("%s; retrying every %ss, not ready until then", err.message, config.poll_seconds)
     gc.freeze()  # startup objects (sessions, modules) leave the GC's scans: fewer latency spikes
     stop = stop or _signal_event()
-    rest = await http_server.start(RestRouter(service), config.host, config.http_port, config.limits)
+    # Models loaded: only now take the predecessor's listening sockets, if the runtime held them.
+    held = handover.receive(
+        os.environ.get(handover.HANDOVER_ENV), config.host, (config.http_port, config.grpc_port)
+    )
+    rest = await http_server.start(
+        RestRouter(service), config.host, config.http_port, config.limits, sock=held.get(config.http_port)
+    )
     ports: dict[str, Any] = {"http_port": http_server.bound_port(rest)}
     grpc = None
     if config.grpc_port >= 0:
         grpc, ports["grpc_port"] = await grpc_server.start(
-            service, config.host, config.grpc_port, config.limits
+            service, config.host, config.grpc_port, config.limits, sock=held.get(config.grpc_port)
         )
     metrics_http = None
     if config.metrics_port >= 0:

@@ -27,6 +27,10 @@ class Strict(BaseModel):
 
 
 Port = int
+SEAWEEDFS_GRPC_OFFSET = 10000
+"""SeaweedFS's master, volume server, filer and S3 gateway each listen for gRPC on their port plus
+this (upstream's fixed rule; a port above 55535 makes ``weed`` exit with "invalid port")."""
+SEAWEEDFS_GRPC_PAIRED = ("s3", "seaweedfs_master", "seaweedfs_volume", "seaweedfs_filer")
 
 
 class Ports(Strict):
@@ -84,6 +88,19 @@ class Ports(Strict):
             if port in seen:
                 raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}: give each its own")
             seen[port] = name
+        for name in SEAWEEDFS_GRPC_PAIRED:
+            port = getattr(self, name)
+            if port + SEAWEEDFS_GRPC_OFFSET > 65535:
+                raise ValueError(
+                    f"ports.{name} is {port}: SeaweedFS also listens for gRPC on that port plus "
+                    f"{SEAWEEDFS_GRPC_OFFSET}, so it must be at most {65535 - SEAWEEDFS_GRPC_OFFSET}"
+                )
+            if port + SEAWEEDFS_GRPC_OFFSET in seen:
+                other = seen[port + SEAWEEDFS_GRPC_OFFSET]
+                raise ValueError(
+                    f"ports.{other} is {port + SEAWEEDFS_GRPC_OFFSET}, the gRPC port SeaweedFS opens "
+                    f"beside ports.{name} ({port} plus {SEAWEEDFS_GRPC_OFFSET}): move one of them"
+                )
         return self
 
 

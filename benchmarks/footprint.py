@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,6 @@ APPLIANCE = str(Path(sys.executable).parent / "appliance")
 AIMS_MIB = {"lab": 1024, "edge": 300}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cli(answers: Path, state: Path, *args: str, timeout: float = 1200) -> str:
     cmd = [APPLIANCE, "--answers", str(answers), "--state-dir", str(state), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "MLFLOW_"))}
@@ -53,7 +46,9 @@ def cli(answers: Path, state: Path, *args: str, timeout: float = 1200) -> str:
 
 
 def answers_for(profile: str, path: Path) -> Path:
-    ports = {key: free_port() for key in _port_keys()}
+    from tests.conftest import free_ports  # paired with SeaweedFS's gRPC ports, all free
+
+    ports = free_ports()
     doc: dict[str, Any] = {"profile": profile, "ports": ports, "health_timeout_seconds": 600}
     if profile == "edge":  # no registry there: serve a model file (the tests' MLP)
         from tests.integration._serving_fixtures import write_mlp
@@ -61,12 +56,6 @@ def answers_for(profile: str, path: Path) -> Path:
         doc["serving"] = {"model": str(write_mlp(path.parent / "model"))}
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def _port_keys() -> list[str]:
-    from appliance.answers import Answers
-
-    return list(Answers().ports.model_dump())
 
 
 def _supervisors(state: Path) -> list[int]:

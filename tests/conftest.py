@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.answers import SEAWEEDFS_GRPC_OFFSET, SEAWEEDFS_GRPC_PAIRED
+
 VENV_BIN = Path(sys.executable).parent
 APPLIANCE = str(VENV_BIN / "appliance")
 PORT_KEYS = [
@@ -104,11 +106,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-GRPC_OFFSET_KEYS = ("s3", "seaweedfs_master", "seaweedfs_volume", "seaweedfs_filer")
+GRPC_OFFSET_KEYS = SEAWEEDFS_GRPC_PAIRED
 """SeaweedFS listens for gRPC on each of these ports plus 10000: both must be valid and free."""
 
 
-def free_offset_port(offset: int = 10000) -> int:
+def free_offset_port(offset: int = SEAWEEDFS_GRPC_OFFSET) -> int:
     """A free port below 65535 - ``offset`` whose ``port + offset`` is free too."""
     while True:
         port = random.randrange(20000, 65535 - offset)

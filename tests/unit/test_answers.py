@@ -48,6 +48,18 @@ def test_s3_needs_endpoint_and_ports_must_differ() -> None:
     assert "no endpoint is set" in text and "ports.prometheus" in text
 
 
+def test_seaweedfs_ports_leave_room_for_their_grpc_twins() -> None:
+    """weed opens gRPC on each of these ports plus 10000: a port above 55535, or another service on
+    the twin, is refused here instead of the store exiting with "invalid port" at up."""
+    with pytest.raises(InvalidInputError) as info:
+        parse_answers("ports: {seaweedfs_master: 60000}\n")
+    assert "ports.seaweedfs_master is 60000" in str(info.value) and "at most 55535" in str(info.value)
+    with pytest.raises(InvalidInputError) as info:
+        parse_answers("ports: {s3: 18080, serving_http: 28080}\n")
+    assert "ports.serving_http is 28080" in str(info.value) and "ports.s3" in str(info.value)
+    assert parse_answers("ports: {s3: 55535}\n").ports.s3 == 55535
+
+
 def test_not_yaml_and_not_a_mapping_are_reported() -> None:
     with pytest.raises(InvalidInputError, match="not valid YAML"):
         parse_answers("ports: [1, 2\n")

@@ -8,5 +8,6 @@
 - ``crypto``: passphrase (scrypt) or recipient key (X25519) encryption, streamed;
 - ``read``: one checked pass over an archive (verify, or restore's staging);
 - ``restore``: check everything first, then swap each part in;
+- ``store``: the bundled object store started alone while restore uploads into it;
 - ``remote``: archives kept in S3.
 """

@@ -8,11 +8,16 @@ Order, so that a bad archive or a refused step changes nothing:
 2. look at the target: an empty (or absent) state directory goes ahead; one with data needs a
    yes from the user (``--yes``), and its stack must be down (restore never stops a running
    stack by itself: the user decides when serving stops);
-3. with an S3 object store, upload the objects back into its buckets (before any local file
+3. with an external S3 store, upload the objects back into its buckets (before any local file
    moves, so a store that refuses leaves the state directory as it was);
 4. under the state directory's lock, swap each part in: the old folder is renamed aside, the
    staged one moved in, and the old one deleted only when every part is in (an error puts the
-   old folders back).
+   old folders back);
+5. with a bundled store (SeaweedFS, MinIO), its data folder is one of those parts, swapped for an
+   empty one; the store is then started alone with the restored keys, the objects uploaded and
+   the store stopped (``appliance.backup.store`` says why objects and not the folder). A failure
+   there still puts every old folder back, and removes what the store's start left in a
+   state directory that was empty.
 
 The answers file lands in ``STATE/appliance.yaml`` with ``state_dir`` set to the target (and
 ``runtime`` replaced when ``--runtime`` is given): ``appliance --answers STATE/appliance.yaml up``
@@ -37,6 +42,7 @@ from appliance.backup.layout import FOLDER_PARTS, layout_for
 from appliance.backup.manifest import Manifest
 from appliance.backup.read import scan
 from appliance.backup.snapshot import s3_client
+from appliance.backup.store import data_folder, is_bundled, running_alone
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
 from appliance.state_lock import LOCK_FILE, state_lock
@@ -103,9 +109,22 @@ def _upload_objects(ctx: AppContext, root: Path, progress: Progress) -> None:
     progress("object-store", "done", f"{len(files)} object(s)")
 
 
-def _swap_in(pairs: list[tuple[Path, Path]], progress: Progress) -> None:
-    """Move each staged folder onto its destination; all or nothing."""
-    moved: list[tuple[Path, Path | None]] = []
+Moved = list[tuple[Path, Path | None]]
+"""(destination, where its old folder was put aside) for each part swapped in."""
+
+
+def _refill_store(ctx: AppContext, objects: Path, progress: Progress) -> None:
+    """Start the bundled store alone on its fresh folder, upload the archive's objects, stop it."""
+    fresh = AppContext(ctx.answers, ctx.state_dir, None)  # its keys are the restored secrets now
+    progress("object-store", "start", f"starting {ctx.store_kind} alone to upload the objects")
+    with running_alone(fresh):
+        _upload_objects(fresh, objects, progress)
+
+
+def _swap_in(pairs: list[tuple[Path, Path]], progress: Progress) -> Moved:
+    """Move each staged folder onto its destination, the old one renamed aside; all or nothing.
+    The caller commits (``_drop_aside``) or undoes (``_put_back``) the result."""
+    moved: Moved = []
     stamp = time.strftime("%Y%m%d%H%M%S")
     try:
         for staged, dest in pairs:
@@ -119,14 +138,32 @@ def _swap_in(pairs: list[tuple[Path, Path]], progress: Progress) -> None:
             shutil.move(str(staged), str(dest))
             progress(dest.name, "done", str(dest))
     except BaseException:
-        for dest, aside in reversed(moved):
-            shutil.rmtree(dest, ignore_errors=True)
-            if aside is not None:
-                os.replace(aside, dest)
+        _put_back(moved)
         raise
+    return moved
+
+
+def _put_back(moved: Moved) -> None:
+    for dest, aside in reversed(moved):
+        shutil.rmtree(dest, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside, dest)
+
+
+def _drop_aside(moved: Moved) -> None:
     for _dest, aside in moved:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_new(target: Path, before: set[str]) -> None:
+    """Remove what appeared at the top of ``target`` since ``before`` (the lock file stays)."""
+    for path in target.iterdir():
+        if path.name not in before and path.name != LOCK_FILE:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def restore(
@@ -166,7 +203,9 @@ def restore(
                 )
             _check_stack_down(ctx)
         with state_lock(target):
-            if ctx.store_is_s3:
+            before = {p.name for p in target.iterdir()}
+            bundled = is_bundled(ctx)
+            if ctx.store_is_s3 and not bundled:
                 _upload_objects(ctx, staged / "s3", say)
             layout = layout_for(ctx, create=True)
             pairs = [
@@ -183,6 +222,18 @@ def restore(
                 for path in secrets.iterdir():
                     path.chmod(0o600)
                 pairs.insert(0, (secrets, layout.secrets))
-            _swap_in(pairs, say)
-            answers_path = _write_answers(staged, target, runtime)
+            if bundled:
+                empty = staged / "store-data"
+                empty.mkdir(mode=0o700)
+                pairs.append((empty, data_folder(ctx, create=True)))
+            moved = _swap_in(pairs, say)
+            try:
+                if bundled and (staged / "s3").is_dir():
+                    _refill_store(ctx, staged / "s3", say)
+                answers_path = _write_answers(staged, target, runtime)
+            except BaseException:
+                _put_back(moved)
+                _remove_new(target, before)
+                raise
+            _drop_aside(moved)
     return RestoreResult(target, answers_path, manifest, time.monotonic() - started)

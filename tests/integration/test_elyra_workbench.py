@@ -139,6 +139,14 @@ def test_elyra_lists_the_appliance_runtime_generated_at_install(workbench: Workb
     assert "localhost/appliance-controller:latest" in {i["metadata"]["image_name"] for i in images}
 
 
+def test_the_worked_notebook_waits_in_examples(workbench: Workbench) -> None:
+    """The rendered command seeds examples/ before JupyterLab starts (appliance/workbench_start.py),
+    on the local runtime as in the image."""
+    listing = workbench.api("GET", "/api/contents/examples")
+    assert listing.status_code == 200, listing.text
+    assert "import_your_model.ipynb" in [item["name"] for item in listing.json()["content"]]
+
+
 def test_run_from_elyra_starts_the_drawing_on_the_controller(workbench: Workbench) -> None:
     drawing = retrain_drawing(workbench.root / "retrain", name="drawn", model="drawn-model")
     answer = workbench.api("POST", "/elyra/pipeline/schedule", _as_submitted(drawing, workbench.root))

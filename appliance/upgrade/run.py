@@ -34,7 +34,7 @@ from appliance.context import AppContext
 from appliance.errors import ApplianceError
 from appliance.state_version import STAMP_FILE
 from appliance.upgrade import journal as jr
-from appliance.upgrade.changes import Change, diff, facts_of, needs_migration
+from appliance.upgrade.changes import Change, diff, facts_of
 from appliance.upgrade.releases import Release, activate, active, get, installed
 
 Say = Callable[[str], None]
@@ -174,18 +174,42 @@ def _upgrade(ctx: AppContext, plan: Plan, say: Say) -> Outcome:
 
 def _apply(ctx: AppContext, plan: Plan, say: Say) -> None:
     to = plan.to_release
-    if needs_migration(plan.changes) and (ctx.state_dir / "mlflow" / "mlflow.db").is_file():
-        say("mlflow: migrating the tracking database's schema")
-        uri = f"sqlite:///{ctx.state_dir / 'mlflow' / 'mlflow.db'}"
-        subprocess.run(
-            [str(to.bin / "mlflow"), "db", "upgrade", uri], check=True, capture_output=True, timeout=600
-        )
+    migration = next((c for c in plan.changes if c.kind == "mlflow-schema"), None)
+    if migration is not None and (ctx.state_dir / "mlflow" / "mlflow.db").is_file():
+        migrate_tracking_db(to, ctx.state_dir / "mlflow" / "mlflow.db", migration.after, say)
     activate(ctx.state_dir, to)
     say(f"up: release {to.version}, service by service, each gated on its health check")
     _run_cli(to, ctx, "up")
     bad = unhealthy(_run_cli(to, ctx, "status", "--json"))
     if bad:
         raise ApplianceError(f"not healthy after the upgrade: {', '.join(bad)}")
+
+
+def migrate_tracking_db(release: Release, db: Path, head: str | None, say: Say) -> None:
+    """``mlflow db upgrade`` with ``release``'s MLflow, then check the database is at ``head``
+    (the newest revision that MLflow knows): a migration that exits 0 but stops short would
+    otherwise surface only as MLflow refusing to start. The upgrade's backup holds the database
+    as it was before, so a failure here rolls back to it."""
+    before = alembic_revision(db)
+    say(f"mlflow: migrating the tracking database's schema {before} -> {head}")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run(
+        [str(release.bin / "mlflow"), "db", "upgrade", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise ApplianceError(
+            f"MLflow's schema migration (`mlflow db upgrade`) of {db} exited {proc.returncode}:\n{tail}"
+        )
+    after = alembic_revision(db)
+    if head is not None and after != head:
+        raise ApplianceError(f"MLflow's schema migration left {db} at revision {after}, not {head}")
+    say(f"mlflow: the tracking database is at schema {after}")
 
 
 def _roll_back(ctx: AppContext, journal: jr.Journal, say: Say) -> None:

@@ -103,4 +103,14 @@ def gather(ctx: AppContext, status: dict[str, Any]) -> dict[str, Any]:
     password = read_password(ctx.state_dir, "prometheus")
     auth = (WEB_USER, password) if password else None
     results = {key: query(url, promql, auth=auth) for key, promql in QUERIES.items()} if url else {}
-    return summarize(results) | {"runs": pipeline_runs(ctx.state_dir)}
+    return summarize(results) | {"runs": pipeline_runs(ctx.state_dir)} | serving_replicas(ctx, status)
+
+
+def serving_replicas(ctx: AppContext, status: dict[str, Any]) -> dict[str, Any]:
+    """The replicas line ``appliance status`` prints (ready, asked, the autoscaler's last decision)
+    when the model server runs more than one; nothing otherwise."""
+    from appliance.workloads.serving.replica_status import describe, replicas_status
+
+    serving = status.get("services", {}).get("serving", {})
+    state = replicas_status(ctx, serving.get("health") in ("healthy", "starting"))
+    return {"replicas": describe(state)} if state is not None else {}

@@ -141,6 +141,8 @@ def test_dashboard(snap_compare) -> None:
         "model": "breast_cancer v3",
         "rps": "12.50",
         "p99": "8.1 ms",
+        "replicas": "serving replicas: 2 ready, 3 asked (min 1, max 4; 0 replaced)\n"
+        "  last autoscaler decision: stable: concurrency 5.1 over 60 s wants 3 (target 2 x 0.7)",
         "drift": [("mean radius", 0.31), ("mean texture", 0.12)],
         "runs": [
             {

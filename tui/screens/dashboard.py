@@ -1,4 +1,5 @@
-"""The status dashboard: services, served model, traffic, drift and pipeline runs, refreshed live.
+"""The status dashboard: services, served model, traffic, serving replicas, drift and pipeline runs,
+refreshed live.
 
 A timer starts a refresh worker (exclusive, so a slow Prometheus never piles up requests); the
 worker reads ``Engine.status()`` and ``Backend.dashboard_data`` and the screen redraws from its
@@ -37,6 +38,7 @@ class DashboardScreen(AppScreen):
         yield DataTable(id="services", cursor_type="row", zebra_stripes=False)
         yield Static("selected: -", id="selected")
         yield Static(f"Model: {DASH}   requests/s: {DASH}   p99: {DASH}", id="model")
+        yield Static("", id="replicas")
         yield Static("Drift (PSI per feature, highest first)", classes="heading")
         yield DataTable(id="drift", cursor_type="none", zebra_stripes=False)
         yield Static("Pipeline runs (newest first)", classes="heading")
@@ -100,6 +102,9 @@ class DashboardScreen(AppScreen):
             f"Model: {data.get('model', DASH)}   requests/s: {data.get('rps', DASH)}   "
             f"p99: {data.get('p99', DASH)}"
         )
+        replicas = self.query_one("#replicas", Static)
+        replicas.update(data.get("replicas", ""))
+        replicas.display = "replicas" in data  # one model server: no line
         # Each model's own threshold (models[].drift_psi_threshold), else monitoring's.
         default = self.state.get("monitoring.drift_psi_threshold")
         limits = {m.get("name"): m.get("drift_psi_threshold") for m in self.state.data.get("models") or []}

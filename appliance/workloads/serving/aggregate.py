@@ -93,7 +93,7 @@ class Aggregator(Collector):
 
     def collect(self) -> Iterable[Metric]:
         sup = self.supervisor
-        replicas = [r for r in list(sup.replicas.values()) if r.state in ("ready", "draining")]
+        replicas = [r for r in list(sup.replicas.values()) if r.state != "starting"]  # listening
         merged: dict[str, Metric] = {}
         bins: dict[tuple[str, str], list[tuple[dict[int, float], dict[int, float]]]] = defaultdict(list)
         for replica in replicas:

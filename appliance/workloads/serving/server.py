@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.runtimes import handover
-from appliance.workloads.serving import grpc_server, http_server
+from appliance.workloads.serving import drain, grpc_server, http_server
 from appliance.workloads.serving.config import ServeConfig
 from appliance.workloads.serving.errors import Unavailable
 from appliance.workloads.serving.metrics import ServingMetrics
@@ -59,6 +59,7 @@ async def serve(
                 raise
             log.warning("%s; retrying every %ss, not ready until then", err.message, config.poll_seconds)
     gc.freeze()  # startup objects (sessions, modules) leave the GC's scans: fewer latency spikes
+    by_signal = stop is None
     stop = stop or _signal_event()
     # Models loaded: only now take the predecessor's listening sockets, if the runtime held them.
     held = handover.receive(
@@ -83,8 +84,17 @@ async def serve(
         else None
     )
     service.ready = True
+    if by_signal:  # SIGUSR1: stop listening, keep serving open connections (a replica leaving)
+        listeners = [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])]
+        drain.drain_on_signal(listeners, lambda: setattr(service, "ready", False))
     ready = {"event": "ready", **ports, "models": [e["name"] for e in service.repo.index()]}
     (on_ready or _print_ready)(ready)
+    loop = asyncio.get_running_loop()
+    handover.offer(  # a standby: stop once the supervised successor took the sockets
+        os.environ.get(handover.OFFER_ENV),
+        [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])],
+        lambda: loop.call_soon_threadsafe(stop.set),
+    )
     try:
         await stop.wait()
     finally:

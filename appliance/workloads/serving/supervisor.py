@@ -3,22 +3,30 @@
 ``python -m appliance.workloads.serving.supervisor [options] -- SERVE ARGS``. With
 ``--max-replicas 1`` it simply becomes the model server (exec, nothing in between). Above 1 it
 
-- runs an nginx balancer on the service's REST and gRPC ports (balancer.py says why nginx);
-- starts replicas, each ``python -m appliance.workloads.serving SERVE ARGS`` on loopback ports of
-  its own (port 0: the replica's ready line says which), and adds one to the balancer only once
-  its ``/v2/health/ready`` passes;
-- removes one drained: out of the balancer first (nginx lets the requests it holds finish), then
-  until the replica reports nothing in flight, then SIGTERM (the server finishes what it still has);
-- replaces a replica that exits on its own by a new one on the same ports, so the balancer's
-  config does not change: until the new one listens, nginx's connections there are refused and it
-  retries them on another replica (and marks that one failed for 2 s). Not reloading nginx matters:
-  a reload closes idle client keep-alive connections, and a client sending on one at that instant
-  sees it closed. (A request inside the process when it died is lost with it: nginx replays a REST
-  request elsewhere; a gRPC call, whose body nginx streams unbuffered, gets UNAVAILABLE.)
-  Deliberate scaling does reload nginx, with that small window;
+- reserves a pair of loopback ports (REST, gRPC) for each of the ``--max-replicas`` slots: bound,
+  never listening, so a connection to a slot with no replica is refused, and no other program
+  takes the port between two replicas;
+- runs an nginx balancer on the service's REST and gRPC ports whose upstreams list every slot,
+  written once and never reloaded (balancer.py says why nginx and why no reload);
+- starts a replica in a free slot, ``python -m appliance.workloads.serving SERVE ARGS`` on that
+  slot's ports: nginx sends it requests as soon as it listens, which it does once its models are
+  loaded; it counts as ready when its ``/v2/health/ready`` passes;
+- drains one without a failed request: SIGUSR1 makes it stop listening without resetting a
+  connection the kernel already completed (drain.py); nginx retries the refused connections on
+  another replica and closes its kept-alive ones within ``keepalive_time``/``keepalive_timeout``
+  (seconds); once none is open (nothing can be in flight) it gets SIGTERM;
+- replaces a replica that exits on its own by a new one in the same slot. A request inside the
+  process when it died is lost with it: nginx replays a REST request elsewhere; a gRPC call,
+  whose body nginx streams unbuffered, gets UNAVAILABLE. Connections to the dead slot are refused
+  and retried elsewhere;
 - serves, on the metrics port, ``/metrics`` (every replica's series with a ``replica`` label, the
   drift PSI over all traffic, and the monotonic totals the autoscaler reads; aggregate.py) and
   ``/replicas`` (GET: state; PUT ``{"replicas": N}``: the count, with the admin token).
+
+Scaling thus never touches nginx: an earlier design rewrote the upstreams and reloaded nginx on
+every change, and a reload closes idle client keep-alive connections, so a client sending on one
+at that instant saw a failed request. Measured with the replicas test's load (2 REST + 2 gRPC
+clients, 3 -> 1 -> 2 replicas; benchmarks/README.md): no failed request and none sent again.
 
 Hot reload needs nothing here: each replica polls its model's source and swaps versions without
 failing a request, as a single server does.
@@ -33,6 +41,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -40,16 +49,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.runtimes.handover import HANDOVER_ENV
 from appliance.workloads.serving.aggregate import Aggregator
-from appliance.workloads.serving.balancer import Balancer
+from appliance.workloads.serving.balancer import KEEPALIVE_IDLE_S, Balancer
 from appliance.workloads.serving.config import read_tokens
+from appliance.workloads.serving.limits import ServerLimits
 from appliance.workloads.serving.replica_metrics import REPLICA_ENV
 
 log = logging.getLogger("appliance.serving.supervisor")
 READY_TIMEOUT_S = 600.0
 """How long a replica may take from start to ready (model download, session build, warm-up)."""
 DRAIN_TIMEOUT_S = 60.0
+"""Longest a draining replica waits for nginx to close its connections before it is stopped."""
 RESTART_BACKOFF_S = 5.0
+_OPEN_STATES = {"01", "03"}  # ESTABLISHED, SYN_RECV in /proc/net/tcp
 
 
 @dataclass
@@ -61,16 +74,14 @@ class Replica:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
-    state: str = "starting"  # starting, ready, draining
-    routed: bool = False
-    """In the balancer's running config (a reload has finished since it became ready)."""
+    state: str = "starting"  # starting, listening (nginx may send it requests), ready, draining
     started: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
             "pid": self.proc.pid,
-            "state": self.state if self.state != "ready" or self.routed else "joining",
+            "state": self.state,
             "http_port": self.http_port,
             "grpc_port": self.grpc_port,
             "metrics_port": self.metrics_port,
@@ -88,36 +99,43 @@ class Supervisor:
         self.desired = args.replicas if args.replicas is not None else self.min
         self.admin_tokens = read_tokens(None, args.admin_token_file, env="APPLIANCE_SERVING_ADMIN_TOKEN")
         self.replicas: dict[int, Replica] = {}
-        self.balancer = Balancer(args.run_dir, args.host, args.http_port, args.grpc_port)
+        """Slot -> its replica (a draining one keeps its slot until it exited)."""
+        self._reserved = [(reserve_port(), reserve_port()) for _ in range(self.max)]
+        self.slots = [(r.getsockname()[1], g.getsockname()[1]) for r, g in self._reserved]
+        idle_s = min(KEEPALIVE_IDLE_S, replica_idle_timeout(serve_args) / 2)
+        self.balancer = Balancer(args.run_dir, args.host, args.http_port, args.grpc_port, self.slots, idle_s)
         self.aggregator = Aggregator(self)
         self.decision: dict[str, Any] | None = None
         self.replaced = 0
         self._changed = asyncio.Event()
         self._spawning: set[int] = set()
-        self._reuse: dict[int, tuple[int, int]] = {}
-        """Slot -> ports of a replica that died while serving: its replacement listens there, and
-        they stay in the balancer meanwhile (nginx retries the refused connections elsewhere)."""
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._lock = asyncio.Lock()  # one balancer change at a time
 
     # replicas ----------------------------------------------------------------------------------
     def ready(self) -> list[Replica]:
-        """Replicas that pass their readiness check (the balancer's members)."""
+        """Replicas that passed their readiness check and are not leaving."""
         return [r for r in self.replicas.values() if r.state == "ready"]
 
     def serving(self) -> list[Replica]:
-        """Ready replicas the running balancer already sends requests to."""
-        return [r for r in self.replicas.values() if r.state == "ready" and r.routed]
+        return self.ready()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._changed.set())
 
     async def _start(self, slot: int) -> None:
-        http, grpc = self._reuse.get(slot, (0, 0))
+        http, grpc = self.slots[slot]
         argv = [
             sys.executable, "-m", "appliance.workloads.serving", *self.serve_args,
             "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", "0",
         ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != HANDOVER_ENV}  # the service's ports are nginx's
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, env={**os.environ, REPLICA_ENV: "1"}
+                *argv, stdout=asyncio.subprocess.PIPE, env={**env, REPLICA_ENV: "1"}
             )
         finally:
             self._spawning.discard(slot)
@@ -126,25 +144,22 @@ class Supervisor:
         asyncio.get_running_loop().create_task(self._watch(replica))
         try:
             ports = await asyncio.wait_for(self._ready_line(proc), READY_TIMEOUT_S)
-            replica.http_port, replica.grpc_port = ports["http_port"], ports["grpc_port"]
+            if (ports["http_port"], ports["grpc_port"]) != (http, grpc):
+                raise ValueError(f"listens on {ports['http_port']}/{ports['grpc_port']}, not {http}/{grpc}")
+            replica.http_port, replica.grpc_port = http, grpc
             replica.metrics_port = ports["metrics_port"]
+            if replica.state == "starting":
+                replica.state = "listening"
             await self._wait_ready(replica)
         except (TimeoutError, OSError, ValueError, KeyError) as err:
             log.error("replica %d did not become ready: %s; stopping it", slot, err)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            if self._reuse.pop(slot, None) is not None:  # its ports leave the balancer after all
-                async with self._lock:
-                    await self._route()
             return
-        if proc.returncode is not None or self._stopping:
+        if proc.returncode is not None or self._stopping or replica.state != "listening":
             return
-        async with self._lock:
-            replica.state = "ready"
-            self._reuse.pop(slot, None)
-            await self._route()  # unchanged (no reload) when it took over a dead replica's ports
-            replica.routed = True
-        log.info("replica %d (pid %d) ready on %d/%d", slot, proc.pid, replica.http_port, replica.grpc_port)
+        replica.state = "ready"
+        log.info("replica %d (pid %d) ready on %d/%d", slot, proc.pid, http, grpc)
 
     @staticmethod
     async def _ready_line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
@@ -157,51 +172,46 @@ class Supervisor:
                 data = json.loads(line)
                 if isinstance(data, dict) and data.get("event") == "ready":
                     # keep reading stdout so that the replica never blocks on a full pipe
-                    asyncio.get_running_loop().create_task(_drain(proc))
+                    asyncio.get_running_loop().create_task(_discard_output(proc))
                     return data
 
     async def _wait_ready(self, replica: Replica) -> None:
         """Until ``/v2/health/ready`` answers 200 (a model still waiting for its alias: not yet)."""
         url = f"http://127.0.0.1:{replica.http_port}/v2/health/ready"
-        while replica.proc.returncode is None:
+        while replica.proc.returncode is None and replica.state == "listening":
             if await asyncio.to_thread(_http_ok, url):
                 return
             await asyncio.sleep(0.2)
-        raise ValueError(f"exited with {replica.proc.returncode}")
+        if replica.proc.returncode is not None:
+            raise ValueError(f"exited with {replica.proc.returncode}")
 
     async def _watch(self, replica: Replica) -> None:
-        """A replica that exits without being asked: out of the balancer now, a new one started."""
+        """A replica that exits without being asked: its slot is freed and a new one started."""
         code = await replica.proc.wait()
-        if self.replicas.get(replica.slot) is not replica:
-            return
-        if replica.state == "draining" or self._stopping:
+        if self.replicas.get(replica.slot) is not replica or replica.state == "draining" or self._stopping:
             return
         log.warning("replica %d (pid %d) exited with %s: replacing it", replica.slot, replica.proc.pid, code)
-        was_ready = replica.state == "ready"
-        if was_ready:  # its replacement takes its ports: the balancer's config stays as it is
-            self._reuse[replica.slot] = (replica.http_port, replica.grpc_port)
         del self.replicas[replica.slot]
         self.aggregator.retire(replica)
         self.replaced += 1
-        if not was_ready:  # it failed to start (a broken model?): do not spin
+        if replica.state != "ready":  # it failed to start (a broken model?): do not spin
             await asyncio.sleep(RESTART_BACKOFF_S)
         self._changed.set()
 
-    async def _route(self) -> None:
-        members = sorted([*((r.http_port, r.grpc_port) for r in self.ready()), *self._reuse.values()])
-        await self.balancer.set_members(members)
-
     async def _drain(self, replica: Replica) -> None:
-        """Out of the balancer, its requests finished, then stopped."""
-        async with self._lock:
-            replica.state = "draining"
-            await self._route()  # returns once nginx's old workers finished their requests
+        """Stop listening, wait until nginx closed its connections to it, then stop it."""
+        with contextlib.suppress(ProcessLookupError):
+            replica.proc.send_signal(signal.SIGUSR1)  # its handler is in place once it listens
+        ports = (replica.http_port, replica.grpc_port)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        await asyncio.sleep(0.05)
         while time.monotonic() < deadline and replica.proc.returncode is None:
-            in_flight = await asyncio.to_thread(self.aggregator.in_flight, replica)
-            if not in_flight:
+            if not await asyncio.to_thread(open_connections, ports):
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+        else:
+            if replica.proc.returncode is None:
+                log.warning("replica %d still had connections after %.0f s", replica.slot, DRAIN_TIMEOUT_S)
         self.aggregator.retire(replica)
         with contextlib.suppress(ProcessLookupError):
             replica.proc.send_signal(signal.SIGTERM)
@@ -210,47 +220,33 @@ class Supervisor:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 replica.proc.kill()
-        self.replicas.pop(replica.slot, None)
+            await replica.proc.wait()
+        if self.replicas.get(replica.slot) is replica:
+            del self.replicas[replica.slot]
         log.info("replica %d (pid %d) drained and stopped", replica.slot, replica.proc.pid)
 
     async def reconcile(self) -> None:
         """Start or drain replicas until the count matches ``desired``; runs until stopped."""
-        starting: set[asyncio.Task[None]] = set()
         while not self._stopping:
             self._changed.clear()
             live = [r for r in self.replicas.values() if r.state != "draining"]
-            spare = sorted(s for s in self._reuse if s not in self._spawning and s not in self.replicas)
-            excess = len(live) + len(self._spawning) + len(spare) - self.desired
-            if spare and excess > 0:  # fewer wanted now: dead replicas' ports are not taken over
-                for slot in spare[:excess]:
-                    self._reuse.pop(slot)
-                async with self._lock:
-                    await self._route()
-                continue
             if len(live) + len(self._spawning) < self.desired:
-                for _ in range(self.desired - len(live) - len(self._spawning)):
-                    taken = set(self.replicas) | self._spawning
-                    free = [s for s in spare if s not in taken]
-                    slot = free[0] if free else next(i for i in range(len(taken) + 1) if i not in taken)
+                free = [s for s in range(self.max) if s not in self.replicas and s not in self._spawning]
+                for slot in free[: self.desired - len(live) - len(self._spawning)]:
                     self._spawning.add(slot)  # taken until its process is in self.replicas
-                    task = asyncio.get_running_loop().create_task(self._start(slot))
-                    starting.add(task)
-                    task.add_done_callback(starting.discard)
-                    task.add_done_callback(self._started)
+                    self._spawn(self._start(slot))
+                # too few free slots: draining replicas still hold theirs, their exit wakes us
             elif len(live) > self.desired:
                 # the newest first, and those not ready yet before those serving
                 order = sorted(live, key=lambda r: (r.state == "ready", -r.started))
                 for replica in order[: len(live) - self.desired]:
-                    if replica.state == "ready":
-                        await self._drain(replica)
-                    else:  # never routed to: nothing to drain
+                    if replica.state == "starting":  # not listening yet: no request can be there
                         _kill(replica)
                         self.replicas.pop(replica.slot, None)
-                continue
+                    else:
+                        replica.state = "draining"
+                        self._spawn(self._drain(replica))
             await self._changed.wait()
-
-    def _started(self, _task: asyncio.Task[None]) -> None:
-        self._changed.set()
 
     def set_desired(self, count: int, decision: dict[str, Any] | None) -> None:
         if not self.min <= count <= self.max:
@@ -271,7 +267,7 @@ class Supervisor:
             "desired": self.desired,
             "min_replicas": self.min,
             "max_replicas": self.max,
-            "ready": len(self.serving()),
+            "ready": len(self.ready()),
             "replaced": self.replaced,
             "replicas": [r.as_dict() for r in sorted(self.replicas.values(), key=lambda r: r.slot)],
             "decision": self.decision,
@@ -303,6 +299,9 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(replica.proc.wait(), 30)
             admin.close()
+            for pair in self._reserved:
+                for sock in pair:
+                    sock.close()
 
     def ports(self) -> dict[str, int]:
         return {
@@ -312,16 +311,62 @@ class Supervisor:
         }
 
 
-async def _drain(proc: asyncio.subprocess.Process) -> None:
+async def _discard_output(proc: asyncio.subprocess.Process) -> None:
     assert proc.stdout is not None
     while await proc.stdout.read(65536):
         pass
 
 
 def _kill(replica: Replica) -> None:
+    """Stop a replica still loading its models (SIGTERM: should it listen by now, it finishes
+    what it was sent as any server being stopped does)."""
     replica.state = "draining"
     with contextlib.suppress(ProcessLookupError):
-        replica.proc.kill()
+        replica.proc.terminate()
+
+
+def reserve_port() -> socket.socket:
+    """A loopback port held for a replica slot: bound with SO_REUSEADDR and never listening, so
+    connections to it are refused until a replica (binding it with SO_REUSEADDR, as asyncio
+    does) listens there, and refused again once it stopped."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def open_connections(ports: tuple[int, ...]) -> int:
+    """TCP connections open (or being opened) to ``ports`` on this host, from /proc/net/tcp."""
+    wanted = {f"{p:04X}" for p in ports}
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] in _OPEN_STATES and fields[1].rsplit(":", 1)[1] in wanted:
+                count += 1
+    return count
+
+
+def replica_idle_timeout(serve_args: list[str]) -> float:
+    """The replicas' ``idle_timeout_s`` from their ``--limits-json``/``--limit`` arguments: nginx
+    must close an idle upstream connection before a replica does (a replica closing one as nginx
+    sends a gRPC call on it fails that call)."""
+    limits_json = None
+    pairs: list[str] = []
+    for i, arg in enumerate(serve_args[:-1]):
+        if arg == "--limits-json":
+            limits_json = serve_args[i + 1]
+        elif arg == "--limit":
+            pairs.append(serve_args[i + 1])
+    try:
+        base = ServerLimits.model_validate_json(limits_json) if limits_json else None
+        return ServerLimits.from_pairs(tuple(pairs), base).idle_timeout_s
+    except ValueError:  # the replicas say what is wrong with them when they start
+        return ServerLimits().idle_timeout_s
 
 
 def _http_ok(url: str) -> bool:

@@ -89,12 +89,6 @@ async def serve(
         drain.drain_on_signal(listeners, lambda: setattr(service, "ready", False))
     ready = {"event": "ready", **ports, "models": [e["name"] for e in service.repo.index()]}
     (on_ready or _print_ready)(ready)
-    loop = asyncio.get_running_loop()
-    handover.offer(  # a standby: stop once the supervised successor took the sockets
-        os.environ.get(handover.OFFER_ENV),
-        [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])],
-        lambda: loop.call_soon_threadsafe(stop.set),
-    )
     try:
         await stop.wait()
     finally:

@@ -23,6 +23,9 @@ from appliance.stack import RenderedService
 from .inventory import Inventory, role_of
 
 SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
+DB_PASSWORD = "mlflow_db_password"
+"""The secret MLflow's PostgreSQL role logs in with (``roles/appliance_mlflow``)."""
+PG_PORT = 5432
 
 
 def host_context(
@@ -64,6 +67,16 @@ def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStor
     }
 
 
+def postgresql_backend(command: list[str], env: dict[str, str], password: str) -> None:
+    """MLflow's backend store becomes the control host's PostgreSQL (``cluster.mlflow_backend``):
+    the stack's ``--backend-store-uri`` goes from the command line, where ``ps`` would show the
+    password, into the 0600 environment file (``MLFLOW_BACKEND_STORE_URI``, which mlflow reads)."""
+    if "--backend-store-uri" in command:
+        at = command.index("--backend-store-uri")
+        del command[at : at + 2]
+    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{PG_PORT}/mlflow"
+
+
 def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any]]:
     """Per host: ``appliance_<role>_units`` for each role with units there, and the secrets its
     units name (``appliance_common_secrets``)."""
@@ -87,9 +100,16 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 roles.setdefault(role_of(name), []).append(
                     unit(services[name], mine, answers.cluster.venv, store)
                 )
-        text = repr(roles)
-        needed = sorted(set(SECRET_FILE.findall(text)))
         host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
+        if "mlflow" in mine:
+            host_vars["appliance_mlflow_backend"] = answers.cluster.mlflow_backend
+            if answers.cluster.mlflow_backend == "postgresql":
+                mlflow = next(u for u in roles["mlflow"] if u["name"] == "mlflow")
+                postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD))
+        text = repr(roles)
+        needed = sorted(
+            set(SECRET_FILE.findall(text)) | ({DB_PASSWORD} if "MLFLOW_BACKEND_STORE_URI" in text else set())
+        )
         host_vars["appliance_common_secrets"] = {n: store.get(n) for n in needed}
         result[host] = host_vars
     return result

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("systemd-sysv", "openssh-server", "python3", "sudo", "ca-certificates")
+PACKAGES = ("systemd-sysv", "openssh-server", "python3", "sudo", "ca-certificates", "python3-apt")
+# What the roles install with apt, already in the image so that a test's `up` needs no mirror (a
+# user's hosts get them from apt or the bundle's debs). Their own units are not enabled: the roles
+# start PostgreSQL and run the monitoring binaries as the appliance's units.
+ROLE_PACKAGES = ("postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+NOT_AT_BOOT = ("postgresql.service", "prometheus.service", "prometheus-alertmanager.service",
+               "prometheus-node-exporter.service")  # fmt: skip
 HOST_KEYS_UNIT_NAME = "regen-ssh-host-keys.service"
 HOST_KEYS_UNIT = """\
 [Unit]
@@ -51,7 +57,13 @@ MASKED = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service", "systemd-logind.service",
 )  # fmt: skip
 RECIPE = json.dumps(
-    {"suite": "bookworm", "packages": PACKAGES, HOST_KEYS_UNIT_NAME: HOST_KEYS_UNIT, "masked": MASKED},
+    {
+        "suite": "bookworm",
+        "packages": PACKAGES + ROLE_PACKAGES,
+        "not_at_boot": NOT_AT_BOOT,
+        HOST_KEYS_UNIT_NAME: HOST_KEYS_UNIT,
+        "masked": MASKED,
+    },
     sort_keys=True,
 )
 IMAGE = f"localhost/appliance-cluster-host:{hashlib.sha256(RECIPE.encode()).hexdigest()[:12]}"
@@ -80,8 +92,8 @@ def ensure_image() -> str:
     root = Path(tempfile.mkdtemp(prefix="appliance-cluster-host.", dir="/var/tmp"))
     try:
         _run(
-            "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(root),
-            _mirror(), timeout=1200,
+            "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES + ROLE_PACKAGES)}",
+            "bookworm", str(root), _mirror(), timeout=1200,
         )  # fmt: skip
         (root / "etc/machine-id").write_text("")
         for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -90,6 +102,8 @@ def ensure_image() -> str:
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / HOST_KEYS_UNIT_NAME).symlink_to(f"/etc/systemd/system/{HOST_KEYS_UNIT_NAME}")
+        for unit in NOT_AT_BOOT:
+            (wants / unit).unlink(missing_ok=True)
         for unit in MASKED:
             (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (root / "etc/systemd/system" / unit).symlink_to("/dev/null")

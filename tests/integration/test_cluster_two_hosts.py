@@ -122,11 +122,61 @@ def test_a_second_up_changes_nothing_on_any_host(lab: Lab) -> None:
     assert {h: r["changed"] for h, r in result.items()} == {"control": 0, "serving": 0}
 
 
+def _mlflow(lab: Lab, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow REST call from this machine to the control host, as the writer account."""
+    import base64
+    import urllib.request
+
+    password = (lab.state / "secrets" / "mlflow_writer_password").read_text().strip()
+    request = urllib.request.Request(
+        f"http://{lab.hosts.hosts['control'].address}:5000/api/2.0/mlflow/{path}",
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"appliance-writer:{password}".encode()).decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def _psql(lab: Lab, query: str) -> str:
+    done = lab.hosts.ssh("control", f'runuser -u postgres -- psql -d mlflow -tAc "{query}"')
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_host(lab: Lab) -> None:
+    experiment = _mlflow(lab, "experiments/create", {"name": "cluster-postgresql"})["experiment_id"]
+    run = _mlflow(lab, "runs/create", {"experiment_id": experiment})["run"]["info"]["run_id"]
+    _mlflow(lab, "runs/log-metric", {"run_id": run, "key": "auc", "value": 0.93, "timestamp": 0, "step": 0})
+    _mlflow(lab, "registered-models/create", {"name": "cluster_pg_model"})
+    version = _mlflow(
+        lab,
+        "model-versions/create",
+        {"name": "cluster_pg_model", "source": f"runs:/{run}/model", "run_id": run},
+    )["model_version"]["version"]
+    # The rows are in PostgreSQL's tables (no SQLite file on the host), written through MLflow.
+    assert _psql(lab, f"SELECT value FROM metrics WHERE run_uuid = '{run}' AND key = 'auc'") == "0.93"
+    assert _psql(lab, "SELECT version FROM model_versions WHERE name = 'cluster_pg_model'") == str(version)
+    assert "sqlite" not in lab.hosts.ssh("control", "cat /etc/appliance-mlflow.env").stdout
+    assert lab.hosts.ssh("control", "test -e /var/lib/appliance/mlflow/mlflow.db").returncode == 1
+    # PostgreSQL listens on loopback and the cluster address only, and asks MLflow's role for a password.
+    listen = _psql(lab, "SHOW listen_addresses")
+    assert listen == f"localhost,{lab.hosts.hosts['control'].address}", listen
+    rules = _psql(lab, "SELECT auth_method FROM pg_hba_file_rules WHERE 'mlflow' = ANY(user_name)")
+    assert set(rules.split()) == {"scram-sha-256"}, rules
+    mode = lab.hosts.ssh("control", "stat -c '%a %U' /var/lib/appliance/secrets/mlflow_db_password").stdout
+    assert mode.strip() == "600 appliance"
+
+
 def test_down_stops_every_unit_and_keeps_the_data(lab: Lab) -> None:
     code, result, output = lab.cli("down")
     assert code == 0 and all(r["failed"] == 0 for r in result.values()), output
     code, status, output = lab.cli("status")
     assert code == 0, output
     assert all(state.startswith("inactive") for units in status.values() for state in units.values()), status
-    kept = lab.hosts.ssh("control", "test -s /var/lib/appliance/mlflow/mlflow.db && echo kept")
-    assert "kept" in kept.stdout
+    kept = lab.hosts.ssh(
+        "control", "systemctl is-active postgresql; ls /var/lib/postgresql/15/main/base | wc -l"
+    ).stdout.split()
+    assert kept[0] == "inactive" and int(kept[1]) >= 4, kept  # stopped, MLflow's database still there

@@ -72,6 +72,33 @@ def test_each_host_gets_its_own_units_seeing_the_others_at_their_addresses(tmp_p
     assert sys.prefix + "/" not in repr(per_host) or sys.prefix == "/opt/appliance/venv"
 
 
+def test_mlflow_on_postgresql_takes_its_uri_from_the_0600_environment_not_the_command_line(
+    tmp_path: Path,
+) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    mlflow = per_host["ctl1"]["appliance_mlflow_units"][0]
+    password = (tmp_path / "secrets" / "mlflow_db_password").read_text().strip()
+    assert (
+        len(password) >= 16
+        and stat.S_IMODE((tmp_path / "secrets" / "mlflow_db_password").stat().st_mode) == 0o600
+    )
+    assert "--backend-store-uri" not in mlflow["command"] and password not in repr(mlflow["command"])
+    assert (
+        mlflow["env"]["MLFLOW_BACKEND_STORE_URI"]
+        == f"postgresql+psycopg://mlflow:{password}@127.0.0.1:5432/mlflow"
+    )
+    assert per_host["ctl1"]["appliance_mlflow_backend"] == "postgresql"
+    assert per_host["ctl1"]["appliance_common_secrets"]["mlflow_db_password"] == password
+    assert "mlflow_db_password" not in per_host["srv1"]["appliance_common_secrets"]  # only where MLflow runs
+    sqlite = render_hosts(answers(cluster={"hosts": HOSTS, "mlflow_backend": "sqlite"}), tmp_path / "s2")
+    kept = sqlite["ctl1"]["appliance_mlflow_units"][0]
+    assert (
+        "MLFLOW_BACKEND_STORE_URI" not in kept["env"]
+        and "mlflow_db_password" not in sqlite["ctl1"]["appliance_common_secrets"]
+    )
+    assert kept["command"][kept["command"].index("--backend-store-uri") + 1].startswith("sqlite:///")
+
+
 def test_the_inventory_holds_secrets_so_it_is_0600_with_the_groups_and_ssh_settings(tmp_path: Path) -> None:
     chosen = answers()
     per_host = render_hosts(chosen, tmp_path / "secrets")

@@ -139,10 +139,11 @@ def container_engine(runtime: str, root: Path) -> Engine:
     return Engine(ctx, stack_file=stack)
 
 
-def lab_engine(runtime: str, root: Path) -> Engine:
+def lab_engine(runtime: str, root: Path, extra: dict[str, Any] | None = None) -> Engine:
     """An Engine on ``runtime`` over the project's own stack file, lab profile, on free ports, state
-    under ``root``: the monitoring services in the prometheus-debian image, no workbench."""
-    answers = Answers.model_validate(lab_answers(runtime) | {"ports": free_ports()})
+    under ``root``: the monitoring services in the prometheus-debian image, no workbench
+    (``extra``: more answers, e.g. a ``serving`` section)."""
+    answers = Answers.model_validate(lab_answers(runtime) | {"ports": free_ports()} | (extra or {}))
     return Engine(AppContext.create(answers, None, root / "state"))
 
 

@@ -3,7 +3,8 @@ podman and on docker: MLflow, the model server, the retraining controller, Prome
 Alertmanager and the node exporter (the workbench is switched off here; test_container_images.py
 runs it). Up to healthy, a zero-action plan, the controller answering, Prometheus scraping the
 model server and the controller by service name, a retrain started through the controller's API
-that trains in the controller's container, registers a version in MLflow and is then served, a
+that trains in the controller's container, registers a version in MLflow and is then served (by
+two model-server replicas behind the serving image's nginx, both reached over REST and gRPC), a
 killed container restarted by its policy, and a down that removes every container and network of
 the stack and touches nothing else.
 
@@ -51,6 +52,7 @@ LAB_SERVICES = {
     "alertmanager",
     "node-exporter",
 }
+REPLICAS = {"min_replicas": 2, "max_replicas": 2}
 ONESHOT = {"mlflow-users", "buckets"}
 """Jobs that ran to completion in their container (no process left)."""
 
@@ -61,7 +63,8 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if not runtime_available(name):
         pytest.skip(f"{name} is not installed or its daemon does not answer")
     ensure_images(name, LAB_IMAGES)
-    engine = lab_engine(name, tmp_path_factory.mktemp(name))
+    # two model-server replicas behind the balancer in the serving container
+    engine = lab_engine(name, tmp_path_factory.mktemp(name), {"serving": REPLICAS})
     runtime: Any = engine.runtime
     started = time.monotonic()
     try:
@@ -186,6 +189,61 @@ def test_a_retrain_through_the_controller_registers_a_version_the_server_then_se
     assert "breast_cancer/breast_cancer.csv" in datasets
     artifacts = [o["Key"] for o in store.list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(key.endswith("model.onnx") for key in artifacts), artifacts
+
+
+def test_both_replicas_in_the_serving_container_answer_rest_and_grpc(lab: Engine) -> None:
+    """serving.max_replicas 2: the serving container runs the balancer (its image's nginx) and two
+    model servers, and requests over REST and gRPC from the host reach both (after the retrain
+    above, both serve the champion)."""
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    ports = lab.ctx.answers.ports
+    secrets = lab.ctx.state_dir / "secrets"
+    admin = {"Authorization": f"Bearer {(secrets / 'serving_admin_token').read_text().strip()}"}
+    auth = {"Authorization": f"Bearer {(secrets / 'serving_token').read_text().strip()}"}
+    supervisor = f"http://127.0.0.1:{ports.serving_metrics}"
+    deadline = time.monotonic() + 120
+    while (state := httpx.get(f"{supervisor}/replicas", headers=admin, timeout=10).json())["ready"] < 2:
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    assert len(state["replicas"]) == 2 and len({r["pid"] for r in state["replicas"]}) == 2, state
+    serving = lab.desired["serving"].url
+    meta = httpx.get(f"{serving}/models/breast_cancer", headers=auth, timeout=10).json()
+    features = meta["inputs"][0]["shape"][-1]
+    x = np.random.default_rng(5).normal(size=(1, features)).astype(np.float32)
+    body = {"inputs": [{"name": meta["inputs"][0]["name"], "datatype": "FP32", "shape": [1, features],
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    before = httpx.get(f"{supervisor}/metrics", timeout=30).text
+    with httpx.Client(headers=auth, timeout=30) as client:
+        for _ in range(30):
+            r = client.post(f"{serving}/models/breast_cancer/infer", json=body)
+            assert r.status_code == 200, r.text
+    with grpc.insecure_channel(f"127.0.0.1:{ports.serving_grpc}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="breast_cancer")
+        req.inputs.add(name=meta["inputs"][0]["name"], datatype="FP32", shape=[1, features])
+        req.raw_input_contents.append(x.tobytes())
+        for _ in range(30):
+            stub.ModelInfer(req, metadata=(("authorization", auth["Authorization"]),), timeout=30)
+    after = httpx.get(f"{supervisor}/metrics", timeout=30).text
+    for protocol in ("rest", "grpc"):
+        was, now = _per_replica(before, protocol), _per_replica(after, protocol)
+        sent = {k: v - was.get(k, 0.0) for k, v in now.items()}
+        assert sum(sent.values()) == 30 and len([v for v in sent.values() if v > 0]) == 2, (protocol, sent)
+
+
+def _per_replica(text: str, protocol: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("appliance_inference_requests_total{") and all(
+            f in line for f in (f'protocol="{protocol}"', 'outcome="success"', 'model="breast_cancer"')
+        ):
+            replica = line.split('replica="', 1)[1].split('"', 1)[0]
+            out[replica] = out.get(replica, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def test_a_pipeline_the_user_writes_in_state_pipelines_after_up_runs_in_the_controller(

@@ -5,7 +5,8 @@ model server over HTTPS and gRPC over TLS through one port, verified against the
 (by httpx, tritonclient and a raw grpcio channel); MLflow and the workbench (WebSockets included)
 over HTTPS; clients that do not trust the CA, or speak plain text, are refused. Changing the TLS
 answers recreates the gateway alone (a re-issued certificate under the same CA), and switching
-TLS off removes it without touching the services behind it.
+TLS off removes it without touching the services behind it. The model server runs two replicas
+behind its balancer, and requests through the gateway reach both on both protocols.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def stack_answers(models: Path, **tls: object) -> dict[str, object]:
         "profile": "custom",
         "object_store": {"kind": "filesystem"},
         "components": {"monitoring": False, "controller": False},
-        "serving": {"model": str(models / "mlp"), "poll_seconds": 0},
+        # two replicas behind the serving balancer: the gateway reaches them through it
+        "serving": {"model": str(models / "mlp"), "poll_seconds": 0, "min_replicas": 2, "max_replicas": 2},
         "tls": {"enabled": True, **tls},
     }
 
@@ -156,6 +158,55 @@ def test_grpc_over_tls_with_tritonclient_and_a_raw_channel(stack: tuple[Path, Pa
         with pytest.raises(grpc.RpcError) as plain:
             pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
         assert plain.value.code() != grpc.StatusCode.OK
+
+
+def served_per_replica(answers: Path, protocol: str) -> dict[str, float]:
+    """Successful inferences per replica, from the serving supervisor's metrics."""
+    text = httpx.get(f"http://127.0.0.1:{ports(answers)['serving_metrics']}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("appliance_inference_requests_total{")
+            and f'protocol="{protocol}"' in line
+            and 'outcome="success"' in line
+        ):
+            replica = line.split('replica="', 1)[1].split('"', 1)[0]
+            out[replica] = out.get(replica, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_https_and_grpc_over_tls_spread_over_both_replicas(stack: tuple[Path, Path], models: Path) -> None:
+    answers, state = stack
+    before = {p: served_per_replica(answers, p) for p in ("rest", "grpc")}
+    x = training_data(rows=2)
+    expected = reference(models, x)
+    auth = {"Authorization": f"Bearer {token(state)}"}
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
+    base = f"https://127.0.0.1:{ports(answers)['gateway_serving']}"
+    with httpx.Client(verify=trusting(state), headers=auth, timeout=10) as client:  # one connection
+        for _ in range(40):
+            resp = client.post(f"{base}/v2/models/mlp/infer", json=body)
+            assert resp.status_code == 200, resp.text
+            got = np.array(resp.json()["outputs"][0]["data"], dtype=np.float32).reshape(expected.shape)
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+    credentials = grpc.ssl_channel_credentials(Path(ca(state)).read_bytes())
+    target = f"localhost:{ports(answers)['gateway_serving']}"
+    with grpc.secure_channel(target, credentials) as channel:  # one HTTP/2 connection
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="mlp")
+        req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        req.raw_input_contents.append(x.tobytes())
+        for _ in range(40):
+            reply = stub.ModelInfer(req, metadata=(("authorization", auth["Authorization"]),), timeout=10)
+            got = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32).reshape(expected.shape)
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+    for protocol in ("rest", "grpc"):
+        after = served_per_replica(answers, protocol)
+        sent = {k: v - before[protocol].get(k, 0.0) for k, v in after.items()}
+        assert sum(sent.values()) == 40, (protocol, sent)
+        assert len([v for v in sent.values() if v > 0]) == 2, (protocol, sent)  # both replicas
 
 
 def test_mlflow_and_workbench_over_https(stack: tuple[Path, Path]) -> None:

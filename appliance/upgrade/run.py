@@ -4,9 +4,10 @@ Upgrade, from the release the stack runs (``releases.active``) to another instal
 
 1. show what changes (``changes.diff``) and ask;
 2. journal ``backing-up``: ``appliance backup`` into ``STATE/backups/`` (the rollback point);
-3. journal ``applying``: MLflow's ``db upgrade`` when the schema changes; point ``current`` at
-   the new release and run *its* ``appliance up``, which recreates each changed service in
-   dependency order, each gated on its health check; then every service must report healthy;
+3. journal ``applying``: when the schema changes, MLflow stopped and its ``db upgrade`` run
+   (checked to reach the new head); point ``current`` at the new release and run *its*
+   ``appliance up``, which recreates each changed service in dependency order, each gated on its
+   health check; then every service must report healthy;
 4. journal ``done``.
 
 Any failure in 3 rolls back by itself: the new release's ``down``, ``restore`` of the backup
@@ -176,6 +177,7 @@ def _apply(ctx: AppContext, plan: Plan, say: Say) -> None:
     to = plan.to_release
     migration = next((c for c in plan.changes if c.kind == "mlflow-schema"), None)
     if migration is not None and (ctx.state_dir / "mlflow" / "mlflow.db").is_file():
+        stop_tracking_server(ctx, say)
         migrate_tracking_db(to, ctx.state_dir / "mlflow" / "mlflow.db", migration.after, say)
     activate(ctx.state_dir, to)
     say(f"up: release {to.version}, service by service, each gated on its health check")
@@ -183,6 +185,20 @@ def _apply(ctx: AppContext, plan: Plan, say: Say) -> None:
     bad = unhealthy(_run_cli(to, ctx, "status", "--json"))
     if bad:
         raise ApplianceError(f"not healthy after the upgrade: {', '.join(bad)}")
+
+
+def stop_tracking_server(ctx: AppContext, say: Say) -> None:
+    """Stop the running MLflow before its database is migrated: the old server would go on
+    writing with the old schema's statements into tables the migration is changing. The new
+    release's ``up`` starts MLflow again right after; the model server keeps serving the model it
+    has loaded meanwhile, and only MLflow's own clients (training, the workbench) wait."""
+    from appliance.runtimes import get_runtime
+
+    runtime = get_runtime(ctx)
+    seen = runtime.observe().get("mlflow")
+    if seen is not None and seen.running:
+        say("mlflow: stopping the tracking server for the schema migration")
+        runtime.stop("mlflow")
 
 
 def migrate_tracking_db(release: Release, db: Path, head: str | None, say: Say) -> None:

@@ -1,18 +1,21 @@
 """The upgrade's MLflow migration step judged by its outcome: a failing ``mlflow db upgrade`` and
-one that exits 0 but leaves the database short of the new head both stop the upgrade, naming why.
-A stand-in ``mlflow`` script plays the release's MLflow (the real migration runs in
+one that exits 0 but leaves the database short of the new head both stop the upgrade, naming why;
+a running MLflow is stopped first. A stand-in ``mlflow`` script plays the release's MLflow and a
+stand-in runtime the stack (the real migration runs in
 tests/integration/test_upgrade_migration.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from appliance.errors import ApplianceError
 from appliance.upgrade.releases import Release
-from appliance.upgrade.run import migrate_tracking_db
+from appliance.upgrade.run import migrate_tracking_db, stop_tracking_server
 
 
 def _release(root: Path, script: str) -> Release:
@@ -60,3 +63,29 @@ def test_the_release_mlflow_gets_the_database_uri(tmp_path: Path) -> None:
     said: list[str] = []
     migrate_tracking_db(_release(tmp_path, script), db, "new2", said.append)
     assert said[-1] == "mlflow: the tracking database is at schema new2"
+
+
+class _Runtime:
+    def __init__(self, running: bool) -> None:
+        self.running = running
+        self.stopped: list[str] = []
+
+    def observe(self) -> dict[str, Any]:
+        return {"mlflow": SimpleNamespace(running=self.running)}
+
+    def stop(self, name: str) -> None:
+        self.stopped.append(name)
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_running_mlflow_is_stopped_before_the_migration(
+    running: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import appliance.runtimes
+
+    runtime = _Runtime(running)
+    monkeypatch.setattr(appliance.runtimes, "get_runtime", lambda ctx: runtime)
+    said: list[str] = []
+    stop_tracking_server(SimpleNamespace(), said.append)  # type: ignore[arg-type]
+    assert runtime.stopped == (["mlflow"] if running else [])
+    assert bool(said) == running

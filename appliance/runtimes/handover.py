@@ -18,6 +18,7 @@ The held sockets are given once, to the first process that asks, and closed afte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -26,12 +27,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 HANDOVER_ENV = "APPLIANCE_HANDOVER_SOCKET"
+OFFER_ENV = "APPLIANCE_HANDOVER_OFFER"
+"""Set for a standby server (see LocalRuntime): once ready it offers its own listening sockets at
+this path, and stops (drains and exits) as soon as its successor has taken them."""
 TAKES_OVER = {"serving": ("http", "grpc")}
 """Services whose process takes its listening sockets over, and which of their ports: the model
 server alone (its metrics port is not held: scrapes may miss a beat, clients do not)."""
@@ -49,6 +53,22 @@ def applies(name: str, command: list[str]) -> bool:
     if "--max-replicas" in command[:-1]:
         return command[command.index("--max-replicas") + 1] == "1"
     return True
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """A socket file's inode and change time: a new file may get the inode number of one just
+    removed, not also its time."""
+    st = path.stat()
+    return st.st_ino, st.st_ctime_ns
+
+
+def offered_again(holder: Holder) -> bool:
+    """Whether the process that took ``holder``'s sockets offers them at the same path: a
+    standby that is ready."""
+    try:
+        return holder.given.is_set() and _identity(holder.path) != holder.identity
+    except OSError:
+        return False
 
 
 class HandoverUnavailableError(OSError):
@@ -120,6 +140,7 @@ class Holder:
     def __init__(self, path: Path, sockets: dict[int, socket.socket], hold_s: float = HOLD_S) -> None:
         self.path, self.sockets, self.hold_s = path, sockets, hold_s
         self.given = threading.Event()
+        self.closed = threading.Event()
         path.unlink(missing_ok=True)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -127,6 +148,7 @@ class Holder:
             self._server.bind(str(path))
         finally:
             os.umask(old_umask)
+        self.identity = _identity(path)
         self._server.listen(4)
         self._thread = threading.Thread(target=self._serve, name=f"handover {path.name}", daemon=True)
         self._thread.start()
@@ -164,10 +186,34 @@ class Holder:
         """Close the held sockets (the successor has its own copies) and the Unix socket."""
         self._server.close()
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            if _identity(self.path) == self.identity:  # not a successor's offer at the same path
+                self.path.unlink()
         for sock in self.sockets.values():
             sock.close()
         self.sockets = {}
+        self.closed.set()
+
+
+def offer(
+    path: str | None, servers: Iterable[asyncio.Server], on_given: Callable[[], object]
+) -> Holder | None:
+    """The standby's side: hold copies of ``servers``' listening sockets at ``path``; call
+    ``on_given`` (from another thread) once a successor has taken them."""
+    if not path:
+        return None
+    sockets: dict[int, socket.socket] = {}
+    for server in servers:
+        for sock in server.sockets:
+            copy = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            sockets[copy.getsockname()[1]] = copy
+    holder = Holder(Path(path), sockets)
+
+    def wait() -> None:
+        holder.given.wait()
+        on_given()
+
+    threading.Thread(target=wait, name="handover offer", daemon=True).start()
+    return holder
 
 
 def receive(path: str | None, host: str, ports: Iterable[int]) -> dict[int, socket.socket]:

@@ -37,6 +37,9 @@ STATES: dict[str, ProcState] = {
     "FATAL": "failed",
     "UNKNOWN": "failed",
 }
+STANDBY = "-standby"
+"""Marker suffix of a standby model server (its launcher-free start is not the service's own)."""
+STANDBY_READY_S = 300.0
 AUTORESTART = {"always": "true", "on-failure": "unexpected", "no": "false"}
 
 
@@ -158,7 +161,10 @@ class LocalRuntime:
         if service.oneshot:
             self._run_oneshot(service)
             return
-        self._hold_sockets(service)
+        holder = self._hold_sockets(service)
+        standby = self._start_standby(service, holder) if holder is not None else None
+        if holder is not None and standby is None and holder.given.is_set():
+            holder = self._hold_sockets(service)  # the failed standby had them: from the old one again
         self._forget(service.name)
         self._write_files(service)
         _write_atomic(self._program_file(service.name), self._program_text(service))
@@ -166,6 +172,8 @@ class LocalRuntime:
         proxy.reloadConfig()
         proxy.addProcessGroup(service.name)
         self.start(service)
+        if standby is not None:
+            self._await_takeover(service.name, standby)
 
     def start(self, service: RenderedService) -> None:
         if service.oneshot:
@@ -179,23 +187,76 @@ class LocalRuntime:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
 
-    def _hold_sockets(self, service: RenderedService) -> None:
+    def _hold_sockets(self, service: RenderedService) -> handover.Holder | None:
         """Before a running model server is replaced, keep its listening sockets open for its
         successor (handover.py), so that clients wait for the new one instead of being refused."""
         if not handover.applies(service.name, service.command):
-            return
+            return None
         ports = [service.ports[p] for p in handover.TAKES_OVER[service.name] if service.ports.get(p, 0) > 0]
-        pids = pids_with_marker(self.marker_prefix + service.name, exact=True)
+        marker = self.marker_prefix + service.name
+        pids = pids_with_marker(marker, exact=True) + pids_with_marker(marker + STANDBY, exact=True)
         if not ports or not pids or not self.sup.alive():
-            return
+            return None
         try:
             sockets = handover.take(pids, ports)
         except handover.HandoverUnavailableError as err:
             print(f"{service.name}: its ports close while it restarts ({err})", file=sys.stderr, flush=True)
-            return
-        if sockets:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            handover.Holder(self._handover_file(service.name), sockets)
+            return None
+        if not sockets:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return handover.Holder(self._handover_file(service.name), sockets)
+
+    def _start_standby(self, service: RenderedService, holder: handover.Holder) -> subprocess.Popen | None:
+        """The new server, once, outside supervisord: it loads its models while the old one still
+        serves, takes the held sockets and answers beside it; then the old one is stopped and the
+        supervised successor takes the sockets from the standby once *its* models are loaded, so
+        no request waits for a model to load. None (and the held sockets alone bridge the
+        restart) when the standby does not get ready."""
+        marker = self.marker_prefix + service.name + STANDBY
+        env = (
+            os.environ
+            | self._service_env(service)
+            | {MARKER_VAR: marker, handover.OFFER_ENV: str(holder.path)}
+        )
+        log = self._log(service.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                service.command,
+                env=env,
+                cwd=self.state_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + STANDBY_READY_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            if handover.offered_again(holder):
+                return proc
+            time.sleep(0.05)
+        print(
+            f"{service.name}: no standby server (it did not get ready): requests wait for the new one",
+            file=sys.stderr,
+            flush=True,
+        )
+        terminate([proc.pid])
+        proc.wait()
+        return None
+
+    def _await_takeover(self, name: str, standby: subprocess.Popen) -> None:
+        """Wait for the standby to hand its sockets to the supervised server and exit; end it if
+        the supervised one fails first (its health check then fails the apply as usual)."""
+        deadline = time.monotonic() + STANDBY_READY_S
+        while standby.poll() is None and time.monotonic() < deadline:
+            seen = self.observe().get(name)
+            if seen is not None and seen.state in ("failed", "exited", "stopped"):
+                break
+            time.sleep(0.1)
+        if standby.poll() is None:
+            terminate([standby.pid])
+        standby.wait()
 
     def stop(self, name: str) -> None:
         if self.sup.alive():

@@ -105,7 +105,11 @@ class Load:
                 time.sleep(0.005)
 
 
-def test_a_replaced_server_refuses_no_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("standby", [False, True], ids=["held-sockets", "standby-server"])
+def test_a_replaced_server_refuses_no_request(tmp_path: Path, standby: bool) -> None:
+    """held-sockets: the sockets are held while no server accepts (requests wait for the new one
+    to load). standby-server: a standby takes them while the old one still serves, serves alone
+    once it stops, and hands them to the successor when asked (the runtime's way)."""
     model = write_mlp(tmp_path / "mlp")
     env = {"APPLIANCE_SERVING_TOKEN": TOKEN}
     args = ["--model", f"mlp={model}", "--poll-seconds", "0"]
@@ -117,40 +121,49 @@ def test_a_replaced_server_refuses_no_request(tmp_path: Path) -> None:
         headers=AUTH,
     )
     want = reply.json()["outputs"][0]["data"]
-    holder_path = tmp_path / "serving.handover.sock"
+    path = tmp_path / "serving.handover.sock"
+    ports = [old.http_port, old.grpc_port]
+    same_ports = [f"--{kind}-port={getattr(old, f'{kind}_port')}" for kind in ("http", "grpc", "metrics")]
+    takes = {**env, handover.HANDOVER_ENV: str(path)}
     load = Load(old, x, want)
-    new: ServerProcess | None = None
+    servers = [old]
     try:
-        taken = handover.take([old.proc.pid], [old.http_port, old.grpc_port])
-        assert sorted(taken) == sorted([old.http_port, old.grpc_port])
-        holder = handover.Holder(holder_path, taken)
-        assert oct(holder_path.stat().st_mode & 0o777) == "0o600"
+        taken = handover.take([old.proc.pid], ports)
+        assert sorted(taken) == sorted(ports)
+        holder = handover.Holder(path, taken)
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
         for thread in load.threads:
             thread.start()
         time.sleep(1)
+        if standby:
+            servers.append(
+                start_server([*args, *same_ports], tmp_path, env={**takes, handover.OFFER_ENV: str(path)})
+            )
+            assert holder.given.wait(10) and handover.offered_again(holder)
+            time.sleep(0.5)  # both serve
         before = Counter(load.answered)
         old.stop()  # SIGTERM: the old server closes its listener and finishes what it read
         assert old.proc.returncode == 0
-        time.sleep(1)  # no process accepts now: a closed port would refuse every request here
-        ports = ["--http-port", str(old.http_port), "--grpc-port", str(old.grpc_port)]
-        new = start_server([*args, *ports], tmp_path, env={**env, handover.HANDOVER_ENV: str(holder_path)})
-        assert holder.given.wait(10)
+        time.sleep(1)  # a closed port would refuse every request here
+        servers.append(start_server([*args, *same_ports], tmp_path, env=takes))
+        if standby:
+            servers[1].proc.wait(30)  # it handed its sockets on: it drains and exits by itself
+            assert servers[1].proc.returncode == 0
+        else:
+            assert holder.given.wait(10)
         taken_over = Counter(load.answered)
         time.sleep(1)
     finally:
         load.stop.set()
         for thread in load.threads:
             thread.join(70)
-        old.stop()
-        if new is not None:
-            new.stop()
-    assert new is not None
-    log = new.log.read_text()
-    assert f"took over the listening sockets of ports {sorted([old.http_port, old.grpc_port])}" in log
-    assert not holder_path.exists()
-    print(
-        f"\nhandover: {dict(load.answered)} answered, {load.retried} sent again, {len(load.failures)} failed"
-    )
+        for server in servers:
+            server.stop()
+    assert servers[-1].metrics_port == old.metrics_port  # opened once the old server had gone
+    log = servers[-1].log.read_text()
+    assert f"took over the listening sockets of ports {sorted(ports)}" in log
+    assert not path.exists()
+    print(f"\n{dict(load.answered)} answered, {load.retried} sent again, {len(load.failures)} failed")
     assert load.failures == [], load.failures[:5]
-    for kind in ("REST kept-alive", "REST new connections", "gRPC"):  # each served by both servers
+    for kind in ("REST kept-alive", "REST new connections", "gRPC"):  # each served before and after
         assert before[kind] > 0 and load.answered[kind] > taken_over[kind], (kind, before, load.answered)

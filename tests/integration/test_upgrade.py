@@ -85,6 +85,7 @@ class TimedLoad:
         """Requests sent again because their kept-alive connection closed before any answer."""
         self.expected = predict(lab, token, data[:1])
         self.slowest = 0.0
+        self.slow: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._post, daemon=True) for _ in range(2)]
 
@@ -112,6 +113,8 @@ class TimedLoad:
                     outputs = reply.json()["outputs"] if reply.is_success else []
                     if [(o["name"], o["data"]) for o in outputs] == self.expected:
                         self.slowest = max(self.slowest, reply.elapsed.total_seconds())
+                        if reply.elapsed.total_seconds() > 1:
+                            self.slow.append((time.monotonic(), reply.elapsed.total_seconds()))
                         self.successes.append(time.monotonic())
                     else:
                         self.failures.append((time.monotonic(), f"{reply.status_code} {reply.text[:200]}"))
@@ -262,6 +265,8 @@ def test_upgrade_keeps_the_data_and_the_champion(lab: Lab, before: dict[str, Any
     assert journal(lab)["phase"] == "rolled-back"  # still the failed upgrade's: nothing was written
     assert releases.active(lab.state) == releases.get(lab.state, PREVIOUS["version"])
 
+    serving_log = lab.state / "logs" / "serving.log"
+    log_mark = serving_log.stat().st_size
     started = time.monotonic()
     with TimedLoad(lab, before["token"], rows(lab)) as load:
         time.sleep(1)
@@ -274,8 +279,14 @@ def test_upgrade_keeps_the_data_and_the_champion(lab: Lab, before: dict[str, Any
         f"over {load.outage():.1f} s ({sorted({f for _, f in load.failures})[:3]}), "
         f"{len(load.retried)} sent again on a new connection, longest answer {load.slowest:.2f} s"
     )
+    slow = [(round(t - started, 1), round(e, 1)) for t, e in load.slow]
+    print(f"answers slower than 1 s, (s after the start, s): {slow}")
+    log = serving_log.read_bytes()[log_mark:].decode(errors="replace")
+    print("\n".join(x for x in log.splitlines() if "handover" in x or "error" in x))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "appliance" in proc.stdout and f"{PREVIOUS['version']} -> " in proc.stdout  # the change list
+    # The standby took the old server's sockets, then the supervised server the standby's.
+    assert log.count("took over the listening sockets") == 2, log[-3000:]
     version = releases.source_version(REPO)
     assert stamp(lab) == version
     assert journal(lab)["phase"] == "done"

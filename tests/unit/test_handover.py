@@ -34,7 +34,7 @@ def test_a_held_socket_goes_once_and_only_where_it_listens(tmp_path: Path) -> No
     holder = handover.Holder(path, taken)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert handover.receive(str(path), "10.1.2.3", [port]) == {}  # bound elsewhere: not used
-    assert holder.given.wait(5) and not path.exists()
+    assert holder.given.wait(5) and holder.closed.wait(5) and not path.exists()
     listening.close()
 
     listening = socket.create_server(("127.0.0.1", 0))

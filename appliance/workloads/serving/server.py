@@ -75,7 +75,8 @@ async def serve(
             service, config.host, config.grpc_port, config.limits, sock=held.get(config.grpc_port)
         )
     metrics_http = None
-    if config.metrics_port >= 0:
+    # A standby's metrics port is still the old server's: the supervised successor opens it.
+    if config.metrics_port >= 0 and not os.environ.get(handover.OFFER_ENV):
         metrics_http = service.metrics.serve(config.metrics_port, config.host)
         ports["metrics_port"] = metrics_http.server_port
     poller = (
@@ -87,6 +88,12 @@ async def serve(
     if by_signal:  # SIGUSR1: stop listening, keep serving open connections (a replica leaving)
         listeners = [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])]
         drain.drain_on_signal(listeners, lambda: setattr(service, "ready", False))
+    loop = asyncio.get_running_loop()
+    handover.offer(  # a standby: stop once the supervised successor took the sockets
+        os.environ.get(handover.OFFER_ENV),
+        [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])],
+        lambda: loop.call_soon_threadsafe(stop.set),
+    )
     ready = {"event": "ready", **ports, "models": [e["name"] for e in service.repo.index()]}
     (on_ready or _print_ready)(ready)
     try:

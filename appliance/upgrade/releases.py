@@ -9,7 +9,8 @@ new one is installed, so each version lives in its own folder:
 - ``venv/``: a virtualenv without packages of its own. Its one ``.pth`` file puts ``src/`` first
   on ``sys.path`` and then adds the base virtualenv's site-packages (MLflow, ONNX Runtime...), so
   installing a release takes a second and no network; its ``bin/`` has the base's console
-  scripts (``mlflow``, ``jupyter``) re-pointed at the release's interpreter;
+  scripts (``mlflow``, ``jupyter``) re-pointed at the release's interpreter, and links to its
+  native programs (``weed``);
 - ``release.json``: its version and where its packages come from.
 
 ``STATE/releases/current`` (a symbolic link) names the release the stack runs from.
@@ -182,6 +183,13 @@ def _make_venv(root: Path) -> None:
     for script in sorted(base_bin.iterdir()):
         target = venv / "bin" / script.name
         if target.exists() or not script.is_file() or script.name.startswith(("activate", "python", "pip")):
+            continue
+        with script.open("rb") as fh:
+            native = fh.read(4) == b"\x7fELF"
+        if native and os.access(script, os.X_OK):
+            # A native program from a wheel (SeaweedFS's `weed`): the stack finds it beside the
+            # interpreter, so it is linked in; it needs no re-pointing.
+            target.symlink_to(script)
             continue
         try:
             head, _, rest = script.read_text().partition("\n")

@@ -28,6 +28,7 @@ from appliance.backup import snapshot
 from appliance.backup.crypto import EncryptingWriter, Secret
 from appliance.backup.layout import FOLDER_PARTS, layout_for
 from appliance.backup.manifest import INFO_NAME, MANIFEST_NAME, HashingReader, Manifest, Member
+from appliance.backup.store import readable
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
 from appliance.state_version import STATE_FORMAT, require_compatible
@@ -125,7 +126,8 @@ def create_backup(
         target = (
             Path(tmp) / archive_name(secret is not None) if remote else _target(ctx, to, secret is not None)
         )
-        manifest = _write(ctx, target, secret, Path(tmp), progress or (lambda *_: None))
+        with readable(ctx):
+            manifest = _write(ctx, target, secret, Path(tmp), progress or (lambda *_: None))
         size = target.stat().st_size
         where = str(target)
         if remote:

@@ -128,9 +128,17 @@ def store_buckets(ctx: AppContext) -> list[str]:
 
 
 def s3_entries(ctx: AppContext) -> Iterator[Entry]:
-    """Every object of the stack's buckets, streamed from the store (``s3/BUCKET/KEY``)."""
+    """Every object of the stack's buckets, streamed from the store (``s3/BUCKET/KEY``). A bucket
+    missing from the bundled store holds nothing to back up (its buckets job, which makes them,
+    has not run yet: a stack never brought up whole); a missing one in an external store is an
+    error, as a wrong name there would otherwise go unnoticed."""
+    from appliance.backup.store import is_bundled
+
     client = s3_client(ctx)
+    bundled = is_bundled(ctx)
     for bucket in store_buckets(ctx):
+        if bundled and not _bucket_exists(client, bucket):
+            continue
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 key = obj["Key"]
@@ -141,3 +149,13 @@ def s3_entries(ctx: AppContext) -> Iterator[Entry]:
                     return client.get_object(Bucket=bucket, Key=key)["Body"]
 
                 yield Entry(f"s3/{bucket}/{key}", 0o600, int(obj["Size"]), opener)
+
+
+def _bucket_exists(client: Any, bucket: str) -> bool:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except client.exceptions.ClientError as err:
+        if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+            return False
+        raise
+    return True

@@ -1,5 +1,6 @@
 """The bundled object store (SeaweedFS or MinIO) during a restore: an empty data folder, the
-store started alone, the archive's objects uploaded through its S3 API, the store stopped.
+store started alone, the archive's objects uploaded through its S3 API, the store stopped. A
+backup of a stopped stack starts the store alone the same way, to read the objects.
 
 Why objects and not the store's data folder: a backup is taken while the stack runs, and the
 store's folder is then a moving target. SeaweedFS keeps its filer's metadata in LevelDB (a
@@ -87,4 +88,29 @@ def running_alone(ctx: AppContext) -> Iterator[None]:
         yield
     finally:
         Applier(engine.runtime, desired, 30).run(plan_down(desired, engine.observed()))
-        engine.runtime.shutdown()
+        if not any(seen.running and seen.state != "done" for seen in engine.observed().values()):
+            engine.runtime.shutdown()  # the supervisor (local runtime) was started for the store
+
+
+def _store_running(ctx: AppContext) -> bool:
+    from appliance.runtimes import get_runtime
+
+    try:
+        seen = get_runtime(ctx).observe().get(ctx.store_kind)
+    except Exception:  # the runtime cannot be asked from here (a service's own process): read as before
+        return True
+    return bool(seen and seen.running)
+
+
+@contextlib.contextmanager
+def readable(ctx: AppContext) -> Iterator[None]:
+    """For ``backup``: the bundled store as it is while the stack runs; started alone for the
+    block (under the state directory's lock, so no ``up`` races it) when the stack is down, as
+    it is before an upgrade of a stopped stack. Other stores are left as they are."""
+    if not ctx.store_is_s3 or not is_bundled(ctx) or _store_running(ctx):
+        yield
+        return
+    from appliance.state_lock import state_lock
+
+    with state_lock(ctx.state_dir), running_alone(ctx):
+        yield

@@ -4,15 +4,17 @@ Both releases of the upgrade test share one set of Python packages, so MLflow's 
 changes there. Here the tracking database is at an older schema revision, as an older MLflow left
 it: built with MLflow's own migration scripts (alembic) up to ``OLD_REVISION``, which is what
 that MLflow ran (a migration history is append-only), then filled with an experiment and runs
-through plain SQL at that schema. The stack (MLflow alone, on the filesystem store) is described
-by two release tarballs made in the test from the working tree: the running version (a
-pre-release of this one) and this version.
+through plain SQL at that schema. The stack (MLflow and the bundled SeaweedFS holding its
+artifacts) is described by release tarballs made in the test from the working tree: the running
+version (a pre-release of this one), this version, and a broken later one.
 
 The upgrade shows the schema change, takes its backup (the database at the old revision), runs
 ``mlflow db upgrade`` with the new release's MLflow, and brings MLflow up on the migrated
 database, which would refuse to start on the old one: the runs, their parameters and metrics
 come back from its API. A ``--current-bundle`` of another version than the state's is refused
-and removed.
+and removed. Then an upgrade to a release whose store never becomes healthy rolls back by itself:
+the restore of its backup starts SeaweedFS alone to put the objects back, and this version runs
+again with the same runs and objects.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import sqlite3
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import yaml
 from appliance.upgrade import releases
 from tests.conftest import free_ports, run_cli
 from tests.integration.test_backup_restore import Lab
+from tests.integration.test_restore_seaweedfs import objects, store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -45,21 +48,36 @@ RUNS = {"0a1b2c3d4e5f60718293a4b5c6d7e8f9": 0.91, "1f2e3d4c5b6a79880716a5b4c3d2e
 """Run id -> the accuracy metric logged for it."""
 
 
-def release_tarball(path: Path, version: str) -> Path:
-    """A release tarball of the working tree (as ``git archive`` lays it out) declaring ``version``."""
+def release_tarball(path: Path, version: str, stack: Callable[[str], str] | None = None) -> Path:
+    """A release tarball of the working tree (as ``git archive`` lays it out) declaring ``version``;
+    ``stack`` rewrites its stacks/services.yaml."""
+    replaced = {"appliance/__init__.py": (REPO / "appliance" / "__init__.py").read_text()}
+    replaced["appliance/__init__.py"] = releases.VERSION_RE.sub(
+        f'__version__ = "{version}"', replaced["appliance/__init__.py"]
+    )
+    if stack is not None:
+        replaced["stacks/services.yaml"] = stack((REPO / "stacks" / "services.yaml").read_text())
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        inside = info.name.split("/", 1)[-1]
+        return None if "__pycache__" in info.name or inside in replaced else info
+
     with tarfile.open(path, "w:gz") as tar:
         for name in ("appliance", "tui", "stacks", "pyproject.toml"):
-            tar.add(REPO / name, arcname=f"appliance-{version}/{name}", filter=_no_cache)
-        init = (REPO / "appliance" / "__init__.py").read_text()
-        text = releases.VERSION_RE.sub(f'__version__ = "{version}"', init).encode()
-        info = tarfile.TarInfo(f"appliance-{version}/appliance/__init__.py")
-        info.size = len(text)
-        tar.addfile(info, io.BytesIO(text))
+            tar.add(REPO / name, arcname=f"appliance-{version}/{name}", filter=keep)
+        for name, text in replaced.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"appliance-{version}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return path
 
 
-def _no_cache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    return None if "__pycache__" in info.name or info.name.endswith("/appliance/__init__.py") else info
+def broken_store(stack: str) -> str:
+    """The local SeaweedFS command with a flag weed refuses: the store never becomes healthy."""
+    flag = '"-metricsPort={ports.seaweedfs_metrics}"]'
+    assert stack.count(flag) == 2  # the local command first, then the containers'
+    return stack.replace(flag, flag[:-1] + ', "-no-such-flag"]', 1)
 
 
 def old_tracking_db(db: Path) -> None:
@@ -128,7 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path,
                 "state_dir": str(state),
                 "ports": free_ports(),
                 "health_timeout_seconds": 240,
-                "object_store": {"kind": "filesystem"},
+                "object_store": {"kind": "seaweedfs"},
                 "components": dict.fromkeys(off, False),
             }
         )
@@ -188,3 +206,32 @@ def test_upgrade_migrates_the_tracking_database_and_keeps_the_runs(stack: tuple[
         assert {p["key"]: p["value"] for p in found[run]["params"]} == {"epochs": "20"}
     second = run_cli("upgrade", "--dry-run", answers=lab.answers, state=lab.state, check=False)
     assert second.returncode == 1 and f"already runs appliance {NEW}" in second.stderr, second.stderr
+
+
+def test_a_failing_upgrade_of_a_seaweedfs_stack_rolls_back_with_its_objects(
+    stack: tuple[Lab, Path, Path], tmp_path: Path
+) -> None:
+    lab, _old, _new = stack
+    if releases.active(lab.state) != releases.get(lab.state, NEW):
+        pytest.skip("the migration's upgrade before it did not finish")
+    store(lab, "writer").put_object(Bucket="datasets", Key="wine/wine.csv", Body=b"a,b,target\n1,2,0\n")
+    before = {"objects": objects(lab), "runs": _runs(lab)}
+    assert "datasets/wine/wine.csv" in before["objects"] and set(before["runs"]) == set(RUNS)
+    broken = release_tarball(tmp_path / "broken.tar.gz", f"{NEW}.post1", broken_store)
+    started = time.monotonic()
+    proc = lab.cli("upgrade", "--bundle", str(broken), "--yes", check=False, timeout=900)
+    print(f"failed upgrade of the SeaweedFS stack and its rollback: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "rolled back" in proc.stderr and "seaweedfs" in proc.stderr, proc.stderr
+    assert json.loads((lab.state / "upgrade.json").read_text())["phase"] == "rolled-back"
+    assert releases.active(lab.state) == releases.get(lab.state, NEW)
+    assert {"objects": objects(lab), "runs": _runs(lab)} == before
+
+
+def _runs(lab: Lab) -> dict[str, Any]:
+    auth = ("admin", lab.secret("mlflow_admin_password"))
+    reply = httpx.post(
+        f"{lab.mlflow}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, auth=auth, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    return {r["info"]["run_id"]: r["data"] for r in reply.json()["runs"]}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from appliance.answers import Answers
+from appliance.backup import create as create_module
 from appliance.backup import restore as restore_module
 from appliance.backup import snapshot
 from appliance.backup.create import create_backup
@@ -37,6 +38,7 @@ def _seaweed_state(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppContext:
     (state / "seaweedfs" / "volume_1.dat").write_bytes(b"old store data")
     entry = snapshot.Entry("s3/datasets/wine/wine.csv", 0o600, len(OBJECT), lambda: io.BytesIO(OBJECT))
     monkeypatch.setattr(snapshot, "s3_entries", lambda ctx: iter([entry]))
+    monkeypatch.setattr(create_module, "readable", lambda ctx: contextlib.nullcontext())  # no store here
     answers = Answers.model_validate({"object_store": {"kind": "seaweedfs"}})
     return AppContext(answers, state)
 

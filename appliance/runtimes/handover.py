@@ -9,8 +9,11 @@ server then closes its copy, the socket itself stays open: the kernel keeps comp
 connections into its accept queue, so clients wait instead of being refused. The new server,
 once its models are loaded, asks for the sockets over a Unix socket (``HANDOVER_ENV`` names it,
 0600 in the state's run folder) and accepts on them: the same socket, no moment without a
-listener. Where the sockets cannot be taken (an older kernel, no rights over the process) the
-runtime says so and replaces the service as before.
+listener. From this release on the model server also lends copies of its sockets to whoever
+asks at that path (``offer``), so the next release's runtime gets them without rights over its
+process; ``pidfd_getfd`` is for releases that do not lend. Where the sockets can be had neither
+way (an older kernel, no rights over the process) the runtime says so and replaces the service
+as before.
 
 The held sockets are given once, to the first process that asks, and closed after
 ``HOLD_S`` in any case, so a successor that never asks cannot keep the ports from a later start.
@@ -135,10 +138,17 @@ def take(pids: Iterable[int], ports: Iterable[int]) -> dict[int, socket.socket]:
 
 
 class Holder:
-    """Holds taken listening sockets and gives them to the first process asking at ``path``."""
+    """Holds listening sockets and gives them to the first process asking at ``path`` (to each
+    one asking, with ``keep``: a running server lending copies of its own)."""
 
-    def __init__(self, path: Path, sockets: dict[int, socket.socket], hold_s: float = HOLD_S) -> None:
-        self.path, self.sockets, self.hold_s = path, sockets, hold_s
+    def __init__(
+        self,
+        path: Path,
+        sockets: dict[int, socket.socket],
+        hold_s: float | None = HOLD_S,
+        keep: bool = False,
+    ) -> None:
+        self.path, self.sockets, self.hold_s, self.keep = path, sockets, hold_s, keep
         self.given = threading.Event()
         self.closed = threading.Event()
         path.unlink(missing_ok=True)
@@ -154,10 +164,10 @@ class Holder:
         self._thread.start()
 
     def _serve(self) -> None:
-        deadline = time.monotonic() + self.hold_s
+        deadline = None if self.hold_s is None else time.monotonic() + self.hold_s
         try:
-            while time.monotonic() < deadline:
-                self._server.settimeout(max(0.1, deadline - time.monotonic()))
+            while deadline is None or time.monotonic() < deadline:
+                self._server.settimeout(None if deadline is None else max(0.1, deadline - time.monotonic()))
                 try:
                     conn, _ = self._server.accept()
                 except TimeoutError:
@@ -165,7 +175,8 @@ class Holder:
                 with conn:
                     if self._give(conn):
                         self.given.set()
-                        return
+                        if not self.keep:
+                            return
         except OSError as err:
             log.warning("handover at %s ended: %s", self.path, err)
         finally:
@@ -195,10 +206,13 @@ class Holder:
 
 
 def offer(
-    path: str | None, servers: Iterable[asyncio.Server], on_given: Callable[[], object]
+    path: str | None, servers: Iterable[asyncio.Server], on_given: Callable[[], object] | None = None
 ) -> Holder | None:
-    """The standby's side: hold copies of ``servers``' listening sockets at ``path``; call
-    ``on_given`` (from another thread) once a successor has taken them."""
+    """A running server's side: hold copies of ``servers``' listening sockets at ``path``.
+
+    A standby (``on_given``) gives them once and then stops: ``on_given`` is called from another
+    thread. Any other server lends them to whoever asks and serves on, so that the next release's
+    runtime takes them without needing rights over this process (``lend``)."""
     if not path:
         return None
     sockets: dict[int, socket.socket] = {}
@@ -206,21 +220,25 @@ def offer(
         for sock in server.sockets:
             copy = socket.fromfd(sock.fileno(), sock.family, sock.type)
             sockets[copy.getsockname()[1]] = copy
+    if on_given is None:
+        return Holder(Path(path), sockets, hold_s=None, keep=True)
     holder = Holder(Path(path), sockets)
+    then = on_given
 
     def wait() -> None:
         holder.given.wait()
-        on_given()
+        then()
 
     threading.Thread(target=wait, name="handover offer", daemon=True).start()
     return holder
 
 
-def receive(path: str | None, host: str, ports: Iterable[int]) -> dict[int, socket.socket]:
+def receive(path: str | None, host: str | None, ports: Iterable[int]) -> dict[int, socket.socket]:
     """The successor's side: listening sockets for ``ports`` from a holder at ``path``, by port.
 
     Nothing (an empty dict: bind as usual) when no holder is there; a socket bound elsewhere
-    than ``host`` (the address changed with the new configuration) is closed, not used.
+    than ``host`` (the address changed with the new configuration) is closed, not used (None:
+    any address, the runtime asking a running server).
     """
     wanted = [p for p in ports if p > 0]
     if not path or not wanted or not os.path.exists(path):
@@ -239,7 +257,11 @@ def receive(path: str | None, host: str, ports: Iterable[int]) -> dict[int, sock
     for port, fd in zip(given, fds, strict=False):
         sock = socket.socket(fileno=fd)
         bound = sock.getsockname()
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and bound[:2] == (host, port):
+        if (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            and bound[1] == port
+            and host in (None, bound[0])
+        ):
             sock.setblocking(False)
             out[port] = sock
         else:

@@ -81,7 +81,7 @@ class LocalRuntime:
 
     def _service_env(self, svc: RenderedService) -> dict[str, str]:
         env = svc.env | {MARKER_VAR: self.marker_prefix + svc.name}
-        if svc.name in handover.TAKES_OVER:
+        if handover.applies(svc.name, svc.command):
             env[handover.HANDOVER_ENV] = str(self._handover_file(svc.name))
         return env
 
@@ -197,15 +197,16 @@ class LocalRuntime:
         pids = pids_with_marker(marker, exact=True) + pids_with_marker(marker + STANDBY, exact=True)
         if not ports or not pids or not self.sup.alive():
             return None
-        try:
-            sockets = handover.take(pids, ports)
+        path = self._handover_file(service.name)
+        try:  # lent by a server of this release or later, else taken (any release: needs ptrace rights)
+            sockets = handover.receive(str(path), None, ports) or handover.take(pids, ports)
         except handover.HandoverUnavailableError as err:
             print(f"{service.name}: its ports close while it restarts ({err})", file=sys.stderr, flush=True)
             return None
         if not sockets:
             return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        return handover.Holder(self._handover_file(service.name), sockets)
+        return handover.Holder(path, sockets)
 
     def _start_standby(self, service: RenderedService, holder: handover.Holder) -> subprocess.Popen | None:
         """The new server, once, outside supervisord: it loads its models while the old one still

@@ -105,15 +105,21 @@ class Load:
                 time.sleep(0.005)
 
 
-@pytest.mark.parametrize("standby", [False, True], ids=["held-sockets", "standby-server"])
-def test_a_replaced_server_refuses_no_request(tmp_path: Path, standby: bool) -> None:
+@pytest.mark.parametrize("mode", ["held-sockets", "standby-server", "lent-by-the-old-server"])
+def test_a_replaced_server_refuses_no_request(tmp_path: Path, mode: str) -> None:
     """held-sockets: the sockets are held while no server accepts (requests wait for the new one
     to load). standby-server: a standby takes them while the old one still serves, serves alone
-    once it stops, and hands them to the successor when asked (the runtime's way)."""
+    once it stops, and hands them to the successor when asked (the runtime's way).
+    lent-by-the-old-server: as standby-server, but the old server is of this release and lends
+    its sockets when asked: no rights over its process needed."""
     model = write_mlp(tmp_path / "mlp")
     env = {"APPLIANCE_SERVING_TOKEN": TOKEN}
     args = ["--model", f"mlp={model}", "--poll-seconds", "0"]
-    old = start_server(args, tmp_path, env=env)
+    path = tmp_path / "serving.handover.sock"
+    takes = {**env, handover.HANDOVER_ENV: str(path)}
+    lent = mode == "lent-by-the-old-server"
+    standby = mode != "held-sockets"
+    old = start_server(args, tmp_path, env=takes if lent else env)
     x = training_data(1)
     reply = httpx.post(
         f"{old.url}/v2/models/mlp/infer",
@@ -121,14 +127,12 @@ def test_a_replaced_server_refuses_no_request(tmp_path: Path, standby: bool) -> 
         headers=AUTH,
     )
     want = reply.json()["outputs"][0]["data"]
-    path = tmp_path / "serving.handover.sock"
     ports = [old.http_port, old.grpc_port]
     same_ports = [f"--{kind}-port={getattr(old, f'{kind}_port')}" for kind in ("http", "grpc", "metrics")]
-    takes = {**env, handover.HANDOVER_ENV: str(path)}
     load = Load(old, x, want)
     servers = [old]
     try:
-        taken = handover.take([old.proc.pid], ports)
+        taken = handover.receive(str(path), None, ports) if lent else handover.take([old.proc.pid], ports)
         assert sorted(taken) == sorted(ports)
         holder = handover.Holder(path, taken)
         assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -162,7 +166,7 @@ def test_a_replaced_server_refuses_no_request(tmp_path: Path, standby: bool) -> 
     assert servers[-1].metrics_port == old.metrics_port  # opened once the old server had gone
     log = servers[-1].log.read_text()
     assert f"took over the listening sockets of ports {sorted(ports)}" in log
-    assert not path.exists()
+    assert path.exists()  # the successor lends its own sockets for the next replacement
     print(f"\n{dict(load.answered)} answered, {load.retried} sent again, {len(load.failures)} failed")
     assert load.failures == [], load.failures[:5]
     for kind in ("REST kept-alive", "REST new connections", "gRPC"):  # each served before and after

@@ -48,3 +48,17 @@ def test_a_held_socket_goes_once_and_only_where_it_listens(tmp_path: Path) -> No
     conn, _ = got[port].accept()  # the connection made while nobody accepted was kept for it
     conn.close()
     got[port].close()
+
+
+def test_a_running_server_lends_its_sockets_to_each_asker_and_keeps_them(tmp_path: Path) -> None:
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    path = tmp_path / "lend.sock"
+    lender = handover.Holder(path, {port: listening.dup()}, hold_s=None, keep=True)
+    for _ in range(2):  # a failed upgrade's runtime asked once already: the next one gets them too
+        got = handover.receive(str(path), None, [port])
+        assert list(got) == [port] and got[port].getsockname()[1] == port
+        got[port].close()
+    assert lender.given.is_set() and not lender.closed.is_set() and path.exists()
+    lender.close()
+    listening.close()

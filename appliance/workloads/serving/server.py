@@ -89,10 +89,11 @@ async def serve(
         listeners = [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])]
         drain.drain_on_signal(listeners, lambda: setattr(service, "ready", False))
     loop = asyncio.get_running_loop()
-    handover.offer(  # a standby: stop once the supervised successor took the sockets
-        os.environ.get(handover.OFFER_ENV),
+    standby = os.environ.get(handover.OFFER_ENV)
+    handover.offer(  # lent to the next release's runtime; a standby stops once they are taken
+        standby or os.environ.get(handover.HANDOVER_ENV),
         [rest, *([grpc.server] if grpc is not None and grpc.server is not None else [])],
-        lambda: loop.call_soon_threadsafe(stop.set),
+        (lambda: loop.call_soon_threadsafe(stop.set)) if standby else None,
     )
     ready = {"event": "ready", **ports, "models": [e["name"] for e in service.repo.index()]}
     (on_ready or _print_ready)(ready)

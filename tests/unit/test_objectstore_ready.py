@@ -13,11 +13,7 @@ import pytest
 from appliance.objectstore.ready import check, volume_servers
 
 EMPTY: dict[str, Any] = {"Topology": {"DataCenters": None, "Max": 0}}
-ONE = {
-    "Topology": {
-        "DataCenters": [{"Racks": [{"DataNodes": [{"Url": "127.0.0.1:8334", "Volumes": 7}]}]}]
-    }
-}
+ONE = {"Topology": {"DataCenters": [{"Racks": [{"DataNodes": [{"Url": "127.0.0.1:8334", "Volumes": 7}]}]}]}}
 
 
 def test_volume_servers_are_read_from_every_rack() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -437,6 +437,12 @@ class ClusterHost(Strict):
         problem = name_problem(value)
         if problem:
             raise ValueError(problem)
+        if value in (*get_args(ClusterGroup), "all", "ungrouped"):
+            # Ansible reads a play's pattern `serving` as the host of that name, not the group.
+            raise ValueError(
+                f"host name {value!r} is also a group name: name the host after the machine "
+                f"(e.g. {value}1), and list {value!r} in its groups"
+            )
         return value
 
 

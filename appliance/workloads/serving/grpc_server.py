@@ -78,15 +78,55 @@ def _from_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
     field = _CONTENTS.get(datatype)
     if field is None:
         raise BadRequest(f"input '{name}': {datatype} travels only in raw_input_contents")
-    values = getattr(tensor.contents, field)
-    # list() first: numpy reads a protobuf repeated field element by element (measured 4x slower)
-    array = np.array(list(values), dtype=object if datatype == "BYTES" else dtype)
+    array = _packed_fixed(tensor.contents, datatype)
+    if array is None:
+        values = getattr(tensor.contents, field)
+        # list() first: numpy reads a protobuf repeated field element by element (measured 4x slower)
+        array = np.array(list(values), dtype=object if datatype == "BYTES" else dtype)
     expected = math.prod(shape)
     if array.size != expected:
         raise BadRequest(
             f"input '{name}': shape {list(shape)} needs {expected} values, contents.{field} has {array.size}"
         )
     return array.reshape(shape)
+
+
+# FP32/FP64 contents: (tag of the packed field, its little-endian element type). Only these are
+# fixed-width on the wire; the integer fields are varints and BOOL is left to the generic path.
+_PACKED_FIXED: dict[str, tuple[int, np.dtype[Any]]] = {
+    "FP32": (6 << 3 | 2, np.dtype("<f4")),
+    "FP64": (7 << 3 | 2, np.dtype("<f8")),
+}
+
+
+def _packed_fixed(contents: Any, datatype: str) -> np.ndarray | None:
+    """The FP32/FP64 typed contents as an array read straight from their wire bytes, or None
+    when the message is not that one packed field alone (then the generic path decides).
+
+    Going through Python floats (list of the repeated field, then numpy) cost about 40 ns a
+    value, 0.5 ms for one [1,3,64,64] image; re-serializing the contents is a memory copy in
+    upb, and a packed fixed-width field is exactly the little-endian array numpy reads.
+    """
+    spec = _PACKED_FIXED.get(datatype)
+    if spec is None:
+        return None
+    tag, dtype = spec
+    blob = contents.SerializeToString()
+    if len(blob) < 2 or blob[0] != tag:
+        return None
+    length, shift, pos = 0, 0, 1
+    while True:  # the field's length, a varint of at most 10 bytes
+        if pos >= len(blob) or pos > 10:
+            return None
+        byte = blob[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    if pos + length != len(blob) or length % dtype.itemsize:
+        return None  # another field follows, or the field is cut: not the fast path's to judge
+    return np.frombuffer(blob, dtype, count=length // dtype.itemsize, offset=pos)
 
 
 def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.ndarray], raw: bool) -> None:

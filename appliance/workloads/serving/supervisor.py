@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.procnet import ESTABLISHED, SYN_RECV, tcp_sockets
 from appliance.runtimes.handover import HANDOVER_ENV
 from appliance.workloads.serving.aggregate import Aggregator
 from appliance.workloads.serving.balancer import KEEPALIVE_IDLE_S, Balancer
@@ -62,7 +63,6 @@ READY_TIMEOUT_S = 600.0
 DRAIN_TIMEOUT_S = 60.0
 """Longest a draining replica waits for nginx to close its connections before it is stopped."""
 RESTART_BACKOFF_S = 5.0
-_OPEN_STATES = {"01", "03"}  # ESTABLISHED, SYN_RECV in /proc/net/tcp
 
 
 @dataclass
@@ -336,19 +336,8 @@ def reserve_port() -> socket.socket:
 
 
 def open_connections(ports: tuple[int, ...]) -> int:
-    """TCP connections open (or being opened) to ``ports`` on this host, from /proc/net/tcp."""
-    wanted = {f"{p:04X}" for p in ports}
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] in _OPEN_STATES and fields[1].rsplit(":", 1)[1] in wanted:
-                count += 1
-    return count
+    """TCP connections open (or being opened) to ``ports`` on this host."""
+    return sum(1 for s in tcp_sockets() if s.state in (ESTABLISHED, SYN_RECV) and s.port in ports)
 
 
 def replica_idle_timeout(serve_args: list[str]) -> float:

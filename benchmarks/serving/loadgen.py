@@ -44,19 +44,27 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1e3) if len(self.latencies) else float("nan")
 
 
-def rest_request(port: int, model: str, x: np.ndarray, token: str | None) -> bytes:
-    body = json.dumps(
-        {
-            "inputs": [
-                {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
-            ]
-        }
-    ).encode()
+def rest_request(port: int, model: str, x: np.ndarray, token: str | None, binary: bool = False) -> bytes:
+    """The benchmark's REST infer request: the input as a JSON ``data`` list, or with ``binary``
+    as raw bytes after the JSON header (the binary tensor extension, what tritonclient and
+    perf_analyzer send). The answer is JSON either way."""
+    tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": x.nbytes}
+    else:
+        tensor["data"] = x.ravel().tolist()
+    body = json.dumps({"inputs": [tensor]}).encode()
+    extra = b""
+    if binary:
+        extra = b"Inference-Header-Content-Length: %d\r\n" % len(body)
+        body += np.ascontiguousarray(x, "<f4").tobytes()
     auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    kind = b"application/octet-stream" if binary else b"application/json"
     return (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
         + auth
-        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + extra
+        + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (kind, len(body))
         + body
     )
 
@@ -174,11 +182,11 @@ async def run_grpc(
     return Result(len(lat), errors, seconds, np.array(lat))
 
 
-async def grpc_once(port: int, model: str, x: np.ndarray, token: str | None) -> np.ndarray:
+async def grpc_once(port: int, model: str, x: np.ndarray, token: str | None, raw: bool = False) -> np.ndarray:
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-    req = grpc_request(model, x)
+    req = grpc_request(model, x, raw)
     meta = (("authorization", f"Bearer {token}"),) if token else None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         resp = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, metadata=meta)
@@ -188,18 +196,29 @@ async def grpc_once(port: int, model: str, x: np.ndarray, token: str | None) -> 
     return np.array(out.contents.fp32_contents, np.float32).reshape(list(out.shape))
 
 
-def grpc_request(model: str, x: np.ndarray) -> Any:
-    """The benchmark's ModelInferRequest: one FP32 input in typed contents."""
+def grpc_request(model: str, x: np.ndarray, raw: bool = False) -> Any:
+    """The benchmark's ModelInferRequest: one FP32 input in typed contents, or with ``raw`` in
+    raw_input_contents (what tritonclient sends)."""
     from tritonclient.grpc import service_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model)
     t = req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
-    t.contents.fp32_contents.extend(x.ravel().tolist())
+    if raw:
+        req.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
+    else:
+        t.contents.fp32_contents.extend(x.ravel().tolist())
     return req
 
 
 async def grpc_check(
-    port: int, model: str, x: np.ndarray, token: str | None, ref: np.ndarray, n: int, concurrency: int
+    port: int,
+    model: str,
+    x: np.ndarray,
+    token: str | None,
+    ref: np.ndarray,
+    n: int,
+    concurrency: int,
+    raw: bool = False,
 ) -> tuple[int, int]:
     """Send n ModelInfer calls (concurrency in flight) through grpc.aio and check every answer.
 
@@ -208,7 +227,7 @@ async def grpc_check(
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-    req = grpc_request(model, x)
+    req = grpc_request(model, x, raw)
     meta = (("authorization", f"Bearer {token}"),) if token else None
     bad = 0
     size = 0
@@ -257,6 +276,7 @@ def run_h2load(
     warmup: float,
     connections: int,
     answer_size: int,
+    raw: bool = False,
 ) -> Result:
     """Closed loop of ``concurrency`` gRPC ModelInfer calls in flight, driven by h2load.
 
@@ -267,7 +287,7 @@ def run_h2load(
     conns = max(1, min(connections, concurrency))
     if concurrency % conns:
         raise ValueError(f"concurrency {concurrency} does not split over {conns} connections")
-    body = grpc_request(model, x).SerializeToString()
+    body = grpc_request(model, x, raw).SerializeToString()
     with tempfile.TemporaryDirectory() as tmp:
         frame = Path(tmp) / "request.bin"
         frame.write_bytes(b"\0" + struct.pack(">I", len(body)) + body)

@@ -72,25 +72,29 @@ def _globals(ctx: AppContext) -> list[str]:
     return args
 
 
-def _run_cli(release: Release, ctx: AppContext, *args: str) -> str:
-    """Run one of ``release``'s commands on this state; raise with its output's tail on failure."""
+def _run_release_program(cmd: list[str], what: str, cwd: Path | None = None, step: bool = False) -> str:
+    """Run a release's program with this Python's search path cleared (the release has its own
+    virtualenv); its stdout, or an error naming ``what`` with its output's tail."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env[jr.STEP_ENV] = "1"
+    if step:
+        env[jr.STEP_ENV] = "1"
     proc = subprocess.run(
-        release.cli(*_globals(ctx), *args),
-        cwd=ctx.state_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT_S,
-        check=False,
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise ApplianceError(
-            f"`appliance {' '.join(args)}` of release {release.version} exited {proc.returncode}:\n{tail}"
-        )
+        raise ApplianceError(f"{what} exited {proc.returncode}:\n{tail}")
     return proc.stdout
+
+
+def _run_cli(release: Release, ctx: AppContext, *args: str) -> str:
+    """Run one of ``release``'s commands on this state; raise with its output's tail on failure."""
+    return _run_release_program(
+        release.cli(*_globals(ctx), *args),
+        f"`appliance {' '.join(args)}` of release {release.version}",
+        cwd=ctx.state_dir,
+        step=True,
+    )
 
 
 def unhealthy(status_json: str) -> list[str]:
@@ -208,20 +212,10 @@ def migrate_tracking_db(release: Release, db: Path, head: str | None, say: Say) 
     as it was before, so a failure here rolls back to it."""
     before = alembic_revision(db)
     say(f"mlflow: migrating the tracking database's schema {before} -> {head}")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    proc = subprocess.run(
+    _run_release_program(
         [str(release.bin / "mlflow"), "db", "upgrade", f"sqlite:///{db}"],
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT_S,
-        env=env,
-        check=False,
+        f"MLflow's schema migration (`mlflow db upgrade`) of {db}",
     )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise ApplianceError(
-            f"MLflow's schema migration (`mlflow db upgrade`) of {db} exited {proc.returncode}:\n{tail}"
-        )
     after = alembic_revision(db)
     if head is not None and after != head:
         raise ApplianceError(f"MLflow's schema migration left {db} at revision {after}, not {head}")

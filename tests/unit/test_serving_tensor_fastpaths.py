@@ -11,7 +11,7 @@ import pytest
 
 from appliance.workloads.serving import rest_codec
 from appliance.workloads.serving.errors import BadRequest
-from appliance.workloads.serving.grpc_server import _decode_inputs, _packed_fixed
+from appliance.workloads.serving.grpc_server import _decode_inputs, _encode, _packed_fixed
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.tensors import from_json_data
 
@@ -133,3 +133,27 @@ def test_rest_binary_image_and_its_malformed_twins() -> None:
         rest_codec.decode(*body([1, 3, 64, 63], "FP32", IMAGE.tobytes()))
     with pytest.raises(BadRequest, match=r"unsupported datatype 'BF16'"):
         rest_codec.decode(*body(SHAPE, "BF16", IMAGE.tobytes()))
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 12288, 2_000_000])
+@pytest.mark.parametrize(("dtype", "field"), [(np.float32, "fp32_contents"), (np.float64, "fp64_contents")])
+def test_typed_float_outputs_are_the_bytes_extend_would_have_written(
+    size: int, dtype: type, field: str
+) -> None:
+    array = np.random.default_rng(size).normal(size=(1, size)).astype(dtype)
+    fast = pb.ModelInferResponse()
+    _encode(fast, ["out"], [array], raw=False)
+    slow = pb.ModelInferResponse()
+    out = slow.outputs.add(name="out", datatype=fast.outputs[0].datatype, shape=[1, size])
+    getattr(out.contents, field).extend(array.ravel().tolist())
+    assert fast.SerializeToString() == slow.SerializeToString()
+    parsed = pb.ModelInferResponse.FromString(fast.SerializeToString())
+    assert np.array_equal(np.array(getattr(parsed.outputs[0].contents, field), dtype), array.ravel())
+
+
+def test_a_non_contiguous_float_output_is_encoded_in_row_major_order() -> None:
+    array = np.arange(12, dtype=np.float32).reshape(3, 4).T  # a transposed view
+    response = pb.ModelInferResponse()
+    _encode(response, ["out"], [array], raw=False)
+    assert list(response.outputs[0].contents.fp32_contents) == array.ravel().tolist()
+    assert list(response.outputs[0].shape) == [4, 3]

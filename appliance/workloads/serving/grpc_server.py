@@ -139,8 +139,23 @@ def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.n
             out.contents.bytes_contents.extend(
                 v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()
             )
+        elif datatype in _PACKED_FIXED:
+            # the packed field's wire bytes are the array's: no Python float per value
+            tag, dtype = _PACKED_FIXED[datatype]
+            raw = np.ascontiguousarray(array, dtype).tobytes()
+            out.contents.MergeFromString(bytes([tag]) + _varint(len(raw)) + raw)
         else:
             getattr(out.contents, _CONTENTS[datatype]).extend(array.ravel().tolist())
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int (a length-delimited field's length)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _authorization(context: grpc_h2.Context) -> str | None:

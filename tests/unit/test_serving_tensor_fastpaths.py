@@ -157,3 +157,15 @@ def test_a_non_contiguous_float_output_is_encoded_in_row_major_order() -> None:
     _encode(response, ["out"], [array], raw=False)
     assert list(response.outputs[0].contents.fp32_contents) == array.ravel().tolist()
     assert list(response.outputs[0].shape) == [4, 3]
+
+
+def test_every_output_of_a_typed_request_stays_typed() -> None:
+    first = np.array([[0.25, 0.75]], np.float32)
+    second = np.array([[1.5]], np.float64)
+    third = np.array([[3]], np.int64)
+    response = pb.ModelInferResponse()
+    _encode(response, ["a", "b", "c"], [first, second, third], raw=False)
+    assert not response.raw_output_contents
+    assert list(response.outputs[0].contents.fp32_contents) == [0.25, 0.75]
+    assert list(response.outputs[1].contents.fp64_contents) == [1.5]
+    assert list(response.outputs[2].contents.int64_contents) == [3]

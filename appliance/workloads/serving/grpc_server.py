@@ -142,8 +142,8 @@ def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.n
         elif datatype in _PACKED_FIXED:
             # the packed field's wire bytes are the array's: no Python float per value
             tag, dtype = _PACKED_FIXED[datatype]
-            raw = np.ascontiguousarray(array, dtype).tobytes()
-            out.contents.MergeFromString(bytes([tag]) + _varint(len(raw)) + raw)
+            packed = np.ascontiguousarray(array, dtype).tobytes()
+            out.contents.MergeFromString(bytes([tag]) + _varint(len(packed)) + packed)
         else:
             getattr(out.contents, _CONTENTS[datatype]).extend(array.ravel().tolist())
 

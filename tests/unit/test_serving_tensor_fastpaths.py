@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as pb  # the upstream stub, as the other unit tests load it
 
 from appliance.workloads.serving import rest_codec
 from appliance.workloads.serving.errors import BadRequest
-from appliance.workloads.serving.grpc_server import _decode_inputs, _encode, _packed_fixed
-from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
+from appliance.workloads.serving.grpc_codec import _packed_fixed, decode_inputs, encode_outputs
 from appliance.workloads.serving.tensors import from_json_data
 
 SHAPE = [1, 3, 64, 64]
@@ -37,7 +37,7 @@ def test_typed_float_contents_decode_exactly_from_the_wire(datatype: str, field:
     image = IMAGE.astype(dtype)
     req = _typed(datatype, SHAPE, field, image.ravel().tolist())
     assert _packed_fixed(req.inputs[0].contents, datatype) is not None  # the fast path took it
-    arrays, datatypes = _decode_inputs(req)
+    arrays, datatypes = decode_inputs(req)
     assert datatypes == {"input": datatype}
     assert arrays["input"].dtype == dtype and arrays["input"].shape == tuple(SHAPE)
     assert np.array_equal(arrays["input"], image)
@@ -46,7 +46,7 @@ def test_typed_float_contents_decode_exactly_from_the_wire(datatype: str, field:
 def test_typed_contents_with_too_few_values_is_a_400_naming_the_counts() -> None:
     req = _typed("FP32", SHAPE, "fp32_contents", IMAGE.ravel()[:-1].tolist())
     with pytest.raises(BadRequest, match=r"needs 12288 values, contents.fp32_contents has 12287"):
-        _decode_inputs(req)
+        decode_inputs(req)
 
 
 def test_values_in_the_field_of_another_datatype_are_refused() -> None:
@@ -54,25 +54,25 @@ def test_values_in_the_field_of_another_datatype_are_refused() -> None:
     req = _typed("FP64", [4], "fp32_contents", [1.0, 2.0, 3.0, 4.0])
     assert _packed_fixed(req.inputs[0].contents, "FP64") is None
     with pytest.raises(BadRequest, match=r"needs 4 values, contents.fp64_contents has 0"):
-        _decode_inputs(req)
+        decode_inputs(req)
 
 
 def test_a_second_filled_field_falls_back_to_the_generic_path() -> None:
     req = _typed("FP32", [3], "fp32_contents", [1.5, 2.5, 3.5], int_contents=[7, 8])
     assert _packed_fixed(req.inputs[0].contents, "FP32") is None
-    arrays, _ = _decode_inputs(req)
+    arrays, _ = decode_inputs(req)
     assert arrays["input"].tolist() == [1.5, 2.5, 3.5]
 
 
 def test_empty_typed_contents_for_an_empty_shape() -> None:
-    arrays, _ = _decode_inputs(_typed("FP32", [0, 3], "fp32_contents", []))
+    arrays, _ = decode_inputs(_typed("FP32", [0, 3], "fp32_contents", []))
     assert arrays["input"].shape == (0, 3)
 
 
 def test_integer_contents_keep_the_generic_path() -> None:
     req = _typed("INT32", [2, 2], "int_contents", [1, -2, 300000, 4])
     assert _packed_fixed(req.inputs[0].contents, "INT32") is None
-    arrays, _ = _decode_inputs(req)
+    arrays, _ = decode_inputs(req)
     assert arrays["input"].dtype == np.int32 and arrays["input"].tolist() == [[1, -2], [300000, 4]]
 
 
@@ -81,7 +81,7 @@ def test_raw_contents_of_the_wrong_byte_length_is_a_400() -> None:
     req.inputs.add(name="input", datatype="FP32", shape=SHAPE)
     req.raw_input_contents.append(IMAGE.tobytes()[:-2])
     with pytest.raises(BadRequest, match=r"needs 49152 bytes, got 49150"):
-        _decode_inputs(req)
+        decode_inputs(req)
 
 
 def test_flat_json_floats_match_numpys_own_conversion() -> None:
@@ -142,7 +142,7 @@ def test_typed_float_outputs_are_the_bytes_extend_would_have_written(
 ) -> None:
     array = np.random.default_rng(size).normal(size=(1, size)).astype(dtype)
     fast = pb.ModelInferResponse()
-    _encode(fast, ["out"], [array], raw=False)
+    encode_outputs(fast, ["out"], [array], raw=False)
     slow = pb.ModelInferResponse()
     out = slow.outputs.add(name="out", datatype=fast.outputs[0].datatype, shape=[1, size])
     getattr(out.contents, field).extend(array.ravel().tolist())
@@ -154,7 +154,7 @@ def test_typed_float_outputs_are_the_bytes_extend_would_have_written(
 def test_a_non_contiguous_float_output_is_encoded_in_row_major_order() -> None:
     array = np.arange(12, dtype=np.float32).reshape(3, 4).T  # a transposed view
     response = pb.ModelInferResponse()
-    _encode(response, ["out"], [array], raw=False)
+    encode_outputs(response, ["out"], [array], raw=False)
     assert list(response.outputs[0].contents.fp32_contents) == array.ravel().tolist()
     assert list(response.outputs[0].shape) == [4, 3]
 
@@ -164,7 +164,7 @@ def test_every_output_of_a_typed_request_stays_typed() -> None:
     second = np.array([[1.5]], np.float64)
     third = np.array([[3]], np.int64)
     response = pb.ModelInferResponse()
-    _encode(response, ["a", "b", "c"], [first, second, third], raw=False)
+    encode_outputs(response, ["a", "b", "c"], [first, second, third], raw=False)
     assert not response.raw_output_contents
     assert list(response.outputs[0].contents.fp32_contents) == [0.25, 0.75]
     assert list(response.outputs[1].contents.fp64_contents) == [1.5]

@@ -11,151 +11,23 @@ UNAUTHENTICATED, ...).
 
 from __future__ import annotations
 
-import math
 import socket
 import ssl
 import time
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf import json_format
 
 from appliance.workloads.serving import grpc_h2
-from appliance.workloads.serving.errors import BadRequest, InferenceError
+from appliance.workloads.serving.errors import InferenceError
+from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs
 from appliance.workloads.serving.limits import ServerLimits
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from appliance.workloads.serving.service import InferenceService
-from appliance.workloads.serving.tensors import datatype_of, from_raw, numpy_type, to_raw
 
 SERVICE = "GRPCInferenceService"
-# datatype -> field of InferTensorContents
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
-def _decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequest(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
-        )
-    arrays: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
-    if not request.inputs:
-        raise BadRequest("request has no inputs")
-    for i, tensor in enumerate(request.inputs):
-        name, datatype = tensor.name, tensor.datatype
-        if name in arrays:
-            raise BadRequest(f"input '{name}' is given twice")
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise BadRequest(f"input '{name}': shape must be non-negative, got {list(shape)}")
-        if raw:
-            arrays[name] = from_raw(raw[i], datatype, shape, name)
-        else:
-            arrays[name] = _from_contents(tensor, shape)
-        datatypes[name] = datatype
-    return arrays, datatypes
-
-
-def _from_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
-    name, datatype = tensor.name, tensor.datatype
-    dtype = numpy_type(datatype, name)
-    field = _CONTENTS.get(datatype)
-    if field is None:
-        raise BadRequest(f"input '{name}': {datatype} travels only in raw_input_contents")
-    array = _packed_fixed(tensor.contents, datatype)
-    if array is None:
-        values = getattr(tensor.contents, field)
-        # list() first: numpy reads a protobuf repeated field element by element (measured 4x slower)
-        array = np.array(list(values), dtype=object if datatype == "BYTES" else dtype)
-    expected = math.prod(shape)
-    if array.size != expected:
-        raise BadRequest(
-            f"input '{name}': shape {list(shape)} needs {expected} values, contents.{field} has {array.size}"
-        )
-    return array.reshape(shape)
-
-
-# FP32/FP64 contents: (tag of the packed field, its little-endian element type). Only these are
-# fixed-width on the wire; the integer fields are varints and BOOL is left to the generic path.
-_PACKED_FIXED: dict[str, tuple[int, np.dtype[Any]]] = {
-    "FP32": (6 << 3 | 2, np.dtype("<f4")),
-    "FP64": (7 << 3 | 2, np.dtype("<f8")),
-}
-
-
-def _packed_fixed(contents: Any, datatype: str) -> np.ndarray | None:
-    """The FP32/FP64 typed contents as an array read straight from their wire bytes, or None
-    when the message is not that one packed field alone (then the generic path decides).
-
-    Going through Python floats (list of the repeated field, then numpy) cost about 40 ns a
-    value, 0.5 ms for one [1,3,64,64] image; re-serializing the contents is a memory copy in
-    upb, and a packed fixed-width field is exactly the little-endian array numpy reads.
-    """
-    spec = _PACKED_FIXED.get(datatype)
-    if spec is None:
-        return None
-    tag, dtype = spec
-    blob = contents.SerializeToString()
-    if len(blob) < 2 or blob[0] != tag:
-        return None
-    length, shift, pos = 0, 0, 1
-    while True:  # the field's length, a varint of at most 10 bytes
-        if pos >= len(blob) or pos > 10:
-            return None
-        byte = blob[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    if pos + length != len(blob) or length % dtype.itemsize:
-        return None  # another field follows, or the field is cut: not the fast path's to judge
-    return np.frombuffer(blob, dtype, count=length // dtype.itemsize, offset=pos)
-
-
-def _encode(response: pb.ModelInferResponse, names: list[str], arrays: list[np.ndarray], raw: bool) -> None:
-    for name, array in zip(names, arrays, strict=True):
-        datatype = datatype_of(array)
-        out = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw or datatype == "FP16":
-            response.raw_output_contents.append(to_raw(array))
-        elif datatype == "BYTES":
-            out.contents.bytes_contents.extend(
-                v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()
-            )
-        elif datatype in _PACKED_FIXED:
-            # the packed field's wire bytes are the array's: no Python float per value
-            tag, dtype = _PACKED_FIXED[datatype]
-            packed = np.ascontiguousarray(array, dtype).tobytes()
-            out.contents.MergeFromString(bytes([tag]) + _varint(len(packed)) + packed)
-        else:
-            getattr(out.contents, _CONTENTS[datatype]).extend(array.ravel().tolist())
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative int (a length-delimited field's length)."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _authorization(context: grpc_h2.Context) -> str | None:
@@ -224,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         service, name, version = self.service, request.model_name, ""
         service.begin("grpc")
         try:
-            arrays, datatypes = _decode_inputs(request)
+            arrays, datatypes = decode_inputs(request)
             requested = [o.name for o in request.outputs] or None
             decoded_at = time.perf_counter()
             model, names, outputs = await service.infer(
@@ -235,7 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = pb.ModelInferResponse(
                 model_name=model.name, model_version=model.version, id=request.id
             )
-            _encode(response, names, outputs, raw=bool(request.raw_input_contents))
+            encode_outputs(response, names, outputs, raw=bool(request.raw_input_contents))
         except InferenceError as err:
             service.record(name, version, "grpc", err.outcome, started)
             await context.abort(err.grpc_code, err.message)

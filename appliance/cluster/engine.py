@@ -3,7 +3,10 @@ inventory, run the playbook, return per-host results. Nothing here prints; the C
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from appliance.addressing import is_loopback
 from appliance.context import AppContext
@@ -68,15 +71,37 @@ def run(
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
     with state_lock(ctx.state_dir) if action in ("up", "down") else _nothing():
+        gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
         path = write_inventory(ctx.answers, host_vars, folder)
         results = run_playbook(action, path, folder, on_progress, limit)
-    if any(r.state in ("failed", "unreachable") for r in results.values()):
+    results |= gone
+    # A removed host that cannot be reached is already gone; one that failed to stop is reported.
+    if any(r.state == "failed" or (r.unreachable and h not in gone) for h, r in results.items()):
         if action == "preflight":
             raise PreflightError(
                 [(h, r.state, "; ".join(r.messages[:2])) for h, r in results.items() if r.state != "ok"]
             )
         raise ClusterRunError(action, results)
     return results
+
+
+def _stop_removed_hosts(
+    inventory: Inventory, folder: Path, on_progress: ProgressSink | None
+) -> dict[str, HostResult]:
+    """Hosts in the last inventory ``up`` wrote but no longer in the answers: drained and stopped
+    (``down`` on them alone, with the inventory they were brought up with) before the new one is
+    written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
+    previous = folder / "inventory" / "hosts.yml"
+    if not previous.exists():
+        return {}
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
+    known = set((yaml.load(previous.read_text(), Loader=Loader) or {}).get("all", {}).get("hosts", {}))
+    gone = sorted(known - set(inventory.hosts))
+    return run_playbook("down", previous, folder, on_progress, gone) if gone else {}
 
 
 class _nothing:

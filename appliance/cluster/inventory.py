@@ -87,7 +87,8 @@ class Inventory:
 
     def host_map(self, services: list[str], here: str | None = None) -> HostMap:
         """Addresses and the host each service is reached at from ``here``: ``here`` itself when
-        it runs one of the service's replicas, else the service's first host."""
+        it runs one of the service's replicas (every host runs node exporter), else the
+        service's first host."""
 
         def reached_at(service: str) -> str:
             hosts = self.hosts_of(service)
@@ -95,7 +96,8 @@ class Inventory:
 
         return HostMap(
             addresses={h.name: h.address for h in self.cluster.hosts},
-            services={s: reached_at(s) for s in services if s not in EVERY_HOST},
+            # a service every host runs (node exporter) is its own host's, health check included
+            services={s: here if s in EVERY_HOST and here else reached_at(s) for s in services},
             default=self.first_control,
         )
 
@@ -114,7 +116,7 @@ def this_host() -> dict[str, object]:
     import re
     import socket
 
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip(".-_") or "control"
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip(".-_") or "control1"
     address = "127.0.0.1"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:

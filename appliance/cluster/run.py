@@ -38,6 +38,8 @@ class HostResult:
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
     """The failed tasks' messages (task: message)."""
+    changed_tasks: list[str] = field(default_factory=list)
+    """The tasks that changed something, in order (what ``plan`` shows would change)."""
 
     @property
     def state(self) -> str:
@@ -69,6 +71,29 @@ def cluster_dir(state_dir: Path) -> Path:
     return path
 
 
+class _Unsafe(str):
+    """A value Ansible must not template (``!unsafe``): rendered config files may hold Jinja-like
+    text of their own, e.g. Prometheus's alert rules with ``{{ $labels.model }}``."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+
+
+def _unsafe(value: Any) -> Any:
+    """``value`` with every string that Ansible would read as a template marked ``!unsafe``."""
+    if isinstance(value, str):
+        return _Unsafe(value) if any(mark in value for mark in ("{{", "{%", "{#")) else value
+    if isinstance(value, dict):
+        return {k: _unsafe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unsafe(v) for v in value]
+    return value
+
+
 def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], folder: Path) -> Path:
     """``hosts.yml`` (0600): the effective groups, SSH settings and each host's vars."""
     assert answers.cluster is not None
@@ -88,14 +113,14 @@ def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], fold
         }
         if cluster.ssh_key:
             entry["ansible_ssh_private_key_file"] = str(cluster.ssh_key.expanduser())
-        hosts[host.name] = entry | host_vars.get(host.name, {})
+        hosts[host.name] = entry | _unsafe(host_vars.get(host.name, {}))
     children = {g: {"hosts": {h: None for h in members}} for g, members in inventory.groups().items()}
     data = {"all": {"hosts": hosts, "children": children}}
     path = folder / "inventory" / "hosts.yml"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(data, out, sort_keys=False)
+        yaml.dump(data, out, Dumper=_Dumper, sort_keys=False)
     return path
 
 
@@ -143,6 +168,8 @@ def run_playbook(
         if status == "failed" and data.get("ignore_errors"):
             status = "ignored"
         result = results.setdefault(host, HostResult())
+        if status == "changed" and data.get("task", "") not in result.changed_tasks:
+            result.changed_tasks.append(data.get("task", ""))
         if status in ("failed", "unreachable"):
             res = data.get("res") or {}
             result.messages.append(f"{data.get('task', '')}: {str(res.get('msg', ''))[:300]}")

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
@@ -20,12 +22,15 @@ from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
 from appliance.stack import RenderedService
 
-from .inventory import Inventory, role_of
+from .inventory import EVERY_HOST, SERVICE_GROUP, Inventory, role_of
 
 SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
 DB_PASSWORD = "mlflow_db_password"
 """The secret MLflow's PostgreSQL role logs in with (``roles/appliance_mlflow``)."""
 PG_PORT = 5432
+FILE_SD = {service: ("all",) for service in EVERY_HOST} | {"serving": SERVICE_GROUP["serving"]}
+"""Scrape jobs whose service runs on several hosts, and the inventory groups those hosts are in:
+Prometheus finds them in a targets file the monitoring role writes from the inventory."""
 
 
 def host_context(
@@ -77,6 +82,26 @@ def postgresql_backend(command: list[str], env: dict[str, str], password: str) -
     env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{PG_PORT}/mlflow"
 
 
+def file_sd_targets(prometheus: dict[str, Any], targets_dir: str) -> list[dict[str, Any]]:
+    """Prometheus's config (the one-host renderer's ``prometheus.yml``) with each ``FILE_SD`` job
+    reading ``targets_dir/JOB.yml`` instead of its one static target; returns what the monitoring
+    role writes those files from (job, inventory groups, port)."""
+    files = {f["key"]: f for f in prometheus["files"]}
+    config = yaml.safe_load(files["prometheus.yml"]["value"])
+    jobs: list[dict[str, Any]] = []
+    for scrape in config.get("scrape_configs", []):
+        groups = FILE_SD.get(scrape["job_name"])
+        if groups is None or "static_configs" not in scrape:
+            continue
+        (static,) = scrape.pop("static_configs")
+        port = int(static["targets"][0].rsplit(":", 1)[1])
+        scrape["file_sd_configs"] = [{"files": [f"{targets_dir}/{scrape['job_name']}.yml"]}]
+        jobs.append({"job": scrape["job_name"], "groups": list(groups), "port": port})
+    header = "# Rendered by `appliance cluster`: jobs on several hosts read the inventory's targets files.\n"
+    files["prometheus.yml"]["value"] = header + yaml.safe_dump(config, sort_keys=False)
+    return jobs
+
+
 def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any]]:
     """Per host: ``appliance_<role>_units`` for each role with units there, and the secrets its
     units name (``appliance_common_secrets``)."""
@@ -106,6 +131,17 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             if answers.cluster.mlflow_backend == "postgresql":
                 mlflow = next(u for u in roles["mlflow"] if u["name"] == "mlflow")
                 postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD))
+        if "serving" in mine:  # drained on the way out (roles/appliance_serving_drain)
+            one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
+            host_vars["appliance_serving_drain_signal"] = "SIGUSR1" if one_server else ""
+            host_vars["appliance_serving_drain_ports"] = [
+                answers.ports.serving_http,
+                answers.ports.serving_grpc,
+            ]
+        if "prometheus" in mine:
+            prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
+            targets = f"{answers.cluster.state_dir}/config/prometheus/targets"
+            host_vars["appliance_monitoring_file_sd"] = file_sd_targets(prometheus, targets)
         text = repr(roles)
         needed = sorted(
             set(SECRET_FILE.findall(text)) | ({DB_PASSWORD} if "MLFLOW_BACKEND_STORE_URI" in text else set())

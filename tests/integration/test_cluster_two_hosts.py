@@ -1,15 +1,21 @@
 """Two hosts (control + serving) from one answers file, through the real CLI, Ansible and SSH:
 preflight and plan per host, up to healthy with the serving host reaching MLflow on the control
-host, a second up that changes nothing, status per host, and down.
+host, a second up that changes nothing, status per host, MLflow's registry in PostgreSQL, one
+Prometheus scraping both hosts from targets written from the inventory, and down.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py); the image
 is built once (about a minute, more on a busy machine) and reused while its recipe is unchanged."""
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
+import http.client
 import json
+import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +30,23 @@ from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
+GROUPS = {"ctl": ["control"], "srv1": ["serving"], "srv2": ["serving"]}
+
+
 @dataclass
 class Lab:
     hosts: ClusterHosts
     answers: Path
     state: Path
     timings: dict[str, float]
+    base: dict[str, Any]
+
+    def use_hosts(self, *names: str) -> None:
+        """Write the answers with these hosts in the cluster (the others exist but are not in it)."""
+        hosts = [{"name": n, "address": self.hosts.hosts[n].address, "groups": GROUPS[n]} for n in names]
+        self.answers.write_text(
+            yaml.safe_dump(self.base | {"cluster": self.base["cluster"] | {"hosts": hosts}})
+        )
 
     def cli(self, *args: str) -> tuple[int, Any, str]:
         started = time.monotonic()
@@ -49,24 +66,21 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     use_runtime("podman")
     work = tmp_path_factory.mktemp("cluster")
-    with cluster_hosts(("control", "serving"), work) as hosts:
+    # Host names differ from group names (a host named like a group is refused: Ansible would read
+    # the group's pattern as the host). srv2 joins and leaves the cluster in the last tests.
+    with cluster_hosts(("ctl", "srv1", "srv2"), work) as hosts:
         answers = {
             "profile": "lab",
             "bind_address": "0.0.0.0",
             "object_store": {"kind": "filesystem"},
-            "components": {"workbench": False, "monitoring": False, "controller": False, "dashboards": False},
+            "components": {"workbench": False, "controller": False, "dashboards": False},
             "cluster": {
                 "ssh_key": str(hosts.key),
                 "venv": sys.prefix,  # mounted read-only at the same path on every host
-                "hosts": [
-                    {"name": "control", "address": hosts.hosts["control"].address, "groups": ["control"]},
-                    {"name": "serving", "address": hosts.hosts["serving"].address, "groups": ["serving"]},
-                ],
             },
         }
-        path = work / "appliance.yaml"
-        path.write_text(yaml.safe_dump(answers))
-        lab = Lab(hosts, path, work / "state", {})
+        lab = Lab(hosts, work / "appliance.yaml", work / "state", {}, answers)
+        lab.use_hosts("ctl", "srv1")
         yield lab
         print(f"\ncluster timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}")
 
@@ -80,12 +94,12 @@ def _units_on(lab: Lab, host: str) -> str:
 def test_preflight_and_plan_report_every_host_and_change_nothing(lab: Lab) -> None:
     code, checked, output = lab.cli("preflight")
     assert code == 0, output
-    assert {h: r["state"] for h, r in checked.items()} == {"control": "ok", "serving": "ok"}
+    assert {h: r["state"] for h, r in checked.items()} == {"ctl": "ok", "srv1": "ok"}
     code, planned, output = lab.cli("plan")
     assert code == 0, output
     # Check mode: the unit files would be written (changed) but nothing is, on either host.
-    assert planned["control"]["changed"] > 0 and planned["serving"]["changed"] > 0, planned
-    assert _units_on(lab, "control") == "" and _units_on(lab, "serving") == ""
+    assert planned["ctl"]["changed"] > 0 and planned["srv1"]["changed"] > 0, planned
+    assert _units_on(lab, "ctl") == "" and _units_on(lab, "srv1") == ""
 
 
 def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control_hosts_mlflow(
@@ -94,54 +108,76 @@ def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values()), result
-    assert "appliance-mlflow.service" in _units_on(lab, "control")
-    assert "appliance-serving.service" in _units_on(lab, "serving") and "mlflow" not in _units_on(
-        lab, "serving"
-    )
-    control = lab.hosts.hosts["control"].address
-    env = lab.hosts.ssh("serving", "cat /etc/appliance-serving.env").stdout
+    assert "appliance-mlflow.service" in _units_on(lab, "ctl")
+    assert "appliance-serving.service" in _units_on(lab, "srv1") and "mlflow" not in _units_on(lab, "srv1")
+    control = lab.hosts.hosts["ctl"].address
+    env = lab.hosts.ssh("srv1", "cat /etc/appliance-serving.env").stdout
     assert f'MLFLOW_TRACKING_URI="http://{control}:5000"' in env
     probe = f"{sys.executable} -c \"import urllib.request as u; print(u.urlopen('http://{control}:5000/health').read())\""
-    reached = lab.hosts.ssh("serving", probe)
+    reached = lab.hosts.ssh("srv1", probe)
     assert reached.returncode == 0 and "OK" in reached.stdout, reached.stderr
     live = lab.hosts.ssh(
-        "serving", "stat -c '%a %U' /etc/appliance-serving.env /var/lib/appliance/secrets/serving_token"
+        "srv1", "stat -c '%a %U' /etc/appliance-serving.env /var/lib/appliance/secrets/serving_token"
     )
     assert live.stdout.split("\n")[:2] == ["600 root", "600 appliance"], live.stdout
     code, status, output = lab.cli("status")
     assert code == 0, output
-    assert status["control"]["mlflow"].startswith("active") and status["control"]["mlflow-users"].startswith(
-        "active"
-    )
-    assert status["serving"] == {"serving": "active (running)"}
+    assert status["ctl"]["mlflow"].startswith("active") and status["ctl"]["mlflow-users"].startswith("active")
+    assert status["srv1"] == {"serving": "active (running)", "node-exporter": "active (running)"}
 
 
 def test_a_second_up_changes_nothing_on_any_host(lab: Lab) -> None:
     code, result, output = lab.cli("up")
     assert code == 0, output
-    assert {h: r["changed"] for h, r in result.items()} == {"control": 0, "serving": 0}
+    assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "srv1": 0}
 
 
-def _mlflow(lab: Lab, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One MLflow REST call from this machine to the control host, as the writer account."""
-    import base64
-    import urllib.request
-
-    password = (lab.state / "secrets" / "mlflow_writer_password").read_text().strip()
+def _call(url: str, user: str, secret: Path, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One HTTP call from this machine with basic auth (the password from a secret file)."""
+    password = secret.read_text().strip()
     request = urllib.request.Request(
-        f"http://{lab.hosts.hosts['control'].address}:5000/api/2.0/mlflow/{path}",
-        data=json.dumps(body).encode(),
+        url,
+        data=None if body is None else json.dumps(body).encode(),
         headers={
             "Content-Type": "application/json",
-            "Authorization": "Basic " + base64.b64encode(f"appliance-writer:{password}".encode()).decode(),
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
         },
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return dict(json.loads(answer.read()))
 
 
+def _mlflow(lab: Lab, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow REST call to the control host, as the writer account."""
+    url = f"http://{lab.hosts.hosts['ctl'].address}:5000/api/2.0/mlflow/{path}"
+    return _call(url, "appliance-writer", lab.state / "secrets" / "mlflow_writer_password", body)
+
+
+def _scraped(lab: Lab) -> dict[tuple[str, str], str]:
+    """Prometheus's active targets on the monitoring host: (job, host label) -> health."""
+    url = f"http://{lab.hosts.hosts['ctl'].address}:9090/api/v1/targets?state=active"
+    found = _call(url, "appliance", lab.state / "secrets" / "prometheus_web_password")
+    return {
+        (t["labels"]["job"], t["labels"].get("host", "")): t["health"] for t in found["data"]["activeTargets"]
+    }
+
+
+def test_one_prometheus_scrapes_every_host_from_the_targets_written_from_the_inventory(lab: Lab) -> None:
+    wanted = {("node-exporter", "ctl"), ("node-exporter", "srv1"), ("serving", "srv1")}
+    deadline = time.monotonic() + 120  # a first scrape within two intervals (15 s) once discovered
+    while True:
+        scraped = _scraped(lab)
+        if all(scraped.get(target) == "up" for target in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert all(scraped.get(target) == "up" for target in wanted), scraped
+    assert "prometheus" not in _units_on(lab, "srv1")  # one Prometheus, on the monitoring host
+    targets = lab.hosts.ssh("ctl", "cat /var/lib/appliance/config/prometheus/targets/node-exporter.yml")
+    assert lab.hosts.hosts["srv1"].address + ":9100" in targets.stdout, targets.stdout
+
+
 def _psql(lab: Lab, query: str) -> str:
-    done = lab.hosts.ssh("control", f'runuser -u postgres -- psql -d mlflow -tAc "{query}"')
+    done = lab.hosts.ssh("ctl", f'runuser -u postgres -- psql -d mlflow -tAc "{query}"')
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -159,15 +195,87 @@ def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_ho
     # The rows are in PostgreSQL's tables (no SQLite file on the host), written through MLflow.
     assert _psql(lab, f"SELECT value FROM metrics WHERE run_uuid = '{run}' AND key = 'auc'") == "0.93"
     assert _psql(lab, "SELECT version FROM model_versions WHERE name = 'cluster_pg_model'") == str(version)
-    assert "sqlite" not in lab.hosts.ssh("control", "cat /etc/appliance-mlflow.env").stdout
-    assert lab.hosts.ssh("control", "test -e /var/lib/appliance/mlflow/mlflow.db").returncode == 1
+    assert "sqlite" not in lab.hosts.ssh("ctl", "cat /etc/appliance-mlflow.env").stdout
+    assert lab.hosts.ssh("ctl", "test -e /var/lib/appliance/mlflow/mlflow.db").returncode == 1
     # PostgreSQL listens on loopback and the cluster address only, and asks MLflow's role for a password.
     listen = _psql(lab, "SHOW listen_addresses")
-    assert listen == f"localhost,{lab.hosts.hosts['control'].address}", listen
+    assert listen == f"localhost,{lab.hosts.hosts['ctl'].address}", listen
     rules = _psql(lab, "SELECT auth_method FROM pg_hba_file_rules WHERE 'mlflow' = ANY(user_name)")
     assert set(rules.split()) == {"scram-sha-256"}, rules
-    mode = lab.hosts.ssh("control", "stat -c '%a %U' /var/lib/appliance/secrets/mlflow_db_password").stdout
+    mode = lab.hosts.ssh("ctl", "stat -c '%a %U' /var/lib/appliance/secrets/mlflow_db_password").stdout
     assert mode.strip() == "600 appliance"
+
+
+def test_an_added_serving_host_is_all_that_up_changes_besides_prometheus_targets(lab: Lab) -> None:
+    lab.use_hosts("ctl", "srv1", "srv2")
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert result["srv2"]["changed"] > 0 and result["srv2"]["failed"] == 0, result
+    assert result["srv1"]["changed"] == 0, result
+    # The monitoring host only learns the new targets; Prometheus reads the file again by itself.
+    assert result["ctl"]["changed_tasks"] == ["Write each job's targets from the inventory"], result
+    assert "appliance-serving.service" in _units_on(lab, "srv2")
+    wanted = {("node-exporter", "srv2"), ("serving", "srv2")}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        scraped = _scraped(lab)
+        if all(scraped.get(target) == "up" for target in wanted):
+            break
+        time.sleep(3)
+    assert all(scraped.get(target) == "up" for target in wanted), scraped
+
+
+def _refused(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return False
+    except OSError:  # refused, or dropped (timed out) while the server stops listening
+        return True
+
+
+def test_a_serving_host_taken_down_stops_taking_requests_before_it_stops_and_nothing_else_changes(
+    lab: Lab,
+) -> None:
+    address = lab.hosts.hosts["srv2"].address
+    kept = http.client.HTTPConnection(address, 8080, timeout=10)  # a client in the middle of its work
+    kept.request("GET", "/v2/health/live")
+    answer = kept.getresponse()
+    answer.read()
+    assert answer.status == 200
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        down = pool.submit(lab.cli, "down", "--limit", "srv2")
+        deadline = time.monotonic() + 120
+        while not _refused(address, 8080) and time.monotonic() < deadline and not down.done():
+            time.sleep(0.5)
+        assert _refused(address, 8080) and not down.done(), "new connections were still taken"
+        # Draining: no new connection, the open one still served, the unit still running.
+        kept.request("GET", "/v2/health/live")
+        answer = kept.getresponse()
+        answer.read()
+        assert answer.status == 200  # the open connection is still served
+        assert lab.hosts.ssh("srv2", "systemctl is-active appliance-serving").stdout.strip() == "active"
+        assert not down.done()
+        kept.close()  # its last client is done: the host stops
+        code, result, output = down.result(timeout=180)
+    assert code == 0, output
+    assert set(result) == {"srv2"}, result  # nothing else touched
+    state = lab.hosts.ssh("srv2", "systemctl is-active appliance-serving").stdout.strip()
+    assert state == "inactive", state
+    code, status, output = lab.cli("status")
+    assert status["srv1"]["serving"].startswith("active") and status["ctl"]["mlflow"].startswith("active")
+
+
+def test_a_host_removed_from_the_inventory_is_stopped_by_the_next_up_and_leaves_prometheus(lab: Lab) -> None:
+    lab.cli("up", "--limit", "srv2")  # running again, then taken out of the answers
+    lab.use_hosts("ctl", "srv1")
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert result["srv1"]["changed"] == 0 and result["srv2"]["state"] == "changed", result
+    assert result["ctl"]["changed_tasks"] == ["Write each job's targets from the inventory"], result
+    state = lab.hosts.ssh("srv2", "systemctl is-active appliance-serving").stdout.strip()
+    assert state == "inactive", state
+    targets = lab.hosts.ssh("ctl", "cat /var/lib/appliance/config/prometheus/targets/node-exporter.yml")
+    assert lab.hosts.hosts["srv2"].address not in targets.stdout
 
 
 def test_down_stops_every_unit_and_keeps_the_data(lab: Lab) -> None:
@@ -177,6 +285,6 @@ def test_down_stops_every_unit_and_keeps_the_data(lab: Lab) -> None:
     assert code == 0, output
     assert all(state.startswith("inactive") for units in status.values() for state in units.values()), status
     kept = lab.hosts.ssh(
-        "control", "systemctl is-active postgresql; ls /var/lib/postgresql/15/main/base | wc -l"
+        "ctl", "systemctl is-active postgresql; ls /var/lib/postgresql/15/main/base | wc -l"
     ).stdout.split()
     assert kept[0] == "inactive" and int(kept[1]) >= 4, kept  # stopped, MLflow's database still there

@@ -53,6 +53,14 @@ def test_every_group_nobody_is_in_falls_to_the_first_control_host() -> None:
         inventory.check_limit(["srv9"])
 
 
+def test_a_host_named_like_a_group_is_refused_with_the_fix() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'serving' is also a group name") as err:
+        answers([{"name": "serving", "address": "10.0.0.2", "groups": ["serving"]}])
+    assert "serving1" in str(err.value)
+
+
 def test_each_host_gets_its_own_units_seeing_the_others_at_their_addresses(tmp_path: Path) -> None:
     per_host = render_hosts(answers(), tmp_path / "secrets")
     assert [u["name"] for u in per_host["ctl1"]["appliance_mlflow_units"]] == ["mlflow", "mlflow-users"]
@@ -111,6 +119,26 @@ def test_the_inventory_holds_secrets_so_it_is_0600_with_the_groups_and_ssh_setti
     )
     assert set(data["children"]["serving"]["hosts"]) == {"srv1", "srv2"}
     assert set(data["children"]["gateway"]["hosts"]) == {"ctl1"}
+
+
+def test_rendered_text_that_looks_like_jinja_reaches_ansible_marked_unsafe(tmp_path: Path) -> None:
+    chosen = answers(components={"workbench": False, "controller": False, "dashboards": False})
+    path = write_inventory(chosen, render_hosts(chosen, tmp_path / "secrets"), tmp_path / "cluster")
+    text = path.read_text()
+    assert "!unsafe" in text  # Prometheus's alert rules hold {{ $labels... }} of their own
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: ("unsafe", loader.construct_scalar(node)))
+    hosts = yaml.load(text, Loader=Loader)["all"]["hosts"]
+    (prometheus,) = [u for u in hosts["ctl1"]["appliance_monitoring_units"] if u["name"] == "prometheus"]
+    rules = {f["key"]: f["value"] for f in prometheus["files"]}["alert_rules.yml"]
+    assert rules[0] == "unsafe" and "{{" in rules[1]
+    assert isinstance(hosts["ctl1"]["ansible_host"], str)  # plain values stay plain
+    for host in ("ctl1", "srv1", "srv2"):  # every host's node exporter, checked on that host
+        (exporter,) = [u for u in hosts[host]["appliance_monitoring_units"] if u["name"] == "node-exporter"]
+        assert exporter["health"]["url"] == "http://127.0.0.1:9100/metrics", (host, exporter["health"])
 
 
 def test_a_cluster_on_loopback_fails_preflight_before_ansible_runs(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cluster.inventory import GROUPS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +35,7 @@ def test_the_vagrantfile_validates_and_names_the_clusters_playbook(tmp_path: Pat
     done = _validate(lab, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Vagrantfile validated successfully" in done.stdout
-    assert {"control", "serving", "train"} <= set(re.findall(r"==> (\w+): ", done.stdout))
+    assert {"ctl1", "srv1", "trn1"} <= set(re.findall(r"==> (\w+): ", done.stdout))
     # The check is real: a provisioner setting Vagrant does not know fails it.
     text = (lab / "Vagrantfile").read_text().replace("ansible.limit =", "ansible.limitt =")
     (lab / "Vagrantfile").write_text(text)
@@ -43,6 +45,8 @@ def test_the_vagrantfile_validates_and_names_the_clusters_playbook(tmp_path: Pat
 
 def test_each_vm_has_two_vcpus_and_two_gib() -> None:
     text = (ROOT / "Vagrantfile").read_text()
-    assert len(re.findall(r'^\s+"\w+" => \{ ip: "192\.168\.56\.\d+"', text, re.M)) == 3
+    names = re.findall(r'^\s+"(\w+)" => \{ ip: "192\.168\.56\.\d+"', text, re.M)
+    assert len(names) == 3
+    assert not set(names) & set(GROUPS), names  # a host named like a group shadows it in plays
     assert text.count("cpus = 2") == 2 and text.count("memory = 2048") == 2  # virtualbox and libvirt
     assert 'ansible.playbook = "roles/site.yml"' in text

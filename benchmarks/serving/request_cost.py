@@ -102,11 +102,7 @@ def measure(
                 flush=True,
             )
     finally:
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            os.killpg(proc.pid, 9)
+        run.stop_group(proc)
     return result
 
 

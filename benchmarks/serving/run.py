@@ -155,11 +155,7 @@ def measure(
                     peer.name, proto, c, r, cpu_per_request(proc.pid, cpu, r, args)
                 )
     finally:
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            os.killpg(proc.pid, 9)
+        stop_group(proc)
     return result
 
 
@@ -312,6 +308,15 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server's process group, SIGKILL it when it has not exited within 15 s."""
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        os.killpg(proc.pid, 9)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import loadgen  # noqa: E402
 from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model  # noqa: E402
 
+from appliance.answers import Serving  # noqa: E402
 from appliance.workloads.controller.autoscale import Autoscaler, KpaSettings  # noqa: E402
 
 TOKEN, ADMIN = "bench-token", "bench-admin"
@@ -115,12 +116,14 @@ def main() -> None:
     ]  # fmt: skip
     log = open(work / "supervisor.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    settings = KpaSettings(
-        min_replicas=1,
-        max_replicas=args.max_replicas,
-        target_concurrency=args.target_concurrency,
-        stable_window=args.stable_window,
-        scale_down_delay=args.scale_down_delay,
+    settings = KpaSettings.from_serving(
+        Serving(
+            min_replicas=1,
+            max_replicas=args.max_replicas,
+            target_concurrency=args.target_concurrency,
+            stable_window=args.stable_window,
+            scale_down_delay=args.scale_down_delay,
+        )
     )
     base = f"http://127.0.0.1:{admin}"
     scaler = Autoscaler(settings, f"{base}/metrics", f"{base}/replicas", ADMIN)

@@ -55,16 +55,17 @@ TICK_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class KpaSettings:
-    """The answers' ``serving`` knobs, with Knative's names and meaning."""
+    """The answers' ``serving`` knobs, with Knative's names and meaning. No defaults here: they
+    are the answers' (``appliance.answers.Serving``), so that one place decides them."""
 
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_concurrency: float = 8.0
-    target_utilization: float = 0.7
-    stable_window: float = 60.0
-    panic_window_percentage: float = 10.0
-    panic_threshold_percentage: float = 200.0
-    scale_down_delay: float = 30.0
+    min_replicas: int
+    max_replicas: int
+    target_concurrency: float
+    target_utilization: float
+    stable_window: float
+    panic_window_percentage: float
+    panic_threshold_percentage: float
+    scale_down_delay: float
 
     @property
     def target_value(self) -> float:

@@ -19,10 +19,9 @@ def replicas_status(ctx: Any, running: bool) -> dict[str, Any] | None:
         return None
     with read_only():
         token = ctx.secrets.get("serving_admin_token")
-    host = "127.0.0.1" if ctx.answers.bind_address in ("0.0.0.0", "::") else ctx.answers.bind_address
-    host = f"[{host}]" if ":" in host else host
+    admin = ctx.addressing.url("serving", ctx.answers.ports.serving_metrics)
     req = urllib.request.Request(
-        f"http://{host}:{ctx.answers.ports.serving_metrics}/replicas",
+        f"{admin}/replicas",
         headers={"Authorization": f"Bearer {token}"},
     )
     try:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from appliance.workloads.trainer import distributed
+from appliance.workloads.trainer.distributed import World
 from appliance.workloads.trainer.errors import TrainingError
 from appliance.workloads.trainer.model import ImageCNN, ServingModel, TabularMLP, as_input
 from appliance.workloads.trainer.prepare import Split, scaling
@@ -52,6 +54,10 @@ class FitResult:
     best_epoch: int = 0
     device: str = "cpu"
     seconds: float = 0.0
+    world_size: int = 1
+    backend: str = ""
+    """The process group's backend (``gloo``, ``nccl``) across processes; empty in one."""
+    rank_batch_size: int = 0
 
 
 def pick_device() -> torch.device:
@@ -95,12 +101,23 @@ def epoch_metric(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, floa
 
 
 def fit(
-    data: Split, task: str, n_outputs: int, cfg: FitConfig, progress: Callable[[dict[str, float]], None]
+    data: Split,
+    task: str,
+    n_outputs: int,
+    cfg: FitConfig,
+    progress: Callable[[dict[str, float]], None],
+    world: World | None = None,
 ) -> FitResult:
-    """Train with Adam; keep the weights of the epoch with the lowest validation loss."""
-    device = pick_device()
+    """Train with Adam; keep the weights of the epoch with the lowest validation loss.
+
+    Across processes (``world``, from torchrun) the model trains under DistributedDataParallel on
+    this rank's shard; rank 0 alone validates, reports ``progress`` and decides the best epoch and
+    early stopping, which every rank follows (``distributed``)."""
+    world = world or World()
+    device = distributed.device_for(world) if world.distributed else pick_device()
     configure_threads()
     seed_everything(cfg.seed, device)
+    distributed.init(world, device)
     started = time.perf_counter()
     x_mean, x_std = scaling(data.x["train"])
     model: TabularMLP | ImageCNN
@@ -114,6 +131,11 @@ def fit(
     else:
         model.set_scaling(x_mean, x_std)
     model.to(device)
+    trained: nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
     def target(y: np.ndarray) -> torch.Tensor:
@@ -124,31 +146,40 @@ def fit(
     x_va, y_va = torch.as_tensor(as_input(model, data.x["val"]), device=device), target(data.y["val"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    result = FitResult(model=model, device=device.type)
+    batch = distributed.rank_batch(cfg.batch_size, world)
+    result = FitResult(model=model, device=device.type, world_size=world.size, rank_batch_size=batch)
+    if world.distributed:
+        result.backend = distributed.backend_for(device)
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_tr), generator=generator).to(device)
+        trained.train()
+        # The same shuffled order on every rank (same seed); each takes its shard of it.
+        order = distributed.shard(torch.randperm(len(x_tr), generator=generator), world).to(device)
         total = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
             optimizer.zero_grad()
-            loss = loss_fn(model(x_tr[idx]), y_tr[idx])
+            loss = loss_fn(trained(x_tr[idx]), y_tr[idx])
             loss.backward()
             optimizer.step()
             total += float(loss.item()) * len(idx)
+        total, rows = distributed.all_sum([total, float(len(order))], world, device)
         model.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(model(x_va), y_va).item())
-        train_loss = total / len(order)
+        val_loss = math.nan
+        if world.leader:
+            with torch.no_grad():
+                val_loss = float(loss_fn(model(x_va), y_va).item())
+        (val_loss,) = distributed.from_leader([val_loss], world, device)
+        train_loss = total / rows
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingError(
                 f"training diverged at epoch {epoch} (loss {train_loss})", fix="lower --lr or check the data"
             )
         row = {"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss}
-        row |= epoch_metric(task, data.y["val"], predict(model, task, data.x["val"], device))
+        if world.leader:
+            row |= epoch_metric(task, data.y["val"], predict(model, task, data.x["val"], device))
+            progress(row)
         result.history.append(row)
-        progress(row)
         if val_loss < best_loss - 1e-6:
             best_loss, best_state, stale, result.best_epoch = (
                 val_loss,

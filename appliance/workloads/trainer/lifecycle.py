@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.workloads.trainer import release, steps, tracking
+from appliance.workloads.trainer.errors import TrainerError
 from appliance.workloads.trainer.workdir import Options, read_json
 
 STEP_FUNCTIONS: dict[str, Callable[[Options], dict[str, Any]]] = {
@@ -42,7 +43,28 @@ def run_step(step: str, opts: Options) -> dict[str, Any]:
 
 
 def run(opts: Options) -> dict[str, Any]:
-    """validate -> train -> evaluate -> export -> register -> promote; returns the summary."""
+    """validate -> train -> evaluate -> export -> register -> promote; returns the summary.
+
+    Under torchrun (``distributed``) rank 0 runs the whole lifecycle and the other ranks train
+    their shards alongside it (``steps.train_follower``)."""
+    from appliance.workloads.trainer import distributed
+
+    world = distributed.world()
+    if world.distributed and opts.script is not None:
+        raise TrainerError(
+            "--script runs your own code in one process; it is not started across hosts",
+            fix="run it without torchrun (`appliance train --script ...`), "
+            "or train the built-in model across hosts",
+        )
+    try:
+        if world.distributed and not world.leader:
+            return steps.train_follower(opts)
+        return _run(opts) | ({"world_size": world.size} if world.distributed else {})
+    finally:
+        distributed.shutdown()
+
+
+def _run(opts: Options) -> dict[str, Any]:
     tracking.check_reachable()
     if opts.script is not None:
         from appliance.workloads.trainer.user_model import check_script

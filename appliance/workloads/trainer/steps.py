@@ -85,7 +85,7 @@ def train(opts: Options) -> dict[str, Any]:
     import mlflow
     import torch
 
-    from appliance.workloads.trainer import fit, images, tracking
+    from appliance.workloads.trainer import distributed, fit, images, tracking
 
     info = dataset_info(opts, "train")
     spec = spec_of(info)
@@ -101,7 +101,8 @@ def train(opts: Options) -> dict[str, Any]:
         print(f"epoch {int(row['epoch'])}/{cfg.epochs} {shown}", flush=True)
         tracking.log_epoch(row)
 
-    result = fit.fit(data, spec.task, spec.n_outputs, cfg, progress)
+    world = distributed.world()
+    result = fit.fit(data, spec.task, spec.n_outputs, cfg, progress, world)
     arch = {"n_features": len(spec.features), "n_outputs": spec.n_outputs, "hidden": list(cfg.hidden)}
     arch |= {"kind": kind, "image_shape": list(shape or ())}
     torch.save(
@@ -116,7 +117,11 @@ def train(opts: Options) -> dict[str, Any]:
         "model_kind": kind,
         "train_seconds": round(result.seconds, 3),
     }
-    mlflow.log_params({"device": result.device})
+    mlflow.log_params({"device": result.device, "world_size": result.world_size})
+    if world.distributed:
+        across = {"nodes": world.nodes, "nproc_per_node": world.local_size, "dist_backend": result.backend}
+        mlflow.log_params(across | {"rank_batch_size": result.rank_batch_size})
+        summary |= {"world_size": world.size, "nodes": world.nodes, "dist_backend": result.backend}
     mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
     write_json(opts, "train.json", summary | {"history": result.history})
     return summary
@@ -158,3 +163,35 @@ def compare_with_champion(
     print("test " + " ".join(f"{k}={v:.4f}" for k, v in test.items()), flush=True)
     write_json(opts, "evaluation.json", result)
     return result
+
+
+def train_follower(opts: Options) -> dict[str, Any]:
+    """A rank other than 0 under torchrun: read the dataset through the data connection, make the
+    same seeded split and train its shard in step with rank 0, which alone validates, logs and
+    registers (``distributed``). Nothing is written to MLflow from here."""
+    from appliance.dataconn import DataConnection, read_dataset
+    from appliance.workloads.trainer import distributed, fit, images, prepare, schema
+
+    if not opts.dataset:
+        raise WorkdirError("train", "a dataset name", "run --dataset NAME")
+    world = distributed.world()
+    loaded = read_dataset(DataConnection.from_env(), opts.dataset, opts.dataset_key)
+    spec = schema.validate(loaded.frame, opts.dataset, opts.target, opts.task)
+    kind, shape = images.choose_kind(opts.model_kind, opts.dataset, spec.features)
+    data = prepare.split(loaded.frame, spec, opts.seed)
+    cfg = opts.fit_config()
+    cfg.model_kind, cfg.image_shape = kind, shape or ()
+    print(
+        f"rank {world.rank}/{world.size}: dataset {loaded.uri} ({loaded.sha256[:12]}), "
+        f"{len(data.y['train'])} training rows, {distributed.rank_batch(cfg.batch_size, world)} per step",
+        flush=True,
+    )
+    result = fit.fit(data, spec.task, spec.n_outputs, cfg, lambda row: None, world)
+    return {
+        "rank": world.rank,
+        "world_size": world.size,
+        "dataset_sha256": loaded.sha256,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.seconds, 3),
+    }

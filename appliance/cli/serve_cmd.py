@@ -131,6 +131,31 @@ from appliance.errors import ApplianceError
     help="Server limits as a JSON object (what the stack renders from serving.limits); "
     "--limit flags apply on top.",
 )
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep the last good version of every models:/ model here and serve it while the registry "
+    "cannot be reached, also after a restart (edge boxes); without it nothing is cached.",
+)
+@click.option(
+    "--registry-url",
+    default=None,
+    help="MLflow registry the models:/ URIs name (MLflow itself or the gateway in front of it), "
+    "instead of MLFLOW_TRACKING_URI; needs --registry-password-file.",
+)
+@click.option(
+    "--registry-user",
+    default="appliance-reader",
+    show_default=True,
+    help="MLflow account of --registry-url (a read-only one).",
+)
+@click.option(
+    "--registry-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File holding the password of --registry-user (mode 0600); read only with --registry-url.",
+)
 def serve_cmd(
     models: tuple[str, ...],
     names: tuple[str, ...],
@@ -151,6 +176,10 @@ def serve_cmd(
     inter_op_threads: int,
     limit_pairs: tuple[str, ...],
     limits_json: str | None,
+    cache_dir: Path | None,
+    registry_url: str | None,
+    registry_user: str,
+    registry_password_file: Path | None,
 ) -> None:
     """Serve ONNX models over the KServe v2 protocol (REST and gRPC) with /metrics."""
     from pydantic import ValidationError
@@ -179,6 +208,10 @@ def serve_cmd(
             "the admin token must differ from the inference token (generate another one)",
             param_hint="--admin-token/--admin-token-file",
         )
+    if registry_url:
+        _use_registry(registry_url, registry_user, registry_password_file)
+    if cache_dir is not None:
+        _fail_fast_to_cache()
     config = ServeConfig(
         models=pairs,
         host=host,
@@ -195,6 +228,7 @@ def serve_cmd(
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         limits=limits,
+        cache_dir=cache_dir,
     )
     from appliance.workloads.serving.errors import InferenceError
     from appliance.workloads.serving.server import run
@@ -210,3 +244,38 @@ def serve_cmd(
             f"model server failed to start: {err}",
             fix="check the --model path/URI, the ports and the data connection env",
         ) from err
+
+
+def _use_registry(url: str, user: str, password_file: Path | None) -> None:
+    """Point this process's MLflow client at ``url`` with ``user`` and the password in
+    ``password_file`` (an edge box following a central registry)."""
+    import os
+
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} must start with http:// or https://", param_hint="--registry-url")
+    if password_file is None or not password_file.is_file():
+        raise click.BadParameter(
+            f"the password of {user} at {url} is needed: write it to a file (mode 0600) and name it "
+            "with --registry-password-file",
+            param_hint="--registry-password-file",
+        )
+    password = password_file.read_text().strip()
+    if not password:
+        raise click.BadParameter(f"{password_file} is empty", param_hint="--registry-password-file")
+    os.environ.update(
+        {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    )
+
+
+def _fail_fast_to_cache() -> None:
+    """MLflow's client retries an unreachable server for about two minutes by default; with a
+    cached version to serve instead, a registry check gives up after a few seconds (a caller's
+    own MLFLOW_HTTP_REQUEST_* settings win)."""
+    import os
+
+    for name, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+    ):
+        os.environ.setdefault(name, value)

@@ -37,6 +37,9 @@ class ServeConfig:
     """Start even when a model cannot be loaded yet (no champion registered so far): it is retried
     every ``poll_seconds`` and the server reports not ready until it loads. Off: exit instead."""
     drift_window: int = 1000
+    cache_dir: Path | None = None
+    """Where the last good version of every ``models:/`` model is kept, to serve through registry
+    outages and restarts (``edge_cache``); None: no cache."""
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     limits: ServerLimits = field(default_factory=ServerLimits)

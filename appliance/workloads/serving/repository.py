@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.workloads.serving.batcher import Batcher
+from appliance.workloads.serving.edge_cache import CachedSource
 from appliance.workloads.serving.errors import Forbidden, NotFound, Unavailable
 from appliance.workloads.serving.model import LoadedModel, SessionOptions
-from appliance.workloads.serving.sources import Source, source_for
+from appliance.workloads.serving.sources import MlflowSource, Source, source_for
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,15 @@ class ModelRepository:
         max_queue_delay_s: float,
         drift_window: int,
         on_batch: Callable[..., None] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.session_opts = session_opts
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.drift_window = drift_window
         self.on_batch = on_batch
+        self.cache_dir = cache_dir
+        """Where the last good version of each registry-followed model is kept (None: nowhere)."""
         self.entries: dict[str, Entry] = {}
         self.allowed: dict[str, str] = {}
         """Source key -> URI of every source given at startup: the only places a load may name."""
@@ -73,8 +77,16 @@ class ModelRepository:
 
     def _add(self, name: str | None, source: Source) -> Entry:
         entry = Entry(name or source.default_name(), source)
+        entry.source = self._cached(entry.name, source)
         self.entries[entry.name] = entry
         return entry
+
+    def _cached(self, name: str, source: Source) -> Source:
+        """A registry source through the local cache of its last good version, when there is one
+        (the cache outlives registry outages and restarts; files and S3 objects need none)."""
+        if self.cache_dir is None or not isinstance(source, MlflowSource):
+            return source
+        return CachedSource(source, self.cache_dir / name)
 
     def check_source(self, uri: str) -> Source:
         """The Source of ``uri`` if the server was started with it, else a 403 naming those it was:
@@ -111,9 +123,13 @@ class ModelRepository:
         """Fetch, build and warm the entry's current version, then swap it in. False: unchanged."""
         with entry.lock:
             if uri is not None and uri != entry.source.uri:
-                entry.source = source_for(uri)
+                entry.source = self._cached(entry.name, source_for(uri))
             fingerprint = entry.source.fingerprint()
             if entry.model is not None and fingerprint == entry.fingerprint:
+                note = getattr(entry.source, "note", "")
+                if note and note != entry.reason:  # once per outage, not every round
+                    log.warning("%s: %s", entry.name, note)
+                entry.reason = note
                 return False
             if entry.model is None:
                 entry.state = "LOADING"
@@ -133,8 +149,11 @@ class ModelRepository:
                 model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
             )
             entry.model, entry.batcher = model, batcher  # requests read these two together
-            entry.fingerprint, entry.state, entry.reason = fingerprint, "READY", ""
+            entry.fingerprint, entry.state = fingerprint, "READY"
+            entry.reason = getattr(entry.source, "note", "")
             entry.loads += 1
+            if isinstance(entry.source, CachedSource):
+                entry.source.keep(fetched, fingerprint, version)
             # the session holds the model in memory: the previous download can go
             old_scratch, entry.scratch = entry.scratch, fetched.scratch
             if old_scratch is not None:

@@ -38,6 +38,7 @@ def build_service(config: ServeConfig) -> InferenceService:
         config.max_batch_size,
         config.max_queue_delay_us / 1e6,
         config.drift_window,
+        cache_dir=config.cache_dir,
     )
     for name, uri in config.models:
         repo.add(name, uri)

@@ -15,6 +15,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
+from appliance.cluster.run import HostResult
 from appliance.context import AppContext
 from tui.backend import Backend, EngineLike
 from tui.state import STEP_NAMES, WizardState
@@ -23,7 +24,18 @@ Mode = Literal["wizard", "status"]
 
 
 def _screen_for(step: str) -> Screen[None]:
-    from tui.screens import components, done, gpu, install, network, preflight, review, storage, welcome
+    from tui.screens import (
+        cluster,
+        components,
+        done,
+        gpu,
+        install,
+        network,
+        preflight,
+        review,
+        storage,
+        welcome,
+    )
     from tui.screens.dashboard import DashboardScreen
 
     factories: dict[str, Callable[[], Screen[None]]] = {
@@ -33,6 +45,7 @@ def _screen_for(step: str) -> Screen[None]:
         "storage": storage.StorageScreen,
         "gpu": gpu.GpuScreen,
         "network": network.NetworkScreen,
+        "cluster": cluster.ClusterScreen,
         "review": review.ReviewScreen,
         "install": install.InstallScreen,
         "done": done.DoneScreen,
@@ -63,6 +76,8 @@ class ApplianceApp(App[None]):
         self.clock = clock or (lambda: time.strftime("%H:%M:%S"))
         self.refresh_seconds = refresh_seconds
         self.step = ""
+        self.cluster_results: dict[str, HostResult] = {}
+        """Per host, what the last ``cluster up`` did (the done screen lists them)."""
 
     def on_mount(self) -> None:
         self.goto("dashboard" if self.mode == "status" else "welcome")

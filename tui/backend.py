@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from appliance.answers import Answers
 from appliance.apply import ApplyResult, Event
+from appliance.cluster.run import HostResult, ProgressSink
 from appliance.context import AppContext
 from appliance.plan import Plan
 from appliance.preflight import Check, port_free
@@ -141,6 +142,20 @@ class Backend:
         from tui.metrics import gather
 
         return gather(ctx, status)
+
+    def this_host(self) -> dict[str, Any]:
+        """This machine as the first row of a new cluster (what ``appliance init --cluster`` writes)."""
+        from appliance.cluster.inventory import this_host
+
+        return this_host()
+
+    def cluster_run(
+        self, ctx: AppContext, action: str, on_progress: ProgressSink | None = None
+    ) -> dict[str, HostResult]:
+        """``appliance cluster ACTION`` (preflight, up): per-host results, progress per task."""
+        from appliance.cluster.engine import run
+
+        return run(ctx, action, on_progress)
 
     def log_tail(self, engine: EngineLike, name: str, lines: int = 200) -> str:
         path = Path(engine.log_file(name))

@@ -11,6 +11,7 @@ from typing import Any
 from textual.message import Message
 
 from appliance.apply import ApplyResult, Event
+from appliance.cluster.run import HostResult
 
 
 class ApplyEvent(Message):
@@ -47,3 +48,34 @@ class DashboardRefreshed(Message):
         self.status = status
         self.data = data
         self.at = at
+
+
+class ClusterProgress(Message):
+    """One Ansible task result on one host during a cluster stage (preflight or up)."""
+
+    def __init__(self, stage: str, host: str, status: str, task: str) -> None:
+        super().__init__()
+        self.stage = stage
+        self.host = host
+        self.status = status
+        self.task = task
+
+
+class ClusterStage(Message):
+    """A cluster stage started (``results`` None) or ended with per-host results and an error, if any."""
+
+    def __init__(
+        self,
+        stage: str,
+        results: dict[str, HostResult] | None = None,
+        error: str = "",
+        cancelled: bool = False,
+        failures: list[tuple[str, str, str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.results = results
+        self.error = error
+        self.cancelled = cancelled
+        self.failures = failures or []
+        """A failed preflight's (host or check, problem, fix)."""

@@ -24,6 +24,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("storage", "Storage"),
     ("gpu", "GPU"),
     ("network", "Network and security"),
+    ("cluster", "This machine or a cluster"),
     ("review", "Review"),
 )
 STEP_NAMES = tuple(name for name, _ in STEPS)
@@ -40,11 +41,23 @@ class WizardState:
     s3_secret: str = ""
     s3_tested: tuple[str, ...] | None = None
     """The (endpoint, region, access key, secret) last tested successfully."""
+    cluster_draft: dict[str, Any] | None = None
+    """The cluster step's hosts and SSH settings as typed, kept while "this machine only" is
+    chosen or while they are invalid; ``data["cluster"]`` holds them only once they validate."""
+    cluster_chosen: bool = False
+    """A cluster was chosen in the cluster step (its section may not be valid yet)."""
 
     def __post_init__(self) -> None:
         if not self.data:
             self.data = self.initial.model_dump(mode="json")
         self.data["state_dir"] = str(self.state_dir)
+        if self.cluster_draft is None and self.data.get("cluster"):
+            self.cluster_draft = dict(self.data["cluster"])
+            self.cluster_chosen = True
+
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.data.get("cluster"))
 
     def get(self, dotted: str) -> Any:
         node: Any = self.data

@@ -83,27 +83,29 @@ def test_lab_install_through_the_wizard(paths: dict[str, Path], tmp_path: Path) 
     )
     term = Terminal(command)
     try:
-        term.wait_for("step 1/7", "lab", timeout=60)
+        term.wait_for("step 1/8", "lab", timeout=60)
         term.keys("C-n")
-        term.wait_for("step 2/7", "you can continue", timeout=120)
+        term.wait_for("step 2/8", "you can continue", timeout=120)
         term.keys("C-n")
-        term.wait_for("step 3/7", "Total RAM")
+        term.wait_for("step 3/8", "Total RAM")
         term.keys("Tab", "Tab", "Tab", "Tab", "Space", "Tab", "Space")
         term.wait_for("▐ ▌ serving", "▐ ▌ controller")
         term.keys("C-n")
-        term.wait_for("step 4/7")
+        term.wait_for("step 4/8")
         term.keys("Down", "Down", "Down", "Down", "Space")  # auto -> filesystem
         term.wait_for("▐●▌ filesystem")
         term.keys("C-n")
-        term.wait_for("step 5/7", "GPUs detected: none")
+        term.wait_for("step 5/8", "GPUs detected: none")
         term.keys("C-n")
-        screen = term.wait_for("step 6/7", "free (mlflow)")
+        screen = term.wait_for("step 6/8", "free (mlflow)")
         assert "BUSY" not in screen
         term.keys("Tab", "Space")  # TLS on: the gateway and its ports join the stack
         screen = term.wait_for("▐X▌ TLS gateway", "free (gateway: mlflow)")
         assert "BUSY" not in screen
         term.keys("C-n")
-        term.wait_for("step 7/7", "profile: lab")
+        term.wait_for("step 7/8", "▐●▌ This machine only")
+        term.keys("C-n")
+        term.wait_for("step 8/8", "profile: lab")
         term.keys("C-n")
         done = term.wait_for(
             "done · the stack is up", "appliance --answers $A", "Credentials", "healthy", timeout=480

@@ -50,7 +50,7 @@ async def test_busy_port_is_shown_in_place_and_blocks() -> None:
         assert not app.screen.query_one("#next", Button).disabled
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert app.step == "review"
+        assert app.step == "cluster"
         assert app.state.answers().ports.mlflow == 5055
 
 
@@ -92,7 +92,7 @@ async def test_tls_switch_shows_the_gateway_rows_and_checks_them() -> None:
         await settle(pilot)
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert app.step == "review"
+        assert app.step == "cluster"
         tls = app.state.answers().tls
         assert (
             tls.enabled

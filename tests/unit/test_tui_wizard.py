@@ -65,6 +65,7 @@ async def test_lab_walk_writes_the_answers_it_shows(tmp_path: Path) -> None:
         await pilot.press("down", "down", "down", "down", "space")  # auto -> filesystem
         await next_step(pilot, "gpu")
         await next_step(pilot, "network")
+        await next_step(pilot, "cluster")  # this machine only
         await next_step(pilot, "review")
         await next_step(pilot, "done")  # the fake install finishes at once
     expected = Answers.model_validate(
@@ -99,6 +100,7 @@ async def test_edge_walk_with_gpu_off_and_tls_on(tmp_path: Path) -> None:
         await settle(pilot)
         assert app.screen.query_one("#port-gateway_serving").parent.display
         assert not app.screen.query("#port-gateway_mlflow")  # no MLflow on edge: nothing to front
+        await next_step(pilot, "cluster")  # this machine only
         await next_step(pilot, "review")
         await next_step(pilot, "done")
     expected = Answers.model_validate(
@@ -136,6 +138,7 @@ async def test_custom_walk_with_external_s3(tmp_path: Path, monkeypatch: pytest.
         assert "OK" in str(app.screen.query_one("#s3-result").render())
         await next_step(pilot, "gpu")
         await next_step(pilot, "network")
+        await next_step(pilot, "cluster")  # this machine only
         await next_step(pilot, "review")
         await next_step(pilot, "done")  # the fake install finishes at once
     text = (tmp_path / "out.yaml").read_text()

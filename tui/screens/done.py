@@ -1,7 +1,8 @@
-"""Step 9: where everything is: service URLs (``Engine.status()``), credentials, next commands.
+"""The end: where everything is: service URLs (``Engine.status()``), credentials, next commands.
 
 Secrets are never printed here: the screen names the folder they live in and the command that
-shows one, so the terminal's scrollback does not keep them.
+shows one, so the terminal's scrollback does not keep them. After a cluster install the table
+lists each host instead: its groups and what ``cluster up`` did there (Ansible's counts).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class DoneScreen(AppScreen):
     BINDINGS = [Binding("d", "dashboard", "Dashboard"), Binding("q", "quit", "Quit")]
 
     def compose(self) -> ComposeResult:
-        yield Static("MLOps Appliance setup · done · the stack is up", id="step-title")
+        what = "the cluster is up" if self.state.is_cluster else "the stack is up"
+        yield Static(f"MLOps Appliance setup · done · {what}", id="step-title")
         with VerticalScroll(id="body"):
             yield DataTable(id="urls", cursor_type="none", zebra_stripes=False)
             yield Static("", id="credentials")
@@ -45,6 +47,16 @@ class DoneScreen(AppScreen):
 
     def _next_commands(self) -> str:
         """Copy-pasteable shell lines; the answers path (often long) is spelt once, as ``$A``."""
+        if self.state.is_cluster:
+            return "\n".join(
+                [
+                    "Next, in a shell:",
+                    f"  A={self.state.answers_out}",
+                    "  appliance --answers $A cluster status",
+                    "  appliance --answers $A cluster plan     # what a change would do, per host",
+                    "  appliance --answers $A secrets show NAME",
+                ]
+            )
         return "\n".join(
             [
                 "Next, in a shell:",
@@ -58,10 +70,20 @@ class DoneScreen(AppScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#urls", DataTable)
-        table.add_columns("service", "health", "url")
         self.query_one("#dashboard", Button).focus()
         engine = self.wizard.engine()
         backend = self.wizard.backend
+        if self.state.is_cluster:
+            self.query_one("#dashboard", Button).display = False
+            self.show_hosts(table)
+            self.run_worker(
+                lambda: (None, backend.secret_names(engine.ctx)),
+                thread=True,
+                exit_on_error=False,
+                group="status",
+            )
+            return
+        table.add_columns("service", "health", "url")
         self.run_worker(
             lambda: (engine.status(), backend.secret_names(engine.ctx)),
             thread=True,
@@ -76,9 +98,21 @@ class DoneScreen(AppScreen):
         elif event.state == WorkerState.ERROR:
             self.query_one("#credentials", Static).update(f"cannot read status: {event.worker.error}")
 
-    def show(self, status: dict[str, Any], secrets: list[str]) -> None:
+    def show_hosts(self, table: DataTable[str]) -> None:
+        """Each host of the cluster: its groups and Ansible's figures from ``cluster up``."""
+        table.add_columns("host", "groups", "state", "ok", "changed", "failed", "unreach")
+        results = self.wizard.cluster_results
+        for host in self.state.get("cluster")["hosts"]:
+            groups = ",".join(host.get("groups") or []) or "-"
+            r = results.get(host["name"])
+            figures = (
+                [r.state, str(r.ok), str(r.changed), str(r.failed), str(r.unreachable)] if r else ["-"] * 5
+            )
+            table.add_row(host["name"], groups, *figures)
+
+    def show(self, status: dict[str, Any] | None, secrets: list[str]) -> None:
         table = self.query_one("#urls", DataTable)
-        for name, svc in status.get("services", {}).items():
+        for name, svc in (status or {}).get("services", {}).items():
             table.add_row(name, svc.get("health") or "-", svc.get("url") or "-")
         where = self.state.state_dir / "secrets"
         logins = ", ".join(f"{what}: {name}" for name, what in LOGINS if name in secrets)
@@ -94,6 +128,9 @@ class DoneScreen(AppScreen):
             self.app.exit()
 
     def action_dashboard(self) -> None:
+        if self.state.is_cluster:
+            self.notify("the dashboard shows this machine's stack: run `appliance cluster status`")
+            return
         self.wizard.goto("dashboard")
 
     async def action_quit(self) -> None:

@@ -2,7 +2,9 @@
 
 The text comes from ``render_answers`` (the same function ``appliance init`` uses) and the plan
 from ``Engine.plan().render()`` in a worker; Ctrl+E (or the button) opens a list of the steps
-to go back to any of them.
+to go back to any of them. For a cluster the plan tab says which host runs which service (the
+inventory's rule, ``Inventory.hosts_of``) without contacting the hosts; ``appliance cluster
+plan`` asks Ansible what would change on each.
 """
 
 from __future__ import annotations
@@ -13,8 +15,26 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
+from appliance.context import AppContext
 from tui.screens.base import WizardScreen
 from tui.screens.modals import StepPicker
+
+
+def cluster_layout(ctx: AppContext, services: list[str]) -> str:
+    """Per host, its groups and the services it will run."""
+    from appliance.cluster.inventory import Inventory
+
+    assert ctx.answers.cluster is not None
+    inventory = Inventory(ctx.answers.cluster)
+    lines = [f"cluster up: Ansible over SSH on {len(inventory.hosts)} hosts; each runs:"]
+    for name, host in inventory.hosts.items():
+        runs = [s for s in services if name in inventory.hosts_of(s)]
+        groups = ",".join(host.groups) or "no group"
+        lines.append(
+            f"  {name} ({host.address}, {groups}): {', '.join(runs) or 'nothing but the common role'}"
+        )
+    lines.append("`appliance cluster plan` shows what Ansible would change on each host.")
+    return "\n".join(lines)
 
 
 class ReviewScreen(WizardScreen):
@@ -45,6 +65,12 @@ class ReviewScreen(WizardScreen):
     def on_mount(self) -> None:
         super().on_mount()
         engine = self.wizard.engine()
+        if self.state.is_cluster:
+            services = list(self.wizard.backend.services(engine.ctx))
+            self.run_worker(
+                lambda: cluster_layout(engine.ctx, services), thread=True, exit_on_error=False, group="plan"
+            )
+            return
         self.run_worker(lambda: engine.plan().render(), thread=True, exit_on_error=False, group="plan")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

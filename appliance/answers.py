@@ -247,6 +247,31 @@ class ModelEntry(Strict):
         return self.uri or f"models:/{self.name}@champion"
 
 
+class Registry(Strict):
+    """A central MLflow registry an edge box follows (``serving.registry``): the ``models:/`` URIs
+    it serves are read there with a read-only account, and the last good version of each is kept
+    on the box to serve through outages (docs/cluster.md, "Edge boxes")."""
+
+    url: str
+    """The registry: the central stack's TLS gateway in front of MLflow (``https://HOST:5443``) or
+    MLflow itself on a private network (``http://HOST:5000``)."""
+    username: str = "appliance-reader"
+    """The account the box reads with: the central stack's read-only one. Its password goes in
+    this box's ``STATE/secrets/mlflow_reader_password`` (mode 0600), copied from the central
+    stack's file of the same name."""
+    ca_file: Path | None = None
+    """CA certificate an ``https`` URL is checked against: copy the central stack's
+    ``STATE/secrets/tls_ca_cert`` to this box's ``STATE/secrets/registry_ca_cert`` and name that
+    path; absent: the system's CAs."""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"serving.registry.url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+
 class Serving(Strict):
     """How the model server serves (what it serves: ``models``)."""
 
@@ -286,6 +311,24 @@ class Serving(Strict):
     """Seconds a lower replica count must have been wanted before replicas go (Knative's default
     is 0; 30 s here because a new replica costs seconds of model load and warm-up, so a short dip
     should not cost a replica that the next burst needs again)."""
+    registry: Registry | None = None
+    """The central MLflow registry this box serves ``models:/`` URIs from (an edge box);
+    absent: this stack's or this cluster's own MLflow."""
+
+    @property
+    def registry_url(self) -> str:
+        """The model server's ``--registry-url`` (empty: none)."""
+        return self.registry.url if self.registry else ""
+
+    @property
+    def registry_user(self) -> str:
+        """The model server's ``--registry-user`` (empty: the stack's reader account)."""
+        return self.registry.username if self.registry else ""
+
+    @property
+    def registry_ca_file(self) -> str:
+        """The model server's ``--registry-ca-file`` (empty: the system's CAs)."""
+        return str(self.registry.ca_file) if self.registry and self.registry.ca_file else ""
 
     @property
     def autoscale_json(self) -> str:

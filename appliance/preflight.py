@@ -166,11 +166,17 @@ def _runtime(ctx: AppContext) -> Check:
     )
 
 
-def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
+def _model_source(
+    ctx: AppContext,
+    desired: Mapping[str, RenderedService],
+    observed: Mapping[str, ObservedService] | None = None,
+) -> list[Check]:
     """A registry URI needs a registry. The edge profile runs none, so a stack serving from one
     it cannot reach would start, never turn ready and end in a health timeout: it fails here,
     before anything starts. In a cluster MLflow may run on the control host instead."""
     registry = [m.served_uri for m in ctx.answers.served_models() if m.served_uri.startswith("models:/")]
+    if "serving" in desired and registry and ctx.answers.serving.registry is not None:
+        return _edge_registry(ctx, observed or {})
     if "serving" not in desired or not registry or "mlflow" in desired:
         return []
     model = ", ".join(registry)
@@ -184,9 +190,131 @@ def _model_source(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
             f"the stack serves {model} from the MLflow registry, which {why} does not run: "
             "the model server would never turn ready",
             "set serving.model (or models[].uri) to a model folder, an .onnx file or an s3:// URI, "
-            "or run this host in a cluster (a cluster: section) whose control host runs MLflow",
+            "or run this host in a cluster (a cluster: section) whose control host runs MLflow, "
+            "or follow a central registry (serving.registry.url; docs/cluster.md, Edge boxes)",
         )
     ]
+
+
+REGISTRY_PASSWORD = "mlflow_reader_password"
+"""The secret an edge box reads the central registry with (a copy of the central one)."""
+
+
+def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> list[Check]:
+    """An edge box following a central registry (``serving.registry``): its credential is in
+    place, and each ``models:/`` model can be served: the registry answers with a version, or a
+    version is cached on the box (``appliance.workloads.serving.edge_cache``). One the registry
+    refuses, or nothing servable at all, fails; a model served from the cache only warns."""
+    from appliance.workloads.serving.edge_cache import CachedSource
+    from appliance.workloads.serving.sources import MlflowSource
+
+    registry = ctx.answers.serving.registry
+    assert registry is not None
+    secret = ctx.state_dir / "secrets" / REGISTRY_PASSWORD
+    copy = (
+        f"copy the central stack's STATE/secrets/{REGISTRY_PASSWORD} (the password of its "
+        f"{registry.username} account) to {secret} with mode 0600"
+    )
+    if not secret.is_file() or not secret.read_text().strip():
+        return [
+            Check("registry credential", "fail", f"no password for {registry.username} at {secret}", copy)
+        ]
+    if secret.stat().st_mode & 0o077:
+        return [
+            Check("registry credential", "fail", f"{secret} is readable by others", f"chmod 600 {secret}")
+        ]
+    if registry.ca_file is not None and not registry.ca_file.is_file():
+        return [
+            Check(
+                "registry CA",
+                "fail",
+                f"serving.registry.ca_file {registry.ca_file} does not exist",
+                "copy the central stack's STATE/secrets/tls_ca_cert there, or remove ca_file",
+            )
+        ]
+    import httpx
+
+    auth = (registry.username, secret.read_text().strip())
+    verify: str | bool = str(registry.ca_file) if registry.ca_file else True
+    cache = ctx.state_dir / "serving" / "cache"
+    checks, servable = [], 0
+    for model in ctx.answers.served_models():
+        if not model.served_uri.startswith("models:/"):
+            servable += 1
+            continue
+        source = MlflowSource(model.served_uri)
+        cached = CachedSource(source, cache / model.name).cached() if not ctx.in_containers else None
+        name = f"serving model {model.name}"
+        if source.version is not None:
+            path, params = "model-versions/get", {"name": source.model, "version": source.version}
+        else:
+            path, params = "registered-models/alias", {"name": source.model, "alias": str(source.alias)}
+        try:
+            answer = httpx.get(
+                f"{registry.url}/api/2.0/mlflow/{path}", params=params, auth=auth, verify=verify, timeout=5
+            )
+        except (httpx.HTTPError, OSError) as err:
+            if cached is not None or (ctx.in_containers and observed.get("serving")):
+                servable += 1
+                have = f"version {cached['version']} cached" if cached else "the running server's cache"
+                checks.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"{registry.url} cannot be reached ({err}); serving {have} until it can",
+                        "",
+                    )
+                )
+            else:
+                checks.append(
+                    Check(
+                        name,
+                        "fail",
+                        f"{registry.url} cannot be reached ({err}) and no version of "
+                        f"{model.served_uri} is cached on this box",
+                        "connect the box to the registry for its first `up` (it serves the cached "
+                        "version through later outages), or serve a model file or s3:// URI",
+                    )
+                )
+            continue
+        if answer.status_code in (401, 403):
+            return [
+                Check(
+                    "registry credential",
+                    "fail",
+                    f"{registry.url} refuses {registry.username}'s password ({answer.status_code})",
+                    copy,
+                )
+            ]
+        if answer.status_code == 200:
+            servable += 1
+            version = answer.json().get("model_version", {}).get("version", "?")
+            checks.append(Check(name, "pass", f"{model.served_uri}: version {version} at {registry.url}"))
+        elif cached is not None:
+            servable += 1
+            checks.append(
+                Check(
+                    name,
+                    "warn",
+                    f"{registry.url} has no {model.served_uri} ({answer.status_code}); "
+                    f"serving the cached version {cached['version']}",
+                    "register the model and set its alias in the central registry",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{registry.url} has no {model.served_uri} ({answer.status_code}: {answer.text[:200]})",
+                    "register the model and set its alias in the central registry, or correct "
+                    "models[].uri (serving.model)",
+                )
+            )
+    if servable and any(c.status == "fail" for c in checks):
+        # a box that serves some of its models starts; the others load when they appear
+        checks = [Check(c.name, "warn", c.detail, c.fix) if c.status == "fail" else c for c in checks]
+    return checks
 
 
 CREDENTIALS = {
@@ -277,7 +405,7 @@ def run_preflight(
         *_binaries(desired),
         *_ports(ctx, desired, observed),
         _gpu(ctx),
-        *_model_source(ctx, desired),
+        *_model_source(ctx, desired, observed),
         *_model_datasets(ctx, desired),
         *_network_exposure(desired),
     ]

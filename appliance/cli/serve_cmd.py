@@ -141,20 +141,23 @@ from appliance.errors import ApplianceError
 @click.option(
     "--registry-url",
     default=None,
-    help="MLflow registry the models:/ URIs name (MLflow itself or the gateway in front of it), "
-    "instead of MLFLOW_TRACKING_URI; needs --registry-password-file.",
+    help="MLflow registry the models:/ URIs name (MLflow itself or the TLS gateway in front of it), "
+    "instead of MLFLOW_TRACKING_URI; its account: MLFLOW_TRACKING_USERNAME/_PASSWORD or the two "
+    "options below.",
 )
-@click.option(
-    "--registry-user",
-    default="appliance-reader",
-    show_default=True,
-    help="MLflow account of --registry-url (a read-only one).",
-)
+@click.option("--registry-user", default=None, help="MLflow account of --registry-url (a read-only one).")
 @click.option(
     "--registry-password-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="File holding the password of --registry-user (mode 0600); read only with --registry-url.",
+    help="File holding the password of that account (mode 0600).",
+)
+@click.option(
+    "--registry-ca-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CA certificate an https --registry-url is checked against (the central stack's "
+    "tls_ca_cert); the system's CAs when absent.",
 )
 def serve_cmd(
     models: tuple[str, ...],
@@ -178,8 +181,9 @@ def serve_cmd(
     limits_json: str | None,
     cache_dir: Path | None,
     registry_url: str | None,
-    registry_user: str,
+    registry_user: str | None,
     registry_password_file: Path | None,
+    registry_ca_file: Path | None,
 ) -> None:
     """Serve ONNX models over the KServe v2 protocol (REST and gRPC) with /metrics."""
     from pydantic import ValidationError
@@ -209,7 +213,7 @@ def serve_cmd(
             param_hint="--admin-token/--admin-token-file",
         )
     if registry_url:
-        _use_registry(registry_url, registry_user, registry_password_file)
+        _use_registry(registry_url, registry_user, registry_password_file, registry_ca_file)
     if cache_dir is not None:
         _fail_fast_to_cache()
     config = ServeConfig(
@@ -246,25 +250,31 @@ def serve_cmd(
         ) from err
 
 
-def _use_registry(url: str, user: str, password_file: Path | None) -> None:
-    """Point this process's MLflow client at ``url`` with ``user`` and the password in
-    ``password_file`` (an edge box following a central registry)."""
+def _use_registry(url: str, user: str | None, password_file: Path | None, ca_file: Path | None) -> None:
+    """Point this process's MLflow client at ``url`` (an edge box following a central registry),
+    as ``user`` with the password in ``password_file`` when given."""
     import os
 
     if not url.startswith(("http://", "https://")):
         raise click.BadParameter(f"{url!r} must start with http:// or https://", param_hint="--registry-url")
-    if password_file is None or not password_file.is_file():
-        raise click.BadParameter(
-            f"the password of {user} at {url} is needed: write it to a file (mode 0600) and name it "
-            "with --registry-password-file",
-            param_hint="--registry-password-file",
-        )
-    password = password_file.read_text().strip()
-    if not password:
-        raise click.BadParameter(f"{password_file} is empty", param_hint="--registry-password-file")
-    os.environ.update(
-        {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
-    )
+    env = {"MLFLOW_TRACKING_URI": url}
+    if user:
+        env["MLFLOW_TRACKING_USERNAME"] = user
+    if password_file is not None:
+        if not password_file.is_file() or not password_file.read_text().strip():
+            raise click.BadParameter(
+                f"{password_file} is missing or empty: write the account's password there (mode 0600)",
+                param_hint="--registry-password-file",
+            )
+        env["MLFLOW_TRACKING_PASSWORD"] = password_file.read_text().strip()
+    if ca_file is not None:
+        if not ca_file.is_file():
+            raise click.BadParameter(
+                f"{ca_file} does not exist: copy the registry's CA certificate there",
+                param_hint="--registry-ca-file",
+            )
+        env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_file)
+    os.environ.update(env)
 
 
 def _fail_fast_to_cache() -> None:

@@ -225,7 +225,14 @@ def test_edge_follows_the_champion_serves_through_an_outage_and_catches_up(
     password = edge / "registry_reader_password"
     password.write_text(PASSWORDS[READER_USER] + "\n")
     password.chmod(0o600)
-    args = ["--registry-url", mlflow.url, "--registry-password-file", str(password)]
+    args = [
+        "--registry-url",
+        mlflow.url,
+        "--registry-user",
+        READER_USER,
+        "--registry-password-file",
+        str(password),
+    ]
     args += ["--cache-dir", str(edge / "cache"), "--poll-seconds", "0.5", "--wait-for-model"]
     args += ["--model", "fraud=models:/fraud@champion", "--model", "churn=models:/churn@champion"]
     # the edge has the reader's account only: nothing of the writer's reaches it

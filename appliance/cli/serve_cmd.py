@@ -278,7 +278,7 @@ def _use_registry(url: str, user: str | None, password_file: Path | None, ca_fil
 
 
 def _fail_fast_to_cache() -> None:
-    """MLflow's client retries an unreachable server for about two minutes by default; with a
+    """MLflow's client retries an unreachable server for about four minutes by default; with a
     cached version to serve instead, a registry check gives up after a few seconds (a caller's
     own MLFLOW_HTTP_REQUEST_* settings win)."""
     import os

@@ -489,6 +489,16 @@ class ClusterHost(Strict):
         return value
 
 
+class ClusterTrain(Strict):
+    """Training jobs across the ``train_workers`` hosts (``appliance cluster train``, torchrun)."""
+
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    """Processes per host (torchrun ``--nproc-per-node``): one per GPU on GPU hosts, 1 on CPU hosts;
+    ``cluster train --nproc-per-node`` overrides it for one job."""
+    rdzv_port: int = Field(29400, ge=1024, le=65535)
+    """Port of the c10d rendezvous the first train worker hosts (open between the train workers)."""
+
+
 class Cluster(Strict):
     """The hosts the same stack spreads over (``appliance cluster up``); absent: one host."""
 
@@ -510,6 +520,8 @@ class Cluster(Strict):
     """MLflow's backend store: ``postgresql``, a PostgreSQL server on the first control host
     (listening on that host's cluster address, password authentication, the password a generated
     secret), which several stateless MLflow servers can share; ``sqlite``, a file on that host."""
+    train: ClusterTrain = ClusterTrain()
+    """Training across hosts: processes per host and the rendezvous port (docs/training.md)."""
 
     @model_validator(mode="after")
     def _unique(self) -> Cluster:

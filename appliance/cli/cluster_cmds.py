@@ -82,3 +82,68 @@ def status_cmd(as_json: bool) -> None:
     for host, units in sorted(found.items()):
         listed = ", ".join(f"{name} {state}" for name, state in sorted(units.items())) or "no appliance units"
         click.echo(f"{host:<16} {listed}")
+
+
+def _check_trainer_args(args: list[str]) -> None:
+    """The trainer's own parser on this machine first, so a wrong argument fails before any host runs."""
+    import contextlib
+    import io
+
+    from appliance.workloads.trainer.__main__ import parser
+
+    if "--script" in args or any(a.startswith("--script=") for a in args):
+        raise click.UsageError("--script trains in one process: run `appliance train --script ...` instead")
+    if "--workdir" in args or any(a.startswith("--workdir=") for a in args):
+        raise click.UsageError("--workdir is a folder on one host: leave it out of a job across hosts")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsed = parser().parse_args(["run", *args])
+    except SystemExit:
+        problem = err.getvalue().strip().splitlines()[-1:] or ["invalid arguments"]
+        raise click.UsageError(f"trainer arguments: {problem[0]}") from None
+    if not parsed.dataset:
+        raise click.UsageError("cluster train needs --dataset NAME (see `appliance data ls`)")
+
+
+def _train_progress(host: str, state: str, detail: str) -> None:
+    click.echo(f"  {host:<16} {state:<11} {detail}", err=True)
+
+
+@cluster_group.command("train", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--hosts", type=click.IntRange(min=1), default=1, show_default=True, help="Train workers to use."
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    help="Processes per host (default: cluster.train.nproc_per_node; one per GPU on GPU hosts).",
+)
+@click.option("--timeout", type=click.IntRange(min=60), default=3600, show_default=True, help="Seconds.")
+@JSON
+@click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED)
+def train_cmd(
+    hosts: int, nproc_per_node: int | None, timeout: int, as_json: bool, trainer_args: tuple[str, ...]
+) -> None:
+    """One training job on N train workers x M processes under torchrun (rendezvous on the first).
+
+    The other arguments are `appliance train`'s (--dataset NAME, --epochs, --seed, ...); rank 0
+    logs to MLflow and registers. docs/training.md, "Across hosts"."""
+    from appliance.cluster.train import launch
+
+    args = list(trainer_args)
+    _check_trainer_args(args)
+    job = launch(app_context(), hosts, args, nproc_per_node, timeout, None if as_json else _train_progress)
+    if as_json:
+        click.echo(json.dumps(job.as_json(), indent=2, default=str))
+        return
+    for host, run in job.hosts.items():
+        click.echo(f"{host:<16} node {run.node}  {run.state:<8} {run.seconds:>6.1f} s")
+    summary = job.summary or {}
+    if summary:
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in summary.get("metrics", {}).items())
+        click.echo(
+            f"{summary.get('model_name')} v{summary.get('version')}: {summary.get('decision')} ({metrics}); "
+            f"{len(job.hosts)} host(s) x {job.nproc_per_node} process(es) in {job.seconds:.0f} s"
+        )
+    click.echo(json.dumps(summary, default=str))

@@ -142,6 +142,9 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
             targets = f"{answers.cluster.state_dir}/config/prometheus/targets"
             host_vars["appliance_monitoring_file_sd"] = file_sd_targets(prometheus, targets)
+        if host in inventory.group("train_workers"):  # torchrun's settings (roles/appliance_train_worker)
+            host_vars["appliance_train_worker_nproc"] = answers.cluster.train.nproc_per_node
+            host_vars["appliance_train_worker_rdzv_port"] = answers.cluster.train.rdzv_port
         text = repr(roles)
         needed = sorted(
             set(SECRET_FILE.findall(text)) | ({DB_PASSWORD} if "MLFLOW_BACKEND_STORE_URI" in text else set())

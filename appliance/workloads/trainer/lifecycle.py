@@ -57,6 +57,9 @@ def run(opts: Options) -> dict[str, Any]:
             "or train the built-in model across hosts",
         )
     try:
+        # Every rank joins before anything can fail, so that one rank's failure reaches the others
+        # at their next collective (a closed connection) rather than after the join timeout.
+        distributed.init(world, distributed.device_for(world))
         if world.distributed and not world.leader:
             return steps.train_follower(opts)
         return _run(opts) | ({"world_size": world.size} if world.distributed else {})

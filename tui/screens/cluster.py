@@ -143,7 +143,7 @@ class ClusterScreen(WizardScreen):
     #host-tools { height: 1; }
     #host-tools Button { height: 1; border: none; min-width: 14; }
     #hosts-problem { height: auto; color: $error; }
-    #legend { height: 1; color: $text-muted; }
+    #legend { height: auto; color: $text-muted; }
     """
 
     def __init__(self) -> None:

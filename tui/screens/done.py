@@ -127,6 +127,10 @@ class DoneScreen(AppScreen):
         else:
             self.app.exit()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No dashboard key after a cluster install: the dashboard shows this machine's stack."""
+        return not (action == "dashboard" and self.state.is_cluster)
+
     def action_dashboard(self) -> None:
         if self.state.is_cluster:
             self.notify("the dashboard shows this machine's stack: run `appliance cluster status`")

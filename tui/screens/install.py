@@ -48,7 +48,7 @@ class InstallScreen(AppScreen):
         yield Static(f"MLOps Appliance setup · {where} · {self.state.answers_out}", id="step-title")
         with Vertical(id="body"):
             with Horizontal(classes="toolbar"):
-                yield Label("overall ")
+                yield Label("overall ", id="stage")
                 yield ProgressBar(total=1.0, show_eta=False, id="overall")
             yield VerticalScroll(id="services")
             yield Static("writing the answers file...", id="current")
@@ -150,6 +150,7 @@ class InstallScreen(AppScreen):
         table = self.query_one(HostProgress)
         if message.results is None:
             table.start(message.stage)
+            self.query_one("#stage", Label).update(f"cluster {message.stage} ")
             self.query_one("#current", Static).update(
                 f"cluster {message.stage}: Ansible on {len(self.hosts)} hosts"
             )

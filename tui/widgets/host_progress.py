@@ -1,4 +1,4 @@
-"""The hosts of a cluster run, a row each: the stage, Ansible's counts so far and the current task.
+"""The hosts of a cluster run, a row each: its state, Ansible's counts so far and the current task.
 
 The counts follow Ansible's recap (``ok`` counts every task that ran, ``changed`` those that
 changed something), built live from the engine's progress events ``(host, status, task)``; when a
@@ -16,8 +16,9 @@ from textual.widgets import DataTable
 
 from appliance.cluster.run import HostResult
 
-COLUMNS = ("host", "stage", "state", "ok", "changed", "failed", "unreach", "task")
-TASK_WIDTH = 26
+COLUMNS = ("host", "state", "ok", "changed", "failed", "unreach", "task")
+TASK_WIDTH = 24
+"""The task column's width: at 80 columns the table fits with host names up to 12 characters."""
 
 
 @dataclass
@@ -74,21 +75,22 @@ class HostProgress(DataTable[str]):
         self.tallies = {host: HostTally() for host in hosts}
 
     def on_mount(self) -> None:
-        self.add_columns(*COLUMNS)
+        for name in COLUMNS:
+            self.add_column(name, width=TASK_WIDTH if name == "task" else None)
         for host in self.tallies:
             self.add_row(*self._cells(host), key=host)
 
     def _cells(self, host: str) -> list[str]:
         t = self.tallies[host]
         counts = (t.ok, t.changed, t.failed, t.unreachable)
-        return [host, t.stage, t.state, *(str(n) for n in counts), short(t.task)]
+        return [host, t.state, *(str(n) for n in counts), short(t.task)]
 
     def _show(self, host: str) -> None:
         if host not in self.rows:
             self.add_row(*self._cells(host), key=host)
             return
         for column, value in zip(self.ordered_columns, self._cells(host), strict=True):
-            self.update_cell(host, column.key, value)
+            self.update_cell(host, column.key, value, update_width=column.label.plain != "task")
 
     def start(self, stage: str) -> None:
         """A new stage: every host back to zero, waiting for its first task."""

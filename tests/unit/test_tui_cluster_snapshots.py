@@ -133,4 +133,3 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images")
     asyncio.run(save(step_with_a_bad_name(), target, "tui-cluster-step.svg"))
     asyncio.run(save(progress_mid_up(), target, "tui-cluster-progress.svg"))
-    asyncio.run(save(done(), target, "tui-cluster-done.svg"))

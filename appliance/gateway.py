@@ -13,6 +13,7 @@ into the file, so a re-issued certificate changes the config hash and restarts t
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 FRONTED = (
@@ -37,6 +38,82 @@ built-in defaults under /var/lib/nginx are root's. Shared by every nginx the app
 gateway and the serving replicas' balancer)."""
 
 
+MEMBERS = {"serving_rest": "serving_http", "serving_grpc": "serving_grpc"}
+"""In a cluster, the model-server upstreams (and the port of theirs, ``ports.*``) whose servers
+are the serving hosts, read from a members file beside ``nginx.conf`` that the gateway role writes
+(``roles/appliance_gateway``): a host joins or leaves with a graceful reload, never a restart."""
+FAIL_TIMEOUT_S = 5
+"""A serving host that refused or timed out a connection is left alone this long (passive health:
+open-source nginx has no active checks), then tried again with one request."""
+CONNECT_TIMEOUT_S = 1
+"""Connecting to a serving host over the cluster network: a host that is gone (no answer at all)
+costs a request this much before nginx sends it to another host."""
+UPSTREAM_KEEPALIVE_TIME_S = 1
+"""An upstream connection is closed after a request once this old: a drained host (listening no
+more, serving what it has) loses its last connection from the gateway within a second or two."""
+UPSTREAM_IDLE_S = 2
+"""An idle upstream connection is closed after this long, below ``FAIL_TIMEOUT_S``: no kept
+connection to a host that vanished is left to be tried when its fail window ends."""
+
+
+def in_cluster(ctx: Any) -> bool:
+    """Whether ``ctx`` renders one host of a cluster (``appliance cluster``)."""
+    return ctx.hosts is not None and ctx.answers.cluster is not None
+
+
+def members_file(ctx: Any, upstream: str) -> Path:
+    """The file on the gateway host listing ``upstream``'s servers (cluster only)."""
+    return Path(ctx.state_dir) / "config" / "gateway" / f"{upstream}.members"
+
+
+def member_lines(address: str, port: int) -> dict[str, str]:
+    """One serving host's ``server`` lines in a members file: ``primary`` (passive failover: one
+    failed connection leaves it alone for ``FAIL_TIMEOUT_S``) and ``backup`` (never marked: should
+    every primary be left alone at once, each is tried in turn rather than failing the request)."""
+    target = f"{address}:{port}"
+    return {
+        "primary": f"server {target} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;",
+        "backup": f"server {target} backup max_fails=0;",
+    }
+
+
+EMPTY_MEMBERS = "server 127.0.0.1:1 down;"
+"""A members file with no serving host (nginx refuses an upstream without servers): every request
+gets the gateway's 503 naming the model server as unreachable."""
+
+
+def serving_members(ctx: Any) -> list[dict[str, Any]]:
+    """The serving hosts (the ``serving`` group; edge boxes are not behind the gateway) as the
+    gateway host ``ctx.here`` dials them, with their lines for each members file:
+    ``[{host, serving_rest: {primary, backup}, serving_grpc: {...}}]``."""
+    from appliance.addressing import dial_address
+    from appliance.cluster.inventory import Inventory
+
+    inventory = Inventory(ctx.answers.cluster)
+    ports = ctx.answers.ports
+    found = []
+    for host in inventory.group("serving"):
+        if host == ctx.here:
+            address = dial_address(ctx.answers.bind_address)
+        else:
+            assert ctx.hosts is not None
+            address = ctx.hosts.address_of(host)
+        entry: dict[str, Any] = {"host": host}
+        for upstream, port in MEMBERS.items():
+            entry[upstream] = member_lines(address, getattr(ports, port))
+        found.append(entry)
+    return found
+
+
+def _cluster_names(ctx: Any) -> list[str]:
+    """The gateway hosts' addresses, which clients dial in a cluster: the same for every host's
+    render (the certificate is made once, on the machine that runs ``cluster up``)."""
+    from appliance.cluster.inventory import Inventory
+
+    inventory = Inventory(ctx.answers.cluster)
+    return [inventory.hosts[h].address for h in inventory.hosts_of("gateway")]
+
+
 def gateway_address(ctx: Any) -> str:
     """Where the TLS gateway listens on the host: ``tls.listen_address`` or the bind address."""
     return str(ctx.answers.tls.listen_address or ctx.answers.bind_address)
@@ -57,10 +134,14 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
     from appliance.tls import certificate_names, ensure_certificates  # cryptography: only with TLS on
 
     answers = ctx.answers
+    cluster = in_cluster(ctx)
+    extra = [*answers.tls.hostnames, *(_cluster_names(ctx) if cluster else [])]
     tls = ensure_certificates(
-        ctx.secrets,
-        certificate_names(answers.bind_address, gateway_address(ctx), answers.tls.hostnames),
+        ctx.secrets, certificate_names(answers.bind_address, gateway_address(ctx), extra)
     )
+    cert, key = tls.cert, tls.key
+    if cluster:  # made here, read on the host from its own secrets folder
+        cert, key = (Path(ctx.state_dir) / "secrets" / p.name for p in (tls.cert, tls.key))
     inside = ctx.in_containers
     ports = answers.ports
 
@@ -76,9 +157,11 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
 
     rate = answers.tls.rate_limit_rps
     limit = f"limit_req zone=clients burst={2 * rate} nodelay;" if rate else ""
-    blocks = [_serving_block(listen(ports.gateway_serving), limit, "serving" in services)]
+    blocks = [_serving_block(listen(ports.gateway_serving), limit, "serving" in services, cluster)]
     upstreams = []
-    if "serving" in services:
+    if "serving" in services and cluster:
+        upstreams += [_members_upstream(name, members_file(ctx, name)) for name in MEMBERS]
+    elif "serving" in services:
         upstreams += [
             _upstream("serving_rest", upstream("serving", ports.serving_http)),
             _upstream("serving_grpc", upstream("serving", ports.serving_grpc)),
@@ -95,8 +178,8 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
     return _MAIN.format(
         temp_paths=NGINX_TEMP_PATHS,
         fingerprint=tls.fingerprint,
-        cert=tls.cert,
-        key=tls.key,
+        cert=cert,
+        key=key,
         rate_zone=rate_zone,
         upstreams="\n".join(upstreams),
         servers="\n".join(blocks),
@@ -139,11 +222,35 @@ def _upstream(name: str, target: str) -> str:
     return f"    upstream {name} {{ server {target}; keepalive 32; }}"
 
 
+def _members_upstream(name: str, members: Path) -> str:
+    """A cluster's model-server upstream: its servers from the members file, the least busy host
+    first, upstream connections closed soon enough for a drained host to be left within seconds."""
+    return f"""\
+    upstream {name} {{
+        least_conn;
+        include {members};
+        keepalive 32;
+        keepalive_time {UPSTREAM_KEEPALIVE_TIME_S}s;
+        keepalive_timeout {UPSTREAM_IDLE_S}s;
+    }}"""
+
+
+_FAILOVER = f"""
+            # Another serving host takes the request when this one refuses the connection or
+            # does not answer: inference is stateless, so repeating a POST there is safe
+            # (non_idempotent), and the client never sees which host answered.
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_connect_timeout {CONNECT_TIMEOUT_S}s;"""
+_GRPC_FAILOVER = f"""
+            grpc_next_upstream error timeout non_idempotent;
+            grpc_connect_timeout {CONNECT_TIMEOUT_S}s;"""
+
+
 def _health() -> str:
     return f'        location = {HEALTH_PATH} {{ default_type text/plain; return 200 "ok\\n"; }}'
 
 
-def _serving_block(listen: str, limit: str, present: bool) -> str:
+def _serving_block(listen: str, limit: str, present: bool, cluster: bool = False) -> str:
     if not present:
         routes = (
             "        location / { default_type application/json;\n"
@@ -154,7 +261,7 @@ def _serving_block(listen: str, limit: str, present: bool) -> str:
         location {GRPC_SERVICE_PATH} {{
             {limit}
             grpc_pass grpc://serving_grpc;
-            grpc_read_timeout 300s;
+            grpc_read_timeout 300s;{_GRPC_FAILOVER if cluster else ""}
         }}
         location / {{
             {limit}
@@ -163,7 +270,7 @@ def _serving_block(listen: str, limit: str, present: bool) -> str:
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-Proto https;
             proxy_buffering off;
-            proxy_read_timeout 300s;
+            proxy_read_timeout 300s;{_FAILOVER if cluster else ""}
         }}
         error_page 502 504 = @unreachable;
         location @unreachable {{

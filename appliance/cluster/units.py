@@ -8,6 +8,8 @@ secrets come from this machine's secret store, and each host receives only those
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from appliance import __version__
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
+from appliance.gateway import serving_members
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
 from appliance.stack import RenderedService
@@ -56,6 +60,8 @@ def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStor
     health: dict[str, Any] = {}
     if svc.health.http:
         health["url"] = svc.health.http
+        if svc.health.ca:  # an https probe trusts the stack's own CA (the gateway's)
+            health["ca"] = svc.health.ca
         if svc.health.auth_user and svc.health.auth_password_file:
             health["user"] = svc.health.auth_user
             health["password"] = secrets.get(Path(svc.health.auth_password_file).name)
@@ -80,6 +86,21 @@ def postgresql_backend(command: list[str], env: dict[str, str], password: str) -
         at = command.index("--backend-store-uri")
         del command[at : at + 2]
     env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{PG_PORT}/mlflow"
+
+
+def serving_rollout(
+    answers: Answers, host_vars: dict[str, Any], svc: RenderedService, units: list[dict[str, Any]]
+) -> None:
+    """What the serving role rolls a host's model server over with (``roles/appliance_serving``):
+    the readiness URL it waits for before the next host goes, and a stamp of what runs (the
+    rendered units and the appliance's release) whose change means a restart, drained first."""
+    live = svc.health.http or ""
+    host_vars["appliance_serving_ready_url"] = live.replace("/v2/health/live", "/v2/health/ready")
+    host_vars["appliance_serving_wait_ready"] = not any(
+        m.served_uri.startswith("models:/") for m in answers.served_models()
+    )
+    stamp = json.dumps({"units": units, "release": __version__}, sort_keys=True)
+    host_vars["appliance_serving_stamp"] = hashlib.sha256(stamp.encode()).hexdigest()
 
 
 def file_sd_targets(prometheus: dict[str, Any], targets_dir: str) -> list[dict[str, Any]]:
@@ -138,6 +159,9 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 answers.ports.serving_http,
                 answers.ports.serving_grpc,
             ]
+            serving_rollout(answers, host_vars, services["serving"], roles["serving"])
+        if "gateway" in mine and "serving" in services:  # the serving hosts behind it
+            host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
         if "prometheus" in mine:
             prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
             targets = f"{answers.cluster.state_dir}/config/prometheus/targets"

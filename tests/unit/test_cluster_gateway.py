@@ -1,0 +1,151 @@
+"""The gateway in a cluster: every serving host behind its model-server upstreams, with passive
+failover, in members files the gateway role writes; and what the serving role rolls hosts over
+with. The rendered nginx.conf and members files are checked by the real nginx (``nginx -t``)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from appliance.answers import Answers
+from appliance.cluster.units import render_hosts
+from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "appliance_gateway"
+STATE = "/var/lib/appliance"
+HOSTS = [
+    {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
+    {"name": "srv1", "address": "10.0.0.2", "groups": ["serving"]},
+    {"name": "srv2", "address": "10.0.0.3", "groups": ["serving"]},
+    {"name": "edge1", "address": "10.0.0.9", "groups": ["edge"]},
+]
+MODELS = [{"name": "iris", "uri": "/srv/models/iris.onnx"}, {"name": "wine", "uri": "/srv/models/wine.onnx"}]
+
+
+def answers(hosts: list[dict[str, Any]] = HOSTS, **extra: Any) -> Answers:
+    return Answers.model_validate(
+        {
+            "bind_address": "0.0.0.0",
+            "object_store": {"kind": "filesystem"},
+            "tls": {"enabled": True},
+            "models": MODELS,
+            "components": {"workbench": False, "monitoring": False, "controller": False, "dashboards": False},
+            "cluster": {"hosts": hosts, "venv": "/opt/appliance/venv"},
+        }
+        | extra
+    )
+
+
+def unit(host_vars: dict[str, Any], role: str, name: str) -> dict[str, Any]:
+    return next(u for u in host_vars[f"appliance_{role}_units"] if u["name"] == name)
+
+
+def members(host_vars: dict[str, Any], upstream: str, out: list[str] | None = None) -> str:
+    """The members file as the gateway role's template writes it."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), trim_blocks=True)
+    return env.get_template("members.j2").render(
+        ansible_managed="managed",
+        item=upstream,
+        appliance_gateway_serving_members=host_vars["appliance_gateway_serving_members"],
+        appliance_gateway_serving_out=out or [],
+    )
+
+
+def test_the_gateway_lists_every_serving_host_not_edge_boxes_with_passive_failover(tmp_path: Path) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    gateways = [h for h, v in per_host.items() if "appliance_gateway_units" in v]
+    assert gateways == ["ctl1"]  # no gateway group: the first control host
+    ctl = per_host["ctl1"]
+    assert [m["host"] for m in ctl["appliance_gateway_serving_members"]] == ["srv1", "srv2"]
+    rest = members(ctl, "serving_rest").splitlines()
+    assert f"server 10.0.0.2:8080 max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;" in rest
+    assert f"server 10.0.0.3:8080 max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;" in rest
+    assert "server 10.0.0.3:8080 backup max_fails=0;" in rest
+    assert not any("10.0.0.9" in line or "10.0.0.1:" in line for line in rest)  # no edge box, no control
+    grpc = members(ctl, "serving_grpc")
+    assert "server 10.0.0.2:8081 max_fails=1" in grpc and ":8080" not in grpc
+    # A host taken out is gone from both kinds of line; nobody left: one server marked down.
+    assert "10.0.0.2" not in members(ctl, "serving_rest", ["srv1"])
+    assert "server 127.0.0.1:1 down;" in members(ctl, "serving_rest", ["srv1", "srv2"])
+
+    conf = next(f["value"] for f in unit(ctl, "gateway", "gateway")["files"] if f["key"] == "nginx.conf")
+    assert f"include {STATE}/config/gateway/serving_rest.members;" in conf
+    assert f"include {STATE}/config/gateway/serving_grpc.members;" in conf
+    assert "proxy_next_upstream error timeout non_idempotent;" in conf
+    assert "grpc_next_upstream error timeout non_idempotent;" in conf
+    assert f"proxy_connect_timeout {CONNECT_TIMEOUT_S}s;" in conf
+    # The certificate and key are the host's own copies, shipped 0600 with its secrets.
+    assert f"ssl_certificate {STATE}/secrets/gateway_tls_cert;" in conf
+    assert f"ssl_certificate_key {STATE}/secrets/gateway_tls_key;" in conf
+    assert {"gateway_tls_cert", "gateway_tls_key", "tls_ca_cert"} <= set(ctl["appliance_common_secrets"])
+    assert "gateway_tls_key" not in per_host["srv1"]["appliance_common_secrets"]
+    health = unit(ctl, "gateway", "gateway")["health"]
+    assert health["url"].startswith("https://127.0.0.1:") and health["ca"] == f"{STATE}/secrets/tls_ca_cert"
+
+
+def test_a_gateway_host_that_also_serves_reaches_itself_on_loopback(tmp_path: Path) -> None:
+    hosts = [
+        {"name": "ctl1", "address": "10.0.0.1", "groups": ["control", "serving"]},
+        {"name": "srv1", "address": "10.0.0.2", "groups": ["serving"]},
+    ]
+    ctl = render_hosts(answers(hosts), tmp_path / "secrets")["ctl1"]
+    rest = members(ctl, "serving_rest")
+    assert "server 127.0.0.1:8080 max_fails=1" in rest and "server 10.0.0.2:8080 max_fails=1" in rest
+
+
+def test_the_certificate_covers_the_gateway_hosts_address(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    hosts = [*HOSTS[:3], {"name": "gw1", "address": "10.0.0.5", "groups": ["gateway"]}]
+    per_host = render_hosts(answers(hosts), tmp_path / "secrets")
+    assert [h for h, v in per_host.items() if "appliance_gateway_units" in v] == ["gw1"]
+    cert = x509.load_pem_x509_certificate((tmp_path / "secrets" / "gateway_tls_cert").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.0.0.5" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    again = render_hosts(answers(hosts), tmp_path / "secrets")  # every host's render: one certificate
+    assert again["gw1"]["appliance_common_secrets"] == per_host["gw1"]["appliance_common_secrets"]
+
+
+@pytest.mark.skipif(shutil.which("nginx", path="/usr/sbin:/usr/bin") is None, reason="nginx not installed")
+def test_nginx_accepts_the_rendered_config_and_members_files(tmp_path: Path) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    ctl = per_host["ctl1"]
+    state = tmp_path / "host"
+    (state / "config" / "gateway").mkdir(parents=True)
+    (state / "gateway").mkdir()
+    (state / "secrets").mkdir()
+    for name, value in ctl["appliance_common_secrets"].items():
+        (state / "secrets" / name).write_text(value)
+    conf = next(f["value"] for f in unit(ctl, "gateway", "gateway")["files"] if f["key"] == "nginx.conf")
+    (state / "config" / "gateway" / "nginx.conf").write_text(conf.replace(STATE, str(state)))
+    nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin")
+    assert nginx is not None
+    for out in ([], ["srv1"], ["srv1", "srv2"]):
+        for upstream in ("serving_rest", "serving_grpc"):
+            (state / "config" / "gateway" / f"{upstream}.members").write_text(members(ctl, upstream, out))
+        config = state / "config" / "gateway" / "nginx.conf"
+        done = subprocess.run(
+            [nginx, "-t", "-p", str(state / "gateway"), "-c", str(config), "-e", "stderr"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (out, done.stderr)
+
+
+def test_a_serving_hosts_stamp_changes_with_what_it_serves_and_nothing_else(tmp_path: Path) -> None:
+    first = render_hosts(answers(), tmp_path / "secrets")
+    srv1 = first["srv1"]
+    assert srv1["appliance_serving_ready_url"] == "http://127.0.0.1:8080/v2/health/ready"
+    assert srv1["appliance_serving_wait_ready"] is True  # local files: ready as soon as loaded
+    again = render_hosts(answers(), tmp_path / "secrets")
+    assert again["srv1"]["appliance_serving_stamp"] == srv1["appliance_serving_stamp"]
+    newer = [MODELS[0], {"name": "wine", "uri": "/srv/models/wine-v2.onnx"}]
+    changed = render_hosts(answers(models=newer), tmp_path / "secrets")
+    assert changed["srv1"]["appliance_serving_stamp"] != srv1["appliance_serving_stamp"]
+    assert changed["srv2"]["appliance_serving_stamp"] != first["srv2"]["appliance_serving_stamp"]
+    registry = render_hosts(answers(models=[{"name": "iris"}]), tmp_path / "secrets")
+    assert registry["srv1"]["appliance_serving_wait_ready"] is False  # an alias may not exist yet

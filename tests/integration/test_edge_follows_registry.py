@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from appliance.mlflow_auth import ADMIN_USER, PASSWORD_ENV, READER_USER, WRITER_USER
@@ -278,3 +279,78 @@ def test_edge_follows_the_champion_serves_through_an_outage_and_catches_up(
     finally:
         server.stop()
         print(server.log.read_text()[-2000:])
+
+
+@pytest.mark.slow
+def test_an_edge_stack_named_after_the_central_registry_comes_up_and_serves_its_champions(
+    tmp_path: Path, mlflow: Mlflow
+) -> None:
+    """The edge profile's own ``appliance up`` (local runtime, the model server alone): preflight
+    fails until the central reader password is copied in, then the stack serves both champions;
+    with the registry gone, preflight passes on the cached versions with a warning."""
+    from tests.conftest import run_cli, write_answers
+
+    folders = {
+        "fraud": write_mlp(tmp_path / "fraud", seed=7),
+        "churn": write_linear(tmp_path / "churn", seed=8),
+    }
+    versions = {name: register(folder, name) for name, folder in folders.items()}
+    for name, version in versions.items():
+        promote(name, version)
+    answers = write_answers(
+        tmp_path / "edge.yaml",
+        profile="edge",
+        object_store={"kind": "filesystem"},
+        components={"monitoring": False},
+        models=[{"name": "fraud"}, {"name": "churn"}],
+        serving={"registry": {"url": mlflow.url}, "poll_seconds": 1},
+    )
+    state = tmp_path / "state"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, answers=answers, state=state, check=False, timeout=600)
+
+    refused = cli("preflight")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "mlflow_reader_password" in refused.stdout + refused.stderr
+    secret = state / "secrets" / "mlflow_reader_password"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(PASSWORDS[READER_USER])
+    secret.chmod(0o600)
+    try:
+        up = cli("up")
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        port = yaml.safe_load(answers.read_text())["ports"]["serving_http"]
+        token = (state / "secrets" / "serving_token").read_text().strip()
+        for name, (x, input_name) in {"fraud": (MLP_X, "input"), "churn": (LIN_X, "x")}.items():
+            body = {
+                "inputs": [
+                    {
+                        "name": input_name,
+                        "datatype": "FP32",
+                        "shape": list(x.shape),
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+
+            def answered(name: str = name, body: dict[str, Any] = body) -> httpx.Response | None:
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v2/models/{name}/infer",
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+                return r if r.status_code == 200 else None
+
+            doc = wait_for(f"{name} served", answered, 120).json()
+            assert doc["model_version"] == versions[name]
+            got = np.array(doc["outputs"][0]["data"]).reshape(x.shape[0], -1)
+            np.testing.assert_allclose(got, expected(folders[name], input_name, x), rtol=1e-5, atol=1e-6)
+        mlflow.stop()
+        offline = cli("preflight")
+        out = offline.stdout + offline.stderr
+        assert offline.returncode == 0, out
+        assert "cannot be reached" in out and f"version {versions['fraud']} cached" in out
+    finally:
+        cli("down")

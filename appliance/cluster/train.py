@@ -35,6 +35,8 @@ from appliance.errors import ApplianceError
 ENV_FILE = "config/torchrun.env"
 """Below the hosts' state folder; written by roles/appliance_train_worker."""
 PLAYBOOK = "train.yml"
+TASK = "Run this host's part of the job under torchrun"
+"""The playbook's task whose start and end are the host's (its name in roles/train.yml)."""
 TRAINER_MODULE = "appliance.workloads.trainer"
 
 
@@ -306,6 +308,9 @@ def launch(
             return True
         run = job.hosts[host]
         res = data.get("res") or {}
+        ours = data.get("task", "") == TASK
+        if kind in ("runner_on_start", "runner_on_ok") and not ours:
+            return True  # the playbook's check of its variables
         if kind == "runner_on_start":
             started[host] = time.monotonic()
             run.state = "running"

@@ -107,3 +107,16 @@ def test_only_train_workers_get_the_rendezvous_variables(tmp_path: Path) -> None
     assert found["trn1"]["appliance_train_worker_nproc"] == 4
     assert found["trn1"]["appliance_train_worker_rdzv_port"] == 29555
     assert "appliance_train_worker_nproc" not in found["ctl1"]
+
+
+def test_the_progress_follows_the_playbooks_torchrun_task() -> None:
+    import yaml
+
+    from appliance.cluster.run import ROLES_DIR
+    from appliance.cluster.train import PLAYBOOK, TASK
+
+    (play,) = yaml.safe_load((ROLES_DIR / PLAYBOOK).read_text())
+    names = [task["name"] for task in play["tasks"]]
+    assert TASK in names and play["hosts"] == "train_workers"
+    command = next(t for t in play["tasks"] if t["name"] == TASK)["ansible.builtin.command"]["argv"]
+    assert "appliance.cluster.train" in command and "torchrun.env" in command

@@ -24,7 +24,7 @@ from appliance.cluster.run import ClusterRunError, HostResult
 from appliance.context import AppContext
 from appliance.errors import PreflightError
 from tests.unit._tui_fixtures import FakeBackend, make_app
-from tui.screens.cluster import cluster_problems
+from tui.screens.cluster import NAME_FIX, cluster_problems
 from tui.widgets.host_progress import HostProgress, HostTally
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -73,6 +73,8 @@ class ClusterBackend(FakeBackend):
         self.recorded = {"preflight": PREFLIGHT, "up": UP}
         self.fail: dict[str, Callable[[], Exception]] = {}
         self.hold: threading.Event | None = None
+        self.holding = threading.Event()
+        """Set once ``up`` waits on ``hold`` with its first half of events sent."""
 
     def this_host(self) -> dict[str, object]:
         return {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]}
@@ -87,6 +89,7 @@ class ClusterBackend(FakeBackend):
             if on_progress:
                 on_progress(*event)
             if self.hold is not None and action == "up" and i == len(events) // 2:
+                self.holding.set()
                 self.hold.wait(10)
         failure = self.fail.pop(action, None)
         if failure is not None:
@@ -427,3 +430,11 @@ async def test_cluster_problems_accepts_a_valid_draft_and_keys_each_problem() ->
     assert set(problems) == {"host-1", "hosts"}
     assert "list 'edge' in its groups" in problems["host-1"]
     assert "bind address is 127.0.0.1" in problems["hosts"]
+    # one problem a row, the first from the left
+    draft["hosts"][1] = {"name": "", "address": "", "groups": []}
+    assert cluster_problems(draft, "0.0.0.0")[1] == {"host-1": f"name is empty: {NAME_FIX}"}
+    draft["hosts"][1] = {"name": "a1", "address": "", "groups": []}
+    assert cluster_problems(draft, "0.0.0.0")[1] == {
+        "host-0": "name 'a1' is on another row too: give each host its own name",
+        "host-1": "name 'a1' is on another row too: give each host its own name",
+    }

@@ -83,8 +83,12 @@ def progress_mid_up() -> Scene:
 
     async def run_before(pilot: Pilot) -> None:
         pilot.app.goto("install")  # type: ignore[attr-defined]
-        for _ in range(10):
-            await pilot.pause(0.1)
+        for _ in range(200):
+            if backend.holding.is_set():
+                break
+            await pilot.pause(0.05)
+        for _ in range(5):  # the events sent before the hold land
+            await pilot.pause(0.05)
 
     app = make_app(backend, answers=Answers.model_validate(THREE_HOSTS))
     return app, run_before, backend.hold.set

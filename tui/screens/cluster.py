@@ -54,13 +54,6 @@ def cluster_problems(draft: dict[str, Any], bind_address: str) -> tuple[Cluster 
     key = draft.get("ssh_key")
     if key and not Path(key).expanduser().is_file():
         problems["ssh_key"] = f"no file at {key}: give a private key's path, or leave empty for the SSH agent"
-    names = [str(h.get("name") or "") for h in hosts]
-    for i, host in enumerate(hosts):
-        address = str(host.get("address") or "")
-        if not address.strip() or any(c.isspace() for c in address):
-            problems[f"host-{i}"] = "address: type the IP address or DNS name the hosts reach it at"
-        if names[i] and names.count(names[i]) > 1:
-            problems[f"host-{i}"] = f"name {names[i]!r} is on another row too: give each host its own name"
     try:
         cluster = Cluster.model_validate(draft)
     except ValidationError as err:
@@ -78,9 +71,19 @@ def cluster_problems(draft: dict[str, Any], bind_address: str) -> tuple[Cluster 
                 problems.setdefault("hosts", "no hosts: add one (+ Add host) or choose this machine only")
             elif loc and str(loc[0]) in ("ssh_user", "ssh_key"):
                 problems.setdefault(str(loc[0]), f"{loc[0]}: {message}")
-            elif not any(k.startswith("host-") for k in problems):
+            elif not message.startswith("host names must be unique"):  # shown on the rows
                 problems.setdefault("hosts", message)
         cluster = None
+    # a row shows one problem, the first from the left: the model's, a repeated name, the address
+    names = [str(h.get("name") or "") for h in hosts]
+    for i, host in enumerate(hosts):
+        address = str(host.get("address") or "")
+        if names[i] and names.count(names[i]) > 1:
+            problems.setdefault(
+                f"host-{i}", f"name {names[i]!r} is on another row too: give each host its own name"
+            )
+        if not address.strip() or any(c.isspace() for c in address):
+            problems.setdefault(f"host-{i}", "address: type the IP address or DNS name the hosts reach it at")
     if len(hosts) > 1 and is_loopback(bind_address):
         problems["hosts"] = (
             f"the bind address is {bind_address}: the other hosts cannot reach the services; "

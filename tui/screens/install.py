@@ -110,7 +110,8 @@ class InstallScreen(AppScreen):
         self.query_one("#cancel", Button).disabled = False
         self.query_one("#resume", Button).disabled = True
         self.query_one("#review", Button).disabled = True
-        self.query_one("#overall", ProgressBar).update(total=None)
+        # the bar counts stages done: Ansible does not say how many tasks a stage will run
+        self.query_one("#overall", ProgressBar).update(total=len(CLUSTER_STAGES), progress=0)
         if not self.query(HostProgress):  # Resume keeps the table: each stage starts it afresh
             self.query_one("#services", VerticalScroll).mount(HostProgress(self.hosts, id="host-progress"))
         ctx, backend, cancel = self.wizard.context(), self.wizard.backend, self.cancel
@@ -165,16 +166,15 @@ class InstallScreen(AppScreen):
         if message.error:
             self.running = False
             self.query_one("#cancel", Button).disabled = True
-            self.query_one("#overall", ProgressBar).update(total=1.0, progress=0.0)
             self.show_failure(message.error, message.cancelled)
             return
+        self.query_one("#overall", ProgressBar).advance(1)
         states = ", ".join(f"{h} {r.state}" for h, r in sorted(message.results.items()))
         self.log_line(f"cluster {message.stage}: done ({states})")
         if message.stage == CLUSTER_STAGES[-1]:
             self.running = False
             self.query_one("#cancel", Button).disabled = True
             self.wizard.cluster_results = dict(message.results)
-            self.query_one("#overall", ProgressBar).update(total=1.0, progress=1.0)
             self.query_one("#current", Static).update("the cluster is up")
             self.wizard.goto("done")
 

@@ -60,9 +60,8 @@ async def test_install_shows_preflight_per_host_and_stops_before_up(
     started = time.monotonic()
     async with app.run_test(size=(100, 30)) as pilot:
         app.goto("install")
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        for _ in range(5):
+        deadline = time.monotonic() + 300
+        while not any(not b.disabled for b in app.screen.query("#resume")) and time.monotonic() < deadline:
             await pilot.pause(0.1)
         table = app.screen.query_one(HostProgress)
         current = str(app.screen.query_one("#current").render())

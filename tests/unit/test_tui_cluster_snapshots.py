@@ -80,6 +80,7 @@ def progress_mid_up() -> Scene:
     """``cluster up`` half way: preflight passed, each host's counts and task so far."""
     backend = three_hosts()
     backend.hold = threading.Event()
+    backend.hold_seconds = 3  # the picture is taken as soon as the events before the hold landed
 
     async def run_before(pilot: Pilot) -> None:
         pilot.app.goto("install")  # type: ignore[attr-defined]

@@ -149,6 +149,14 @@ class Backend:
 
         return this_host()
 
+    def cluster_missing(self) -> str | None:
+        """Why this machine cannot drive a cluster (Ansible absent), with the fix; None when it can."""
+        import importlib.util
+
+        if importlib.util.find_spec("ansible_runner") is None:
+            return "Ansible is not installed here: run scripts/bootstrap.sh lab,cluster (the cluster extra)"
+        return None
+
     def cluster_run(
         self, ctx: AppContext, action: str, on_progress: ProgressSink | None = None
     ) -> dict[str, HostResult]:

@@ -77,7 +77,11 @@ class ClusterBackend(FakeBackend):
         self.holding = threading.Event()
         """Set once ``up`` waits on ``hold`` with its first half of events sent."""
         self.hold_seconds = 10.0
+        self.missing: str | None = None
         """How long ``up`` waits at most (the app's exit waits for its worker)."""
+
+    def cluster_missing(self) -> str | None:
+        return self.missing
 
     def this_host(self) -> dict[str, object]:
         return {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]}
@@ -275,6 +279,23 @@ async def test_this_machine_only_keeps_the_single_host_path(tmp_path: Path) -> N
         await next_step(pilot, "done")
     assert backend.cluster_calls == [] and backend.up_calls == 1
     assert parse_answers(out.read_text(), "out.yaml").cluster is None
+
+
+async def test_a_machine_without_ansible_is_told_how_to_get_it() -> None:
+    backend = ClusterBackend()
+    backend.missing = (
+        "Ansible is not installed here: run scripts/bootstrap.sh lab,cluster (the cluster extra)"
+    )
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("cluster")
+        await settle(pilot)
+        assert why(app) == ""  # this machine only needs no Ansible
+        await pilot.click("#where-cluster")
+        await settle(pilot)
+        assert why(app) == f"blocked: {backend.missing}"
+        assert "bootstrap.sh lab,cluster" in str(app.screen.query_one("#hosts-problem", Static).render())
+        assert app.state.get("cluster") is None
 
 
 async def test_answers_with_a_cluster_open_on_it() -> None:

@@ -275,9 +275,13 @@ class ClusterScreen(WizardScreen):
             self.problems = {}
             self.state.set("cluster", None)
             return
+        missing = self.wizard.backend.cluster_missing()
         cluster, self.problems = cluster_problems(
             copy.deepcopy(self.draft), str(self.state.get("bind_address"))
         )
+        if missing:
+            self.problems["hosts"] = missing
+            cluster = None
         self.state.set("cluster", cluster.model_dump(mode="json") if cluster else None)
         for field, widget in (("ssh_user", "#ssh-user-state"), ("ssh_key", "#ssh-key-state")):
             self.query_one(widget, Static).update(self.problems.get(field, "ok"))

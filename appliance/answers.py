@@ -152,6 +152,17 @@ class ObjectStore(Strict):
     """Bucket (or folder) for exported models."""
     mlflow_bucket: str = "mlflow"
     """Bucket (or folder) for MLflow artifacts."""
+    replication: int = Field(1, ge=1, le=10)
+    """Copies SeaweedFS keeps of every object, each on another volume server (``kind:
+    seaweedfs``): more than 1 needs that many hosts in the cluster's ``storage`` group; one
+    host, or a cluster without storage hosts, has one volume server, so 1."""
+
+    @property
+    def seaweedfs_replication(self) -> str:
+        """SeaweedFS's placement code for ``replication`` (``-defaultReplication``): its digits
+        count extra copies in other data centres, other racks, and other servers of the same
+        rack; ``00N`` asks for N more copies on other servers, which needs no rack names."""
+        return f"00{self.replication - 1}"
 
     @model_validator(mode="after")
     def _endpoint_for_s3(self) -> ObjectStore:
@@ -159,6 +170,11 @@ class ObjectStore(Strict):
             raise ValueError("object_store.kind is 's3' but no endpoint is set: add object_store.endpoint")
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint {self.endpoint!r} must start with http:// or https://")
+        if self.replication > 1 and self.kind != "seaweedfs":
+            raise ValueError(
+                f"object_store.replication is {self.replication} but only SeaweedFS keeps copies: "
+                "set object_store.kind: seaweedfs, or remove object_store.replication"
+            )
         return self
 
 
@@ -597,6 +613,25 @@ class Answers(Strict):
                 )
             seen[entry.name] = index
         self.served_models()  # a shorthand whose URI gives no valid model name fails here
+        return self
+
+    @model_validator(mode="after")
+    def _replication_fits(self) -> Answers:
+        copies = self.object_store.replication
+        storage = [h.name for h in self.cluster.hosts if "storage" in h.groups] if self.cluster else []
+        servers = max(len(storage), 1)  # without storage hosts, one volume server (weed server's own)
+        if copies > servers:
+            if storage:
+                where = f"only {', '.join(storage)} of cluster.hosts in the storage group"
+            elif self.cluster:
+                where = "no host of cluster.hosts in the storage group (one volume server)"
+            else:
+                where = "no cluster section (one host, one volume server)"
+            raise ValueError(
+                f"object_store.replication is {copies} with {where}, and each copy needs its own "
+                f"volume server: list 'storage' in the groups of {copies} hosts of cluster.hosts "
+                f"(docs/cluster.md), or set object_store.replication to {servers}"
+            )
         return self
 
     def served_models(self) -> list[ModelEntry]:

@@ -133,7 +133,14 @@ def facts(ctx: AppContext) -> dict[str, str]:
         "monitoring": "on" if ctx.answers.components.monitoring else "off",
         # Containers run Grafana's image; host processes need Grafana installed (its Debian package).
         "grafana": "found" if ctx.in_containers or find_grafana() else "absent",
+        # A cluster with storage hosts: SeaweedFS's volume servers run there (appliance.cluster.units).
+        "storage_hosts": "yes" if ctx.here is not None and _storage_hosts(ctx) else "no",
     }
+
+
+def _storage_hosts(ctx: AppContext) -> bool:
+    cluster = ctx.answers.cluster
+    return cluster is not None and any("storage" in h.groups for h in cluster.hosts)
 
 
 def selected(ctx: AppContext, specs: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:

@@ -22,6 +22,7 @@ SERVICE_GROUP = {
     "alertmanager": ("monitoring",),
     "grafana": ("monitoring",),
     "gateway": ("gateway",),
+    "seaweedfs-volume": ("storage",),
 }
 """The group(s) whose hosts run a service; a service not listed runs on the first control host."""
 EVERY_HOST = ("node-exporter",)

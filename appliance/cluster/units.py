@@ -88,6 +88,31 @@ def postgresql_backend(command: list[str], env: dict[str, str], password: str) -
     env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{PG_PORT}/mlflow"
 
 
+def advertise(command: list[str], address: str) -> None:
+    """A SeaweedFS server's ``-ip`` (the address it gives the master, which tells the filer and
+    the other servers where it is) becomes its host's cluster address: the renderer gives a
+    service on the same host loopback, which no other host can dial."""
+    for at, arg in enumerate(command):
+        if arg.startswith("-ip="):
+            command[at] = f"-ip={address}"
+
+
+def spread_seaweedfs(command: list[str], replication: str) -> None:
+    """The control host's ``weed server`` when storage hosts run the volume servers: master,
+    filer and S3 gateway only (``-volume=false``), the master placing every new volume with
+    ``replication`` (``-master.defaultReplication``, e.g. 001: one more copy on another server;
+    the filer and S3 gateway use the master's)."""
+    at = command.index("server") + 1
+    command[at:at] = ["-volume=false", f"-master.defaultReplication={replication}"]
+
+
+def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> list[str]:
+    """The store's readiness rule as the stack declares it (``appliance.objectstore.ready``), waiting
+    for as many volume servers as the replication places copies on."""
+    command = [_venv_paths(a, venv) for a in svc.health.command or []]
+    return [*command, "--volume-servers", str(volume_servers)] if command else []
+
+
 def serving_rollout(
     answers: Answers, host_vars: dict[str, Any], svc: RenderedService, units: list[dict[str, Any]]
 ) -> None:
@@ -162,6 +187,18 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             serving_rollout(answers, host_vars, services["serving"], roles["serving"])
         if "gateway" in mine and "serving" in services:  # the serving hosts behind it
             host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
+        if "seaweedfs" in mine:
+            server = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs")
+            copies = answers.object_store.replication
+            if "seaweedfs-volume" in services:  # volume servers on the storage hosts
+                spread_seaweedfs(server["command"], answers.object_store.seaweedfs_replication)
+                advertise(server["command"], inventory.hosts[host].address)
+            host_vars["appliance_seaweedfs_ready"] = seaweedfs_ready(
+                services["seaweedfs"], answers.cluster.venv, copies
+            )
+        if "seaweedfs-volume" in mine:
+            volume = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs-volume")
+            advertise(volume["command"], inventory.hosts[host].address)
         if "prometheus" in mine:
             prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
             targets = f"{answers.cluster.state_dir}/config/prometheus/targets"

@@ -5,10 +5,14 @@ master learns where the volumes are only from the volume server's first heartbea
 three later; until then every read answers ``InternalError`` (measured: 3.2 s after ``up`` here).
 A stack that called the store healthy then would start MLflow, the buckets job and the model
 server against a store that fails their first reads. The heartbeat carries every volume the
-server holds, so once the master lists the volume server, it knows all of them.
+server holds, so once the master lists the volume server, it knows all of them. In a cluster
+whose storage hosts run the volume servers, the store keeps ``object_store.replication`` copies of
+each object on distinct volume servers, so it is ready once the master lists that many
+(``--volume-servers``): before then a write finds too few servers for its copies.
 
-Usage: ``python -m appliance.objectstore.ready --s3 URL --master URL`` (exit 0 when ready; the
-reason on stderr otherwise). Standard library only: it runs every half second while ``up`` waits.
+Usage: ``python -m appliance.objectstore.ready --s3 URL --master URL [--volume-servers N]`` (exit
+0 when ready; the reason on stderr otherwise). Standard library only: it runs every half second
+while ``up`` waits.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def _get(url: str) -> bytes:
         return body
 
 
-def check(s3: str, master: str) -> str | None:
-    """None when ready, else what is not."""
+def check(s3: str, master: str, wanted: int = 1) -> str | None:
+    """None when ready (the master lists at least ``wanted`` volume servers), else what is not."""
     try:
         _get(f"{s3.rstrip('/')}/healthz")
     except (OSError, urllib.error.URLError) as err:
@@ -51,8 +55,14 @@ def check(s3: str, master: str) -> str | None:
         status = json.loads(_get(f"{master.rstrip('/')}/dir/status"))
     except (OSError, urllib.error.URLError, ValueError) as err:
         return f"master {master}: {getattr(err, 'reason', err)}"
-    if not volume_servers(status):
+    known = volume_servers(status)
+    if not known:
         return f"master {master} knows no volume server yet (waiting for its first heartbeat)"
+    if len(known) < wanted:
+        return (
+            f"master {master} knows {len(known)} of the {wanted} volume servers the replication needs "
+            f"({', '.join(known)}); waiting for the others' heartbeats"
+        )
     return None
 
 
@@ -62,12 +72,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="appliance.objectstore.ready")
     parser.add_argument("--s3", required=True, help="the S3 gateway's URL")
     parser.add_argument("--master", required=True, help="the master's URL")
+    parser.add_argument(
+        "--volume-servers", type=int, default=1, help="volume servers the master must list (default 1)"
+    )
     args = parser.parse_args(argv)
-    problem = check(args.s3, args.master)
+    problem = check(args.s3, args.master, args.volume_servers)
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    print("S3 gateway answers; the master knows its volume server")
+    print(f"S3 gateway answers; the master knows {args.volume_servers} or more volume server(s)")
     return 0
 
 

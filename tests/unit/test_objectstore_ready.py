@@ -13,7 +13,8 @@ import pytest
 from appliance.objectstore.ready import check, volume_servers
 
 EMPTY: dict[str, Any] = {"Topology": {"DataCenters": None, "Max": 0}}
-ONE = {"Topology": {"DataCenters": [{"Racks": [{"DataNodes": [{"Url": "127.0.0.1:8334", "Volumes": 7}]}]}]}}
+ONE_NODE = {"Url": "127.0.0.1:8334", "Volumes": 7}
+ONE = {"Topology": {"DataCenters": [{"Racks": [{"DataNodes": [ONE_NODE]}]}]}}
 
 
 def test_volume_servers_are_read_from_every_rack() -> None:
@@ -57,3 +58,18 @@ def test_ready_only_once_the_master_knows_a_volume_server(master: tuple[str, dic
 def test_a_gateway_that_does_not_answer_is_named() -> None:
     problem = check("http://127.0.0.1:9", "http://127.0.0.1:9")
     assert problem and problem.startswith("S3 gateway http://127.0.0.1:9")
+
+
+def test_with_replication_ready_only_once_the_master_knows_enough_volume_servers(
+    master: tuple[str, dict[str, Any]],
+) -> None:
+    url, answer = master
+    answer["status"] = ONE
+    problem = check(url, url, wanted=2)
+    assert problem and "knows 1 of the 2 volume servers" in problem and "127.0.0.1:8334" in problem
+    two = {"Url": "10.0.0.3:8080", "Volumes": 3}
+    answer["status"] = {
+        "Topology": {"DataCenters": [{"Racks": [{"DataNodes": [ONE_NODE, two]}, {"DataNodes": []}]}]}
+    }
+    assert check(url, url, wanted=2) is None
+    assert check(url, url, wanted=3) is not None

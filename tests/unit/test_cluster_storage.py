@@ -1,0 +1,161 @@
+"""SeaweedFS spread over the cluster's storage hosts: the control host's master, filer and S3
+gateway without a volume server, a volume server per storage host reaching the master at the
+control host's address, the replication from the answers, and answers that cannot hold the copies
+refused with the fix (no hosts needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from appliance.answers import Answers
+from appliance.cluster.units import render_hosts
+from appliance.context import AppContext
+from appliance.render import render_stack
+
+STORE_ONLY = {
+    "mlflow": False,
+    "workbench": False,
+    "monitoring": False,
+    "serving": False,
+    "controller": False,
+    "dashboards": False,
+}
+
+
+def host(name: str, address: str, *groups: str) -> dict[str, Any]:
+    return {"name": name, "address": address, "groups": list(groups)}
+
+
+THREE = [
+    host("ctl1", "10.0.0.1", "control"),
+    host("sto1", "10.0.0.2", "storage"),
+    host("sto2", "10.0.0.3", "storage"),
+]
+
+
+def answers(hosts: list[dict[str, Any]] | None = THREE, replication: int = 2, **extra: Any) -> Answers:
+    data: dict[str, Any] = {
+        "profile": "custom",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "seaweedfs", "replication": replication},
+        "components": STORE_ONLY,
+    }
+    if hosts is not None:
+        data["cluster"] = {"hosts": hosts, "venv": "/opt/appliance/venv"}
+    return Answers.model_validate(data | extra)
+
+
+def units(per_host: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    return {u["name"]: u for u in per_host[name].get("appliance_seaweedfs_units", [])}
+
+
+def flag(command: list[str], name: str) -> str | None:
+    found = [a.split("=", 1)[1] for a in command if a.startswith(f"-{name}=")]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("copies, code", [(1, "000"), (2, "001"), (3, "002")])
+def test_copies_map_to_seaweedfs_placement_on_other_servers(copies: int, code: str) -> None:
+    four = [*THREE, host("sto3", "10.0.0.4", "storage")]
+    assert answers(four, replication=copies).object_store.seaweedfs_replication == code
+
+
+def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volume_server(
+    tmp_path: Path,
+) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    control = units(per_host, "ctl1")
+    assert list(control) == ["seaweedfs", "buckets"]
+    server = control["seaweedfs"]["command"]
+    at = server.index("server")
+    assert server[at + 1 : at + 3] == ["-volume=false", "-master.defaultReplication=001"]
+    # the master tells the volume servers and the filer where it is: its cluster address
+    assert flag(server, "ip") == "10.0.0.1" and flag(server, "ip.bind") == "0.0.0.0"
+    ready = per_host["ctl1"]["appliance_seaweedfs_ready"]
+    assert ready[:3] == ["/opt/appliance/venv/bin/python", "-m", "appliance.objectstore.ready"]
+    assert ready[-2:] == ["--volume-servers", "2"]
+    toml = {f["key"]: f["value"] for f in control["seaweedfs"]["files"]}["security.toml"]
+    for name, address in (("sto1", "10.0.0.2"), ("sto2", "10.0.0.3")):
+        mine = units(per_host, name)
+        assert list(mine) == ["seaweedfs-volume"], "a storage host runs its volume server alone"
+        volume = mine["seaweedfs-volume"]["command"]
+        assert volume[volume.index("-config_dir=/var/lib/appliance/config/seaweedfs-volume") + 1] == "volume"
+        assert flag(volume, "master") == "10.0.0.1:9333" and flag(volume, "ip") == address
+        assert flag(volume, "dir") == "/var/lib/appliance/seaweedfs-volume"
+        assert mine["seaweedfs-volume"]["health"] == {"url": "http://127.0.0.1:8334/status"}
+        # the same signing keys: the volume servers accept only what the store signed
+        assert {f["key"]: f["value"] for f in mine["seaweedfs-volume"]["files"]} == {"security.toml": toml}
+        assert "appliance_seaweedfs_ready" not in per_host[name]
+
+
+def test_without_storage_hosts_the_control_host_keeps_the_all_in_one_store(tmp_path: Path) -> None:
+    alone = answers([host("ctl1", "10.0.0.1", "control"), host("srv1", "10.0.0.2", "serving")], 1)
+    per_host = render_hosts(alone, tmp_path / "secrets")
+    control = units(per_host, "ctl1")
+    assert list(control) == ["seaweedfs", "buckets"] and units(per_host, "srv1") == {}
+    server = control["seaweedfs"]["command"]
+    assert "-volume=false" not in server and not any("defaultReplication" in a for a in server)
+    assert per_host["ctl1"]["appliance_seaweedfs_ready"][-2:] == ["--volume-servers", "1"]
+
+
+def test_the_one_host_stack_has_no_volume_server_of_its_own_and_the_same_command(tmp_path: Path) -> None:
+    one = answers(None, 1)
+    services = render_stack(AppContext(one, tmp_path / "state"))
+    assert "seaweedfs-volume" not in services
+    command = services["seaweedfs"].command
+    assert "-volume=false" not in command and not any("defaultReplication" in a for a in command)
+    assert (
+        services["seaweedfs"].health.command
+        and "--volume-servers" not in services["seaweedfs"].health.command
+    )
+    # a cluster section alone (appliance up on one machine) changes nothing either
+    clustered = render_stack(AppContext(answers(), tmp_path / "state"))
+    assert list(clustered) == list(services) and clustered["seaweedfs"].command == command
+
+
+@pytest.mark.parametrize(
+    "hosts, copies, expected",
+    [
+        (None, 2, "no cluster section"),
+        ([host("ctl1", "10.0.0.1", "control")], 2, "no host of cluster.hosts in the storage group"),
+        (THREE[:2], 2, "only sto1 of cluster.hosts in the storage group"),
+        (THREE, 3, "only sto1, sto2 of cluster.hosts in the storage group"),
+    ],
+)
+def test_more_copies_than_volume_servers_is_refused_with_the_fix(
+    hosts: list[dict[str, Any]] | None, copies: int, expected: str
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        answers(hosts, copies)
+    message = str(err.value)
+    assert f"object_store.replication is {copies} with {expected}" in message
+    assert f"list 'storage' in the groups of {copies} hosts of cluster.hosts" in message
+
+
+def test_replication_is_for_seaweedfs_only() -> None:
+    with pytest.raises(
+        ValidationError, match=r"only SeaweedFS keeps copies: set object_store\.kind: seaweedfs"
+    ):
+        Answers.model_validate({"object_store": {"kind": "minio", "replication": 2}})
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        answers(replication=0)
+
+
+def test_a_whole_lab_over_storage_hosts_gives_the_control_host_every_secret_its_units_name(
+    tmp_path: Path,
+) -> None:
+    lab = answers(profile="lab", components={"workbench": False, "dashboards": False})
+    per_host = render_hosts(lab, tmp_path / "secrets")
+    secrets = per_host["ctl1"]["appliance_common_secrets"]
+    assert "mlflow_db_password" in secrets and len(secrets) > 1
+    for name, value in secrets.items():
+        assert isinstance(value, str) and value == (tmp_path / "secrets" / name).read_text().strip()
+    control = units(per_host, "ctl1")
+    assert "-volume=false" in control["seaweedfs"]["command"]
+    # MLflow and the model server reach the store's S3 gateway on the control host
+    mlflow = {u["name"]: u for u in per_host["ctl1"]["appliance_mlflow_units"]}["mlflow"]
+    assert "http://127.0.0.1:8333" in str(mlflow["env"]) or "http://127.0.0.1:8333" in str(mlflow["command"])

@@ -1,0 +1,179 @@
+"""SeaweedFS spread over two storage hosts with replication 2, through the real CLI, Ansible, SSH
+and SeaweedFS: the control host runs master, filer and S3 gateway, each storage host a volume
+server; a second up changes nothing; objects written through S3 with the generated writer key are
+kept on both storage hosts, and with one storage host stopped every object reads back
+byte-identical.
+
+Hosts are podman containers running systemd (tests/integration/_cluster_hosts.py), three of them,
+from the cached host image; `pytest tests/integration/test_cluster_storage.py -s` prints the timings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, use_runtime
+from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+GROUPS = {"ctl": ["control"], "sto1": ["storage"], "sto2": ["storage"]}
+OBJECTS = 24
+MASTER, VOLUME, S3 = 9333, 8334, 8333
+
+
+@dataclass
+class Lab:
+    hosts: ClusterHosts
+    answers: Path
+    state: Path
+    timings: dict[str, float]
+    written: dict[str, str]  # key -> sha256 of what was written
+
+    def address(self, host: str) -> str:
+        return self.hosts.hosts[host].address
+
+    def cli(self, *args: str) -> tuple[int, Any, str]:
+        started = time.monotonic()
+        done = run_cli(
+            "cluster", *args, "--json", answers=self.answers, state=self.state, check=False, timeout=900
+        )
+        runs = sum(1 for key in self.timings if key.startswith(args[0]))
+        self.timings[f"{args[0]} {runs + 1}"] = time.monotonic() - started
+        try:
+            data = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            data = None
+        return done.returncode, data, done.stdout + done.stderr
+
+    def s3(self) -> Any:
+        """A boto3 client of the control host's S3 gateway with the generated writer key."""
+        import boto3
+        from botocore.config import Config
+
+        secret = (self.state / "secrets" / "seaweedfs_writer_secret_key").read_text().strip()
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://{self.address('ctl')}:{S3}",
+            aws_access_key_id="appliance-writer",
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=10, read_timeout=60),
+        )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    use_runtime("podman")
+    work = tmp_path_factory.mktemp("cluster-storage")
+    with cluster_hosts(tuple(GROUPS), work) as hosts:
+        answers = {
+            "profile": "custom",
+            "bind_address": "0.0.0.0",
+            "object_store": {"kind": "seaweedfs", "replication": 2},
+            "components": dict.fromkeys(
+                ("mlflow", "workbench", "monitoring", "serving", "controller", "dashboards"), False
+            ),
+            "cluster": {
+                "ssh_key": str(hosts.key),
+                "venv": sys.prefix,  # mounted read-only at the same path on every host
+                "hosts": [
+                    {"name": n, "address": hosts.hosts[n].address, "groups": g} for n, g in GROUPS.items()
+                ],
+            },
+        }
+        (work / "appliance.yaml").write_text(yaml.safe_dump(answers))
+        lab = Lab(hosts, work / "appliance.yaml", work / "state", {}, {})
+        yield lab
+        timings = {k: round(v, 1) for k, v in lab.timings.items()}
+        print(f"\ncluster storage timings (s): {json.dumps(timings)}")
+
+
+def _get(url: str) -> dict[str, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def _volume_servers(lab: Lab) -> list[str]:
+    status = _get(f"http://{lab.address('ctl')}:{MASTER}/dir/status")
+    return sorted(
+        node["Url"]
+        for centre in status["Topology"]["DataCenters"] or []
+        for rack in centre["Racks"] or []
+        for node in rack["DataNodes"] or []
+    )
+
+
+def _units_on(lab: Lab, host: str) -> list[str]:
+    done = lab.hosts.ssh(host, "ls /etc/systemd/system/ | grep '^appliance-' || true")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_up_puts_the_volume_servers_on_the_storage_hosts_and_the_rest_on_the_control_host(lab: Lab) -> None:
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values()), result
+    assert _units_on(lab, "ctl") == ["appliance-buckets.service", "appliance-seaweedfs.service"]
+    for host in ("sto1", "sto2"):
+        assert _units_on(lab, host) == ["appliance-seaweedfs-volume.service"]
+        env = lab.hosts.ssh(host, "stat -c '%a %U' /etc/appliance-seaweedfs-volume.env").stdout.strip()
+        assert env == "600 root"
+    # up returned once the store was ready: the master already lists both storage hosts' servers
+    assert _volume_servers(lab) == sorted(f"{lab.address(h)}:{VOLUME}" for h in ("sto1", "sto2"))
+    server = lab.hosts.ssh("ctl", "systemctl show -p ExecStart appliance-seaweedfs.service").stdout
+    assert "-volume=false" in server and "-master.defaultReplication=001" in server
+    assert f"-ip={lab.address('ctl')}" in server
+
+
+def test_a_second_up_changes_nothing_on_any_host(lab: Lab) -> None:
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "sto1": 0, "sto2": 0}, result
+
+
+def test_objects_written_through_s3_are_kept_on_both_storage_hosts(lab: Lab) -> None:
+    s3 = lab.s3()
+    started = time.monotonic()
+    for index in range(OBJECTS):
+        body = os.urandom(1024 * (1 + index * 37 % 300))  # 1 KiB .. 300 KiB
+        key = f"replicated/{index:03d}.bin"
+        s3.put_object(Bucket="datasets", Key=key, Body=body)
+        lab.written[key] = hashlib.sha256(body).hexdigest()
+    lab.timings["write objects"] = time.monotonic() - started
+    # every volume holding data is on both volume servers, with SeaweedFS's placement 001
+    holding: dict[str, set[int]] = {}
+    for host in ("sto1", "sto2"):
+        status = _get(f"http://{lab.address(host)}:{VOLUME}/status")
+        volumes = [v for v in status["Volumes"] or [] if v["FileCount"] > 0]
+        assert volumes and all(v["ReplicaPlacement"].get("node") == 1 for v in volumes), status
+        holding[host] = {int(v["Id"]) for v in volumes}
+    assert holding["sto1"] == holding["sto2"], holding
+
+
+def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(lab: Lab) -> None:
+    assert len(lab.written) == OBJECTS, "the objects are written by the test before"
+    subprocess.run(["podman", "stop", "--time", "10", lab.hosts.hosts["sto2"].name], check=True, timeout=120)
+    s3 = lab.s3()
+    started = time.monotonic()
+    read = {
+        key: hashlib.sha256(s3.get_object(Bucket="datasets", Key=key)["Body"].read()).hexdigest()
+        for key in lab.written
+    }
+    lab.timings["read objects, one storage host stopped"] = time.monotonic() - started
+    assert read == lab.written
+    listed = s3.list_objects_v2(Bucket="datasets", Prefix="replicated/")
+    assert sorted(o["Key"] for o in listed["Contents"]) == sorted(lab.written)

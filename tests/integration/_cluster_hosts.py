@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("systemd-sysv", "openssh-server", "python3", "sudo", "ca-certificates", "python3-apt")
 # What the roles install with apt, already in the image so that a test's `up` needs no mirror (a
 # user's hosts get them from apt or the bundle's debs). Their own units are not enabled: the roles
-# start PostgreSQL and run the monitoring binaries as the appliance's units.
-ROLE_PACKAGES = ("postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+# start PostgreSQL and run the monitoring binaries and the gateway's nginx as the appliance's units.
+ROLE_PACKAGES = ("postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "nginx")
 NOT_AT_BOOT = ("postgresql.service", "prometheus.service", "prometheus-alertmanager.service",
-               "prometheus-node-exporter.service")  # fmt: skip
+               "prometheus-node-exporter.service", "nginx.service")  # fmt: skip
 HOST_KEYS_UNIT_NAME = "regen-ssh-host-keys.service"
 HOST_KEYS_UNIT = """\
 [Unit]

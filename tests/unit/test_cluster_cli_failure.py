@@ -1,0 +1,64 @@
+"""``appliance cluster up --json`` when a host fails or cannot be reached: the per-host results
+still reach stdout as JSON, the message naming the host goes to stderr, and the exit code says
+which (4: a host could not be reached, 1: a host failed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from appliance.cli import cluster_cmds, main
+from appliance.cluster import engine
+from appliance.cluster.run import ClusterRunError, HostResult
+
+
+def _failing(results: dict[str, HostResult]) -> Any:
+    def run(*args: object, **kwargs: object) -> dict[str, HostResult]:
+        raise ClusterRunError("up", results)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("lost", "code", "state"),
+    [
+        (
+            HostResult(ok=3, unreachable=1, messages=["Create the state folders: Failed to connect"]),
+            4,
+            "unreachable",
+        ),
+        (HostResult(ok=3, failed=1, messages=["Start the units: unit failed"]), 1, "failed"),
+    ],
+)
+def test_a_failed_up_still_prints_every_hosts_results_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    lost: HostResult,
+    code: int,
+    state: str,
+) -> None:
+    results = {"ctl": HostResult(ok=20, changed=5), "srv1": lost}
+    monkeypatch.setattr(engine, "run", _failing(results))
+    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        main(["cluster", "up", "--json"])
+    assert ended.value.code == code
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["srv1"]["state"] == state and data["srv1"]["messages"] == lost.messages
+    assert data["ctl"]["state"] == "changed" and data["ctl"]["failed"] == 0
+    assert f"srv1: {state}" in err and "run the same command again" in err
+
+
+def test_without_json_a_failed_up_prints_no_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(engine, "run", _failing({"srv1": HostResult(unreachable=1)}))
+    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        main(["cluster", "up"])
+    assert ended.value.code == 4
+    out, err = capsys.readouterr()
+    assert out == "" and "srv1: unreachable" in err

@@ -8,83 +8,44 @@ the lost host ends the run before monitoring and the gateway), every host is hea
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, _wait_for_ssh, cluster_hosts
+from tests.integration._cluster_hosts import _wait_for_ssh
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 GROUPS = {"ctl": ["control"], "srv1": ["serving"]}
 
 
-@dataclass
-class Lab:
-    hosts: ClusterHosts
-    answers: Path
-    state: Path
-    timings: dict[str, float]
-
-    def cli(self, *args: str) -> tuple[int, Any, str]:
-        started = time.monotonic()
-        done = run_cli(
-            "cluster", *args, "--json", answers=self.answers, state=self.state, check=False, timeout=600
-        )
-        runs = sum(1 for key in self.timings if key.startswith(args[0]))
-        self.timings[f"{args[0]} {runs + 1}"] = time.monotonic() - started
-        try:
-            data = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            data = None
-        return done.returncode, data, done.stdout + done.stderr
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    use_runtime("podman")
-    work = tmp_path_factory.mktemp("cluster-interrupted")
-    with cluster_hosts(tuple(GROUPS), work) as hosts:
-        answers = {
-            "profile": "lab",
-            "bind_address": "0.0.0.0",
-            "object_store": {"kind": "filesystem"},
-            "components": {"workbench": False, "controller": False, "dashboards": False},
-            "cluster": {
-                "ssh_key": str(hosts.key),
-                "venv": sys.prefix,  # mounted read-only at the same path on every host
-                "hosts": [
-                    {"name": n, "address": hosts.hosts[n].address, "groups": g} for n, g in GROUPS.items()
-                ],
-            },
-        }
-        (work / "appliance.yaml").write_text(yaml.safe_dump(answers))
-        lab = Lab(hosts, work / "appliance.yaml", work / "state", {})
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
+    base = {
+        "profile": "lab",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "filesystem"},
+        "components": {"workbench": False, "controller": False, "dashboards": False},
+    }
+    with cluster_lab(tmp_path_factory, "cluster-interrupted", GROUPS, base) as lab:
         yield lab
-        print(f"\ninterrupted up timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}")
 
 
 def _podman(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def _serving_play_begun(lab: Lab) -> bool:
+def _serving_play_begun(lab: ClusterLab) -> bool:
     """The serving play has started on srv1: its state folder exists (no earlier play touches srv1
     beyond gathering facts). Asked through podman, not SSH, to keep the poll cheap."""
     done = _podman("exec", lab.hosts.hosts["srv1"].name, "test", "-d", "/var/lib/appliance")
     return done.returncode == 0
 
 
-def test_a_host_stopped_mid_up_is_reported_unreachable_and_the_next_up_completes(lab: Lab) -> None:
+def test_a_host_stopped_mid_up_is_reported_unreachable_and_the_next_up_completes(lab: ClusterLab) -> None:
     srv1 = lab.hosts.hosts["srv1"].name
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(lab.cli, "up")
@@ -116,10 +77,7 @@ def test_a_host_stopped_mid_up_is_reported_unreachable_and_the_next_up_completes
     if address != lab.hosts.hosts["srv1"].address:
         print(f"\nsrv1 came back at {address} (was {lab.hosts.hosts['srv1'].address})")
         lab.hosts.hosts["srv1"].address = address
-        answers = yaml.safe_load(lab.answers.read_text())
-        for host in answers["cluster"]["hosts"]:
-            host["address"] = lab.hosts.hosts[host["name"]].address
-        lab.answers.write_text(yaml.safe_dump(answers))
+        lab.write_answers()
     _wait_for_ssh(lab.hosts, "srv1")
     code, result, output = lab.cli("up")
     assert code == 0, output

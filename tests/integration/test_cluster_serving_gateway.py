@@ -12,23 +12,19 @@ import http.client
 import json
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import yaml
 
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
-from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
 from tests.integration._serving_fixtures import write_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -43,68 +39,44 @@ ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
 
 
 @dataclass
-class Lab:
-    hosts: ClusterHosts
-    answers: Path
-    state: Path
-    base: dict[str, Any]
-    expected: dict[str, np.ndarray]
-    timings: dict[str, float] = field(default_factory=dict)
+class ServingLab(ClusterLab):
+    expected: dict[str, np.ndarray] = field(default_factory=dict)
 
     def write(self, beta: str) -> None:
-        hosts = [{"name": n, "address": self.hosts.hosts[n].address, "groups": g} for n, g in GROUPS.items()]
+        """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named."""
         models = [
             {"name": "alpha", "uri": "/srv/models/alpha"},
             {"name": "beta", "uri": f"/srv/models/{beta}"},
         ]
-        data = self.base | {"models": models, "cluster": self.base["cluster"] | {"hosts": hosts}}
-        self.answers.write_text(yaml.safe_dump(data))
+        self.write_answers(models=models)
 
     def up(self, label: str) -> tuple[int, Any, str]:
-        started = time.monotonic()
-        done = run_cli(
-            "cluster", "up", "--json", answers=self.answers, state=self.state, check=False, timeout=900
-        )
-        self.timings[label] = time.monotonic() - started
-        try:
-            return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
-        except json.JSONDecodeError:
-            return done.returncode, None, done.stdout + done.stderr
+        return self.cli("up", label=label)
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    use_runtime("podman")
-    work = tmp_path_factory.mktemp("serving-cluster")
-    expected = {}
-    for name, seed in MODELS.items():
-        folder = write_mlp(work / "models" / name, seed=seed)
-        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        expected[name] = session.run(None, {"input": ROWS})[0]
-    with cluster_hosts(tuple(GROUPS), work) as hosts:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
+    base = {
+        "profile": "lab",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "filesystem"},
+        "tls": {"enabled": True},
+        "components": {"workbench": False, "controller": False, "dashboards": False, "monitoring": False},
+    }
+    with cluster_lab(tmp_path_factory, "serving-cluster", GROUPS, base, ServingLab) as lab:
+        for name, seed in MODELS.items():
+            folder = write_mlp(lab.work / "models" / name, seed=seed)
+            session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+            lab.expected[name] = session.run(None, {"input": ROWS})[0]
         for host in ("srv1", "srv2"):
             subprocess.run(
-                ["podman", "cp", str(work / "models"), f"{hosts.hosts[host].name}:/srv/models"], check=True
+                ["podman", "cp", str(lab.work / "models"), f"{lab.hosts.hosts[host].name}:/srv/models"],
+                check=True,
             )
-        # The image keeps no apt lists (a Debian host has them): the gateway role installs nginx.
-        made = hosts.ssh("ctl", "mkdir -p /var/lib/apt/lists/partial && apt-get update -qq", timeout=300)
-        assert made.returncode == 0, made.stderr
-        base = {
-            "profile": "lab",
-            "bind_address": "0.0.0.0",
-            "object_store": {"kind": "filesystem"},
-            "tls": {"enabled": True},
-            "components": {"workbench": False, "controller": False, "dashboards": False, "monitoring": False},
-            "cluster": {"ssh_key": str(hosts.key), "venv": sys.prefix},
-        }
-        lab = Lab(hosts, work / "appliance.yaml", work / "state", base, expected)
         lab.write("beta")
         code, _, output = lab.up("cold up")
         assert code == 0, output
         yield lab
-        print(
-            f"\nserving cluster timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}"
-        )
 
 
 @dataclass
@@ -118,7 +90,7 @@ class Load:
     """Keep-alive HTTPS clients, each on its own connection through the gateway, alternating the
     two models and checking every answer against what that model computes."""
 
-    def __init__(self, lab: Lab, beta_versions: tuple[str, ...]) -> None:
+    def __init__(self, lab: ServingLab, beta_versions: tuple[str, ...]) -> None:
         self.lab, self.beta_versions = lab, beta_versions
         self.context = ssl.create_default_context(cafile=str(lab.state / "secrets" / "tls_ca_cert"))
         self.token = (lab.state / "secrets" / "serving_token").read_text().strip()
@@ -193,7 +165,7 @@ class Load:
             return [o.what for o in self.outcomes if not o.ok]
 
 
-def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request(lab: Lab) -> None:
+def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request(lab: ServingLab) -> None:
     with Load(lab, ("beta", "beta-v2")) as load:
         time.sleep(3)
         assert load.counts()["alpha"] > 0 and load.counts()["beta"] > 0, load.counts()
@@ -203,7 +175,7 @@ def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request
     assert code == 0, output
     assert result["srv1"]["changed"] > 0 and result["srv2"]["changed"] > 0, result
     counts = load.counts()
-    print(f"\nrolling update under load: {dict(counts)} in {lab.timings['rolling up']:.0f} s")
+    print(f"\nrolling update under load: {dict(counts)} in {lab.timings['rolling up #1']:.0f} s")
     assert load.failures() == [], (counts, load.failures()[:5])
     assert counts["alpha"] > 100 and counts["beta"] + counts["beta-v2"] > 100, counts
     # Both serving hosts serve the new version now; alpha stayed alpha throughout.
@@ -212,7 +184,7 @@ def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request
     assert after.failures() == [] and after.counts()["beta-v2"] > 10, after.counts()
 
 
-def test_a_killed_serving_host_is_left_alone_after_the_fail_window(lab: Lab) -> None:
+def test_a_killed_serving_host_is_left_alone_after_the_fail_window(lab: ServingLab) -> None:
     window = UPSTREAM_IDLE_S + CONNECT_TIMEOUT_S + 1
     assert window <= FAIL_TIMEOUT_S + CONNECT_TIMEOUT_S
     with Load(lab, ("beta-v2",)) as load:

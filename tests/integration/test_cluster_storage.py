@@ -13,19 +13,15 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -35,28 +31,8 @@ MASTER, VOLUME, S3 = 9333, 8334, 8333
 
 
 @dataclass
-class Lab:
-    hosts: ClusterHosts
-    answers: Path
-    state: Path
-    timings: dict[str, float]
-    written: dict[str, str]  # key -> sha256 of what was written
-
-    def address(self, host: str) -> str:
-        return self.hosts.hosts[host].address
-
-    def cli(self, *args: str) -> tuple[int, Any, str]:
-        started = time.monotonic()
-        done = run_cli(
-            "cluster", *args, "--json", answers=self.answers, state=self.state, check=False, timeout=900
-        )
-        runs = sum(1 for key in self.timings if key.startswith(args[0]))
-        self.timings[f"{args[0]} {runs + 1}"] = time.monotonic() - started
-        try:
-            data = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            data = None
-        return done.returncode, data, done.stdout + done.stderr
+class StorageLab(ClusterLab):
+    written: dict[str, str] = field(default_factory=dict)  # key -> sha256 of what was written
 
     def s3(self) -> Any:
         """A boto3 client of the control host's S3 gateway with the generated writer key."""
@@ -75,30 +51,17 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    use_runtime("podman")
-    work = tmp_path_factory.mktemp("cluster-storage")
-    with cluster_hosts(tuple(GROUPS), work) as hosts:
-        answers = {
-            "profile": "custom",
-            "bind_address": "0.0.0.0",
-            "object_store": {"kind": "seaweedfs", "replication": 2},
-            "components": dict.fromkeys(
-                ("mlflow", "workbench", "monitoring", "serving", "controller", "dashboards"), False
-            ),
-            "cluster": {
-                "ssh_key": str(hosts.key),
-                "venv": sys.prefix,  # mounted read-only at the same path on every host
-                "hosts": [
-                    {"name": n, "address": hosts.hosts[n].address, "groups": g} for n, g in GROUPS.items()
-                ],
-            },
-        }
-        (work / "appliance.yaml").write_text(yaml.safe_dump(answers))
-        lab = Lab(hosts, work / "appliance.yaml", work / "state", {}, {})
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageLab]:
+    base = {
+        "profile": "custom",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "seaweedfs", "replication": 2},
+        "components": dict.fromkeys(
+            ("mlflow", "workbench", "monitoring", "serving", "controller", "dashboards"), False
+        ),
+    }
+    with cluster_lab(tmp_path_factory, "cluster-storage", GROUPS, base, StorageLab) as lab:
         yield lab
-        timings = {k: round(v, 1) for k, v in lab.timings.items()}
-        print(f"\ncluster storage timings (s): {json.dumps(timings)}")
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -107,7 +70,7 @@ def _get(url: str) -> dict[str, Any]:
         return dict(json.loads(answer.read()))
 
 
-def _volume_servers(lab: Lab) -> list[str]:
+def _volume_servers(lab: StorageLab) -> list[str]:
     status = _get(f"http://{lab.address('ctl')}:{MASTER}/dir/status")
     return sorted(
         node["Url"]
@@ -117,13 +80,15 @@ def _volume_servers(lab: Lab) -> list[str]:
     )
 
 
-def _units_on(lab: Lab, host: str) -> list[str]:
+def _units_on(lab: StorageLab, host: str) -> list[str]:
     done = lab.hosts.ssh(host, "ls /etc/systemd/system/ | grep '^appliance-' || true")
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
 
-def test_up_puts_the_volume_servers_on_the_storage_hosts_and_the_rest_on_the_control_host(lab: Lab) -> None:
+def test_up_puts_the_volume_servers_on_the_storage_hosts_and_the_rest_on_the_control_host(
+    lab: StorageLab,
+) -> None:
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values()), result
@@ -139,13 +104,13 @@ def test_up_puts_the_volume_servers_on_the_storage_hosts_and_the_rest_on_the_con
     assert f"-ip={lab.address('ctl')}" in server
 
 
-def test_a_second_up_changes_nothing_on_any_host(lab: Lab) -> None:
+def test_a_second_up_changes_nothing_on_any_host(lab: StorageLab) -> None:
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "sto1": 0, "sto2": 0}, result
 
 
-def test_objects_written_through_s3_are_kept_on_both_storage_hosts(lab: Lab) -> None:
+def test_objects_written_through_s3_are_kept_on_both_storage_hosts(lab: StorageLab) -> None:
     s3 = lab.s3()
     started = time.monotonic()
     for index in range(OBJECTS):
@@ -164,7 +129,7 @@ def test_objects_written_through_s3_are_kept_on_both_storage_hosts(lab: Lab) -> 
     assert holding["sto1"] == holding["sto2"], holding
 
 
-def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(lab: Lab) -> None:
+def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(lab: StorageLab) -> None:
     assert len(lab.written) == OBJECTS, "the objects are written by the test before"
     subprocess.run(["podman", "stop", "--time", "10", lab.hosts.hosts["sto2"].name], check=True, timeout=120)
     s3 = lab.s3()

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+from tests.conftest import run_cli
+from tests.integration._cluster_hosts import ClusterHosts
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -36,20 +34,7 @@ JOB += ["--epochs", "40", "--patience", "40"]  # every epoch runs: both jobs do 
 
 
 @dataclass
-class Lab:
-    hosts: ClusterHosts
-    answers: Path
-    state: Path
-    timings: dict[str, float]
-
-    def cli(self, *args: str, timeout: float = 900) -> tuple[int, str, str]:
-        started = time.monotonic()
-        done = run_cli(*args, answers=self.answers, state=self.state, check=False, timeout=timeout)
-        key = " ".join(args[:4])
-        runs = sum(1 for known in self.timings if known.startswith(key))
-        self.timings[f"{key} #{runs + 1}"] = time.monotonic() - started
-        return done.returncode, done.stdout, done.stderr
-
+class TrainingLab(ClusterLab):
     def writer(self) -> Any:
         """An MLflow client on the control host, as the writer account."""
         import os
@@ -60,7 +45,7 @@ class Lab:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = (
             (self.state / "secrets" / "mlflow_writer_password").read_text().strip()
         )
-        return MlflowClient(f"http://{self.hosts.hosts['ctl'].address}:5000")
+        return MlflowClient(f"http://{self.address('ctl')}:5000")
 
 
 def _seed_workers(hosts: ClusterHosts, work: Path) -> None:
@@ -84,44 +69,24 @@ def _seed_workers(hosts: ClusterHosts, work: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    use_runtime("podman")
-    work = tmp_path_factory.mktemp("cluster-train")
-    with cluster_hosts(("ctl", "trn1", "trn2"), work) as hosts:
-        answers = {
-            "profile": "lab",
-            "bind_address": "0.0.0.0",
-            "object_store": {"kind": "filesystem"},
-            "components": {
-                "workbench": False,
-                "controller": False,
-                "dashboards": False,
-                "monitoring": False,
-                "serving": False,
-            },
-            "cluster": {
-                "ssh_key": str(hosts.key),
-                "venv": sys.prefix,  # mounted read-only at the same path on every host
-                "train": {"nproc_per_node": 1, "rdzv_port": 29411},
-                "hosts": [
-                    {"name": n, "address": hosts.hosts[n].address, "groups": groups}
-                    for n, groups in GROUPS.items()
-                ],
-            },
-        }
-        path = work / "appliance.yaml"
-        path.write_text(yaml.safe_dump(answers))
-        lab = Lab(hosts, path, work / "state", {})
-        code, out, err = lab.cli("cluster", "up", "--json", timeout=1200)
-        assert code == 0, out[-3000:] + err[-3000:]
-        _seed_workers(hosts, work)
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingLab]:
+    base = {
+        "profile": "lab",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "filesystem"},
+        "components": dict.fromkeys(
+            ("workbench", "controller", "dashboards", "monitoring", "serving"), False
+        ),
+        "cluster": {"train": {"nproc_per_node": 1, "rdzv_port": 29411}},
+    }
+    with cluster_lab(tmp_path_factory, "cluster-train", GROUPS, base, TrainingLab) as lab:
+        code, _, output = lab.cli("up", timeout=1200)
+        assert code == 0, output[-6000:]
+        _seed_workers(lab.hosts, lab.work)
         yield lab
-        print(
-            f"\ncluster training timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}"
-        )
 
 
-def test_up_writes_each_workers_rendezvous_with_the_first_hosting_it(lab: Lab) -> None:
+def test_up_writes_each_workers_rendezvous_with_the_first_hosting_it(lab: TrainingLab) -> None:
     first = lab.hosts.hosts["trn1"].address
     for name, is_host in (("trn1", "true"), ("trn2", "false")):
         env = lab.hosts.ssh(name, "cat /var/lib/appliance/config/torchrun.env").stdout
@@ -131,8 +96,8 @@ def test_up_writes_each_workers_rendezvous_with_the_first_hosting_it(lab: Lab) -
     assert "torchrun.env" not in lab.hosts.ssh("ctl", "ls /var/lib/appliance/config").stdout
 
 
-def test_a_two_host_job_registers_one_version_and_one_host_runs_the_same_job(lab: Lab) -> None:
-    code, out, err = lab.cli("cluster", "train", "--hosts", "2", "--json", *JOB)
+def test_a_two_host_job_registers_one_version_and_one_host_runs_the_same_job(lab: TrainingLab) -> None:
+    code, out, err = lab.run("cluster", "train", "--hosts", "2", "--json", *JOB)
     assert code == 0, out[-3000:] + err[-3000:]
     two = json.loads(out)
     assert {h: r["state"] for h, r in two["hosts"].items()} == {"trn1": "ok", "trn2": "ok"}, two
@@ -141,7 +106,7 @@ def test_a_two_host_job_registers_one_version_and_one_host_runs_the_same_job(lab
     assert summary["version"] == "1" and summary["world_size"] == 2, summary
     assert any("rank 1/2" in line for line in two["hosts"]["trn2"]["stdout_tail"]), two["hosts"]["trn2"]
 
-    code, out, err = lab.cli("cluster", "train", "--hosts", "1", "--json", *JOB)
+    code, out, err = lab.run("cluster", "train", "--hosts", "1", "--json", *JOB)
     assert code == 0, out[-3000:] + err[-3000:]
     one = json.loads(out)
     assert list(one["hosts"]) == ["trn1"] and one["summary"]["version"] == "2", one
@@ -161,10 +126,10 @@ def test_a_two_host_job_registers_one_version_and_one_host_runs_the_same_job(lab
         assert abs(summary["metrics"][metric] - one["summary"]["metrics"][metric]) <= 0.05
 
 
-def test_a_job_that_cannot_run_names_the_failing_hosts_and_exits_non_zero(lab: Lab) -> None:
-    code, out, err = lab.cli("cluster", "train", "--hosts", "3", "--dataset", DATASET)
+def test_a_job_that_cannot_run_names_the_failing_hosts_and_exits_non_zero(lab: TrainingLab) -> None:
+    code, out, err = lab.run("cluster", "train", "--hosts", "3", "--dataset", DATASET)
     assert code != 0 and "train_workers group has 2 host(s)" in err and "--hosts 1..2" in err, err
-    code, out, err = lab.cli("cluster", "train", "--hosts", "2", "--dataset", "no_such_data")
+    code, out, err = lab.run("cluster", "train", "--hosts", "2", "--dataset", "no_such_data")
     assert code == 1, out + err
     assert "failed on" in err and "trn1 (node 0): failed" in err, err
     assert "no_such_data" in err and "fix:" in err, err

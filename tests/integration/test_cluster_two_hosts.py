@@ -17,15 +17,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -33,65 +30,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240
 GROUPS = {"ctl": ["control"], "srv1": ["serving"], "srv2": ["serving"]}
 
 
-@dataclass
-class Lab:
-    hosts: ClusterHosts
-    answers: Path
-    state: Path
-    timings: dict[str, float]
-    base: dict[str, Any]
-
-    def use_hosts(self, *names: str) -> None:
-        """Write the answers with these hosts in the cluster (the others exist but are not in it)."""
-        hosts = [{"name": n, "address": self.hosts.hosts[n].address, "groups": GROUPS[n]} for n in names]
-        self.answers.write_text(
-            yaml.safe_dump(self.base | {"cluster": self.base["cluster"] | {"hosts": hosts}})
-        )
-
-    def cli(self, *args: str) -> tuple[int, Any, str]:
-        started = time.monotonic()
-        done = run_cli(
-            "cluster", *args, "--json", answers=self.answers, state=self.state, check=False, timeout=1500
-        )
-        runs = sum(1 for key in self.timings if key.startswith(args[0]))
-        self.timings[f"{args[0]} {runs + 1}"] = time.monotonic() - started
-        try:
-            data = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            data = None
-        return done.returncode, data, done.stdout + done.stderr
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    use_runtime("podman")
-    work = tmp_path_factory.mktemp("cluster")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
     # Host names differ from group names (a host named like a group is refused: Ansible would read
     # the group's pattern as the host). srv2 joins and leaves the cluster in the last tests.
-    with cluster_hosts(("ctl", "srv1", "srv2"), work) as hosts:
-        answers = {
-            "profile": "lab",
-            "bind_address": "0.0.0.0",
-            "object_store": {"kind": "filesystem"},
-            "components": {"workbench": False, "controller": False, "dashboards": False},
-            "cluster": {
-                "ssh_key": str(hosts.key),
-                "venv": sys.prefix,  # mounted read-only at the same path on every host
-            },
-        }
-        lab = Lab(hosts, work / "appliance.yaml", work / "state", {}, answers)
-        lab.use_hosts("ctl", "srv1")
+    base = {
+        "profile": "lab",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "filesystem"},
+        "components": {"workbench": False, "controller": False, "dashboards": False},
+    }
+    with cluster_lab(tmp_path_factory, "cluster", GROUPS, base) as lab:
+        lab.write_answers(["ctl", "srv1"])
         yield lab
-        print(f"\ncluster timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}")
 
 
-def _units_on(lab: Lab, host: str) -> str:
+def _units_on(lab: ClusterLab, host: str) -> str:
     done = lab.hosts.ssh(host, "ls /etc/systemd/system/ | grep '^appliance-' || true")
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def test_preflight_and_plan_report_every_host_and_change_nothing(lab: Lab) -> None:
+def test_preflight_and_plan_report_every_host_and_change_nothing(lab: ClusterLab) -> None:
     code, checked, output = lab.cli("preflight")
     assert code == 0, output
     assert {h: r["state"] for h, r in checked.items()} == {"ctl": "ok", "srv1": "ok"}
@@ -103,7 +63,7 @@ def test_preflight_and_plan_report_every_host_and_change_nothing(lab: Lab) -> No
 
 
 def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control_hosts_mlflow(
-    lab: Lab,
+    lab: ClusterLab,
 ) -> None:
     code, result, output = lab.cli("up")
     assert code == 0, output
@@ -126,7 +86,7 @@ def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control
     assert status["srv1"] == {"serving": "active (running)", "node-exporter": "active (running)"}
 
 
-def test_a_second_up_changes_nothing_on_any_host(lab: Lab) -> None:
+def test_a_second_up_changes_nothing_on_any_host(lab: ClusterLab) -> None:
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "srv1": 0}
@@ -147,13 +107,13 @@ def _call(url: str, user: str, secret: Path, body: dict[str, Any] | None = None)
         return dict(json.loads(answer.read()))
 
 
-def _mlflow(lab: Lab, path: str, body: dict[str, Any]) -> dict[str, Any]:
+def _mlflow(lab: ClusterLab, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """One MLflow REST call to the control host, as the writer account."""
     url = f"http://{lab.hosts.hosts['ctl'].address}:5000/api/2.0/mlflow/{path}"
     return _call(url, "appliance-writer", lab.state / "secrets" / "mlflow_writer_password", body)
 
 
-def _scraped(lab: Lab) -> dict[tuple[str, str], str]:
+def _scraped(lab: ClusterLab) -> dict[tuple[str, str], str]:
     """Prometheus's active targets on the monitoring host: (job, host label) -> health."""
     url = f"http://{lab.hosts.hosts['ctl'].address}:9090/api/v1/targets?state=active"
     found = _call(url, "appliance", lab.state / "secrets" / "prometheus_web_password")
@@ -162,7 +122,9 @@ def _scraped(lab: Lab) -> dict[tuple[str, str], str]:
     }
 
 
-def test_one_prometheus_scrapes_every_host_from_the_targets_written_from_the_inventory(lab: Lab) -> None:
+def test_one_prometheus_scrapes_every_host_from_the_targets_written_from_the_inventory(
+    lab: ClusterLab,
+) -> None:
     wanted = {("node-exporter", "ctl"), ("node-exporter", "srv1"), ("serving", "srv1")}
     deadline = time.monotonic() + 120  # a first scrape within two intervals (15 s) once discovered
     while True:
@@ -176,13 +138,13 @@ def test_one_prometheus_scrapes_every_host_from_the_targets_written_from_the_inv
     assert lab.hosts.hosts["srv1"].address + ":9100" in targets.stdout, targets.stdout
 
 
-def _psql(lab: Lab, query: str) -> str:
+def _psql(lab: ClusterLab, query: str) -> str:
     done = lab.hosts.ssh("ctl", f'runuser -u postgres -- psql -d mlflow -tAc "{query}"')
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_host(lab: Lab) -> None:
+def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_host(lab: ClusterLab) -> None:
     experiment = _mlflow(lab, "experiments/create", {"name": "cluster-postgresql"})["experiment_id"]
     run = _mlflow(lab, "runs/create", {"experiment_id": experiment})["run"]["info"]["run_id"]
     _mlflow(lab, "runs/log-metric", {"run_id": run, "key": "auc", "value": 0.93, "timestamp": 0, "step": 0})
@@ -206,8 +168,8 @@ def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_ho
     assert mode.strip() == "600 appliance"
 
 
-def test_an_added_serving_host_is_all_that_up_changes_besides_prometheus_targets(lab: Lab) -> None:
-    lab.use_hosts("ctl", "srv1", "srv2")
+def test_an_added_serving_host_is_all_that_up_changes_besides_prometheus_targets(lab: ClusterLab) -> None:
+    lab.write_answers(["ctl", "srv1", "srv2"])
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert result["srv2"]["changed"] > 0 and result["srv2"]["failed"] == 0, result
@@ -234,7 +196,7 @@ def _refused(address: str, port: int) -> bool:
 
 
 def test_a_serving_host_taken_down_stops_taking_requests_before_it_stops_and_nothing_else_changes(
-    lab: Lab,
+    lab: ClusterLab,
 ) -> None:
     address = lab.hosts.hosts["srv2"].address
     kept = http.client.HTTPConnection(address, 8080, timeout=10)  # a client in the middle of its work
@@ -265,9 +227,11 @@ def test_a_serving_host_taken_down_stops_taking_requests_before_it_stops_and_not
     assert status["srv1"]["serving"].startswith("active") and status["ctl"]["mlflow"].startswith("active")
 
 
-def test_a_host_removed_from_the_inventory_is_stopped_by_the_next_up_and_leaves_prometheus(lab: Lab) -> None:
+def test_a_host_removed_from_the_inventory_is_stopped_by_the_next_up_and_leaves_prometheus(
+    lab: ClusterLab,
+) -> None:
     lab.cli("up", "--limit", "srv2")  # running again, then taken out of the answers
-    lab.use_hosts("ctl", "srv1")
+    lab.write_answers(["ctl", "srv1"])
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert result["srv1"]["changed"] == 0 and result["srv2"]["state"] == "changed", result
@@ -278,7 +242,7 @@ def test_a_host_removed_from_the_inventory_is_stopped_by_the_next_up_and_leaves_
     assert lab.hosts.hosts["srv2"].address not in targets.stdout
 
 
-def test_down_stops_every_unit_and_keeps_the_data(lab: Lab) -> None:
+def test_down_stops_every_unit_and_keeps_the_data(lab: ClusterLab) -> None:
     code, result, output = lab.cli("down")
     assert code == 0 and all(r["failed"] == 0 for r in result.values()), output
     code, status, output = lab.cli("status")

@@ -1,0 +1,96 @@
+"""A cluster lab for the tests: test hosts (``_cluster_hosts``), one answers file that names them
+with their groups, this machine's state folder, and the CLI's commands timed (and ``--json``
+answers parsed). Every cluster module drives its hosts through this, so how a test writes the
+cluster's answers and runs ``appliance cluster ...`` is decided in one place."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, use_runtime
+from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+
+
+@dataclass
+class ClusterLab:
+    """Hosts named after ``groups``' keys, and the answers and state that drive them."""
+
+    hosts: ClusterHosts
+    work: Path
+    groups: dict[str, list[str]]
+    """Host name -> its inventory groups."""
+    base: dict[str, Any]
+    """The answers besides the cluster's hosts (its ``cluster`` section may add keys, e.g. ``train``)."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def answers(self) -> Path:
+        return self.work / "appliance.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.work / "state"
+
+    def address(self, host: str) -> str:
+        return self.hosts.hosts[host].address
+
+    def write_answers(self, members: Iterable[str] | None = None, **changes: Any) -> None:
+        """The answers with ``members`` (all hosts when None) in the cluster, ``changes`` over the
+        base; the other hosts keep running but are not in it. The hosts log in with the test's key
+        and run the checkout's virtualenv, mounted read-only at the same path on every host."""
+        names = list(self.groups) if members is None else list(members)
+        hosts = [{"name": n, "address": self.address(n), "groups": self.groups[n]} for n in names]
+        cluster = {"ssh_key": str(self.hosts.key), "venv": sys.prefix} | self.base.get("cluster", {})
+        self.answers.write_text(yaml.safe_dump(self.base | changes | {"cluster": cluster | {"hosts": hosts}}))
+
+    def run(self, *args: str, timeout: float = 900, label: str | None = None) -> tuple[int, str, str]:
+        """``appliance ARGS`` with this lab's answers and state: exit code, stdout, stderr."""
+        label = label or " ".join(a for a in args[:3] if a != "cluster")
+        started = time.monotonic()
+        done = run_cli(*args, answers=self.answers, state=self.state, check=False, timeout=timeout)
+        runs = sum(1 for known in self.timings if known.startswith(label + " #"))
+        self.timings[f"{label} #{runs + 1}"] = time.monotonic() - started
+        return done.returncode, done.stdout, done.stderr
+
+    def cli(self, *args: str, timeout: float = 900, label: str | None = None) -> tuple[int, Any, str]:
+        """``appliance cluster ARGS --json``: exit code, the parsed answer (None when it is not
+        JSON), and everything it printed."""
+        code, out, err = self.run("cluster", *args, "--json", timeout=timeout, label=label or args[0])
+        try:
+            data = json.loads(out)
+        except json.JSONDecodeError:
+            data = None
+        return code, data, out + err
+
+
+Lab = TypeVar("Lab", bound=ClusterLab)
+
+
+@contextmanager
+def cluster_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    groups: dict[str, list[str]],
+    base: dict[str, Any],
+    kind: type[Lab] = ClusterLab,  # type: ignore[assignment]  # the default is the bound itself
+    **extra: Any,
+) -> Iterator[Lab]:
+    """Hosts for ``groups`` on podman, the answers written with all of them, the timings printed
+    at the end (``pytest -s``)."""
+    use_runtime("podman")
+    work = tmp_path_factory.mktemp(name)
+    with cluster_hosts(tuple(groups), work) as hosts:
+        lab = kind(hosts=hosts, work=work, groups=groups, base=base, **extra)
+        lab.write_answers()
+        yield lab
+        print(f"\n{name} timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}")

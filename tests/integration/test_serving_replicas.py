@@ -29,6 +29,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from appliance.answers import Serving
 from appliance.workloads.controller.autoscale import Autoscaler, KpaSettings
 from appliance.workloads.serving.drift import DriftMonitor
 from tests.integration._serving_fixtures import REPO, reference, training_data, write_mlp
@@ -388,16 +389,18 @@ def test_bad_counts_are_refused_naming_the_bounds(service: Service) -> None:
 
 
 def test_autoscaler_follows_a_stepped_load_within_bounds(service: Service, models: Path) -> None:
-    settings = KpaSettings(
-        min_replicas=1,
-        max_replicas=3,
-        # the MLP answers in ~0.1 ms, so Python clients keep little in flight inside the server:
-        # one REST client holds ~0.1 on these cores, six ~0.7 (the log shows the figures)
-        target_concurrency=0.2,
-        target_utilization=0.7,
-        stable_window=6,
-        panic_window_percentage=50,
-        scale_down_delay=2,
+    settings = KpaSettings.from_serving(
+        Serving(
+            min_replicas=1,
+            max_replicas=3,
+            # the MLP answers in ~0.1 ms, so Python clients keep little in flight inside the server:
+            # one REST client holds ~0.1 on these cores, six ~0.7 (the log shows the figures)
+            target_concurrency=0.2,
+            target_utilization=0.7,
+            stable_window=6,
+            panic_window_percentage=50,
+            scale_down_delay=2,
+        )
     )
     scaler = Autoscaler(
         settings, f"{service.admin}/metrics", f"{service.admin}/replicas", ADMIN_TOKEN, tick=0.5

@@ -28,7 +28,7 @@ import yaml
 from tests.conftest import run_cli, use_runtime
 from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
 from tests.integration._serving_fixtures import write_mlp
-from tests.integration.test_edge_follows_registry import LIN_X, MLP_X, expected, write_linear
+from tests.integration.test_edge_follows_registry import LIN_X, MLP_X, expected, register, write_linear
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -95,21 +95,12 @@ def _writer(lab: Edge, monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def _register(folder: Path, name: str, champion: bool = True) -> str:
-    import mlflow
+def _register(folder: Path, name: str) -> str:
+    """A new version of ``name``, made the champion."""
     from mlflow import MlflowClient
 
-    mlflow.set_experiment("cluster-edge")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(folder), artifact_path="model")
-    client = MlflowClient()
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        client.create_registered_model(name)
-    version = str(
-        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
-    )
-    if champion:
-        client.set_registered_model_alias(name, "champion", version)
+    version = register(folder, name, experiment="cluster-edge")
+    MlflowClient().set_registered_model_alias(name, "champion", version)
     return version
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from appliance.mlflow_auth import ADMIN_USER, PASSWORD_ENV, READER_USER, WRITER_USER
+from tests.integration._controller_fixtures import wait_for
 from tests.integration._serving_fixtures import ServerProcess, start_server, training_data, write_mlp
 
 pytestmark = pytest.mark.integration
@@ -123,16 +124,6 @@ class Mlflow:
                 self.proc.wait(5)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
 @pytest.fixture
 def mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mlflow]:
     server = Mlflow(tmp_path)
@@ -160,11 +151,12 @@ def mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mlflow]:
         server.stop()
 
 
-def register(folder: Path, name: str) -> str:
+def register(folder: Path, name: str, experiment: str = "edge") -> str:
+    """A new version of ``name`` from the model folder, logged as a run of ``experiment``."""
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_experiment("edge")
+    mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), artifact_path="model")
     client = MlflowClient()

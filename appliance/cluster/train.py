@@ -186,7 +186,8 @@ class HostRun:
     state: str = "pending"
     """``pending``, ``running``, ``ok``, ``failed`` or ``unreachable``."""
     node: int = 0
-    """Its place in the job (0 hosts the rendezvous and rank 0)."""
+    """Its place in the job (0 hosts the rendezvous; rank 0 may land on any node, since the c10d
+    rendezvous hands out ranks in the order nodes join)."""
     rc: int | None = None
     seconds: float = 0.0
     stdout_tail: list[str] = field(default_factory=list)
@@ -355,8 +356,8 @@ def launch(
     # Extra variables hold the workers' credentials: ansible-runner leaves them in env/extravars.
     (private / "env" / "extravars").unlink(missing_ok=True)
     job.seconds = time.monotonic() - began
-    leader = job.hosts[chosen[0]]
-    job.summary = _summary(leader.stdout_tail)
+    # Rank 0 prints the summary (it alone has a run id), on whichever node it landed.
+    job.summary = next((found for h in chosen if (found := _summary(job.hosts[h].stdout_tail))), None)
     bad = {h: r for h, r in job.hosts.items() if r.state != "ok"}
     if bad or runner.rc != 0:
         lines = [f"  - {h} (node {r.node}): {r.state}; {r.message or 'no result'}" for h, r in bad.items()]

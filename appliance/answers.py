@@ -8,7 +8,6 @@ docstring becomes its description in the committed JSON schema (``schemas/answer
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -352,10 +351,10 @@ class Serving(Strict):
         autoscaler) when the count cannot change (``max_replicas`` equal to ``min_replicas``)."""
         if self.max_replicas <= self.min_replicas:
             return ""
-        keys: tuple[str, ...] = ("min_replicas", "max_replicas", "target_concurrency", "target_utilization")
-        keys += ("stable_window",)
-        keys += ("panic_window_percentage", "panic_threshold_percentage", "scale_down_delay")
-        return json.dumps({k: getattr(self, k) for k in keys}, separators=(",", ":"))
+        # The knobs' names are the autoscaler's (one list, its dataclass); it imports nothing heavy.
+        from appliance.workloads.controller.autoscale import KpaSettings
+
+        return KpaSettings.from_serving(self).as_json()
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> Serving:

@@ -82,7 +82,8 @@ class KpaSettings:
         return cls(**{f: getattr(serving, f) for f in cls.__dataclass_fields__})
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self))
+        """Compact, as the controller's ``--autoscale`` argument carries it."""
+        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 @dataclass(frozen=True)

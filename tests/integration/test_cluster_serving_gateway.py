@@ -1,6 +1,7 @@
 """Serving across hosts behind the gateway: three hosts (``ctl`` control with the TLS gateway,
 ``srv1`` and ``srv2`` serving two models), load through the gateway from a pool of keep-alive
-clients whose every answer is checked against the model it named, while (a) a new model version
+clients (HTTPS/1.1 and gRPC over TLS, each on its own connection) whose every answer is checked
+against the model it named, while (a) a new model version
 rolls out one serving host at a time (no failed request) and (b) one serving host is killed (those
 requests in flight on it may fail, at most one per client; after the fail window none does).
 
@@ -19,9 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
 from tests.integration._cluster_lab import ClusterLab, cluster_lab
@@ -34,6 +38,8 @@ MODELS = {"alpha": 11, "beta": 22, "beta-v2": 33}
 """Model folders (seed of their weights): alpha and beta served, beta-v2 the version rolled out."""
 GATEWAY_PORT = 8443
 CLIENTS = 6
+GRPC_CLIENTS = 2
+"""Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
 CLIENT_TIMEOUT_S = 5.0
 ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
 
@@ -84,21 +90,29 @@ class Outcome:
     started: float
     ok: bool
     what: str
+    protocol: str = "rest"
 
 
 class Load:
-    """Keep-alive HTTPS clients, each on its own connection through the gateway, alternating the
-    two models and checking every answer against what that model computes."""
+    """Keep-alive clients, each on its own connection through the gateway (HTTPS/1.1, or gRPC on
+    one HTTP/2 channel), alternating the two models and checking every answer against what that
+    model computes."""
 
     def __init__(self, lab: ServingLab, beta_versions: tuple[str, ...]) -> None:
         self.lab, self.beta_versions = lab, beta_versions
-        self.context = ssl.create_default_context(cafile=str(lab.state / "secrets" / "tls_ca_cert"))
+        self.ca_pem = (lab.state / "secrets" / "tls_ca_cert").read_bytes()
+        self.context = ssl.create_default_context(cadata=self.ca_pem.decode())
         self.token = (lab.state / "secrets" / "serving_token").read_text().strip()
         self.address = lab.hosts.hosts["ctl"].address
         self.stop = threading.Event()
         self.outcomes: list[Outcome] = []
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(CLIENTS)]
+        self.threads = [
+            threading.Thread(
+                target=self._grpc_client if i < GRPC_CLIENTS else self._client, args=(i,), daemon=True
+            )
+            for i in range(CLIENTS)
+        ]
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -144,11 +158,35 @@ class Load:
             with self.lock:
                 self.outcomes.append(Outcome(started, ok, what))
 
+    def _grpc_client(self, number: int) -> None:
+        credentials = grpc.ssl_channel_credentials(self.ca_pem)
+        metadata = (("authorization", f"Bearer {self.token}"),)
+        with grpc.secure_channel(f"{self.address}:{GATEWAY_PORT}", credentials) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            turn = number
+            while not self.stop.is_set():
+                turn += 1
+                model, row = ("alpha", "beta")[turn % 2], turn % len(ROWS)
+                request = pb.ModelInferRequest(model_name=model)
+                request.inputs.add(name="input", datatype="FP32", shape=[1, 8])
+                request.raw_input_contents.append(ROWS[row : row + 1].tobytes())
+                started = time.monotonic()
+                try:
+                    reply = stub.ModelInfer(request, metadata=metadata, timeout=CLIENT_TIMEOUT_S)
+                    got = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
+                    ok, what = self._matches(model, row, got)
+                except grpc.RpcError as err:
+                    ok, what = False, f"gRPC {err.code()}: {err.details()}"
+                with self.lock:
+                    self.outcomes.append(Outcome(started, ok, what, "grpc"))
+
     def _check(self, model: str, row: int, status: int, payload: bytes) -> tuple[bool, str]:
         if status != 200:
             return False, f"{status} {payload[:200]!r}"
         (output,) = json.loads(payload)["outputs"]
-        got = np.asarray(output["data"], dtype=np.float32)
+        return self._matches(model, row, np.asarray(output["data"], dtype=np.float32))
+
+    def _matches(self, model: str, row: int, got: np.ndarray) -> tuple[bool, str]:
         versions = ("alpha",) if model == "alpha" else self.beta_versions
         for version in versions:
             if np.allclose(got, self.lab.expected[version][row], atol=1e-5):
@@ -159,6 +197,11 @@ class Load:
         with self.lock:
             chosen = [o for o in self.outcomes if since <= o.started < until]
         return Counter(o.what if o.ok else "failed" for o in chosen)
+
+    def answered(self, protocol: str, since: float = 0.0) -> int:
+        """Requests of ``protocol`` answered right since ``since``."""
+        with self.lock:
+            return sum(o.ok and o.protocol == protocol and o.started >= since for o in self.outcomes)
 
     def failures(self) -> list[str]:
         with self.lock:
@@ -178,6 +221,7 @@ def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request
     print(f"\nrolling update under load: {dict(counts)} in {lab.timings['rolling up #1']:.0f} s")
     assert load.failures() == [], (counts, load.failures()[:5])
     assert counts["alpha"] > 100 and counts["beta"] + counts["beta-v2"] > 100, counts
+    assert load.answered("grpc") > 100 and load.answered("rest") > 100
     # Both serving hosts serve the new version now; alpha stayed alpha throughout.
     with Load(lab, ("beta-v2",)) as after:
         time.sleep(3)
@@ -197,5 +241,6 @@ def test_a_killed_serving_host_is_left_alone_after_the_fail_window(lab: ServingL
     print(f"\nkilled srv2: before the fail window {dict(before)}, after it {dict(after)}")
     assert after["failed"] == 0, (after, load.failures()[:5])
     assert after["alpha"] > 50 and after["beta-v2"] > 50, after  # srv1 carries both models
+    assert load.answered("grpc", since=killed + window) > 20, "no gRPC call answered after the window"
     # What failed was in flight on the killed host: at most one request per client.
     assert before["failed"] <= CLIENTS, (before, load.failures())

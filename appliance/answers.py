@@ -637,6 +637,28 @@ class Answers(Strict):
         """Every model the stack serves, the ``serving.model`` shorthand expanded (one rule for the
         render, the controller, preflight and the monitoring)."""
         if self.models:
+
+    @model_validator(mode="after")
+    def _mlflow_servers_share_their_stores(self) -> Answers:
+        """Several control hosts run one MLflow server each: they must share the tracking store
+        (PostgreSQL) and the artifact store (S3), or each would see only its own runs."""
+        control = [h.name for h in self.cluster.hosts if "control" in h.groups] if self.cluster else []
+        if len(control) < 2 or not self.components.mlflow:
+            return self
+        assert self.cluster is not None
+        if self.cluster.mlflow_backend != "postgresql":
+            raise ValueError(
+                f"cluster.mlflow_backend is {self.cluster.mlflow_backend} with {len(control)} control hosts "
+                f"({', '.join(control)}), each running an MLflow server that must share one database: "
+                "set cluster.mlflow_backend: postgresql, or keep one host in the control group"
+            )
+        if self.object_store.kind == "filesystem":
+            raise ValueError(
+                f"object_store.kind is filesystem with {len(control)} control hosts ({', '.join(control)}), "
+                "each running an MLflow server, and a folder on one host is not seen by the others: "
+                "set object_store.kind: seaweedfs (docs/cluster.md), or keep one host in the control group"
+            )
+        return self
             return list(self.models)
         uri = self.serving.model or f"models:/{DEFAULT_MODEL}@champion"
         if uri.startswith("models:/"):

@@ -105,6 +105,23 @@ def serving_members(ctx: Any) -> list[dict[str, Any]]:
     return found
 
 
+def mlflow_targets(ctx: Any) -> list[str]:
+    """In a cluster, every MLflow server (one per control host) as the gateway host ``ctx.here``
+    dials it, the first control host's first: ``host:port`` each."""
+    from appliance.addressing import dial_address
+    from appliance.cluster.inventory import Inventory
+
+    found = []
+    for host in Inventory(ctx.answers.cluster).hosts_of("mlflow"):
+        if host == ctx.here:
+            address = dial_address(ctx.answers.bind_address)
+        else:
+            assert ctx.hosts is not None
+            address = ctx.hosts.address_of(host)
+        found.append(f"{address}:{ctx.answers.ports.mlflow}")
+    return found
+
+
 def _cluster_names(ctx: Any) -> list[str]:
     """The gateway hosts' addresses, which clients dial in a cluster: the same for every host's
     render (the certificate is made once, on the machine that runs ``cluster up``)."""
@@ -166,7 +183,11 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
             _upstream("serving_rest", upstream("serving", ports.serving_http)),
             _upstream("serving_grpc", upstream("serving", ports.serving_grpc)),
         ]
-    if "mlflow" in services:
+    if "mlflow" in services and cluster:  # the MLflow server of every control host
+        targets = mlflow_targets(ctx)
+        upstreams.append(_servers_upstream("mlflow", targets))
+        blocks.append(_mlflow_block(listen(ports.gateway_mlflow), limit, targets[0], failover=True))
+    elif "mlflow" in services:
         target = upstream("mlflow", ports.mlflow)
         upstreams.append(_upstream("mlflow", target))
         blocks.append(_mlflow_block(listen(ports.gateway_mlflow), limit, target))
@@ -220,6 +241,21 @@ http {{
 
 def _upstream(name: str, target: str) -> str:
     return f"    upstream {name} {{ server {target}; keepalive 32; }}"
+
+
+def _servers_upstream(name: str, targets: list[str]) -> str:
+    """Stateless servers sharing their stores (MLflow's, one per control host), with the
+    serving hosts' passive failover: one refused or timed-out connection leaves a server alone for
+    ``FAIL_TIMEOUT_S``; a backup line of each tries them all before a request fails."""
+    lines = [member_lines(address, int(port)) for address, port in (t.rsplit(":", 1) for t in targets)]
+    servers = [line["primary"] for line in lines] + [line["backup"] for line in lines]
+    body = "\n".join(f"        {line}" for line in servers)
+    return f"""\
+    upstream {name} {{
+{body}
+        keepalive 32;
+        keepalive_timeout {UPSTREAM_IDLE_S}s;
+    }}"""
 
 
 def _members_upstream(name: str, members: Path) -> str:
@@ -303,10 +339,17 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
     }}"""
 
 
-def _mlflow_block(listen: str, limit: str, target: str) -> str:
-    return _web_block(
-        listen, limit, "mlflow", target, '\n            proxy_set_header Connection "";', "300s"
-    )
+_MLFLOW_FAILOVER = f"""
+            # Another MLflow server takes a request whose connection was refused or timed out
+            # (the request never reached the first, so repeating it there is safe); one that was
+            # sent is not repeated (a POST may have been applied).
+            proxy_next_upstream error timeout;
+            proxy_connect_timeout {CONNECT_TIMEOUT_S}s;"""
+
+
+def _mlflow_block(listen: str, limit: str, target: str, failover: bool = False) -> str:
+    extra = '\n            proxy_set_header Connection "";' + (_MLFLOW_FAILOVER if failover else "")
+    return _web_block(listen, limit, "mlflow", target, extra, "300s")
 
 
 def _workbench_block(listen: str, limit: str, target: str) -> str:

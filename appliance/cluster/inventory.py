@@ -23,6 +23,9 @@ SERVICE_GROUP = {
     "grafana": ("monitoring",),
     "gateway": ("gateway",),
     "seaweedfs-volume": ("storage",),
+    # Stateless servers sharing the first control host's PostgreSQL (tracking and accounts) and
+    # the S3 artifact store, all behind the gateway's mlflow upstream.
+    "mlflow": ("control",),
 }
 """The group(s) whose hosts run a service; a service not listed runs on the first control host."""
 EVERY_HOST = ("node-exporter",)

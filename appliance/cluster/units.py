@@ -14,10 +14,12 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from appliance import __version__
+from appliance.addressing import is_loopback
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
@@ -31,7 +33,12 @@ from .inventory import EVERY_HOST, SERVICE_GROUP, Inventory, role_of
 SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
 DB_PASSWORD = "mlflow_db_password"
 """The secret MLflow's PostgreSQL role logs in with (``roles/appliance_mlflow``)."""
+DB_USER = "mlflow"
+"""MLflow's PostgreSQL role (``appliance_mlflow_db_user``)."""
 PG_PORT = 5432
+POSTGRESQL = "postgresql"
+"""MLflow's database server as a name for the addressing rule: no service of the stack file, so
+it is on the first control host (``HostMap.default``), where ``roles/appliance_mlflow`` installs it."""
 FILE_SD = {service: ("all",) for service in EVERY_HOST} | {"serving": SERVICE_GROUP["serving"]}
 """Scrape jobs whose service runs on several hosts, and the inventory groups those hosts are in:
 Prometheus finds them in a targets file the monitoring role writes from the inventory."""
@@ -78,14 +85,57 @@ def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStor
     }
 
 
-def postgresql_backend(command: list[str], env: dict[str, str], password: str) -> None:
-    """MLflow's backend store becomes the control host's PostgreSQL (``cluster.mlflow_backend``):
-    the stack's ``--backend-store-uri`` goes from the command line, where ``ps`` would show the
-    password, into the 0600 environment file (``MLFLOW_BACKEND_STORE_URI``, which mlflow reads)."""
+def postgresql_backend(
+    command: list[str], env: dict[str, str], password: str, host: str = "127.0.0.1"
+) -> None:
+    """MLflow's backend store becomes the control host's PostgreSQL (``cluster.mlflow_backend``),
+    at ``host`` (as this MLflow server dials the first control host): the stack's
+    ``--backend-store-uri`` goes from the command line, where ``ps`` would show the password, into
+    the 0600 environment file (``MLFLOW_BACKEND_STORE_URI``, which mlflow reads). The accounts'
+    database (``appliance.mlflow_auth.shared_auth_uri``) names no password: libpq reads
+    ``PGPASSWORD`` from the same file."""
     if "--backend-store-uri" in command:
         at = command.index("--backend-store-uri")
         del command[at : at + 2]
-    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{PG_PORT}/mlflow"
+    env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg://{DB_USER}:{password}@{host}:{PG_PORT}/mlflow"
+    env["PGPASSWORD"] = password
+
+
+def advertised_s3(env: dict[str, str], ctx: AppContext) -> None:
+    """MLflow hands its clients presigned URLs of the S3 store (artifact downloads go straight to
+    the store, bypassing the server), built from ``MLFLOW_S3_ENDPOINT_URL``: on the host that runs
+    the store too, that URL is the host's cluster address instead of loopback, which only the host
+    itself could dial."""
+    url = env.get("MLFLOW_S3_ENDPOINT_URL")
+    if not url or ctx.hosts is None:
+        return
+    parts = urlsplit(url)
+    if not is_loopback(parts.hostname or ""):
+        return  # another host's address already, or an external store
+    store = ctx.hosts.host_of(ctx.store_kind)
+    if store is not None:
+        netloc = f"{ctx.hosts.address_of(store)}:{parts.port}"
+        env["MLFLOW_S3_ENDPOINT_URL"] = parts._replace(netloc=netloc).geturl()
+
+
+def mlflow_servers(
+    answers: Answers, inventory: Inventory, host: str, ctx: AppContext, host_vars: dict[str, Any]
+) -> None:
+    """What the mlflow role needs for this host's MLflow server: whether it runs the database
+    (and so starts first, creating or migrating both schemas before any other server starts),
+    and, there, the other MLflow hosts PostgreSQL lets in."""
+    servers = inventory.hosts_of("mlflow")
+    owner = host == inventory.first_control
+    host_vars["appliance_mlflow_db_server"] = owner
+    if owner:
+        host_vars["appliance_mlflow_db_clients"] = [inventory.hosts[h].address for h in servers if h != host]
+    if len(servers) > 1 and not ctx.store_is_s3:
+        raise ApplianceError(
+            f"{len(servers)} control hosts run MLflow servers but the artifact store resolves to "
+            f"{ctx.store_kind}, a folder the other hosts do not see",
+            fix="set object_store.kind: seaweedfs in appliance.yaml (docs/cluster.md), or keep one host "
+            "in the control group",
+        )
 
 
 def advertise(command: list[str], address: str) -> None:
@@ -174,9 +224,12 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
         host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
         if "mlflow" in mine:
             host_vars["appliance_mlflow_backend"] = answers.cluster.mlflow_backend
+            mlflow_servers(answers, inventory, host, ctx, host_vars)
             if answers.cluster.mlflow_backend == "postgresql":
                 mlflow = next(u for u in roles["mlflow"] if u["name"] == "mlflow")
-                postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD))
+                database = ctx.addressing.host(POSTGRESQL)
+                postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD), database)
+            advertised_s3(next(u for u in roles["mlflow"] if u["name"] == "mlflow")["env"], ctx)
         if "serving" in mine:  # drained on the way out (roles/appliance_serving_drain)
             one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
             host_vars["appliance_serving_drain_signal"] = "SIGUSR1" if one_server else ""

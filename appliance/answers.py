@@ -633,11 +633,6 @@ class Answers(Strict):
             )
         return self
 
-    def served_models(self) -> list[ModelEntry]:
-        """Every model the stack serves, the ``serving.model`` shorthand expanded (one rule for the
-        render, the controller, preflight and the monitoring)."""
-        if self.models:
-
     @model_validator(mode="after")
     def _mlflow_servers_share_their_stores(self) -> Answers:
         """Several control hosts run one MLflow server each: they must share the tracking store
@@ -659,6 +654,11 @@ class Answers(Strict):
                 "set object_store.kind: seaweedfs (docs/cluster.md), or keep one host in the control group"
             )
         return self
+
+    def served_models(self) -> list[ModelEntry]:
+        """Every model the stack serves, the ``serving.model`` shorthand expanded (one rule for the
+        render, the controller, preflight and the monitoring)."""
+        if self.models:
             return list(self.models)
         uri = self.serving.model or f"models:/{DEFAULT_MODEL}@champion"
         if uri.startswith("models:/"):

@@ -46,10 +46,12 @@ def create_bundle(
     stacks_dir: Path = STACKS_DIR,
     key_file: Path | None = None,
     store_wheels: list[Path] | None = None,
+    debs: bool = False,
 ) -> Manifest:
     """Write the bundle to ``out``, its manifest signed with ``key_file`` (default: this user's
     own signing key, made on first use), and return the manifest. ``store_wheels``
-    (``appliance.bundle.store``) go under ``store/``."""
+    (``appliance.bundle.store``) go under ``store/``; ``debs``: the cluster roles' Debian packages
+    and their closure under ``debs/`` (``appliance.bundle.debs``)."""
     key = signing_key(key_file)
     missing = sorted({tag for tag in images.values() if not image_present(engine, tag)})
     if missing:
@@ -73,6 +75,10 @@ def create_bundle(
         if wheelhouse is not None:
             shutil.copytree(wheelhouse, staging / "wheelhouse", copy_function=_link_or_copy)
         shutil.copytree(stacks_dir, staging / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+        if debs:
+            from appliance.bundle.debs import DEBS_DIR, download
+
+            download(staging / DEBS_DIR)
         for wheel in store_wheels or []:
             (staging / STORE_DIR).mkdir(exist_ok=True)
             _link_or_copy(str(wheel), str(staging / STORE_DIR / wheel.name))

@@ -43,6 +43,12 @@ def bundle_group() -> None:
 )
 @click.option("--no-wheelhouse", is_flag=True, help="Images and stacks only.")
 @click.option(
+    "--debs/--no-debs",
+    default=None,
+    help="The cluster hosts' Debian packages and their closure, downloaded by this Debian 12 "
+    "machine's apt (default: on when the answers have a cluster section).",
+)
+@click.option(
     "--signing-key",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Ed25519 private key (PEM) to sign with (default: your own, made on first use).",
@@ -53,6 +59,7 @@ def create_cmd(
     engine: str,
     wheelhouse: Path | None,
     no_wheelhouse: bool,
+    debs: bool | None,
     signing_key: Path | None,
 ) -> None:
     """Write a signed bundle of every image PROFILE runs (answers' image overrides applied)."""
@@ -63,11 +70,25 @@ def create_cmd(
     default_house = cache_dir() / "context" / "wheelhouse"
     house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
     images = profile_images(ctx)
+    cluster = ctx.answers.cluster is not None
+    if cluster:
+        # The cluster's hosts run the services as systemd units from the virtualenv, not images;
+        # what they cannot fetch offline is their Debian packages.
+        images = {}
+        click.echo("cluster answers: no images (the hosts run no containers)", err=True)
+    with_debs = cluster if debs is None else debs
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="appliance-bundle-store-") as tmp:
         wheels = store_wheels(ctx, house, Path(tmp))  # the local runtime's SeaweedFS, when chosen
         manifest = create_bundle(
-            out, ctx.answers.profile, images, engine, house, key_file=signing_key, store_wheels=wheels
+            out,
+            ctx.answers.profile,
+            images,
+            engine,
+            house,
+            key_file=signing_key,
+            store_wheels=wheels,
+            debs=with_debs,
         )
     size = out.stat().st_size / 2**20
     click.echo(
@@ -107,6 +128,9 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     stacks = [f for f in manifest.files if f.startswith("stacks/")]
     store = [f.split("/", 1)[1] for f in manifest.files if f.startswith("store/")]
     click.echo(f"  wheelhouse: {len(wheels)} wheels; stacks: {len(stacks)} files")
+    debs = [f for f in manifest.files if f.startswith("debs/") and f.endswith(".deb")]
+    if debs:
+        click.echo(f"  debs (cluster hosts): {len(debs)} packages")
     if store:
         click.echo(f"  object store (local runtime): {', '.join(store)}")
     click.echo(f"  total {sum(manifest.sizes.values()) / 2**20:.0f} MiB")

@@ -1,9 +1,13 @@
 """``appliance cluster train``: one training job over N train workers x M processes, under torchrun.
 
-On the controller, ``launch`` runs ``roles/train.yml`` through ansible-runner on the first N hosts
-of the ``train_workers`` group (the inventory ``cluster up`` wrote), with the data connection and
-MLflow's URI and writer account as each host reaches them in that task's environment (never on a
-command line). On each host the task runs this module (``python -m appliance.cluster.train``),
+One launcher, ``run_job``, runs ``roles/train.yml`` through ansible-runner on the first N hosts of
+the ``train_workers`` group, from either side: ``launch`` on the machine that runs ``appliance
+cluster train`` (the inventory ``cluster up`` wrote), ``launch_from`` on the first control host for
+a pipeline step that asks for hosts (``python -m appliance.cluster.train launch``, with the launcher
+folder ``cluster up`` prepared there: its own key pair and an inventory of the train workers). The
+data connection and MLflow's URI and writer account stay on each worker
+(``STATE/secrets/train_job_env.json``, as that host reaches them), never on a command line nor
+with the launcher. On each host the task runs this module (``python -m appliance.cluster.train``),
 which reads the rendezvous settings the train_worker role wrote (``STATE/config/torchrun.env``)
 and starts ``torchrun`` with the c10d rendezvous hosted on the first worker: every process runs
 ``python -m appliance.workloads.trainer run`` and rank 0 alone logs to MLflow and registers.
@@ -30,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from appliance.errors import ApplianceError
 
 ENV_FILE = "config/torchrun.env"
@@ -38,6 +44,10 @@ PLAYBOOK = "train.yml"
 TASK = "Run this host's part of the job under torchrun"
 """The playbook's task whose start and end are the host's (its name in roles/train.yml)."""
 TRAINER_MODULE = "appliance.workloads.trainer"
+LAUNCHER_DIR = "train-launcher"
+"""Below the first control host's state folder: the launcher's key pair, known hosts and inventory
+(written by roles/appliance_train_worker)."""
+LAUNCHER_INVENTORY = "inventory.yml"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -138,9 +148,23 @@ def host_main(argv: list[str] | None = None) -> int:
     top.add_argument("--nnodes", type=int, help="hosts in the job (default: the env file's)")
     top.add_argument("--nproc-per-node", type=int, help="processes on this host (default: the env file's)")
     top.add_argument("--timeout", type=int, default=3600, help="seconds before the job is stopped")
+    top.add_argument(
+        "--job-env", type=Path, help="JSON: the data connection and MLflow as this host reaches them"
+    )
     top.add_argument("trainer_args", nargs=argparse.REMAINDER, help="-- then the trainer's run arguments")
     args = top.parse_args(argv)
     trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+    env = dict(os.environ)
+    if args.job_env is not None:
+        try:
+            env |= {str(k): str(v) for k, v in json.loads(args.job_env.read_text()).items()}
+        except (OSError, ValueError, AttributeError) as err:
+            print(
+                f"error: cannot read the job environment {args.job_env}: {err} (fix: run `appliance "
+                "cluster up` so the train_worker role writes it)",
+                file=sys.stderr,
+            )
+            return 2
     if not args.env_file.is_file():
         print(
             f"error: {args.env_file} is missing (fix: run `appliance cluster up` so the train_worker role "
@@ -153,7 +177,6 @@ def host_main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
     nic = interface_of(rdzv.local_addr)
     if nic:
         env.setdefault("GLOO_SOCKET_IFNAME", nic)
@@ -251,27 +274,6 @@ def workers(ctx: Any, hosts: int) -> list[str]:
     return group[:hosts]
 
 
-def worker_env(ctx: Any, hosts: list[str]) -> dict[str, dict[str, str]]:
-    """Per host: the data connection and MLflow (URI and writer account) as that host reaches them."""
-    from appliance.render import render_stack
-    from appliance.secrets_store import read_only
-
-    from .inventory import Inventory
-    from .units import host_context
-
-    cluster = ctx.answers.cluster
-    inventory = Inventory(cluster)
-    secrets = ctx.state_dir / "secrets"
-    with read_only():
-        first = host_context(ctx.answers, inventory, inventory.first_control, [], secrets)
-        names = list(render_stack(first))
-        found = {}
-        for host in hosts:
-            env = host_context(ctx.answers, inventory, host, names, secrets).connection_env()
-            found[host] = env | {"MPLCONFIGDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
-    return found
-
-
 def launch(
     ctx: Any,
     hosts: int,
@@ -280,11 +282,10 @@ def launch(
     timeout: int = 3600,
     on_progress: Progress | None = None,
 ) -> TrainJob:
-    """Run one job on the first ``hosts`` train workers; raises naming each failed host."""
-    import ansible_runner
-
+    """``appliance cluster train``: one job on the first ``hosts`` train workers of the answers'
+    cluster, through the inventory ``cluster up`` wrote here; raises naming each failed host."""
     from .engine import _cluster
-    from .run import ROLES_DIR, ansible_env, cluster_dir
+    from .run import ansible_env, cluster_dir
 
     _cluster(ctx)
     chosen = workers(ctx, hosts)
@@ -295,6 +296,92 @@ def launch(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
         )
     nproc = nproc_per_node or ctx.answers.cluster.train.nproc_per_node
+    return run_job(
+        inventory,
+        folder / "runner" / "train",
+        ansible_env(folder),
+        chosen,
+        nproc,
+        trainer_args,
+        timeout,
+        on_progress,
+    )
+
+
+def launcher_workers(launcher: Path, hosts: int) -> list[str]:
+    """The first ``hosts`` train workers of the launcher's inventory (the group's order)."""
+    path = launcher / LAUNCHER_INVENTORY
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        group = list(data["all"]["children"]["train_workers"]["hosts"] or {})
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ApplianceError(
+            f"cannot read the train workers from {path}: {err}",
+            fix="run `appliance cluster up`, which writes it on the first control host",
+        ) from err
+    if hosts < 1 or hosts > len(group):
+        raise ApplianceError(
+            f"{hosts} host(s) asked for: the train_workers group has {len(group)} host(s) "
+            f"({', '.join(group)})",
+            fix=f"ask for 1..{len(group)} hosts, or give more of cluster.hosts the train_workers group "
+            "and run `appliance cluster up`",
+        )
+    return group[:hosts]
+
+
+def launcher_env(launcher: Path) -> dict[str, str]:
+    """Ansible's settings for the launcher: the roles, SSH with the launcher's own key pair and
+    the workers' host keys ``cluster up`` recorded (an unknown or changed key stops the run)."""
+    from .run import ansible_env
+
+    env = ansible_env(launcher)
+    env["ANSIBLE_SSH_ARGS"] = (
+        "-C -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=yes "
+        f"-o UserKnownHostsFile={launcher / 'known_hosts'} -o IdentitiesOnly=yes"
+    )
+    return env
+
+
+def launch_from(
+    launcher: Path,
+    hosts: int,
+    trainer_args: list[str],
+    nproc_per_node: int = 1,
+    timeout: int = 3600,
+    on_progress: Progress | None = None,
+) -> TrainJob:
+    """A pipeline step's job, from the first control host: the launcher folder ``cluster up``
+    wrote there (key pair, known hosts, the train workers' inventory); raises naming each failed host."""
+    chosen = launcher_workers(launcher, hosts)
+    inventory = launcher / LAUNCHER_INVENTORY
+    return run_job(
+        inventory,
+        launcher / "runner",
+        launcher_env(launcher),
+        chosen,
+        nproc_per_node,
+        trainer_args,
+        timeout,
+        on_progress,
+    )
+
+
+def run_job(
+    inventory: Path,
+    private: Path,
+    envvars: dict[str, str],
+    chosen: list[str],
+    nproc: int,
+    trainer_args: list[str],
+    timeout: int = 3600,
+    on_progress: Progress | None = None,
+) -> TrainJob:
+    """Run one job on ``chosen`` (node 0 first) through ``roles/train.yml``; raises naming each
+    failed host."""
+    import ansible_runner
+
+    from .run import ROLES_DIR
+
     job = TrainJob(
         job_id=f"train-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}",
         hosts={h: HostRun(node=i) for i, h in enumerate(chosen)},
@@ -331,7 +418,6 @@ def launch(
             on_progress(host, run.state, detail)
         return True
 
-    private = folder / "runner" / "train"
     private.mkdir(mode=0o700, parents=True, exist_ok=True)
     began = time.monotonic()
     runner = ansible_runner.run(
@@ -339,22 +425,19 @@ def launch(
         project_dir=str(ROLES_DIR),
         playbook=str(ROLES_DIR / PLAYBOOK),
         inventory=str(inventory),
-        envvars=ansible_env(folder) | {"ANSIBLE_FORKS": str(max(5, len(chosen)))},
+        envvars=envvars | {"ANSIBLE_FORKS": str(max(5, len(chosen)))},
         extravars={
             "appliance_train_job_id": job.job_id,
             "appliance_train_job_nnodes": len(chosen),
             "appliance_train_job_nproc": nproc,
             "appliance_train_job_args": list(trainer_args),
             "appliance_train_job_timeout": timeout,
-            "appliance_train_job_env": worker_env(ctx, chosen),
         },
         limit=",".join(chosen),
         event_handler=handle,
         quiet=True,
         rotate_artifacts=3,
     )
-    # Extra variables hold the workers' credentials: ansible-runner leaves them in env/extravars.
-    (private / "env" / "extravars").unlink(missing_ok=True)
     job.seconds = time.monotonic() - began
     # Rank 0 prints the summary (it alone has a run id), on whichever node it landed.
     job.summary = next((found for h in chosen if (found := _summary(job.hosts[h].stdout_tail))), None)
@@ -380,5 +463,67 @@ class TrainJobError(ApplianceError):
         )
 
 
+def launch_main(argv: list[str] | None = None) -> int:
+    """On the first control host, a pipeline step's job (``python -m appliance.cluster.train
+    launch``): progress per host on stdout, rank 0's summary written to ``--summary`` and printed
+    last; a failed host's line and the fix on stderr, exit 1 (4 when a host was unreachable)."""
+    top = argparse.ArgumentParser(
+        prog="python -m appliance.cluster.train launch", description=launch_from.__doc__
+    )
+    top.add_argument(
+        "--launcher", type=Path, required=True, help=f"STATE/{LAUNCHER_DIR} on this control host"
+    )
+    top.add_argument("--hosts", type=int, required=True, help="train workers in the job")
+    top.add_argument("--nproc-per-node", type=int, default=1, help="processes per host")
+    top.add_argument("--timeout", type=int, default=3600, help="seconds before the job is stopped")
+    top.add_argument("--summary", type=Path, required=True, help="where rank 0's JSON summary is written")
+    top.add_argument("trainer_args", nargs=argparse.REMAINDER, help="-- then the trainer's run arguments")
+    args = top.parse_args(argv)
+    trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+
+    def progress(host: str, state: str, detail: str) -> None:
+        print(f"{host}: {state} ({detail})", flush=True)
+
+    try:
+        job = launch_from(
+            args.launcher, args.hosts, trainer_args, args.nproc_per_node, args.timeout, progress
+        )
+    except ApplianceError as err:
+        if isinstance(err, TrainJobError):
+            print(json.dumps(err.job.as_json()), flush=True)
+        fix = f" (fix: {err.fix})" if err.fix else ""
+        print(f"error: {err.message}{fix}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except ImportError as err:
+        print(
+            f"error: this control host cannot launch jobs ({err}; fix: install mlops-appliance[cluster] "
+            "into its virtualenv)",
+            file=sys.stderr,
+        )
+        return 2
+    if job.summary is None:
+        print(json.dumps(job.as_json()), flush=True)
+        print(
+            f"error: job {job.job_id} ended without rank 0's summary (see each host's output above)",
+            file=sys.stderr,
+        )
+        return 1
+    for host, run in job.hosts.items():
+        print(
+            f"{host} (node {run.node}), {run.seconds:.0f} s:",
+            *(f"  {line}" for line in run.stdout_tail),
+            sep="\n",
+        )
+    args.summary.write_text(json.dumps(job.summary, default=str) + "\n")
+    print(json.dumps(job.summary, default=str), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``launch ...`` on the control host (a pipeline step), else a train worker's part of a job."""
+    argv = sys.argv[1:] if argv is None else argv
+    return launch_main(argv[1:]) if argv[:1] == ["launch"] else host_main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(host_main())
+    sys.exit(main())

@@ -259,6 +259,8 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
         if host in inventory.group("train_workers"):  # torchrun's settings (roles/appliance_train_worker)
             host_vars["appliance_train_worker_nproc"] = answers.cluster.train.nproc_per_node
             host_vars["appliance_train_worker_rdzv_port"] = answers.cluster.train.rdzv_port
+            # The job's connections as this host reaches them, kept on the host for every job's ranks.
+            host_vars["appliance_train_worker_job_env"] = ctx.connection_env()
         text = repr(roles)
         needed = sorted(
             set(SECRET_FILE.findall(text)) | ({DB_PASSWORD} if "MLFLOW_BACKEND_STORE_URI" in text else set())

@@ -32,6 +32,10 @@ BUILTIN_ARGS: dict[str, tuple[str, ...]] = {"ingest": ("dataset", "refresh")}
 REFRESH_CHOICES = ("auto", "true", "false")
 """``ingest``'s ``refresh``: re-run a database dataset's saved query first (``auto``: when it has
 one), see appliance.dataconn.dbimport."""
+TRAINER_RUN = ("-m", "appliance.workloads.trainer", "run")
+"""The built-in trainer's whole lifecycle in one run: the one command a step may spread over the
+cluster's train workers (``hosts``, ``nproc_per_node``), since its ranks share one MLflow run and
+rank 0 alone registers."""
 
 
 class Strict(BaseModel):
@@ -73,7 +77,25 @@ def action_problems(step: Mapping[str, Any]) -> list[str]:
             problem = name_problem(dataset)
             if problem:
                 return [f"args.dataset {dataset!r} {problem}: a dataset name must be {RULE}"]
-    return []
+    return spread_problems(step)
+
+
+def spread_problems(step: Mapping[str, Any]) -> list[str]:
+    """A step asking for more than one host or process must run the built-in trainer's ``run``
+    (``{python} -m appliance.workloads.trainer run ...``): only it trains under torchrun."""
+    hosts, nproc = step.get("hosts", 1), step.get("nproc_per_node", 1)
+    if not (isinstance(hosts, int) and isinstance(nproc, int)) or (hosts, nproc) == (1, 1):
+        return []  # their own types and bounds are the fields' checks
+    run = step.get("run")
+    argv = [str(a) for a in run] if isinstance(run, list) else []
+    spots = [i for i in range(len(argv)) if tuple(argv[i : i + len(TRAINER_RUN)]) == TRAINER_RUN]
+    if spots == [1]:
+        return []
+    return [
+        f"hosts: {hosts}, nproc_per_node: {nproc} need the built-in trainer's run as the step's command "
+        '(run: ["{python}", "-m", "appliance.workloads.trainer", "run", "--dataset", ...]); '
+        "any other step runs in one process: set hosts: 1 and nproc_per_node: 1"
+    ]
 
 
 def _check_name(value: str, what: str) -> str:
@@ -117,6 +139,14 @@ class Step(Strict):
     """Pause between attempts."""
     timeout_seconds: float = Field(3600, gt=0, le=7 * 24 * 3600)
     """Wall-clock limit of one attempt; the step's whole process group is killed past it."""
+    hosts: int = Field(1, ge=1, le=256)
+    """Train workers the step runs on: more than 1 (or ``nproc_per_node`` more than 1) runs the
+    built-in trainer's ``run`` under torchrun on the first ``hosts`` of the cluster's
+    ``train_workers`` group, launched from the control host as ``appliance cluster train`` does.
+    Rank 0's summary is written to ``STEP.json`` in the workdir (``outputs: {version:
+    "train.json#version"}`` passes the registered version on). Only a cluster takes it."""
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    """Processes per host for such a step (torchrun's ``--nproc-per-node``)."""
     when: str | None = None
     """Run the step only if this holds, else skip it: ``"LEFT == RIGHT"``, ``"LEFT != RIGHT"`` or
     a single value that is true unless empty, ``false``, ``0`` or ``no`` (after templating)."""

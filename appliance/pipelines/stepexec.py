@@ -51,7 +51,8 @@ def command_for(step: Step, source: Path, workdir: Path, resolve: Resolve) -> li
     """The argv that runs ``step`` (placeholders filled)."""
     args = {k: templating.render(v, resolve) for k, v in step.args.items()}
     if step.run is not None:
-        return [templating.render(part, resolve) for part in step.run]
+        argv = [templating.render(part, resolve) for part in step.run]
+        return spread(step, argv, workdir, Path(resolve("state_dir"))) if spread_out(step) else argv
     if step.notebook is not None:
         notebook = Path(templating.render(step.notebook, resolve))
         if not notebook.is_absolute():
@@ -80,6 +81,47 @@ def command_for(step: Step, source: Path, workdir: Path, resolve: Resolve) -> li
     argv = [sys.executable, "-m", "appliance.pipelines.ingest", "--dataset", args["dataset"]]
     argv += ["--workdir", str(workdir), "--state-dir", resolve("state_dir")]
     return argv + (["--refresh", args["refresh"].lower()] if "refresh" in args else [])
+
+
+def spread_out(step: Step) -> bool:
+    """Whether the step runs across the cluster's train workers (``hosts``/``nproc_per_node``)."""
+    return (step.hosts, step.nproc_per_node) != (1, 1)
+
+
+def spread(step: Step, argv: list[str], workdir: Path, state_dir: Path) -> list[str]:
+    """The argv that runs the built-in trainer's ``run`` (``argv``, checked by the model) on
+    ``step.hosts`` train workers: the cluster launcher (``appliance.cluster.train launch``, the
+    one ``appliance cluster train`` uses) on this control host, with the launcher folder
+    ``cluster up`` prepared here; rank 0's summary lands in ``STEP.json`` in the workdir."""
+    from appliance.cluster.train import LAUNCHER_DIR, LAUNCHER_INVENTORY
+
+    launcher = state_dir / LAUNCHER_DIR
+    if not (launcher / LAUNCHER_INVENTORY).is_file():
+        raise StepFailure(
+            f"step {step.name!r} asks for {step.hosts} host(s) x {step.nproc_per_node} process(es), "
+            f"but this appliance is not a cluster's control host ({launcher / LAUNCHER_INVENTORY} is "
+            "missing; fix: run the pipeline on a cluster brought up with `appliance cluster up`, "
+            "which prepares the first control host to launch jobs, or set hosts: 1 and "
+            "nproc_per_node: 1)"
+        )
+    return [
+        sys.executable,
+        "-m",
+        "appliance.cluster.train",
+        "launch",
+        "--launcher",
+        str(launcher),
+        "--hosts",
+        str(step.hosts),
+        "--nproc-per-node",
+        str(step.nproc_per_node),
+        "--timeout",
+        str(int(step.timeout_seconds)),
+        "--summary",
+        str(workdir / f"{step.name}.json"),
+        "--",
+        *argv[4:],
+    ]
 
 
 def step_env(

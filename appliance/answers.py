@@ -531,6 +531,11 @@ class Cluster(Strict):
     wheelhouse: Path | None = None
     """Folder of wheels on this machine (an offline bundle's wheelhouse) the hosts install the
     virtualenv from, without a network; absent: ``venv`` already exists on every host."""
+    bundle: Path | None = None
+    """Offline bundle on this machine (``appliance bundle create --debs``) the hosts install their
+    Debian packages from, with no network: ``cluster plan`` and ``up`` check its signature and
+    every file's sha256 first, then send each host the debs it lacks; absent: the hosts' own apt
+    sources."""
     mlflow_backend: Literal["postgresql", "sqlite"] = "postgresql"
     """MLflow's backend store: ``postgresql``, a PostgreSQL server on the first control host
     (listening on that host's cluster address, password authentication, the password a generated

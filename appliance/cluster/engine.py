@@ -70,9 +70,10 @@ def run(
     if problems:
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
+    common = _offline_debs(ctx, folder) if action in ("plan", "up") else {}
     with state_lock(ctx.state_dir) if action in ("up", "down") else _nothing():
         gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
-        path = write_inventory(ctx.answers, host_vars, folder)
+        path = write_inventory(ctx.answers, host_vars, folder, common)
         results = run_playbook(action, path, folder, on_progress, limit)
     results |= gone
     # A removed host that cannot be reached is already gone; one that failed to stop is reported.
@@ -83,6 +84,17 @@ def run(
             )
         raise ClusterRunError(action, results)
     return results
+
+
+def _offline_debs(ctx: AppContext, folder: Path) -> dict[str, Any]:
+    """The roles' variables for the offline bundle's debs (``cluster.bundle``), verified here once
+    before any host is touched: a bundle that is unsigned, untrusted or altered stops the run."""
+    bundle = ctx.answers.cluster.bundle if ctx.answers.cluster else None
+    if bundle is None:
+        return {}
+    from appliance.bundle.debs import verified_debs
+
+    return verified_debs(bundle.expanduser(), folder / "bundle")
 
 
 def _stop_removed_hosts(

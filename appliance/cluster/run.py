@@ -94,8 +94,14 @@ def _unsafe(value: Any) -> Any:
     return value
 
 
-def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], folder: Path) -> Path:
-    """``hosts.yml`` (0600): the effective groups, SSH settings and each host's vars."""
+def write_inventory(
+    answers: Answers,
+    host_vars: dict[str, dict[str, Any]],
+    folder: Path,
+    common: dict[str, Any] | None = None,
+) -> Path:
+    """``hosts.yml`` (0600): the effective groups, SSH settings and each host's vars; ``common``:
+    vars every host shares (the offline bundle's debs), written once."""
     assert answers.cluster is not None
     cluster = answers.cluster
     inventory = Inventory(cluster)
@@ -115,7 +121,9 @@ def write_inventory(answers: Answers, host_vars: dict[str, dict[str, Any]], fold
             entry["ansible_ssh_private_key_file"] = str(cluster.ssh_key.expanduser())
         hosts[host.name] = entry | _unsafe(host_vars.get(host.name, {}))
     children = {g: {"hosts": {h: None for h in members}} for g, members in inventory.groups().items()}
-    data = {"all": {"hosts": hosts, "children": children}}
+    data: dict[str, Any] = {"all": {"hosts": hosts, "children": children}}
+    if common:
+        data["all"]["vars"] = _unsafe(common)
     path = folder / "inventory" / "hosts.yml"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

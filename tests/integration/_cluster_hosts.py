@@ -197,14 +197,16 @@ def _wait_for_ssh(cluster: ClusterHosts, name: str, timeout: float = 90) -> None
 
 
 @contextmanager
-def cluster_hosts(names: tuple[str, ...], workdir: Path) -> Iterator[ClusterHosts]:
-    """Start one host per name on a fresh podman network; remove them and the network after."""
+def cluster_hosts(names: tuple[str, ...], workdir: Path, internal: bool = False) -> Iterator[ClusterHosts]:
+    """Start one host per name on a fresh podman network; remove them and the network after.
+    ``internal``: the network has no route out (``podman network create --internal``), so the
+    hosts reach each other and this machine reaches them, but nothing beyond."""
     image = ensure_image()
     suffix = uuid.uuid4().hex[:8]
     key = workdir / "id_ed25519"
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
     cluster = ClusterHosts(network=f"appliance-cluster-{suffix}", key=key)
-    _run("podman", "network", "create", cluster.network)
+    _run("podman", "network", "create", *(["--internal"] if internal else []), cluster.network)
     try:
         for short in names:
             name = f"{short}-{suffix}"

@@ -83,13 +83,14 @@ def cluster_lab(
     groups: dict[str, list[str]],
     base: dict[str, Any],
     kind: type[Lab] = ClusterLab,  # type: ignore[assignment]  # the default is the bound itself
+    internal: bool = False,
     **extra: Any,
 ) -> Iterator[Lab]:
     """Hosts for ``groups`` on podman, the answers written with all of them, the timings printed
-    at the end (``pytest -s``)."""
+    at the end (``pytest -s``); ``internal``: on a network with no route out."""
     use_runtime("podman")
     work = tmp_path_factory.mktemp(name)
-    with cluster_hosts(tuple(groups), work) as hosts:
+    with cluster_hosts(tuple(groups), work, internal=internal) as hosts:
         lab = kind(hosts=hosts, work=work, groups=groups, base=base, **extra)
         lab.write_answers()
         yield lab

@@ -68,6 +68,7 @@ def test_each_role_has_the_galaxy_layout_prefixed_variables_and_an_assert_with_t
 
 _TASK_KEYWORDS = {
     "loop_control", "register", "no_log", "notify", "changed_when", "failed_when", "delegate_to", "become",
+    "environment",
     "become_user", "run_once", "check_mode",
 }  # fmt: skip
 

@@ -1,0 +1,161 @@
+"""`cluster up` with every host offline, its Debian packages from the bundle's debs.
+
+Two hosts (control: MLflow on PostgreSQL; monitoring: Prometheus and Alertmanager; node exporter
+on both) on a podman network with no route out, the roles' packages purged from them first (the
+host image carries them). The bundle is made once by the real CLI on this Debian 12 machine
+(its apt downloads the roles' packages and their closure). Proved: the hosts cannot reach the
+network; a bundle with one altered deb is refused, naming the file, before any host changes;
+`cluster up` brings both hosts to healthy with the packages at the bundle's versions; a second
+`up` changes nothing. The hosts run the checkout's virtualenv, mounted read-only (a wheelhouse
+install of the whole virtualenv is too slow here): the wheelhouse path is not exercised."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle.debs import read_index
+from tests.integration._cluster_hosts import _mirror
+from tests.integration._cluster_lab import ClusterLab, cluster_lab
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+GROUPS = {"ctl": ["control"], "mon": ["monitoring"]}
+INSTALLED = {
+    "ctl": ["postgresql", "prometheus-node-exporter"],
+    "mon": ["prometheus", "prometheus-alertmanager"],
+}
+"""Role packages each host installs from the bundle (node exporter runs on every host)."""
+PURGED = "'postgresql*' 'prometheus*' 'nginx*'"
+
+
+def _debian_12() -> bool:
+    release = Path("/etc/os-release")
+    return release.exists() and "VERSION_CODENAME=bookworm" in release.read_text()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
+    if not _debian_12():
+        pytest.skip("the bundle's debs are made by this machine's apt, which must be Debian 12's")
+    base = {
+        "profile": "lab",
+        "bind_address": "0.0.0.0",
+        "object_store": {"kind": "filesystem"},
+        "components": {"workbench": False, "controller": False, "dashboards": False, "serving": False},
+    }
+    with cluster_lab(tmp_path_factory, "offline-cluster", GROUPS, base, internal=True) as lab:
+        for host in lab.hosts.hosts.values():
+            subprocess.run(
+                ["podman", "exec", host.name, "sh", "-c", f"apt-get purge -y -q {PURGED}"],
+                capture_output=True, check=True, timeout=300,
+            )  # fmt: skip
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def bundle(lab: ClusterLab) -> Path:
+    """The bundle with debs, made once by `appliance bundle create` (a cluster answers file: debs
+    on by default, no images)."""
+    path = lab.work / "cluster-bundle.tar"
+    code, out, err = lab.run("bundle", "create", "-o", str(path), "--no-wheelhouse", timeout=600)
+    assert code == 0, out + err
+    return path
+
+
+def _bundle_index(bundle: Path) -> dict[str, dict[str, str]]:
+    with tarfile.open(bundle) as tar:
+        stream = tar.extractfile("debs/Packages")
+        assert stream is not None
+        return read_index(stream.read().decode())
+
+
+def _use_bundle(lab: ClusterLab, bundle: Path) -> None:
+    lab.base["cluster"] = {"bundle": str(bundle)}
+    lab.write_answers()
+
+
+def test_the_hosts_cannot_reach_the_network(lab: ClusterLab) -> None:
+    mirror = _mirror().split("/")[2]
+    address = socket.getaddrinfo(mirror, 80, socket.AF_INET)[0][4][0]
+    connect = f"import socket; socket.create_connection(('{address}', 80), timeout=5); print('reached')"
+    probe = f'python3 -c "{connect}"'
+    for host in GROUPS:
+        done = lab.hosts.ssh(host, probe)
+        assert done.returncode != 0 and "reached" not in done.stdout, (host, done.stdout, done.stderr)
+        assert "unreachable" in done.stderr.lower() or "timed out" in done.stderr.lower(), done.stderr
+        gone = lab.hosts.ssh(host, "dpkg-query -W -f '${db:Status-Abbrev}' postgresql prometheus || true")
+        assert "ii" not in gone.stdout, gone.stdout  # purged: up has to install them
+
+
+def test_bundle_holds_the_roles_packages_and_their_closure(bundle: Path) -> None:
+    index = _bundle_index(bundle)
+    with tarfile.open(bundle) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        stream = tar.extractfile("debs/closure.json")
+        assert stream is not None
+        closure = json.loads(stream.read())
+    assert set(closure) >= {p for names in INSTALLED.values() for p in names} | {"nginx"}
+    packages = {info["package"] for info in index.values()}
+    assert {"postgresql-15", "libpq5", "prometheus", "nginx-common"} <= packages, sorted(packages)
+    assert all(f"debs/{name}" in manifest["files"] for name in index), "a deb outside the signed manifest"
+    assert manifest["archives"] == {}  # the hosts run no containers
+
+
+def test_a_tampered_deb_is_refused_before_any_host_changes(lab: ClusterLab, bundle: Path) -> None:
+    index = _bundle_index(bundle)
+    victim = next(name for name, info in index.items() if info["package"] == "postgresql-15")
+    tampered = lab.work / "tampered.tar"
+    with tarfile.open(bundle) as src, tarfile.open(tampered, "w") as out:
+        for member in src:
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name == f"debs/{victim}" and data is not None:
+                body = bytearray(data.read())
+                body[len(body) // 2] ^= 0xFF
+                out.addfile(member, io.BytesIO(bytes(body)))
+            else:
+                out.addfile(member, data)
+    _use_bundle(lab, tampered)
+    code, _, output = lab.cli("up")
+    assert code != 0, output
+    assert f"debs/{victim}" in output and "tampered" in output, output
+    for host in GROUPS:  # the playbook never ran: no host has the state folder yet
+        done = lab.hosts.ssh(host, "test -e /var/lib/appliance && echo present || echo absent")
+        assert done.stdout.strip() == "absent", (host, done.stdout)
+
+
+def test_up_installs_from_the_bundle_and_brings_both_hosts_to_healthy(lab: ClusterLab, bundle: Path) -> None:
+    _use_bundle(lab, bundle)
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert set(result) == set(GROUPS) and all(r["state"] == "changed" for r in result.values()), result
+    index = _bundle_index(bundle)
+    version = {info["package"]: info["version"] for info in index.values()}
+    for host, packages in INSTALLED.items():
+        for package in packages:
+            done = lab.hosts.ssh(host, f"dpkg-query -W -f '${{Version}}' {package}")
+            assert done.returncode == 0 and done.stdout == version[package], (host, package, done)
+        # apt read the bundle's folder alone: the host's own lists stay empty
+        lists = lab.hosts.ssh(host, "ls /var/lib/apt/lists 2>/dev/null | grep -c Packages || true")
+        assert lists.stdout.strip() == "0", lists.stdout
+    code, found, output = lab.run("cluster", "status", "--json")
+    assert code == 0, output
+    units = json.loads(found)
+    assert units["ctl"]["mlflow"].startswith("active"), units
+    assert units["mon"]["prometheus"].startswith("active") and units["mon"]["alertmanager"].startswith(
+        "active"
+    )
+    assert all(units[h]["node-exporter"].startswith("active") for h in GROUPS), units
+
+
+def test_a_second_up_changes_nothing(lab: ClusterLab) -> None:
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    assert {h: r["changed"] for h, r in result.items()} == {h: 0 for h in GROUPS}, result

@@ -73,6 +73,37 @@ def layout_for(ctx: AppContext, runtime: str | None = None, create: bool = False
     return Layout(ctx.state_dir, folders)
 
 
+def stack_objects(ctx: AppContext) -> set[tuple[str, str]]:
+    """The stack's volumes and networks that exist now, as (kind, name); none on the local
+    runtime: what a restore that fails must leave as it found."""
+    if ctx.answers.runtime == "local":
+        return set()
+    from appliance.runtimes import get_runtime
+    from appliance.runtimes.containers_common import STACK_LABEL
+
+    rt: Any = get_runtime(ctx)  # a container runtime: the local one returned above
+    rt.client.ping()  # not ensure_ready(), which would make the stack's network before it is seen
+    label = {"label": f"{STACK_LABEL}={rt.stack}"}
+    volumes = {("volume", v.name) for v in rt.client.volumes.list(filters=label)}
+    return volumes | {("network", n.name) for n in rt.client.networks.list(filters=label)}
+
+
+def remove_made_since(ctx: AppContext, before: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Remove the stack's volumes and networks made since ``before`` (``stack_objects``)."""
+    if ctx.answers.runtime == "local":
+        return []
+    from appliance.runtimes import get_runtime
+
+    rt: Any = get_runtime(ctx)  # a container runtime: the local one returned above
+    made = sorted(stack_objects(ctx) - before)
+    for kind, name in made:
+        if kind == "volume":
+            rt.client.volumes.get(name).remove(force=True)
+        else:
+            rt.client.networks.get(name).remove()
+    return made
+
+
 def _runtime_named(ctx: AppContext, name: str) -> Any:
     from appliance.runtimes import get_runtime
 

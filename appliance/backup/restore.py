@@ -38,7 +38,7 @@ import yaml
 
 from appliance.answers_file import load_answers
 from appliance.backup.crypto import Secret
-from appliance.backup.layout import FOLDER_PARTS, layout_for
+from appliance.backup.layout import FOLDER_PARTS, layout_for, remove_made_since, stack_objects
 from appliance.backup.manifest import Manifest
 from appliance.backup.read import scan
 from appliance.backup.snapshot import s3_client
@@ -204,36 +204,48 @@ def restore(
             _check_stack_down(ctx)
         with state_lock(target):
             before = {p.name for p in target.iterdir()}
-            bundled = is_bundled(ctx)
-            if ctx.store_is_s3 and not bundled:
-                _upload_objects(ctx, staged / "s3", say)
-            layout = layout_for(ctx, create=True)
-            pairs = [
-                (staged / part, layout.folders[part]) for part in FOLDER_PARTS if (staged / part).is_dir()
-            ]
-            missing = [
-                part for part in FOLDER_PARTS if (staged / part).is_dir() and part not in layout.folders
-            ]
-            if missing:
-                raise ApplianceError(f"no place for {', '.join(missing)} on runtime {ctx.answers.runtime}")
-            secrets = staged / "secrets"
-            if secrets.is_dir():
-                secrets.chmod(0o700)
-                for path in secrets.iterdir():
-                    path.chmod(0o600)
-                pairs.insert(0, (secrets, layout.secrets))
-            if bundled:
-                empty = staged / "store-data"
-                empty.mkdir(mode=0o700)
-                pairs.append((empty, data_folder(ctx, create=True)))
-            moved = _swap_in(pairs, say)
+            made_before = stack_objects(ctx)
             try:
-                if bundled and (staged / "s3").is_dir():
-                    _refill_store(ctx, staged / "s3", say)
-                answers_path = _write_answers(staged, target, runtime)
+                answers_path = _restore_locked(ctx, staged, target, runtime, before, say)
             except BaseException:
-                _put_back(moved)
-                _remove_new(target, before)
+                # A restore onto podman or docker makes the stack's volumes (and the network its
+                # store starts on); one that fails takes back what it made, so that the next `up`
+                # does not start on empty volumes.
+                remove_made_since(ctx, made_before)
                 raise
-            _drop_aside(moved)
     return RestoreResult(target, answers_path, manifest, time.monotonic() - started)
+
+
+def _restore_locked(
+    ctx: AppContext, staged: Path, target: Path, runtime: str | None, before: set[str], say: Progress
+) -> Path:
+    """The part of ``restore`` that writes: objects, folders swapped in, the answers file."""
+    bundled = is_bundled(ctx)
+    if ctx.store_is_s3 and not bundled:
+        _upload_objects(ctx, staged / "s3", say)
+    layout = layout_for(ctx, create=True)
+    pairs = [(staged / part, layout.folders[part]) for part in FOLDER_PARTS if (staged / part).is_dir()]
+    missing = [part for part in FOLDER_PARTS if (staged / part).is_dir() and part not in layout.folders]
+    if missing:
+        raise ApplianceError(f"no place for {', '.join(missing)} on runtime {ctx.answers.runtime}")
+    secrets = staged / "secrets"
+    if secrets.is_dir():
+        secrets.chmod(0o700)
+        for path in secrets.iterdir():
+            path.chmod(0o600)
+        pairs.insert(0, (secrets, layout.secrets))
+    if bundled:
+        empty = staged / "store-data"
+        empty.mkdir(mode=0o700)
+        pairs.append((empty, data_folder(ctx, create=True)))
+    moved = _swap_in(pairs, say)
+    try:
+        if bundled and (staged / "s3").is_dir():
+            _refill_store(ctx, staged / "s3", say)
+        answers_path = _write_answers(staged, target, runtime)
+    except BaseException:
+        _put_back(moved)
+        _remove_new(target, before)
+        raise
+    _drop_aside(moved)
+    return answers_path

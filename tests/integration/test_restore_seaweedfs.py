@@ -238,6 +238,32 @@ def test_restore_in_place_leaves_only_the_archives_objects(
 
 
 @pytest.mark.runtime("podman")
+def test_a_restore_onto_podman_that_fails_leaves_no_volume_and_no_state(
+    lab: Lab, archive: Path, tmp_path: Path
+) -> None:
+    """With the local stack still up, its store holds the archive's ports, so the store that restore
+    starts alone on podman cannot bind them: the restore fails, naming the cause, and takes back
+    the volumes it had made (an `up` would otherwise start on empty ones) and writes no answers."""
+    use_runtime("podman")
+    ensure_images("podman", ("seaweedfs-pypi",))
+    assert httpx.get(f"{lab.mlflow}/health", timeout=10).status_code == 200  # the lab is up: ports taken
+    target = tmp_path / "on-podman-failed"
+    probe = target.with_name("probe")
+    probe.mkdir()
+    answers = load_answers(seaweed_answers(probe / "appliance.yaml", target))
+    podman = get_runtime(AppContext.create(answers.model_copy(update={"runtime": "podman"}), None, target))
+    assert isinstance(podman, ContainerRuntime)
+    done = lab.cli(
+        "restore", str(archive), "--state-dir", str(target), "--runtime", "podman", check=False, timeout=600
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    print(f"restore onto podman with the ports taken: {done.stderr.strip()[-600:]}")
+    assert "error" in done.stderr.lower(), done.stderr[-2000:]
+    assert owned(podman) == {"containers": [], "networks": [], "volumes": []}, owned(podman)
+    assert not (target / "appliance.yaml").exists()
+
+
+@pytest.mark.runtime("podman")
 def test_restore_from_the_local_runtime_onto_podman(
     lab: Lab, before: dict[str, Any], archive: Path, tmp_path: Path
 ) -> None:

@@ -153,9 +153,9 @@ class Backend:
         """Why this machine cannot drive a cluster (Ansible absent), with the fix; None when it can."""
         import importlib.util
 
-        if importlib.util.find_spec("ansible_runner") is None:
-            return "Ansible is not installed here: run scripts/bootstrap.sh lab,cluster (the cluster extra)"
-        return None
+        from appliance.cluster.run import ANSIBLE_MISSING
+
+        return ANSIBLE_MISSING if importlib.util.find_spec("ansible_runner") is None else None
 
     def cluster_run(
         self, ctx: AppContext, action: str, on_progress: ProgressSink | None = None

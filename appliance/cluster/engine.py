@@ -126,8 +126,9 @@ class _nothing:
 
 def status(ctx: AppContext) -> dict[str, dict[str, str]]:
     """Per host, each appliance unit's state (``active``, ``failed``, ...), or the host's trouble."""
-    import ansible_runner
+    from .run import ansible_runner_module
 
+    ansible_runner = ansible_runner_module()
     _cluster(ctx)
     folder = cluster_dir(ctx.state_dir)
     path = folder / "inventory" / "hosts.yml"

@@ -153,6 +153,21 @@ ProgressSink = Callable[[str, str, str], None]
 """``(host, status, task)`` for each task result as it happens."""
 
 
+ANSIBLE_FIX = "run scripts/bootstrap.sh lab,cluster (the cluster extra)"
+ANSIBLE_MISSING = f"Ansible is not installed here: {ANSIBLE_FIX}"
+"""Why this machine cannot drive a cluster, with the fix (the CLI's error and the TUI's notice)."""
+
+
+def ansible_runner_module() -> Any:
+    """ansible-runner, which only the cluster commands need (the ``cluster`` extra); its absence is
+    an error naming the install command, not a traceback."""
+    try:
+        import ansible_runner
+    except ModuleNotFoundError as err:
+        raise ApplianceError("Ansible (ansible-runner) is not installed here", fix=ANSIBLE_FIX) from err
+    return ansible_runner
+
+
 def run_playbook(
     action: str,
     inventory: Path,
@@ -161,7 +176,7 @@ def run_playbook(
     limit: list[str] | None = None,
 ) -> dict[str, HostResult]:
     """Run ``action``'s playbook (``plan``: check and diff mode); per-host results."""
-    import ansible_runner  # the cluster extra; only cluster commands need it
+    ansible_runner = ansible_runner_module()
 
     results: dict[str, HostResult] = {}
 

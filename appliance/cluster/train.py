@@ -378,9 +378,9 @@ def run_job(
 ) -> TrainJob:
     """Run one job on ``chosen`` (node 0 first) through ``roles/train.yml``; raises naming each
     failed host."""
-    import ansible_runner
+    from .run import ROLES_DIR, ansible_runner_module
 
-    from .run import ROLES_DIR
+    ansible_runner = ansible_runner_module()
 
     job = TrainJob(
         job_id=f"train-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}",

@@ -1,17 +1,19 @@
 """``appliance cluster up --json`` when a host fails or cannot be reached: the per-host results
 still reach stdout as JSON, the message naming the host goes to stderr, and the exit code says
-which (4: a host could not be reached, 1: a host failed)."""
+which (4: a host could not be reached, 1: a host failed). Without Ansible a cluster command says
+how to install it."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
 
 from appliance.cli import cluster_cmds, main
 from appliance.cluster import engine
-from appliance.cluster.run import ClusterRunError, HostResult
+from appliance.cluster.run import ANSIBLE_FIX, ClusterRunError, HostResult
 
 
 def _failing(results: dict[str, HostResult]) -> Any:
@@ -62,3 +64,15 @@ def test_without_json_a_failed_up_prints_no_json(
     assert ended.value.code == 4
     out, err = capsys.readouterr()
     assert out == "" and "srv1: unreachable" in err
+
+
+def test_without_ansible_a_cluster_command_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ansible_runner", None)  # as if the cluster extra were absent
+    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        main(["cluster", "status"])
+    assert ended.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ansible-runner" in err and ANSIBLE_FIX in err, err

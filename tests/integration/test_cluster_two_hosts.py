@@ -1,7 +1,7 @@
-"""Two hosts (control + serving) from one answers file, through the real CLI, Ansible and SSH:
-preflight and plan per host, up to healthy with the serving host reaching MLflow on the control
-host, a second up that changes nothing, status per host, MLflow's registry in PostgreSQL, one
-Prometheus scraping both hosts from targets written from the inventory, and down.
+"""Two hosts (control + serving) from one answers file, through the real CLI, Ansible and SSH: up
+to healthy with the serving host reaching MLflow on the control host, status per host, MLflow's
+registry in PostgreSQL, one Prometheus scraping both hosts from targets written from the inventory,
+and down. Preflight, plan and a second up that changes nothing are test_cluster_lifecycle.py's.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py); the image
 is built once (about a minute, more on a busy machine) and reused while its recipe is unchanged."""
@@ -51,17 +51,6 @@ def _units_on(lab: ClusterLab, host: str) -> str:
     return done.stdout
 
 
-def test_preflight_and_plan_report_every_host_and_change_nothing(lab: ClusterLab) -> None:
-    code, checked, output = lab.cli("preflight")
-    assert code == 0, output
-    assert {h: r["state"] for h, r in checked.items()} == {"ctl": "ok", "srv1": "ok"}
-    code, planned, output = lab.cli("plan")
-    assert code == 0, output
-    # Check mode: the unit files would be written (changed) but nothing is, on either host.
-    assert planned["ctl"]["changed"] > 0 and planned["srv1"]["changed"] > 0, planned
-    assert _units_on(lab, "ctl") == "" and _units_on(lab, "srv1") == ""
-
-
 def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control_hosts_mlflow(
     lab: ClusterLab,
 ) -> None:
@@ -84,12 +73,6 @@ def test_up_brings_both_hosts_to_healthy_with_the_serving_host_using_the_control
     assert code == 0, output
     assert status["ctl"]["mlflow"].startswith("active") and status["ctl"]["mlflow-users"].startswith("active")
     assert status["srv1"] == {"serving": "active (running)", "node-exporter": "active (running)"}
-
-
-def test_a_second_up_changes_nothing_on_any_host(lab: ClusterLab) -> None:
-    code, result, output = lab.cli("up")
-    assert code == 0, output
-    assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "srv1": 0}
 
 
 def _call(url: str, user: str, secret: Path, body: dict[str, Any] | None = None) -> dict[str, Any]:

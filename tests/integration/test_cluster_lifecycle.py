@@ -356,13 +356,13 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
         assert _runs(lab) == [], "a run started before the drift"
         print(f"\nin-distribution PSI with a full window: {psi:.3f}")
         # Drift: the live traffic and the newest data shift together.
+        drift = time.monotonic()
         load.rows = shifted
         frame = pd.DataFrame(shifted, columns=names).assign(target=y)
         time.sleep(1.1)  # a later LastModified than the seeded file
         lab.s3().put_object(
             Bucket="datasets", Key=f"{MODEL}/{MODEL}-shifted.csv", Body=frame.to_csv(index=False)
         )
-        drift = time.monotonic()
         firing = wait_for("the drift alert firing", lambda: _drift_alerts(lab, "firing"), 300, 2)
         assert {a["labels"]["alertname"] for a in firing} <= {"FeatureDrift", "PredictionDrift"}, firing
         lab.phases["drift to alert"] = time.monotonic() - drift

@@ -86,6 +86,13 @@ class Addressing:
             return service
         return dial_address(self.bind_address)
 
+    def host_address(self, host: str) -> str:
+        """How this client dials the cluster host named ``host``: its own bind address when that
+        host is ``here``, else the address other hosts dial it at."""
+        if host == self.here or self.hosts is None:
+            return dial_address(self.bind_address)
+        return self.hosts.address_of(host)
+
     def url(self, service: str, port: int, inside: bool = False, scheme: str = "http") -> str:
         """``scheme://host:port`` of ``service`` as this client dials it."""
         return f"{scheme}://{self.host(service, inside)}:{port}"

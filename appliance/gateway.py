@@ -86,18 +86,13 @@ def serving_members(ctx: Any) -> list[dict[str, Any]]:
     """The serving hosts (the ``serving`` group; edge boxes are not behind the gateway) as the
     gateway host ``ctx.here`` dials them, with their lines for each members file:
     ``[{host, serving_rest: {primary, backup}, serving_grpc: {...}}]``."""
-    from appliance.addressing import dial_address
     from appliance.cluster.inventory import Inventory
 
     inventory = Inventory(ctx.answers.cluster)
     ports = ctx.answers.ports
     found = []
     for host in inventory.group("serving"):
-        if host == ctx.here:
-            address = dial_address(ctx.answers.bind_address)
-        else:
-            assert ctx.hosts is not None
-            address = ctx.hosts.address_of(host)
+        address = ctx.addressing.host_address(host)
         entry: dict[str, Any] = {"host": host}
         for upstream, port in MEMBERS.items():
             entry[upstream] = member_lines(address, getattr(ports, port))
@@ -108,18 +103,10 @@ def serving_members(ctx: Any) -> list[dict[str, Any]]:
 def mlflow_targets(ctx: Any) -> list[str]:
     """In a cluster, every MLflow server (one per control host) as the gateway host ``ctx.here``
     dials it, the first control host's first: ``host:port`` each."""
-    from appliance.addressing import dial_address
     from appliance.cluster.inventory import Inventory
 
-    found = []
-    for host in Inventory(ctx.answers.cluster).hosts_of("mlflow"):
-        if host == ctx.here:
-            address = dial_address(ctx.answers.bind_address)
-        else:
-            assert ctx.hosts is not None
-            address = ctx.hosts.address_of(host)
-        found.append(f"{address}:{ctx.answers.ports.mlflow}")
-    return found
+    hosts, port = Inventory(ctx.answers.cluster).hosts_of("mlflow"), ctx.answers.ports.mlflow
+    return [f"{ctx.addressing.host_address(host)}:{port}" for host in hosts]
 
 
 def _cluster_names(ctx: Any) -> list[str]:

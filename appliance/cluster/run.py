@@ -158,13 +158,19 @@ ANSIBLE_MISSING = f"Ansible is not installed here: {ANSIBLE_FIX}"
 """Why this machine cannot drive a cluster, with the fix (the CLI's error and the TUI's notice)."""
 
 
+class AnsibleMissingError(ApplianceError):
+    """This machine lacks the ``cluster`` extra: a set-up problem, exit 2 like other refused input."""
+
+    exit_code = 2
+
+
 def ansible_runner_module() -> Any:
     """ansible-runner, which only the cluster commands need (the ``cluster`` extra); its absence is
     an error naming the install command, not a traceback."""
     try:
         import ansible_runner
     except ModuleNotFoundError as err:
-        raise ApplianceError("Ansible (ansible-runner) is not installed here", fix=ANSIBLE_FIX) from err
+        raise AnsibleMissingError("Ansible (ansible-runner) is not installed here", fix=ANSIBLE_FIX) from err
     return ansible_runner
 
 

@@ -266,10 +266,16 @@ def workers(ctx: Any, hosts: int) -> list[str]:
     from .inventory import Inventory
 
     group = Inventory(ctx.answers.cluster).group("train_workers")
+    return first_of(group, hosts, f"--hosts {hosts}", f"use --hosts 1..{len(group)}", "")
+
+
+def first_of(group: list[str], hosts: int, asked: str, choose: str, then: str) -> list[str]:
+    """The first ``hosts`` of the train workers ``group``; more than it holds (or none) is refused
+    naming ``asked`` and how to ``choose`` instead (``then``: what to run after widening it)."""
     if hosts < 1 or hosts > len(group):
         raise ApplianceError(
-            f"--hosts {hosts}: the train_workers group has {len(group)} host(s) ({', '.join(group)})",
-            fix=f"use --hosts 1..{len(group)}, or give more of cluster.hosts the train_workers group",
+            f"{asked}: the train_workers group has {len(group)} host(s) ({', '.join(group)})",
+            fix=f"{choose}, or give more of cluster.hosts the train_workers group{then}",
         )
     return group[:hosts]
 
@@ -319,14 +325,8 @@ def launcher_workers(launcher: Path, hosts: int) -> list[str]:
             f"cannot read the train workers from {path}: {err}",
             fix="run `appliance cluster up`, which writes it on the first control host",
         ) from err
-    if hosts < 1 or hosts > len(group):
-        raise ApplianceError(
-            f"{hosts} host(s) asked for: the train_workers group has {len(group)} host(s) "
-            f"({', '.join(group)})",
-            fix=f"ask for 1..{len(group)} hosts, or give more of cluster.hosts the train_workers group "
-            "and run `appliance cluster up`",
-        )
-    return group[:hosts]
+    choose = f"ask for 1..{len(group)} hosts"
+    return first_of(group, hosts, f"{hosts} host(s) asked for", choose, " and run `appliance cluster up`")
 
 
 def launcher_env(launcher: Path) -> dict[str, str]:
@@ -494,13 +494,6 @@ def launch_main(argv: list[str] | None = None) -> int:
         fix = f" (fix: {err.fix})" if err.fix else ""
         print(f"error: {err.message}{fix}", file=sys.stderr, flush=True)
         return err.exit_code
-    except ImportError as err:
-        print(
-            f"error: this control host cannot launch jobs ({err}; fix: install mlops-appliance[cluster] "
-            "into its virtualenv)",
-            file=sys.stderr,
-        )
-        return 2
     if job.summary is None:
         print(json.dumps(job.as_json()), flush=True)
         print(

@@ -26,9 +26,11 @@ def window_rows(model: str, values: str = "1000x10") -> dict:
     return {"series": f'appliance_drift_window_rows{{model="{model}", {SERVING}}}', "values": values}
 
 
-def promtool_test(tmp_path: Path, rules: str, tests: list[dict]) -> subprocess.CompletedProcess[str]:
+def promtool_test(
+    tmp_path: Path, rules: str, tests: list[dict], evaluation_interval: str = "1m"
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "rules.yml").write_text(rules)
-    doc = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    doc = {"rule_files": ["rules.yml"], "evaluation_interval": evaluation_interval, "tests": tests}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return subprocess.run(
         [PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
@@ -186,6 +188,51 @@ def test_a_zero_drift_for_fires_at_once(tmp_path: Path) -> None:
         }
     ]
     assert_passes(promtool_test(tmp_path, rules, tests))
+
+
+@needs_promtool
+def test_a_drift_for_of_seconds_holds_at_a_two_second_evaluation_interval(tmp_path: Path) -> None:
+    """The lab settings of the cluster lifecycle test (drift_for 10s, rules evaluated every 2 s):
+    PSI jumps at 20 s, so the alert is pending from 20 s and fires at 30 s, not on the jump."""
+    rules = default_rules(drift_for="10s")
+    series = [
+        {"series": f'appliance_feature_psi{{model="m", feature="f", {SERVING}}}', "values": "0.05x9 0.6x20"},
+        window_rows("m", "1000x30"),
+    ]
+    expected = feature_alert("m", "f", "0.600")
+    expected["exp_annotations"]["description"] = 'PSI of feature "f" is 0.600, above 0.2 for 10s.'
+    tests = [
+        {
+            "interval": "2s",
+            "input_series": series,
+            "alert_rule_test": [
+                *(
+                    {"eval_time": f"{t}s", "alertname": "FeatureDrift", "exp_alerts": []}
+                    for t in (18, 20, 24, 28)
+                ),
+                {"eval_time": "30s", "alertname": "FeatureDrift", "exp_alerts": [expected]},
+            ],
+        }
+    ]
+    assert_passes(promtool_test(tmp_path, rules, tests, evaluation_interval="2s"))
+
+
+def test_drift_for_from_the_answers_reaches_every_drift_rule() -> None:
+    from appliance.answers import Answers
+    from appliance.monitoring.generate import _rules_text
+
+    answers = Answers.model_validate(
+        {
+            "models": [
+                {"name": "a", "dataset": "a"},
+                {"name": "b", "dataset": "b", "drift_psi_threshold": 0.3},
+            ],
+            "monitoring": {"drift_for": "10s", "evaluation_interval": "2s"},
+        }
+    )
+    rules = yaml.safe_load(_rules_text(answers))["groups"][0]["rules"]
+    drift = [r for r in rules if r["alert"] in ("FeatureDrift", "PredictionDrift")]
+    assert len(drift) == 4 and all(r["for"] == "10s" for r in drift), drift
 
 
 @needs_promtool

@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
@@ -48,6 +49,7 @@ MODEL = "wine"
 PIPELINE = "retrain-hosts"
 GATEWAY_PORT, PROMETHEUS, CONTROLLER, MLFLOW, S3 = 8443, 9090, 8090, 5000, 8333
 PSI_THRESHOLD = 0.2
+DRIFT_FOR_SECONDS = 10
 SHIFT_SIGMAS = 3.0
 JOB = ["--dataset", MODEL, "--seed", "3", "--epochs", "30", "--model-name", MODEL]
 RETRAIN = f"""\
@@ -72,10 +74,12 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
+    """Poll ``probe`` until it gives a value: None, False and an empty collection mean "not yet"
+    (0 and 0.0 are values: a PSI of 0.0 is an answer)."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if value is not None and value is not False:
+        if value is not None and value is not False and not (isinstance(value, Sized) and len(value) == 0):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -139,7 +143,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleLab]:
         "serving": {"poll_seconds": 1},
         "monitoring": {
             "drift_psi_threshold": PSI_THRESHOLD,
-            "drift_for": "10s",
+            "drift_for": f"{DRIFT_FOR_SECONDS}s",
             "scrape_interval": "2s",
             "evaluation_interval": "2s",
             "alert_group_wait": "1s",
@@ -356,16 +360,31 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
         assert _runs(lab) == [], "a run started before the drift"
         print(f"\nin-distribution PSI with a full window: {psi:.3f}")
         # Drift: the live traffic and the newest data shift together.
-        drift = time.monotonic()
+        drift, shifted_at = time.monotonic(), time.time()
         load.rows = shifted
         frame = pd.DataFrame(shifted, columns=names).assign(target=y)
         time.sleep(1.1)  # a later LastModified than the seeded file
         lab.s3().put_object(
             Bucket="datasets", Key=f"{MODEL}/{MODEL}-shifted.csv", Body=frame.to_csv(index=False)
         )
-        firing = wait_for("the drift alert firing", lambda: _drift_alerts(lab, "firing"), 300, 2)
-        assert {a["labels"]["alertname"] for a in firing} <= {"FeatureDrift", "PredictionDrift"}, firing
+        states: set[str] = set()
+
+        def firing_alerts() -> list[dict[str, Any]]:
+            alerts = _drift_alerts(lab)
+            states.update(a["state"] for a in alerts)
+            return [a for a in alerts if a["state"] == "firing"]
+
+        firing = wait_for("the drift alert firing", firing_alerts, 300, 2)
         lab.phases["drift to alert"] = time.monotonic() - drift
+        assert {a["labels"]["alertname"] for a in firing} <= {"FeatureDrift", "PredictionDrift"}, firing
+        # The alert went through drift_for's pending first: its expression turned true after the
+        # shift (not already on in-distribution traffic), and it fired no sooner than drift_for
+        # later. Containers share this machine's clock, so activeAt compares with time.time().
+        assert "pending" in states, (states, firing)
+        active = min(datetime.fromisoformat(a["activeAt"]).timestamp() for a in firing)
+        assert active > shifted_at - 1, (active - shifted_at, firing)
+        assert lab.phases["drift to alert"] >= DRIFT_FOR_SECONDS, (lab.phases["drift to alert"], firing)
+        lab.phases["shift to drift expression true"] = active - shifted_at
         run = wait_for("the controller's run from the alert", lambda: next(iter(_runs(lab)), None), 120, 2)
         assert run["trigger"] == "alert" and run["params"]["dataset"] == MODEL, run
 

@@ -28,6 +28,8 @@ def _stacks_dir() -> Path:
 
 
 STACKS_DIR = _stacks_dir()
+ROLES_DIR = STACKS_DIR.parent / "roles"
+"""The Ansible roles and playbooks of ``appliance cluster``, beside the stacks."""
 
 
 class Spec(BaseModel):

@@ -24,9 +24,8 @@ from typing import Any
 import yaml
 
 from appliance.bundle.manifest import BundleError
-from appliance.stack import STACKS_DIR
+from appliance.stack import ROLES_DIR
 
-ROLES_DIR = STACKS_DIR.parent / "roles"
 DEBS_DIR = "debs"
 INDEX = "Packages"
 CLOSURE = "closure.json"
@@ -182,31 +181,3 @@ def _run(*cmd: str) -> str:
     if proc.returncode != 0:
         raise BundleError(f"{' '.join(cmd[:3])} failed: {proc.stderr.strip()[-300:]}")
     return proc.stdout
-
-
-def verified_debs(bundle: Path, dest: Path) -> dict[str, Any]:
-    """Check ``bundle``'s signature and every file's sha256, unpack its ``debs/`` into ``dest``
-    (replacing what an earlier run left), hash the unpacked files against the manifest again (what
-    the hosts are sent is what was verified), and return the roles' variables for them."""
-    import shutil
-
-    from appliance.bundle.load import unpack
-    from appliance.bundle.manifest import require_trusted
-
-    manifest = require_trusted(bundle)
-    wanted = {name: digest for name, digest in manifest.files.items() if name.startswith(DEBS_DIR + "/")}
-    if f"{DEBS_DIR}/{CLOSURE}" not in wanted:
-        raise BundleError(
-            f"{bundle} holds no debs for the cluster's hosts",
-            fix="make it with `appliance bundle create --debs` on a Debian 12 machine, or remove "
-            "cluster.bundle when the hosts install their packages from their own apt sources",
-        )
-    shutil.rmtree(dest / DEBS_DIR, ignore_errors=True)
-    folder = unpack(bundle, dest, DEBS_DIR, verified=True)
-    for name, digest in sorted(wanted.items()):
-        if hashlib.sha256((dest / name).read_bytes()).hexdigest() != digest:
-            raise BundleError(
-                f"{dest / name} changed after {bundle} was verified",
-                fix="run the same command again (nothing was sent to the hosts)",
-            )
-    return host_vars(folder)

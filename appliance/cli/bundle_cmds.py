@@ -39,7 +39,8 @@ def bundle_group() -> None:
 @click.option(
     "--wheelhouse",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Wheelhouse to include (default: the one image builds used, when present).",
+    help="Wheelhouse to include (default: the one image builds used, when present; for an answers "
+    "file with a cluster section, the wheels every host may install, resolved into the cache).",
 )
 @click.option("--no-wheelhouse", is_flag=True, help="Images and stacks only.")
 @click.option(
@@ -67,10 +68,12 @@ def create_cmd(
     if profile:
         answers = ctx.answers.model_copy(update={"profile": profile})
         ctx = dataclasses.replace(ctx, answers=answers)
+    cluster = ctx.answers.cluster is not None
     default_house = cache_dir() / "context" / "wheelhouse"
     house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
+    if cluster and not no_wheelhouse and wheelhouse is None:
+        house = cluster_wheelhouse()
     images = profile_images(ctx)
-    cluster = ctx.answers.cluster is not None
     if cluster:
         # The cluster's hosts run the services as systemd units from the virtualenv, not images;
         # what they cannot fetch offline is their Debian packages.
@@ -95,6 +98,16 @@ def create_cmd(
         f"{out}: {len(manifest.archives)} image(s), {len(manifest.files)} files, {size:.0f} MiB "
         f"in {time.monotonic() - started:.0f}s"
     )
+
+
+def cluster_wheelhouse() -> Path:
+    """The wheels every cluster host may install, resolved into the cache: from the folder alone
+    when an earlier bundle left them there, else from the package index."""
+    from appliance.cluster.requirements import every_requirement, resolve_wheelhouse
+
+    wanted = every_requirement()
+    click.echo(f"resolving the cluster hosts' wheels ({', '.join(wanted)}): minutes the first time", err=True)
+    return resolve_wheelhouse(cache_dir() / "cluster" / "wheelhouse", wanted)
 
 
 @click.command("verify")

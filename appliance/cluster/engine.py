@@ -18,6 +18,9 @@ from .inventory import Inventory
 from .run import ClusterRunError, HostResult, ProgressSink, cluster_dir, run_playbook, write_inventory
 from .units import render_hosts
 
+WHEELHOUSE_VAR = "appliance_common_wheelhouse"
+"""The roles' wheelhouse: the tar the hosts install their virtualenv from (empty: none)."""
+
 
 def _cluster(ctx: AppContext) -> Inventory:
     if ctx.answers.cluster is None:
@@ -70,7 +73,7 @@ def run(
     if problems:
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
-    common = _offline_debs(ctx, folder) if action in ("plan", "up") else {}
+    common = _offline_bundle(ctx, folder) if action in ("plan", "up") else _wheelhouse_given(ctx)
     with state_lock(ctx.state_dir) if action in ("up", "down") else _nothing():
         gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
         path = write_inventory(ctx.answers, host_vars, folder, common)
@@ -86,15 +89,47 @@ def run(
     return results
 
 
-def _offline_debs(ctx: AppContext, folder: Path) -> dict[str, Any]:
-    """The roles' variables for the offline bundle's debs (``cluster.bundle``), verified here once
-    before any host is touched: a bundle that is unsigned, untrusted or altered stops the run."""
-    bundle = ctx.answers.cluster.bundle if ctx.answers.cluster else None
-    if bundle is None:
+def _offline_bundle(ctx: AppContext, folder: Path) -> dict[str, Any]:
+    """The roles' variables for the offline bundle's debs and wheelhouse (``cluster.bundle``),
+    verified here once before any host is touched: a bundle that is unsigned, untrusted or altered
+    stops the run. The hosts' wheels come from one place, the bundle's or ``cluster.wheelhouse``
+    (both are refused), packed into one tar for the hosts (``appliance.bundle.hosts``)."""
+    cluster = ctx.answers.cluster
+    if cluster is None:
         return {}
-    from appliance.bundle.debs import verified_debs
+    from appliance.bundle.hosts import pack_wheelhouse, verified_for_hosts
 
-    return verified_debs(bundle.expanduser(), folder / "bundle")
+    found = verified_for_hosts(cluster.bundle.expanduser(), folder / "bundle") if cluster.bundle else {}
+    wheels = found.pop(WHEELHOUSE_VAR, None)
+    if cluster.wheelhouse is not None and wheels is not None:
+        raise ApplianceError(
+            f"cluster.bundle ({cluster.bundle}) holds a wheelhouse and cluster.wheelhouse "
+            f"({cluster.wheelhouse}) names another",
+            fix="remove cluster.wheelhouse from appliance.yaml (the hosts install the bundle's wheels), "
+            "or make the bundle with --no-wheelhouse",
+        )
+    source = Path(wheels) if wheels else cluster.wheelhouse.expanduser() if cluster.wheelhouse else None
+    if source is not None:
+        found[WHEELHOUSE_VAR] = str(pack_wheelhouse(source, folder / "wheelhouse.tar"))
+    return found
+
+
+def _wheelhouse_given(ctx: AppContext) -> dict[str, Any]:
+    """For preflight, which reads no wheels: whether the hosts will be given some (so a host
+    without its virtualenv yet is fine), from the answers and the bundle's manifest alone."""
+    from appliance.bundle.hosts import WHEELHOUSE_DIR
+    from appliance.bundle.manifest import read_manifest
+
+    cluster = ctx.answers.cluster
+    if cluster is None:
+        return {}
+    if cluster.wheelhouse is not None:
+        return {WHEELHOUSE_VAR: str(cluster.wheelhouse)}
+    if cluster.bundle is not None and cluster.bundle.expanduser().exists():
+        files = read_manifest(cluster.bundle.expanduser()).files
+        if any(name.startswith(WHEELHOUSE_DIR + "/") for name in files):
+            return {WHEELHOUSE_VAR: str(cluster.bundle)}
+    return {}
 
 
 def _stop_removed_hosts(

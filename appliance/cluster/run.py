@@ -19,11 +19,10 @@ import yaml
 
 from appliance.answers import Answers
 from appliance.errors import ApplianceError
-from appliance.stack import STACKS_DIR
+from appliance.stack import ROLES_DIR
 
 from .inventory import Inventory
 
-ROLES_DIR = STACKS_DIR.parent / "roles"
 PLAYBOOKS = {"preflight": "preflight.yml", "plan": "site.yml", "up": "site.yml", "down": "teardown.yml"}
 
 
@@ -115,7 +114,6 @@ def write_inventory(
             "ansible_python_interpreter": "/usr/bin/python3",
             "appliance_common_state_dir": cluster.state_dir,
             "appliance_common_venv": cluster.venv,
-            "appliance_common_wheelhouse": str(cluster.wheelhouse or ""),
         }
         if cluster.ssh_key:
             entry["ansible_ssh_private_key_file"] = str(cluster.ssh_key.expanduser())

@@ -29,6 +29,7 @@ from appliance.secrets_store import SecretStore
 from appliance.stack import RenderedService
 
 from .inventory import EVERY_HOST, SERVICE_GROUP, Inventory, role_of
+from .requirements import host_requirements
 
 SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
 DB_PASSWORD = "mlflow_db_password"
@@ -222,6 +223,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                     unit(services[name], mine, answers.cluster.venv, store)
                 )
         host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
+        host_vars["appliance_common_requirements"] = host_requirements(n for n in services if n in mine)
         if "mlflow" in mine:
             host_vars["appliance_mlflow_backend"] = answers.cluster.mlflow_backend
             mlflow_servers(answers, inventory, host, ctx, host_vars)

@@ -118,13 +118,15 @@ def test_a_machine_that_is_not_debian_12_is_refused(tmp_path: Path) -> None:
     debs.check_machine(release)
 
 
-def test_verified_debs_refuses_a_bundle_without_debs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from appliance.bundle import manifest
+def test_a_bundle_without_debs_or_wheels_is_refused_for_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.bundle import hosts, manifest
 
     fake = manifest.Manifest(
         profile="lab", appliance_version="0", created="now", files={"stacks/a": "0" * 64}
     )
-    monkeypatch.setattr(manifest, "require_trusted", lambda bundle: fake)
+    monkeypatch.setattr(hosts, "require_trusted", lambda bundle: fake)
     with pytest.raises(BundleError) as err:
-        debs.verified_debs(tmp_path / "bundle.tar", tmp_path / "out")
-    assert "holds no debs" in str(err.value) and "--debs" in (err.value.fix or "")
+        hosts.verified_for_hosts(tmp_path / "bundle.tar", tmp_path / "out")
+    assert "neither debs nor wheels" in str(err.value) and "--debs" in (err.value.fix or "")

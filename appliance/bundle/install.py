@@ -77,11 +77,11 @@ def install_from_bundle(
         )
     if not engines:
         say("runtime local runs no images: not loading them (--load-images ENGINE to load anyway)")
-    if any(name.startswith("wheelhouse/") for name in manifest.files):
+    if manifest.holds("wheelhouse"):
         done.wheels_installed = _install_wheelhouse(bundle, say)
     else:
         say("no wheelhouse in the bundle: the virtualenv is left as it is")
-    if any(name.startswith(f"{STORE_DIR}/") for name in manifest.files):
+    if manifest.holds(STORE_DIR):
         done.wheels_installed = _install_store(bundle, say) or done.wheels_installed
     return done
 

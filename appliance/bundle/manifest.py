@@ -49,6 +49,10 @@ class Manifest:
     sizes: dict[str, int] = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
+    def holds(self, folder: str) -> bool:
+        """Whether any file of the bundle is under ``folder`` (``wheelhouse``, ``debs``, ...)."""
+        return any(name.startswith(folder + "/") for name in self.files)
+
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
 

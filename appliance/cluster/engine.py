@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from appliance.addressing import is_loopback
+from appliance.answers import Cluster
 from appliance.context import AppContext
 from appliance.errors import ApplianceError, PreflightError
 from appliance.secrets_store import read_only
@@ -116,19 +117,26 @@ def _offline_bundle(ctx: AppContext, folder: Path) -> dict[str, Any]:
         return {}
     from appliance.bundle.hosts import pack_wheelhouse, verified_for_hosts
 
-    found = verified_for_hosts(cluster.bundle.expanduser(), folder / "bundle") if cluster.bundle else {}
-    wheels = found.pop(WHEELHOUSE_VAR, None)
-    if cluster.wheelhouse is not None and wheels is not None:
+    found, wheels = (
+        verified_for_hosts(cluster.bundle.expanduser(), folder / "bundle") if cluster.bundle else ({}, None)
+    )
+    _refuse_wheels_from_both(cluster, wheels is not None)
+    source = wheels or (cluster.wheelhouse.expanduser() if cluster.wheelhouse else None)
+    if source is not None:
+        found[WHEELHOUSE_VAR] = str(pack_wheelhouse(source, folder / "wheelhouse.tar"))
+    return found
+
+
+def _refuse_wheels_from_both(cluster: Cluster, bundled: bool) -> None:
+    """The hosts' wheels come from one place: a bundle with a wheelhouse (``bundled``) and
+    ``cluster.wheelhouse`` as well are refused, by preflight as by plan and up."""
+    if bundled and cluster.wheelhouse is not None:
         raise ApplianceError(
             f"cluster.bundle ({cluster.bundle}) holds a wheelhouse and cluster.wheelhouse "
             f"({cluster.wheelhouse}) names another",
             fix="remove cluster.wheelhouse from appliance.yaml (the hosts install the bundle's wheels), "
             "or make the bundle with --no-wheelhouse",
         )
-    source = Path(wheels) if wheels else cluster.wheelhouse.expanduser() if cluster.wheelhouse else None
-    if source is not None:
-        found[WHEELHOUSE_VAR] = str(pack_wheelhouse(source, folder / "wheelhouse.tar"))
-    return found
 
 
 def _wheels_given(ctx: AppContext) -> bool:
@@ -141,17 +149,9 @@ def _wheels_given(ctx: AppContext) -> bool:
     cluster = ctx.answers.cluster
     if cluster is None:
         return False
-    bundled = False
-    if cluster.bundle is not None and cluster.bundle.expanduser().exists():
-        files = read_manifest(cluster.bundle.expanduser()).files
-        bundled = any(name.startswith(WHEELHOUSE_DIR + "/") for name in files)
-    if bundled and cluster.wheelhouse is not None:
-        raise ApplianceError(
-            f"cluster.bundle ({cluster.bundle}) holds a wheelhouse and cluster.wheelhouse "
-            f"({cluster.wheelhouse}) names another",
-            fix="remove cluster.wheelhouse from appliance.yaml (the hosts install the bundle's wheels), "
-            "or make the bundle with --no-wheelhouse",
-        )
+    bundle = cluster.bundle.expanduser() if cluster.bundle is not None else None
+    bundled = bundle is not None and bundle.exists() and read_manifest(bundle).holds(WHEELHOUSE_DIR)
+    _refuse_wheels_from_both(cluster, bundled)
     return bundled or cluster.wheelhouse is not None
 
 

@@ -98,8 +98,8 @@ def wheel_bundle(tmp_path: Path) -> Path:
 def test_the_bundles_wheelhouse_is_unpacked_verified_for_the_hosts(
     wheel_bundle: Path, tmp_path: Path
 ) -> None:
-    found = verified_for_hosts(wheel_bundle, tmp_path / "cluster" / "bundle")
-    house = Path(found["appliance_common_wheelhouse"])
+    found, house = verified_for_hosts(wheel_bundle, tmp_path / "cluster" / "bundle")
+    assert house is not None
     assert (house / "a-1.0-py3-none-any.whl").read_bytes() == b"a" * 100
     assert "appliance_common_debs_source" not in found  # no debs: the hosts' own apt sources
 

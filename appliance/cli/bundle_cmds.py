@@ -70,9 +70,12 @@ def create_cmd(
         ctx = dataclasses.replace(ctx, answers=answers)
     cluster = ctx.answers.cluster is not None
     default_house = cache_dir() / "context" / "wheelhouse"
-    house = None if no_wheelhouse else wheelhouse or (default_house if default_house.is_dir() else None)
-    if cluster and not no_wheelhouse and wheelhouse is None:
+    if no_wheelhouse or wheelhouse is not None:
+        house = None if no_wheelhouse else wheelhouse
+    elif cluster:
         house = cluster_wheelhouse()
+    else:
+        house = default_house if default_house.is_dir() else None
     images = profile_images(ctx)
     if cluster:
         # The cluster's hosts run the services as systemd units from the virtualenv, not images;

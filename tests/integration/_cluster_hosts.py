@@ -162,12 +162,15 @@ def ssh_options(key: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _mounts() -> list[str]:
-    """The checkout and its virtualenv, and the interpreter the virtualenv was made from."""
-    mounts = [f"{ROOT}:{ROOT}:ro"]
+def _mounts(overlay: bool = False) -> list[str]:
+    """The checkout and its virtualenv, and the interpreter the virtualenv was made from.
+    ``overlay``: the checkout and virtualenv as podman overlays (``:O``), writable in the host
+    alone (what it writes stays in its container, the checkout is not touched)."""
+    mode = "O" if overlay else "ro"
+    mounts = [f"{ROOT}:{ROOT}:{mode}"]
     venv = Path(sys.prefix)
     if not venv.is_relative_to(ROOT):
-        mounts.append(f"{venv}:{venv}:ro")
+        mounts.append(f"{venv}:{venv}:{mode}")
     base = Path(sys.base_prefix)
     if not base.is_relative_to("/usr"):  # a Debian python3 is already in the image
         mounts.append(f"{base}:{base}:ro")
@@ -217,12 +220,18 @@ def _let_hosts_talk(network: str) -> list[str]:
 
 @contextmanager
 def cluster_hosts(
-    names: tuple[str, ...], workdir: Path, internal: bool = False, bare: tuple[str, ...] = ()
+    names: tuple[str, ...],
+    workdir: Path,
+    internal: bool = False,
+    bare: tuple[str, ...] = (),
+    overlay: tuple[str, ...] = (),
 ) -> Iterator[ClusterHosts]:
     """Start one host per name on a fresh podman network; remove them and the network after.
     ``internal``: the network has no route out (``podman network create --internal``), so the
     hosts reach each other and this machine reaches them, but nothing beyond. ``bare``: hosts
-    without the checkout and its virtualenv mounted (they install their own)."""
+    without the checkout and its virtualenv mounted (they install their own). ``overlay``: hosts
+    whose mounted virtualenv they may change (an upgrade's new packages) without touching this
+    machine's."""
     image = ensure_image()
     suffix = uuid.uuid4().hex[:8]
     key = workdir / "id_ed25519"
@@ -233,7 +242,8 @@ def cluster_hosts(
     try:
         for short in names:
             name = f"{short}-{suffix}"
-            volumes = [] if short in bare else [f"--volume={m}" for m in _mounts()]
+            mounts = [] if short in bare else _mounts(overlay=short in overlay)
+            volumes = [f"--volume={m}" for m in mounts]
             _run(
                 "podman", "run", "--detach", "--name", name, "--hostname", short,
                 "--network", cluster.network, "--systemd=always",

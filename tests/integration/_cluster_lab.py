@@ -85,14 +85,16 @@ def cluster_lab(
     kind: type[Lab] = ClusterLab,  # type: ignore[assignment]  # the default is the bound itself
     internal: bool = False,
     bare: tuple[str, ...] = (),
+    overlay: tuple[str, ...] = (),
     **extra: Any,
 ) -> Iterator[Lab]:
     """Hosts for ``groups`` on podman, the answers written with all of them, the timings printed
     at the end (``pytest -s``); ``internal``: on a network with no route out; ``bare``: hosts
-    that install their own virtualenv (``cluster_hosts``)."""
+    that install their own virtualenv; ``overlay``: hosts that may change their mounted one
+    (``cluster_hosts``)."""
     use_runtime("podman")
     work = tmp_path_factory.mktemp(name)
-    with cluster_hosts(tuple(groups), work, internal=internal, bare=bare) as hosts:
+    with cluster_hosts(tuple(groups), work, internal=internal, bare=bare, overlay=overlay) as hosts:
         lab = kind(hosts=hosts, work=work, groups=groups, base=base, **extra)
         lab.write_answers()
         yield lab

@@ -4,7 +4,9 @@ store, the accounts job and the TLS gateway; ``ctl2`` an MLflow server on ``ctl1
 and S3 store. Both servers answer; a run logged through one (metrics and an artifact) reads back
 through the other; the accounts the accounts job made once log in on both, and an account made or
 changed through one server holds on the other at once; through the gateway no request fails while
-either server is stopped; a second up changes nothing.
+either server is stopped; a package new in ctl2's virtualenv (what a new bundle brings) restarts
+ctl2's server alone on the next up, with no failed request through the gateway; an up after that
+changes nothing.
 
 Hosts are podman containers running systemd (tests/integration/_cluster_hosts.py), two of them,
 from the cached host image; `pytest tests/integration/test_cluster_mlflow_servers.py -s` prints
@@ -12,9 +14,14 @@ the timings."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +78,12 @@ class MlflowLab(ClusterLab):
         done = self.hosts.ssh(host, f"systemctl {action} appliance-mlflow.service", timeout=120)
         assert done.returncode == 0, done.stderr
 
+    def invocation(self, host: str) -> str:
+        """systemd's id of the MLflow server's current run (a restart gives a new one)."""
+        done = self.hosts.ssh(host, "systemctl show --value --property InvocationID appliance-mlflow.service")
+        assert done.returncode == 0 and done.stdout.strip(), done.stderr
+        return done.stdout.strip()
+
     def wait_healthy(self, host: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,7 +107,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowLab]:
             ("workbench", "controller", "dashboards", "monitoring", "serving"), False
         ),
     }
-    with cluster_lab(tmp_path_factory, "cluster-mlflow", GROUPS, base, MlflowLab) as lab:
+    with cluster_lab(tmp_path_factory, "cluster-mlflow", GROUPS, base, MlflowLab, overlay=("ctl2",)) as lab:
         code, result, output = lab.cli("up", label="cold up")
         assert code == 0, output[-6000:]
         assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values()), result
@@ -119,7 +132,59 @@ def test_both_servers_answer_with_the_database_on_the_first_control_host_only(la
         assert f"host    {name}    mlflow    {lab.address('ctl2')}/32    scram-sha-256" in hba, hba
 
 
+def _probe_wheel(folder: Path, version: str) -> Path:
+    """A one-module wheel, what a new bundle brings into a virtualenv in miniature."""
+    name = "appliance_release_probe"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": f'VERSION = "{version}"\n',
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_a_new_package_in_one_hosts_virtualenv_restarts_its_server_alone_with_no_failed_request(
+    lab: MlflowLab, tmp_path: Path
+) -> None:
+    """What a new bundle does to a running cluster: the virtualenv changes under a unit whose
+    own files do not. Only ctl2's changes here (its mount is an overlay of this machine's)."""
+    ctl2 = lab.hosts.hosts["ctl2"].name
+    wheel = _probe_wheel(tmp_path, "1.0")
+    subprocess.run(["podman", "cp", str(wheel), f"{ctl2}:/tmp/{wheel.name}"], check=True, timeout=60)
+    installed = subprocess.run(
+        ["podman", "exec", ctl2, f"{sys.prefix}/bin/python", "-m", "pip", "install", "--no-index",
+         "--no-deps", "--quiet", f"/tmp/{wheel.name}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    assert not any(Path(sys.prefix).glob("lib/python*/site-packages/appliance_release_probe*")), (
+        "the probe reached this machine's virtualenv"
+    )
+    before = {host: lab.invocation(host) for host in GROUPS}
+    with Load(lab, clients=1) as load:  # one client: the up itself needs the two cores here
+        code, result, output = lab.cli("up", label="up after ctl2's virtualenv changed")
+    assert code == 0, output[-6000:]
+    assert result["ctl1"]["changed"] == 0, result
+    assert result["ctl2"]["changed"] > 0, result
+    after = {host: lab.invocation(host) for host in GROUPS}
+    assert after["ctl1"] == before["ctl1"], "ctl1's server restarted though its virtualenv is unchanged"
+    assert after["ctl2"] != before["ctl2"], "ctl2's server still runs the virtualenv it started with"
+    assert load.count() > 20
+    assert load.failed() == [], load.failed()[:10]
+
+
 def test_a_second_up_changes_nothing_on_either_host(lab: MlflowLab) -> None:
+    """After the up above, too: each unit remembered the virtualenv it restarted with."""
     code, result, output = lab.cli("up", label="second up")
     assert code == 0, output[-6000:]
     assert {h: r["changed"] for h, r in result.items()} == {"ctl1": 0, "ctl2": 0}, result

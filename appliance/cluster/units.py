@@ -29,7 +29,7 @@ from appliance.secrets_store import SecretStore
 from appliance.stack import RenderedService
 
 from .inventory import EVERY_HOST, SERVICE_GROUP, Inventory, role_of
-from .requirements import host_requirements
+from .requirements import host_no_deps, host_requirements
 
 SECRET_FILE = re.compile(r"/secrets/([A-Za-z0-9_]+)")
 DB_PASSWORD = "mlflow_db_password"
@@ -157,6 +157,16 @@ def spread_seaweedfs(command: list[str], replication: str) -> None:
     command[at:at] = ["-volume=false", f"-master.defaultReplication={replication}"]
 
 
+def seaweedfs_shell(server: dict[str, Any], address: str, master_port: int) -> list[str]:
+    """``weed shell`` against the control host's master, with the ``weed`` its unit runs: the
+    seaweedfs role asks it for volumes with fewer copies than the replication places
+    (``volume.fix.replication``; a storage host that came back empty, or one lost for good) and
+    has it copy them back from the servers that still hold them."""
+    command = server["command"]
+    weed = command[command.index("--") + 1] if "--" in command else command[0]
+    return [weed, "shell", f"-master={address}:{master_port}"]
+
+
 def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> list[str]:
     """The store's readiness rule as the stack declares it (``appliance.objectstore.ready``), waiting
     for as many volume servers as the replication places copies on."""
@@ -224,6 +234,9 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 )
         host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
         host_vars["appliance_common_requirements"] = host_requirements(n for n in services if n in mine)
+        no_deps = host_no_deps(n for n in services if n in mine)
+        if no_deps:
+            host_vars["appliance_common_requirements_no_deps"] = no_deps
         if "mlflow" in mine:
             host_vars["appliance_mlflow_backend"] = answers.cluster.mlflow_backend
             mlflow_servers(answers, inventory, host, ctx, host_vars)
@@ -248,6 +261,10 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             if "seaweedfs-volume" in services:  # volume servers on the storage hosts
                 spread_seaweedfs(server["command"], answers.object_store.seaweedfs_replication)
                 advertise(server["command"], inventory.hosts[host].address)
+                if copies > 1:
+                    host_vars["appliance_seaweedfs_shell"] = seaweedfs_shell(
+                        server, inventory.hosts[host].address, answers.ports.seaweedfs_master
+                    )
             host_vars["appliance_seaweedfs_ready"] = seaweedfs_ready(
                 services["seaweedfs"], answers.cluster.venv, copies
             )

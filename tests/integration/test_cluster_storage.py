@@ -2,7 +2,8 @@
 and SeaweedFS: the control host runs master, filer and S3 gateway, each storage host a volume
 server; a second up changes nothing; objects written through S3 with the generated writer key are
 kept on both storage hosts, and with one storage host stopped every object reads back
-byte-identical.
+byte-identical; that host back with an empty disk gets every copy again from the next up
+(SeaweedFS's volume.fix.replication), and with the other stopped every object reads back from it.
 
 Hosts are podman containers running systemd (tests/integration/_cluster_hosts.py), three of them,
 from the cached host image; `pytest tests/integration/test_cluster_storage.py -s` prints the timings."""
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration._cluster_hosts import _wait_for_ssh
 from tests.integration._cluster_lab import ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -142,3 +144,50 @@ def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(la
     assert read == lab.written
     listed = s3.list_objects_v2(Bucket="datasets", Prefix="replicated/")
     assert sorted(o["Key"] for o in listed["Contents"]) == sorted(lab.written)
+
+
+def _podman_address(name: str) -> str:
+    done = subprocess.run(
+        ["podman", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_a_storage_host_back_with_an_empty_disk_gets_every_copy_again_from_the_next_up(
+    lab: StorageLab,
+) -> None:
+    """sto2 comes back with its volume folder emptied (a replaced disk): the next up has SeaweedFS
+    copy every volume back to it (volume.fix.replication), so with sto1 stopped in turn every
+    object still reads back byte-identical, from sto2 alone. (On a store with every copy in place
+    the repair changes nothing: the second up above runs its dry run.)"""
+    sto2 = lab.hosts.hosts["sto2"].name
+    subprocess.run(["podman", "start", sto2], capture_output=True, check=True, timeout=120)
+    address = _podman_address(sto2)
+    if address != lab.hosts.hosts["sto2"].address:  # podman may lease it another address
+        lab.hosts.hosts["sto2"].address = address
+        lab.write_answers()
+    _wait_for_ssh(lab.hosts, "sto2")
+    emptied = lab.hosts.ssh(
+        "sto2",
+        "systemctl stop appliance-seaweedfs-volume && rm -rf /var/lib/appliance/seaweedfs-volume/* "
+        "&& systemctl start appliance-seaweedfs-volume",
+    )
+    assert emptied.returncode == 0, emptied.stderr
+    code, result, output = lab.cli("up", label="up copying the volumes back")
+    assert code == 0, output[-6000:]
+    assert "Copy them back from the volume servers that hold them" in result["ctl"]["changed_tasks"], result
+    holding = {
+        host: {int(v["Id"]) for v in _get(f"http://{lab.address(host)}:{VOLUME}/status")["Volumes"] or []}
+        for host in ("sto1", "sto2")
+    }
+    assert holding["sto2"] and holding["sto1"] == holding["sto2"], holding
+
+    stop = ["podman", "stop", "--time", "10", lab.hosts.hosts["sto1"].name]
+    subprocess.run(stop, capture_output=True, check=True, timeout=120)
+    s3 = lab.s3()
+    read = {
+        key: hashlib.sha256(s3.get_object(Bucket="datasets", Key=key)["Body"].read()).hexdigest()
+        for key in lab.written
+    }
+    assert read == lab.written

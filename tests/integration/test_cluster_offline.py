@@ -11,7 +11,8 @@ bundle with one altered deb is refused, naming the file, before any host changes
 brings both hosts to healthy with the packages at the bundle's versions and MLflow answering
 through the gateway, the monitoring host's virtualenv made from the bundle's wheels alone (no
 checkout or virtualenv is mounted there) and holding no other host's packages; a second `up`
-changes nothing. The control host runs the checkout's virtualenv, mounted read-only (MLflow's
+changes nothing. `plan` with the bundle, before, names the debs and wheels each fresh host would get
+and writes nothing. The control host runs the checkout's virtualenv, mounted read-only (MLflow's
 wheels and their closure are too slow to copy and install here on every run): its requirements
 are found installed, which the wheelhouse step accepts without writing."""
 
@@ -149,6 +150,25 @@ def test_a_tampered_deb_is_refused_before_any_host_changes(lab: ClusterLab, bund
     for host in GROUPS:  # the playbook never ran: no host has the state folder yet
         done = lab.hosts.ssh(host, "test -e /var/lib/appliance && echo present || echo absent")
         assert done.stdout.strip() == "absent", (host, done.stdout)
+
+
+def test_plan_with_the_bundle_names_what_each_fresh_host_would_get_and_changes_nothing(
+    lab: ClusterLab, bundle: Path
+) -> None:
+    """Check mode on hosts with none of the roles' packages: the debs each would be sent, the
+    wheelhouse for the bare host, and nothing written on any host."""
+    _use_bundle(lab, bundle)
+    code, planned, output = lab.cli("plan")
+    assert code == 0, output[-6000:]
+    for host in GROUPS:
+        assert planned[host]["failed"] == 0 and planned[host]["unreachable"] == 0, planned
+        sent = "Copy the debs the host lacks (planned)"
+        assert sent in planned[host]["changed_tasks"], planned
+    assert "Copy the wheelhouse to the host" in planned[BARE]["changed_tasks"], planned
+    written = "/var/lib/appliance /var/cache/appliance /etc/appliance-*.env /etc/systemd/system/appliance-*"
+    for host in GROUPS:
+        done = lab.hosts.ssh(host, f"ls -d {written} 2>/dev/null || true")
+        assert done.stdout.strip() == "", (host, done.stdout)
 
 
 def test_up_installs_from_the_bundle_and_brings_both_hosts_to_healthy(lab: ClusterLab, bundle: Path) -> None:

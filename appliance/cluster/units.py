@@ -24,6 +24,7 @@ from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
 from appliance.gateway import serving_members
+from appliance.objectstore import grpc_tls
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
 from appliance.stack import RenderedService
@@ -164,7 +165,23 @@ def seaweedfs_shell(server: dict[str, Any], address: str, master_port: int) -> l
     has it copy them back from the servers that still hold them."""
     command = server["command"]
     weed = command[command.index("--") + 1] if "--" in command else command[0]
-    return [weed, "shell", f"-master={address}:{master_port}"]
+    # the unit's -config_dir: its security.toml gives the shell the client certificate the
+    # master's mutual TLS asks for (seaweedfs_mutual_tls)
+    config = [a for a in command if a.startswith("-config_dir=")]
+    return [weed, *config[:1], "shell", f"-master={address}:{master_port}"]
+
+
+def seaweedfs_mutual_tls(
+    svc: dict[str, Any], components: tuple[str, ...], secrets_dir: str, white_list: list[str], stamp: str
+) -> None:
+    """A cluster SeaweedFS unit's ``security.toml`` gains its gRPC mutual TLS (the certificates
+    of ``components``, files of the host's secrets folder, which the role writes 0600) and the
+    HTTP guard admitting loopback and the cluster's hosts alone (``appliance.objectstore.grpc_tls``)."""
+    for entry in svc["files"]:
+        if entry["key"] == "security.toml":
+            entry["value"] += "\n" + grpc_tls.security_sections(
+                secrets_dir, components, white_list, stamp
+            )
 
 
 def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> list[str]:
@@ -221,6 +238,15 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
     store = SecretStore(secrets_dir)
     first = render_stack(host_context(answers, inventory, inventory.first_control, [], secrets_dir))
     names = list(first)
+    certificates = ""
+    if "seaweedfs" in first:  # the store's gRPC certificates (seaweedfs_mutual_tls)
+        grpc_tls.ensure_certificates(store)
+        certificates = grpc_tls.fingerprint(store)
+    # loopback, the hosts, and "@": the peer address SeaweedFS reads for its own processes on one
+    # host, which dial each other's gRPC over a unix socket (an all-in-one store's master growing
+    # volumes on its volume server; refused, no volume is ever made)
+    guarded = ["127.0.0.1", "@", *(h.address for h in inventory.hosts.values())]
+    secrets_on_hosts = f"{answers.cluster.state_dir}/secrets"
     result: dict[str, dict[str, Any]] = {}
     for host in inventory.hosts:
         ctx = host_context(answers, inventory, host, names, secrets_dir)
@@ -268,9 +294,13 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             host_vars["appliance_seaweedfs_ready"] = seaweedfs_ready(
                 services["seaweedfs"], answers.cluster.venv, copies
             )
+            parts: tuple[str, ...] = ("master", "filer", "s3", "client")  # all-in-one: its volume server too
+            parts += () if "seaweedfs-volume" in services else ("volume",)
+            seaweedfs_mutual_tls(server, parts, secrets_on_hosts, guarded, certificates)
         if "seaweedfs-volume" in mine:
             volume = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs-volume")
             advertise(volume["command"], inventory.hosts[host].address)
+            seaweedfs_mutual_tls(volume, ("volume", "client"), secrets_on_hosts, guarded, certificates)
         if "prometheus" in mine:
             prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
             targets = f"{answers.cluster.state_dir}/config/prometheus/targets"

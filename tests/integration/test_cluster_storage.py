@@ -13,11 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,14 +70,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageLab]:
         yield lab
 
 
-def _get(url: str) -> dict[str, Any]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=10) as answer:
-        return dict(json.loads(answer.read()))
+def _get_on(lab: StorageLab, host: str, url: str) -> dict[str, Any]:
+    """``url`` fetched on ``host``: the store's HTTP admin handlers answer the cluster's hosts
+    alone (the guard's white list), not this machine."""
+    fetch = (
+        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    done = lab.hosts.ssh(host, f"python3 -c '{fetch}' '{url}'")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def _volume_servers(lab: StorageLab) -> list[str]:
-    status = _get(f"http://{lab.address('ctl')}:{MASTER}/dir/status")
+    status = _get_on(lab, "ctl", f"http://{lab.address('ctl')}:{MASTER}/dir/status")
     return sorted(
         node["Url"]
         for centre in status["Topology"]["DataCenters"] or []
@@ -124,11 +133,54 @@ def test_objects_written_through_s3_are_kept_on_both_storage_hosts(lab: StorageL
     # every volume holding data is on both volume servers, with SeaweedFS's placement 001
     holding: dict[str, set[int]] = {}
     for host in ("sto1", "sto2"):
-        status = _get(f"http://{lab.address(host)}:{VOLUME}/status")
+        status = _get_on(lab, host, f"http://{lab.address(host)}:{VOLUME}/status")
         volumes = [v for v in status["Volumes"] or [] if v["FileCount"] > 0]
         assert volumes and all(v["ReplicaPlacement"].get("node") == 1 for v in volumes), status
         holding[host] = {int(v["Id"]) for v in volumes}
     assert holding["sto1"] == holding["sto2"], holding
+
+
+def test_the_store_refuses_grpc_without_its_certificate_and_admin_http_from_outside_the_cluster(
+    lab: StorageLab, tmp_path: Path
+) -> None:
+    """From this machine, not a cluster host: ``weed shell`` without the store's client
+    certificate gets nothing from the master's gRPC (mutual TLS), and the master's HTTP admin
+    handler deleting a bucket's collection answers a refusal (the guard's white list); every
+    object still reads back. On the control host the shell the role runs (its unit's
+    ``-config_dir``, holding the client certificate) lists the bucket's collection."""
+    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.seaweedfs/security.toml either
+    weed = str(Path(sys.prefix) / "bin" / "weed")
+    try:
+        shell = subprocess.run(
+            [weed, "shell", f"-master={lab.address('ctl')}:{MASTER}"],
+            input="collection.list\n", capture_output=True, text=True, cwd=tmp_path, env=env, timeout=15,
+        )  # fmt: skip
+        listed = shell.stdout
+    except subprocess.TimeoutExpired as waited:  # it keeps retrying the handshake the master refuses
+        listed = waited.stdout.decode() if isinstance(waited.stdout, bytes) else waited.stdout or ""
+    assert "datasets" not in listed and "collections" not in listed, listed
+    refused = None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        opener.open(f"http://{lab.address('ctl')}:{MASTER}/col/delete?collection=datasets", timeout=10)
+    except urllib.error.HTTPError as err:
+        refused = err.code
+    assert refused == 401, refused
+
+    server = lab.hosts.ssh("ctl", "systemctl show -p ExecStart appliance-seaweedfs.service").stdout
+    own = re.search(r"(\S+/weed) (-config_dir=\S+)", server)
+    assert own, server
+    inside = lab.hosts.ssh(
+        "ctl", f"echo collection.list | {own[1]} {own[2]} shell -master={lab.address('ctl')}:{MASTER}"
+    )
+    assert re.search(r'collection:\s*"?datasets\b', inside.stdout), inside.stdout + inside.stderr
+
+    s3 = lab.s3()
+    read = {
+        key: hashlib.sha256(s3.get_object(Bucket="datasets", Key=key)["Body"].read()).hexdigest()
+        for key in lab.written
+    }
+    assert read == lab.written
 
 
 def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(lab: StorageLab) -> None:
@@ -178,7 +230,10 @@ def test_a_storage_host_back_with_an_empty_disk_gets_every_copy_again_from_the_n
     assert code == 0, output[-6000:]
     assert "Copy them back from the volume servers that hold them" in result["ctl"]["changed_tasks"], result
     holding = {
-        host: {int(v["Id"]) for v in _get(f"http://{lab.address(host)}:{VOLUME}/status")["Volumes"] or []}
+        host: {
+            int(v["Id"])
+            for v in _get_on(lab, host, f"http://{lab.address(host)}:{VOLUME}/status")["Volumes"] or []
+        }
         for host in ("sto1", "sto2")
     }
     assert holding["sto2"] and holding["sto1"] == holding["sto2"], holding

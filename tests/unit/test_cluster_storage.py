@@ -5,16 +5,23 @@ refused with the fix (no hosts needed)."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from appliance.answers import Answers
 from appliance.cluster.units import render_hosts
 from appliance.context import AppContext
+from appliance.objectstore import grpc_tls
+from appliance.objectstore.identities import security_toml
 from appliance.render import render_stack
+from appliance.secrets_store import SecretStore, read_only
 
 STORE_ONLY = {
     "mlflow": False,
@@ -81,7 +88,8 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
     # the role repairs missing copies through weed shell, with the weed the unit runs
     weed = server[server.index("--") + 1]
     assert weed.endswith("/weed") and weed.startswith("/opt/appliance/venv/")
-    assert per_host["ctl1"]["appliance_seaweedfs_shell"] == [weed, "shell", "-master=10.0.0.1:9333"]
+    config = "-config_dir=/var/lib/appliance/config/seaweedfs"  # its security.toml: the client certificate
+    assert per_host["ctl1"]["appliance_seaweedfs_shell"] == [weed, config, "shell", "-master=10.0.0.1:9333"]
     toml = {f["key"]: f["value"] for f in control["seaweedfs"]["files"]}["security.toml"]
     for name, address in (("sto1", "10.0.0.2"), ("sto2", "10.0.0.3")):
         mine = units(per_host, name)
@@ -92,7 +100,9 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
         assert flag(volume, "dir") == "/var/lib/appliance/seaweedfs-volume"
         assert mine["seaweedfs-volume"]["health"] == {"url": "http://127.0.0.1:8334/status"}
         # the same signing keys: the volume servers accept only what the store signed
-        assert {f["key"]: f["value"] for f in mine["seaweedfs-volume"]["files"]} == {"security.toml": toml}
+        files = {f["key"]: f["value"] for f in mine["seaweedfs-volume"]["files"]}
+        assert list(files) == ["security.toml"]
+        assert files["security.toml"].split("[grpc]")[0] == toml.split("[grpc]")[0]
         assert "appliance_seaweedfs_ready" not in per_host[name]
 
 
@@ -164,3 +174,105 @@ def test_a_whole_lab_over_storage_hosts_gives_the_control_host_every_secret_its_
     # MLflow and the model server reach the store's S3 gateway on the control host
     mlflow = {u["name"]: u for u in per_host["ctl1"]["appliance_mlflow_units"]}["mlflow"]
     assert "http://127.0.0.1:8333" in str(mlflow["env"]) or "http://127.0.0.1:8333" in str(mlflow["command"])
+
+
+ADMITTED = ",".join(f"appliance-seaweedfs-{c}" for c in ("master", "volume", "filer", "s3", "client"))
+SECRETS_ON_HOSTS = "/var/lib/appliance/secrets"
+
+
+def security(per_host: dict[str, dict[str, Any]], host_name: str, unit: str) -> dict[str, Any]:
+    files = {f["key"]: f["value"] for f in units(per_host, host_name)[unit]["files"]}
+    return tomllib.loads(files["security.toml"])
+
+
+def test_the_cluster_store_authenticates_its_grpc_peers_and_guards_its_admin_http(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    per_host = render_hosts(answers(), secrets_dir)
+    ca = x509.load_pem_x509_certificate((secrets_dir / "seaweedfs_grpc_ca_cert").read_bytes())
+    for host_name, unit, components in (
+        ("ctl1", "seaweedfs", ["master", "filer", "s3", "client"]),
+        ("sto1", "seaweedfs-volume", ["volume", "client"]),
+        ("sto2", "seaweedfs-volume", ["volume", "client"]),
+    ):
+        toml = security(per_host, host_name, unit)
+        assert toml["jwt"]["signing"]["key"], "the signing keys stay"
+        assert toml["grpc"]["ca"] == f"{SECRETS_ON_HOSTS}/seaweedfs_grpc_ca_cert"
+        served = sorted(k for k, v in toml["grpc"].items() if isinstance(v, dict))
+        assert served == sorted(components)
+        # the cluster's hosts and loopback alone reach the master's and volume servers' admin handlers
+        white_list = toml["guard"]["white_list"].split(",")
+        assert white_list == ["127.0.0.1", "@", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        delivered = per_host[host_name]["appliance_common_secrets"]
+        assert "seaweedfs_grpc_ca_key" not in delivered, "the CA key stays on this machine"
+        assert {n for n in delivered if n.startswith("seaweedfs_grpc_")} == {
+            "seaweedfs_grpc_ca_cert",
+            *(f"seaweedfs_grpc_{c}_{part}" for c in components for part in ("cert", "key")),
+        }, "a host gets the certificates of the components it runs, nothing more"
+        # the private keys reach the host as 0600 secrets, never inside a unit's files or command
+        assert "PRIVATE KEY" not in repr(per_host[host_name].get("appliance_seaweedfs_units"))
+        for component in components:
+            section = toml["grpc"][component]
+            assert section["cert"] == f"{SECRETS_ON_HOSTS}/seaweedfs_grpc_{component}_cert"
+            assert section["key"] == f"{SECRETS_ON_HOSTS}/seaweedfs_grpc_{component}_key"
+            if component != "client":  # a server admits the store's own components only
+                assert section["allowed_commonNames"] == ADMITTED
+            cert = x509.load_pem_x509_certificate(delivered[f"seaweedfs_grpc_{component}_cert"].encode())
+            cert.verify_directly_issued_by(ca)
+            name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+            assert name == f"appliance-seaweedfs-{component}" and str(name) in ADMITTED.split(",")
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usage)
+            key = serialization.load_pem_private_key(
+                delivered[f"seaweedfs_grpc_{component}_key"].encode(), password=None
+            )
+            assert key.public_key() == cert.public_key(), "the key is the certificate's"
+            assert (secrets_dir / f"seaweedfs_grpc_{component}_key").stat().st_mode & 0o777 == 0o600
+    assert (secrets_dir / "seaweedfs_grpc_ca_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_certificates_are_made_once_and_plan_makes_none(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    with read_only():
+        planned = render_hosts(answers(), secrets_dir)
+    assert not secrets_dir.exists() or not any(secrets_dir.glob("seaweedfs_grpc_*"))
+    assert planned["sto1"]["appliance_common_secrets"]["seaweedfs_grpc_volume_key"].startswith("<")
+    first = render_hosts(answers(), secrets_dir)
+    again = render_hosts(answers(), secrets_dir)
+    assert first == again, "a second render keeps the CA, the certificates and the keys"
+    # a certificate that is not the CA's is issued again
+    other = tmp_path / "other"
+    grpc_tls.ensure_certificates(SecretStore(other))
+    (secrets_dir / "seaweedfs_grpc_volume_cert").write_text(
+        (other / "seaweedfs_grpc_volume_cert").read_text()
+    )
+    renewed_hosts = render_hosts(answers(), secrets_dir)
+    renewed = renewed_hosts["sto1"]["appliance_common_secrets"]
+    # security.toml changes with it: the role restarts the volume server on the new certificate
+    assert security(renewed_hosts, "sto1", "seaweedfs-volume") == security(first, "sto1", "seaweedfs-volume")
+    assert units(renewed_hosts, "sto1") != units(first, "sto1")
+    ca = x509.load_pem_x509_certificate(renewed["seaweedfs_grpc_ca_cert"].encode())
+    x509.load_pem_x509_certificate(renewed["seaweedfs_grpc_volume_cert"].encode()).verify_directly_issued_by(
+        ca
+    )
+    assert (
+        renewed["seaweedfs_grpc_volume_key"]
+        != first["sto1"]["appliance_common_secrets"]["seaweedfs_grpc_volume_key"]
+    )
+
+
+def test_an_all_in_one_cluster_store_authenticates_its_own_volume_server_too(tmp_path: Path) -> None:
+    alone = answers([host("ctl1", "10.0.0.1", "control"), host("srv1", "10.0.0.2", "serving")], 1)
+    toml = security(render_hosts(alone, tmp_path / "secrets"), "ctl1", "seaweedfs")
+    assert sorted(k for k, v in toml["grpc"].items() if isinstance(v, dict)) == [
+        "client", "filer", "master", "s3", "volume"
+    ]  # fmt: skip
+    assert toml["guard"]["white_list"] == "127.0.0.1,@,10.0.0.1,10.0.0.2"
+
+
+def test_the_one_host_stack_keeps_its_security_toml(tmp_path: Path) -> None:
+    ctx = AppContext(answers(None, 1), tmp_path / "state")
+    services = render_stack(ctx)
+    toml = services["seaweedfs"].files["security.toml"]
+    assert toml == security_toml(ctx)
+    assert set(tomllib.loads(toml)) == {"jwt"} and "[grpc" not in toml and "[guard]" not in toml
+    assert not any((tmp_path / "state" / "secrets").glob("seaweedfs_grpc_*"))

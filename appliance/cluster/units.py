@@ -179,9 +179,7 @@ def seaweedfs_mutual_tls(
     HTTP guard admitting loopback and the cluster's hosts alone (``appliance.objectstore.grpc_tls``)."""
     for entry in svc["files"]:
         if entry["key"] == "security.toml":
-            entry["value"] += "\n" + grpc_tls.security_sections(
-                secrets_dir, components, white_list, stamp
-            )
+            entry["value"] += "\n" + grpc_tls.security_sections(secrets_dir, components, white_list, stamp)
 
 
 def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> list[str]:

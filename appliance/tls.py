@@ -64,16 +64,11 @@ def ensure_certificates(store: SecretStore, names: list[str]) -> TlsFiles:
     if is_read_only():
         return _as_they_are(store, names)
     ca_key, ca_cert = _ensure_ca(store)
-    current = _load_cert(cert_path)
-    if (
-        current is None
-        or not _covers(current, names)
-        or not _signed_by(current, ca_cert)
-        or _expiring(current)
-    ):
+    current = load_cert(cert_path)
+    if current is None or not _covers(current, names) or not signed_by(current, ca_cert) or expiring(current):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(key, ca_key, ca_cert, names)
-        store.put(SERVER_KEY, _key_pem(key))
+        store.put(SERVER_KEY, key_pem(key))
         store.put(SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
         current = cert
     der = current.public_bytes(serialization.Encoding.DER)
@@ -88,17 +83,17 @@ def ensure_certificates(store: SecretStore, names: list[str]) -> TlsFiles:
 def _as_they_are(store: SecretStore, names: list[str]) -> TlsFiles:
     """The files as they are now, without making anything: the current fingerprint when the
     certificates are present and right, ``PENDING`` when ``up`` would (re)issue them."""
-    ca = _load_cert(store.root / CA_CERT)
-    current = _load_cert(store.root / SERVER_CERT)
+    ca = load_cert(store.root / CA_CERT)
+    current = load_cert(store.root / SERVER_CERT)
     fingerprint = PENDING
     if (
         ca is not None
         and (store.root / CA_KEY).exists()
-        and not _expiring(ca)
+        and not expiring(ca)
         and current is not None
         and _covers(current, names)
-        and _signed_by(current, ca)
-        and not _expiring(current)
+        and signed_by(current, ca)
+        and not expiring(current)
     ):
         fingerprint = hashlib.sha256(current.public_bytes(serialization.Encoding.DER)).hexdigest()
     return TlsFiles(
@@ -110,9 +105,18 @@ def _as_they_are(store: SecretStore, names: list[str]) -> TlsFiles:
 
 
 def _ensure_ca(store: SecretStore) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    cert = _load_cert(store.root / CA_CERT)
-    key_path = store.root / CA_KEY
-    if cert is not None and key_path.exists() and not _expiring(cert):
+    return ensure_ca(store, CA_CERT, CA_KEY, f"MLOps Appliance CA {socket.gethostname()}")
+
+
+def ensure_ca(
+    store: SecretStore, cert_name: str, key_name: str, common_name: str
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA kept in ``store`` as ``cert_name``/``key_name`` (0600): the present one while it is
+    not expiring, a new one otherwise. Each CA signs one kind of peer only (the gateway's, the
+    object store's gRPC components), so a certificate of one never opens the other."""
+    cert = load_cert(store.root / cert_name)
+    key_path = store.root / key_name
+    if cert is not None and key_path.exists() and not expiring(cert):
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key, cert
@@ -120,7 +124,7 @@ def _ensure_ca(store: SecretStore) -> tuple[ec.EllipticCurvePrivateKey, x509.Cer
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLOps Appliance"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"MLOps Appliance CA {socket.gethostname()}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
     now = _now()
@@ -150,8 +154,8 @@ def _ensure_ca(store: SecretStore) -> tuple[ec.EllipticCurvePrivateKey, x509.Cer
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    store.put(CA_KEY, _key_pem(key))
-    store.put(CA_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
+    store.put(key_name, key_pem(key))
+    store.put(cert_name, cert.public_bytes(serialization.Encoding.PEM).decode())
     return key, cert
 
 
@@ -161,6 +165,19 @@ def _issue(
     ca: x509.Certificate,
     names: list[str],
 ) -> x509.Certificate:
+    return issue(key, ca_key, ca, names, [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_DAYS)
+
+
+def issue(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    names: list[str],
+    usages: list[x509.ObjectIdentifier],
+    days: int,
+) -> x509.Certificate:
+    """A certificate for ``key`` named ``names`` (the first is its common name, all its subject
+    alternative names), for ``usages``, signed by ``ca``."""
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -169,10 +186,10 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -197,7 +214,7 @@ def _covers(cert: x509.Certificate, names: list[str]) -> bool:
     return {str(_general_name(n).value) for n in names} <= present
 
 
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
     except (InvalidSignature, ValueError, TypeError):
@@ -205,18 +222,18 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _expiring(cert: x509.Certificate) -> bool:
+def expiring(cert: x509.Certificate) -> bool:
     return cert.not_valid_after_utc - _now() < dt.timedelta(days=30)
 
 
-def _load_cert(path: Path) -> x509.Certificate | None:
+def load_cert(path: Path) -> x509.Certificate | None:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return None
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

@@ -15,26 +15,23 @@ certificate and key per component; the CA key never leaves this machine. Read-on
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Iterable
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.secrets_store import SecretStore, is_read_only
+from appliance.tls import ensure_ca, expiring, issue, key_pem, load_cert, signed_by
 
 CA_CERT, CA_KEY = "seaweedfs_grpc_ca_cert", "seaweedfs_grpc_ca_key"
 COMPONENTS = ("master", "volume", "filer", "s3", "client")
 """SeaweedFS's gRPC sections (``[grpc.<component>]``): each has its certificate, which it presents
 both as a server and when it dials the others; ``client`` is ``weed shell``'s and the S3
 gateway's outgoing one."""
-CA_DAYS, CERT_DAYS = 3650, 3650
-RENEW_BEFORE = dt.timedelta(days=30)
+CERT_DAYS = 3650
 
 
 def cert_name(component: str) -> str:
@@ -55,19 +52,19 @@ def ensure_certificates(store: SecretStore) -> None:
     not expiring; made (or re-issued) otherwise. Nothing in read-only mode."""
     if is_read_only():
         return
-    ca_key, ca = _ensure_ca(store)
+    ca_key, ca = ensure_ca(store, CA_CERT, CA_KEY, "MLOps Appliance SeaweedFS gRPC CA")
     for component in COMPONENTS:
-        current = _load_cert(store.root / cert_name(component))
+        current = load_cert(store.root / cert_name(component))
         if (
             current is not None
             and (store.root / key_name(component)).exists()
-            and _signed_by(current, ca)
+            and signed_by(current, ca)
             and current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == common_name(component)
-            and not _expiring(current)
+            and not expiring(current)
         ):
             continue
         key = ec.generate_private_key(ec.SECP256R1())
-        store.put(key_name(component), _key_pem(key))
+        store.put(key_name(component), key_pem(key))
         store.put(cert_name(component), _issue(key, ca_key, ca, common_name(component)))
 
 
@@ -101,98 +98,11 @@ def security_sections(
     return "\n".join(lines)
 
 
-def _ensure_ca(store: SecretStore) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    cert = _load_cert(store.root / CA_CERT)
-    key_path = store.root / CA_KEY
-    if cert is not None and key_path.exists() and not _expiring(cert):
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key, cert
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLOps Appliance"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "MLOps Appliance SeaweedFS gRPC CA"),
-        ]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    store.put(CA_KEY, _key_pem(key))
-    store.put(CA_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
-    return key, cert
-
-
 def _issue(
     key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, name: str
 ) -> str:
     """A certificate for ``name``, good as a gRPC server's and as a client's (SeaweedFS does not
     check host names, so it names no address)."""
-    now = dt.datetime.now(dt.UTC)
-    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = issue(key, ca_key, ca, [name], usages, CERT_DAYS)
     return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
-def _expiring(cert: x509.Certificate) -> bool:
-    return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE
-
-
-def _load_cert(path: Path) -> x509.Certificate | None:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()

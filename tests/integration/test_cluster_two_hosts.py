@@ -1,6 +1,6 @@
 """Two hosts (control + serving) from one answers file, through the real CLI, Ansible and SSH: a
-first up that loses the serving host midway (reported unreachable; the next up completes it, a
-third changes nothing), both hosts healthy with the serving host reaching MLflow on the control
+first up that loses the serving host midway (reported unreachable; the next up completes it),
+both hosts healthy with the serving host reaching MLflow on the control
 host, status per host, MLflow's registry in PostgreSQL, one Prometheus scraping both hosts from
 targets written from the inventory, a serving host added, drained and removed, and down.
 Preflight and plan are test_cluster_lifecycle.py's.
@@ -70,7 +70,7 @@ def test_a_host_stopped_mid_up_is_reported_unreachable_and_the_next_up_completes
     """The first up loses srv1 in the middle: the run ends non-zero with srv1 unreachable in its
     per-host results and ctl not failed; once srv1 is back, the next up completes every play the
     interrupted one left (the serving play runs one host at a time, so the lost host ends the run
-    before monitoring and the gateway), and a third up changes nothing."""
+    before monitoring and the gateway). (A no-op up is the other labs': CI time.)"""
     srv1 = lab.hosts.hosts["srv1"].name
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(lab.cli, "up")
@@ -109,10 +109,6 @@ def test_a_host_stopped_mid_up_is_reported_unreachable_and_the_next_up_completes
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values()), result
     assert result["ctl"]["changed"] > 0, result  # the plays the first up never reached
     assert "appliance-prometheus.service" in _units_on(lab, "ctl")
-
-    code, result, output = lab.cli("up")
-    assert code == 0, output
-    assert {h: r["changed"] for h, r in result.items()} == {"ctl": 0, "srv1": 0}, result
 
 
 def test_both_hosts_are_healthy_with_the_serving_host_using_the_control_hosts_mlflow(

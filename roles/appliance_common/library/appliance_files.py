@@ -1,0 +1,194 @@
+#!/usr/bin/python
+"""Write many small files on a host in one module call.
+
+Why: ``ansible.builtin.copy`` in a loop costs one SSH round trip and one module run per file, about
+half a second each on a busy host. A host's secrets and its units' config files are a few dozen
+small files, so an unchanged cluster's ``up`` spent most of its time checking them one by one.
+This writes them all in one call, with what ``copy`` guarantees for each: the content, owner, group
+and mode made exact, a changed file replaced atomically (a temporary file in the same folder,
+renamed over it), and check mode reporting what would change without touching anything.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: appliance_files
+short_description: Write many small files (content, owner, group, mode) in one call
+options:
+  folder:
+    description: The folder every file is written under (it must exist).
+    type: path
+    required: true
+  files:
+    description: Path under folder -> content.
+    type: dict
+  units:
+    description: >-
+      Rendered units; each one's folder folder/NAME/ is made (folder_mode) and its files (name ->
+      content, or a list of {key, value}) written there, tagged NAME.
+    type: list
+    elements: dict
+  owner: {type: str, default: root}
+  group: {type: str, default: root}
+  mode: {description: Each file's mode, an octal string such as '0640'., type: str, default: '0600'}
+  folder_mode: {description: Each unit's folder's mode., type: str, default: '0750'}
+"""
+
+RETURN = r"""
+changed_paths:
+  description: The files written or whose owner or mode was set.
+  type: list
+changed_tags:
+  description: The tags of those files, each once (a unit's name, say).
+  type: list
+"""
+
+
+def _entries(params: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    """(path, content, tag) for each file asked for; a path leaving the folder raises ValueError."""
+    folder = os.path.normpath(params["folder"])
+    if not os.path.isabs(folder):
+        raise ValueError(f"folder must be an absolute path, got {folder!r}")
+    relative: list[tuple[str, object, str]] = [(str(k), v, "") for k, v in (params["files"] or {}).items()]
+    for unit in params["units"] or []:
+        name = str(unit.get("name") or "")
+        files = unit.get("files") or {}
+        if isinstance(files, list):  # as `appliance cluster` renders them: [{key, value}, ...]
+            files = {entry["key"]: entry["value"] for entry in files}
+        relative += [(f"{name}/{key}", value, name) for key, value in files.items()]
+    entries = []
+    for path, content, tag in relative:
+        dest = os.path.normpath(os.path.join(folder, path))
+        if os.path.isabs(path) or not dest.startswith(folder + os.sep):
+            raise ValueError(f"{path!r} is not a name under {folder}")
+        entries.append((dest, str(content).encode(), tag))
+    return entries
+
+
+def _owner(params: dict[str, Any]) -> tuple[int, int, int, int]:
+    """The uid, gid, the files' mode and the folders' mode; an unknown account or a bad mode raises
+    ValueError."""
+    try:
+        uid = pwd.getpwnam(params["owner"]).pw_uid
+        gid = grp.getgrnam(params["group"]).gr_gid
+    except KeyError as err:
+        raise ValueError(f"unknown owner or group {err}") from err
+    modes = []
+    for key in ("mode", "folder_mode"):
+        try:
+            modes.append(int(params[key], 8))
+        except ValueError as err:
+            raise ValueError(f"{key} must be an octal string such as '0640', got {params[key]!r}") from err
+    return uid, gid, modes[0], modes[1]
+
+
+def _unit_folders(params: dict[str, Any]) -> list[str]:
+    """Each unit's own folder under ``folder``; a name that is not one path component raises."""
+    folder = os.path.normpath(params["folder"])
+    names = [str(unit.get("name") or "") for unit in params["units"] or []]
+    for name in names:
+        if not name or name in (".", "..") or "/" in name:
+            raise ValueError(f"unit name {name!r} is not a folder name")
+    return [os.path.join(folder, name) for name in names]
+
+
+def _ensure_folder(path: str, uid: int, gid: int, mode: int, check_mode: bool) -> bool:
+    """``path`` a folder with this owner and mode; whether it was (or would be) changed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not check_mode:
+            os.mkdir(path, mode)
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+        return True
+    if (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode):
+        return False
+    if not check_mode:
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    return True
+
+
+def _current(dest: str) -> tuple[bytes | None, int, int, int]:
+    """The file's content, uid, gid and mode now (None content: no regular file there)."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return None, -1, -1, -1
+    if not os.path.isfile(dest) or os.path.islink(dest):
+        return None, -1, -1, -1
+    with open(dest, "rb") as handle:
+        return handle.read(), st.st_uid, st.st_gid, st.st_mode & 0o7777
+
+
+def _replace(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+    """Write ``content`` beside ``dest`` and rename it over: a reader sees the old file or the new."""
+    fd, temp = tempfile.mkstemp(prefix=".appliance-", dir=os.path.dirname(dest))
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, dest)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "folder": {"type": "path", "required": True},
+            # A task writing secrets sets no_log (the module's arguments and result stay out of the
+            # logs); no_log here would mask every name equal to some content in the result too.
+            "files": {"type": "dict"},
+            "units": {"type": "list", "elements": "dict"},
+            "owner": {"type": "str", "default": "root"},
+            "group": {"type": "str", "default": "root"},
+            "mode": {"type": "str", "default": "0600"},
+            "folder_mode": {"type": "str", "default": "0750"},
+        },
+        required_one_of=[("files", "units")],
+        supports_check_mode=True,
+    )
+    changed_paths: list[str] = []
+    changed_tags: list[str] = []
+    try:
+        uid, gid, mode, folder_mode = _owner(module.params)
+        entries = _entries(module.params)
+        for path in _unit_folders(module.params):
+            if _ensure_folder(path, uid, gid, folder_mode, module.check_mode):
+                changed_paths.append(path)
+        for dest, content, tag in entries:
+            now, now_uid, now_gid, now_mode = _current(dest)
+            if now == content and (now_uid, now_gid, now_mode) == (uid, gid, mode):
+                continue
+            changed_paths.append(dest)
+            if tag and tag not in changed_tags:
+                changed_tags.append(tag)
+            if module.check_mode:
+                continue
+            if now == content:
+                os.chown(dest, uid, gid)
+                os.chmod(dest, mode)
+            else:
+                _replace(dest, content, uid, gid, mode)
+    except (OSError, ValueError) as err:
+        module.fail_json(msg=f"could not write the files: {err}", changed_paths=changed_paths)
+    module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, changed_tags=changed_tags)
+
+
+if __name__ == "__main__":
+    main()

@@ -92,9 +92,16 @@ def test_each_unit_gets_its_folder_and_files_and_only_changed_units_are_reported
     assert second["changed_paths"] == [str(folder / "serving/models.json")]
 
 
-def test_a_name_outside_the_folder_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+def test_a_name_outside_the_folder_or_an_unknown_owner_is_refused_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "secrets"
     folder.mkdir()
+    unknown = {"folder": str(folder), "files": {"fine": "1"}, "owner": "no-such-account"}
+    code, planned = _run(tmp_path, unknown, "--check")  # a fresh host's plan: the account comes first
+    assert code == 0 and planned["changed_paths"] == [str(folder / "fine")]
+    code, result = _run(tmp_path, unknown)
+    assert code != 0 and "unknown owner or group" in result["msg"] and "no-such-account" in result["msg"]
     for bad in ("../escaped", "/etc/escaped"):
         code, result = _run(tmp_path, {"folder": str(folder), "files": {"fine": "1", bad: "2"}})
         assert code != 0 and "could not write the files" in result["msg"]

@@ -26,6 +26,8 @@ def appliance_rendered(
         trim_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        undefined=jinja2.StrictUndefined,  # a name the template lacks fails, as in Ansible
+        finalize=lambda value: "" if value is None else value,  # None prints nothing, as in Ansible
     )
     compiled = env.get_template(template)
     context = {"ansible_managed": MANAGED} | variables

@@ -73,14 +73,17 @@ def _entries(params: dict[str, Any]) -> list[tuple[str, bytes, str]]:
     return entries
 
 
-def _owner(params: dict[str, Any]) -> tuple[int, int, int, int]:
+def _owner(params: dict[str, Any], check_mode: bool) -> tuple[int, int, int, int]:
     """The uid, gid, the files' mode and the folders' mode; an unknown account or a bad mode raises
-    ValueError."""
+    ValueError. In check mode an account not made yet (a fresh host's plan) is -1: every file
+    counts as changed, as it will be."""
     try:
         uid = pwd.getpwnam(params["owner"]).pw_uid
         gid = grp.getgrnam(params["group"]).gr_gid
     except KeyError as err:
-        raise ValueError(f"unknown owner or group {err}") from err
+        if not check_mode:
+            raise ValueError(f"unknown owner or group {err}") from err
+        uid = gid = -1
     modes = []
     for key in ("mode", "folder_mode"):
         try:
@@ -166,7 +169,7 @@ def main() -> None:
     changed_paths: list[str] = []
     changed_tags: list[str] = []
     try:
-        uid, gid, mode, folder_mode = _owner(module.params)
+        uid, gid, mode, folder_mode = _owner(module.params, module.check_mode)
         entries = _entries(module.params)
         for path in _unit_folders(module.params):
             if _ensure_folder(path, uid, gid, folder_mode, module.check_mode):

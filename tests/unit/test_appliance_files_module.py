@@ -60,6 +60,14 @@ def test_files_are_written_once_with_their_mode_and_check_mode_writes_nothing(tm
     code, mended = _run(tmp_path, args)
     assert mended["changed_paths"] == [str(folder / "key")]
     assert (folder / "key").stat().st_mode & 0o777 == 0o600 and (folder / "key").stat().st_ino == inode
+    # each key's file name from `name`, and the changed keys reported as tags (a unit's name)
+    named = args | {"files": {"mlflow": "r1\n", "serving": "r1\n"}, "name": "appliance-%s.release"}
+    code, first = _run(tmp_path, named)
+    assert code == 0 and sorted(first["changed_tags"]) == ["mlflow", "serving"]
+    assert (folder / "appliance-serving.release").read_text() == "r1\n"
+    code, second = _run(tmp_path, named | {"files": {"mlflow": "r1\n", "serving": "r2\n"}})
+    assert code == 0 and second["changed_tags"] == ["serving"]
+    assert second["changed_paths"] == [str(folder / "appliance-serving.release")]
     assert not list(folder.glob(".appliance-*"))  # no temporary file left behind
 
 
@@ -124,17 +132,14 @@ def test_units_rendered_on_the_controller_are_what_the_template_module_writes(tm
         "-e", f"ansible_python_interpreter={sys.executable}",
     ]  # fmt: skip
     env = _env(tmp_path) | {"ANSIBLE_FILTER_PLUGINS": str(ROLES / "appliance_common/filter_plugins")}
-    for template, name, extra in (
-        ("unit.service.j2", "appliance-%s.service", ", ".join(f"{k}={k}" for k in common)),
-        ("unit.env.j2", "appliance-%s.env", ""),
-    ):
+    for template, extra in (("unit.service.j2", ", ".join(f"{k}={k}" for k in common)), ("unit.env.j2", "")):
         out = tmp_path / template
         written = subprocess.run(
             [*base, "-m", "ansible.builtin.template", "-a", f"src={TEMPLATES}/{template} dest={out}"],
             env=env, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert written.returncode == 0, written.stdout + written.stderr
-        args = f"'{template}', '{name}'" + (f", {extra}" if extra else "")
+        args = f"'{template}'" + (f", {extra}" if extra else "")
         show = f"msg={{{{ units | appliance_rendered({args}) }}}}"
         shown = subprocess.run(
             [*base, "--one-line", "-m", "ansible.builtin.debug", "-a", show],
@@ -142,4 +147,4 @@ def test_units_rendered_on_the_controller_are_what_the_template_module_writes(tm
         )  # fmt: skip
         assert shown.returncode == 0, shown.stdout + shown.stderr
         rendered = json.loads(shown.stdout.split("=>", 1)[1])["msg"]
-        assert rendered == {name % "mlflow": out.read_text()}
+        assert rendered == {"mlflow": out.read_text()}

@@ -17,10 +17,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Ansible managed"  # ansible_managed's default, as the template module filled it in
 
 
-def appliance_rendered(
-    units: list[dict[str, Any]], template: str, name: str, **variables: Any
-) -> dict[str, str]:
-    """``{name % unit's name: template rendered with item=unit and variables}`` for each unit."""
+def appliance_rendered(units: list[dict[str, Any]], template: str, **variables: Any) -> dict[str, str]:
+    """``{unit's name: template rendered with item=unit and variables}`` for each unit."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         trim_blocks=True,
@@ -31,7 +29,7 @@ def appliance_rendered(
     )
     compiled = env.get_template(template)
     context = {"ansible_managed": MANAGED} | variables
-    return {name % str(unit["name"]): compiled.render(context | {"item": unit}) for unit in units}
+    return {str(unit["name"]): compiled.render(context | {"item": unit}) for unit in units}
 
 
 class FilterModule:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 import tempfile
 from typing import Any
 
@@ -28,8 +29,12 @@ options:
     type: path
     required: true
   files:
-    description: Path under folder -> content.
+    description: Key -> content; each written to folder/(name % key), tagged with its key.
     type: dict
+  name:
+    description: The file name for a key of files ('%s': the key itself).
+    type: str
+    default: '%s'
   units:
     description: >-
       Rendered units; each one's folder folder/NAME/ is made (folder_mode) and its files (name ->
@@ -47,19 +52,24 @@ changed_paths:
   description: The files written or whose owner or mode was set.
   type: list
 changed_tags:
-  description: The tags of those files, each once (a unit's name, say).
+  description: The tags of those files, each once (a key of files, a unit's name).
   type: list
 """
 
 
-def _entries(params: dict[str, Any]) -> list[tuple[str, bytes, str]]:
-    """(path, content, tag) for each file asked for; a path leaving the folder raises ValueError."""
+def _entries(params: dict[str, Any]) -> tuple[list[str], list[tuple[str, bytes, str]]]:
+    """Each unit's folder, and (path, content, tag) for each file asked for; a unit name that is
+    not one path component, or a path leaving the folder, raises ValueError."""
     folder = os.path.normpath(params["folder"])
     if not os.path.isabs(folder):
         raise ValueError(f"folder must be an absolute path, got {folder!r}")
-    relative: list[tuple[str, object, str]] = [(str(k), v, "") for k, v in (params["files"] or {}).items()]
+    relative = [(params["name"] % key, value, str(key)) for key, value in (params["files"] or {}).items()]
+    folders = []
     for unit in params["units"] or []:
         name = str(unit.get("name") or "")
+        if not name or name in (".", "..") or "/" in name:
+            raise ValueError(f"unit name {name!r} is not a folder name")
+        folders.append(os.path.join(folder, name))
         files = unit.get("files") or {}
         if isinstance(files, list):  # as `appliance cluster` renders them: [{key, value}, ...]
             files = {entry["key"]: entry["value"] for entry in files}
@@ -70,7 +80,7 @@ def _entries(params: dict[str, Any]) -> list[tuple[str, bytes, str]]:
         if os.path.isabs(path) or not dest.startswith(folder + os.sep):
             raise ValueError(f"{path!r} is not a name under {folder}")
         entries.append((dest, str(content).encode(), tag))
-    return entries
+    return folders, entries
 
 
 def _owner(params: dict[str, Any], check_mode: bool) -> tuple[int, int, int, int]:
@@ -91,16 +101,6 @@ def _owner(params: dict[str, Any], check_mode: bool) -> tuple[int, int, int, int
         except ValueError as err:
             raise ValueError(f"{key} must be an octal string such as '0640', got {params[key]!r}") from err
     return uid, gid, modes[0], modes[1]
-
-
-def _unit_folders(params: dict[str, Any]) -> list[str]:
-    """Each unit's own folder under ``folder``; a name that is not one path component raises."""
-    folder = os.path.normpath(params["folder"])
-    names = [str(unit.get("name") or "") for unit in params["units"] or []]
-    for name in names:
-        if not name or name in (".", "..") or "/" in name:
-            raise ValueError(f"unit name {name!r} is not a folder name")
-    return [os.path.join(folder, name) for name in names]
 
 
 def _ensure_folder(path: str, uid: int, gid: int, mode: int, check_mode: bool) -> bool:
@@ -127,7 +127,7 @@ def _current(dest: str) -> tuple[bytes | None, int, int, int]:
         st = os.lstat(dest)
     except FileNotFoundError:
         return None, -1, -1, -1
-    if not os.path.isfile(dest) or os.path.islink(dest):
+    if not stat.S_ISREG(st.st_mode):  # a symlink or a folder is replaced, never followed
         return None, -1, -1, -1
     with open(dest, "rb") as handle:
         return handle.read(), st.st_uid, st.st_gid, st.st_mode & 0o7777
@@ -157,6 +157,7 @@ def main() -> None:
             # A task writing secrets sets no_log (the module's arguments and result stay out of the
             # logs); no_log here would mask every name equal to some content in the result too.
             "files": {"type": "dict"},
+            "name": {"type": "str", "default": "%s"},
             "units": {"type": "list", "elements": "dict"},
             "owner": {"type": "str", "default": "root"},
             "group": {"type": "str", "default": "root"},
@@ -170,8 +171,8 @@ def main() -> None:
     changed_tags: list[str] = []
     try:
         uid, gid, mode, folder_mode = _owner(module.params, module.check_mode)
-        entries = _entries(module.params)
-        for path in _unit_folders(module.params):
+        folders, entries = _entries(module.params)
+        for path in folders:
             if _ensure_folder(path, uid, gid, folder_mode, module.check_mode):
                 changed_paths.append(path)
         for dest, content, tag in entries:

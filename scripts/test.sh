@@ -17,4 +17,11 @@ echo "==> tests"
 # Every runtime (local, podman, docker) is installed above: a test that needs one fails rather than
 # skips when it is missing. APPLIANCE_REQUIRE_RUNTIMES=0 lets a machine without them skip instead.
 export APPLIANCE_REQUIRE_RUNTIMES="${APPLIANCE_REQUIRE_RUNTIMES:-1}"
-exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
+# Two workers: the cluster labs (containers on their own networks, half their time waiting on
+# hosts) beside the other service tests, each unit test file wherever a worker is free
+# (tests/conftest.py: work_unit_of). APPLIANCE_TEST_WORKERS=0 runs everything in this process.
+WORKERS="${APPLIANCE_TEST_WORKERS:-2}"
+if [ "$WORKERS" = 0 ]; then
+  exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
+fi
+exec .venv/bin/python -m pytest tests -p no:cacheprovider -n "$WORKERS" --dist loadgroup "$@"

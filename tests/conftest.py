@@ -19,6 +19,7 @@ import yaml
 from appliance.answers import SEAWEEDFS_GRPC_OFFSET, SEAWEEDFS_GRPC_PAIRED
 
 VENV_BIN = Path(sys.executable).parent
+TESTS_DIR = Path(__file__).resolve().parent
 APPLIANCE = str(VENV_BIN / "appliance")
 PORT_KEYS = [
     "mlflow",
@@ -186,3 +187,29 @@ def _no_environment_leaks_between_tests() -> Iterator[None]:
     for key in set(os.environ) - set(saved):
         del os.environ[key]
     os.environ.update(saved)
+
+
+CLUSTER_MODULE_PREFIX = "test_cluster_"
+"""The cluster labs: their hosts are containers on their own podman networks from their own image,
+so nothing they start or remove is seen by the other tests, and half their time is spent waiting
+on hosts (about 40 % of the CPU idle while one runs)."""
+
+
+def work_unit_of(path: Path) -> str:
+    """The work unit ``path``'s tests belong to when the run is spread over workers (``pytest -n 2
+    --dist loadgroup``, as scripts/test.sh runs it): the cluster labs one unit, every other test that
+    starts services another (they share images, the engines' daemons and image tags, e.g. one
+    removes an image the next one loads, so they keep today's order on one worker), each unit
+    test file its own."""
+    if path.relative_to(TESTS_DIR).parts[0] == "unit":
+        return f"unit-{path.stem}"
+    if path.name.startswith(CLUSTER_MODULE_PREFIX):
+        return "cluster"
+    return "services"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put each test in its work unit (``work_unit_of``) before xdist's own hook reads the marks."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(work_unit_of(Path(str(item.path)).resolve())))

@@ -214,7 +214,7 @@ def _let_hosts_talk(network: str) -> list[str]:
         "podman", "network", "inspect", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}", network
     ).split()[0]  # fmt: skip
     rule = ["FORWARD", "-s", subnet, "-d", subnet, "-j", "ACCEPT"]
-    _run("iptables", "-I", *rule)
+    _run("iptables", "-w", "-I", *rule)
     return rule
 
 
@@ -269,4 +269,4 @@ def cluster_hosts(
             ["podman", "network", "rm", "--force", cluster.network], capture_output=True, check=False
         )
         if between:
-            subprocess.run(["iptables", "-D", *between], capture_output=True, check=False)
+            subprocess.run(["iptables", "-w", "-D", *between], capture_output=True, check=False)

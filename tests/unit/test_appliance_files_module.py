@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.unit.test_cluster_roles import ROLES, _env, _tool
 
 USER = pwd.getpwuid(os.getuid()).pw_name
@@ -148,3 +150,50 @@ def test_units_rendered_on_the_controller_are_what_the_template_module_writes(tm
         assert shown.returncode == 0, shown.stdout + shown.stderr
         rendered = json.loads(shown.stdout.split("=>", 1)[1])["msg"]
         assert rendered == {"mlflow": out.read_text()}
+
+
+def test_plans_diff_shows_a_units_change_and_hides_what_a_no_log_task_writes(tmp_path: Path) -> None:
+    """``cluster plan`` runs ``--check --diff``: a unit file's change reads as copy's diff would,
+    while the secrets task (no_log) shows none of its content."""
+    units, secrets = tmp_path / "units", tmp_path / "secrets"
+    units.mkdir()
+    secrets.mkdir()
+    (units / "appliance-mlflow.service").write_text("ExecStart=/opt/v/bin/mlflow server --workers 1\n")
+    (units / "blob").write_bytes(b"\xff\x00old")
+    playbook = tmp_path / "plan.yml"
+    common = {"owner": USER, "group": GROUP}
+    tasks = [
+        {
+            "name": "units",
+            "appliance_files": common
+            | {
+                "folder": str(units),
+                "name": "appliance-%s.service",
+                "files": {"mlflow": "ExecStart=/opt/v/bin/mlflow server --workers 2\n", "serving": "New=1\n"},
+            },
+        },
+        {"name": "blob", "appliance_files": common | {"folder": str(units), "files": {"blob": "text now\n"}}},
+        {
+            "name": "secrets",
+            "appliance_files": common | {"folder": str(secrets), "files": {"token": "do-not-show-me-4711"}},
+            "no_log": True,
+        },
+    ]
+    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    done = subprocess.run(
+        [
+            _tool("ansible-playbook"), "-c", "local", "-i", "localhost,", "--check", "--diff",
+            "-e", f"ansible_python_interpreter={sys.executable}",
+            "-M", str(ROLES / "appliance_common/library"), str(playbook),
+        ],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "-ExecStart=/opt/v/bin/mlflow server --workers 1" in out
+    assert "+ExecStart=/opt/v/bin/mlflow server --workers 2" in out
+    assert f"--- before: {units / 'appliance-serving.service'} (no file)" in out and "+New=1" in out
+    assert "(binary, 5 bytes)" in out and "+text now" in out
+    assert "do-not-show-me-4711" not in out and "changed=3" in out
+    assert (units / "appliance-mlflow.service").read_text().endswith("--workers 1\n")  # check mode
+    assert list(secrets.iterdir()) == []

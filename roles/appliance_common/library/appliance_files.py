@@ -6,7 +6,9 @@ half a second each on a busy host. A host's secrets and its units' config files 
 small files, so an unchanged cluster's ``up`` spent most of its time checking them one by one.
 This writes them all in one call, with what ``copy`` guarantees for each: the content, owner, group
 and mode made exact, a changed file replaced atomically (a temporary file in the same folder,
-renamed over it), and check mode reporting what would change without touching anything.
+renamed over it), check mode reporting what would change without touching anything, and diff mode
+(``plan`` runs with ``--check --diff``) giving each changed file's before and after as copy does;
+a task that sets no_log (secrets) has Ansible hide them.
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ changed_paths:
 changed_tags:
   description: The tags of those files, each once (a key of files, a unit's name).
   type: list
+diff:
+  description: In diff mode, each changed file's before and after (text; a binary file is named).
+  type: list
 """
+
+DIFF_LIMIT = 104448
+"""The largest file whose content a diff shows, as Ansible's own (``MAX_FILE_SIZE_FOR_DIFF``)."""
 
 
 def _entries(params: dict[str, Any]) -> tuple[list[str], list[tuple[str, bytes, str]]]:
@@ -150,6 +158,22 @@ def _replace(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
         raise
 
 
+def _diff(dest: str, now: bytes | None, content: bytes) -> dict[str, str]:
+    """What Ansible's diff callback prints for one file: its text before and after, or a line saying
+    why not (binary, larger than DIFF_LIMIT); a mode or owner change alone shows equal texts."""
+    texts = []
+    for data in (now or b"", content):
+        if len(data) > DIFF_LIMIT:
+            texts.append(f"({len(data)} bytes, larger than the diff shows)\n")
+            continue
+        try:
+            texts.append(data.decode())
+        except UnicodeDecodeError:
+            texts.append(f"(binary, {len(data)} bytes)\n")
+    before_header = dest if now is not None else f"{dest} (no file)"
+    return {"before_header": before_header, "after_header": dest, "before": texts[0], "after": texts[1]}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -169,6 +193,7 @@ def main() -> None:
     )
     changed_paths: list[str] = []
     changed_tags: list[str] = []
+    diffs: list[dict[str, str]] = []
     try:
         uid, gid, mode, folder_mode = _owner(module.params, module.check_mode)
         folders, entries = _entries(module.params)
@@ -182,6 +207,8 @@ def main() -> None:
             changed_paths.append(dest)
             if tag and tag not in changed_tags:
                 changed_tags.append(tag)
+            if module._diff:
+                diffs.append(_diff(dest, now, content))
             if module.check_mode:
                 continue
             if now == content:
@@ -191,7 +218,10 @@ def main() -> None:
                 _replace(dest, content, uid, gid, mode)
     except (OSError, ValueError) as err:
         module.fail_json(msg=f"could not write the files: {err}", changed_paths=changed_paths)
-    module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, changed_tags=changed_tags)
+    result: dict[str, Any] = {"changed_paths": changed_paths, "changed_tags": changed_tags}
+    if module._diff:
+        result["diff"] = diffs
+    module.exit_json(changed=bool(changed_paths), **result)
 
 
 if __name__ == "__main__":

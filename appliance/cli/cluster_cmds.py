@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from appliance.cli.common import app_context
+
+if TYPE_CHECKING:
+    from appliance.cluster.run import HostResult
 
 LIMIT = click.option("--limit", "limit", multiple=True, help="Only these hosts (repeat for several).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -18,7 +22,7 @@ def _progress(host: str, status: str, task: str) -> None:
         click.echo(f"  {host:<16} {status:<11} {task}", err=True)
 
 
-def _report(action: str, as_json: bool, limit: tuple[str, ...] = ()) -> None:
+def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool = False) -> None:
     from appliance.cluster.engine import run
     from appliance.cluster.run import ClusterRunError
     from appliance.cluster.run import as_json as to_json
@@ -37,6 +41,18 @@ def _report(action: str, as_json: bool, limit: tuple[str, ...] = ()) -> None:
     for host, r in sorted(results.items()):
         click.echo(f"{host:<16} {r.state:<12} {r.ok:>4} {r.changed:>8} {r.failed:>7} {r.unreachable:>12}")
     click.echo(f"cluster {action}: {len(results)} hosts in {time.monotonic() - started:.0f} s")
+    if diff:
+        _print_diffs(results)
+
+
+def _print_diffs(results: dict[str, HostResult]) -> None:
+    """Each host's file changes after the table: plan's ``--diff``."""
+    for host, r in sorted(results.items()):
+        click.echo(
+            f"\n=== {host}: " + (f"{len(r.diffs)} file change(s)" if r.diffs else "no file change to show")
+        )
+        for text in r.diffs:
+            click.echo(text, nl=False)
 
 
 @click.group("cluster")
@@ -54,9 +70,15 @@ def preflight_cmd(as_json: bool) -> None:
 @cluster_group.command("plan")
 @JSON
 @LIMIT
-def plan_cmd(as_json: bool, limit: tuple[str, ...]) -> None:
-    """What `cluster up` would change on each host (Ansible's check and diff mode)."""
-    _report("plan", as_json, limit)
+@click.option(
+    "--diff",
+    is_flag=True,
+    help="Also print each file a host would change, as a unified diff (secrets are never shown).",
+)
+def plan_cmd(as_json: bool, limit: tuple[str, ...], diff: bool) -> None:
+    """What `cluster up` would change on each host (Ansible's check and diff mode; --json always
+    holds the diffs)."""
+    _report("plan", as_json, limit, diff)
 
 
 @cluster_group.command("up")

@@ -21,6 +21,7 @@ from appliance.answers import Answers
 from appliance.errors import ApplianceError
 from appliance.stack import ROLES_DIR
 
+from .diffs import task_diffs
 from .inventory import Inventory
 
 PLAYBOOKS = {"preflight": "preflight.yml", "plan": "site.yml", "up": "site.yml", "down": "teardown.yml"}
@@ -39,6 +40,9 @@ class HostResult:
     """The failed tasks' messages (task: message)."""
     changed_tasks: list[str] = field(default_factory=list)
     """The tasks that changed something, in order (what ``plan`` shows would change)."""
+    diffs: list[str] = field(default_factory=list)
+    """``plan`` only: each file a changed task would write, as a unified diff headed by the task
+    (none from a task that sets no_log: its result is censored)."""
 
     @property
     def state(self) -> str:
@@ -202,6 +206,10 @@ def run_playbook(
         result = results.setdefault(host, HostResult())
         if status == "changed" and data.get("task", "") not in result.changed_tasks:
             result.changed_tasks.append(data.get("task", ""))
+        if status == "changed" and action == "plan":
+            result.diffs += [
+                f"# {data.get('task', '')}\n{text}" for text in task_diffs(data.get("res") or {})
+            ]
         if status in ("failed", "unreachable"):
             res = data.get("res") or {}
             result.messages.append(f"{data.get('task', '')}: {str(res.get('msg', ''))[:300]}")

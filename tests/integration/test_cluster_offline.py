@@ -165,6 +165,19 @@ def test_plan_with_the_bundle_names_what_each_fresh_host_would_get_and_changes_n
         sent = "Copy the debs the host lacks (planned)"
         assert sent in planned[host]["changed_tasks"], planned
     assert "Copy the wheelhouse to the host" in planned[BARE]["changed_tasks"], planned
+    # --diff's data: each unit file a host would get, never what a no_log task writes (secrets, envs)
+    mlflow = [
+        d for d in planned["ctl"]["diffs"] if "+++ after: /etc/systemd/system/appliance-mlflow.service\n" in d
+    ]
+    assert len(mlflow) == 1 and "\n+ExecStart=" in mlflow[0], planned["ctl"]["diffs"]
+    headers = [
+        line
+        for h in GROUPS
+        for d in planned[h]["diffs"]
+        for line in d.splitlines()
+        if line.startswith("+++ ")
+    ]
+    assert not [line for line in headers if line.endswith(".env") or "/secrets/" in line], headers
     written = "/var/lib/appliance /var/cache/appliance /etc/appliance-*.env /etc/systemd/system/appliance-*"
     for host in GROUPS:
         done = lab.hosts.ssh(host, f"ls -d {written} 2>/dev/null || true")

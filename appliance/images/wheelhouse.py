@@ -9,6 +9,7 @@ for the package index only for what is missing.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import subprocess
 import sys
@@ -48,16 +49,23 @@ def _pip(args: list[str], what: str) -> None:
 
 
 def build_project_wheel(dest: Path) -> Path:
-    """Build this project's wheel into ``dest``, replacing an older build of it."""
+    """Build this project's wheel into ``dest``, replacing an older build of it. One build at a
+    time per checkout (an flock beside setuptools' ``build/`` folder): setuptools stages a wheel in
+    the checkout's ``build/`` and removes it after, so two builds at once (a bundle and an image
+    build, or two test workers) could delete each other's files."""
     dest.mkdir(parents=True, exist_ok=True)
     prefix = PROJECT.replace("-", "_") + "-"
-    for old in dest.glob(prefix + "*.whl"):
-        old.unlink()
-    _pip(
-        ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(PROJECT_DIR)],
-        "project wheel",
-    )
-    wheels = sorted(dest.glob(prefix + "*.whl"))
+    staging = PROJECT_DIR / "build"
+    staging.mkdir(exist_ok=True)
+    with open(staging / ".project-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        for old in dest.glob(prefix + "*.whl"):
+            old.unlink()
+        _pip(
+            ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(PROJECT_DIR)],
+            "project wheel",
+        )
+        wheels = sorted(dest.glob(prefix + "*.whl"))
     if not wheels:
         raise ApplianceError(
             f"no project wheel appeared in {dest}", fix="run `pip wheel .` by hand to see why"

@@ -190,9 +190,10 @@ def _no_environment_leaks_between_tests() -> Iterator[None]:
 
 
 CLUSTER_MODULE_PREFIX = "test_cluster_"
-"""The cluster labs: their hosts are containers on their own podman networks from their own image,
-so nothing they start or remove is seen by the other tests, and half their time is spent waiting
-on hosts (about 40 % of the CPU idle while one runs)."""
+"""The modules that run cluster hosts (tests/integration/_cluster_hosts.py), the cluster labs and
+the wizard's cluster preflight: their hosts are containers on their own podman networks from their
+own image, so nothing they start or remove is seen by the other tests, and half their time is
+spent waiting on hosts (about 40 % of the CPU idle while one runs)."""
 
 
 def work_unit_of(path: Path) -> str:

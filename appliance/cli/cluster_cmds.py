@@ -33,6 +33,8 @@ def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool 
     except ClusterRunError as err:
         if as_json:  # the per-host results are still data on stdout; the message and exit code follow
             click.echo(json.dumps(to_json(err.results), indent=2))
+        elif diff:  # what the hosts that got through would change
+            _print_diffs(err.results)
         raise
     if as_json:
         click.echo(json.dumps(to_json(results), indent=2))

@@ -37,10 +37,20 @@ def _text(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True) + "\n"
 
 
+UNSHOWN = ("src_binary", "dst_binary", "src_larger", "dst_larger")
+"""The keys copy and template give instead of a side they will not show (binary, or larger than
+Ansible's diff limit)."""
+
+
 def _unified(diff: dict[str, Any]) -> str:
-    """One diff as ``diff -u`` prints it; a module's own prepared text (apt's list) as it is."""
+    """One diff as ``diff -u`` prints it; a module's own prepared text (apt's list) as it is; a
+    file whose content Ansible would not show, named with why."""
     if diff.get("prepared"):
         return str(diff["prepared"]).rstrip("\n") + "\n"
+    unshown = [key for key in UNSHOWN if diff.get(key)]
+    if unshown:
+        header = f"--- before: {diff.get('before_header', '')}\n+++ after: {diff.get('after_header', '')}\n"
+        return header + f"(content not shown: {', '.join(k.replace('_', ' ') for k in unshown)})\n"
     if "before" not in diff and "after" not in diff:
         return ""
     before, after = _text(diff.get("before")), _text(diff.get("after"))

@@ -207,9 +207,9 @@ def run_playbook(
         if status == "changed" and data.get("task", "") not in result.changed_tasks:
             result.changed_tasks.append(data.get("task", ""))
         if status == "changed" and action == "plan":
-            result.diffs += [
-                f"# {data.get('task', '')}\n{text}" for text in task_diffs(data.get("res") or {})
-            ]
+            for text in task_diffs(data.get("res") or {}):  # a file that two tasks check shows once
+                if not any(shown.endswith("\n" + text) for shown in result.diffs):
+                    result.diffs.append(f"# {data.get('task', '')}\n{text}")
         if status in ("failed", "unreachable"):
             res = data.get("res") or {}
             result.messages.append(f"{data.get('task', '')}: {str(res.get('msg', ''))[:300]}")

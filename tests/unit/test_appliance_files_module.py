@@ -192,8 +192,8 @@ def test_plans_diff_shows_a_units_change_and_hides_what_a_no_log_task_writes(tmp
     assert done.returncode == 0, out
     assert "-ExecStart=/opt/v/bin/mlflow server --workers 1" in out
     assert "+ExecStart=/opt/v/bin/mlflow server --workers 2" in out
-    assert f"--- before: {units / 'appliance-serving.service'} (no file)" in out and "+New=1" in out
-    assert "(binary, 5 bytes)" in out and "+text now" in out
+    assert f"--- before: {units / 'appliance-serving.service'} (no regular file)" in out and "+New=1" in out
+    assert "(binary, 5 bytes, sha256 " in out and "+text now" in out
     assert "do-not-show-me-4711" not in out and "changed=3" in out
     assert (units / "appliance-mlflow.service").read_text().endswith("--workers 1\n")  # check mode
     assert list(secrets.iterdir()) == []

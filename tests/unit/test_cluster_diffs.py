@@ -53,6 +53,15 @@ def test_every_shape_a_module_gives_is_read_and_equal_sides_show_nothing() -> No
     assert texts[2] == "The following NEW packages will be installed:\n  nginx\n"
 
 
+def test_a_file_ansible_would_not_show_is_named_with_why() -> None:
+    result = {
+        "diff": {"before_header": "/d/x.tar", "after_header": "/src/x.tar", "src_binary": 1, "dst_larger": 1}
+    }
+    assert task_diffs(result) == [
+        "--- before: /d/x.tar\n+++ after: /src/x.tar\n(content not shown: src binary, dst larger)\n"
+    ]
+
+
 def test_a_censored_result_or_none_at_all_gives_nothing() -> None:
     assert task_diffs({"censored": "the output has been hidden due to the fact that 'no_log: true'"}) == []
     assert task_diffs({}) == []

@@ -14,6 +14,7 @@ a task that sets no_log (secrets) has Ansible hide them.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import stat
@@ -160,17 +161,19 @@ def _replace(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
 
 def _diff(dest: str, now: bytes | None, content: bytes) -> dict[str, str]:
     """What Ansible's diff callback prints for one file: its text before and after, or a line saying
-    why not (binary, larger than DIFF_LIMIT); a mode or owner change alone shows equal texts."""
+    why not (binary, larger than DIFF_LIMIT, with a digest of each side); a mode or owner change
+    alone shows equal texts."""
     texts = []
     for data in (now or b"", content):
+        digest = hashlib.sha256(data).hexdigest()[:16]  # two different contents never read the same
         if len(data) > DIFF_LIMIT:
-            texts.append(f"({len(data)} bytes, larger than the diff shows)\n")
+            texts.append(f"({len(data)} bytes, sha256 {digest}..., larger than the diff shows)\n")
             continue
         try:
             texts.append(data.decode())
         except UnicodeDecodeError:
-            texts.append(f"(binary, {len(data)} bytes)\n")
-    before_header = dest if now is not None else f"{dest} (no file)"
+            texts.append(f"(binary, {len(data)} bytes, sha256 {digest}...)\n")
+    before_header = dest if now is not None else f"{dest} (no regular file)"
     return {"before_header": before_header, "after_header": dest, "before": texts[0], "after": texts[1]}
 
 

@@ -214,3 +214,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put each test in its work unit (``work_unit_of``) before xdist's own hook reads the marks."""
     for item in items:
         item.add_marker(pytest.mark.xdist_group(work_unit_of(Path(str(item.path)).resolve())))
+
+
+_SECONDS_PER_MODULE: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's set-up, call and tear-down time, summed per module (the workers' reports reach
+    the controller through this hook too)."""
+    module = report.nodeid.split("::", 1)[0]
+    _SECONDS_PER_MODULE[module] = _SECONDS_PER_MODULE.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the run's time went, per work unit and for the slowest modules: what balancing the
+    units over the workers (``work_unit_of``) is decided from."""
+    if not _SECONDS_PER_MODULE:
+        return
+    units: dict[str, float] = {}
+    for module, seconds in _SECONDS_PER_MODULE.items():
+        path = TESTS_DIR.parent / module
+        unit = work_unit_of(path) if path.is_relative_to(TESTS_DIR) else "other"
+        unit = "unit" if unit.startswith("unit-") else unit
+        units[unit] = units.get(unit, 0.0) + seconds
+    terminalreporter.section("seconds per work unit and slowest modules")
+    terminalreporter.write_line(
+        "  ".join(f"{u} {s:.0f}" for u, s in sorted(units.items(), key=lambda i: -i[1]))
+    )
+    for module, seconds in sorted(_SECONDS_PER_MODULE.items(), key=lambda i: -i[1])[:30]:
+        terminalreporter.write_line(f"{seconds:8.1f}  {module}")

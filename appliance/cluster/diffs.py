@@ -16,7 +16,8 @@ from typing import Any
 def task_diffs(result: dict[str, Any]) -> list[str]:
     """Every diff in one task's result (its own, or its loop items'), as unified diff text."""
     found = [*_listed(result.get("diff"))]
-    for item in result.get("results") or []:
+    items = result.get("results")
+    for item in items if isinstance(items, list) else []:  # a module's own "results" may be anything
         if isinstance(item, dict):
             found += _listed(item.get("diff"))
     return [text for text in (_unified(d) for d in found) if text]
@@ -25,7 +26,7 @@ def task_diffs(result: dict[str, Any]) -> list[str]:
 def _listed(diff: Any) -> list[dict[str, Any]]:
     if isinstance(diff, dict):
         return [diff]
-    return [d for d in diff or [] if isinstance(d, dict)] if isinstance(diff, list) else []
+    return [d for d in diff if isinstance(d, dict)] if isinstance(diff, list) else []
 
 
 def _text(value: Any) -> str:

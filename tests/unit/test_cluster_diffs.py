@@ -66,3 +66,4 @@ def test_a_censored_result_or_none_at_all_gives_nothing() -> None:
     assert task_diffs({"censored": "the output has been hidden due to the fact that 'no_log: true'"}) == []
     assert task_diffs({}) == []
     assert task_diffs({"diff": "not a dict", "results": None}) == []
+    assert task_diffs({"results": 3}) == [] and task_diffs({"results": "text"}) == []

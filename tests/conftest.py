@@ -198,10 +198,10 @@ spent waiting on hosts (about 40 % of the CPU idle while one runs)."""
 
 def work_unit_of(path: Path) -> str:
     """The work unit ``path``'s tests belong to when the run is spread over workers (``pytest -n 2
-    --dist loadgroup``, as scripts/test.sh runs it): the cluster labs one unit, every other test that
-    starts services another (they share images, the engines' daemons and image tags, e.g. one
-    removes an image the next one loads, so they keep today's order on one worker), each unit
-    test file its own."""
+    --dist loadgroup``, as scripts/test.sh runs it with APPLIANCE_TEST_WORKERS=2): the cluster
+    labs one unit, every other test that starts services another (they share images, the
+    engines' daemons and image tags, e.g. one removes an image the next one loads, so they keep
+    today's order on one worker), each unit test file its own."""
     if path.relative_to(TESTS_DIR).parts[0] == "unit":
         return f"unit-{path.stem}"
     if path.name.startswith(CLUSTER_MODULE_PREFIX):

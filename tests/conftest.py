@@ -17,6 +17,13 @@ import pytest
 import yaml
 
 from appliance.answers import SEAWEEDFS_GRPC_OFFSET, SEAWEEDFS_GRPC_PAIRED
+from appliance.mlflow_server import JOB_EXECUTION
+
+# Every `mlflow server` a test starts inherits this. MLflow 3's job runner (eight huey consumers
+# for server-side jobs the appliance never submits; stacks/services.yaml turns it off too) cost
+# 28 s of CPU per start, 2 GiB resident and a steady poll while it lives (measured: 35 against
+# 7 CPU-seconds to healthy plus 30 s), on CI's two cores, for about twenty starts per run.
+os.environ.setdefault(JOB_EXECUTION, "false")
 
 VENV_BIN = Path(sys.executable).parent
 TESTS_DIR = Path(__file__).resolve().parent

@@ -80,6 +80,7 @@ services:
     container_command: ["mlflow", "server", "--host", "{bind}", "--port", "{ports.mlflow}",
       "--backend-store-uri", "sqlite:////var/lib/mlflow/mlflow.db", "--serve-artifacts",
       "--artifacts-destination", "/var/lib/mlflow/artifacts", "--workers", "1"]
+    env: {MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"}
     ports: {http: "{ports.mlflow}"}
     volumes: {mlflow: /var/lib/mlflow}
     health: {http: "http://{bind}:{ports.mlflow}/health"}

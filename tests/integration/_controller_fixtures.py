@@ -60,9 +60,11 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
             proc.wait(10)
 
 
-@pytest.fixture(scope="session", name="mlflow_server")
+@pytest.fixture(scope="module", name="mlflow_server")
 def mlflow_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` with a sqlite backend on a free port; yields its URL."""
+    """A real ``mlflow server`` with a sqlite backend on a free port; yields its URL. One per
+    importing module, stopped at its end (each module that imports this fixture defines its own,
+    so a session scope kept every one of them running until the whole run ended)."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in teardown

@@ -298,6 +298,14 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
         if "seaweedfs-volume" in mine:
             volume = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs-volume")
             advertise(volume["command"], inventory.hosts[host].address)
+            # the rolling restart's wait, run on the store's host: the master lists this one again
+            store_host = inventory.hosts_of("seaweedfs")[0]
+            host_vars["appliance_seaweedfs_store_host"] = store_host
+            host_vars["appliance_seaweedfs_rejoined"] = [
+                *seaweedfs_ready(services["seaweedfs"], answers.cluster.venv, 1),
+                "--volume-server",
+                f"{inventory.hosts[host].address}:{answers.ports.seaweedfs_volume}",
+            ]
             seaweedfs_mutual_tls(volume, ("volume", "client"), secrets_on_hosts, guarded, certificates)
         if "prometheus" in mine:
             prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")

@@ -8,11 +8,14 @@ server against a store that fails their first reads. The heartbeat carries every
 server holds, so once the master lists the volume server, it knows all of them. In a cluster
 whose storage hosts run the volume servers, the store keeps ``object_store.replication`` copies of
 each object on distinct volume servers, so it is ready once the master lists that many
-(``--volume-servers``): before then a write finds too few servers for its copies.
+(``--volume-servers``): before then a write finds too few servers for its copies. A storage host's
+volume server restarted in a rolling update is back once the master lists it by name
+(``--volume-server HOST:PORT``): only then may the next host's go, or the objects whose copies
+the two hold would have none that reads.
 
-Usage: ``python -m appliance.objectstore.ready --s3 URL --master URL [--volume-servers N]`` (exit
-0 when ready; the reason on stderr otherwise). Standard library only: it runs every half second
-while ``up`` waits.
+Usage: ``python -m appliance.objectstore.ready --s3 URL --master URL [--volume-servers N]
+[--volume-server HOST:PORT]`` (exit 0 when ready; the reason on stderr otherwise). Standard
+library only: it runs every half second while ``up`` waits.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ def _get(url: str) -> bytes:
         return body
 
 
-def check(s3: str, master: str, wanted: int = 1) -> str | None:
-    """None when ready (the master lists at least ``wanted`` volume servers), else what is not."""
+def check(s3: str, master: str, wanted: int = 1, server: str = "") -> str | None:
+    """None when ready (the master lists at least ``wanted`` volume servers, ``server`` among them
+    when given), else what is not."""
     try:
         _get(f"{s3.rstrip('/')}/healthz")
     except (OSError, urllib.error.URLError) as err:
@@ -63,6 +67,8 @@ def check(s3: str, master: str, wanted: int = 1) -> str | None:
             f"master {master} knows {len(known)} of the {wanted} volume servers the replication needs "
             f"({', '.join(known)}); waiting for the others' heartbeats"
         )
+    if server and server not in known:
+        return f"master {master} does not list the volume server {server} yet ({', '.join(known)})"
     return None
 
 
@@ -75,12 +81,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--volume-servers", type=int, default=1, help="volume servers the master must list (default 1)"
     )
+    parser.add_argument(
+        "--volume-server", default="", metavar="HOST:PORT", help="a volume server the master must list"
+    )
     args = parser.parse_args(argv)
-    problem = check(args.s3, args.master, args.volume_servers)
+    problem = check(args.s3, args.master, args.volume_servers, args.volume_server)
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    print(f"S3 gateway answers; the master knows {args.volume_servers} or more volume server(s)")
+    among = f", {args.volume_server} among them" if args.volume_server else ""
+    print(f"S3 gateway answers; the master knows {args.volume_servers} or more volume server(s){among}")
     return 0
 
 

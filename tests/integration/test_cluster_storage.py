@@ -1,7 +1,8 @@
 """SeaweedFS spread over two storage hosts with replication 2, through the real CLI, Ansible, SSH
 and SeaweedFS: the control host runs master, filer and S3 gateway, each storage host a volume
 server; a second up changes nothing; objects written through S3 with the generated writer key are
-kept on both storage hosts, and with one storage host stopped every object reads back
+kept on both storage hosts; volume servers whose environment changed restart one storage host at
+a time while every object reads; with one storage host stopped every object reads back
 byte-identical; that host back with an empty disk gets every copy again from the next up
 (SeaweedFS's volume.fix.replication).
 
@@ -16,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -181,6 +183,63 @@ def test_the_store_refuses_grpc_without_its_certificate_and_admin_http_from_outs
         for key in lab.written
     }
     assert read == lab.written
+
+
+def _unit_times(lab: StorageLab, host: str) -> dict[str, int]:
+    """When the host's volume server last stopped and last started, on the kernel's monotonic clock
+    (in microseconds), which every container host shares with this machine."""
+    keys = ("InactiveEnterTimestampMonotonic", "ExecMainStartTimestampMonotonic")
+    shown = lab.hosts.ssh(
+        host, f"systemctl show {' '.join('-p ' + k for k in keys)} appliance-seaweedfs-volume"
+    )
+    assert shown.returncode == 0, shown.stderr
+    return {k: int(v) for k, v in (line.split("=", 1) for line in shown.stdout.split())}
+
+
+def test_changed_volume_servers_restart_one_storage_host_at_a_time_and_every_read_succeeds(
+    lab: StorageLab,
+) -> None:
+    """Each storage host's volume server environment drifts (as a new bundle or configuration
+    changes it): the next up restores and restarts both, one host at a time, the second stopped
+    only after the first was back and listed by the master, while a reader reads every object
+    through S3 all along without one failure."""
+    assert len(lab.written) == OBJECTS, "the objects are written by the test before"
+    before = {h: _unit_times(lab, h) for h in ("sto1", "sto2")}
+    for host in ("sto1", "sto2"):
+        drift = lab.hosts.ssh(host, "echo '# drifted' >> /etc/appliance-seaweedfs-volume.env")
+        assert drift.returncode == 0, drift.stderr
+    reads, failures = [0], []
+    done = threading.Event()
+
+    def read_all_along() -> None:
+        s3 = lab.s3()
+        while not done.is_set():
+            for key, digest in lab.written.items():
+                try:
+                    body = s3.get_object(Bucket="datasets", Key=key)["Body"].read()
+                    if hashlib.sha256(body).hexdigest() != digest:
+                        failures.append(f"{key}: other bytes")
+                    reads[0] += 1
+                except Exception as err:  # every failure is the finding
+                    failures.append(f"{key}: {err}")
+
+    reader = threading.Thread(target=read_all_along, daemon=True)
+    reader.start()
+    try:
+        code, result, output = lab.cli("up", label="up restarting the volume servers")
+    finally:
+        done.set()
+        reader.join(120)
+    assert code == 0, output[-6000:]
+    assert result["sto1"]["changed"] > 0 and result["sto2"]["changed"] > 0, result
+    after = {h: _unit_times(lab, h) for h in ("sto1", "sto2")}
+    started = {h: after[h]["ExecMainStartTimestampMonotonic"] for h in after}
+    stopped = {h: after[h]["InactiveEnterTimestampMonotonic"] for h in after}
+    assert all(started[h] > before[h]["ExecMainStartTimestampMonotonic"] for h in after), (before, after)
+    first, second = sorted(after, key=lambda h: stopped[h])
+    assert stopped[second] > started[first], f"{second} stopped before {first} was back: {after}"
+    assert not failures and reads[0] >= OBJECTS, (reads, failures[:5])
+    assert _volume_servers(lab) == sorted(f"{lab.address(h)}:{VOLUME}" for h in ("sto1", "sto2"))
 
 
 def test_with_one_storage_host_stopped_every_object_reads_back_byte_identical(lab: StorageLab) -> None:

@@ -104,6 +104,10 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
         assert list(files) == ["security.toml"]
         assert files["security.toml"].split("[grpc]")[0] == toml.split("[grpc]")[0]
         assert "appliance_seaweedfs_ready" not in per_host[name]
+        # restarted one host at a time: the next waits until the master (on ctl1) lists this one
+        assert per_host[name]["appliance_seaweedfs_store_host"] == "ctl1"
+        rejoined = per_host[name]["appliance_seaweedfs_rejoined"]
+        assert rejoined[:3] == ready[:3] and rejoined[-2:] == ["--volume-server", f"{address}:8334"]
 
 
 def test_without_storage_hosts_the_control_host_keeps_the_all_in_one_store(tmp_path: Path) -> None:

@@ -73,3 +73,17 @@ def test_with_replication_ready_only_once_the_master_knows_enough_volume_servers
     }
     assert check(url, url, wanted=2) is None
     assert check(url, url, wanted=3) is not None
+
+
+def test_a_restarted_volume_server_is_back_once_the_master_lists_it_by_name(
+    master: tuple[str, dict[str, Any]],
+) -> None:
+    """The rolling restart's wait: another server listed is not enough, nor is a count."""
+    url, answer = master
+    other = {"Url": "10.0.0.3:8334", "Volumes": 3}
+    answer["status"] = {"Topology": {"DataCenters": [{"Racks": [{"DataNodes": [other]}]}]}}
+    problem = check(url, url, server="10.0.0.2:8334")
+    assert problem and "does not list the volume server 10.0.0.2:8334" in problem, problem
+    back = {"Url": "10.0.0.2:8334", "Volumes": 4}
+    answer["status"] = {"Topology": {"DataCenters": [{"Racks": [{"DataNodes": [other, back]}]}]}}
+    assert check(url, url, server="10.0.0.2:8334") is None

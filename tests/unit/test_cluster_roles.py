@@ -93,6 +93,12 @@ def test_the_site_playbook_runs_every_service_role() -> None:
     assert monitoring["hosts"] == "all"
     # facts once, for every host, by the first play
     assert plays[0]["hosts"] == "all" and all(play["gather_facts"] is False for play in plays[1:])
+    # only the minimal facts: the roles read none that the hardware or network collectors add
+    assert plays[0]["gather_subset"] == ["min"]
+    fact = re.compile(r"ansible_facts(?:\['(\w+)'\]|\.(\w+))")
+    read = {a or b for f in ROLES.rglob("*.yml") for a, b in fact.findall(f.read_text())}
+    # memtotal_mb: preflight.yml, which gathers them all; packages: debs.yml's package_facts
+    assert read <= {"service_mgr", "python", "python_version", "memtotal_mb", "packages"}, read
 
 
 def test_the_unit_template_quotes_a_command_exactly_as_systemd_reads_it(tmp_path: Path) -> None:

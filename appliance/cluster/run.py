@@ -181,6 +181,26 @@ def ansible_runner_module() -> Any:
     return ansible_runner
 
 
+def event_status(event: dict[str, Any]) -> str:
+    """A ``runner_on_*`` event's status: ok, changed, failed, ignored, unreachable or skipped. A
+    ``no_log`` task's result reaches ansible-runner's events censored to one key, its ``changed``
+    gone too, so such a task's change (a secret, an environment file, a config file rewritten) is
+    read from the line Ansible printed for it (``changed: [host]``): it still counts in the
+    host's changed tasks and progress, as it does in Ansible's own totals."""
+    data = event.get("event_data") or {}
+    status = str(event.get("event", "")).removeprefix("runner_on_")
+    res = data.get("res") or {}
+    if status == "ok" and (res.get("changed") or ("censored" in res and _printed_changed(event))):
+        return "changed"
+    if status == "failed" and data.get("ignore_errors"):
+        return "ignored"
+    return status
+
+
+def _printed_changed(event: dict[str, Any]) -> bool:
+    return str(event.get("stdout") or "").lstrip().startswith("changed:")
+
+
 def run_playbook(
     action: str,
     inventory: Path,
@@ -198,11 +218,7 @@ def run_playbook(
         host, kind = data.get("host"), event.get("event", "")
         if not host or not kind.startswith("runner_on_"):
             return True
-        status = kind.removeprefix("runner_on_")
-        if status == "ok" and (data.get("res") or {}).get("changed"):
-            status = "changed"
-        if status == "failed" and data.get("ignore_errors"):
-            status = "ignored"
+        status = event_status(event)
         result = results.setdefault(host, HostResult())
         if status == "changed" and data.get("task", "") not in result.changed_tasks:
             result.changed_tasks.append(data.get("task", ""))

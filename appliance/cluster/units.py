@@ -189,6 +189,14 @@ def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> lis
     return [*command, "--volume-servers", str(volume_servers)] if command else []
 
 
+def seaweedfs_copies(svc: RenderedService, venv: str) -> list[str]:
+    """The check of every volume's copies against the replication (``appliance.objectstore.copies``),
+    against the master the store's readiness rule asks."""
+    ready = seaweedfs_ready(svc, venv, 1)
+    master = ready[ready.index("--master") + 1]
+    return [ready[0], "-m", "appliance.objectstore.copies", "--master", master]
+
+
 def serving_rollout(
     answers: Answers, host_vars: dict[str, Any], svc: RenderedService, units: list[dict[str, Any]]
 ) -> None:
@@ -288,6 +296,9 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 if copies > 1:
                     host_vars["appliance_seaweedfs_shell"] = seaweedfs_shell(
                         server, inventory.hosts[host].address, answers.ports.seaweedfs_master
+                    )
+                    host_vars["appliance_seaweedfs_copies"] = seaweedfs_copies(
+                        services["seaweedfs"], answers.cluster.venv
                     )
             host_vars["appliance_seaweedfs_ready"] = seaweedfs_ready(
                 services["seaweedfs"], answers.cluster.venv, copies

@@ -90,6 +90,10 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
     assert weed.endswith("/weed") and weed.startswith("/opt/appliance/venv/")
     config = "-config_dir=/var/lib/appliance/config/seaweedfs"  # its security.toml: the client certificate
     assert per_host["ctl1"]["appliance_seaweedfs_shell"] == [weed, config, "shell", "-master=10.0.0.1:9333"]
+    # asked first, the master's count of each volume's copies (the shell's dry run waits 15 s)
+    count = per_host["ctl1"]["appliance_seaweedfs_copies"]
+    assert count[:3] == [ready[0], "-m", "appliance.objectstore.copies"]
+    assert count[3:] == ["--master", ready[ready.index("--master") + 1]]
     toml = {f["key"]: f["value"] for f in control["seaweedfs"]["files"]}["security.toml"]
     for name, address in (("sto1", "10.0.0.2"), ("sto2", "10.0.0.3")):
         mine = units(per_host, name)
@@ -119,6 +123,7 @@ def test_without_storage_hosts_the_control_host_keeps_the_all_in_one_store(tmp_p
     assert "-volume=false" not in server and not any("defaultReplication" in a for a in server)
     assert per_host["ctl1"]["appliance_seaweedfs_ready"][-2:] == ["--volume-servers", "1"]
     assert "appliance_seaweedfs_shell" not in per_host["ctl1"]  # one copy: nothing to repair
+    assert "appliance_seaweedfs_copies" not in per_host["ctl1"]
 
 
 def test_the_one_host_stack_has_no_volume_server_of_its_own_and_the_same_command(tmp_path: Path) -> None:

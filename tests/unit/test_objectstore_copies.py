@@ -1,0 +1,82 @@
+"""The master's list of each server's volumes says which volumes lack copies, at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from appliance.objectstore.copies import SHORT, copies_asked, main, short_volumes
+
+TWO = {"node": 1}  # SeaweedFS's placement 001: a second copy on another server of the rack
+
+
+def vol_status(servers: dict[str, list[dict[str, Any]] | None]) -> dict[str, Any]:
+    """``/vol/status`` as the master answers it: data centres -> racks -> servers -> volumes."""
+    return {"Version": "4.48", "Volumes": {"DataCenters": {"DefaultDataCenter": {"DefaultRack": servers}}}}
+
+
+def volume(vid: int, placement: dict[str, int] | None = None) -> dict[str, Any]:
+    return {"Id": vid, "Collection": "datasets", "ReplicaPlacement": placement, "FileCount": 3}
+
+
+def test_the_copies_a_placement_asks_for() -> None:
+    assert copies_asked(None) == 1 and copies_asked({}) == 1
+    assert copies_asked({"node": 1}) == 2
+    assert copies_asked({"node": 1, "rack": 1, "dc": 1}) == 4
+
+
+def test_a_volume_on_fewer_servers_than_its_placement_asks_is_short() -> None:
+    both = vol_status({"10.0.0.2:8334": [volume(1, TWO), volume(2, TWO)], "10.0.0.3:8334": [volume(1, TWO)]})
+    assert short_volumes(both) == {2: (1, 2)}
+    whole = vol_status({"10.0.0.2:8334": [volume(1, TWO)], "10.0.0.3:8334": [volume(1, TWO)]})
+    assert short_volumes(whole) == {}
+    # a server back with an empty disk lists no volume (null), and a store with no volume yet
+    empty = vol_status({"10.0.0.2:8334": [volume(7, TWO)], "10.0.0.3:8334": None})
+    assert short_volumes(empty) == {7: (1, 2)}
+    assert short_volumes({"Volumes": {"DataCenters": {}}}) == {} and short_volumes({}) == {}
+    # one copy asked: one is enough
+    assert short_volumes(vol_status({"10.0.0.2:8334": [volume(3)]})) == {}
+
+
+@pytest.fixture
+def master() -> Iterator[tuple[str, dict[str, Any]]]:
+    answer: dict[str, Any] = {"status": vol_status({})}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(answer["status"]).encode() if self.path == "/vol/status" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_command_exits_three_naming_each_short_volume(
+    master: tuple[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, answer = master
+    assert main(["--master", url]) == 0
+    answer["status"] = vol_status({"10.0.0.2:8334": [volume(4, TWO)], "10.0.0.3:8334": []})
+    assert main(["--master", url]) == SHORT == 3
+    assert "volume 4: 1 of 2 copies, under replicated" in capsys.readouterr().out
+
+
+def test_a_master_that_does_not_answer_is_an_error_not_a_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--master", "http://127.0.0.1:9"]) == 1
+    assert "master http://127.0.0.1:9" in capsys.readouterr().err

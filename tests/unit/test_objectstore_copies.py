@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
 
 from appliance.objectstore.copies import SHORT, copies_asked, main, short_volumes
+from tests.unit._fake_master import master
+
+__all__ = ["master"]  # the fixture, found by its name
 
 TWO = {"node": 1}  # SeaweedFS's placement 001: a second copy on another server of the rack
 
@@ -43,34 +42,11 @@ def test_a_volume_on_fewer_servers_than_its_placement_asks_is_short() -> None:
     assert short_volumes(vol_status({"10.0.0.2:8334": [volume(3)]})) == {}
 
 
-@pytest.fixture
-def master() -> Iterator[tuple[str, dict[str, Any]]]:
-    answer: dict[str, Any] = {"status": vol_status({})}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(answer["status"]).encode() if self.path == "/vol/status" else b""
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", answer
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_the_command_exits_three_naming_each_short_volume(
     master: tuple[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, answer = master
+    answer["status"] = vol_status({})
     assert main(["--master", url]) == 0
     answer["status"] = vol_status({"10.0.0.2:8334": [volume(4, TWO)], "10.0.0.3:8334": []})
     assert main(["--master", url]) == SHORT == 3

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-import pytest
-
 from appliance.objectstore.ready import check, volume_servers
+from tests.unit._fake_master import master
+
+__all__ = ["master"]  # the fixture, found by its name
 
 EMPTY: dict[str, Any] = {"Topology": {"DataCenters": None, "Max": 0}}
 ONE_NODE = {"Url": "127.0.0.1:8334", "Volumes": 7}
@@ -23,32 +20,9 @@ def test_volume_servers_are_read_from_every_rack() -> None:
     assert volume_servers(ONE) == ["127.0.0.1:8334"]
 
 
-@pytest.fixture
-def master() -> Iterator[tuple[str, dict[str, Any]]]:
-    answer: dict[str, Any] = {"status": EMPTY}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"" if self.path == "/healthz" else json.dumps(answer["status"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", answer
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_ready_only_once_the_master_knows_a_volume_server(master: tuple[str, dict[str, Any]]) -> None:
     url, answer = master
+    answer["status"] = EMPTY
     problem = check(url, url)
     assert problem and "knows no volume server" in problem
     answer["status"] = ONE

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import sys
 import urllib.error
-import urllib.request
 from collections import Counter
 from typing import Any
+
+from appliance.objectstore.ready import fetch
 
 SHORT = 3
 """The exit status when some volume has fewer copies than asked: not an error of the check."""
@@ -53,9 +54,7 @@ def short_volumes(status: dict[str, Any]) -> dict[int, tuple[int, int]]:
 
 
 def read_status(master: str) -> dict[str, Any]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"{master.rstrip('/')}/vol/status", timeout=TIMEOUT_SECONDS) as response:
-        found: dict[str, Any] = json.loads(response.read(64 << 20))
+    found: dict[str, Any] = json.loads(fetch(f"{master.rstrip('/')}/vol/status", TIMEOUT_SECONDS, 64 << 20))
     return found
 
 

@@ -41,10 +41,12 @@ def volume_servers(status: dict[str, Any]) -> list[str]:
     ]
 
 
-def _get(url: str) -> bytes:
+def fetch(url: str, timeout: float = TIMEOUT_SECONDS, limit: int = 1 << 20) -> bytes:
+    """``url``'s body (at most ``limit`` bytes), around any proxy the environment names: the
+    store's master and gateway are on this host or the cluster's network."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=TIMEOUT_SECONDS) as response:
-        body: bytes = response.read(1 << 20)
+    with opener.open(url, timeout=timeout) as response:
+        body: bytes = response.read(limit)
         return body
 
 
@@ -52,11 +54,11 @@ def check(s3: str, master: str, wanted: int = 1, server: str = "") -> str | None
     """None when ready (the master lists at least ``wanted`` volume servers, ``server`` among them
     when given), else what is not."""
     try:
-        _get(f"{s3.rstrip('/')}/healthz")
+        fetch(f"{s3.rstrip('/')}/healthz")
     except (OSError, urllib.error.URLError) as err:
         return f"S3 gateway {s3}: {getattr(err, 'reason', err)}"
     try:
-        status = json.loads(_get(f"{master.rstrip('/')}/dir/status"))
+        status = json.loads(fetch(f"{master.rstrip('/')}/dir/status"))
     except (OSError, urllib.error.URLError, ValueError) as err:
         return f"master {master}: {getattr(err, 'reason', err)}"
     known = volume_servers(status)

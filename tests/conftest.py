@@ -216,11 +216,41 @@ def work_unit_of(path: Path) -> str:
     return "services"
 
 
+EXTENDED: dict[str, str] = {
+    "integration/test_cluster_storage.py": "two storage hosts: replication, rolling restart, a lost disk",
+    "integration/test_cluster_two_hosts.py": "a host lost mid-up; a serving host added, drained, removed",
+    "integration/test_cluster_serving_gateway.py": "a rolling update and a killed host, two serving hosts",
+    "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
+    "integration/test_cluster_edge.py": "an edge host following the champion through an outage",
+    "integration/test_cluster_offline.py": "two hosts with no route out, installed from a bundle",
+    "integration/test_container_lab.py[docker]": "the whole lab on docker (test_container_stack: docker)",
+    "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
+}
+"""The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
+module's path under tests/ (or ``path[param]``) each, with what it proves. The whole suite takes about 105 min
+on CI's 2 cores, past its 90; these took 1,900 s there (the per-module table the run prints),
+and each builds on a capability a test in the CI tier proves on fewer hosts or one runtime: the
+four-host lifecycle (``test_cluster_lifecycle``: preflight, plan, up, a second up with nothing
+changed, status, torchrun across hosts, the drift retrain and its rollout), the lab on podman,
+the bundle on the local runtime. They are marked ``extended`` here, in one place."""
+
+
+def extended_reason(item: pytest.Item) -> str | None:
+    """Why ``item`` is in the extended tier (``EXTENDED``), or None when CI runs it."""
+    name = Path(str(item.path)).resolve().relative_to(TESTS_DIR).as_posix()
+    param = getattr(getattr(item, "callspec", None), "id", None)
+    keys = [name] + ([f"{name}[{part}]" for part in str(param).split("-")] if param else [])
+    return next((EXTENDED[key] for key in keys if key in EXTENDED), None)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put each test in its work unit (``work_unit_of``) before xdist's own hook reads the marks."""
+    """Put each test in its work unit (``work_unit_of``) before xdist's own hook reads the marks,
+    and mark the extended tier's (``EXTENDED``)."""
     for item in items:
         item.add_marker(pytest.mark.xdist_group(work_unit_of(Path(str(item.path)).resolve())))
+        if extended_reason(item) is not None:
+            item.add_marker(pytest.mark.extended)
 
 
 _SECONDS_PER_MODULE: dict[str, float] = {}

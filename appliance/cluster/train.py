@@ -305,7 +305,7 @@ def launch(
     return run_job(
         inventory,
         folder / "runner" / "train",
-        ansible_env(folder),
+        ansible_env(folder, mitogen=False),
         chosen,
         nproc,
         trainer_args,
@@ -334,7 +334,7 @@ def launcher_env(launcher: Path) -> dict[str, str]:
     the workers' host keys ``cluster up`` recorded (an unknown or changed key stops the run)."""
     from .run import ansible_env
 
-    env = ansible_env(launcher)
+    env = ansible_env(launcher, mitogen=False)
     env["ANSIBLE_SSH_ARGS"] = (
         "-C -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=yes "
         f"-o UserKnownHostsFile={launcher / 'known_hosts'} -o IdentitiesOnly=yes"

@@ -21,6 +21,7 @@ from .run import (
     HostResult,
     ProgressSink,
     cluster_dir,
+    event_status,
     inventory_path,
     run_playbook,
     write_inventory,
@@ -215,7 +216,7 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
                     )
             found[host] = units
         elif host and kind in ("runner_on_unreachable", "runner_on_failed"):
-            found[host] = {"(host)": kind.removeprefix("runner_on_")}
+            found[host] = {"(host)": event_status(event)}
         return True
 
     from .run import ansible_env

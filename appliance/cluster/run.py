@@ -221,15 +221,27 @@ def ansible_runner_module() -> Any:
     return ansible_runner
 
 
+CONNECTION_LOST = (
+    "the respondent Context has disconnected",
+    "Mitogen was disconnected from the remote environment",
+)
+"""How Mitogen's strategy words a host's connection dropping in the middle of a task, which it
+reports as the task's failure where Ansible's own strategy reports the host unreachable."""
+
+
 def event_status(event: dict[str, Any]) -> str:
     """A ``runner_on_*`` event's status: ok, changed, failed, ignored, unreachable or skipped. A
     ``no_log`` task's result reaches ansible-runner's events censored to one key, its ``changed``
     gone too, so such a task's change (a secret, an environment file, a config file rewritten) is
     read from the line Ansible printed for it (``changed: [host]``): it still counts in the
-    host's changed tasks and progress, as it does in Ansible's own totals."""
+    host's changed tasks and progress, as it does in Ansible's own totals. A task that failed
+    because its host's connection dropped (``CONNECTION_LOST``) is unreachable, whichever strategy
+    ran: the exit code (4) and the host's state say the host was lost, not that a task failed."""
     data = event.get("event_data") or {}
     status = str(event.get("event", "")).removeprefix("runner_on_")
     res = data.get("res") or {}
+    if status == "failed" and any(lost in str(res.get("msg", "")) for lost in CONNECTION_LOST):
+        return "unreachable"
     if status == "ok" and (res.get("changed") or ("censored" in res and _printed_changed(event))):
         return "changed"
     if status == "failed" and data.get("ignore_errors"):
@@ -252,6 +264,8 @@ def run_playbook(
     ansible_runner = ansible_runner_module()
 
     results: dict[str, HostResult] = {}
+    lost: dict[str, int] = {}
+    """Per host, the tasks Ansible counted as failed that ``event_status`` reads as unreachable."""
 
     def handle(event: dict[str, Any]) -> bool:
         data = event.get("event_data") or {}
@@ -259,6 +273,8 @@ def run_playbook(
         if not host or not kind.startswith("runner_on_"):
             return True
         status = event_status(event)
+        if status == "unreachable" and kind == "runner_on_failed":
+            lost[host] = lost.get(host, 0) + 1
         result = results.setdefault(host, HostResult())
         if status == "changed" and data.get("task", "") not in result.changed_tasks:
             result.changed_tasks.append(data.get("task", ""))
@@ -295,7 +311,8 @@ def run_playbook(
         result.ok = stats.get("ok", {}).get(host, 0)
         result.changed = stats.get("changed", {}).get(host, 0)
         result.failed = stats.get("failures", {}).get(host, 0)
-        result.unreachable = stats.get("dark", {}).get(host, 0)
+        result.unreachable = stats.get("dark", {}).get(host, 0) + lost.get(host, 0)
+        result.failed = max(0, result.failed - lost.get(host, 0))
         result.skipped = stats.get("skipped", {}).get(host, 0)
     if runner.rc != 0 and not any(r.state in ("failed", "unreachable") for r in results.values()):
         raise ApplianceError(

@@ -217,6 +217,7 @@ def work_unit_of(path: Path) -> str:
 
 
 EXTENDED: dict[str, str] = {
+    "integration/test_cluster_two_hosts.py": "a host lost mid-up; a serving host added, drained, removed",
     "integration/test_cluster_storage.py": "two storage hosts: replication, rolling restart, a lost disk",
     "integration/test_cluster_serving_gateway.py": "a rolling update and a killed host, two serving hosts",
     "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
@@ -231,8 +232,7 @@ longer than CI's 90 minutes on 2 cores (the last whole run stopped at 5,400 s); 
 1,350 s here (the per-module table the run prints), and each builds on a capability a test in
 the CI tier proves on fewer hosts or one runtime: the four-host lifecycle
 (``test_cluster_lifecycle``: preflight, plan, up, a second up with nothing changed, status,
-torchrun across hosts, the drift retrain and its rollout), the faults and membership changes of
-``test_cluster_two_hosts``, the lab on podman, the bundle on the local runtime. They are marked
+torchrun across hosts, the drift retrain and its rollout), the lab on podman, the bundle on the local runtime. They are marked
 ``extended`` here, in one place."""
 
 

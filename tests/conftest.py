@@ -232,8 +232,8 @@ longer than CI's 90 minutes on 2 cores (the last whole run stopped at 5,400 s); 
 1,350 s here (the per-module table the run prints), and each builds on a capability a test in
 the CI tier proves on fewer hosts or one runtime: the four-host lifecycle
 (``test_cluster_lifecycle``: preflight, plan, up, a second up with nothing changed, status,
-torchrun across hosts, the drift retrain and its rollout), the lab on podman, the bundle on the local runtime. They are marked
-``extended`` here, in one place."""
+torchrun across hosts, the drift retrain and its rollout), the lab on podman, the bundle on the
+local runtime. They are marked ``extended`` here, in one place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:

@@ -161,12 +161,13 @@ def strategy_env() -> dict[str, str]:
 
     Why: a task's time on a host is mostly Python unpacking and compiling the module and Ansible's
     module_utils again, in a new interpreter for every task: measured with
-    ``benchmarks/ansible_module_cost.py``, a ``stat`` cost a host 261 ms of CPU against 19 ms for
-    an SSH session starting ``python3``, a ``copy`` 655 ms. Mitogen keeps one interpreter per host
-    over the same SSH connection and its imports cached: 26 and 39 ms, the tasks 3 to 6 times
-    faster end to end. Its strategy runs the same plays, tasks, handlers and modules; the linear
-    one stays there for a host Mitogen cannot drive. Without Mitogen (a controller without the
-    ``cluster`` extra's pins) the runs use Ansible's own linear strategy."""
+    ``benchmarks/ansible_module_cost.py``, a ``stat`` cost a host 297 ms of CPU against 22 ms for
+    an SSH session starting ``python3``, a ``copy`` 593 ms. Mitogen keeps one interpreter per host
+    over the same SSH connection, each task forked from it (``MITOGEN_ISOLATION``): 62 and 97 ms,
+    the tasks 1.4 to 2.5 times faster end to end. Its strategy runs the same plays, tasks,
+    handlers and modules; a caller who sets ``ANSIBLE_STRATEGY`` (``linear`` for a host Mitogen
+    cannot drive) gets that one. Without Mitogen (a controller without the ``cluster`` extra's
+    pins) the runs use Ansible's own linear strategy."""
     if os.environ.get("ANSIBLE_STRATEGY"):
         return {}
     spec = importlib.util.find_spec("ansible_mitogen")
@@ -310,9 +311,8 @@ def run_playbook(
         result = results.setdefault(host, HostResult())
         result.ok = stats.get("ok", {}).get(host, 0)
         result.changed = stats.get("changed", {}).get(host, 0)
-        result.failed = stats.get("failures", {}).get(host, 0)
+        result.failed = max(0, stats.get("failures", {}).get(host, 0) - lost.get(host, 0))
         result.unreachable = stats.get("dark", {}).get(host, 0) + lost.get(host, 0)
-        result.failed = max(0, result.failed - lost.get(host, 0))
         result.skipped = stats.get("skipped", {}).get(host, 0)
     if runner.rc != 0 and not any(r.state in ("failed", "unreachable") for r in results.values()):
         raise ApplianceError(

@@ -56,9 +56,12 @@ MASKED = (
     "getty@tty1.service", "console-getty.service", "systemd-udevd.service", "systemd-timesyncd.service",
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_reap.service", "systemd-logind.service",
 )  # fmt: skip
+APT_FOLDERS = ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial")
+"""Kept, emptied, in the image (``ensure_image``)."""
 RECIPE = json.dumps(
     {
         "suite": "bookworm",
+        "apt_folders": APT_FOLDERS,
         "packages": PACKAGES + ROLE_PACKAGES,
         "not_at_boot": NOT_AT_BOOT,
         HOST_KEYS_UNIT_NAME: HOST_KEYS_UNIT,
@@ -110,6 +113,10 @@ def ensure_image() -> str:
         (root / "root").chmod(0o711)  # the services' account reaches the mounted interpreter below /root
         for junk in ("var/lib/apt/lists", "var/cache/apt/archives", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(root / junk, ignore_errors=True)
+        # apt's folders stay, emptied, as on an installed Debian: apt locks lists/ before any
+        # install, even of a package already there, and fails where the folder is missing.
+        for kept in APT_FOLDERS:
+            (root / kept).mkdir(parents=True)
         archive = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
         _run(
             "podman", "import", "--change", 'CMD ["/sbin/init"]', "--change", "STOPSIGNAL SIGRTMIN+3",

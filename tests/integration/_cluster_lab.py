@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from appliance import __version__
 from tests.conftest import run_cli, use_runtime
 from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
 
@@ -99,3 +100,22 @@ def cluster_lab(
         lab.write_answers()
         yield lab
         print(f"\n{name} timings (s): {json.dumps({k: round(v, 1) for k, v in lab.timings.items()})}")
+
+
+def assert_venv_made_from(lab: ClusterLab, host: str, wheels: Iterable[str], foreign: set[str]) -> None:
+    """``host``'s virtualenv (the answers' ``cluster.venv``) was made on the host by its own Python:
+    every distribution in it at the version of one of ``wheels`` (file names), the appliance at
+    this version, and none of ``foreign`` (another host's packages)."""
+    shipped = {(w.split("-")[0].lower().replace("_", "-"), w.split("-")[1]) for w in wheels}
+    venv = sys.prefix  # the answers' cluster.venv (ClusterLab.write_answers)
+    listed = lab.hosts.ssh(host, f"{venv}/bin/python -m pip list --format json --disable-pip-version-check")
+    assert listed.returncode == 0, listed.stderr
+    installed = {(d["name"].lower().replace("_", "-"), d["version"]) for d in json.loads(listed.stdout)}
+    assert ("mlops-appliance", __version__) in installed, installed
+    unshipped = {(n, v) for n, v in installed if n not in ("pip", "setuptools")} - shipped
+    assert not unshipped, unshipped
+    names = {n for n, _ in installed}
+    assert not names & foreign, names
+    runs = lab.hosts.ssh(host, f"{venv}/bin/appliance --version && readlink -f {venv}/bin/python")
+    assert runs.returncode == 0 and __version__ in runs.stdout, (runs.stdout, runs.stderr)
+    assert runs.stdout.strip().endswith("/usr/bin/python3.11"), runs.stdout  # the host's own Python

@@ -5,6 +5,10 @@ against the model it named, while (a) a new model version
 rolls out one serving host at a time (no failed request) and (b) one serving host is killed (those
 requests in flight on it may fail, at most one per client; after the fail window none does).
 
+``srv2`` has no virtualenv mounted: ``up`` makes it one from ``cluster.wheelhouse`` (the serving
+host's wheels, resolved by ``appliance.cluster.requirements`` as a bundle's are), and it serves
+from that alone, next to ``srv1`` running the checkout's.
+
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py)."""
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import http.client
 import json
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,13 +32,17 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from appliance.cluster.requirements import host_requirements, resolve_wheelhouse
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
-from tests.integration._cluster_lab import ClusterLab, cluster_lab
+from tests.integration._cluster_hosts import ROOT
+from tests.integration._cluster_lab import ClusterLab, assert_venv_made_from, cluster_lab
 from tests.integration._serving_fixtures import write_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 GROUPS = {"ctl": ["control"], "srv1": ["serving"], "srv2": ["serving"]}
+BARE = "srv2"
+"""The serving host with no virtualenv mounted: it installs its own from the wheelhouse."""
 MODELS = {"alpha": 11, "beta": 22, "beta-v2": 33}
 """Model folders (seed of their weights): alpha and beta served, beta-v2 the version rolled out."""
 GATEWAY_PORT = 8443
@@ -47,6 +56,8 @@ ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
 @dataclass
 class ServingLab(ClusterLab):
     expected: dict[str, np.ndarray] = field(default_factory=dict)
+    wheels: set[str] = field(default_factory=set)
+    """The wheelhouse's files, which the bare host's virtualenv is made from."""
 
     def write(self, beta: str) -> None:
         """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named."""
@@ -69,7 +80,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
         "tls": {"enabled": True},
         "components": {"workbench": False, "controller": False, "dashboards": False, "monitoring": False},
     }
-    with cluster_lab(tmp_path_factory, "serving-cluster", GROUPS, base, ServingLab) as lab:
+    started = time.monotonic()
+    wheels = resolve_wheelhouse(
+        tmp_path_factory.mktemp("wheels") / "wheelhouse", host_requirements(["serving"])
+    )
+    resolved = time.monotonic() - started
+    base["cluster"] = {"wheelhouse": str(wheels)}
+    with cluster_lab(tmp_path_factory, "serving-cluster", GROUPS, base, ServingLab, bare=(BARE,)) as lab:
+        lab.timings["resolve the serving wheelhouse"] = resolved
+        lab.wheels = {w.name for w in wheels.glob("*.whl")}
         for name, seed in MODELS.items():
             folder = write_mlp(lab.work / "models" / name, seed=seed)
             session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -206,6 +225,13 @@ class Load:
     def failures(self) -> list[str]:
         with self.lock:
             return [o.what for o in self.outcomes if not o.ok]
+
+
+def test_the_bare_serving_host_made_its_virtualenv_from_the_wheelhouse_alone(lab: ServingLab) -> None:
+    assert_venv_made_from(lab, BARE, lab.wheels, foreign={"mlflow", "torch", "psycopg", "jupyterlab"})
+    assert lab.hosts.ssh(BARE, f"test -e {ROOT / 'pyproject.toml'}").returncode == 1  # no checkout there
+    listed = lab.hosts.ssh(BARE, f"{sys.prefix}/bin/python -c 'import onnxruntime, grpc'")
+    assert listed.returncode == 0, listed.stderr  # the model server's own packages
 
 
 def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request(lab: ServingLab) -> None:

@@ -217,9 +217,6 @@ def work_unit_of(path: Path) -> str:
 
 
 EXTENDED: dict[str, str] = {
-    "integration/test_cluster_two_hosts.py": "a host lost mid-up; a serving host added, drained, removed",
-    "integration/test_cluster_storage.py": "two storage hosts: replication, rolling restart, a lost disk",
-    "integration/test_cluster_serving_gateway.py": "a rolling update and a killed host, two serving hosts",
     "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
     "integration/test_cluster_edge.py": "an edge host following the champion through an outage",
     "integration/test_cluster_offline.py": "two hosts with no route out, installed from a bundle",
@@ -229,11 +226,12 @@ EXTENDED: dict[str, str] = {
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``) each, with what it proves. The whole suite takes
 longer than CI's 90 minutes on 2 cores (the last whole run stopped at 5,400 s); these took about
-1,350 s here (the per-module table the run prints), and each builds on a capability a test in
+1,000 s here (the per-module table the run prints), and each builds on a capability a test in
 the CI tier proves on fewer hosts or one runtime: the four-host lifecycle
 (``test_cluster_lifecycle``: preflight, plan, up, a second up with nothing changed, status,
-torchrun across hosts, the drift retrain and its rollout), the lab on podman, the bundle on the
-local runtime. They are marked ``extended`` here, in one place."""
+torchrun across hosts, the drift retrain and its rollout) and the cluster's faults (a host lost
+mid-up, a serving host killed under load, a storage host lost), the lab on podman, the bundle on
+the local runtime. They are marked ``extended`` here, in one place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:
@@ -258,9 +256,12 @@ _SECONDS_PER_MODULE: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Each test's set-up, call and tear-down time, summed per module (the workers' reports reach
-    the controller through this hook too)."""
-    module = report.nodeid.split("::", 1)[0]
+    """Each test's set-up, call and tear-down time, summed per module and runtime (a module run
+    once per runtime shows each run apart, as ``EXTENDED`` can name them; the workers' reports
+    reach the controller through this hook too)."""
+    module, _, test = report.nodeid.partition("::")
+    params = test.partition("[")[2].rstrip("]").split("-")
+    module += "".join(f"[{p}]" for p in params if p in ALL_RUNTIMES)
     _SECONDS_PER_MODULE[module] = _SECONDS_PER_MODULE.get(module, 0.0) + report.duration
 
 
@@ -271,7 +272,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     units: dict[str, float] = {}
     for module, seconds in _SECONDS_PER_MODULE.items():
-        path = TESTS_DIR.parent / module
+        path = TESTS_DIR.parent / module.partition("[")[0]
         unit = work_unit_of(path) if path.is_relative_to(TESTS_DIR) else "other"
         unit = "unit" if unit.startswith("unit-") else unit
         units[unit] = units.get(unit, 0.0) + seconds

@@ -98,14 +98,25 @@ def run(
         path = write_inventory(ctx.answers, host_vars, folder, common)
         results = run_playbook(action, path, folder, on_progress, limit)
     results |= gone
-    # A removed host that cannot be reached is already gone; one that failed to stop is reported.
-    if any(r.state == "failed" or (r.unreachable and h not in gone) for h, r in results.items()):
-        if action == "preflight":
-            raise PreflightError(
-                [(h, r.state, "; ".join(r.messages[:2])) for h, r in results.items() if r.state != "ok"]
-            )
-        raise ClusterRunError(action, results)
+    raise_for_failed_hosts(action, results, gone)
     return results
+
+
+def raise_for_failed_hosts(action: str, results: dict[str, HostResult], gone: dict[str, HostResult]) -> None:
+    """Raise when a host failed or could not be reached, with the exit code the CLI documents:
+    preflight 3 when a host cannot run its part, 4 when one could not be reached (as the one-host
+    preflight's 4 for a runtime it cannot reach); the other actions ClusterRunError's 4 or 1.
+    A removed host that cannot be reached is already gone; one that failed to stop is reported."""
+    if not any(r.state == "failed" or (r.unreachable and h not in gone) for h, r in results.items()):
+        return
+    if action != "preflight":
+        raise ClusterRunError(action, results)
+    err = PreflightError(
+        [(h, r.state, "; ".join(r.messages[:2])) for h, r in results.items() if r.state != "ok"]
+    )
+    if any(r.unreachable for r in results.values()):
+        err.exit_code = 4
+    raise err
 
 
 def _offline_bundle(ctx: AppContext, folder: Path) -> dict[str, Any]:

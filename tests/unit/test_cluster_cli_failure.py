@@ -1,7 +1,7 @@
 """``appliance cluster up --json`` when a host fails or cannot be reached: the per-host results
 still reach stdout as JSON, the message naming the host goes to stderr, and the exit code says
-which (4: a host could not be reached, 1: a host failed). Without Ansible a cluster command says
-how to install it."""
+which (4: a host could not be reached, 1: a host failed; preflight: 4 or 3). Without Ansible a
+cluster command says how to install it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from appliance.cli import cluster_cmds, main
 from appliance.cluster import engine
 from appliance.cluster.run import ANSIBLE_FIX, ClusterRunError, HostResult
+from appliance.errors import PreflightError
 
 
 def _failing(results: dict[str, HostResult]) -> Any:
@@ -76,3 +77,26 @@ def test_without_ansible_a_cluster_command_names_the_install_command(
     assert ended.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "ansible-runner" in err and ANSIBLE_FIX in err, err
+
+
+@pytest.mark.parametrize(
+    ("action", "lost", "kind", "code"),
+    [
+        ("preflight", HostResult(ok=2, unreachable=1, messages=["Failed to connect"]), PreflightError, 4),
+        ("preflight", HostResult(ok=2, failed=1, messages=["python3 is missing"]), PreflightError, 3),
+        ("up", HostResult(ok=2, unreachable=1), ClusterRunError, 4),
+        ("up", HostResult(ok=2, failed=1), ClusterRunError, 1),
+    ],
+)
+def test_a_host_that_cannot_be_reached_or_fails_gives_the_exit_code_the_help_names(
+    action: str, lost: HostResult, kind: type[Exception], code: int
+) -> None:
+    with pytest.raises(kind) as raised:
+        engine.raise_for_failed_hosts(action, {"ctl": HostResult(ok=9), "srv1": lost}, gone={})
+    assert getattr(raised.value, "exit_code", None) == code
+    assert "srv1" in str(raised.value) and "ctl" not in str(raised.value)
+
+
+def test_a_removed_host_that_cannot_be_reached_is_already_gone_and_not_a_failure() -> None:
+    gone = {"srv2": HostResult(unreachable=1)}
+    engine.raise_for_failed_hosts("up", {"ctl": HostResult(ok=9), **gone}, gone)

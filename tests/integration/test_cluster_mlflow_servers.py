@@ -6,7 +6,7 @@ through the other; the accounts the accounts job made once log in on both, and a
 changed through one server holds on the other at once; through the gateway no request fails while
 either server is stopped; a package new in ctl2's virtualenv (what a new bundle brings) restarts
 ctl2's server alone on the next up, with no failed request through the gateway; an up after that
-changes nothing.
+changes nothing; a schema last migrated for an older MLflow release is migrated once, on ctl1.
 
 Hosts are podman containers running systemd (tests/integration/_cluster_hosts.py), two of them,
 from the cached host image; `pytest tests/integration/test_cluster_mlflow_servers.py -s` prints
@@ -188,6 +188,38 @@ def test_a_second_up_changes_nothing_on_either_host(lab: MlflowLab) -> None:
     code, result, output = lab.cli("up", label="second up")
     assert code == 0, output[-6000:]
     assert {h: r["changed"] for h, r in result.items()} == {"ctl1": 0, "ctl2": 0}, result
+
+
+SCHEMA_RELEASE = "/var/lib/appliance/mlflow-schema-release"
+
+
+def test_a_new_mlflow_release_migrates_the_schema_once_on_the_database_host(lab: MlflowLab) -> None:
+    """What an upgrade to another MLflow release does to the schema: with the release the schema
+    was last migrated for older than the installed one, the next up runs ``mlflow db upgrade`` on
+    ctl1 (the database's host) alone, before any server would start on the new release, and
+    records the release; ctl2 runs no migration. The schema is already the newest here, so the
+    migration keeps its alembic head and neither server restarts for it."""
+    from importlib.metadata import version
+
+    head = "runuser -u postgres -- psql -tA -d mlflow -c 'select version_num from alembic_version'"
+    assert lab.hosts.ssh("ctl1", f"cat {SCHEMA_RELEASE}").stdout.strip() == version("mlflow")
+    assert lab.hosts.ssh("ctl2", f"test -e {SCHEMA_RELEASE}").returncode != 0, "ctl2 holds no database"
+    schema = lab.hosts.ssh("ctl1", head).stdout.strip()
+    assert schema, "no alembic_version row in ctl1's mlflow database"
+    assert lab.hosts.ssh("ctl1", f"echo 2.0.0 > {SCHEMA_RELEASE}").returncode == 0
+    before = {host: lab.invocation(host) for host in GROUPS}
+    code, result, output = lab.cli("up", label="up after the MLflow release changed")
+    assert code == 0, output[-6000:]
+    assert result["ctl1"]["changed_tasks"] == [
+        "Migrate MLflow's tracking schema (mlflow db upgrade)",
+        "Remember the MLflow release the schema is at",
+    ], result["ctl1"]
+    assert result["ctl2"]["changed"] == 0, result["ctl2"]
+    assert lab.hosts.ssh("ctl1", f"cat {SCHEMA_RELEASE}").stdout.strip() == version("mlflow")
+    assert lab.hosts.ssh("ctl1", head).stdout.strip() == schema
+    assert {host: lab.invocation(host) for host in GROUPS} == before
+    for host in GROUPS:
+        lab.wait_healthy(host, timeout=30)
 
 
 def test_a_run_logged_through_one_server_reads_back_through_the_other(lab: MlflowLab, tmp_path: Path) -> None:

@@ -61,6 +61,18 @@ def local_checks(ctx: AppContext, host_vars: dict[str, dict[str, Any]]) -> list[
         problems.append(
             ("ssh key", f"cluster.ssh_key {key} does not exist", "point cluster.ssh_key at a private key")
         )
+    serving = ctx.answers.serving
+    if serving.max_replicas > serving.min_replicas and len(inventory.hosts_of("serving")) > 1:
+        problems.append(
+            (
+                "serving replicas",
+                f"serving.min_replicas {serving.min_replicas} < max_replicas {serving.max_replicas} on "
+                f"{len(inventory.hosts_of('serving'))} serving hosts: the autoscaler scales one host's "
+                "replicas, not several hosts'",
+                f"give each host a fixed count: set serving.min_replicas to {serving.max_replicas} "
+                "(or serving.max_replicas to the minimum)",
+            )
+        )
     if not any(v for vars_ in host_vars.values() for k, v in vars_.items() if k.endswith("_units")):
         problems.append(("services", "no host runs any service", "check components and the hosts' groups"))
     return problems

@@ -279,6 +279,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             advertised_s3(next(u for u in roles["mlflow"] if u["name"] == "mlflow")["env"], ctx)
         if "serving" in mine:  # drained on the way out (roles/appliance_serving_drain)
             one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
+            host_vars["appliance_serving_replicas"] = answers.serving.max_replicas  # several: nginx
             host_vars["appliance_serving_drain_signal"] = "SIGUSR1" if one_server else ""
             host_vars["appliance_serving_drain_ports"] = [
                 answers.ports.serving_http,

@@ -5,11 +5,12 @@ server), ``srv`` (serving) and ``trn`` (train worker).
 
 Preflight and plan per host, up to healthy, a second up that changes nothing, status per host;
 the dataset seeded into the object store; ``cluster train --hosts 2`` (torchrun on ctl and trn)
-registers v1 in MLflow on PostgreSQL; the gateway serves it from srv. Then, with a load through the
-gateway all along, the traffic and the newest data drift: Prometheus's drift alert reaches the
-controller through Alertmanager, the controller's retrain pipeline runs its train step on two
-hosts (``hosts: 2``: launched from ctl with the launcher key ``cluster up`` made there), v2 is
-promoted and srv serves it, and no request fails.
+registers v1 in MLflow on PostgreSQL; the gateway serves it from srv's two replicas. Then, with a
+load through the gateway all along, the traffic and the newest data drift: Prometheus's drift
+alert (PSI over both replicas' traffic) reaches the controller through Alertmanager, the
+controller's retrain pipeline runs its train step on two hosts (``hosts: 2``: launched from ctl
+with the launcher key ``cluster up`` made there), v2 is promoted and both of srv's replicas serve
+it, and no request fails.
 
 The model is wine (scikit-learn's 13-feature, 3-class set); the other cluster modules train and
 serve breast_cancer and their own test models. Hosts are podman containers running systemd
@@ -50,6 +51,7 @@ PIPELINE = "retrain-hosts"
 GATEWAY_PORT, PROMETHEUS, CONTROLLER, MLFLOW, S3 = 8443, 9090, 8090, 5000, 8333
 PSI_THRESHOLD = 0.2
 DRIFT_FOR_SECONDS = 10
+REPLICAS = 2
 SHIFT_SIGMAS = 3.0
 JOB = ["--dataset", MODEL, "--seed", "3", "--epochs", "30", "--model-name", MODEL]
 RETRAIN = f"""\
@@ -140,7 +142,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleLab]:
         "tls": {"enabled": True},
         "components": {"workbench": False, "dashboards": False},
         "models": [{"name": MODEL, "dataset": MODEL, "pipeline": PIPELINE}],
-        "serving": {"poll_seconds": 1},
+        # Two replicas on srv behind its balancer: the drift alert reads PSI over both replicas'
+        # traffic, and the hot reload of v2 swaps both.
+        "serving": {"poll_seconds": 1, "min_replicas": REPLICAS, "max_replicas": REPLICAS},
         "monitoring": {
             "drift_psi_threshold": PSI_THRESHOLD,
             "drift_for": f"{DRIFT_FOR_SECONDS}s",
@@ -300,6 +304,18 @@ def _full_window_psi(lab: LifecycleLab) -> float | None:
     return float(rows[0]["value"][1]) if rows else None
 
 
+def _replicas_answering(lab: LifecycleLab, version: str) -> int | None:
+    """How many of srv's replicas answered ``version`` of the model in the last 20 s (None: not
+    all of them yet), from the supervisor's exposition that Prometheus scrapes (one ``replica``
+    label each)."""
+    rows = lab.prom(
+        "count(sum by (replica) (increase(appliance_inference_requests_total"
+        f'{{model="{MODEL}", version="{version}", outcome="success", replica!=""}}[20s])) > 0)'
+    )
+    found = int(float(rows[0]["value"][1])) if rows else 0
+    return found if found == REPLICAS else None
+
+
 def _drift_alerts(lab: LifecycleLab, state: str | None = None) -> list[dict[str, Any]]:
     """The model's drift alerts Prometheus holds (pending or firing; ``state`` picks one)."""
     found = lab.get(PROMETHEUS, "/api/v1/alerts", "appliance", lab.secret("prometheus_web_password"))
@@ -350,6 +366,7 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
     with Load(lab, x) as load:
         wait_for("v1 answering through the gateway", lambda: load.versions["1"] > 20, 180)
         lab.phases["v1 served through the gateway"] = time.monotonic() - started
+        wait_for("both replicas answering v1", lambda: _replicas_answering(lab, "1"), 60, 2)
 
         # In distribution first: a full drift window, its PSI under the threshold, no drift alert.
         def settled() -> float | None:
@@ -398,6 +415,7 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
         lab.phases["alert to promoted"] = time.monotonic() - drift - lab.phases["drift to alert"]
         wait_for("v2 answering through the gateway", lambda: load.versions["2"] > 50, 180)
         lab.phases["drift to v2 served"] = time.monotonic() - drift
+        wait_for("both replicas answering v2", lambda: _replicas_answering(lab, "2"), 60, 2)
     print(f"\nlifecycle phases (s): {json.dumps({k: round(v, 1) for k, v in lab.phases.items()})}")
     print(f"requests through the gateway: {dict(load.versions)}, failed: {len(load.failures)}")
     assert load.failures == [], load.failures[:10]

@@ -149,3 +149,18 @@ def test_a_serving_hosts_stamp_changes_with_what_it_serves_and_nothing_else(tmp_
     assert changed["srv2"]["appliance_serving_stamp"] != first["srv2"]["appliance_serving_stamp"]
     registry = render_hosts(answers(models=[{"name": "iris"}]), tmp_path / "secrets")
     assert registry["srv1"]["appliance_serving_wait_ready"] is False  # an alias may not exist yet
+
+
+def test_a_serving_host_with_replicas_gets_their_balancer_and_lets_their_supervisor_drain(
+    tmp_path: Path,
+) -> None:
+    """One model server: the drain role signals it, no nginx. Several: the serving role installs
+    the nginx their supervisor balances with, and the supervisor drains each replica itself."""
+    one = render_hosts(answers(), tmp_path / "secrets")["srv1"]
+    assert (one["appliance_serving_replicas"], one["appliance_serving_drain_signal"]) == (1, "SIGUSR1")
+    several = answers(serving={"min_replicas": 2, "max_replicas": 3})
+    srv1 = render_hosts(several, tmp_path / "secrets")["srv1"]
+    assert (srv1["appliance_serving_replicas"], srv1["appliance_serving_drain_signal"]) == (3, "")
+    command = unit(srv1, "serving", "serving")["command"]
+    assert command[1:3] == ["-m", "appliance.workloads.serving.supervisor"], command
+    assert command[command.index("--max-replicas") + 1] == "3", command

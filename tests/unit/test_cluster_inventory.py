@@ -152,6 +152,29 @@ def test_a_cluster_on_loopback_fails_preflight_before_ansible_runs(tmp_path: Pat
     assert not (tmp_path / "state" / "cluster").exists()
 
 
+@pytest.mark.parametrize(
+    ("replicas", "hosts", "refused"),
+    [
+        ({"min_replicas": 1, "max_replicas": 3}, HOSTS, True),  # two serving hosts, one autoscaler
+        ({"min_replicas": 2, "max_replicas": 2}, HOSTS, False),  # a fixed count on each host
+        ({"min_replicas": 1, "max_replicas": 3}, HOSTS[:1], False),  # one host serves: it scales
+    ],
+)
+def test_autoscaled_replicas_on_several_serving_hosts_fail_preflight_with_the_fix(
+    tmp_path: Path, replicas: dict[str, int], hosts: list[dict[str, Any]], refused: bool
+) -> None:
+    from appliance.cluster.engine import local_checks
+    from appliance.context import AppContext
+
+    ctx = AppContext(answers(hosts, serving=replicas), tmp_path / "state")
+    problems = [
+        p for p in local_checks(ctx, render_hosts(ctx.answers, tmp_path / "s")) if p[0] == "serving replicas"
+    ]
+    assert bool(problems) is refused, problems
+    if refused:
+        assert "2 serving hosts" in problems[0][1] and "serving.min_replicas to 3" in problems[0][2]
+
+
 def test_without_a_cluster_section_the_commands_say_what_to_add(tmp_path: Path) -> None:
     from appliance.cluster.engine import run
     from appliance.context import AppContext

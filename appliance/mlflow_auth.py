@@ -15,18 +15,27 @@ model server follows) or upload and delete artifacts. Three accounts, each passw
   permission (READ) is all it has: it reads the registry and downloads artifacts; an alias move,
   a run or an artifact upload gets 403.
 
+In a cluster, each ``edge`` host gets an account of its own, ``appliance-edge-HOST``
+(``edge_secret(HOST)``), with what the reader has: a lost or stolen edge box is cut off alone, by
+taking its line out of the inventory (the next ``up`` deletes its account), without a new password
+for every other model server.
+
 ``python -m appliance.mlflow_auth`` is the stack's one-shot ``mlflow-users`` job: it creates the
-two service accounts, resets a password that no longer matches its secret, and makes and assigns
-the writer's role, each only when missing, so it can run again at any time. ``--check`` (its
-health check) exits 0 only when every account logs in and the writer holds its role.
+two service accounts (and the edge hosts' when given), resets a password that no longer matches its
+secret, makes and assigns the writer's role, each only when missing, and deletes an edge account no
+longer given, so it can run again at any time. ``--check`` (its health check) exits 0 only when
+every account logs in and the writer holds its role.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import hashlib
 import io
+import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +61,11 @@ PASSWORD_ENV = {
     READER_USER: "APPLIANCE_MLFLOW_READER_PASSWORD",
 }
 """How the job receives each password."""
+EDGE_PREFIX = "appliance-edge-"
+"""Every edge host's account is this and its inventory name; the job owns every account so named."""
+EDGE_PASSWORDS_ENV = "APPLIANCE_MLFLOW_EDGE_PASSWORDS"
+"""In a cluster: a JSON object of each edge host's account and its password (``{}`` with none).
+Absent (a one-host stack): the job leaves edge accounts alone."""
 AUTH_DB = "basic_auth.db"
 """The user store, beside MLflow's own database (``STATE/mlflow/``, the ``mlflow`` volume)."""
 AUTH_CACHE_SECONDS = 300
@@ -63,6 +77,19 @@ every MLflow server (one per control host) checks the same accounts."""
 SHARED_AUTH_CACHE_SECONDS = 0
 """Several servers share the accounts: a cached login would outlive a password changed or an
 account deleted through another server, so none is cached (every request checks the hash)."""
+
+
+def edge_account(host: str) -> str:
+    """The MLflow account of the cluster's edge host ``host``."""
+    return EDGE_PREFIX + host
+
+
+def edge_secret(host: str) -> str:
+    """The secret holding the password of ``host``'s account. Host names may hold ``.`` and ``-``,
+    which secret names do not: those become ``_`` and a short hash of the name keeps two hosts
+    that differ only there apart."""
+    tag = hashlib.sha256(host.encode()).hexdigest()[:8]
+    return f"mlflow_edge_{re.sub(r'[^A-Za-z0-9_]', '_', host)}_{tag}_password"
 
 
 def shared_auth_uri(ctx: Any) -> str | None:
@@ -140,12 +167,34 @@ class _Api:
         roles = self.call("GET", "/api/3.0/mlflow/users/roles/list", params={"username": user})
         return [r.get("name", "") for r in roles.json().get("roles", [])]
 
+    def usernames(self) -> list[str]:
+        return [u["username"] for u in self.call("GET", "/api/2.0/mlflow/users/list").json().get("users", [])]
+
 
 def _passwords() -> dict[str, str]:
     missing = [env for env in PASSWORD_ENV.values() if not os.environ.get(env)]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: the stack passes the MLflow passwords to this job")
     return {user: os.environ[env] for user, env in PASSWORD_ENV.items()}
+
+
+def _edge_passwords() -> dict[str, str] | None:
+    """The edge hosts' accounts and passwords (None: not a cluster's job; leave edge accounts)."""
+    text = os.environ.get(EDGE_PASSWORDS_ENV)
+    if text is None:
+        return None
+    try:
+        given = json.loads(text)
+    except ValueError as err:
+        raise SystemExit(
+            f"{EDGE_PASSWORDS_ENV} is not JSON ({err}): `appliance cluster up` writes it"
+        ) from err
+    if not isinstance(given, dict) or not all(
+        isinstance(u, str) and u.startswith(EDGE_PREFIX) and isinstance(p, str) and p
+        for u, p in given.items()
+    ):
+        raise SystemExit(f"{EDGE_PASSWORDS_ENV} must map {EDGE_PREFIX}HOST accounts to passwords")
+    return given
 
 
 def check(api: _Api, passwords: dict[str, str]) -> list[str]:
@@ -156,20 +205,35 @@ def check(api: _Api, passwords: dict[str, str]) -> list[str]:
     return problems
 
 
-def ensure(api: _Api, passwords: dict[str, str]) -> list[str]:
+def _ensure_user(api: _Api, user: str, password: str) -> list[str]:
+    """Create ``user`` with ``password``, or reset a password that no longer matches its secret."""
+    found = api.call("GET", "/api/2.0/mlflow/users/get", (200, 404), params={"username": user})
+    if found.status_code == 404:
+        api.call("POST", "/api/2.0/mlflow/users/create", json={"username": user, "password": password})
+        return [f"created user {user}"]
+    if not api.logs_in(user, password):
+        api.call(
+            "PATCH", "/api/2.0/mlflow/users/update-password", json={"username": user, "password": password}
+        )
+        return [f"reset the password of {user} to its secret"]
+    return []
+
+
+def ensure_edges(api: _Api, edges: dict[str, str]) -> list[str]:
+    """Every edge account given, and no other: one whose host left the inventory is deleted."""
+    done = [line for user, password in sorted(edges.items()) for line in _ensure_user(api, user, password)]
+    for user in api.usernames():
+        if user.startswith(EDGE_PREFIX) and user not in edges:
+            api.call("DELETE", "/api/2.0/mlflow/users/delete", params={"username": user})
+            done.append(f"deleted user {user} (its edge host is no longer in the inventory)")
+    return done
+
+
+def ensure(api: _Api, passwords: dict[str, str], edges: dict[str, str] | None = None) -> list[str]:
     """Create or repair what is missing; returns what was done."""
     done = []
     for user in (WRITER_USER, READER_USER):
-        found = api.call("GET", "/api/2.0/mlflow/users/get", (200, 404), params={"username": user})
-        if found.status_code == 404:
-            api.call(
-                "POST", "/api/2.0/mlflow/users/create", json={"username": user, "password": passwords[user]}
-            )
-            done.append(f"created user {user}")
-        elif not api.logs_in(user, passwords[user]):
-            body = {"username": user, "password": passwords[user]}
-            api.call("PATCH", "/api/2.0/mlflow/users/update-password", json=body)
-            done.append(f"reset the password of {user} to its secret")
+        done += _ensure_user(api, user, passwords[user])
     role = api.writer_role()
     if role is None:
         body = {
@@ -199,6 +263,8 @@ def ensure(api: _Api, passwords: dict[str, str]) -> list[str]:
             "POST", "/api/3.0/mlflow/roles/assign", json={"username": WRITER_USER, "role_id": role["id"]}
         )
         done.append(f"assigned {WRITER_ROLE} to {WRITER_USER}")
+    if edges is not None:
+        done += ensure_edges(api, edges)
     return done
 
 
@@ -215,14 +281,15 @@ def main(argv: list[str]) -> int:
     import httpx
 
     passwords = _passwords()
+    edges = _edge_passwords()
     api = _Api(uri, passwords[ADMIN_USER])
     try:
         if args.check:
-            problems = check(api, passwords)
+            problems = check(api, passwords | (edges or {}))
             for problem in problems:
                 print(problem, file=sys.stderr)
             return 1 if problems else 0
-        for line in ensure(api, passwords) or ["every MLflow account is already in place"]:
+        for line in ensure(api, passwords, edges) or ["every MLflow account is already in place"]:
             print(line)
     except httpx.HTTPError as err:
         print(f"cannot reach MLflow at {uri}: {err}", file=sys.stderr)

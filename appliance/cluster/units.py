@@ -23,7 +23,8 @@ from appliance.addressing import is_loopback
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
-from appliance.gateway import serving_members
+from appliance.gateway import gateway_address, serving_members
+from appliance.mlflow_auth import EDGE_PASSWORDS_ENV, edge_account, edge_secret
 from appliance.objectstore import grpc_tls
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
@@ -212,6 +213,29 @@ def serving_rollout(
     host_vars["appliance_serving_stamp"] = hashlib.sha256(stamp.encode()).hexdigest()
 
 
+def edge_reader(env: dict[str, str], host: str, ctx: AppContext, services: dict[str, Any]) -> None:
+    """An edge host's model server reads the registry with the host's own read-only account
+    (``appliance.mlflow_auth.edge_account``), not the serving hosts' shared one: removing the host
+    from the inventory deletes its account, and no other host's password changes. With the TLS
+    gateway on, it reads through the gateway (https, checked against the stack's CA, which the
+    host then receives): an edge box sits on a network the cluster's own hosts do not, and MLflow
+    itself need not be reachable from there."""
+    env["MLFLOW_TRACKING_USERNAME"] = edge_account(host)
+    env["MLFLOW_TRACKING_PASSWORD"] = ctx.secrets.get(edge_secret(host))
+    if "gateway" in services and "mlflow" in services:
+        from appliance.tls import CA_CERT  # cryptography: only with TLS on
+
+        port = ctx.answers.ports.gateway_mlflow
+        env["MLFLOW_TRACKING_URI"] = ctx.addressing.gateway_url(gateway_address(ctx), port)
+        env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = f"{ctx.state_dir}/secrets/{CA_CERT}"
+
+
+def edge_accounts(env: dict[str, str], inventory: Inventory, secrets: SecretStore) -> None:
+    """The accounts job's list of edge accounts (``{}`` with no edge host, so it deletes any left)."""
+    accounts = {edge_account(h): secrets.get(edge_secret(h)) for h in inventory.group("edge")}
+    env[EDGE_PASSWORDS_ENV] = json.dumps(accounts, sort_keys=True)
+
+
 def file_sd_targets(prometheus: dict[str, Any], targets_dir: str) -> list[dict[str, Any]]:
     """Prometheus's config (the one-host renderer's ``prometheus.yml``) with each ``FILE_SD`` job
     reading ``targets_dir/JOB.yml`` instead of its one static target; returns what the monitoring
@@ -286,6 +310,14 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 answers.ports.serving_grpc,
             ]
             serving_rollout(answers, host_vars, services["serving"], roles["serving"])
+        if "serving" in mine and host in inventory.group("edge"):
+            edge_reader(
+                next(u for u in roles["serving"] if u["name"] == "serving")["env"], host, ctx, services
+            )
+        if "mlflow-users" in mine:  # the accounts job makes every edge host's, deletes the rest
+            edge_accounts(
+                next(u for u in roles["mlflow"] if u["name"] == "mlflow-users")["env"], inventory, store
+            )
         if "gateway" in mine and "serving" in services:  # the serving hosts behind it
             host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
         if "seaweedfs" in mine:

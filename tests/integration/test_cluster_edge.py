@@ -7,7 +7,9 @@ model server alone), brought up by ``appliance cluster up``. Two models of diffe
 registered and promoted on the control host's MLflow; the edge serves both. Its network link is
 then cut (``podman network disconnect``): it keeps answering, a new champion promoted meanwhile
 does not reach it, and a restart of its model server loads the cached versions. Reconnected, it
-serves the new champion, and the control host's Prometheus scrapes its model server again.
+serves the new champion, and the control host's Prometheus scrapes its model server again. The
+edge reads the registry through the TLS gateway with an account of its own, which goes when its
+line leaves the inventory.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 
+from appliance.mlflow_auth import READER_USER, edge_account, edge_secret
 from tests.conftest import run_cli, use_runtime
 from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
 from tests.integration._serving_fixtures import write_mlp
@@ -40,6 +44,7 @@ class Edge:
     hosts: ClusterHosts
     state: Path
     work: Path
+    answers: dict[str, Any]
 
     @property
     def mlflow(self) -> str:
@@ -56,6 +61,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             "bind_address": "0.0.0.0",
             "object_store": {"kind": "filesystem"},
             "components": {"workbench": False, "controller": False, "dashboards": False},
+            "tls": {"enabled": True},  # the edge reads the registry through the gateway
             "models": [{"name": "fraud"}, {"name": "churn"}],
             "serving": {"poll_seconds": 1},
             "cluster": {
@@ -84,7 +90,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         print(f"\ncluster up (control + edge): {time.monotonic() - started:.0f} s")
-        yield Edge(hosts, work / "state", work)
+        yield Edge(hosts, work / "state", work, answers)
 
 
 def _writer(lab: Edge, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,9 +174,13 @@ def test_the_edge_host_follows_the_champion_through_an_outage(
     }
     _serves(edge, "fraud", v["fraud", 1], folders["fraud", 1])
     _serves(edge, "churn", v["churn", 1], folders["churn", 1])
-    # the edge reads with MLflow's read-only account, not the writer's
+    # the edge reads with its own read-only account: not the writer's, not the other model servers'
     env = edge.hosts.ssh("edge1", "cat /etc/appliance-serving.env").stdout
-    assert 'MLFLOW_TRACKING_USERNAME="appliance-reader"' in env and "writer" not in env
+    assert f'MLFLOW_TRACKING_USERNAME="{edge_account("edge1")}"' in env and "writer" not in env
+    assert (edge.state / "secrets" / edge_secret("edge1")).read_text().strip() in env
+    assert (edge.state / "secrets" / "mlflow_reader_password").read_text().strip() not in env
+    gateway = f"https://{edge.hosts.hosts['ctl'].address}:5443"  # MLflow through the TLS gateway
+    assert f'MLFLOW_TRACKING_URI="{gateway}"' in env, env
 
     _link(edge, up=False)
     try:
@@ -212,3 +222,35 @@ def _edge_scraped(lab: Edge, timeout: float = 90) -> bool:
                 return True
         time.sleep(3)
     return False
+
+
+def _logs_in(lab: Edge, user: str, password: str) -> int:
+    answer = httpx.get(
+        f"{lab.mlflow}/api/2.0/mlflow/users/current", auth=(user, password), timeout=30, trust_env=False
+    )
+    return answer.status_code
+
+
+def test_an_edge_host_taken_out_of_the_inventory_loses_its_account_and_no_one_else_does(edge: Edge) -> None:
+    password = (edge.state / "secrets" / edge_secret("edge1")).read_text().strip()
+    reader = (edge.state / "secrets" / "mlflow_reader_password").read_text().strip()
+    assert _logs_in(edge, edge_account("edge1"), password) == 200
+    cluster = edge.answers["cluster"]
+    answers = edge.answers | {
+        "cluster": cluster | {"hosts": [h for h in cluster["hosts"] if h["name"] != "edge1"]}
+    }
+    (edge.work / "appliance.yaml").write_text(yaml.safe_dump(answers))
+    done = run_cli(
+        "cluster",
+        "up",
+        "--json",
+        answers=edge.work / "appliance.yaml",
+        state=edge.state,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _logs_in(edge, edge_account("edge1"), password) == 401
+    assert _logs_in(edge, READER_USER, reader) == 200
+    stopped = edge.hosts.ssh("edge1", "systemctl is-active appliance-serving.service").stdout.strip()
+    assert stopped != "active", stopped  # the host leaving was stopped, drained first

@@ -1,0 +1,174 @@
+"""Each edge host of a cluster reads the registry with an account of its own: the rendered units
+give an edge host only its own password (never the shared reader's), the accounts job is given
+every edge account, and the job creates, repairs and deletes edge accounts and no other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.answers import Answers
+from appliance.cluster.units import render_hosts
+from appliance.mlflow_auth import (
+    EDGE_PASSWORDS_ENV,
+    READER_USER,
+    _Api,
+    _edge_passwords,
+    edge_account,
+    edge_secret,
+    ensure_edges,
+)
+from appliance.secrets_store import SecretStore
+
+HOSTS = [
+    {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
+    {"name": "srv1", "address": "10.0.0.2", "groups": ["serving"]},
+    {"name": "edge-1.lan", "address": "10.0.0.9", "groups": ["edge"]},
+    {"name": "edge_1_lan", "address": "10.0.0.10", "groups": ["edge"]},
+]
+
+
+def answers(hosts: list[dict[str, Any]] = HOSTS) -> Answers:
+    return Answers.model_validate(
+        {
+            "bind_address": "0.0.0.0",
+            "object_store": {"kind": "filesystem"},
+            "models": [{"name": "iris"}],
+            "components": {"workbench": False, "monitoring": False, "controller": False, "dashboards": False},
+            "cluster": {"hosts": hosts, "venv": "/opt/appliance/venv"},
+        }
+    )
+
+
+def serving_env(host_vars: dict[str, Any]) -> dict[str, str]:
+    return dict(next(u for u in host_vars["appliance_serving_units"] if u["name"] == "serving")["env"])
+
+
+def test_each_edge_host_gets_its_own_account_and_never_the_shared_readers_password(tmp_path: Path) -> None:
+    per_host = render_hosts(answers(), tmp_path / "secrets")
+    store = SecretStore(tmp_path / "secrets")
+    reader = store.get("mlflow_reader_password")
+    assert serving_env(per_host["srv1"])["MLFLOW_TRACKING_USERNAME"] == READER_USER
+    passwords = set()
+    for host in ("edge-1.lan", "edge_1_lan"):
+        env = serving_env(per_host[host])
+        assert env["MLFLOW_TRACKING_USERNAME"] == f"appliance-edge-{host}"
+        assert env["MLFLOW_TRACKING_PASSWORD"] == store.get(edge_secret(host))
+        assert reader not in repr(per_host[host]), host
+        passwords.add(env["MLFLOW_TRACKING_PASSWORD"])
+    assert len(passwords) == 2 and reader not in passwords
+    assert (tmp_path / "secrets" / edge_secret("edge-1.lan")).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_accounts_job_is_given_every_edge_account_and_none_without_edge_hosts(tmp_path: Path) -> None:
+    ctl = render_hosts(answers(), tmp_path / "secrets")["ctl1"]
+    job = next(u for u in ctl["appliance_mlflow_units"] if u["name"] == "mlflow-users")
+    store = SecretStore(tmp_path / "secrets")
+    assert json.loads(job["env"][EDGE_PASSWORDS_ENV]) == {
+        edge_account(h): store.get(edge_secret(h)) for h in ("edge-1.lan", "edge_1_lan")
+    }
+    alone = render_hosts(answers(HOSTS[:2]), tmp_path / "other")["ctl1"]
+    job = next(u for u in alone["appliance_mlflow_units"] if u["name"] == "mlflow-users")
+    assert job["env"][EDGE_PASSWORDS_ENV] == "{}"  # so an account left by a removed edge host goes
+
+
+def test_edge_secret_names_are_valid_and_tell_similar_host_names_apart() -> None:
+    names = {edge_secret(h) for h in ("edge-1.lan", "edge_1_lan", "edge-1-lan")}
+    assert len(names) == 3
+    assert all(n.replace("_", "").isalnum() for n in names), names
+
+
+class FakeApi(_Api):
+    """MLflow's user API in memory: the job's calls, what they did."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = dict(users)
+        self.calls: list[tuple[str, str]] = []
+
+    def call(self, method: str, path: str, expect: tuple[int, ...] = (200,), **kw: Any) -> Any:
+        self.calls.append((method, path))
+        params, body = kw.get("params") or {}, kw.get("json") or {}
+        user = params.get("username") or body.get("username")
+        status, payload = 200, {}
+        if path.endswith("/users/get"):
+            status = 200 if user in self.users else 404
+        elif path.endswith("/users/create") or path.endswith("/users/update-password"):
+            self.users[user] = body["password"]
+        elif path.endswith("/users/delete"):
+            del self.users[user]
+        elif path.endswith("/users/list"):
+            payload = {"users": [{"username": u} for u in self.users]}
+        assert status in expect, (method, path, status)
+        return type("Answer", (), {"status_code": status, "json": lambda self: payload})()
+
+    def logs_in(self, user: str, password: str) -> bool:
+        return self.users.get(user) == password
+
+
+def test_the_job_creates_repairs_and_deletes_edge_accounts_and_leaves_the_others() -> None:
+    api = FakeApi(
+        {"admin": "a", READER_USER: "r", "alice": "x", "appliance-edge-old": "o", "appliance-edge-b": "stale"}
+    )
+    done = ensure_edges(api, {"appliance-edge-a": "pa", "appliance-edge-b": "pb"})
+    assert api.users == {
+        "admin": "a",
+        READER_USER: "r",
+        "alice": "x",
+        "appliance-edge-a": "pa",
+        "appliance-edge-b": "pb",
+    }
+    assert done == [
+        "created user appliance-edge-a",
+        "reset the password of appliance-edge-b to its secret",
+        "deleted user appliance-edge-old (its edge host is no longer in the inventory)",
+    ]
+    api.calls.clear()
+    assert ensure_edges(api, {"appliance-edge-a": "pa", "appliance-edge-b": "pb"}) == []
+    assert not [c for c in api.calls if c[0] in ("POST", "PATCH", "DELETE")], api.calls
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("{}", {}),
+        ('{"appliance-edge-a": "p"}', {"appliance-edge-a": "p"}),
+        ('{"appliance-reader": "p"}', "must map"),
+        ('{"appliance-edge-a": ""}', "must map"),
+        ("[1]", "must map"),
+        ("{", "is not JSON"),
+    ],
+)
+def test_the_jobs_edge_list_is_read_strictly(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: Any
+) -> None:
+    if value is None:
+        monkeypatch.delenv(EDGE_PASSWORDS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(EDGE_PASSWORDS_ENV, value)
+    if isinstance(expected, str):
+        with pytest.raises(SystemExit, match=expected):
+            _edge_passwords()
+    else:
+        assert _edge_passwords() == expected
+
+
+def test_with_the_gateway_on_an_edge_host_reads_the_registry_through_it_and_gets_the_ca(
+    tmp_path: Path,
+) -> None:
+    tls = answers().model_copy(update={"tls": Answers.model_validate({"tls": {"enabled": True}}).tls})
+    per_host = render_hosts(tls, tmp_path / "secrets")
+    env = serving_env(per_host["edge-1.lan"])
+    assert env["MLFLOW_TRACKING_URI"] == "https://10.0.0.1:5443"  # ctl1 runs the gateway
+    assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/var/lib/appliance/secrets/tls_ca_cert"
+    assert "tls_ca_cert" in per_host["edge-1.lan"]["appliance_common_secrets"]
+    assert "tls_ca_key" not in per_host["edge-1.lan"]["appliance_common_secrets"]
+    assert serving_env(per_host["srv1"])["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"  # its own network
+    plain = serving_env(render_hosts(answers(), tmp_path / "plain")["edge-1.lan"])
+    assert (
+        plain["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"
+        and "MLFLOW_TRACKING_SERVER_CERT_PATH" not in plain
+    )

@@ -62,7 +62,8 @@ def local_checks(ctx: AppContext, host_vars: dict[str, dict[str, Any]]) -> list[
             ("ssh key", f"cluster.ssh_key {key} does not exist", "point cluster.ssh_key at a private key")
         )
     serving = ctx.answers.serving
-    if serving.max_replicas > serving.min_replicas and len(inventory.hosts_of("serving")) > 1:
+    serves = any(vars_.get("appliance_serving_units") for vars_ in host_vars.values())
+    if serves and serving.max_replicas > serving.min_replicas and len(inventory.hosts_of("serving")) > 1:
         problems.append(
             (
                 "serving replicas",
@@ -119,14 +120,19 @@ def raise_for_failed_hosts(action: str, results: dict[str, HostResult], gone: di
     preflight 3 when a host cannot run its part, 4 when one could not be reached (as the one-host
     preflight's 4 for a runtime it cannot reach); the other actions ClusterRunError's 4 or 1.
     A removed host that cannot be reached is already gone; one that failed to stop is reported."""
-    if not any(r.state == "failed" or (r.unreachable and h not in gone) for h, r in results.items()):
+    left = {h: r for h, r in results.items() if not (h in gone and r.unreachable)}
+    if not any(r.state in ("failed", "unreachable") for r in left.values()):
         return
     if action != "preflight":
-        raise ClusterRunError(action, results)
+        raise ClusterRunError(action, left)
     err = PreflightError(
-        [(h, r.state, "; ".join(r.messages[:2])) for h, r in results.items() if r.state != "ok"]
+        [
+            (h, r.state, "; ".join(r.messages[:2]))
+            for h, r in left.items()
+            if r.state in ("failed", "unreachable")
+        ]
     )
-    if any(r.unreachable for r in results.values()):
+    if any(r.unreachable for r in left.values()):
         err.exit_code = 4
     raise err
 

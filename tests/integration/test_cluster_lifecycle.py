@@ -304,16 +304,14 @@ def _full_window_psi(lab: LifecycleLab) -> float | None:
     return float(rows[0]["value"][1]) if rows else None
 
 
-def _replicas_answering(lab: LifecycleLab, version: str) -> int | None:
-    """How many of srv's replicas answered ``version`` of the model in the last 20 s (None: not
-    all of them yet), from the supervisor's exposition that Prometheus scrapes (one ``replica``
-    label each)."""
+def _replicas_answering(lab: LifecycleLab, version: str, window: str = "20s") -> int:
+    """How many of srv's replicas answered ``version`` of the model within ``window``, from the
+    supervisor's exposition that Prometheus scrapes (one ``replica`` label each)."""
     rows = lab.prom(
         "count(sum by (replica) (increase(appliance_inference_requests_total"
-        f'{{model="{MODEL}", version="{version}", outcome="success", replica!=""}}[20s])) > 0)'
+        f'{{model="{MODEL}", version="{version}", outcome="success", replica!=""}}[{window}])) > 0)'
     )
-    found = int(float(rows[0]["value"][1])) if rows else 0
-    return found if found == REPLICAS else None
+    return int(float(rows[0]["value"][1])) if rows else 0
 
 
 def _drift_alerts(lab: LifecycleLab, state: str | None = None) -> list[dict[str, Any]]:
@@ -366,7 +364,7 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
     with Load(lab, x) as load:
         wait_for("v1 answering through the gateway", lambda: load.versions["1"] > 20, 180)
         lab.phases["v1 served through the gateway"] = time.monotonic() - started
-        wait_for("both replicas answering v1", lambda: _replicas_answering(lab, "1"), 60, 2)
+        wait_for("both replicas answering v1", lambda: _replicas_answering(lab, "1") == REPLICAS, 60, 2)
 
         # In distribution first: a full drift window, its PSI under the threshold, no drift alert.
         def settled() -> float | None:
@@ -415,7 +413,8 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
         lab.phases["alert to promoted"] = time.monotonic() - drift - lab.phases["drift to alert"]
         wait_for("v2 answering through the gateway", lambda: load.versions["2"] > 50, 180)
         lab.phases["drift to v2 served"] = time.monotonic() - drift
-        wait_for("both replicas answering v2", lambda: _replicas_answering(lab, "2"), 60, 2)
+        wait_for("both replicas answering v2", lambda: _replicas_answering(lab, "2") == REPLICAS, 60, 2)
+        wait_for("no replica answering v1 any more", lambda: _replicas_answering(lab, "1", "8s") == 0, 60, 2)
     print(f"\nlifecycle phases (s): {json.dumps({k: round(v, 1) for k, v in lab.phases.items()})}")
     print(f"requests through the gateway: {dict(load.versions)}, failed: {len(load.failures)}")
     assert load.failures == [], load.failures[:10]

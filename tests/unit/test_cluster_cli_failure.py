@@ -100,3 +100,17 @@ def test_a_host_that_cannot_be_reached_or_fails_gives_the_exit_code_the_help_nam
 def test_a_removed_host_that_cannot_be_reached_is_already_gone_and_not_a_failure() -> None:
     gone = {"srv2": HostResult(unreachable=1)}
     engine.raise_for_failed_hosts("up", {"ctl": HostResult(ok=9), **gone}, gone)
+    # beside a host that failed: exit 1 for that one, the gone host neither counted nor named
+    with pytest.raises(ClusterRunError) as raised:
+        engine.raise_for_failed_hosts("up", {"ctl": HostResult(ok=9, failed=1), **gone}, gone)
+    assert raised.value.exit_code == 1 and "srv2" not in str(raised.value)
+
+
+def test_preflight_names_only_the_hosts_that_failed_or_could_not_be_reached() -> None:
+    results = {
+        "ctl": HostResult(ok=5, changed=1),
+        "srv1": HostResult(ok=2, failed=1, messages=["no systemd"]),
+    }
+    with pytest.raises(PreflightError) as raised:
+        engine.raise_for_failed_hosts("preflight", results, gone={})
+    assert [name for name, _, _ in raised.value.failures] == ["srv1"]

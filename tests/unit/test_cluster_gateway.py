@@ -158,7 +158,7 @@ def test_a_serving_host_with_replicas_gets_their_balancer_and_lets_their_supervi
     the nginx their supervisor balances with, and the supervisor drains each replica itself."""
     one = render_hosts(answers(), tmp_path / "secrets")["srv1"]
     assert (one["appliance_serving_replicas"], one["appliance_serving_drain_signal"]) == (1, "SIGUSR1")
-    several = answers(serving={"min_replicas": 2, "max_replicas": 3})
+    several = answers(serving={"min_replicas": 3, "max_replicas": 3})
     srv1 = render_hosts(several, tmp_path / "secrets")["srv1"]
     assert (srv1["appliance_serving_replicas"], srv1["appliance_serving_drain_signal"]) == (3, "")
     command = unit(srv1, "serving", "serving")["command"]

@@ -157,7 +157,13 @@ def test_a_cluster_on_loopback_fails_preflight_before_ansible_runs(tmp_path: Pat
     [
         ({"min_replicas": 1, "max_replicas": 3}, HOSTS, True),  # two serving hosts, one autoscaler
         ({"min_replicas": 2, "max_replicas": 2}, HOSTS, False),  # a fixed count on each host
-        ({"min_replicas": 1, "max_replicas": 3}, HOSTS[:1], False),  # one host serves: it scales
+        ({"min_replicas": 1, "max_replicas": 3}, HOSTS[:2], False),  # one serving host: it scales
+        ({"min_replicas": 1, "max_replicas": 3}, HOSTS[:1], False),  # the control host serves alone
+        (  # an edge host serves too: two serving hosts
+            {"min_replicas": 1, "max_replicas": 3},
+            [*HOSTS[:2], {"name": "edge1", "address": "10.0.0.9", "groups": ["edge"]}],
+            True,
+        ),
     ],
 )
 def test_autoscaled_replicas_on_several_serving_hosts_fail_preflight_with_the_fix(
@@ -173,6 +179,18 @@ def test_autoscaled_replicas_on_several_serving_hosts_fail_preflight_with_the_fi
     assert bool(problems) is refused, problems
     if refused:
         assert "2 serving hosts" in problems[0][1] and "serving.min_replicas to 3" in problems[0][2]
+
+
+def test_autoscaling_knobs_without_a_model_server_are_not_a_preflight_problem(tmp_path: Path) -> None:
+    from appliance.cluster.engine import local_checks
+    from appliance.context import AppContext
+
+    off = dict.fromkeys(("workbench", "monitoring", "controller", "dashboards", "serving"), False)
+    ctx = AppContext(
+        answers(serving={"min_replicas": 1, "max_replicas": 3}, components=off), tmp_path / "state"
+    )
+    problems = local_checks(ctx, render_hosts(ctx.answers, tmp_path / "s"))
+    assert [p for p in problems if p[0] == "serving replicas"] == [], problems
 
 
 def test_without_a_cluster_section_the_commands_say_what_to_add(tmp_path: Path) -> None:

@@ -143,7 +143,13 @@ def test_a_replaced_server_refuses_no_request(tmp_path: Path, mode: str) -> None
             servers.append(
                 start_server([*args, *same_ports], tmp_path, env={**takes, handover.OFFER_ENV: str(path)})
             )
-            assert holder.given.wait(10) and handover.offered_again(holder)
+            # the standby took the sockets, then offers them again once ready: poll, as the
+            # runtime does (appliance.runtimes.local), rather than look once right after the take
+            assert holder.given.wait(10)
+            deadline = time.monotonic() + 30
+            while not handover.offered_again(holder) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert handover.offered_again(holder), "the standby did not offer the sockets again"
             time.sleep(0.5)  # both serve
         before = Counter(load.answered)
         old.stop()  # SIGTERM: the old server closes its listener and finishes what it read

@@ -63,12 +63,13 @@ def local_checks(ctx: AppContext, host_vars: dict[str, dict[str, Any]]) -> list[
         )
     serving = ctx.answers.serving
     serves = any(vars_.get("appliance_serving_units") for vars_ in host_vars.values())
-    if serves and serving.max_replicas > serving.min_replicas and len(inventory.hosts_of("serving")) > 1:
+    serving_hosts = len(inventory.hosts_of("serving"))
+    if serves and serving.max_replicas > serving.min_replicas and serving_hosts > 1:
         problems.append(
             (
                 "serving replicas",
                 f"serving.min_replicas {serving.min_replicas} < max_replicas {serving.max_replicas} on "
-                f"{len(inventory.hosts_of('serving'))} serving hosts: the autoscaler scales one host's "
+                f"{serving_hosts} serving hosts: the autoscaler scales one host's "
                 "replicas, not several hosts'",
                 f"give each host a fixed count: set serving.min_replicas to {serving.max_replicas} "
                 "(or serving.max_replicas to the minimum)",

@@ -88,6 +88,12 @@ def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStor
     }
 
 
+def unit_of(roles: dict[str, list[dict[str, Any]]], service: str) -> dict[str, Any]:
+    """The rendered unit of ``service`` among a host's units, grouped by the role that installs
+    them (``role_of``)."""
+    return next(u for u in roles[role_of(service)] if u["name"] == service)
+
+
 def postgresql_backend(
     command: list[str], env: dict[str, str], password: str, host: str = "127.0.0.1"
 ) -> None:
@@ -297,10 +303,10 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             host_vars["appliance_mlflow_backend"] = answers.cluster.mlflow_backend
             mlflow_servers(answers, inventory, host, ctx, host_vars)
             if answers.cluster.mlflow_backend == "postgresql":
-                mlflow = next(u for u in roles["mlflow"] if u["name"] == "mlflow")
+                mlflow = unit_of(roles, "mlflow")
                 database = ctx.addressing.host(POSTGRESQL)
                 postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD), database)
-            advertised_s3(next(u for u in roles["mlflow"] if u["name"] == "mlflow")["env"], ctx)
+            advertised_s3(unit_of(roles, "mlflow")["env"], ctx)
         if "serving" in mine:  # drained on the way out (roles/appliance_serving_drain)
             one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
             host_vars["appliance_serving_replicas"] = answers.serving.max_replicas  # several: nginx
@@ -310,18 +316,14 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 answers.ports.serving_grpc,
             ]
             serving_rollout(answers, host_vars, services["serving"], roles["serving"])
-        if "serving" in mine and host in inventory.group("edge"):
-            edge_reader(
-                next(u for u in roles["serving"] if u["name"] == "serving")["env"], host, ctx, services
-            )
+            if host in inventory.group("edge"):
+                edge_reader(unit_of(roles, "serving")["env"], host, ctx, services)
         if "mlflow-users" in mine:  # the accounts job makes every edge host's, deletes the rest
-            edge_accounts(
-                next(u for u in roles["mlflow"] if u["name"] == "mlflow-users")["env"], inventory, store
-            )
+            edge_accounts(unit_of(roles, "mlflow-users")["env"], inventory, store)
         if "gateway" in mine and "serving" in services:  # the serving hosts behind it
             host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
         if "seaweedfs" in mine:
-            server = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs")
+            server = unit_of(roles, "seaweedfs")
             copies = answers.object_store.replication
             if "seaweedfs-volume" in services:  # volume servers on the storage hosts
                 spread_seaweedfs(server["command"], answers.object_store.seaweedfs_replication)
@@ -340,7 +342,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             parts += () if "seaweedfs-volume" in services else ("volume",)
             seaweedfs_mutual_tls(server, parts, secrets_on_hosts, guarded, certificates)
         if "seaweedfs-volume" in mine:
-            volume = next(u for u in roles["seaweedfs"] if u["name"] == "seaweedfs-volume")
+            volume = unit_of(roles, "seaweedfs-volume")
             advertise(volume["command"], inventory.hosts[host].address)
             # the rolling restart's wait, run on the store's host: the master lists this one again
             store_host = inventory.hosts_of("seaweedfs")[0]
@@ -352,7 +354,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             ]
             seaweedfs_mutual_tls(volume, ("volume", "client"), secrets_on_hosts, guarded, certificates)
         if "prometheus" in mine:
-            prometheus = next(u for u in roles["monitoring"] if u["name"] == "prometheus")
+            prometheus = unit_of(roles, "prometheus")
             targets = f"{answers.cluster.state_dir}/config/prometheus/targets"
             host_vars["appliance_monitoring_file_sd"] = file_sd_targets(prometheus, targets)
         if host in inventory.group("train_workers"):  # torchrun's settings (roles/appliance_train_worker)

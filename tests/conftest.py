@@ -219,14 +219,19 @@ def work_unit_of(path: Path) -> str:
 EXTENDED: dict[str, str] = {
     "integration/test_container_lab.py[docker]": "the whole lab on docker (test_container_stack: docker)",
     "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
+    "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
+    "integration/test_cluster_offline.py": "two cluster hosts with no route out, installed from a bundle",
+    "integration/test_cluster_edge.py": "a cluster's edge host following the champion through an outage",
+    "integration/test_cluster_storage.py": "two storage hosts with replication 2 and their faults",
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
-module's path under tests/ (or ``path[param]``) each, with what it proves. These two took about
-400 s here (the per-module table the run prints), which would bring CI's run on 2 cores to about
-75 of its 90 minutes, too close to the limit for a noisy machine; each builds on a capability a
-test in the CI tier proves on one runtime: the lab on podman (and the container stack on docker),
-the bundle on the local runtime. Every cluster module is in CI's tier. They are marked
-``extended`` here, in one place."""
+module's path under tests/ (or ``path[param]``) each, with what it proves. With every module in, the
+run took 84 minutes of pytest here and went past CI's 90 minutes there; these six took about
+1,230 s of it (the per-module table the run prints). Each builds on a capability a test in the CI
+tier proves: the lab on podman (and the container stack on docker), the bundle on the local
+runtime, and the cluster's four-host lifecycle (a storage host, PostgreSQL on the control host, the
+gateway) with its faults on two serving hosts; the edge on one host follows the registry in
+test_edge_follows_registry. They are marked ``extended`` here, in one place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:

@@ -24,13 +24,13 @@ def _progress(host: str, status: str, task: str) -> None:
 
 def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool = False) -> None:
     from appliance.cluster.engine import run
-    from appliance.cluster.run import ClusterRunError
+    from appliance.cluster.run import ClusterPreflightError, ClusterRunError
     from appliance.cluster.run import as_json as to_json
 
     started = time.monotonic()
     try:
         results = run(app_context(), action, None if as_json else _progress, list(limit))
-    except ClusterRunError as err:
+    except (ClusterRunError, ClusterPreflightError) as err:
         if as_json:  # the per-host results are still data on stdout; the message and exit code follow
             click.echo(json.dumps(to_json(err.results), indent=2))
         elif diff:  # what the hosts that got through would change

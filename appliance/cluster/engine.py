@@ -17,6 +17,7 @@ from appliance.state_lock import state_lock
 
 from .inventory import Inventory
 from .run import (
+    ClusterPreflightError,
     ClusterRunError,
     HostResult,
     ProgressSink,
@@ -126,16 +127,7 @@ def raise_for_failed_hosts(action: str, results: dict[str, HostResult], gone: di
         return
     if action != "preflight":
         raise ClusterRunError(action, left)
-    err = PreflightError(
-        [
-            (h, r.state, "; ".join(r.messages[:2]))
-            for h, r in left.items()
-            if r.state in ("failed", "unreachable")
-        ]
-    )
-    if any(r.unreachable for r in left.values()):
-        err.exit_code = 4
-    raise err
+    raise ClusterPreflightError(left)
 
 
 def _offline_bundle(ctx: AppContext, folder: Path) -> dict[str, Any]:

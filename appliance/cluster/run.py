@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from appliance.answers import Answers
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, PreflightError
 from appliance.stack import ROLES_DIR
 
 from .diffs import task_diffs
@@ -66,6 +66,19 @@ class ClusterRunError(ApplianceError):
             f"cluster {action} failed on {len(bad)} of {len(results)} hosts:\n" + "\n".join(lines),
             fix="fix what each host reports, then run the same command again (what is done stays done)",
         )
+
+
+class ClusterPreflightError(PreflightError):
+    """A host cannot run its part (exit 3) or could not be reached (exit 4), with every host's
+    result, so ``--json`` still prints them all: a script reads which host failed from the data,
+    not from the message."""
+
+    def __init__(self, results: dict[str, HostResult]) -> None:
+        self.results = results
+        bad = {h: r for h, r in results.items() if r.state in ("failed", "unreachable")}
+        super().__init__([(h, r.state, "; ".join(r.messages[:2])) for h, r in bad.items()])
+        if any(r.unreachable for r in bad.values()):
+            self.exit_code = 4
 
 
 def inventory_path(folder: Path) -> Path:

@@ -114,3 +114,27 @@ def test_preflight_names_only_the_hosts_that_failed_or_could_not_be_reached() ->
     with pytest.raises(PreflightError) as raised:
         engine.raise_for_failed_hosts("preflight", results, gone={})
     assert [name for name, _, _ in raised.value.failures] == ["srv1"]
+
+
+@pytest.mark.parametrize(
+    ("lost", "code"),
+    [(HostResult(ok=2, unreachable=1, messages=["Failed to connect"]), 4), (HostResult(ok=2, failed=1), 3)],
+)
+def test_a_failed_preflight_still_prints_every_hosts_results_as_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lost: HostResult, code: int
+) -> None:
+    results = {"ctl": HostResult(ok=5), "srv1": lost}
+
+    def run(*args: object, **kwargs: object) -> dict[str, HostResult]:
+        engine.raise_for_failed_hosts("preflight", results, gone={})  # the decision the engine makes
+        return results
+
+    monkeypatch.setattr(engine, "run", run)
+    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        main(["cluster", "preflight", "--json"])
+    assert ended.value.code == code
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert set(data) == {"ctl", "srv1"} and data["srv1"]["state"] == lost.state
+    assert data["ctl"]["state"] == "ok" and "srv1" in err and "preflight failed" in err

@@ -271,9 +271,10 @@ class Registry(Strict):
     """The registry: the central stack's TLS gateway in front of MLflow (``https://HOST:5443``) or
     MLflow itself on a private network (``http://HOST:5000``)."""
     username: str = "appliance-reader"
-    """The account the box reads with: the central stack's read-only one. Its password goes in
-    this box's ``STATE/secrets/mlflow_reader_password`` (mode 0600), copied from the central
-    stack's file of the same name."""
+    """The account the box reads with: its own, ``appliance-edge-NAME``, when the central stack's
+    answers list NAME in ``edge_boxes`` (copy the central secret ``mlflow_edge_NAME_<hash>_password``),
+    else the central stack's shared read-only one (its ``mlflow_reader_password``). The password
+    goes in this box's ``STATE/secrets/mlflow_reader_password`` (mode 0600)."""
     ca_file: Path | None = None
     """CA certificate an ``https`` URL is checked against: copy the central stack's
     ``STATE/secrets/tls_ca_cert`` to this box's ``STATE/secrets/registry_ca_cert`` and name that
@@ -600,6 +601,23 @@ class Answers(Strict):
     upstream image cannot be pulled."""
     cluster: Cluster | None = None
     """Several hosts (``appliance cluster ...``, docs/cluster.md); absent: this machine alone."""
+    edge_boxes: list[str] = Field(default_factory=list)
+    """Standalone edge boxes (each its own ``appliance up``, edge profile) that follow this stack's
+    registry: each gets a read-only MLflow account of its own, ``appliance-edge-NAME``, its password
+    this stack's secret ``mlflow_edge_NAME_<hash>_password`` (``appliance secrets show``) to copy to
+    the box. A name taken out deletes its account on the next ``up``, cutting that box off alone."""
+
+    @field_validator("edge_boxes")
+    @classmethod
+    def _edge_box_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            problem = name_problem(name)
+            if problem:
+                raise ValueError(f"edge box name {name!r} {problem}: name it after the box (e.g. shop-12)")
+        twice = sorted({n for n in value if value.count(n) > 1})
+        if twice:
+            raise ValueError(f"edge box names must be unique: {', '.join(twice)} appear more than once")
+        return value
 
     @model_validator(mode="after")
     def _one_model_list(self) -> Answers:

@@ -15,10 +15,11 @@ model server follows) or upload and delete artifacts. Three accounts, each passw
   permission (READ) is all it has: it reads the registry and downloads artifacts; an alias move,
   a run or an artifact upload gets 403.
 
-In a cluster, each ``edge`` host gets an account of its own, ``appliance-edge-HOST``
-(``edge_secret(HOST)``), with what the reader has: a lost or stolen edge box is cut off alone, by
-taking its line out of the inventory (the next ``up`` deletes its account), without a new password
-for every other model server.
+Each edge box gets an account of its own, ``appliance-edge-NAME`` (``edge_secret(NAME)``), with
+what the reader has: a cluster's ``edge`` hosts, and the standalone boxes the answers' ``edge_boxes``
+names. A lost or stolen box is cut off alone, by taking its name out (the inventory line or the
+``edge_boxes`` entry: the next ``up`` deletes its account), without a new password for every other
+model server.
 
 ``python -m appliance.mlflow_auth`` is the stack's one-shot ``mlflow-users`` job: it creates the
 two service accounts (and the edge hosts' when given), resets a password that no longer matches its
@@ -37,7 +38,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 ADMIN_USER = "admin"
@@ -90,6 +91,14 @@ def edge_secret(host: str) -> str:
     that differ only there apart."""
     tag = hashlib.sha256(host.encode()).hexdigest()[:8]
     return f"mlflow_edge_{re.sub(r'[^A-Za-z0-9_]', '_', host)}_{tag}_password"
+
+
+def edge_passwords(names: Iterable[str], secrets: Any) -> str:
+    """The accounts job's ``APPLIANCE_MLFLOW_EDGE_PASSWORDS``: every edge box named (a cluster's
+    ``edge`` hosts, the answers' ``edge_boxes``) with its password, generated on first use; ``{}``
+    with none, so the job deletes any edge account left."""
+    accounts = {edge_account(n): secrets.get(edge_secret(n)) for n in sorted(set(names))}
+    return json.dumps(accounts, sort_keys=True)
 
 
 def shared_auth_uri(ctx: Any) -> str | None:
@@ -179,16 +188,15 @@ def _passwords() -> dict[str, str]:
 
 
 def _edge_passwords() -> dict[str, str] | None:
-    """The edge hosts' accounts and passwords (None: not a cluster's job; leave edge accounts)."""
+    """The edge boxes' accounts and passwords (None: not given, as when the job is run by hand;
+    leave edge accounts as they are)."""
     text = os.environ.get(EDGE_PASSWORDS_ENV)
     if text is None:
         return None
     try:
         given = json.loads(text)
     except ValueError as err:
-        raise SystemExit(
-            f"{EDGE_PASSWORDS_ENV} is not JSON ({err}): `appliance cluster up` writes it"
-        ) from err
+        raise SystemExit(f"{EDGE_PASSWORDS_ENV} is not JSON ({err}): `appliance up` writes it") from err
     if not isinstance(given, dict) or not all(
         isinstance(u, str) and u.startswith(EDGE_PREFIX) and isinstance(p, str) and p
         for u, p in given.items()
@@ -225,7 +233,7 @@ def ensure_edges(api: _Api, edges: dict[str, str]) -> list[str]:
     for user in api.usernames():
         if user.startswith(EDGE_PREFIX) and user not in edges:
             api.call("DELETE", "/api/2.0/mlflow/users/delete", params={"username": user})
-            done.append(f"deleted user {user} (its edge host is no longer in the inventory)")
+            done.append(f"deleted user {user} (its edge box is no longer in the inventory or edge_boxes)")
     return done
 
 

@@ -200,6 +200,16 @@ REGISTRY_PASSWORD = "mlflow_reader_password"
 """The secret an edge box reads the central registry with (a copy of the central one)."""
 
 
+def central_secret(account: str) -> str:
+    """The central stack's secret holding ``account``'s password: a box's own account
+    (``appliance-edge-NAME``, the central answers' ``edge_boxes``) or the shared reader's."""
+    from appliance.mlflow_auth import EDGE_PREFIX, edge_secret
+
+    if account.startswith(EDGE_PREFIX):
+        return edge_secret(account.removeprefix(EDGE_PREFIX))
+    return REGISTRY_PASSWORD
+
+
 def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> list[Check]:
     """An edge box following a central registry (``serving.registry``): its credential is in
     place, and each ``models:/`` model can be served: the registry answers with a version, or a
@@ -212,8 +222,8 @@ def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> 
     assert registry is not None
     secret = ctx.state_dir / "secrets" / REGISTRY_PASSWORD
     copy = (
-        f"copy the central stack's STATE/secrets/{REGISTRY_PASSWORD} (the password of its "
-        f"{registry.username} account) to {secret} with mode 0600"
+        f"copy the central stack's STATE/secrets/{central_secret(registry.username)} (the password "
+        f"of its {registry.username} account) to {secret} with mode 0600"
     )
     if not secret.is_file() or not secret.read_text().strip():
         return [

@@ -25,6 +25,7 @@ from appliance.context import (
 )
 from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
+from appliance.mlflow_auth import edge_passwords
 from appliance.objectstore.identities import identity_of
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 from appliance.upgrade.releases import running_python
@@ -36,19 +37,23 @@ CONTAINER_MLFLOW_DIR = "/var/lib/mlflow"
 """The mlflow image's data folder (the ``mlflow`` volume)."""
 
 
-class Installed:
-    """``{minio}``, ``{grafana}``, ``{nginx}``: a program's path on this host, looked up only when a
-    template formats it (every service's templates get these names; one service uses each), else
-    its bare name."""
+class Deferred:
+    """A template value made only when a template formats it: every service's templates get every
+    name, and one service uses each of these (a program's path, the edge boxes' passwords)."""
 
-    def __init__(self, find: Callable[[], str | None], name: str) -> None:
-        self._find, self._name = find, name
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
     def __str__(self) -> str:
-        return self._find() or self._name
+        return self._make()
+
+
+def installed(find: Callable[[], str | None], name: str) -> Deferred:
+    """``{minio}``, ``{grafana}``, ``{nginx}``: a program's path on this host, else its bare name."""
+    return Deferred(lambda: find() or name)
 
 
 class Hosts:
@@ -100,17 +105,18 @@ class TemplateVars:
             "stacks": STACKS_DIR,
             "store": ctx.answers.object_store,
             "store_kind": ctx.store_kind,
-            "minio": Installed(lambda: find_minio(ctx.answers), "minio"),
-            "weed": Installed(find_weed, "weed"),
+            "minio": installed(lambda: find_minio(ctx.answers), "minio"),
+            "weed": installed(find_weed, "weed"),
             # The data connection's S3 endpoint as seen from here (host or container), if any.
             "s3_endpoint": ctx.s3_endpoint_from(self.inside) or "",
-            "grafana": Installed(find_grafana, GRAFANA_SERVER),
+            "grafana": installed(find_grafana, GRAFANA_SERVER),
             "mlflow_artifacts": _mlflow_artifacts(ctx, self.inside),
             "mlflow_uri": ctx.mlflow_uri_from(self.inside),
-            "nginx": Installed(lambda: find_sbin("nginx"), "nginx"),
+            "nginx": installed(lambda: find_sbin("nginx"), "nginx"),
             "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
             "gateway_host": dial_address(gateway_address(ctx)),
             "gateway_url": gateway_url(ctx, self.chosen),
+            "edge_passwords": Deferred(lambda: edge_passwords(ctx.answers.edge_boxes, ctx.secrets)),
         }
 
 

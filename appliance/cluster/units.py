@@ -24,7 +24,7 @@ from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, serving_members
-from appliance.mlflow_auth import EDGE_PASSWORDS_ENV, edge_account, edge_secret
+from appliance.mlflow_auth import EDGE_PASSWORDS_ENV, edge_account, edge_passwords, edge_secret
 from appliance.objectstore import grpc_tls
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
@@ -236,10 +236,11 @@ def edge_reader(env: dict[str, str], host: str, ctx: AppContext, services: dict[
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = f"{ctx.state_dir}/secrets/{CA_CERT}"
 
 
-def edge_accounts(env: dict[str, str], inventory: Inventory, secrets: SecretStore) -> None:
-    """The accounts job's list of edge accounts (``{}`` with no edge host, so it deletes any left)."""
-    accounts = {edge_account(h): secrets.get(edge_secret(h)) for h in inventory.group("edge")}
-    env[EDGE_PASSWORDS_ENV] = json.dumps(accounts, sort_keys=True)
+def edge_accounts(env: dict[str, str], ctx: AppContext, inventory: Inventory) -> None:
+    """The accounts job's edge accounts: the ``edge`` hosts and the standalone boxes of
+    ``edge_boxes`` (``{}`` with none, so it deletes any left)."""
+    names = [*inventory.group("edge"), *ctx.answers.edge_boxes]
+    env[EDGE_PASSWORDS_ENV] = edge_passwords(names, ctx.secrets)
 
 
 def file_sd_targets(prometheus: dict[str, Any], targets_dir: str) -> list[dict[str, Any]]:
@@ -319,7 +320,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
             if host in inventory.group("edge"):
                 edge_reader(unit_of(roles, "serving")["env"], host, ctx, services)
         if "mlflow-users" in mine:  # the accounts job makes every edge host's, deletes the rest
-            edge_accounts(unit_of(roles, "mlflow-users")["env"], inventory, store)
+            edge_accounts(unit_of(roles, "mlflow-users")["env"], ctx, inventory)
         if "gateway" in mine and "serving" in services:  # the serving hosts behind it
             host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
         if "seaweedfs" in mine:

@@ -5,11 +5,13 @@ shapes; the edge server follows ``@champion`` of both with MLflow's reader accou
 folder of its own and nothing else of the central stack. The champion is promoted: the edge
 serves the new versions. MLflow stops: the edge keeps answering with the last good versions, and
 a restart of the edge itself while MLflow is gone loads them from its cache. MLflow comes back and
-a newer champion is promoted: the edge catches up.
+a newer champion is promoted: the edge catches up. An edge stack (``appliance up``, edge profile)
+reads with a box's own account, as the central answers' ``edge_boxes`` make it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,13 +29,24 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from appliance.mlflow_auth import ADMIN_USER, PASSWORD_ENV, READER_USER, WRITER_USER
+from appliance.mlflow_auth import (
+    ADMIN_USER,
+    EDGE_PASSWORDS_ENV,
+    PASSWORD_ENV,
+    READER_USER,
+    WRITER_USER,
+    edge_account,
+    edge_secret,
+)
 from tests.integration._controller_fixtures import wait_for
 from tests.integration._serving_fixtures import ServerProcess, start_server, training_data, write_mlp
 
 pytestmark = pytest.mark.integration
 
 PASSWORDS = {ADMIN_USER: "edge-admin-pw-1", WRITER_USER: "edge-writer-pw-2", READER_USER: "edge-reader-pw-3"}
+BOX, BOX_PASSWORD = "shop-12", "edge-box-pw-4"
+"""A standalone box with its own account (the central answers' ``edge_boxes``), as the central
+stack's accounts job makes it."""
 MLP_X = training_data(3, seed=5)
 LIN_X = np.random.default_rng(9).normal(size=(2, 4)).astype(np.float32)
 
@@ -133,6 +146,7 @@ def mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mlflow]:
             os.environ
             | {"MLFLOW_TRACKING_URI": server.url}
             | {v: PASSWORDS[u] for u, v in PASSWORD_ENV.items()}
+            | {EDGE_PASSWORDS_ENV: json.dumps({edge_account(BOX): BOX_PASSWORD})}
         )
         job = subprocess.run(
             [sys.executable, "-m", "appliance.mlflow_auth"],
@@ -277,9 +291,10 @@ def test_edge_follows_the_champion_serves_through_an_outage_and_catches_up(
 def test_an_edge_stack_named_after_the_central_registry_comes_up_and_serves_its_champions(
     tmp_path: Path, mlflow: Mlflow
 ) -> None:
-    """The edge profile's own ``appliance up`` (local runtime, the model server alone): preflight
-    fails until the central reader password is copied in, then the stack serves both champions;
-    with the registry gone, preflight passes on the cached versions with a warning."""
+    """The edge profile's own ``appliance up`` (local runtime, the model server alone), reading
+    with the box's own account: preflight fails, naming the central secret to copy, until that
+    password is copied in; then the stack serves both champions; with the registry gone, preflight
+    passes on the cached versions with a warning."""
     from tests.conftest import run_cli, write_answers
 
     folders = {
@@ -295,7 +310,7 @@ def test_an_edge_stack_named_after_the_central_registry_comes_up_and_serves_its_
         object_store={"kind": "filesystem"},
         components={"monitoring": False},
         models=[{"name": "fraud"}, {"name": "churn"}],
-        serving={"registry": {"url": mlflow.url}, "poll_seconds": 1},
+        serving={"registry": {"url": mlflow.url, "username": edge_account(BOX)}, "poll_seconds": 1},
     )
     state = tmp_path / "state"
 
@@ -304,10 +319,11 @@ def test_an_edge_stack_named_after_the_central_registry_comes_up_and_serves_its_
 
     refused = cli("preflight")
     assert refused.returncode == 3, refused.stdout + refused.stderr
-    assert "mlflow_reader_password" in refused.stdout + refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "mlflow_reader_password" in said and edge_secret(BOX) in said, said
     secret = state / "secrets" / "mlflow_reader_password"
     secret.parent.mkdir(parents=True, exist_ok=True)
-    secret.write_text(PASSWORDS[READER_USER])
+    secret.write_text(BOX_PASSWORD)
     secret.chmod(0o600)
     try:
         up = cli("up")

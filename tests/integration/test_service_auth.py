@@ -4,7 +4,8 @@ stack itself, holding its credentials, still works end to end.
 One stack for the module: MLflow with its authentication, the mlflow-users job, the model server,
 the controller, Prometheus, Alertmanager and node exporter (the workbench is off: its Jupyter token
 is older than this test and checked in the lab stack test). A champion is trained through the CLI
-(MLflow's writer account) and the model server loads it with the read-only account.
+(MLflow's writer account) and the model server loads it with the read-only account. Two standalone
+edge boxes (``edge_boxes``) get read-only accounts of their own; one taken out loses its account.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 MODEL = "breast_cancer"
 RUN_CREATE = "/api/2.0/mlflow/runs/create"
 SET_ALIAS = "/api/2.0/mlflow/registered-models/alias"
+BOXES = ("shop-12", "shop-13")
+"""Standalone edge boxes following this stack's registry, each with an account of its own."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         components={"workbench": False},
         serving={"poll_seconds": 1},
         monitoring={"scrape_interval": "2s", "evaluation_interval": "2s"},
+        edge_boxes=list(BOXES),
     )
     state = root / "state"
     ports = yaml.safe_load(answers.read_text())["ports"]
@@ -217,3 +221,35 @@ def test_the_accounts_job_checks_before_it_creates_and_repairs_a_changed_passwor
     repaired = job()
     assert repaired.returncode == 0 and f"reset the password of {READER_USER}" in repaired.stdout
     assert job("--check").returncode == 0
+
+
+def test_each_edge_box_reads_with_its_own_account_and_one_taken_out_is_cut_off_alone(stack: Stack) -> None:
+    from appliance.mlflow_auth import edge_account, edge_secret
+
+    mlflow = f"{stack.url('mlflow')}/api/2.0/mlflow"
+    boxes = {box: (edge_account(box), stack.secret(edge_secret(box))) for box in BOXES}
+    assert len({pw for _, pw in boxes.values()} | {stack.secret("mlflow_reader_password")}) == 3
+    for box, auth in boxes.items():
+        assert (stack.state / "secrets" / edge_secret(box)).stat().st_mode & 0o777 == 0o600
+        alias = httpx.get(
+            f"{mlflow}/registered-models/alias", params={"name": MODEL, "alias": "champion"}, auth=auth
+        )
+        assert alias.status_code == 200 and alias.json()["model_version"]["version"] == "1", (box, alias.text)
+        move = {"name": MODEL, "alias": "champion", "version": "1"}
+        assert httpx.post(f"{mlflow}/registered-models/alias", json=move, auth=auth).status_code == 403, box
+        assert httpx.post(f"{mlflow}/runs/create", json={"experiment_id": "0"}, auth=auth).status_code == 403
+    lost, kept = BOXES
+    data = yaml.safe_load(stack.answers.read_text())
+    stack.answers.write_text(yaml.safe_dump(data | {"edge_boxes": [kept]}))
+    try:
+        stack.cli("up")
+
+        def status(auth: tuple[str, str]) -> int:
+            return httpx.get(f"{mlflow}/users/current", auth=auth, timeout=10).status_code
+
+        assert status(boxes[lost]) == 401, "the box taken out of edge_boxes still logs in"
+        assert status(boxes[kept]) == 200
+        assert status(stack.mlflow_account(READER_USER)) == 200
+        assert status(stack.mlflow_account(WRITER_USER)) == 200
+    finally:
+        stack.answers.write_text(yaml.safe_dump(data))

@@ -1,6 +1,7 @@
-"""Each edge host of a cluster reads the registry with an account of its own: the rendered units
-give an edge host only its own password (never the shared reader's), the accounts job is given
-every edge account, and the job creates, repairs and deletes edge accounts and no other."""
+"""Each edge box reads the registry with an account of its own: the rendered units give a cluster's
+edge host only its own password (never the shared reader's), the accounts job is given every edge
+account (the cluster's edge hosts and the standalone boxes of ``edge_boxes``, on one host or a
+cluster), and the job creates, repairs and deletes edge accounts and no other."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def test_the_job_creates_repairs_and_deletes_edge_accounts_and_leaves_the_others
     assert done == [
         "created user appliance-edge-a",
         "reset the password of appliance-edge-b to its secret",
-        "deleted user appliance-edge-old (its edge host is no longer in the inventory)",
+        "deleted user appliance-edge-old (its edge box is no longer in the inventory or edge_boxes)",
     ]
     api.calls.clear()
     assert ensure_edges(api, {"appliance-edge-a": "pa", "appliance-edge-b": "pb"}) == []
@@ -172,3 +173,51 @@ def test_with_the_gateway_on_an_edge_host_reads_the_registry_through_it_and_gets
         plain["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"
         and "MLFLOW_TRACKING_SERVER_CERT_PATH" not in plain
     )
+
+
+def _one_host_job_env(tmp_path: Path, boxes: list[str]) -> dict[str, str]:
+    from appliance.context import AppContext
+    from appliance.render import render_stack
+
+    data = {"object_store": {"kind": "filesystem"}, "components": {"workbench": False}, "edge_boxes": boxes}
+    ctx = AppContext(Answers.model_validate(data), tmp_path / "state")
+    return dict(render_stack(ctx)["mlflow-users"].env)
+
+
+def test_a_one_host_stack_gives_its_accounts_job_each_standalone_edge_box_and_none_without(
+    tmp_path: Path,
+) -> None:
+    env = _one_host_job_env(tmp_path, ["shop-12", "shop-13"])
+    store = SecretStore(tmp_path / "state" / "secrets")
+    assert json.loads(env[EDGE_PASSWORDS_ENV]) == {
+        "appliance-edge-shop-12": store.get(edge_secret("shop-12")),
+        "appliance-edge-shop-13": store.get(edge_secret("shop-13")),
+    }
+    assert (tmp_path / "state" / "secrets" / edge_secret("shop-12")).stat().st_mode & 0o777 == 0o600
+    assert store.get(edge_secret("shop-12")) != store.get("mlflow_reader_password")
+    # a box taken out of edge_boxes: the job is told of the other alone, and deletes its account
+    env = _one_host_job_env(tmp_path, ["shop-13"])
+    assert list(json.loads(env[EDGE_PASSWORDS_ENV])) == ["appliance-edge-shop-13"]
+    assert _one_host_job_env(tmp_path / "none", [])[EDGE_PASSWORDS_ENV] == "{}"
+
+
+def test_a_clusters_accounts_job_is_given_its_edge_hosts_and_the_standalone_boxes(tmp_path: Path) -> None:
+    data = answers().model_dump(mode="json", exclude_unset=True) | {"edge_boxes": ["shop-12"]}
+    ctl = render_hosts(Answers.model_validate(data), tmp_path / "secrets")["ctl1"]
+    job = next(u for u in ctl["appliance_mlflow_units"] if u["name"] == "mlflow-users")
+    assert sorted(json.loads(job["env"][EDGE_PASSWORDS_ENV])) == [
+        "appliance-edge-edge-1.lan",
+        "appliance-edge-edge_1_lan",
+        "appliance-edge-shop-12",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [(["../x"], "edge box name '../x'"), (["a", "a"], "must be unique: a"), ([""], "is empty")],
+)
+def test_edge_box_names_are_checked_before_anything_runs(boxes: list[str], message: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        Answers.model_validate({"edge_boxes": boxes})

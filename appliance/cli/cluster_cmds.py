@@ -11,6 +11,7 @@ import click
 from appliance.cli.common import app_context
 
 if TYPE_CHECKING:
+    from appliance.cluster.progress import ServiceEvent
     from appliance.cluster.run import HostResult
 
 LIMIT = click.option("--limit", "limit", multiple=True, help="Only these hosts (repeat for several).")
@@ -22,6 +23,12 @@ def _progress(host: str, status: str, task: str) -> None:
         click.echo(f"  {host:<16} {status:<11} {task}", err=True)
 
 
+def _service(event: ServiceEvent) -> None:
+    """A service's change of state, in the task lines' columns, its name after ``service``."""
+    tally = f"({event.ready} of {event.total} ready)"
+    click.echo(f"  {event.host:<16} {event.state:<11} service {event.service} {tally}", err=True)
+
+
 def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool = False) -> None:
     from appliance.cluster.engine import run
     from appliance.cluster.run import ClusterPreflightError, ClusterRunError
@@ -29,7 +36,9 @@ def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool 
 
     started = time.monotonic()
     try:
-        results = run(app_context(), action, None if as_json else _progress, list(limit))
+        results = run(
+            app_context(), action, None if as_json else _progress, list(limit), None if as_json else _service
+        )
     except (ClusterRunError, ClusterPreflightError) as err:
         if as_json:  # the per-host results are still data on stdout; the message and exit code follow
             click.echo(json.dumps(to_json(err.results), indent=2))

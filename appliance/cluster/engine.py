@@ -16,6 +16,7 @@ from appliance.secrets_store import read_only
 from appliance.state_lock import state_lock
 
 from .inventory import Inventory
+from .progress import ServiceProgress, ServiceSink, host_units
 from .run import (
     ClusterPreflightError,
     ClusterRunError,
@@ -90,9 +91,14 @@ def _render(ctx: AppContext, write_secrets: bool) -> dict[str, dict[str, Any]]:
 
 
 def run(
-    ctx: AppContext, action: str, on_progress: ProgressSink | None = None, limit: list[str] | None = None
+    ctx: AppContext,
+    action: str,
+    on_progress: ProgressSink | None = None,
+    limit: list[str] | None = None,
+    on_service: ServiceSink | None = None,
 ) -> dict[str, HostResult]:
-    """Run ``action`` (preflight, plan, up, down) over the cluster; raises on a failed host."""
+    """Run ``action`` (preflight, plan, up, down) over the cluster; raises on a failed host.
+    ``on_progress`` hears each task result, ``on_service`` (up) each service's change of state."""
     inventory = _cluster(ctx)
     inventory.check_limit(limit or [])
     host_vars = _render(ctx, write_secrets=action == "up")
@@ -111,10 +117,29 @@ def run(
                 common[PREFLIGHT_WHEELS] = _wheels_given(ctx)
         gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
         path = write_inventory(ctx.answers, host_vars, folder, common)
-        results = run_playbook(action, path, folder, on_progress, limit)
+        sink = with_services(on_progress, on_service, host_vars) if action == "up" else on_progress
+        results = run_playbook(action, path, folder, sink, limit)
     results |= gone
     raise_for_failed_hosts(action, results, gone)
     return results
+
+
+def with_services(
+    on_progress: ProgressSink | None, on_service: ServiceSink | None, host_vars: dict[str, dict[str, Any]]
+) -> ProgressSink | None:
+    """``on_progress``, also telling ``on_service`` each service's change of state on its host."""
+    if on_service is None:
+        return on_progress
+    services = ServiceProgress(host_units(host_vars))
+
+    def sink(host: str, status: str, task: str) -> None:
+        if on_progress is not None:
+            on_progress(host, status, task)
+        event = services.record(host, status, task)
+        if event is not None:
+            on_service(event)
+
+    return sink
 
 
 def raise_for_failed_hosts(action: str, results: dict[str, HostResult], gone: dict[str, HostResult]) -> None:

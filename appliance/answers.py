@@ -14,6 +14,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from appliance.cron import check_cron
+from appliance.mlflow_auth import EDGE_PREFIX
 from appliance.monitoring.durations import check_duration
 from appliance.names import RULE, name_problem
 from appliance.workloads.serving.limits import ServerLimits
@@ -367,6 +368,48 @@ class Serving(Strict):
         return self
 
 
+class RemoteWrite(Strict):
+    """Where an edge box's Prometheus sends its samples (``monitoring.remote_write``): the central
+    stack's Prometheus, which takes them with its remote-write receiver. The box keeps them in its
+    write-ahead log through an outage and sends them when the link returns, so the central series
+    have no gap (docs/cluster.md, "Edge boxes")."""
+
+    url: str
+    """The central Prometheus's receiver, ``http://HOST:9090/api/v1/write`` (its ``bind_address``
+    must be one the box reaches)."""
+    username: str
+    """The box's own account, ``appliance-edge-NAME``, that the central answers' ``edge_boxes``
+    make (the same account reads the registry). The central series get ``edge_box="NAME"``."""
+    password_file: Path | None = None
+    """The file holding that account's password; absent: this box's
+    ``STATE/secrets/mlflow_reader_password`` (the copy of the central secret the registry uses)."""
+    ca_file: Path | None = None
+    """CA certificate an ``https`` URL is checked against; absent: the system's CAs."""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"monitoring.remote_write.url {value!r} must start with http:// or https://")
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _edge_account(cls, value: str) -> str:
+        name = value.removeprefix(EDGE_PREFIX)
+        if not value.startswith(EDGE_PREFIX) or name_problem(name) is not None:
+            raise ValueError(
+                f"monitoring.remote_write.username {value!r} must be {EDGE_PREFIX}NAME, the account the "
+                "central answers' edge_boxes make for this box (e.g. appliance-edge-shop-12)"
+            )
+        return value
+
+    @property
+    def box(self) -> str:
+        """This box's name, the ``edge_box`` label its samples carry centrally."""
+        return self.username.removeprefix(EDGE_PREFIX)
+
+
 class Monitoring(Strict):
     """Alerting and retraining triggers."""
 
@@ -394,6 +437,9 @@ class Monitoring(Strict):
     retrain_cooldown_seconds: int = Field(900, ge=0)
     """After a drift alert starts a retraining run, further drift alerts for the same model are
     ignored for this long, so a flapping alert cannot start a storm of runs."""
+    remote_write: RemoteWrite | None = None
+    """An edge box: send this Prometheus's samples to the central one as well; absent: they stay
+    here."""
 
     @field_validator("drift_for", "scrape_interval", "evaluation_interval", "alert_group_wait")
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance.context import AppContext
+from appliance.mlflow_auth import READER_USER, SECRETS
 from appliance.runtimes.base import ObservedService
 from appliance.stack import RenderedService
 
@@ -196,8 +197,9 @@ def _model_source(
     ]
 
 
-REGISTRY_PASSWORD = "mlflow_reader_password"
-"""The secret an edge box reads the central registry with (a copy of the central one)."""
+REGISTRY_PASSWORD = SECRETS[READER_USER]
+"""The secret an edge box reads the central registry with (a copy of the central one), and sends
+its samples to the central Prometheus with (``monitoring.remote_write``)."""
 
 
 def central_secret(account: str) -> str:
@@ -208,6 +210,81 @@ def central_secret(account: str) -> str:
     if account.startswith(EDGE_PREFIX):
         return edge_secret(account.removeprefix(EDGE_PREFIX))
     return REGISTRY_PASSWORD
+
+
+def _copy_fix(path: Path, account: str) -> str:
+    return (
+        f"copy the central stack's STATE/secrets/{central_secret(account)} (the password of its "
+        f"{account} account) to {path} with mode 0600"
+    )
+
+
+def _credential(name: str, path: Path, account: str) -> Check | None:
+    """The failed check when the file holding ``account``'s password (a copy of the central
+    stack's secret) is missing, empty or readable by others; None when it is in place."""
+    if not path.is_file() or not path.read_text().strip():
+        return Check(name, "fail", f"no password for {account} at {path}", _copy_fix(path, account))
+    if path.stat().st_mode & 0o077:
+        return Check(name, "fail", f"{path} is readable by others", f"chmod 600 {path}")
+    return None
+
+
+def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
+    """An edge box sending its samples to the central Prometheus (``monitoring.remote_write``):
+    its credential is in place and the receiver takes it. A receiver that cannot be reached only
+    warns (the box keeps its samples and sends them when the link returns); one that refuses the
+    account fails, as its samples would never arrive."""
+    wanted = ctx.answers.monitoring.remote_write
+    if wanted is None or "prometheus" not in desired:
+        return []
+    path = wanted.password_file or ctx.state_dir / "secrets" / REGISTRY_PASSWORD
+    missing = _credential("remote write credential", path, wanted.username)
+    if missing is not None:
+        return [missing]
+    if wanted.ca_file is not None and not wanted.ca_file.is_file():
+        return [
+            Check(
+                "remote write CA",
+                "fail",
+                f"monitoring.remote_write.ca_file {wanted.ca_file} does not exist",
+                "copy the central stack's STATE/secrets/tls_ca_cert there, or remove ca_file",
+            )
+        ]
+    import httpx
+
+    verify: str | bool = str(wanted.ca_file) if wanted.ca_file else True
+    try:  # an empty body: the receiver checks the account first (401), then refuses the body (400)
+        answer = httpx.post(
+            wanted.url, auth=(wanted.username, path.read_text().strip()), verify=verify, timeout=5
+        )
+    except httpx.HTTPError as err:
+        return [
+            Check(
+                "remote write",
+                "warn",
+                f"{wanted.url} cannot be reached ({type(err).__name__}): samples wait on this box",
+                "they are sent when the central Prometheus answers; check the URL if it never does",
+            )
+        ]
+    if answer.status_code in (401, 403):
+        return [
+            Check(
+                "remote write",
+                "fail",
+                f"{wanted.url} refuses {wanted.username} ({answer.status_code})",
+                f"list {wanted.box} in the central edge_boxes, run up there, copy the password again",
+            )
+        ]
+    if answer.status_code == 404:
+        return [
+            Check(
+                "remote write",
+                "fail",
+                f"{wanted.url} has no remote-write receiver (404)",
+                "name the central Prometheus's /api/v1/write (the appliance's has the receiver on)",
+            )
+        ]
+    return [Check("remote write", "pass", f"samples go to {wanted.url} as {wanted.username}")]
 
 
 def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> list[Check]:
@@ -221,18 +298,9 @@ def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> 
     registry = ctx.answers.serving.registry
     assert registry is not None
     secret = ctx.state_dir / "secrets" / REGISTRY_PASSWORD
-    copy = (
-        f"copy the central stack's STATE/secrets/{central_secret(registry.username)} (the password "
-        f"of its {registry.username} account) to {secret} with mode 0600"
-    )
-    if not secret.is_file() or not secret.read_text().strip():
-        return [
-            Check("registry credential", "fail", f"no password for {registry.username} at {secret}", copy)
-        ]
-    if secret.stat().st_mode & 0o077:
-        return [
-            Check("registry credential", "fail", f"{secret} is readable by others", f"chmod 600 {secret}")
-        ]
+    missing = _credential("registry credential", secret, registry.username)
+    if missing is not None:
+        return [missing]
     if registry.ca_file is not None and not registry.ca_file.is_file():
         return [
             Check(
@@ -293,7 +361,7 @@ def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> 
                     "registry credential",
                     "fail",
                     f"{registry.url} refuses {registry.username}'s password ({answer.status_code})",
-                    copy,
+                    _copy_fix(secret, registry.username),
                 )
             ]
         if answer.status_code == 200:
@@ -416,6 +484,7 @@ def run_preflight(
         *_ports(ctx, desired, observed),
         _gpu(ctx),
         *_model_source(ctx, desired, observed),
+        *_remote_write(ctx, desired),
         *_model_datasets(ctx, desired),
         *_network_exposure(desired),
     ]

@@ -23,9 +23,10 @@ from typing import Protocol
 
 from appliance.addressing import Addressing, dial_address
 from appliance.answers import Answers
+from appliance.mlflow_auth import READER_USER, SECRETS
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
 from appliance.monitoring.dashboards import write_dashboards
-from appliance.monitoring.prometheus_config import ScrapeTarget, render_prometheus_config
+from appliance.monitoring.prometheus_config import RemoteWriteTarget, ScrapeTarget, render_prometheus_config
 from appliance.monitoring.rules import render_alert_rules
 from appliance.monitoring.web_auth import GENERATORS as WEB_CONFIG_GENERATORS
 from appliance.monitoring.web_auth import WEB_PASSWORDS, WEB_USER, password_file
@@ -123,6 +124,22 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
         mon.scrape_interval,
         mon.evaluation_interval,
         alertmanager_auth=web_auth(ctx, "alertmanager") if manager else None,
+        remote_write=remote_write_target(ctx),
+    )
+
+
+def remote_write_target(ctx: _Context) -> RemoteWriteTarget | None:
+    """An edge box's ``monitoring.remote_write``: the central receiver, the box's account and the
+    file holding its password, its samples labelled ``edge_box``."""
+    wanted = ctx.answers.monitoring.remote_write
+    if wanted is None:
+        return None
+    password = wanted.password_file or ctx.state_dir / "secrets" / SECRETS[READER_USER]
+    return RemoteWriteTarget(
+        wanted.url,
+        (wanted.username, str(password)),
+        (("edge_box", wanted.box),),
+        str(wanted.ca_file) if wanted.ca_file else None,
     )
 
 

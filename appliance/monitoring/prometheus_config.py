@@ -46,6 +46,32 @@ class ScrapeTarget:
             raise ValueError(f"metrics path {self.metrics_path!r} of job {self.job!r} must start with /")
 
 
+@dataclass(frozen=True)
+class RemoteWriteTarget:
+    """Another Prometheus's remote-write receiver this one sends every sample to (an edge box's
+    to the central one), as ``basic_auth`` user and password file, and the labels that tell this
+    sender's series apart there."""
+
+    url: str
+    auth: tuple[str, str]
+    labels: tuple[tuple[str, str], ...]
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"remote write URL {self.url!r} must look like http://host:9090/api/v1/write")
+        for name, _ in self.labels:
+            if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+                raise ValueError(f"external label {name!r} must be letters, digits and '_'")
+
+    def config(self) -> dict[str, object]:
+        entry: dict[str, object] = {"url": self.url, "basic_auth": _basic_auth(self.auth)}
+        if self.ca_file:
+            entry["tls_config"] = {"ca_file": self.ca_file}
+        return entry
+
+
 def _scrape_configs(targets: list[ScrapeTarget]) -> list[dict[str, object]]:
     jobs: dict[str, list[ScrapeTarget]] = {}
     for target in targets:
@@ -98,17 +124,21 @@ def render_prometheus_config(
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
     alertmanager_auth: tuple[str, str] | None = None,
+    remote_write: RemoteWriteTarget | None = None,
 ) -> str:
     """The text of ``prometheus.yml``: one scrape job per distinct ``job``, the rule files, and
     the Alertmanager to notify (none when ``alertmanager_url`` is ``None``; with basic auth
-    ``(user, password file)`` when ``alertmanager_auth`` is given)."""
-    config: dict[str, object] = {
-        "global": {
-            "scrape_interval": check_duration(scrape_interval, "scrape_interval"),
-            "evaluation_interval": check_duration(evaluation_interval, "evaluation_interval"),
-        },
-        "rule_files": list(rule_files),
+    ``(user, password file)`` when ``alertmanager_auth`` is given); with ``remote_write``, every
+    sample is also sent there, labelled with the sender's external labels."""
+    settings: dict[str, object] = {
+        "scrape_interval": check_duration(scrape_interval, "scrape_interval"),
+        "evaluation_interval": check_duration(evaluation_interval, "evaluation_interval"),
     }
+    if remote_write is not None:
+        settings["external_labels"] = dict(remote_write.labels)
+    config: dict[str, object] = {"global": settings, "rule_files": list(rule_files)}
+    if remote_write is not None:
+        config["remote_write"] = [remote_write.config()]
     if alertmanager_url is not None:
         config["alerting"] = _alerting(alertmanager_url, alertmanager_auth)
     config["scrape_configs"] = _scrape_configs(targets)

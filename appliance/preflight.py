@@ -219,13 +219,18 @@ def _copy_fix(path: Path, account: str) -> str:
     )
 
 
-def _credential(name: str, path: Path, account: str) -> Check | None:
-    """The failed check when the file holding ``account``'s password (a copy of the central
-    stack's secret) is missing, empty or readable by others; None when it is in place."""
+def _credential(what: str, path: Path, account: str, ca_file: Path | None, key: str) -> Check | None:
+    """The failed check (``WHAT credential`` or ``WHAT CA``) when the file holding ``account``'s
+    password (a copy of the central stack's secret) is missing, empty or readable by others, or
+    the CA file named at ``KEY.ca_file`` does not exist; None when both are in place."""
+    name = f"{what} credential"
     if not path.is_file() or not path.read_text().strip():
         return Check(name, "fail", f"no password for {account} at {path}", _copy_fix(path, account))
     if path.stat().st_mode & 0o077:
         return Check(name, "fail", f"{path} is readable by others", f"chmod 600 {path}")
+    if ca_file is not None and not ca_file.is_file():
+        fix = "copy the central stack's STATE/secrets/tls_ca_cert there, or remove ca_file"
+        return Check(f"{what} CA", "fail", f"{key}.ca_file {ca_file} does not exist", fix)
     return None
 
 
@@ -238,18 +243,9 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
     if wanted is None or "prometheus" not in desired:
         return []
     path = wanted.password_file or ctx.state_dir / "secrets" / REGISTRY_PASSWORD
-    missing = _credential("remote write credential", path, wanted.username)
+    missing = _credential("remote write", path, wanted.username, wanted.ca_file, "monitoring.remote_write")
     if missing is not None:
         return [missing]
-    if wanted.ca_file is not None and not wanted.ca_file.is_file():
-        return [
-            Check(
-                "remote write CA",
-                "fail",
-                f"monitoring.remote_write.ca_file {wanted.ca_file} does not exist",
-                "copy the central stack's STATE/secrets/tls_ca_cert there, or remove ca_file",
-            )
-        ]
     import httpx
 
     verify: str | bool = str(wanted.ca_file) if wanted.ca_file else True
@@ -298,18 +294,9 @@ def _edge_registry(ctx: AppContext, observed: Mapping[str, ObservedService]) -> 
     registry = ctx.answers.serving.registry
     assert registry is not None
     secret = ctx.state_dir / "secrets" / REGISTRY_PASSWORD
-    missing = _credential("registry credential", secret, registry.username)
+    missing = _credential("registry", secret, registry.username, registry.ca_file, "serving.registry")
     if missing is not None:
         return [missing]
-    if registry.ca_file is not None and not registry.ca_file.is_file():
-        return [
-            Check(
-                "registry CA",
-                "fail",
-                f"serving.registry.ca_file {registry.ca_file} does not exist",
-                "copy the central stack's STATE/secrets/tls_ca_cert there, or remove ca_file",
-            )
-        ]
     import httpx
 
     auth = (registry.username, secret.read_text().strip())

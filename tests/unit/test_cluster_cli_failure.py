@@ -24,6 +24,20 @@ def _failing(results: dict[str, HostResult]) -> Any:
     return run
 
 
+def _failed_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: str, run: Any, code: int
+) -> tuple[dict[str, Any], str]:
+    """``cluster ACTION --json`` with the engine's ``run`` replaced: it exits ``code``; the JSON on
+    stdout and what stderr said."""
+    monkeypatch.setattr(engine, "run", run)
+    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        main(["cluster", action, "--json"])
+    assert ended.value.code == code
+    out, err = capsys.readouterr()
+    return json.loads(out), err
+
+
 @pytest.mark.parametrize(
     ("lost", "code", "state"),
     [
@@ -43,13 +57,7 @@ def test_a_failed_up_still_prints_every_hosts_results_as_json(
     state: str,
 ) -> None:
     results = {"ctl": HostResult(ok=20, changed=5), "srv1": lost}
-    monkeypatch.setattr(engine, "run", _failing(results))
-    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
-    with pytest.raises(SystemExit) as ended:
-        main(["cluster", "up", "--json"])
-    assert ended.value.code == code
-    out, err = capsys.readouterr()
-    data = json.loads(out)
+    data, err = _failed_json(monkeypatch, capsys, "up", _failing(results), code)
     assert data["srv1"]["state"] == state and data["srv1"]["messages"] == lost.messages
     assert data["ctl"]["state"] == "changed" and data["ctl"]["failed"] == 0
     assert f"srv1: {state}" in err and "run the same command again" in err
@@ -129,12 +137,6 @@ def test_a_failed_preflight_still_prints_every_hosts_results_as_json(
         engine.raise_for_failed_hosts("preflight", results, gone={})  # the decision the engine makes
         return results
 
-    monkeypatch.setattr(engine, "run", run)
-    monkeypatch.setattr(cluster_cmds, "app_context", lambda: None)
-    with pytest.raises(SystemExit) as ended:
-        main(["cluster", "preflight", "--json"])
-    assert ended.value.code == code
-    out, err = capsys.readouterr()
-    data = json.loads(out)
+    data, err = _failed_json(monkeypatch, capsys, "preflight", run, code)
     assert set(data) == {"ctl", "srv1"} and data["srv1"]["state"] == lost.state
     assert data["ctl"]["state"] == "ok" and "srv1" in err and "preflight failed" in err

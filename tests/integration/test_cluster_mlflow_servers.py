@@ -320,7 +320,11 @@ def test_through_the_gateway_no_request_fails_while_either_server_is_stopped(lab
         for host in ("ctl1", "ctl2"):  # ctl1's is the gateway's own host, ctl2's across the network
             before = load.count()
             lab.systemctl(host, "stop")
-            time.sleep(4)
+            # the load runs on while the server is down: at least 20 answers (on a slow machine a
+            # fixed few seconds held fewer: every request checks its password's scrypt hash)
+            deadline = time.monotonic() + 60
+            while load.count() - before <= 20 and time.monotonic() < deadline:
+                time.sleep(0.5)
             # a write through the gateway while the server is down lands on the other one
             gateway = httpx.Client(
                 base_url=load.url, auth=load.auth, verify=load.context, timeout=10, trust_env=False

@@ -186,7 +186,8 @@ def test_four_hosts_from_one_answers_file_preflight_plan_up_a_second_up_and_stat
     assert code == 0, (out + err)[-6000:]
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in GROUPS]
     assert {row[0]: int(row[3]) for row in rows} == dict.fromkeys(GROUPS, 0), out  # changed=0
-    services = [line.split() for line in err.splitlines() if " service " in line]
+    lines = [line.split() for line in err.splitlines()]
+    services = [row for row in lines if len(row) == 8 and row[2] == "service" and row[-1] == "ready)"]
     last = {row[0]: row for row in services}  # HOST STATE service NAME (READY of TOTAL ready)
     assert set(last) == set(GROUPS), err[-6000:]
     assert all(row[4].lstrip("(") == row[6] for row in last.values()), last  # all ready on each host

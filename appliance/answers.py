@@ -666,6 +666,25 @@ class Answers(Strict):
         return value
 
     @model_validator(mode="after")
+    def _one_account_per_box(self) -> Answers:
+        write, registry = self.monitoring.remote_write, self.serving.registry
+        if write and registry and write.password_file is None and write.username != registry.username:
+            raise ValueError(
+                f"monitoring.remote_write.username ({write.username}) and serving.registry.username "
+                f"({registry.username}) share the box's password file: set both to {write.username}, "
+                "or give remote_write a password_file of its own"
+            )
+        if self.cluster is not None:
+            hosts = {h.name for h in self.cluster.hosts if "edge" in h.groups}
+            both = sorted(hosts & set(self.edge_boxes))
+            if both:
+                raise ValueError(
+                    f"{', '.join(both)} is both an edge host of the cluster and in edge_boxes: one "
+                    "account would serve two boxes; name the standalone box differently"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _one_model_list(self) -> Answers:
         if self.models and self.serving.model is not None:
             raise ValueError(

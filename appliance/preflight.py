@@ -246,6 +246,21 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
     missing = _credential("remote write", path, wanted.username, wanted.ca_file, "monitoring.remote_write")
     if missing is not None:
         return [missing]
+    secrets = ctx.state_dir / "secrets"
+    outside = [
+        f
+        for f in (path, wanted.ca_file)
+        if f is not None and not f.resolve().is_relative_to(secrets.resolve())
+    ]
+    if ctx.in_containers and outside:  # the containers see STATE/secrets alone
+        return [
+            Check(
+                "remote write",
+                "fail",
+                f"{outside[0]} is outside {secrets}, which is all Prometheus's container sees",
+                f"copy it into {secrets} (mode 0600) and name that path in monitoring.remote_write",
+            )
+        ]
     import httpx
 
     verify: str | bool = str(wanted.ca_file) if wanted.ca_file else True

@@ -26,6 +26,7 @@ from appliance.context import (
 from appliance.errors import ApplianceError
 from appliance.gateway import gateway_address, gateway_url
 from appliance.mlflow_auth import edge_passwords
+from appliance.monitoring.web_auth import receiver_flag
 from appliance.objectstore.identities import identity_of
 from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
 from appliance.upgrade.releases import running_python
@@ -117,6 +118,7 @@ class TemplateVars:
             "gateway_host": dial_address(gateway_address(ctx)),
             "gateway_url": gateway_url(ctx, self.chosen),
             "edge_passwords": Deferred(lambda: edge_passwords(ctx.answers.edge_boxes, ctx.secrets)),
+            "remote_write_receiver": Deferred(lambda: receiver_flag(ctx)),
         }
 
 

@@ -6,8 +6,9 @@ whose task names carry the unit's name: ``Start NAME`` and ``Wait for the health
 Those two results, read against the units each host was given (its rendered host variables), are
 a service's states: ``running`` (already up, untouched), ``started`` (started or restarted),
 ``healthy`` (its probe answered), ``failed`` (its start or probe failed). A service is ready once
-healthy, or once running or started when it has no probe. The names are matched here alone, and
-a unit test holds them to the task file's.
+healthy, or once running or started when it has no probe; a healthy one found running again (a
+unit two plays start, as the control host's object store) stays healthy. The names are matched
+here alone, and a unit test holds them to the task file's.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class ServiceProgress:
             state = "healthy" if status in ("ok", "changed") else "failed"
         else:
             return None
-        if tally.states.get(name) == state:
+        was = tally.states.get(name)
+        if was == state or (was == "healthy" and state == "running"):  # a unit started twice stays
             return None
         tally.states[name] = state
         return ServiceEvent(host, name, state, tally.ready(), len(tally.probed))

@@ -100,6 +100,16 @@ def edge_writers(ctx: Any) -> dict[str, str]:
     return {edge_account(box): ctx.secrets.get(edge_secret(box)) for box in ctx.answers.edge_boxes}
 
 
+RECEIVER_ON = "--web.enable-remote-write-receiver"
+RECEIVER_OFF = "--no-web.enable-remote-write-receiver"
+
+
+def receiver_flag(ctx: Any) -> str:
+    """Prometheus's remote-write receiver is on only where edge boxes send to it (``edge_boxes``):
+    any account of its ``web.yml`` may write through it, so a stack without edge boxes keeps it off."""
+    return RECEIVER_ON if ctx.answers.edge_boxes else RECEIVER_OFF
+
+
 GENERATORS = {
     f"{service.replace('-', '_')}_web_config": _web_config_generator(service) for service in WEB_PASSWORDS
 }

@@ -69,6 +69,7 @@ def test_a_second_up_reports_each_service_running_then_healthy_once() -> None:
         "ctl", "mlflow", "healthy", 1, 2
     )
     assert progress.record("ctl", "ok", "Wait for the health check of mlflow") is None  # no change
+    assert progress.record("ctl", "ok", "Start mlflow") is None  # started by a second play: still healthy
     assert progress.record("elsewhere", "ok", "Start mlflow") is None  # a host with no units given
 
 

@@ -5,6 +5,7 @@ the central web config lets each box of ``edge_boxes`` in with its own password.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -61,6 +62,7 @@ def test_the_centre_lets_each_edge_box_write_with_its_own_password(tmp_path: Pat
     ctx = AppContext(Answers.model_validate(data), tmp_path / "state")
     prometheus = render_stack(ctx)["prometheus"]
     assert "--web.enable-remote-write-receiver" in prometheus.command
+    assert "--web.enable-remote-write-receiver" in prometheus.container_command
     users = yaml.safe_load(prometheus.files["web.yml"])["basic_auth_users"]
     assert set(users) == {"appliance", "appliance-edge-shop-12"}
     password = SecretStore(tmp_path / "state" / "secrets").get(edge_secret("shop-12"))
@@ -76,3 +78,51 @@ def test_remote_write_targets_are_checked() -> None:
         [], [], None, remote_write=RemoteWriteTarget("http://c:1/w", ("u", "/f"), ())
     )
     assert yaml.safe_load(text)["remote_write"][0]["url"] == "http://c:1/w"
+
+
+def test_without_edge_boxes_the_receiver_is_off(tmp_path: Path) -> None:
+    ctx = AppContext(Answers.model_validate({"object_store": {"kind": "filesystem"}}), tmp_path / "state")
+    prometheus = render_stack(ctx)["prometheus"]
+    assert "--no-web.enable-remote-write-receiver" in prometheus.command
+    assert not any(a == "--web.enable-remote-write-receiver" for a in prometheus.container_command)
+    assert list(yaml.safe_load(prometheus.files["web.yml"])["basic_auth_users"]) == ["appliance"]
+
+
+def test_the_registry_and_the_remote_write_cannot_share_a_file_under_two_accounts() -> None:
+    registry = {"url": "https://central.lan:5443"}
+    with pytest.raises(ValidationError, match="share the box's password file"):
+        Answers.model_validate({"serving": {"registry": registry}, "monitoring": {"remote_write": WRITE}})
+    same = registry | {"username": WRITE["username"]}
+    Answers.model_validate({"serving": {"registry": same}, "monitoring": {"remote_write": WRITE}})
+    own = WRITE | {"password_file": "/var/lib/appliance/secrets/write_password"}
+    Answers.model_validate({"serving": {"registry": registry}, "monitoring": {"remote_write": own}})
+
+
+def test_a_name_cannot_be_both_a_clusters_edge_host_and_a_standalone_box() -> None:
+    hosts = [
+        {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
+        {"name": "shop-12", "address": "10.0.0.9", "groups": ["edge"]},
+    ]
+    with pytest.raises(ValidationError, match="shop-12 is both an edge host"):
+        Answers.model_validate({"cluster": {"hosts": hosts}, "edge_boxes": ["shop-12"]})
+
+
+def test_with_containers_the_boxs_files_must_be_where_prometheus_sees_them(tmp_path: Path) -> None:
+    from appliance.preflight import _remote_write
+
+    state = tmp_path / "state"
+    inside, outside = state / "secrets" / "write_password", tmp_path / "write_password"
+    for path in (inside, outside):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("pw")
+        path.chmod(0o600)
+    url = "http://127.0.0.1:9/api/v1/write"  # nothing listens there: a warning, not a failure
+    checks = {}
+    for runtime, password in (("podman", outside), ("local", outside), ("podman", inside)):
+        write = WRITE | {"url": url, "password_file": str(password)}
+        answers = Answers.model_validate({"runtime": runtime, "monitoring": {"remote_write": write}})
+        desired: dict[str, Any] = {"prometheus": None}
+        [checks[runtime, password]] = _remote_write(AppContext(answers, state), desired)
+    failed = checks["podman", outside]
+    assert failed.status == "fail" and "is all Prometheus's container sees" in failed.detail, failed
+    assert checks["local", outside].status == "warn" and checks["podman", inside].status == "warn"

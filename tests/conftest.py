@@ -218,6 +218,7 @@ def work_unit_of(path: Path) -> str:
 
 EXTENDED: dict[str, str] = {
     "integration/test_container_lab.py[docker]": "the whole lab on docker (test_container_stack: docker)",
+    "integration/test_lab_stack.py[docker]": "the lab stack on docker (test_container_stack: docker)",
     "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
     "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
     "integration/test_cluster_offline.py": "two cluster hosts with no route out, installed from a bundle",
@@ -226,8 +227,8 @@ EXTENDED: dict[str, str] = {
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``) each, with what it proves. With every module in, the
-run took 84 minutes of pytest here and went past CI's 90 minutes there; these six took about
-1,230 s of it (the per-module table the run prints). Each builds on a capability a test in the CI
+run took 84 minutes of pytest here and went past CI's 90 minutes there; these seven took about
+1,430 s of it (the per-module table the run prints). Each builds on a capability a test in the CI
 tier proves: the lab on podman (and the container stack on docker), the bundle on the local
 runtime, and the cluster's four-host lifecycle (a storage host, PostgreSQL on the control host, the
 gateway) with its faults on two serving hosts; the edge on one host follows the registry in

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from appliance.cron import check_cron
-from appliance.mlflow_auth import EDGE_PREFIX
+from appliance.mlflow_auth import EDGE_PREFIX, READER_USER, SECRETS
 from appliance.monitoring.durations import check_duration
 from appliance.names import RULE, name_problem
 from appliance.workloads.serving.limits import ServerLimits
@@ -408,6 +408,11 @@ class RemoteWrite(Strict):
     def box(self) -> str:
         """This box's name, the ``edge_box`` label its samples carry centrally."""
         return self.username.removeprefix(EDGE_PREFIX)
+
+    def password_path(self, state_dir: Path) -> Path:
+        """The file the box's Prometheus reads the password from (``password_file``, else the
+        box's copy of the central secret the registry reads with too)."""
+        return self.password_file or state_dir / "secrets" / SECRETS[READER_USER]
 
 
 class Monitoring(Strict):

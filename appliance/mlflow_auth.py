@@ -93,12 +93,16 @@ def edge_secret(host: str) -> str:
     return f"mlflow_edge_{re.sub(r'[^A-Za-z0-9_]', '_', host)}_{tag}_password"
 
 
+def edge_credentials(names: Iterable[str], secrets: Any) -> dict[str, str]:
+    """Each edge box named (a cluster's ``edge`` hosts, the answers' ``edge_boxes``): its account
+    and password, generated on first use."""
+    return {edge_account(n): secrets.get(edge_secret(n)) for n in sorted(set(names))}
+
+
 def edge_passwords(names: Iterable[str], secrets: Any) -> str:
-    """The accounts job's ``APPLIANCE_MLFLOW_EDGE_PASSWORDS``: every edge box named (a cluster's
-    ``edge`` hosts, the answers' ``edge_boxes``) with its password, generated on first use; ``{}``
-    with none, so the job deletes any edge account left."""
-    accounts = {edge_account(n): secrets.get(edge_secret(n)) for n in sorted(set(names))}
-    return json.dumps(accounts, sort_keys=True)
+    """The accounts job's ``APPLIANCE_MLFLOW_EDGE_PASSWORDS`` (``edge_credentials``); ``{}`` with
+    none, so the job deletes any edge account left."""
+    return json.dumps(edge_credentials(names, secrets), sort_keys=True)
 
 
 def shared_auth_uri(ctx: Any) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance.context import AppContext
-from appliance.mlflow_auth import READER_USER, SECRETS
+from appliance.mlflow_auth import EDGE_PREFIX, READER_USER, SECRETS, edge_secret
 from appliance.runtimes.base import ObservedService
 from appliance.stack import RenderedService
 
@@ -205,8 +205,6 @@ its samples to the central Prometheus with (``monitoring.remote_write``)."""
 def central_secret(account: str) -> str:
     """The central stack's secret holding ``account``'s password: a box's own account
     (``appliance-edge-NAME``, the central answers' ``edge_boxes``) or the shared reader's."""
-    from appliance.mlflow_auth import EDGE_PREFIX, edge_secret
-
     if account.startswith(EDGE_PREFIX):
         return edge_secret(account.removeprefix(EDGE_PREFIX))
     return REGISTRY_PASSWORD
@@ -242,7 +240,7 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
     wanted = ctx.answers.monitoring.remote_write
     if wanted is None or "prometheus" not in desired:
         return []
-    path = wanted.password_file or ctx.state_dir / "secrets" / REGISTRY_PASSWORD
+    path = wanted.password_path(ctx.state_dir)
     missing = _credential("remote write", path, wanted.username, wanted.ca_file, "monitoring.remote_write")
     if missing is not None:
         return [missing]

@@ -118,7 +118,7 @@ class TemplateVars:
             "gateway_host": dial_address(gateway_address(ctx)),
             "gateway_url": gateway_url(ctx, self.chosen),
             "edge_passwords": Deferred(lambda: edge_passwords(ctx.answers.edge_boxes, ctx.secrets)),
-            "remote_write_receiver": Deferred(lambda: receiver_flag(ctx)),
+            "remote_write_receiver": receiver_flag(ctx),
         }
 
 

@@ -23,7 +23,6 @@ from typing import Protocol
 
 from appliance.addressing import Addressing, dial_address
 from appliance.answers import Answers
-from appliance.mlflow_auth import READER_USER, SECRETS
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
 from appliance.monitoring.dashboards import write_dashboards
 from appliance.monitoring.prometheus_config import RemoteWriteTarget, ScrapeTarget, render_prometheus_config
@@ -134,10 +133,9 @@ def remote_write_target(ctx: _Context) -> RemoteWriteTarget | None:
     wanted = ctx.answers.monitoring.remote_write
     if wanted is None:
         return None
-    password = wanted.password_file or ctx.state_dir / "secrets" / SECRETS[READER_USER]
     return RemoteWriteTarget(
         wanted.url,
-        (wanted.username, str(password)),
+        (wanted.username, str(wanted.password_path(ctx.state_dir))),
         (("edge_box", wanted.box),),
         str(wanted.ca_file) if wanted.ca_file else None,
     )

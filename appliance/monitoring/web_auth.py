@@ -95,9 +95,9 @@ def _web_config_generator(service: str) -> Any:
 def edge_writers(ctx: Any) -> dict[str, str]:
     """The edge boxes' accounts (``edge_boxes``) and passwords: each may send its samples to this
     stack's Prometheus (its remote-write receiver) with the password it reads the registry with."""
-    from appliance.mlflow_auth import edge_account, edge_secret
+    from appliance.mlflow_auth import edge_credentials
 
-    return {edge_account(box): ctx.secrets.get(edge_secret(box)) for box in ctx.answers.edge_boxes}
+    return edge_credentials(ctx.answers.edge_boxes, ctx.secrets)
 
 
 RECEIVER_ON = "--web.enable-remote-write-receiver"

@@ -52,8 +52,21 @@ def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool 
     for host, r in sorted(results.items()):
         click.echo(f"{host:<16} {r.state:<12} {r.ok:>4} {r.changed:>8} {r.failed:>7} {r.unreachable:>12}")
     click.echo(f"cluster {action}: {len(results)} hosts in {time.monotonic() - started:.0f} s")
+    if action == "plan":
+        _print_service_plans(results)
     if diff:
         _print_diffs(results)
+
+
+def _print_service_plans(results: dict[str, HostResult]) -> None:
+    """What each host's services would do (``appliance.cluster.host_plan``), as the one-host
+    ``appliance plan`` prints its own."""
+    from appliance.plan import Action, Plan
+
+    for host, r in sorted(results.items()):
+        planned = Plan(tuple(Action(**action) for action in r.services))  # type: ignore[arg-type]
+        shown = planned.render() if planned else "no service to start, restart or stop"
+        click.echo(f"\n{host}:\n" + "\n".join(f"  {line}" for line in shown.splitlines()))
 
 
 def _print_diffs(results: dict[str, HostResult]) -> None:

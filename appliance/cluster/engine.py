@@ -3,18 +3,20 @@ inventory, run the playbook, return per-host results. Nothing here prints; the C
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from appliance.addressing import is_loopback
 from appliance.answers import Cluster
 from appliance.context import AppContext
 from appliance.errors import ApplianceError, PreflightError
+from appliance.plan import Plan
 from appliance.secrets_store import read_only
 from appliance.state_lock import state_lock
 
+from .applied import applied_hosts, applied_inventory, record_down, record_up
+from .host_plan import plan_hosts
 from .inventory import Inventory
 from .progress import ServiceProgress, ServiceSink, host_units
 from .run import (
@@ -25,6 +27,7 @@ from .run import (
     cluster_dir,
     event_status,
     inventory_path,
+    load_inventory,
     run_playbook,
     write_inventory,
 )
@@ -111,14 +114,20 @@ def run(
         if action in ("plan", "up"):
             common = _offline_bundle(ctx, folder)
         else:  # the bundle's variables as plan or up last gave them (Vagrant provisions from them)
-            kept = _previous_inventory(folder).get("all", {}).get("vars") or {}
+            kept = load_inventory(inventory_path(folder)).get("all", {}).get("vars") or {}
             common = {k: v for k, v in kept.items() if k != PREFLIGHT_WHEELS}
             if action == "preflight":
                 common[PREFLIGHT_WHEELS] = _wheels_given(ctx)
         gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
         path = write_inventory(ctx.answers, host_vars, folder, common)
+        if action == "up":  # before it runs: a host it stops halfway is still recorded as changed
+            record_up(folder, path, limit, kept=[h for h, r in gone.items() if r.state == "failed"])
         sink = with_services(on_progress, on_service, host_vars) if action == "up" else on_progress
         results = run_playbook(action, path, folder, sink, limit)
+        if action == "down":
+            record_down(folder, [h for h, r in results.items() if r.state in ("ok", "changed")])
+        if action == "plan":
+            _add_service_plans(results, plan_hosts(applied_hosts(folder), host_vars, limit))
     results |= gone
     raise_for_failed_hosts(action, results, gone)
     return results
@@ -203,28 +212,22 @@ def _wheels_given(ctx: AppContext) -> bool:
     return bundled or cluster.wheelhouse is not None
 
 
-def _previous_inventory(folder: Path) -> dict[str, Any]:
-    """The inventory the last run wrote (``!unsafe`` values read as plain text), or {}."""
-    previous = inventory_path(folder)
-    if not previous.exists():
-        return {}
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
-    return yaml.load(previous.read_text(), Loader=Loader) or {}
-
-
 def _stop_removed_hosts(
     inventory: Inventory, folder: Path, on_progress: ProgressSink | None
 ) -> dict[str, HostResult]:
-    """Hosts in the last inventory ``up`` wrote but no longer in the answers: drained and stopped
-    (``down`` on them alone, with the inventory they were brought up with) before the new one is
-    written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
-    known = set(_previous_inventory(folder).get("all", {}).get("hosts", {}))
+    """Hosts the last ``up`` applied (``applied``) but no longer in the answers: drained and
+    stopped (``down`` on them alone, with the inventory they were brought up with) before the new
+    one is written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
+    known = set(applied_hosts(folder))
     gone = sorted(known - set(inventory.hosts))
-    return run_playbook("down", inventory_path(folder), folder, on_progress, gone) if gone else {}
+    return run_playbook("down", applied_inventory(folder), folder, on_progress, gone) if gone else {}
+
+
+def _add_service_plans(results: dict[str, HostResult], plans: dict[str, Plan]) -> None:
+    """``plan``'s results with what each host's services would do (``host_plan``); a host leaving
+    the cluster, which Ansible does not visit in a plan, gets a result of its own."""
+    for host, planned in plans.items():
+        results.setdefault(host, HostResult()).services = [asdict(action) for action in planned.actions]
 
 
 class _nothing:

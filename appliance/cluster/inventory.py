@@ -9,7 +9,9 @@ the first host of theirs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.addressing import HostMap
 from appliance.answers import Cluster, ClusterHost
@@ -50,6 +52,17 @@ def role_of(service: str) -> str:
     return ROLE_OF.get(
         service, "seaweedfs" if service in ("minio", "buckets") or "seaweed" in service else "controller"
     )
+
+
+def units_by_name(host_vars: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A host's rendered units by name, across its roles' ``appliance_<role>_units`` lists (as
+    ``units.render_hosts`` groups them), in the stack file's order: dependencies first."""
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in host_vars.items():
+        if key.startswith("appliance_") and key.endswith("_units") and isinstance(value, list):
+            for unit in value:
+                found[str(unit["name"])] = dict(unit)
+    return found
 
 
 @dataclass(frozen=True)

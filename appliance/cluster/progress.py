@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .inventory import units_by_name
+
 START = "Start "
 """``unit_start.yml``'s task that starts (or restarts) a unit, followed by the unit's name."""
 HEALTH = "Wait for the health check of "
@@ -53,14 +55,14 @@ def _is_ready(state: str, probed: bool) -> bool:
 
 def host_units(host_vars: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
     """Per host, its units (``appliance_ROLE_units``) and whether each has a health probe."""
-    found: dict[str, dict[str, bool]] = {}
-    for host, variables in host_vars.items():
-        units = found.setdefault(host, {})
-        for key, value in variables.items():
-            if key.startswith("appliance_") and key.endswith("_units") and isinstance(value, list):
-                for unit in value:
-                    units[str(unit["name"])] = bool((unit.get("health") or {}).get("url"))
-    return found
+    return {
+        host: {name: _probed(unit) for name, unit in units_by_name(variables).items()}
+        for host, variables in host_vars.items()
+    }
+
+
+def _probed(unit: Mapping[str, Any]) -> bool:
+    return bool((unit.get("health") or {}).get("url"))
 
 
 class ServiceProgress:
@@ -88,10 +90,3 @@ class ServiceProgress:
             return None
         tally.states[name] = state
         return ServiceEvent(host, name, state, tally.ready(), len(tally.probed))
-
-    def summary(self) -> dict[str, dict[str, str]]:
-        """Per host, each unit's last state (``waiting`` for one no task reached)."""
-        return {
-            host: {name: tally.states.get(name, "waiting") for name in sorted(tally.probed)}
-            for host, tally in self.hosts.items()
-        }

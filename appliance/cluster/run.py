@@ -44,6 +44,9 @@ class HostResult:
     diffs: list[str] = field(default_factory=list)
     """``plan`` only: each file a changed task would write, as a unified diff headed by the task
     (none from a task that sets no_log: its result is censored)."""
+    services: list[dict[str, str]] = field(default_factory=list)
+    """``plan`` only: what ``up`` would do to each of the host's services (``host_plan``): verb,
+    service, reason."""
 
     @property
     def state(self) -> str:
@@ -141,17 +144,35 @@ def write_inventory(
         }
         if cluster.ssh_key:
             entry["ansible_ssh_private_key_file"] = str(cluster.ssh_key.expanduser())
-        hosts[host.name] = entry | _unsafe(host_vars.get(host.name, {}))
+        hosts[host.name] = entry | host_vars.get(host.name, {})
     children = {g: {"hosts": {h: None for h in members}} for g, members in inventory.groups().items()}
     data: dict[str, Any] = {"all": {"hosts": hosts, "children": children}}
     if common:
-        data["all"]["vars"] = _unsafe(common)
-    path = inventory_path(folder)
+        data["all"]["vars"] = common
+    return dump_inventory(data, inventory_path(folder))
+
+
+def dump_inventory(data: dict[str, Any], path: Path) -> Path:
+    """Write an inventory (0600, its folder 0700), every string Ansible would template marked
+    ``!unsafe``: an inventory read back by ``load_inventory`` (plain strings) is marked again."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        yaml.dump(data, out, Dumper=_Dumper, sort_keys=False)
+        yaml.dump(_unsafe(data), out, Dumper=_Dumper, sort_keys=False)
     return path
+
+
+def load_inventory(path: Path) -> dict[str, Any]:
+    """An inventory this module wrote (``!unsafe`` values read as plain text), or {} when there
+    is none."""
+    if not path.exists():
+        return {}
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
+    return yaml.load(path.read_text(), Loader=Loader) or {}
 
 
 MITOGEN_STRATEGY = "mitogen_linear"

@@ -173,6 +173,9 @@ def test_four_hosts_from_one_answers_file_preflight_plan_up_a_second_up_and_stat
     assert code == 0, output
     assert all(planned[h]["changed"] > 0 for h in GROUPS), planned
     assert all(_units_on(lab, h) == [] for h in GROUPS)  # check mode: nothing written yet
+    created = {h: {a["service"] for a in r["services"] if a["verb"] == "create"} for h, r in planned.items()}
+    assert {"serving", "node-exporter"} <= created["srv"] and "serving" not in created["ctl"], created
+    assert "seaweedfs-volume" in created["sto"] and {"mlflow", "gateway"} <= created["ctl"], created
 
     code, result, output = lab.cli("up", timeout=1500)
     assert code == 0, output[-6000:]

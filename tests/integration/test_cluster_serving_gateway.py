@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ BARE = "srv2"
 MODELS = {"alpha": 11, "beta": 22, "beta-v2": 33}
 """Model folders (seed of their weights): alpha and beta served, beta-v2 the version rolled out."""
 GATEWAY_PORT = 8443
+METRICS_PORT = 8082
+"""The model server's /metrics port (the answers' default)."""
 CLIENTS = 6
 GRPC_CLIENTS = 2
 """Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
@@ -59,13 +62,14 @@ class ServingLab(ClusterLab):
     wheels: set[str] = field(default_factory=set)
     """The wheelhouse's files, which the bare host's virtualenv is made from."""
 
-    def write(self, beta: str) -> None:
-        """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named."""
+    def write(self, beta: str, members: tuple[str, ...] | None = None) -> None:
+        """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named,
+        on ``members`` (every host when None)."""
         models = [
             {"name": "alpha", "uri": "/srv/models/alpha"},
             {"name": "beta", "uri": f"/srv/models/{beta}"},
         ]
-        self.write_answers(models=models)
+        self.write_answers(members, models=models)
 
     def up(self, label: str) -> tuple[int, Any, str]:
         return self.cli("up", label=label)
@@ -226,6 +230,32 @@ class Load:
         with self.lock:
             return [o.what for o in self.outcomes if not o.ok]
 
+    def failed(self) -> list[Outcome]:
+        with self.lock:
+            return [o for o in self.outcomes if not o.ok]
+
+
+CLOSED = (
+    "SSLEOFError",
+    "SSLZeroReturnError",
+    "RemoteDisconnected",
+    "ConnectionResetError",
+    "BrokenPipeError",
+)
+"""How an HTTPS/1.1 client sees its idle keep-alive connection closed by the gateway's reload:
+the request it had just sent got no answer and reached no model server."""
+
+
+def assert_only_closed_by_the_reload(load: Load, reloads: int) -> None:
+    """No request failed but those a gateway reload can fail: nginx's old workers close their
+    idle HTTP/1.1 keep-alive connections (HTTP/2 gets GOAWAY, which gRPC clients honour), so an
+    HTTPS client sending on one at that instant sees it closed, at most once per client and
+    reload. A request sent to a server that was not ready would fail otherwise (a 502, gRPC
+    UNAVAILABLE) and fails this."""
+    failed = load.failed()
+    assert all(o.protocol == "rest" and o.what.startswith(CLOSED) for o in failed), [o.what for o in failed]
+    assert len(failed) <= (CLIENTS - GRPC_CLIENTS) * reloads, [o.what for o in failed]
+
 
 def test_the_bare_serving_host_made_its_virtualenv_from_the_wheelhouse_alone(lab: ServingLab) -> None:
     assert_venv_made_from(lab, BARE, lab.wheels, foreign={"mlflow", "torch", "psycopg", "jupyterlab"})
@@ -252,6 +282,60 @@ def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request
     with Load(lab, ("beta-v2",)) as after:
         time.sleep(3)
     assert after.failures() == [] and after.counts()["beta-v2"] > 10, after.counts()
+
+
+def _served_on(lab: ServingLab, host: str) -> float:
+    """Inference requests ``host``'s model server has answered since it started, from its own
+    /metrics (open, as every scrape target of the stack is)."""
+    url = f"http://{lab.hosts.hosts[host].address}:{METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("appliance_inference_requests_total{")
+    )
+
+
+def _members(lab: ServingLab) -> str:
+    done = lab.hosts.ssh("ctl", "cat /var/lib/appliance/config/gateway/serving_rest.members")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_serving_host_leaves_the_gateway_drained_and_joins_again_only_once_ready(lab: ServingLab) -> None:
+    """srv2 taken out of the answers under load: the next up takes it out of the gateway, drains
+    and stops it, and touches nothing else; put back, it joins the gateway once it is ready and
+    takes its share of the requests. No request is sent to a server that is not ready or gone;
+    the one thing that can fail is an HTTPS/1.1 request sent on an idle keep-alive connection at
+    the instant the gateway reloads (``assert_only_closed_by_the_reload``)."""
+    address = lab.hosts.hosts[BARE].address
+    with Load(lab, ("beta-v2",)) as load:
+        time.sleep(3)
+        lab.write("beta-v2", members=("ctl", "srv1"))
+        code, result, output = lab.up("up without srv2")
+        time.sleep(2)
+    assert code == 0, output
+    print(f"\nsrv2 leaving under load: {dict(load.counts())}")
+    assert_only_closed_by_the_reload(load, reloads=1)  # the drain role's, before srv2 stops
+    assert result[BARE]["state"] == "changed", result
+    assert result["srv1"]["changed"] == 0 and result["ctl"]["changed"] == 0, result  # nothing else
+    assert f"server {address}:" not in _members(lab)
+    state = lab.hosts.ssh(BARE, "systemctl is-active appliance-serving").stdout.strip()
+    assert state == "inactive", state
+    with Load(lab, ("beta-v2",)) as load:
+        time.sleep(3)
+        lab.write("beta-v2")
+        code, result, output = lab.up("up with srv2 again")
+        joined = time.monotonic()
+        time.sleep(5)
+    assert code == 0, output
+    print(f"\nsrv2 joining under load: {dict(load.counts())}")
+    assert_only_closed_by_the_reload(load, reloads=1)  # the gateway role's, once srv2 is ready
+    assert result[BARE]["changed"] > 0 and result["srv1"]["changed"] == 0, result
+    assert f"server {address}:" in _members(lab)
+    assert load.counts(since=joined)["beta-v2"] > 10, load.counts(since=joined)
+    assert _served_on(lab, BARE) > 10  # the gateway sends it requests again
 
 
 def test_a_killed_serving_host_is_left_alone_after_the_fail_window(lab: ServingLab) -> None:

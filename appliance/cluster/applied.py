@@ -28,10 +28,14 @@ def applied_path(folder: Path) -> Path:
 
 
 def applied_inventory(folder: Path) -> Path:
-    """The record's file, for a playbook to run with: a state folder from before the record
-    existed falls back on the last inventory written, as that release did."""
+    """The record's file, for a playbook to run with. A state folder from before the record
+    existed, where an ``up`` ran (its ansible-runner folder is there), falls back on the last
+    inventory written, as that release did; before any ``up`` there is nothing applied (the
+    inventory ``preflight`` or ``plan`` wrote is not)."""
     path = applied_path(folder)
-    return path if path.exists() else inventory_path(folder)
+    if path.exists() or not (folder / "runner" / "up").is_dir():
+        return path
+    return inventory_path(folder)
 
 
 def load_applied(folder: Path) -> dict[str, Any]:

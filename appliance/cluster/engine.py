@@ -104,6 +104,8 @@ def run(
     ``on_progress`` hears each task result, ``on_service`` (up) each service's change of state."""
     inventory = _cluster(ctx)
     inventory.check_limit(limit or [])
+    if limit and action in ("plan", "up"):
+        limit = _with_hosts_that_list_new_ones(inventory, limit, cluster_dir(ctx.state_dir), on_progress)
     host_vars = _render(ctx, write_secrets=action == "up")
     problems = local_checks(ctx, host_vars) if action in ("preflight", "plan", "up") else []
     if problems:
@@ -221,6 +223,22 @@ def _stop_removed_hosts(
     known = set(applied_hosts(folder))
     gone = sorted(known - set(inventory.hosts))
     return run_playbook("down", applied_inventory(folder), folder, on_progress, gone) if gone else {}
+
+
+def _with_hosts_that_list_new_ones(
+    inventory: Inventory, limit: list[str], folder: Path, on_progress: ProgressSink | None
+) -> list[str]:
+    """``limit`` and, when it names hosts the last ``up`` did not bring up, the hosts whose
+    configuration lists them (``Inventory.knowing``): a new serving host is reached through the
+    gateway and scraped by Prometheus only once their hosts know it. Said through the progress, so
+    a person sees why a host outside the limit runs."""
+    known = applied_hosts(folder)
+    joining = [h for h in limit if h not in known]
+    added = [h for h in inventory.knowing(joining) if h not in limit]
+    if added and on_progress is not None:
+        for host in added:
+            on_progress(host, "included", f"--limit widened: this host lists the new {', '.join(joining)}")
+    return limit + added
 
 
 def _add_service_plans(results: dict[str, HostResult], plans: dict[str, Plan]) -> None:

@@ -118,6 +118,20 @@ class Inventory:
             default=self.first_control,
         )
 
+    def knowing(self, joining: list[str]) -> list[str]:
+        """The hosts whose configuration lists ``joining``, hosts new to the cluster: the
+        monitoring host (Prometheus's targets), the gateway (its serving members, when one
+        joining serves) and, for a new edge host, the first control host (its MLflow account).
+        ``up --limit NEW`` runs there too, or the new host would run unseen and unreached."""
+        if not joining:
+            return []
+        found = list(self.hosts_of("prometheus"))
+        if any(h in self.hosts_of("serving") for h in joining):
+            found += self.hosts_of("gateway")
+        if any(h in self.group("edge") for h in joining):
+            found.append(self.first_control)
+        return [h for h in dict.fromkeys(found) if h not in joining]
+
     def check_limit(self, limit: list[str]) -> None:
         unknown = [h for h in limit if h not in self.hosts]
         if unknown:

@@ -2,7 +2,8 @@
 first up that loses the serving host midway (reported unreachable; the next up completes it),
 both hosts healthy with the serving host reaching MLflow on the control
 host, status per host, MLflow's registry in PostgreSQL, one Prometheus scraping both hosts from
-targets written from the inventory, a serving host added, drained and removed, and down.
+targets written from the inventory, a serving host added (``up --limit`` with it), drained and
+removed (planned first), and down.
 Preflight and plan are test_cluster_lifecycle.py's.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py); the image
@@ -208,12 +209,17 @@ def test_mlflow_keeps_runs_and_registered_models_in_postgresql_on_the_control_ho
     assert mode.strip() == "600 appliance"
 
 
-def test_an_added_serving_host_is_all_that_up_changes_besides_prometheus_targets(lab: ClusterLab) -> None:
+def test_an_added_serving_host_brought_up_with_limit_also_reaches_prometheus_and_nothing_else(
+    lab: ClusterLab,
+) -> None:
+    """A new line in the answers and ``up --limit srv2``: srv2 is set up, and the limit takes in
+    the monitoring host, whose targets must list srv2 (the one change there); srv1 is not
+    touched. (A full ``up`` after a new line: test_cluster_serving_gateway's joining host.)"""
     lab.write_answers(["ctl", "srv1", "srv2"])
-    code, result, output = lab.cli("up")
+    code, result, output = lab.cli("up", "--limit", "srv2")
     assert code == 0, output
     assert result["srv2"]["changed"] > 0 and result["srv2"]["failed"] == 0, result
-    assert result["srv1"]["changed"] == 0, result
+    assert set(result) == {"srv2", "ctl"}, result  # srv1 untouched
     # The monitoring host only learns the new targets; Prometheus reads the file again by itself.
     assert result["ctl"]["changed_tasks"] == ["Write each job's targets from the inventory"], result
     assert "appliance-serving.service" in _units_on(lab, "srv2")

@@ -156,6 +156,10 @@ def test_a_state_folder_from_before_the_record_falls_back_on_the_last_inventory(
     folder = tmp_path / "cluster"
     chosen = answers()
     write_inventory(chosen, render_hosts(chosen, tmp_path / "secrets"), folder)
+    # preflight or plan before any up: nothing is applied, whatever inventory they wrote
+    assert applied_hosts(folder) == {}
+    assert plan_hosts(applied_hosts(folder), render_hosts(chosen, tmp_path / "secrets"))["srv1"]
+    (folder / "runner" / "up").mkdir(parents=True)  # an up of the release before the record
     assert applied_inventory(folder) == inventory_path(folder)
     assert set(applied_hosts(folder)) == {"ctl1", "srv1", "srv2"}
     assert applied_hosts(tmp_path / "nothing") == {}

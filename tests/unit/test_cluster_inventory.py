@@ -215,3 +215,21 @@ def test_init_cluster_writes_an_answers_file_with_this_host_as_the_control_host(
     assert written.bind_address == "0.0.0.0" and written.cluster is not None
     (host,) = written.cluster.hosts
     assert host.groups == ["control"] and host.address and host.address != "0.0.0.0"
+
+
+def test_a_host_new_to_the_cluster_brings_the_hosts_that_list_it_into_a_limit() -> None:
+    hosts = [
+        {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
+        {"name": "mon1", "address": "10.0.0.5", "groups": ["monitoring", "gateway"]},
+        {"name": "srv1", "address": "10.0.0.2", "groups": ["serving"]},
+        {"name": "trn1", "address": "10.0.0.3", "groups": ["train_workers"]},
+        {"name": "edg1", "address": "10.0.0.4", "groups": ["edge"]},
+    ]
+    cluster = answers(hosts).cluster
+    assert cluster is not None
+    inventory = Inventory(cluster)
+    assert inventory.knowing([]) == []
+    assert inventory.knowing(["trn1"]) == ["mon1"]  # scraped, not behind the gateway
+    assert inventory.knowing(["srv1"]) == ["mon1"]  # its gateway is the same host
+    assert inventory.knowing(["edg1"]) == ["mon1", "ctl1"]  # and its MLflow account
+    assert inventory.knowing(["mon1"]) == []  # a host never waits on itself

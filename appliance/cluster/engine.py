@@ -15,7 +15,18 @@ from appliance.plan import Plan
 from appliance.secrets_store import read_only
 from appliance.state_lock import state_lock
 
-from .applied import applied_hosts, applied_inventory, record_down, record_up
+from .applied import (
+    DONE,
+    applied_hosts,
+    applied_inventory,
+    applied_path,
+    forget,
+    joining,
+    migrate,
+    record_down,
+    record_finished,
+    record_started,
+)
 from .host_plan import plan_hosts
 from .inventory import Inventory
 from .progress import ServiceProgress, ServiceSink, host_units
@@ -104,13 +115,12 @@ def run(
     ``on_progress`` hears each task result, ``on_service`` (up) each service's change of state."""
     inventory = _cluster(ctx)
     inventory.check_limit(limit or [])
-    if limit and action in ("plan", "up"):
-        limit = _with_hosts_that_list_new_ones(inventory, limit, cluster_dir(ctx.state_dir), on_progress)
     host_vars = _render(ctx, write_secrets=action == "up")
     problems = local_checks(ctx, host_vars) if action in ("preflight", "plan", "up") else []
     if problems:
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
+    migrate(folder)  # before this command writes its inventory over the one an older release left
     # plan too: it unpacks the bundle and packs the wheels where a running up reads them
     with state_lock(ctx.state_dir) if action in ("plan", "up", "down") else _nothing():
         if action in ("plan", "up"):
@@ -120,14 +130,20 @@ def run(
             common = {k: v for k, v in kept.items() if k != PREFLIGHT_WHEELS}
             if action == "preflight":
                 common[PREFLIGHT_WHEELS] = _wheels_given(ctx)
-        gone = _stop_removed_hosts(inventory, folder, on_progress) if action == "up" and not limit else {}
+        leaving = action in ("up", "down") and not limit
+        gone = _stop_removed_hosts(inventory, folder, on_progress) if leaving else {}
+        forget(folder, [h for h, r in gone.items() if r.state != "failed"])  # failed: tried again
         path = write_inventory(ctx.answers, host_vars, folder, common)
-        if action == "up":  # before it runs: a host it stops halfway is still recorded as changed
-            record_up(folder, path, limit, kept=[h for h, r in gone.items() if r.state == "failed"])
+        if limit and action in ("plan", "up"):
+            limit = _with_hosts_that_list_new_ones(inventory, limit, folder, path, on_progress)
+        if action == "up":
+            record_started(folder, path, limit or list(inventory.hosts))
         sink = with_services(on_progress, on_service, host_vars) if action == "up" else on_progress
         results = run_playbook(action, path, folder, sink, limit)
+        if action == "up":
+            record_finished(folder, path, results)
         if action == "down":
-            record_down(folder, [h for h, r in results.items() if r.state in ("ok", "changed")])
+            record_down(folder, [h for h, r in results.items() if r.state in DONE])
         if action == "plan":
             _add_service_plans(results, plan_hosts(applied_hosts(folder), host_vars, limit))
     results |= gone
@@ -222,22 +238,22 @@ def _stop_removed_hosts(
     one is written, so a host leaves the cluster the way ``cluster down --limit`` takes it out."""
     known = set(applied_hosts(folder))
     gone = sorted(known - set(inventory.hosts))
-    return run_playbook("down", applied_inventory(folder), folder, on_progress, gone) if gone else {}
+    return run_playbook("down", applied_path(folder), folder, on_progress, gone) if gone else {}
 
 
 def _with_hosts_that_list_new_ones(
-    inventory: Inventory, limit: list[str], folder: Path, on_progress: ProgressSink | None
+    inventory: Inventory, limit: list[str], folder: Path, written: Path, on_progress: ProgressSink | None
 ) -> list[str]:
-    """``limit`` and, when it names hosts the last ``up`` did not bring up, the hosts whose
-    configuration lists them (``Inventory.knowing``): a new serving host is reached through the
-    gateway and scraped by Prometheus only once their hosts know it. Said through the progress, so
-    a person sees why a host outside the limit runs."""
-    known = applied_hosts(folder)
-    joining = [h for h in limit if h not in known]
-    added = [h for h in inventory.knowing(joining) if h not in limit]
+    """``limit`` and, when it names hosts joining the cluster (``applied.joining``: new, an
+    unfinished ``up``, other groups), the hosts whose configuration lists them
+    (``Inventory.knowing``): a new serving host is reached through the gateway and scraped by
+    Prometheus only once their hosts know it. Said through the progress, so a person sees why a
+    host outside the limit runs."""
+    new = joining(folder, written, limit)
+    added = [h for h in inventory.knowing(new) if h not in limit]
     if added and on_progress is not None:
         for host in added:
-            on_progress(host, "included", f"--limit widened: this host lists the new {', '.join(joining)}")
+            on_progress(host, "included", f"--limit widened: this host lists the joining {', '.join(new)}")
     return limit + added
 
 
@@ -263,8 +279,8 @@ def status(ctx: AppContext) -> dict[str, dict[str, str]]:
     ansible_runner = ansible_runner_module()
     _cluster(ctx)
     folder = cluster_dir(ctx.state_dir)
-    path = inventory_path(folder)
-    if not path.exists():
+    path = applied_inventory(folder)  # the hosts up brought up, a removed one not yet stopped too
+    if path is None:
         raise ApplianceError(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
         )

@@ -7,8 +7,9 @@ comes from data alone, as the one-host planner's does: the units each host was g
 ``up`` (``applied``: kept apart from the inventory ``plan`` and ``preflight`` write) against the
 units rendered now. A unit whose command, environment, files or start settings
 differ is recreated (its service restarts); a unit new on a host is created; one no longer on it
-is removed; a host no longer in the answers has every unit stopped, drained first; and on a host
-``cluster down`` stopped, every unit starts again. Values are
+is removed (``roles/appliance_common/tasks/retire.yml``); a host no longer in the answers has every
+unit stopped, drained first; and on a host ``cluster down`` stopped, or one the last ``up`` did not
+finish on, every unit starts again. Values are
 never shown (an environment may hold a password), only which keys differ.
 
 It does not see what changed on a host behind the appliance's back: Ansible's check mode, run
@@ -22,7 +23,7 @@ from typing import Any
 
 from appliance.plan import Action, Plan
 
-from .applied import DOWN
+from .applied import DOWN, PENDING
 from .inventory import units_by_name
 
 UNIT_FIELDS = ("command", "env", "files", "oneshot", "restart", "after", "health", "description")
@@ -60,7 +61,7 @@ def _host_actions(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Iter
     after = units_by_name(new)
     for name in before:
         if name not in after:
-            yield Action("remove", name, "no longer on this host: stopped and disabled")
+            yield Action("remove", name, "no longer on this host: stopped, its unit removed, its data kept")
     for name, unit in after.items():
         if name not in before:
             yield Action("create", name, "first up of this host" if old is None else "new on this host")
@@ -68,6 +69,8 @@ def _host_actions(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Iter
         changed = _differences(before[name], unit)
         if changed:
             yield Action("recreate", name, _reason(changed))
+        elif old is not None and old.get(PENDING):
+            yield Action("start", name, "the last up did not finish on this host")
         elif old is not None and old.get(DOWN):
             yield Action("start", name, "stopped by cluster down")
 

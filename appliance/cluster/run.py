@@ -153,12 +153,17 @@ def write_inventory(
 
 
 def dump_inventory(data: dict[str, Any], path: Path) -> Path:
-    """Write an inventory (0600, its folder 0700), every string Ansible would template marked
-    ``!unsafe``: an inventory read back by ``load_inventory`` (plain strings) is marked again."""
+    """Write an inventory (0600, its folder 0700) in place of the old one at once, every string
+    Ansible would template marked ``!unsafe``: an inventory read back by ``load_inventory``
+    (plain strings) is marked again."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = path.with_name(path.name + ".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         yaml.dump(_unsafe(data), out, Dumper=_Dumper, sort_keys=False)
+        out.flush()
+        os.fsync(out.fileno())
+    partial.replace(path)  # whole or not at all: a crash never leaves half an inventory
     return path
 
 

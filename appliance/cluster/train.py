@@ -290,16 +290,24 @@ def launch(
 ) -> TrainJob:
     """``appliance cluster train``: one job on the first ``hosts`` train workers of the answers'
     cluster, through the inventory ``cluster up`` wrote here; raises naming each failed host."""
+    from .applied import PENDING, applied_inventory
     from .engine import _cluster
-    from .run import ansible_env, cluster_dir, inventory_path
+    from .run import ansible_env, cluster_dir, load_inventory
 
     _cluster(ctx)
     chosen = workers(ctx, hosts)
     folder = cluster_dir(ctx.state_dir)
-    inventory = inventory_path(folder)
-    if not inventory.exists():
+    inventory = applied_inventory(folder)  # the workers as up set them up, not as a plan wrote them
+    if inventory is None:
         raise ApplianceError(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
+        )
+    applied = load_inventory(inventory).get("all", {}).get("hosts") or {}
+    missing = [h for h in chosen if h not in applied or applied[h].get(PENDING)]
+    if missing:
+        raise ApplianceError(
+            f"train workers not brought up yet (or their last up did not finish): {', '.join(missing)}",
+            fix=f"run `appliance cluster up --limit {','.join(missing)}` first",
         )
     nproc = nproc_per_node or ctx.answers.cluster.train.nproc_per_node
     return run_job(

@@ -296,6 +296,8 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                     unit(services[name], mine, answers.cluster.venv, store)
                 )
         host_vars: dict[str, Any] = {f"appliance_{role}_units": units for role, units in roles.items()}
+        # every unit of the host: any other appliance unit found there is retired (tasks/retire.yml)
+        host_vars["appliance_common_host_unit_names"] = [u["name"] for units in roles.values() for u in units]
         host_vars["appliance_common_requirements"] = host_requirements(n for n in services if n in mine)
         no_deps = host_no_deps(n for n in services if n in mine)
         if no_deps:

@@ -3,7 +3,7 @@ first up that loses the serving host midway (reported unreachable; the next up c
 both hosts healthy with the serving host reaching MLflow on the control
 host, status per host, MLflow's registry in PostgreSQL, one Prometheus scraping both hosts from
 targets written from the inventory, a serving host added (``up --limit`` with it), drained and
-removed (planned first), and down.
+removed (planned first), monitoring turned off (its units retired on every host), and down.
 Preflight and plan are test_cluster_lifecycle.py's.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py); the image
@@ -293,6 +293,25 @@ def test_a_host_removed_from_the_inventory_is_stopped_by_the_next_up_and_leaves_
     assert state == "inactive", state
     targets = lab.hosts.ssh("ctl", "cat /var/lib/appliance/config/prometheus/targets/node-exporter.yml")
     assert lab.hosts.hosts["srv2"].address not in targets.stdout
+
+
+def test_a_component_turned_off_has_its_units_retired_on_every_host_and_its_data_kept(
+    lab: ClusterLab,
+) -> None:
+    components = lab.base["components"] | {"monitoring": False}
+    lab.write_answers(["ctl", "srv1"], components=components)
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    for host in ("ctl", "srv1"):
+        assert "Stop and disable each unit this host no longer runs" in result[host]["changed_tasks"], result
+        assert "appliance-node-exporter.service" not in _units_on(lab, host)
+        state = lab.hosts.ssh(host, "systemctl is-active appliance-node-exporter").stdout.strip()
+        assert state in ("inactive", "unknown"), (host, state)
+    assert "appliance-prometheus.service" not in _units_on(lab, "ctl")
+    assert "appliance-mlflow.service" in _units_on(lab, "ctl")  # the rest keeps running
+    assert "appliance-serving.service" in _units_on(lab, "srv1")
+    kept = lab.hosts.ssh("ctl", "test -d /var/lib/appliance/prometheus && echo kept").stdout.strip()
+    assert kept == "kept"  # the metrics stay, for when monitoring is turned on again
 
 
 def test_down_stops_every_unit_and_keeps_the_data(lab: ClusterLab) -> None:

@@ -9,20 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from appliance.answers import Answers
 from appliance.cluster.applied import (
     DOWN,
+    PENDING,
     applied_hosts,
     applied_inventory,
     applied_path,
+    forget,
+    groups_of,
+    joining,
+    load_applied,
+    migrate,
     record_down,
-    record_up,
+    record_finished,
+    record_started,
 )
 from appliance.cluster.host_plan import plan_hosts
 from appliance.cluster.inventory import units_by_name
-from appliance.cluster.run import inventory_path, write_inventory
+from appliance.cluster.run import HostResult, inventory_path, write_inventory
 from appliance.cluster.units import render_hosts
 from appliance.plan import Action
 
@@ -47,11 +53,19 @@ def answers(hosts: list[dict[str, Any]] = HOSTS, **extra: Any) -> Answers:
     )
 
 
-def applied_up(chosen: Answers, tmp_path: Path, limit: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """An ``up`` of ``chosen`` as the engine records it: the inventory written, then recorded."""
+def applied_up(
+    chosen: Answers, tmp_path: Path, limit: list[str] | None = None, failed: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """An ``up`` of ``chosen`` as the engine records it: the inventory written, the hosts it runs
+    on marked pending, then each host's result (``failed`` ones failed)."""
     folder = tmp_path / "cluster"
     host_vars = render_hosts(chosen, tmp_path / "secrets")
-    record_up(folder, write_inventory(chosen, host_vars, folder), limit, kept=[])
+    written = write_inventory(chosen, host_vars, folder)
+    assert chosen.cluster is not None
+    hosts = limit or [h.name for h in chosen.cluster.hosts]
+    record_started(folder, written, hosts)
+    results = {h: HostResult(ok=5, failed=int(h in failed)) for h in hosts}
+    record_finished(folder, written, results)
     return host_vars
 
 
@@ -128,16 +142,55 @@ def test_an_up_with_a_limit_records_only_its_hosts(tmp_path: Path) -> None:
     assert not plans["srv1"] and verbs(plans["srv2"]) == [("recreate", "serving")]
 
 
-def test_a_host_that_failed_to_leave_stays_recorded_with_its_groups(tmp_path: Path) -> None:
+def test_under_a_limit_a_removed_host_stays_recorded_and_a_new_one_outside_is_not_recorded(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "cluster"
     applied_up(answers(), tmp_path)
-    smaller = answers(HOSTS[:2])
-    written = write_inventory(smaller, render_hosts(smaller, tmp_path / "secrets"), folder)
-    record_up(folder, written, None, kept=["srv2"])
-    data = yaml.safe_load(applied_path(folder).read_text().replace("!unsafe", ""))["all"]
-    assert "srv2" in data["hosts"] and "srv2" in data["children"]["serving"]["hosts"]
-    record_up(folder, written, None, kept=[])
-    assert set(applied_hosts(folder)) == {"ctl1", "srv1"}
+    srv3 = {"name": "srv3", "address": "10.0.0.4", "groups": ["serving"]}
+    changed = answers([HOSTS[0], HOSTS[1], srv3])  # srv2 out, srv3 in
+    applied_up(changed, tmp_path, limit=["srv1"])
+    known = applied_hosts(folder)
+    assert set(known) == {"ctl1", "srv1", "srv2"}  # srv2 still runs: a later full up stops it
+    assert groups_of(load_applied(folder), "srv2") == {"serving"}
+    written = inventory_path(folder)
+    assert joining(folder, written, ["srv3", "srv1"]) == ["srv3"]  # never brought up
+
+
+def test_a_host_whose_up_did_not_finish_stays_pending_and_joins_again(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    srv3 = {"name": "srv3", "address": "10.0.0.4", "groups": ["serving"]}
+    applied_up(answers(), tmp_path)
+    grown = answers([*HOSTS, srv3])
+    host_vars = applied_up(grown, tmp_path, limit=["srv3", "ctl1"], failed=("srv3",))
+    known = applied_hosts(folder)
+    assert known["srv3"].get(PENDING) is True and not known["ctl1"].get(PENDING)
+    # a retried `up --limit srv3` widens again; plan shows its units starting
+    assert joining(folder, inventory_path(folder), ["srv3"]) == ["srv3"]
+    plans = plan_hosts(known, host_vars)
+    assert {(a.verb, a.reason) for a in plans["srv3"].actions} == {
+        ("start", "the last up did not finish on this host")
+    }
+    applied_up(grown, tmp_path, limit=["srv3"])
+    assert PENDING not in applied_hosts(folder)["srv3"]
+    assert joining(folder, inventory_path(folder), ["srv3"]) == []
+
+
+def test_a_host_in_other_groups_than_recorded_is_joining(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    applied_up(answers(), tmp_path)
+    regrouped = answers([HOSTS[0], HOSTS[1], {**HOSTS[2], "groups": ["serving", "train_workers"]}])
+    written = write_inventory(regrouped, render_hosts(regrouped, tmp_path / "secrets"), folder)
+    assert joining(folder, written, ["srv1", "srv2"]) == ["srv2"]
+
+
+def test_a_host_that_left_is_forgotten_with_its_groups(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    applied_up(answers(), tmp_path)
+    assert "serving" in groups_of(load_applied(folder), "srv2")
+    forget(folder, ["srv2"])
+    assert set(applied_hosts(folder)) == {"ctl1", "srv1"} and groups_of(load_applied(folder), "srv2") == set()
+    assert "!unsafe" in applied_path(folder).read_text()  # read back and written again, still marked
 
 
 def test_a_host_stopped_by_down_plans_its_services_starting_again(tmp_path: Path) -> None:
@@ -152,17 +205,24 @@ def test_a_host_stopped_by_down_plans_its_services_starting_again(tmp_path: Path
     assert DOWN not in applied_hosts(folder)["srv2"]
 
 
-def test_a_state_folder_from_before_the_record_falls_back_on_the_last_inventory(tmp_path: Path) -> None:
+def test_a_state_folder_from_before_the_record_takes_its_last_inventory_once(tmp_path: Path) -> None:
     folder = tmp_path / "cluster"
     chosen = answers()
     write_inventory(chosen, render_hosts(chosen, tmp_path / "secrets"), folder)
     # preflight or plan before any up: nothing is applied, whatever inventory they wrote
-    assert applied_hosts(folder) == {}
+    migrate(folder)
+    assert applied_hosts(folder) == {} and applied_inventory(folder) is None
     assert plan_hosts(applied_hosts(folder), render_hosts(chosen, tmp_path / "secrets"))["srv1"]
     (folder / "runner" / "up").mkdir(parents=True)  # an up of the release before the record
-    assert applied_inventory(folder) == inventory_path(folder)
+    assert applied_inventory(folder) == inventory_path(folder)  # read-only commands read it there
+    migrate(folder)
+    assert applied_inventory(folder) == applied_path(folder)
     assert set(applied_hosts(folder)) == {"ctl1", "srv1", "srv2"}
-    assert applied_hosts(tmp_path / "nothing") == {}
+    assert stat.S_IMODE(applied_path(folder).stat().st_mode) == 0o600
+    smaller = answers(HOSTS[:2])
+    write_inventory(smaller, render_hosts(smaller, tmp_path / "secrets"), folder)
+    migrate(folder)  # once: a later inventory does not replace the record
+    assert set(applied_hosts(folder)) == {"ctl1", "srv1", "srv2"}
 
 
 def test_plan_prints_each_hosts_services_under_the_table(

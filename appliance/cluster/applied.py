@@ -17,7 +17,8 @@ it and after one that did not finish there (failed, unreachable, interrupted), s
 
 from __future__ import annotations
 
-import shutil
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ PENDING = "appliance_cluster_pending"
 """The host variable that marks a host an ``up`` began on and did not finish."""
 DONE = ("ok", "changed")
 """The ``HostResult.state`` of a host an ``up`` finished on."""
+LAST_TASK = "Find the appliance's units on this host"
+"""The first task of ``site.yml``'s last play (``roles/appliance_common/tasks/retire.yml``): a
+host that reached it went through every play. A host's state alone does not say so: a failed
+host in a ``serial`` play (the storage start, the serving rollout) ends the whole run, and the
+hosts that had not reached the later plays still report ok. A unit test holds the name to the
+task file."""
 
 
 def applied_path(folder: Path) -> Path:
@@ -37,16 +44,21 @@ def applied_path(folder: Path) -> Path:
     return folder / "inventory" / "applied.yml"
 
 
-def migrate(folder: Path) -> None:
+def needs_migrating(folder: Path) -> bool:
     """A state folder from before the record, where an ``up`` ran (its ansible-runner folder is
-    there): its last inventory becomes the record once, before any command writes another (that
-    release's ``up`` read its removed hosts from it too)."""
-    record, last = applied_path(folder), inventory_path(folder)
-    if not record.exists() and last.exists() and (folder / "runner" / "up").is_dir():
-        partial = record.with_name(record.name + ".tmp")
-        shutil.copyfile(last, partial)
-        partial.chmod(0o600)
-        partial.replace(record)
+    there), and no record yet."""
+    last = inventory_path(folder)
+    return not applied_path(folder).exists() and last.exists() and (folder / "runner" / "up").is_dir()
+
+
+def migrate(folder: Path) -> None:
+    """Such a folder's last inventory becomes the record once, before any command writes another
+    (that release's ``up`` read its removed hosts from it too). Under the state lock."""
+    if needs_migrating(folder):
+        fd, name = tempfile.mkstemp(prefix=".applied.yml.", dir=folder / "inventory")  # 0600
+        with os.fdopen(fd, "wb") as out:
+            out.write(inventory_path(folder).read_bytes())
+        Path(name).replace(applied_path(folder))
 
 
 def applied_inventory(folder: Path) -> Path | None:
@@ -128,13 +140,16 @@ def record_started(folder: Path, written: Path, hosts: Iterable[str]) -> None:
     dump_inventory(record, applied_path(folder))
 
 
-def record_finished(folder: Path, written: Path, results: Mapping[str, HostResult]) -> None:
-    """After ``up``: each host it finished on takes its new variables and groups, its marks
-    cleared; the others stay pending."""
+def record_finished(
+    folder: Path, written: Path, results: Mapping[str, HostResult], reached_end: Iterable[str]
+) -> None:
+    """After ``up``: each host it finished on (``DONE``, and it ``reached_end``: ``LAST_TASK``
+    ran there) takes its new variables and groups, its marks cleared; the others stay pending."""
     record = load_applied(folder) or _empty()
     new = load_inventory(written)
+    ended = set(reached_end)
     for host, result in results.items():
-        if result.state in DONE and host in new["all"]["hosts"]:
+        if result.state in DONE and host in ended and host in new["all"]["hosts"]:
             _take(record, new, host)
     dump_inventory(record, applied_path(folder))
 

@@ -17,12 +17,14 @@ from appliance.state_lock import state_lock
 
 from .applied import (
     DONE,
+    LAST_TASK,
     applied_hosts,
     applied_inventory,
     applied_path,
     forget,
     joining,
     migrate,
+    needs_migrating,
     record_down,
     record_finished,
     record_started,
@@ -120,9 +122,14 @@ def run(
     if problems:
         raise PreflightError(list(problems))
     folder = cluster_dir(ctx.state_dir)
-    migrate(folder)  # before this command writes its inventory over the one an older release left
+    # before this command writes its inventory over the one an older release left; preflight,
+    # which holds no lock while Ansible runs, takes it for this alone
+    if action == "preflight" and needs_migrating(folder):
+        with state_lock(ctx.state_dir):
+            migrate(folder)
     # plan too: it unpacks the bundle and packs the wheels where a running up reads them
     with state_lock(ctx.state_dir) if action in ("plan", "up", "down") else _nothing():
+        migrate(folder)
         if action in ("plan", "up"):
             common = _offline_bundle(ctx, folder)
         else:  # the bundle's variables as plan or up last gave them (Vagrant provisions from them)
@@ -136,12 +143,13 @@ def run(
         path = write_inventory(ctx.answers, host_vars, folder, common)
         if limit and action in ("plan", "up"):
             limit = _with_hosts_that_list_new_ones(inventory, limit, folder, path, on_progress)
+        reached_end: set[str] = set()
         if action == "up":
             record_started(folder, path, limit or list(inventory.hosts))
         sink = with_services(on_progress, on_service, host_vars) if action == "up" else on_progress
-        results = run_playbook(action, path, folder, sink, limit)
+        results = run_playbook(action, path, folder, _noting_the_end(sink, reached_end), limit)
         if action == "up":
-            record_finished(folder, path, results)
+            record_finished(folder, path, results, reached_end)
         if action == "down":
             record_down(folder, [h for h, r in results.items() if r.state in DONE])
         if action == "plan":
@@ -167,6 +175,19 @@ def with_services(
             on_service(event)
 
     return sink
+
+
+def _noting_the_end(sink: ProgressSink | None, reached_end: set[str]) -> ProgressSink:
+    """``sink``, also noting in ``reached_end`` each host that ran the playbook's last play
+    (``applied.LAST_TASK``)."""
+
+    def noting(host: str, status: str, task: str) -> None:
+        if task == LAST_TASK and status in DONE:
+            reached_end.add(host)
+        if sink is not None:
+            sink(host, status, task)
+
+    return noting
 
 
 def raise_for_failed_hosts(action: str, results: dict[str, HostResult], gone: dict[str, HostResult]) -> None:

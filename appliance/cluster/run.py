@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,8 +158,8 @@ def dump_inventory(data: dict[str, Any], path: Path) -> Path:
     Ansible would template marked ``!unsafe``: an inventory read back by ``load_inventory``
     (plain strings) is marked again."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(path.name + ".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, its own name
+    partial = Path(name)
     with os.fdopen(fd, "w") as out:
         yaml.dump(_unsafe(data), out, Dumper=_Dumper, sort_keys=False)
         out.flush()

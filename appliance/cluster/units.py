@@ -310,14 +310,13 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
                 database = ctx.addressing.host(POSTGRESQL)
                 postgresql_backend(mlflow["command"], mlflow["env"], store.get(DB_PASSWORD), database)
             advertised_s3(unit_of(roles, "mlflow")["env"], ctx)
-        if "serving" in mine:  # drained on the way out (roles/appliance_serving_drain)
-            one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
+        # how a model server is drained on the way out (roles/appliance_serving_drain), on every
+        # host: one that leaves the serving group drains its server before it is retired
+        one_server = answers.serving.max_replicas == 1  # several: their supervisor drains them
+        host_vars["appliance_serving_drain_signal"] = "SIGUSR1" if one_server else ""
+        host_vars["appliance_serving_drain_ports"] = [answers.ports.serving_http, answers.ports.serving_grpc]
+        if "serving" in mine:
             host_vars["appliance_serving_replicas"] = answers.serving.max_replicas  # several: nginx
-            host_vars["appliance_serving_drain_signal"] = "SIGUSR1" if one_server else ""
-            host_vars["appliance_serving_drain_ports"] = [
-                answers.ports.serving_http,
-                answers.ports.serving_grpc,
-            ]
             serving_rollout(answers, host_vars, services["serving"], roles["serving"])
             if host in inventory.group("edge"):
                 edge_reader(unit_of(roles, "serving")["env"], host, ctx, services)

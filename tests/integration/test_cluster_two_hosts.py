@@ -3,7 +3,8 @@ first up that loses the serving host midway (reported unreachable; the next up c
 both hosts healthy with the serving host reaching MLflow on the control
 host, status per host, MLflow's registry in PostgreSQL, one Prometheus scraping both hosts from
 targets written from the inventory, a serving host added (``up --limit`` with it), drained and
-removed (planned first), monitoring turned off (its units retired on every host), and down.
+removed (planned first), monitoring turned off (its units retired on every host), the serving
+host moved to another group (its model server drained and retired), and down.
 Preflight and plan are test_cluster_lifecycle.py's.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py); the image
@@ -312,6 +313,24 @@ def test_a_component_turned_off_has_its_units_retired_on_every_host_and_its_data
     assert "appliance-serving.service" in _units_on(lab, "srv1")
     kept = lab.hosts.ssh("ctl", "test -d /var/lib/appliance/prometheus && echo kept").stdout.strip()
     assert kept == "kept"  # the metrics stay, for when monitoring is turned on again
+
+
+def test_a_host_leaving_the_serving_group_drains_its_model_server_and_the_service_moves(
+    lab: ClusterLab,
+) -> None:
+    """srv1 moved to the storage group (which runs nothing with a filesystem store): the serving
+    group is empty, so the model server falls to the control host; srv1's is drained, then
+    retired, after ctl's is up."""
+    lab.groups["srv1"] = ["storage"]
+    lab.write_answers(["ctl", "srv1"], components=lab.base["components"] | {"monitoring": False})
+    code, result, output = lab.cli("up")
+    assert code == 0, output
+    moved = result["srv1"]["changed_tasks"]
+    drained = "Stop taking new connections (readiness off, open connections still served)"
+    assert drained in moved and "Stop and disable each unit this host no longer runs" in moved, moved
+    assert moved.index(drained) < moved.index("Stop and disable each unit this host no longer runs")
+    assert "appliance-serving.service" not in _units_on(lab, "srv1")
+    assert lab.hosts.ssh("ctl", "systemctl is-active appliance-serving").stdout.strip() == "active"
 
 
 def test_down_stops_every_unit_and_keeps_the_data(lab: ClusterLab) -> None:

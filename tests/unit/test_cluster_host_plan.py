@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from appliance.answers import Answers
 from appliance.cluster.applied import (
     DOWN,
+    LAST_TASK,
     PENDING,
     applied_hosts,
     applied_inventory,
@@ -65,7 +67,7 @@ def applied_up(
     hosts = limit or [h.name for h in chosen.cluster.hosts]
     record_started(folder, written, hosts)
     results = {h: HostResult(ok=5, failed=int(h in failed)) for h in hosts}
-    record_finished(folder, written, results)
+    record_finished(folder, written, results, reached_end=[h for h in hosts if h not in failed])
     return host_vars
 
 
@@ -174,6 +176,33 @@ def test_a_host_whose_up_did_not_finish_stays_pending_and_joins_again(tmp_path: 
     applied_up(grown, tmp_path, limit=["srv3"])
     assert PENDING not in applied_hosts(folder)["srv3"]
     assert joining(folder, inventory_path(folder), ["srv3"]) == []
+
+
+def test_a_host_that_reported_ok_but_never_reached_the_last_play_stays_pending(tmp_path: Path) -> None:
+    """A failed host in a serial play ends the whole run: the others report ok without having
+    run the later plays (the gateway's, monitoring's)."""
+    folder = tmp_path / "cluster"
+    applied_up(answers(), tmp_path)
+    srv3 = {"name": "srv3", "address": "10.0.0.4", "groups": ["serving"]}
+    grown = answers([*HOSTS, srv3])
+    written = write_inventory(grown, render_hosts(grown, tmp_path / "secrets"), folder)
+    record_started(folder, written, ["ctl1", "srv1", "srv2", "srv3"])
+    results = {"ctl1": HostResult(ok=9), "srv1": HostResult(ok=9, failed=1), "srv2": HostResult(ok=3)}
+    results["srv3"] = HostResult(ok=3, changed=2)
+    record_finished(folder, written, results, reached_end=[])
+    known = applied_hosts(folder)
+    assert all(known[h].get(PENDING) for h in ("ctl1", "srv1", "srv2", "srv3")), known.keys()
+    assert joining(folder, written, ["srv3"]) == ["srv3"]
+
+
+def test_the_last_task_is_the_first_of_the_last_play_and_runs_only_from_a_full_inventory() -> None:
+    roles = Path(__file__).resolve().parents[2] / "roles"
+    plays = yaml.safe_load((roles / "site.yml").read_text())
+    (include,) = plays[-1]["tasks"]
+    assert include["ansible.builtin.include_role"] == {"name": "appliance_common", "tasks_from": "retire"}
+    assert include["when"] == "appliance_common_host_unit_names is defined"  # Vagrant's bare inventory
+    retire = yaml.safe_load((roles / "appliance_common" / "tasks" / "retire.yml").read_text())
+    assert retire[0]["name"] == LAST_TASK
 
 
 def test_a_host_in_other_groups_than_recorded_is_joining(tmp_path: Path) -> None:

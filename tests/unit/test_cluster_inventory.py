@@ -233,3 +233,15 @@ def test_a_host_new_to_the_cluster_brings_the_hosts_that_list_it_into_a_limit() 
     assert inventory.knowing(["srv1"]) == ["mon1"]  # its gateway is the same host
     assert inventory.knowing(["edg1"]) == ["mon1", "ctl1"]  # and its MLflow account
     assert inventory.knowing(["mon1"]) == []  # a host never waits on itself
+
+
+def test_every_host_knows_how_a_model_server_is_drained_so_one_leaving_the_serving_group_is(
+    tmp_path: Path,
+) -> None:
+    per_host = render_hosts(answers(components={"workbench": False, "controller": False}), tmp_path / "s")
+    for host in ("ctl1", "srv1", "srv2"):
+        assert per_host[host]["appliance_serving_drain_ports"] == [8080, 8081], host
+        assert per_host[host]["appliance_serving_drain_signal"] == "SIGUSR1"
+    assert "serving" not in per_host["ctl1"]["appliance_common_host_unit_names"]
+    assert "serving" in per_host["srv1"]["appliance_common_host_unit_names"]
+    assert "appliance_serving_replicas" not in per_host["ctl1"]

@@ -17,8 +17,6 @@ it and after one that did not finish there (failed, unreachable, interrupted), s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,25 +53,23 @@ def migrate(folder: Path) -> None:
     """Such a folder's last inventory becomes the record once, before any command writes another
     (that release's ``up`` read its removed hosts from it too). Under the state lock."""
     if needs_migrating(folder):
-        fd, name = tempfile.mkstemp(prefix=".applied.yml.", dir=folder / "inventory")  # 0600
-        with os.fdopen(fd, "wb") as out:
-            out.write(inventory_path(folder).read_bytes())
-        Path(name).replace(applied_path(folder))
+        dump_inventory(load_inventory(inventory_path(folder)), applied_path(folder))
 
 
 def applied_inventory(folder: Path) -> Path | None:
     """The record's file for a command that writes nothing (``status``, ``train``): where an
     older release's ``up`` left no record yet (``migrate``), its last inventory; None before any
     ``up``."""
-    record, last = applied_path(folder), inventory_path(folder)
-    if record.exists():
-        return record
-    return last if last.exists() and (folder / "runner" / "up").is_dir() else None
+    if applied_path(folder).exists():
+        return applied_path(folder)
+    return inventory_path(folder) if needs_migrating(folder) else None
 
 
 def load_applied(folder: Path) -> dict[str, Any]:
-    """The record (``all`` with ``hosts`` and ``children``), or {} before the first ``up``."""
-    data = load_inventory(applied_path(folder))
+    """The record (``all`` with ``hosts`` and ``children``; ``applied_inventory``'s file), or {}
+    before the first ``up``."""
+    path = applied_inventory(folder)
+    data = load_inventory(path) if path is not None else {}
     if data:
         data.setdefault("all", {})
         data["all"]["hosts"] = data["all"].get("hosts") or {}

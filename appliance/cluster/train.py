@@ -290,9 +290,9 @@ def launch(
 ) -> TrainJob:
     """``appliance cluster train``: one job on the first ``hosts`` train workers of the answers'
     cluster, through the inventory ``cluster up`` wrote here; raises naming each failed host."""
-    from .applied import PENDING, applied_inventory
+    from .applied import PENDING, applied_hosts, applied_inventory
     from .engine import _cluster
-    from .run import ansible_env, cluster_dir, load_inventory
+    from .run import ansible_env, cluster_dir
 
     _cluster(ctx)
     chosen = workers(ctx, hosts)
@@ -302,7 +302,7 @@ def launch(
         raise ApplianceError(
             "the cluster has not been brought up from here", fix="run `appliance cluster up` first"
         )
-    applied = load_inventory(inventory).get("all", {}).get("hosts") or {}
+    applied = applied_hosts(folder)
     missing = [h for h in chosen if h not in applied or applied[h].get(PENDING)]
     if missing:
         raise ApplianceError(

@@ -22,6 +22,7 @@ from appliance.apply import Applier, ApplyResult, EventSink
 from appliance.context import AppContext
 from appliance.errors import ApplianceError, PreflightError, ServiceNotFoundError
 from appliance.health import probe
+from appliance.mlflow_auth import forget_edge_secrets
 from appliance.plan import Plan, plan, plan_down
 from appliance.preflight import Check, run_preflight
 from appliance.render import render_stack, selected
@@ -97,7 +98,18 @@ class Engine:
             applier = Applier(
                 self.runtime, self.desired, self.ctx.answers.health_timeout_seconds, on_event, cancel
             )
-            return applier.run(the_plan)
+            result = applier.run(the_plan)
+            if result.status == "ok":
+                self._forget_retired_edge_secrets()
+            return result
+
+    def _forget_retired_edge_secrets(self) -> None:
+        """After an up that ended well the accounts job has run with ``edge_boxes`` (now or
+        before, with the same list): every other edge account is gone, so its password goes too
+        (``forget_edge_secrets``). A stack without MLflow's accounts (an edge box, which keeps its
+        copy of its password as ``mlflow_reader_password``) has none to forget."""
+        if "mlflow-users" in self.desired:
+            forget_edge_secrets(self.ctx.answers.edge_boxes, self.ctx.secrets)
 
     def down(self, on_event: EventSink | None = None) -> ApplyResult:
         """Stop every service and the runtime's own daemon; data stay. Holds the lock."""

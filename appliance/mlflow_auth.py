@@ -18,8 +18,8 @@ model server follows) or upload and delete artifacts. Three accounts, each passw
 Each edge box gets an account of its own, ``appliance-edge-NAME`` (``edge_secret(NAME)``), with
 what the reader has: a cluster's ``edge`` hosts, and the standalone boxes the answers' ``edge_boxes``
 names. A lost or stolen box is cut off alone, by taking its name out (the inventory line or the
-``edge_boxes`` entry: the next ``up`` deletes its account), without a new password for every other
-model server.
+``edge_boxes`` entry: the next ``up`` deletes its account, and then its password, so the name
+given back later gets a new one), without a new password for every other model server.
 
 ``python -m appliance.mlflow_auth`` is the stack's one-shot ``mlflow-users`` job: it creates the
 two service accounts (and the edge hosts' when given), resets a password that no longer matches its
@@ -91,6 +91,26 @@ def edge_secret(host: str) -> str:
     that differ only there apart."""
     tag = hashlib.sha256(host.encode()).hexdigest()[:8]
     return f"mlflow_edge_{re.sub(r'[^A-Za-z0-9_]', '_', host)}_{tag}_password"
+
+
+EDGE_SECRET = re.compile(r"mlflow_edge_\w+_[0-9a-f]{8}_password")
+"""What every ``edge_secret`` looks like (the name's characters, its hash, ``_password``)."""
+
+
+def forget_edge_secrets(names: Iterable[str], secrets: Any) -> list[str]:
+    """Delete the password of every edge box no longer named (``names``: those the accounts job
+    just ran with, so it deleted every other edge account); returns the secrets deleted.
+
+    Kept, the file would bring the same password back with the name: a box given back to
+    ``edge_boxes`` (or a new host given a retired host's name) would log in with what the retired
+    box, a copy of it or an old backup still holds. Deleted, the name's next ``up`` makes a new
+    one. Only after a run of the job that succeeded: while an account may still exist, its password
+    stays in the state directory."""
+    keep = {edge_secret(name) for name in names}
+    gone = [name for name in secrets.names() if EDGE_SECRET.fullmatch(name) and name not in keep]
+    for name in gone:
+        secrets.remove(name)
+    return gone
 
 
 def edge_credentials(names: Iterable[str], secrets: Any) -> dict[str, str]:

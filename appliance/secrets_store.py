@@ -77,6 +77,13 @@ class SecretStore:
         os.replace(tmp, path)
         return value
 
+    def remove(self, name: str) -> None:
+        """Delete the secret ``name`` (a credential that no longer exists anywhere); read-only:
+        keep it. Missing: nothing to do."""
+        path = self._path(name)
+        if not is_read_only():
+            path.unlink(missing_ok=True)
+
     def names(self) -> list[str]:
         """Names of the secrets generated so far."""
         if not self.root.exists():

@@ -11,6 +11,7 @@ from appliance.addressing import is_loopback
 from appliance.answers import Cluster
 from appliance.context import AppContext
 from appliance.errors import ApplianceError, PreflightError
+from appliance.mlflow_auth import forget_edge_secrets
 from appliance.plan import Plan
 from appliance.secrets_store import read_only
 from appliance.state_lock import state_lock
@@ -30,7 +31,7 @@ from .applied import (
     record_started,
 )
 from .host_plan import plan_hosts
-from .inventory import Inventory
+from .inventory import Inventory, units_by_name
 from .progress import ServiceProgress, ServiceSink, host_units
 from .run import (
     ClusterPreflightError,
@@ -44,7 +45,7 @@ from .run import (
     run_playbook,
     write_inventory,
 )
-from .units import render_hosts
+from .units import edge_names, render_hosts
 
 WHEELHOUSE_VAR = "appliance_common_wheelhouse"
 """The roles' wheelhouse: the tar the hosts install their virtualenv from (empty: none)."""
@@ -150,6 +151,7 @@ def run(
         results = run_playbook(action, path, folder, _noting_the_end(sink, reached_end), limit)
         if action == "up":
             record_finished(folder, path, results, reached_end)
+            _forget_retired_edge_secrets(ctx, inventory, host_vars, reached_end)
         if action == "down":
             record_down(folder, [h for h, r in results.items() if r.state in DONE])
         if action == "plan":
@@ -157,6 +159,18 @@ def run(
     results |= gone
     raise_for_failed_hosts(action, results, gone)
     return results
+
+
+def _forget_retired_edge_secrets(
+    ctx: AppContext, inventory: Inventory, host_vars: dict[str, dict[str, Any]], reached_end: set[str]
+) -> None:
+    """Once the run reached its end on the host of MLflow's accounts job (which ran there with
+    ``edge_names`` now, or before with the same names, and deleted every other edge account),
+    delete the passwords of the edge boxes gone (``forget_edge_secrets``). An ``up --limit`` that
+    left that host out, or failed there, keeps them: their accounts may still exist."""
+    accounts = [host for host, variables in host_vars.items() if "mlflow-users" in units_by_name(variables)]
+    if accounts and reached_end.issuperset(accounts):
+        forget_edge_secrets(edge_names(ctx, inventory), ctx.secrets)
 
 
 def with_services(

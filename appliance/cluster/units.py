@@ -236,11 +236,16 @@ def edge_reader(env: dict[str, str], host: str, ctx: AppContext, services: dict[
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = f"{ctx.state_dir}/secrets/{CA_CERT}"
 
 
+def edge_names(ctx: AppContext, inventory: Inventory) -> list[str]:
+    """Every edge box the cluster's registry has an account for: the ``edge`` hosts and the
+    standalone boxes of ``edge_boxes``."""
+    return [*inventory.group("edge"), *ctx.answers.edge_boxes]
+
+
 def edge_accounts(env: dict[str, str], ctx: AppContext, inventory: Inventory) -> None:
-    """The accounts job's edge accounts: the ``edge`` hosts and the standalone boxes of
-    ``edge_boxes`` (``{}`` with none, so it deletes any left)."""
-    names = [*inventory.group("edge"), *ctx.answers.edge_boxes]
-    env[EDGE_PASSWORDS_ENV] = edge_passwords(names, ctx.secrets)
+    """The accounts job's edge accounts (``edge_names``; ``{}`` with none, so it deletes any
+    left)."""
+    env[EDGE_PASSWORDS_ENV] = edge_passwords(edge_names(ctx, inventory), ctx.secrets)
 
 
 def file_sd_targets(prometheus: dict[str, Any], targets_dir: str) -> list[dict[str, Any]]:

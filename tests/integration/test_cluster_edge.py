@@ -252,5 +252,8 @@ def test_an_edge_host_taken_out_of_the_inventory_loses_its_account_and_no_one_el
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _logs_in(edge, edge_account("edge1"), password) == 401
     assert _logs_in(edge, READER_USER, reader) == 200
+    # its password went with its account: a host given the name again gets a new one
+    assert not (edge.state / "secrets" / edge_secret("edge1")).exists()
+    assert (edge.state / "secrets" / "mlflow_reader_password").read_text().strip() == reader
     stopped = edge.hosts.ssh("edge1", "systemctl is-active appliance-serving.service").stdout.strip()
     assert stopped != "active", stopped  # the host leaving was stopped, drained first

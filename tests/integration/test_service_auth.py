@@ -251,5 +251,8 @@ def test_each_edge_box_reads_with_its_own_account_and_one_taken_out_is_cut_off_a
         assert status(boxes[kept]) == 200
         assert status(stack.mlflow_account(READER_USER)) == 200
         assert status(stack.mlflow_account(WRITER_USER)) == 200
+        # its password went with its account (given back, the name gets a new one); the other's stays
+        assert not (stack.state / "secrets" / edge_secret(lost)).exists()
+        assert stack.secret(edge_secret(kept)) == boxes[kept][1]
     finally:
         stack.answers.write_text(yaml.safe_dump(data))

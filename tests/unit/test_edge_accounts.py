@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from appliance.answers import Answers
+from appliance.cluster.engine import _forget_retired_edge_secrets
+from appliance.cluster.inventory import Inventory
 from appliance.cluster.units import render_hosts
+from appliance.context import AppContext
 from appliance.mlflow_auth import (
     EDGE_PASSWORDS_ENV,
     READER_USER,
@@ -21,8 +24,9 @@ from appliance.mlflow_auth import (
     edge_account,
     edge_secret,
     ensure_edges,
+    forget_edge_secrets,
 )
-from appliance.secrets_store import SecretStore
+from appliance.secrets_store import SecretStore, read_only
 
 HOSTS = [
     {"name": "ctl1", "address": "10.0.0.1", "groups": ["control"]},
@@ -221,3 +225,44 @@ def test_edge_box_names_are_checked_before_anything_runs(boxes: list[str], messa
 
     with pytest.raises(ValidationError, match=message):
         Answers.model_validate({"edge_boxes": boxes})
+
+
+def test_the_password_of_an_edge_box_gone_is_deleted_so_its_name_given_back_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    store = SecretStore(tmp_path / "secrets")
+    old = {box: store.get(edge_secret(box)) for box in ("shop-12", "shop-13", "edge-1.lan")}
+    others = {name: store.get(name) for name in ("mlflow_reader_password", "mlflow_writer_password")}
+    store.put("mlflow_edge_notes", "not an edge box's password")
+    with read_only():  # plan and status delete nothing
+        assert forget_edge_secrets(["shop-13"], store) == sorted(
+            edge_secret(b) for b in ("shop-12", "edge-1.lan")
+        )
+    assert all(store.get(edge_secret(box)) == password for box, password in old.items())
+    gone = forget_edge_secrets(["shop-13"], store)
+    assert sorted(gone) == sorted(edge_secret(b) for b in ("shop-12", "edge-1.lan"))
+    assert store.get(edge_secret("shop-13")) == old["shop-13"]
+    assert all(store.get(name) == value for name, value in others.items())
+    assert store.get("mlflow_edge_notes") == "not an edge box's password"
+    assert store.get(edge_secret("shop-12")) != old["shop-12"]  # the name back: a new password
+
+
+@pytest.mark.parametrize(
+    ("reached_end", "kept"),
+    [({"ctl1", "srv1", "edge-1.lan"}, False), ({"srv1", "edge-1.lan"}, True), (set(), True)],
+)
+def test_a_cluster_up_deletes_a_removed_edge_hosts_password_only_once_the_accounts_job_ran(
+    tmp_path: Path, reached_end: set[str], kept: bool
+) -> None:
+    """The host of MLflow's accounts job (ctl1) reached the end of the run: the job deleted the
+    account of the edge host no longer in the inventory, and its password goes. Left out of the
+    run (``--limit``) or failed there: the account may still exist, the password stays."""
+    ctx = AppContext.create(answers(HOSTS[:3]), None, tmp_path / "state")
+    gone = ctx.secrets.get(edge_secret("edge_1_lan"))  # the host taken out of the inventory
+    host_vars = render_hosts(ctx.answers, ctx.state_dir / "secrets")
+    staying = ctx.secrets.get(edge_secret("edge-1.lan"))
+    _forget_retired_edge_secrets(ctx, Inventory(ctx.answers.cluster), host_vars, reached_end)
+    assert (ctx.state_dir / "secrets" / edge_secret("edge_1_lan")).exists() is kept
+    assert ctx.secrets.get(edge_secret("edge-1.lan")) == staying
+    if kept:
+        assert ctx.secrets.get(edge_secret("edge_1_lan")) == gone

@@ -8,7 +8,8 @@ is in place (measured: 15.6 s of a 72 s ``up`` of the three-host storage lab). T
 ``/vol/status`` lists each volume server's volumes with their placement at once; read after the
 store's readiness (the master lists every volume server, and a server's first heartbeat carries
 all its volumes), it tells in milliseconds whether any volume is short. Only then does the role
-ask SeaweedFS's shell, which also knows where a missing copy can go, and have it copy them back.
+ask SeaweedFS's shell, which also knows where a missing copy can go, to copy them back, and then
+this count again to check it did.
 
 Usage: ``python -m appliance.objectstore.copies --master URL``: exit 0 when every volume has its
 copies, 3 when some are short (one line each on stdout), 1 when the master cannot be read.

@@ -197,7 +197,7 @@ def test_changed_volume_servers_restart_one_storage_host_at_a_time_and_every_rea
     """Each storage host's volume server environment drifts (as a new bundle or configuration
     changes it): the next up changes that file and restarts that server and nothing else on any
     host (the rest of the cluster's tasks are idempotent: the control host reports no change,
-    the store's repair dry run included), and restarts both one host at a time, the second stopped
+    the count of the store's copies included), and restarts both one host at a time, the second stopped
     only after the first was back and listed by the master, while a reader reads every object
     through S3 all along, each read tried once, without one failure. Between the first host's
     start and the second's stop lie the first's health check, the master's listing and the next
@@ -275,7 +275,7 @@ def test_a_storage_host_back_with_an_empty_disk_gets_every_copy_again_from_the_n
     """sto2 comes back with its volume folder emptied (a replaced disk): the next up has SeaweedFS
     copy every volume back to it (volume.fix.replication): it holds every volume sto1 holds
     again, which it can only have by a copy. (On a store with every copy in place the repair
-    changes nothing: the rolling up above runs its dry run with no change on the control host.)"""
+    changes nothing: the rolling up above counts the copies with no change on the control host.)"""
     sto2 = lab.hosts.hosts["sto2"].name
     subprocess.run(["podman", "start", sto2], capture_output=True, check=True, timeout=120)
     address = _podman_address(sto2)

@@ -90,7 +90,7 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
     assert weed.endswith("/weed") and weed.startswith("/opt/appliance/venv/")
     config = "-config_dir=/var/lib/appliance/config/seaweedfs"  # its security.toml: the client certificate
     assert per_host["ctl1"]["appliance_seaweedfs_shell"] == [weed, config, "shell", "-master=10.0.0.1:9333"]
-    # asked first, the master's count of each volume's copies (the shell's dry run waits 15 s)
+    # the master's count of each volume's copies decides and checks the repair (the shell waits 15 s)
     count = per_host["ctl1"]["appliance_seaweedfs_copies"]
     assert count[:3] == [ready[0], "-m", "appliance.objectstore.copies"]
     assert count[3:] == ["--master", ready[ready.index("--master") + 1]]

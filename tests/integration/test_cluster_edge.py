@@ -64,6 +64,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             "tls": {"enabled": True},  # the edge reads the registry through the gateway
             "models": [{"name": "fraud"}, {"name": "churn"}],
             "serving": {"poll_seconds": 1},
+            "monitoring": {"scrape_interval": "2s"},  # the edge's target up again in seconds
             "cluster": {
                 "ssh_key": str(hosts.key),
                 "venv": sys.prefix,
@@ -220,7 +221,7 @@ def _edge_scraped(lab: Edge, timeout: float = 90) -> bool:
             labels = target["labels"]
             if labels.get("job") == "serving" and labels.get("host") == "edge1" and target["health"] == "up":
                 return True
-        time.sleep(3)
+        time.sleep(1)
     return False
 
 

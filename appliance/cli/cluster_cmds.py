@@ -61,12 +61,14 @@ def _report(action: str, as_json: bool, limit: tuple[str, ...] = (), diff: bool 
 def _print_service_plans(results: dict[str, HostResult]) -> None:
     """What each host's services would do (``appliance.cluster.host_plan``), as the one-host
     ``appliance plan`` prints its own."""
+    from appliance.cluster.host_plan import render_host_plans
     from appliance.plan import Action, Plan
 
-    for host, r in sorted(results.items()):
-        planned = Plan(tuple(Action(**action) for action in r.services))  # type: ignore[arg-type]
-        shown = planned.render() if planned else "no service to start, restart or stop"
-        click.echo(f"\n{host}:\n" + "\n".join(f"  {line}" for line in shown.splitlines()))
+    plans = {
+        host: Plan(tuple(Action(**action) for action in r.services))  # type: ignore[arg-type]
+        for host, r in results.items()
+    }
+    click.echo("\n" + render_host_plans(plans))
 
 
 def _print_diffs(results: dict[str, HostResult]) -> None:

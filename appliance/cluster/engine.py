@@ -39,6 +39,7 @@ from .run import (
     HostResult,
     ProgressSink,
     cluster_dir,
+    cluster_path,
     event_status,
     inventory_path,
     load_inventory,
@@ -105,6 +106,15 @@ def _render(ctx: AppContext, write_secrets: bool) -> dict[str, dict[str, Any]]:
         return render_hosts(ctx.answers, secrets)
     with read_only():
         return render_hosts(ctx.answers, secrets)
+
+
+def service_plans(ctx: AppContext) -> dict[str, Plan]:
+    """What an ``up`` without ``--limit`` would do to each host's services (``host_plan``), from
+    the answers and the record of the last ``up`` alone: no host is contacted, nothing is written
+    (``cluster plan`` adds Ansible's check mode, which sees a host's own drift). The wizard's
+    review shows it before its ``up``."""
+    _cluster(ctx)
+    return plan_hosts(applied_hosts(cluster_path(ctx.state_dir)), _render(ctx, write_secrets=False))
 
 
 def run(

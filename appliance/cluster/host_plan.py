@@ -94,3 +94,16 @@ def plan_hosts(
             stopped = reversed(units_by_name(applied[host]))  # dependents first
             plans[host] = Plan(tuple(Action("stop", name, reason) for name in stopped))
     return plans
+
+
+NOTHING = "no service to start, restart or stop"
+
+
+def render_host_plans(plans: Mapping[str, Plan]) -> str:
+    """Each host's plan under its name, in ``Plan.render``'s words: what ``cluster plan`` prints
+    after its table, and what the wizard's review shows before a cluster ``up``."""
+    blocks = []
+    for host, planned in sorted(plans.items()):
+        shown = planned.render() if planned else NOTHING
+        blocks.append(f"{host}:\n" + "\n".join(f"  {line}" for line in shown.splitlines()))
+    return "\n\n".join(blocks)

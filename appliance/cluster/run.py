@@ -90,8 +90,15 @@ def inventory_path(folder: Path) -> Path:
     return folder / "inventory" / "hosts.yml"
 
 
+def cluster_path(state_dir: Path) -> Path:
+    """The cluster's folder in the state directory (inventories, the record, Ansible's runs), which
+    may not exist yet: for commands that only read."""
+    return state_dir / "cluster"
+
+
 def cluster_dir(state_dir: Path) -> Path:
-    path = state_dir / "cluster"
+    """``cluster_path``, made (0700) when missing."""
+    path = cluster_path(state_dir)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path

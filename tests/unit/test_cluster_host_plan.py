@@ -28,10 +28,12 @@ from appliance.cluster.applied import (
     record_finished,
     record_started,
 )
+from appliance.cluster.engine import service_plans
 from appliance.cluster.host_plan import plan_hosts
 from appliance.cluster.inventory import units_by_name
 from appliance.cluster.run import HostResult, inventory_path, write_inventory
 from appliance.cluster.units import render_hosts
+from appliance.context import AppContext
 from appliance.plan import Action
 
 HOSTS = [
@@ -276,3 +278,19 @@ def test_plan_prints_each_hosts_services_under_the_table(
     assert "ctl1:\n  no service to start, restart or stop" in tail
     assert "srv1:\n  ~ recreate serving  (env MODELS changed)" in tail
     assert "srv2:\n  | stop     serving  (the host left the answers)" in tail
+
+
+def test_service_plans_reads_the_last_ups_record_and_writes_nothing(tmp_path: Path) -> None:
+    """What the wizard's review shows (``engine.service_plans``): before any up every service is
+    created, nothing written (no state folder, no secret); after one, a host taken out of the
+    answers is stopped and the others are left alone."""
+    fresh = tmp_path / "fresh"
+    plans = service_plans(AppContext.create(answers(), None, fresh))
+    assert ("create", "serving") in verbs(plans["srv2"]) and ("create", "mlflow") in verbs(plans["ctl1"])
+    assert all(a.verb == "create" for plan in plans.values() for a in plan.actions)
+    assert not fresh.exists()
+    state = tmp_path / "state"
+    applied_up(answers(), state)
+    plans = service_plans(AppContext.create(answers(HOSTS[:2]), None, state))
+    assert verbs(plans["srv2"]) and {verb for verb, _ in verbs(plans["srv2"])} == {"stop"}
+    assert not plans["srv1"], plans["srv1"].render()

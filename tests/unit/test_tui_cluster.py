@@ -8,6 +8,7 @@ progress sink gives), so no host is contacted; the answers written are read back
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +181,12 @@ async def test_cluster_walk_writes_the_cluster_section(tmp_path: Path) -> None:
         plan = str(app.screen.query_one("#plan-text", Static).render())
         assert "gpu1 (10.0.0.2, serving,train_workers): serving" in plan
         assert "ctl1 (10.0.0.1, control): " in plan and "mlflow" in plan.split("ctl1")[1]
+        # what up would do to each host's services: no up yet, so every one is created
+        planned = plan.split("What up would do to each host's services:")[1]
+        gpu1 = planned.split("gpu1:")[1].split("\n\n")[0]
+        assert re.search(r"\+ create\s+serving\s+\(first up of this host\)", gpu1), planned
+        assert "mlflow" not in gpu1 and "mlflow" in planned.split("gpu1:")[0]
+        assert "stop" not in planned and "recreate" not in planned
         await next_step(pilot, "done")
         table = app.screen.query_one("#urls", DataTable)
         rows = {table.get_row_at(i)[0]: table.get_row_at(i)[1:] for i in range(table.row_count)}

@@ -3,8 +3,9 @@
 The text comes from ``render_answers`` (the same function ``appliance init`` uses) and the plan
 from ``Engine.plan().render()`` in a worker; Ctrl+E (or the button) opens a list of the steps
 to go back to any of them. For a cluster the plan tab says which host runs which service (the
-inventory's rule, ``Inventory.hosts_of``) without contacting the hosts; ``appliance cluster
-plan`` asks Ansible what would change on each.
+inventory's rule, ``Inventory.hosts_of``) and what ``up`` would do to each host's services (the
+appliance's own planner per host) without contacting the hosts; ``appliance cluster plan`` also
+asks Ansible what would change on each.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from tui.screens.modals import StepPicker
 
 
 def cluster_layout(ctx: AppContext, services: list[str]) -> str:
-    """Per host, its groups and the services it will run."""
+    """Per host, its groups and the services it will run; then what ``up`` would do to each
+    host's services (``service_plans``: the answers against the record of the last ``up``, no host
+    contacted), so a second pass through the wizard shows what would restart, move or stop."""
+    from appliance.cluster.engine import service_plans
+    from appliance.cluster.host_plan import render_host_plans
     from appliance.cluster.inventory import Inventory
 
     assert ctx.answers.cluster is not None
@@ -33,7 +38,8 @@ def cluster_layout(ctx: AppContext, services: list[str]) -> str:
         lines.append(
             f"  {name} ({host.address}, {groups}): {', '.join(runs) or 'nothing but the common role'}"
         )
-    lines.append("`appliance cluster plan` shows what Ansible would change on each host.")
+    lines += ["", "What up would do to each host's services:", "", render_host_plans(service_plans(ctx))]
+    lines += ["", "`appliance cluster plan` also asks Ansible what would change on each host."]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ cluster's answers and runs ``appliance cluster ...`` is decided in one place."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ import yaml
 
 from appliance import __version__
 from tests.conftest import run_cli, use_runtime
-from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
+from tests.integration._cluster_hosts import ClusterHosts, _mirror, cluster_hosts
 
 
 @dataclass
@@ -119,3 +120,14 @@ def assert_venv_made_from(lab: ClusterLab, host: str, wheels: Iterable[str], for
     runs = lab.hosts.ssh(host, f"{venv}/bin/appliance --version && readlink -f {venv}/bin/python")
     assert runs.returncode == 0 and __version__ in runs.stdout, (runs.stdout, runs.stderr)
     assert runs.stdout.strip().endswith("/usr/bin/python3.11"), runs.stdout  # the host's own Python
+
+
+def assert_no_route_out(lab: ClusterLab, host: str) -> None:
+    """``host`` (on an ``internal`` lab's network) cannot open a connection to the Debian mirror
+    this machine's apt uses: what it installs comes from the controller alone."""
+    mirror = _mirror().split("/")[2]
+    address = socket.getaddrinfo(mirror, 80, socket.AF_INET)[0][4][0]
+    connect = f"import socket; socket.create_connection(('{address}', 80), timeout=5); print('reached')"
+    done = lab.hosts.ssh(host, f'python3 -c "{connect}"')
+    assert done.returncode != 0 and "reached" not in done.stdout, (host, done.stdout, done.stderr)
+    assert "unreachable" in done.stderr.lower() or "timed out" in done.stderr.lower(), done.stderr

@@ -7,7 +7,8 @@ requests in flight on it may fail, at most one per client; after the fail window
 
 ``srv2`` has no virtualenv mounted: ``up`` makes it one from ``cluster.wheelhouse`` (the serving
 host's wheels, resolved by ``appliance.cluster.requirements`` as a bundle's are), and it serves
-from that alone, next to ``srv1`` running the checkout's.
+from that alone, next to ``srv1`` running the checkout's. The hosts' network has no route out
+(``podman network create --internal``), so those wheels are all it can install from.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py)."""
 
@@ -36,7 +37,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from appliance.cluster.requirements import host_requirements, resolve_wheelhouse
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
 from tests.integration._cluster_hosts import ROOT
-from tests.integration._cluster_lab import ClusterLab, assert_venv_made_from, cluster_lab
+from tests.integration._cluster_lab import ClusterLab, assert_no_route_out, assert_venv_made_from, cluster_lab
 from tests.integration._serving_fixtures import write_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -90,7 +91,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
     )
     resolved = time.monotonic() - started
     base["cluster"] = {"wheelhouse": str(wheels)}
-    with cluster_lab(tmp_path_factory, "serving-cluster", GROUPS, base, ServingLab, bare=(BARE,)) as lab:
+    # no route out: the bare host's virtualenv can only come from the wheelhouse the controller sends
+    lab_hosts = cluster_lab(
+        tmp_path_factory, "serving-cluster", GROUPS, base, ServingLab, internal=True, bare=(BARE,)
+    )
+    with lab_hosts as lab:
         lab.timings["resolve the serving wheelhouse"] = resolved
         lab.wheels = {w.name for w in wheels.glob("*.whl")}
         for name, seed in MODELS.items():
@@ -258,6 +263,7 @@ def assert_only_closed_by_the_reload(load: Load, reloads: int) -> None:
 
 
 def test_the_bare_serving_host_made_its_virtualenv_from_the_wheelhouse_alone(lab: ServingLab) -> None:
+    assert_no_route_out(lab, BARE)  # offline: nothing but the controller's wheels to install from
     assert_venv_made_from(lab, BARE, lab.wheels, foreign={"mlflow", "torch", "psycopg", "jupyterlab"})
     assert lab.hosts.ssh(BARE, f"test -e {ROOT / 'pyproject.toml'}").returncode == 1  # no checkout there
     listed = lab.hosts.ssh(BARE, f"{sys.prefix}/bin/python -c 'import onnxruntime, grpc'")

@@ -34,7 +34,10 @@ PACKAGES = ("systemd-sysv", "openssh-server", "python3", "sudo", "ca-certificate
 # What the roles install with apt, already in the image so that a test's `up` needs no mirror (a
 # user's hosts get them from apt or the bundle's debs). Their own units are not enabled: the roles
 # start PostgreSQL and run the monitoring binaries and the gateway's nginx as the appliance's units.
-ROLE_PACKAGES = ("postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "nginx")
+ROLE_PACKAGES = (
+    "postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "nginx",
+    "python3-venv", "python3-packaging",  # the wheelhouse step's (appliance_common_venv_packages)
+)  # fmt: skip
 NOT_AT_BOOT = ("postgresql.service", "prometheus.service", "prometheus-alertmanager.service",
                "prometheus-node-exporter.service", "nginx.service")  # fmt: skip
 HOST_KEYS_UNIT_NAME = "regen-ssh-host-keys.service"

@@ -223,16 +223,18 @@ EXTENDED: dict[str, str] = {
     "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
     "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
     "integration/test_cluster_offline.py": "two cluster hosts with no route out, installed from a bundle",
+    "integration/test_cluster_edge.py": "a cluster's edge host following the champion through an outage",
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``) each, with what it proves. With every module in, the
-run took 84 minutes of pytest here and went past CI's 90 minutes there; these six take about
-1,100 s (the per-module table the run prints). Each builds on a capability a test in the CI tier
+run took 84 minutes of pytest here and went past CI's 90 minutes there; these seven take about
+1,280 s (the per-module table the run prints). Each builds on a capability a test in the CI tier
 proves: the small stack's checks on podman are a subset of the whole lab's on podman (healthy, a
 zero-action plan, scraping by service name, a killed container restarted, a clean down), the lab
 on podman stands for docker beside the container stack on docker, the bundle runs on the local
-runtime, and the cluster's four-host lifecycle (PostgreSQL on the control host, the gateway) and
-its storage, edge and serving faults are in. They are marked ``extended`` here, in one place."""
+runtime, the cluster's four-host lifecycle (PostgreSQL on the control host, the gateway) and its
+storage and serving faults are in, and the edge on one host follows the registry in
+test_edge_follows_registry. They are marked ``extended`` here, in one place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:

@@ -73,6 +73,13 @@ def previous_source(dest: Path) -> Path:
     return src
 
 
+STALE_CONNECTION = ("without sending a response", "Connection reset by peer")
+"""How httpx reports a kept-alive connection the server ended before answering on it."""
+THREADS = 2
+SERVERS_ENDED = 2
+"""Model servers that exit under the load of an upgrade: the old one, then the standby."""
+
+
 class TimedLoad:
     """Two threads posting one row to the model server without pause, like the backup test's
     load, keeping when each request failed and checking each answer against the one before."""
@@ -87,7 +94,7 @@ class TimedLoad:
         self.slowest = 0.0
         self.slow: list[tuple[float, float]] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._post, daemon=True) for _ in range(2)]
+        self._threads = [threading.Thread(target=self._post, daemon=True) for _ in range(THREADS)]
 
     @property
     def ok(self) -> int:
@@ -123,14 +130,17 @@ class TimedLoad:
                 time.sleep(0.02)
 
     def _send(self, client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
-        """POST once more, on a new connection, when the server closed a kept-alive one before
+        """POST once more, on a new connection, when the server ended a kept-alive one before
         any answer: what HTTP clients do for a stale connection (RFC 9112 section 9.3.1; an
-        inference has no side effect). The old model server closes its idle connections as it
-        exits, and a request sent at that instant meets the close."""
+        inference has no side effect). A server closes its idle connections as it exits, and a
+        request sent at that instant meets the close. The previous release's server exits with
+        such a request unread in the socket, and the kernel then ends the connection with a
+        reset rather than a clean close: the same stale connection, which Go's HTTP transport,
+        for one, also sends again. This release's server closes cleanly (test_serving_stop.py)."""
         try:
             return client.post(f"{self.lab.serving}/infer", json=body)
-        except httpx.RemoteProtocolError as err:
-            if "without sending a response" not in str(err):
+        except (httpx.RemoteProtocolError, httpx.ReadError) as err:
+            if not any(stale in str(err) for stale in STALE_CONNECTION):
                 raise
             self.retried.append((time.monotonic(), repr(err)))
             return client.post(f"{self.lab.serving}/infer", json=body)
@@ -296,6 +306,8 @@ def test_upgrade_keeps_the_data_and_the_champion(lab: Lab, before: dict[str, Any
     # replaced (appliance/runtimes/handover.py): requests wait for the new server, none is
     # refused, and every answer is the champion's.
     assert load.failures == [], load.failures[:5]
+    # A thread's connection goes stale at most once per server that exits under it.
+    assert len(load.retried) <= THREADS * SERVERS_ENDED, load.retried
     assert load.ok > 0 and load.ok_after(finished) > 0
 
 

@@ -29,6 +29,12 @@ Every connection lives under the server's ``ServerLimits`` (docs/security.md lis
   it stops reading too (reading resumes once they drain);
 - a malformed request after good pipelined ones: the good ones are answered in order, then a
   400, then the connection closes.
+
+Stopping (``close_gracefully``) cuts no request with a reset: the listener stops accepting, what
+was read is answered with ``Connection: close``, an idle connection gets its end of stream with
+only the server's side shut, and what crosses it is read and dropped for ``STOP_LINGER_S``. A
+process that exited with a request unread in a socket's buffer would make the kernel reset the
+connection, and a client could not tell "never read, send it again" from "broken while served".
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 LINGER_S = 2.0
 """How long a refused connection's remaining input is drained before the socket is closed."""
+STOP_LINGER_S = 1.0
+"""How long a stopping server reads and drops what crosses its end of a connection: a request
+sent as the end of stream left meets it within a round trip."""
 
 _HEAD, _BODY, _IDLE = 0, 1, 2  # what the connection waits for from the client
 _TOO_MANY_BODY = b'{"error":"too many open connections to this server, retry later"}'
@@ -60,6 +69,10 @@ _TOO_MANY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
     b"Connection: close\r\nRetry-After: 1\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
 )
+
+
+_LISTENERS: dict[asyncio.Server, _Listener] = {}
+"""Each running server's listener, for ``close_gracefully``."""
 
 
 @dataclass(slots=True)
@@ -127,6 +140,9 @@ class _Listener:
         self.limits = limits
         self.loop = loop
         self.conns: set[HttpProtocol] = set()
+        self.lingering: set[HttpProtocol] = set()
+        """Connections whose answer is written and side shut, dropping what still comes."""
+        self.stopping = False
         shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.idle_timeout_s)
         self.tick = min(1.0, max(0.05, shortest / 4))
         self.handle = loop.call_later(self.tick, self.sweep)
@@ -187,6 +203,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.listener.conns.discard(self)
+        self.listener.lingering.discard(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -354,6 +371,28 @@ class HttpProtocol(asyncio.Protocol):
         if not self.running:
             self._process()
 
+    def end_if_idle(self) -> None:
+        """A stopping server's end of a connection with nothing read and nothing owed."""
+        if self.transport is None or self.in_message or self.queue or self.running:
+            return
+        self.closing = True
+        self._end(self.transport, STOP_LINGER_S)
+
+    def _end(self, transport: asyncio.Transport, linger_s: float) -> None:
+        """Shut our side, then read and drop the client's for ``linger_s``: a request crossing
+        the end of stream meets an open socket (no reset), and the client sees a clean close."""
+        self.transport = None
+        listener = self.listener
+        listener.conns.discard(self)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        listener.lingering.add(self)
+        transport.write_eof()
+        if self.read_paused:
+            transport.resume_reading()
+        listener.loop.call_later(linger_s, transport.close)
+
     # request processing --------------------------------------------------------------------
     def _process(self) -> None:
         queue = self.queue
@@ -409,6 +448,8 @@ class HttpProtocol(asyncio.Protocol):
         ]
         for name, value in resp.headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if self.listener.stopping and not self.queue:
+            keep_alive = False  # the last answer owed on it: the connection ends with it
         if not keep_alive:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
@@ -418,15 +459,14 @@ class HttpProtocol(asyncio.Protocol):
             if self.phase == _IDLE and not self.queue:
                 self.since = self.time()
             return
-        self.transport = None
-        self.listener.conns.discard(self)
-        if self.closing and transport.can_write_eof():
-            # the client may still be sending what was refused: shut our side, drain theirs briefly
-            transport.write_eof()
-            if self.read_paused:
-                transport.resume_reading()
-            self.listener.loop.call_later(LINGER_S, transport.close)
+        if self.closing:  # the client may still be sending what was refused: drain it briefly
+            self._end(transport, LINGER_S)
+        elif self.listener.stopping:
+            self.closing = True
+            self._end(transport, STOP_LINGER_S)
         else:
+            self.transport = None
+            self.listener.conns.discard(self)
             transport.close()
 
 
@@ -459,8 +499,28 @@ async def start(
     loop = asyncio.get_running_loop()
     listener = _Listener(router, limits, loop)
     if sock is not None:
-        return await loop.create_server(lambda: HttpProtocol(listener), sock=sock, backlog=1024)
-    return await loop.create_server(lambda: HttpProtocol(listener), host, port, backlog=1024)
+        server = await loop.create_server(lambda: HttpProtocol(listener), sock=sock, backlog=1024)
+    else:
+        server = await loop.create_server(lambda: HttpProtocol(listener), host, port, backlog=1024)
+    _LISTENERS[server] = listener
+    return server
+
+
+async def close_gracefully(server: asyncio.Server, grace_s: float) -> None:
+    """Stop accepting, answer what was read (``Connection: close``), end idle connections
+    cleanly; return once every connection is closed or ``grace_s`` has passed."""
+    listener = _LISTENERS.pop(server, None)
+    server.close()
+    if listener is None:
+        return
+    listener.stopping = True
+    loop = listener.loop
+    deadline = loop.time() + grace_s
+    while (listener.conns or listener.lingering) and loop.time() < deadline:
+        for conn in list(listener.conns):
+            conn.end_if_idle()
+        await asyncio.sleep(0.01)
+    listener.handle.cancel()
 
 
 def bound_port(server: asyncio.Server) -> Any:

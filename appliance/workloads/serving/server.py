@@ -104,12 +104,14 @@ async def serve(
         service.ready = False  # probes see not-ready while the last requests finish
         if poller is not None:
             poller.cancel()
-        rest.close()  # stop accepting; requests already read still get their answers
         grace_until = time.monotonic() + SHUTDOWN_GRACE_S
+        # stop accepting; requests already read get their answers, no connection is reset
+        rest_closed = asyncio.ensure_future(http_server.close_gracefully(rest, SHUTDOWN_GRACE_S))
         while service.in_flight() and time.monotonic() < grace_until:
             await asyncio.sleep(0.01)
         if grpc is not None:
             await grpc.stop(grace=max(0.0, grace_until - time.monotonic()))
+        await rest_closed
         if metrics_http is not None:
             metrics_http.shutdown()
         service.repo.executor.shutdown(wait=False, cancel_futures=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ import pytest
 import yaml
 
 from appliance import __version__
+from appliance.bundle.debs import read_index
 from tests.conftest import run_cli, use_runtime
 from tests.integration._cluster_hosts import ClusterHosts, _mirror, cluster_hosts
 
@@ -131,3 +134,47 @@ def assert_no_route_out(lab: ClusterLab, host: str) -> None:
     done = lab.hosts.ssh(host, f'python3 -c "{connect}"')
     assert done.returncode != 0 and "reached" not in done.stdout, (host, done.stdout, done.stderr)
     assert "unreachable" in done.stderr.lower() or "timed out" in done.stderr.lower(), done.stderr
+
+
+def debian_12() -> bool:
+    """Whether this machine's apt, which makes a bundle's debs, is Debian 12's, as the hosts are."""
+    release = Path("/etc/os-release")
+    return release.exists() and "VERSION_CODENAME=bookworm" in release.read_text()
+
+
+def bundle_index(bundle: Path) -> dict[str, dict[str, str]]:
+    """The bundle's deb index: file name -> its package, version and checksum."""
+    with tarfile.open(bundle) as tar:
+        stream = tar.extractfile("debs/Packages")
+        assert stream is not None
+        return read_index(stream.read().decode())
+
+
+def make_bundle(lab: ClusterLab, wheels: Path) -> Path:
+    """The cluster bundle of ``lab``'s answers, made by `appliance bundle create` (debs on by
+    default for a cluster, no images) with ``wheels`` as its wheelhouse."""
+    path = lab.work / "cluster-bundle.tar"
+    code, out, err = lab.run("bundle", "create", "-o", str(path), "--wheelhouse", str(wheels), timeout=600)
+    assert code == 0, out + err
+    return path
+
+
+def purge_packages(lab: ClusterLab, host: str, packages: str) -> None:
+    """Remove ``packages`` (apt-get patterns) from ``host``, which the host image carries, so that
+    ``up`` has to install them."""
+    subprocess.run(
+        ["podman", "exec", lab.hosts.hosts[host].name, "sh", "-c", f"apt-get purge -y -q {packages}"],
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+
+
+def assert_installed_from(lab: ClusterLab, bundle: Path, installed: dict[str, list[str]]) -> None:
+    """Each host's ``installed`` packages are at the bundle's versions, and apt read the bundle's
+    folder alone: the host's own package lists stay empty."""
+    version = {info["package"]: info["version"] for info in bundle_index(bundle).values()}
+    for host, packages in installed.items():
+        for package in packages:
+            done = lab.hosts.ssh(host, f"dpkg-query -W -f '${{Version}}' {package}")
+            assert done.returncode == 0 and done.stdout == version[package], (host, package, done)
+        lists = lab.hosts.ssh(host, "ls /var/lib/apt/lists 2>/dev/null | grep -c Packages || true")
+        assert lists.stdout.strip() == "0", lists.stdout

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +27,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.bundle.debs import read_index
 from appliance.cluster.requirements import host_requirements, resolve_wheelhouse
-from tests.integration._cluster_lab import ClusterLab, assert_no_route_out, assert_venv_made_from, cluster_lab
+from tests.integration._cluster_lab import (
+    ClusterLab,
+    assert_installed_from,
+    assert_no_route_out,
+    assert_venv_made_from,
+    bundle_index,
+    cluster_lab,
+    debian_12,
+    make_bundle,
+    purge_packages,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -45,14 +53,9 @@ BARE = "mon"
 """The host with no virtualenv mounted: it installs its own from the bundle's wheelhouse."""
 
 
-def _debian_12() -> bool:
-    release = Path("/etc/os-release")
-    return release.exists() and "VERSION_CODENAME=bookworm" in release.read_text()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
-    if not _debian_12():
+    if not debian_12():
         pytest.skip("the bundle's debs are made by this machine's apt, which must be Debian 12's")
     base = {
         "profile": "lab",
@@ -62,11 +65,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
         "components": {"workbench": False, "controller": False, "dashboards": False, "serving": False},
     }
     with cluster_lab(tmp_path_factory, "offline-cluster", GROUPS, base, internal=True, bare=(BARE,)) as lab:
-        for host in lab.hosts.hosts.values():
-            subprocess.run(
-                ["podman", "exec", host.name, "sh", "-c", f"apt-get purge -y -q {PURGED}"],
-                capture_output=True, check=True, timeout=300,
-            )  # fmt: skip
+        for host in GROUPS:
+            purge_packages(lab, host, PURGED)
         yield lab
 
 
@@ -75,17 +75,7 @@ def bundle(lab: ClusterLab) -> Path:
     """The bundle with debs and the monitoring host's wheels, made once by `appliance bundle
     create` (a cluster answers file: debs on by default, no images)."""
     wheels = resolve_wheelhouse(lab.work / "wheelhouse", host_requirements(["prometheus", "alertmanager"]))
-    path = lab.work / "cluster-bundle.tar"
-    code, out, err = lab.run("bundle", "create", "-o", str(path), "--wheelhouse", str(wheels), timeout=600)
-    assert code == 0, out + err
-    return path
-
-
-def _bundle_index(bundle: Path) -> dict[str, dict[str, str]]:
-    with tarfile.open(bundle) as tar:
-        stream = tar.extractfile("debs/Packages")
-        assert stream is not None
-        return read_index(stream.read().decode())
+    return make_bundle(lab, wheels)
 
 
 def _use_bundle(lab: ClusterLab, bundle: Path) -> None:
@@ -107,7 +97,7 @@ def test_the_hosts_reach_each_other_and_nothing_beyond(lab: ClusterLab) -> None:
 
 
 def test_bundle_holds_the_roles_packages_and_their_closure(bundle: Path) -> None:
-    index = _bundle_index(bundle)
+    index = bundle_index(bundle)
     with tarfile.open(bundle) as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
         stream = tar.extractfile("debs/closure.json")
@@ -121,7 +111,7 @@ def test_bundle_holds_the_roles_packages_and_their_closure(bundle: Path) -> None
 
 
 def test_a_tampered_deb_is_refused_before_any_host_changes(lab: ClusterLab, bundle: Path) -> None:
-    index = _bundle_index(bundle)
+    index = bundle_index(bundle)
     victim = next(name for name, info in index.items() if info["package"] == "postgresql-15")
     tampered = lab.work / "tampered.tar"
     with tarfile.open(bundle) as src, tarfile.open(tampered, "w") as out:
@@ -179,15 +169,7 @@ def test_up_installs_from_the_bundle_and_brings_both_hosts_to_healthy(lab: Clust
     code, result, output = lab.cli("up")
     assert code == 0, output
     assert set(result) == set(GROUPS) and all(r["state"] == "changed" for r in result.values()), result
-    index = _bundle_index(bundle)
-    version = {info["package"]: info["version"] for info in index.values()}
-    for host, packages in INSTALLED.items():
-        for package in packages:
-            done = lab.hosts.ssh(host, f"dpkg-query -W -f '${{Version}}' {package}")
-            assert done.returncode == 0 and done.stdout == version[package], (host, package, done)
-        # apt read the bundle's folder alone: the host's own lists stay empty
-        lists = lab.hosts.ssh(host, "ls /var/lib/apt/lists 2>/dev/null | grep -c Packages || true")
-        assert lists.stdout.strip() == "0", lists.stdout
+    assert_installed_from(lab, bundle, INSTALLED)
     _the_bare_host_runs_the_bundles_wheels(lab, bundle)
     code, found, output = lab.run("cluster", "status", "--json")
     assert code == 0, output

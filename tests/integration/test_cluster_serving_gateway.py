@@ -5,10 +5,14 @@ against the model it named, while (a) a new model version
 rolls out one serving host at a time (no failed request) and (b) one serving host is killed (those
 requests in flight on it may fail, at most one per client; after the fail window none does).
 
-``srv2`` has no virtualenv mounted: ``up`` makes it one from ``cluster.wheelhouse`` (the serving
-host's wheels, resolved by ``appliance.cluster.requirements`` as a bundle's are), and it serves
-from that alone, next to ``srv1`` running the checkout's. The hosts' network has no route out
-(``podman network create --internal``), so those wheels are all it can install from.
+The hosts' network has no route out (``podman network create --internal``): what they install
+comes from the bundle the controller sends, made by ``appliance bundle create`` with the serving
+host's wheels (resolved by ``appliance.cluster.requirements``). ``srv2`` has no virtualenv
+mounted: ``up`` makes it one from those wheels, and it serves from that alone, next to ``srv1``
+running the checkout's. ``ctl``'s nginx is purged first, so the gateway runs the one ``up``
+installed from the bundle's signed debs (test_cluster_offline.py covers the rest of the debs:
+their closure, a tampered one refused, plan). On a machine whose apt is not Debian 12's, which
+makes the debs, the lab takes the wheelhouse alone (``cluster.wheelhouse``).
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py)."""
 
@@ -25,6 +29,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +42,16 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from appliance.cluster.requirements import host_requirements, resolve_wheelhouse
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
 from tests.integration._cluster_hosts import ROOT
-from tests.integration._cluster_lab import ClusterLab, assert_no_route_out, assert_venv_made_from, cluster_lab
+from tests.integration._cluster_lab import (
+    ClusterLab,
+    assert_installed_from,
+    assert_no_route_out,
+    assert_venv_made_from,
+    cluster_lab,
+    debian_12,
+    make_bundle,
+    purge_packages,
+)
 from tests.integration._serving_fixtures import write_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -55,6 +69,8 @@ GRPC_CLIENTS = 2
 """Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
 CLIENT_TIMEOUT_S = 5.0
 ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
+GATEWAY_PACKAGES = "'nginx*'"
+"""Purged from ``ctl`` before the first ``up``, which installs them from the bundle's debs."""
 
 
 @dataclass
@@ -62,6 +78,8 @@ class ServingLab(ClusterLab):
     expected: dict[str, np.ndarray] = field(default_factory=dict)
     wheels: set[str] = field(default_factory=set)
     """The wheelhouse's files, which the bare host's virtualenv is made from."""
+    bundle: Path | None = None
+    """The bundle ``up`` installs from (None: the wheelhouse alone, apt not Debian 12's)."""
 
     def write(self, beta: str, members: tuple[str, ...] | None = None) -> None:
         """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named,
@@ -98,6 +116,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
     with lab_hosts as lab:
         lab.timings["resolve the serving wheelhouse"] = resolved
         lab.wheels = {w.name for w in wheels.glob("*.whl")}
+        if debian_12():
+            purge_packages(lab, "ctl", GATEWAY_PACKAGES)
+            lab.bundle = make_bundle(lab, wheels)
+            lab.base["cluster"] = {"bundle": str(lab.bundle)}
         for name, seed in MODELS.items():
             folder = write_mlp(lab.work / "models" / name, seed=seed)
             session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -268,6 +290,14 @@ def test_the_bare_serving_host_made_its_virtualenv_from_the_wheelhouse_alone(lab
     assert lab.hosts.ssh(BARE, f"test -e {ROOT / 'pyproject.toml'}").returncode == 1  # no checkout there
     listed = lab.hosts.ssh(BARE, f"{sys.prefix}/bin/python -c 'import onnxruntime, grpc'")
     assert listed.returncode == 0, listed.stderr  # the model server's own packages
+
+
+def test_the_gateways_nginx_came_from_the_bundles_debs(lab: ServingLab) -> None:
+    if lab.bundle is None:
+        pytest.skip("the bundle's debs are made by this machine's apt, which must be Debian 12's")
+    assert_installed_from(lab, lab.bundle, {"ctl": ["nginx"]})
+    gateway = lab.hosts.ssh("ctl", "systemctl is-active appliance-gateway")
+    assert gateway.stdout.strip() == "active", gateway
 
 
 def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request(lab: ServingLab) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -262,3 +263,33 @@ def infer_body(x: np.ndarray, **extra: Any) -> dict[str, Any]:
         "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}],
         **extra,
     }
+
+
+# Raw HTTP/1.1 on a socket, for the tests that need to see exactly what the server sends.
+
+
+def read_response(s: socket.socket, buf: bytearray | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One response off the socket (``buf`` carries bytes read past it between calls)."""
+    data = buf if buf is not None else bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a full response head: {bytes(data)!r}")
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed inside a response body")
+        rest += chunk
+    data[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def head(method: str, target: str, *lines: str, token: str | None = TOKEN) -> bytes:
+    auth = [f"Authorization: Bearer {token}"] if token else []
+    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: x", *auth, *lines, "", ""]).encode()

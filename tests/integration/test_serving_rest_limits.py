@@ -24,6 +24,8 @@ from tests.integration._serving_fixtures import (
     AUTH,
     TOKEN,
     ServerProcess,
+    head,
+    read_response,
     start_server,
     write_echo,
     write_mlp,
@@ -69,28 +71,6 @@ def connect(server: ServerProcess, timeout: float = 10) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.http_port), timeout=timeout)
 
 
-def read_response(s: socket.socket, buf: bytearray | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One response off the socket (``buf`` carries bytes read past it between calls)."""
-    data = buf if buf is not None else bytearray()
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a full response head: {bytes(data)!r}")
-        data += chunk
-    head, _, rest = bytes(data).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside a response body")
-        rest += chunk
-    data[:] = rest[length:]
-    return status, headers, rest[:length]
-
-
 def closed_within(s: socket.socket, seconds: float) -> bool:
     """True when the server ends the connection (EOF or reset) within ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -109,11 +89,6 @@ def closed_within(s: socket.socket, seconds: float) -> bool:
 def still_serving(server: ServerProcess) -> None:
     r = httpx.post(f"{server.url}/v2/models/mlp/infer", json={"inputs": [GOOD]}, headers=AUTH, timeout=10)
     assert r.status_code == 200, r.text
-
-
-def head(method: str, target: str, *lines: str, token: str | None = TOKEN) -> bytes:
-    auth = [f"Authorization: Bearer {token}"] if token else []
-    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: x", *auth, *lines, "", ""]).encode()
 
 
 def test_long_request_target_is_414(server: ServerProcess) -> None:

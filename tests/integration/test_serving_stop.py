@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration._serving_fixtures import TOKEN, start_server, write_echo
-from tests.integration.test_serving_rest_limits import head, read_response
+from tests.integration._serving_fixtures import TOKEN, head, read_response, start_server, write_echo
 
 pytestmark = pytest.mark.integration
 

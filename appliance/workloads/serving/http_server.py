@@ -375,12 +375,12 @@ class HttpProtocol(asyncio.Protocol):
         """A stopping server's end of a connection with nothing read and nothing owed."""
         if self.transport is None or self.in_message or self.queue or self.running:
             return
-        self.closing = True
         self._end(self.transport, STOP_LINGER_S)
 
     def _end(self, transport: asyncio.Transport, linger_s: float) -> None:
         """Shut our side, then read and drop the client's for ``linger_s``: a request crossing
-        the end of stream meets an open socket (no reset), and the client sees a clean close."""
+        the end of stream meets an open socket (no reset), and the client sees a clean close.
+        ``transport`` None from here is what makes every later read, flow or timeout a no-op."""
         self.transport = None
         listener = self.listener
         listener.conns.discard(self)
@@ -462,7 +462,6 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:  # the client may still be sending what was refused: drain it briefly
             self._end(transport, LINGER_S)
         elif self.listener.stopping:
-            self.closing = True
             self._end(transport, STOP_LINGER_S)
         else:
             self.transport = None

@@ -221,27 +221,30 @@ EXTENDED: dict[str, str] = {
     "integration/test_container_lab.py[docker]": "the whole lab on docker (test_container_stack: docker)",
     "integration/test_lab_stack.py[docker]": "the lab stack on docker (test_container_stack: docker)",
     "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
-    "integration/test_cluster_mlflow_servers.py": "two MLflow servers on one PostgreSQL behind the gateway",
-    "integration/test_cluster_offline.py": "two cluster hosts with no route out, installed from a bundle",
-    "integration/test_cluster_edge.py": "a cluster's edge host following the champion through an outage",
+    "integration/test_edge_follows_registry.py::"
+    "test_edge_follows_the_champion_serves_through_an_outage_and_catches_up": (
+        "an edge model server on this machine following a local MLflow through its outage "
+        "(test_cluster_registry: an edge host across a cut link)"
+    ),
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
-module's path under tests/ (or ``path[param]``) each, with what it proves. With every module in, the
-run took 84 minutes of pytest here and went past CI's 90 minutes there; these seven take about
-1,280 s (the per-module table the run prints). Each builds on a capability a test in the CI tier
-proves: the small stack's checks on podman are a subset of the whole lab's on podman (healthy, a
-zero-action plan, scraping by service name, a killed container restarted, a clean down), the lab
-on podman stands for docker beside the container stack on docker, the bundle runs on the local
-runtime, the cluster's four-host lifecycle (PostgreSQL on the control host, the gateway) and its
-storage and serving faults are in, and the edge on one host follows the registry in
-test_edge_follows_registry. They are marked ``extended`` here, in one place."""
+module's path under tests/ (or ``path[param]``, or ``path::test``) each, with what it proves:
+together about 650 s that CI's 90 minutes do not hold beside the rest (the per-module table the
+run prints). Each builds on a capability a test in the CI tier proves: the small stack's checks on
+podman are a subset of the whole lab's on podman (healthy, a zero-action plan, scraping by service
+name, a killed container restarted, a clean down), the lab on podman stands for docker beside the
+container stack on docker, the bundle runs offline on the local runtime and, for a cluster, on
+hosts with no route out (test_cluster_serving_gateway), and an edge host of a cluster follows its
+registry through an outage (test_cluster_registry). They are marked ``extended`` here, in one
+place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:
     """Why ``item`` is in the extended tier (``EXTENDED``), or None when CI runs it."""
     name = Path(str(item.path)).resolve().relative_to(TESTS_DIR).as_posix()
     param = getattr(getattr(item, "callspec", None), "id", None)
-    keys = [name] + ([f"{name}[{part}]" for part in str(param).split("-")] if param else [])
+    keys = [name, f"{name}::{getattr(item, 'originalname', item.name)}"]
+    keys += [f"{name}[{part}]" for part in str(param).split("-")] if param else []
     return next((EXTENDED[key] for key in keys if key in EXTENDED), None)
 
 

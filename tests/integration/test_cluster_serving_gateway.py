@@ -1,28 +1,35 @@
-"""Serving across hosts behind the gateway: three hosts (``ctl`` control with the TLS gateway,
-``srv1`` and ``srv2`` serving two models), load through the gateway from a pool of keep-alive
-clients (HTTPS/1.1 and gRPC over TLS, each on its own connection) whose every answer is checked
-against the model it named, while (a) a new model version
-rolls out one serving host at a time (no failed request) and (b) one serving host is killed (those
-requests in flight on it may fail, at most one per client; after the fail window none does).
+"""Serving across hosts behind the gateway, every host installed offline from a bundle: three
+hosts (``ctl`` control with the TLS gateway and monitoring, ``srv1`` and ``srv2`` serving two
+models), load through the gateway from a pool of keep-alive clients (HTTPS/1.1 and gRPC over TLS,
+each on its own connection) whose every answer is checked against the model it named, while (a) a
+new model version rolls out one serving host at a time (no failed request), (b) a serving host
+leaves the inventory (drained) and comes back (joining once ready), and (c) one serving host is
+killed (those requests in flight on it may fail, at most one per client; after the fail window
+none does).
 
 The hosts' network has no route out (``podman network create --internal``): what they install
 comes from the bundle the controller sends, made by ``appliance bundle create`` with the serving
-host's wheels (resolved by ``appliance.cluster.requirements``). ``srv2`` has no virtualenv
-mounted: ``up`` makes it one from those wheels, and it serves from that alone, next to ``srv1``
-running the checkout's. ``ctl``'s nginx is purged first, so the gateway runs the one ``up``
-installed from the bundle's signed debs (test_cluster_offline.py covers the rest of the debs:
-their closure, a tampered one refused, plan). On a machine whose apt is not Debian 12's, which
-makes the debs, the lab takes the wheelhouse alone (``cluster.wheelhouse``).
+host's wheels (resolved by ``appliance.cluster.requirements``) and the roles' Debian packages with
+their closure. ``srv2`` has no virtualenv mounted: ``up`` makes it one from those wheels, and it
+serves from that alone, next to ``srv1`` running the checkout's. The roles' packages are purged
+from ``ctl`` (PostgreSQL, Prometheus, Alertmanager, node exporter, nginx) and ``srv2`` (node
+exporter, python3-venv) first, so ``up`` installs them from the bundle's signed debs. Before the
+first ``up``: a bundle with one altered deb is refused, naming the file, before any host changes;
+``plan`` with the bundle names the debs and wheels each fresh host would get and writes nothing.
+On a machine whose apt is not Debian 12's, which makes the debs, the lab takes the wheelhouse
+alone (``cluster.wheelhouse``) and those checks skip.
 
 The hosts are podman containers running systemd (tests/integration/_cluster_hosts.py)."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.request
@@ -47,6 +54,7 @@ from tests.integration._cluster_lab import (
     assert_installed_from,
     assert_no_route_out,
     assert_venv_made_from,
+    bundle_index,
     cluster_lab,
     debian_12,
     make_bundle,
@@ -69,8 +77,25 @@ GRPC_CLIENTS = 2
 """Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
 CLIENT_TIMEOUT_S = 5.0
 ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
-GATEWAY_PACKAGES = "'nginx*'"
-"""Purged from ``ctl`` before the first ``up``, which installs them from the bundle's debs."""
+PURGED = {
+    "ctl": "'postgresql*' 'prometheus*' 'nginx*' python3-venv python3.11-venv",
+    BARE: "'prometheus*' python3-venv python3.11-venv",
+}
+"""Purged from the hosts before the first ``up``, which installs them from the bundle's debs."""
+INSTALLED = {
+    "ctl": [
+        "postgresql",
+        "prometheus",
+        "prometheus-alertmanager",
+        "prometheus-node-exporter",
+        "nginx",
+        "python3-venv",
+    ],
+    BARE: ["prometheus-node-exporter", "python3-venv"],
+}
+"""Role packages those hosts install from the bundle (node exporter runs on every host)."""
+TARGETS_TASK = "Write each job's targets from the inventory"
+"""The monitoring host's one task when a host joins or leaves: Prometheus's targets."""
 
 
 @dataclass
@@ -80,6 +105,8 @@ class ServingLab(ClusterLab):
     """The wheelhouse's files, which the bare host's virtualenv is made from."""
     bundle: Path | None = None
     """The bundle ``up`` installs from (None: the wheelhouse alone, apt not Debian 12's)."""
+    cold: bool = False
+    """Whether the first ``up`` ran (the ``lab`` fixture)."""
 
     def write(self, beta: str, members: tuple[str, ...] | None = None) -> None:
         """The answers with ``alpha`` and ``beta`` served, ``beta`` from the model folder named,
@@ -95,13 +122,15 @@ class ServingLab(ClusterLab):
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
+    """The hosts before any ``up``: the roles' packages purged, the bundle made, the models copied
+    to the serving hosts, the answers written."""
     base = {
         "profile": "lab",
         "bind_address": "0.0.0.0",
         "object_store": {"kind": "filesystem"},
         "tls": {"enabled": True},
-        "components": {"workbench": False, "controller": False, "dashboards": False, "monitoring": False},
+        "components": {"workbench": False, "controller": False, "dashboards": False},
     }
     started = time.monotonic()
     wheels = resolve_wheelhouse(
@@ -117,7 +146,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
         lab.timings["resolve the serving wheelhouse"] = resolved
         lab.wheels = {w.name for w in wheels.glob("*.whl")}
         if debian_12():
-            purge_packages(lab, "ctl", GATEWAY_PACKAGES)
+            for host, packages in PURGED.items():
+                purge_packages(lab, host, packages)
             lab.bundle = make_bundle(lab, wheels)
             lab.base["cluster"] = {"bundle": str(lab.bundle)}
         for name, seed in MODELS.items():
@@ -130,9 +160,99 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
                 check=True,
             )
         lab.write("beta")
-        code, _, output = lab.up("cold up")
-        assert code == 0, output
         yield lab
+
+
+@pytest.fixture(scope="module")
+def lab(fresh: ServingLab) -> ServingLab:
+    """The hosts after the first ``up`` from the bundle (the cold up)."""
+    code, _, output = fresh.up("cold up")
+    assert code == 0, output
+    fresh.cold = True
+    return fresh
+
+
+def _bundle_of(lab: ServingLab) -> Path:
+    if lab.bundle is None:
+        pytest.skip("the bundle's debs are made by this machine's apt, which must be Debian 12's")
+    return lab.bundle
+
+
+def _written(lab: ServingLab) -> dict[str, str]:
+    """What the appliance has written on each host: nothing before the first ``up``."""
+    paths = "/var/lib/appliance /var/cache/appliance /etc/appliance-*.env /etc/systemd/system/appliance-*"
+    return {host: lab.hosts.ssh(host, f"ls -d {paths} 2>/dev/null || true").stdout.strip() for host in GROUPS}
+
+
+def test_the_bundle_holds_the_roles_packages_and_their_closure(fresh: ServingLab) -> None:
+    bundle = _bundle_of(fresh)
+    index = bundle_index(bundle)
+    with tarfile.open(bundle) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        stream = tar.extractfile("debs/closure.json")
+        assert stream is not None
+        closure = json.loads(stream.read())
+    assert set(closure) >= {p for names in INSTALLED.values() for p in names}, sorted(closure)
+    packages = {info["package"] for info in index.values()}
+    assert {"postgresql-15", "libpq5", "prometheus", "nginx-common"} <= packages, sorted(packages)
+    assert all(f"debs/{name}" in manifest["files"] for name in index), "a deb outside the signed manifest"
+    assert manifest["archives"] == {}  # the hosts run no containers
+
+
+def test_a_tampered_deb_is_refused_before_any_host_changes(fresh: ServingLab) -> None:
+    assert not fresh.cold, "runs before the first up (the file's order)"
+    bundle = _bundle_of(fresh)
+    victim = next(name for name, info in bundle_index(bundle).items() if info["package"] == "postgresql-15")
+    tampered = fresh.work / "tampered.tar"
+    with tarfile.open(bundle) as src, tarfile.open(tampered, "w") as out:
+        for member in src:
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name == f"debs/{victim}" and data is not None:
+                body = bytearray(data.read())
+                body[len(body) // 2] ^= 0xFF
+                out.addfile(member, io.BytesIO(bytes(body)))
+            else:
+                out.addfile(member, data)
+    fresh.base["cluster"] = {"bundle": str(tampered)}
+    fresh.write("beta")
+    try:
+        code, _, output = fresh.cli("up", label="up with a tampered deb")
+    finally:
+        fresh.base["cluster"] = {"bundle": str(bundle)}
+        fresh.write("beta")
+    assert code == 2, output  # a bundle refused, like any refused input
+    assert f"debs/{victim}" in output and "tampered" in output, output
+    assert _written(fresh) == dict.fromkeys(GROUPS, ""), "the playbook ran on a host"
+
+
+def test_plan_with_the_bundle_names_what_each_fresh_host_would_get_and_changes_nothing(
+    fresh: ServingLab,
+) -> None:
+    """Check mode on hosts without the roles' packages: the debs each would be sent, the
+    wheelhouse for the bare host, and nothing written on any host."""
+    assert not fresh.cold, "runs before the first up (the file's order)"
+    _bundle_of(fresh)
+    code, planned, output = fresh.cli("plan")
+    assert code == 0, output[-6000:]
+    for host in GROUPS:
+        assert planned[host]["failed"] == 0 and planned[host]["unreachable"] == 0, planned
+    for host in PURGED:
+        assert "Copy the debs the host lacks (planned)" in planned[host]["changed_tasks"], planned[host]
+    assert "Copy the wheelhouse to the host" in planned[BARE]["changed_tasks"], planned[BARE]
+    # --diff's data: each unit file a host would get, never what a no_log task writes (secrets, envs)
+    mlflow = [
+        d for d in planned["ctl"]["diffs"] if "+++ after: /etc/systemd/system/appliance-mlflow.service\n" in d
+    ]
+    assert len(mlflow) == 1 and "\n+ExecStart=" in mlflow[0], planned["ctl"]["diffs"]
+    headers = [
+        line
+        for h in GROUPS
+        for d in planned[h]["diffs"]
+        for line in d.splitlines()
+        if line.startswith("+++ ")
+    ]
+    assert not [line for line in headers if line.endswith(".env") or "/secrets/" in line], headers
+    assert _written(fresh) == dict.fromkeys(GROUPS, ""), "plan wrote on a host"
 
 
 @dataclass
@@ -292,12 +412,16 @@ def test_the_bare_serving_host_made_its_virtualenv_from_the_wheelhouse_alone(lab
     assert listed.returncode == 0, listed.stderr  # the model server's own packages
 
 
-def test_the_gateways_nginx_came_from_the_bundles_debs(lab: ServingLab) -> None:
-    if lab.bundle is None:
-        pytest.skip("the bundle's debs are made by this machine's apt, which must be Debian 12's")
-    assert_installed_from(lab, lab.bundle, {"ctl": ["nginx"]})
-    gateway = lab.hosts.ssh("ctl", "systemctl is-active appliance-gateway")
-    assert gateway.stdout.strip() == "active", gateway
+def test_the_roles_packages_came_from_the_bundles_debs_and_their_services_run(lab: ServingLab) -> None:
+    assert_installed_from(lab, _bundle_of(lab), INSTALLED)
+    code, found, output = lab.run("cluster", "status", "--json")
+    assert code == 0, output
+    units = json.loads(found)
+    for service in ("mlflow", "gateway", "prometheus", "alertmanager"):
+        assert units["ctl"][service].startswith("active"), units["ctl"]
+    assert all(units[h]["node-exporter"].startswith("active") for h in GROUPS), units
+    # PostgreSQL (Debian's unit, from the bundle) holds MLflow's registry
+    assert lab.hosts.ssh("ctl", "systemctl is-active postgresql.service").stdout.strip() == "active"
 
 
 def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request(lab: ServingLab) -> None:
@@ -355,7 +479,8 @@ def test_a_serving_host_leaves_the_gateway_drained_and_joins_again_only_once_rea
     print(f"\nsrv2 leaving under load: {dict(load.counts())}")
     assert_only_closed_by_the_reload(load, reloads=1)  # the drain role's, before srv2 stops
     assert result[BARE]["state"] == "changed", result
-    assert result["srv1"]["changed"] == 0 and result["ctl"]["changed"] == 0, result  # nothing else
+    assert result["srv1"]["changed"] == 0, result  # nothing else: ctl's one change is Prometheus's targets
+    assert result["ctl"]["changed_tasks"] == [TARGETS_TASK], result["ctl"]
     assert f"server {address}:" not in _members(lab)
     state = lab.hosts.ssh(BARE, "systemctl is-active appliance-serving").stdout.strip()
     assert state == "inactive", state

@@ -1,6 +1,6 @@
 """Each cluster host's virtualenv holds the packages of the services it runs, from the offline
 bundle's wheelhouse when one is given (no hosts needed: the rendering and the bundle's
-verification, the Ansible side is tests/integration/test_cluster_offline.py)."""
+verification, the Ansible side is tests/integration/test_cluster_serving_gateway.py)."""
 
 from __future__ import annotations
 

@@ -229,7 +229,7 @@ EXTENDED: dict[str, str] = {
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``, or ``path::test``) each, with what it proves:
-together about 650 s that CI's 90 minutes do not hold beside the rest (the per-module table the
+together about 700 s that CI's 90 minutes do not hold beside the rest (the per-module table the
 run prints). Each builds on a capability a test in the CI tier proves: the small stack's checks on
 podman are a subset of the whole lab's on podman (healthy, a zero-action plan, scraping by service
 name, a killed container restarted, a clean down), the lab on podman stands for docker beside the

@@ -5,8 +5,10 @@ limit."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any
 
-from tests.conftest import EXTENDED, TESTS_DIR
+from tests.conftest import EXTENDED, TESTS_DIR, extended_reason
 
 
 def test_every_extended_entry_names_a_test_module_here() -> None:
@@ -22,3 +24,23 @@ def test_every_extended_entry_names_a_test_module_here() -> None:
 
 def test_every_entry_says_what_it_proves() -> None:
     assert all(len(reason.split()) >= 4 for reason in EXTENDED.values()), EXTENDED
+
+
+def _item(path: str, test: str, param: str | None = None) -> Any:
+    """What extended_reason reads of a collected test: its file, its function's name, its
+    parameters' id."""
+    callspec = SimpleNamespace(id=param) if param else None
+    name = f"{test}[{param}]" if param else test
+    return SimpleNamespace(path=TESTS_DIR / path, name=name, originalname=test, callspec=callspec)
+
+
+def test_a_module_a_runtime_or_one_test_can_be_extended_and_nothing_else_is() -> None:
+    edge = "integration/test_edge_follows_registry.py"
+    followed = "test_edge_follows_the_champion_serves_through_an_outage_and_catches_up"
+    assert extended_reason(_item(edge, followed)) is not None
+    assert extended_reason(_item(edge, "test_an_edge_stack_named_after_the_central_registry")) is None
+    lab = "integration/test_lab_stack.py"
+    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "docker")) is not None
+    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "podman")) is None
+    assert extended_reason(_item("integration/test_bundle_offline_podman.py", "test_anything")) is not None
+    assert extended_reason(_item("integration/test_cluster_registry.py", "test_anything")) is None

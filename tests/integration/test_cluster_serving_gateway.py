@@ -94,6 +94,12 @@ INSTALLED = {
     BARE: ["prometheus-node-exporter", "python3-venv"],
 }
 """Role packages those hosts install from the bundle (node exporter runs on every host)."""
+OFFLINE_TASKS = {
+    "Copy the debs the host lacks from the verified bundle",
+    "Write the folder's package index",
+    "Copy the wheelhouse to the host",
+}
+"""The tasks that send a host the bundle's debs and wheels: changed on a fresh host alone."""
 TARGETS_TASK = "Write each job's targets from the inventory"
 """The monitoring host's one task when a host joins or leaves: Prometheus's targets."""
 
@@ -181,7 +187,25 @@ def _bundle_of(lab: ServingLab) -> Path:
 def _written(lab: ServingLab) -> dict[str, str]:
     """What the appliance has written on each host: nothing before the first ``up``."""
     paths = "/var/lib/appliance /var/cache/appliance /etc/appliance-*.env /etc/systemd/system/appliance-*"
-    return {host: lab.hosts.ssh(host, f"ls -d {paths} 2>/dev/null || true").stdout.strip() for host in GROUPS}
+    found = {}
+    for host in GROUPS:
+        done = lab.hosts.ssh(host, f"ls -d {paths} 2>/dev/null || true")
+        assert done.returncode == 0, (host, done.stderr)  # an SSH failure would list nothing too
+        found[host] = done.stdout.strip()
+    return found
+
+
+def test_the_fresh_hosts_reach_nothing_beyond_and_lack_the_roles_packages(fresh: ServingLab) -> None:
+    assert not fresh.cold, "runs before the first up (the file's order)"
+    for host in GROUPS:  # what they install can only come from the controller
+        assert_no_route_out(fresh, host)
+    if fresh.bundle is None:
+        return  # nothing purged: the wheelhouse alone (apt not Debian 12's)
+    for host, packages in INSTALLED.items():  # purged: up has to install them
+        listed = fresh.hosts.ssh(
+            host, f"dpkg-query -W -f '${{db:Status-Abbrev}}\\n' {' '.join(packages)} || true"
+        )
+        assert listed.returncode == 0 and "ii" not in listed.stdout, (host, listed.stdout, listed.stderr)
 
 
 def test_the_bundle_holds_the_roles_packages_and_their_closure(fresh: ServingLab) -> None:
@@ -433,6 +457,9 @@ def test_a_new_model_version_rolls_out_one_host_at_a_time_with_no_failed_request
         time.sleep(2)
     assert code == 0, output
     assert result["srv1"]["changed"] > 0 and result["srv2"]["changed"] > 0, result
+    # the bundle's debs and wheels were all there already: nothing of them is sent again
+    for host, outcome in result.items():
+        assert not OFFLINE_TASKS & set(outcome["changed_tasks"]), (host, outcome["changed_tasks"])
     counts = load.counts()
     print(f"\nrolling update under load: {dict(counts)} in {lab.timings['rolling up #1']:.0f} s")
     assert load.failures() == [], (counts, load.failures()[:5])

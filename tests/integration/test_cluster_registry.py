@@ -363,10 +363,8 @@ def test_through_the_gateway_no_request_fails_while_either_server_is_stopped(lab
     assert {"while-ctl1-stopped", "while-ctl2-stopped"} <= names
 
 
-def _writer(lab: MlflowLab, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.server("ctl1"))
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "appliance-writer")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", lab.secret("mlflow_writer_password"))
+EDGE_INPUTS = {"fraud": (MLP_X, "input"), "churn": (LIN_X, "x")}
+"""Each model the edge serves: the rows it is asked about and its input's name."""
 
 
 def _register(folder: Path, name: str) -> str:
@@ -380,7 +378,7 @@ def _register(folder: Path, name: str) -> str:
 
 def _infer(lab: MlflowLab, model: str) -> tuple[str, np.ndarray] | None:
     """One inference on the edge host, from inside it (a cut link cuts this machine off too)."""
-    x, input_name = (MLP_X, "input") if model == "fraud" else (LIN_X, "x")
+    x, input_name = EDGE_INPUTS[model]
     token = lab.secret("serving_token")
     body = {
         "inputs": [
@@ -404,7 +402,7 @@ def _infer(lab: MlflowLab, model: str) -> tuple[str, np.ndarray] | None:
 
 
 def _serves(lab: MlflowLab, model: str, version: str, folder: Path, timeout: float = 90) -> None:
-    x, input_name = (MLP_X, "input") if model == "fraud" else (LIN_X, "x")
+    x, input_name = EDGE_INPUTS[model]
     deadline = time.monotonic() + timeout
     got = None
     while time.monotonic() < deadline:
@@ -429,7 +427,8 @@ def _link(lab: MlflowLab, up: bool) -> None:
 def test_the_edge_host_follows_the_champion_through_an_outage(
     lab: MlflowLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _writer(lab, monkeypatch)
+    # registered through ctl1's server, as the writer (the lab fixture's account)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.server("ctl1"))
     folders = {
         ("fraud", 1): write_mlp(tmp_path / "fraud1", seed=3),
         ("fraud", 2): write_mlp(tmp_path / "fraud2", seed=4),

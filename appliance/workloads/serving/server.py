@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.runtimes import handover
-from appliance.workloads.serving import drain, grpc_server, http_server
+from appliance.workloads.serving import allocator, drain, grpc_server, http_server
 from appliance.workloads.serving.config import ServeConfig
 from appliance.workloads.serving.errors import Unavailable
 from appliance.workloads.serving.metrics import ServingMetrics
@@ -131,10 +131,12 @@ def _signal_event() -> asyncio.Event:
 
 
 def run(config: ServeConfig) -> None:
-    """Blocking entry point: uvloop when installed, plain asyncio otherwise."""
+    """Blocking entry point: uvloop when installed, plain asyncio otherwise; large request
+    buffers kept for reuse (allocator.py), before any of them is made."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    allocator.keep_freed_buffers()
     try:
         import uvloop
     except ImportError:

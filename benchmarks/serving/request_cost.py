@@ -8,6 +8,17 @@ options: 1 intra-op, 1 inter-op thread). ``floor share`` = floor / server CPU: t
 ONNX Runtime's in-process throughput a core running the server reaches (the aim on the
 compute-bound CNN: at least 90 %).
 
+Next to it, ONNX Runtime's own time inside the server (the statistics extension's
+``compute_infer``, per request) splits the server's CPU into the model's share and the front
+end's (HTTP or gRPC, decoding, metrics, the event loop and the socket calls). ``ceiling`` = floor /
+in-server ONNX Runtime time: the floor share a front end costing nothing would reach. It is below
+100 % because the model runs colder in a server than in a tight loop (a fresh input buffer each
+request, the caches shared with the front end).
+
+``--rows N`` sends N rows (images) in each request, and the floor runs ONNX Runtime on the same N
+rows a call; every figure is then per row. The front end's cost is per request, so it shrinks by N
+per row: what a client that sends its images in batches (``perf_analyzer -b N``) gets.
+
 Encodings: REST with a JSON ``data`` list, REST with the binary tensor extension
 (``Inference-Header-Content-Length``, what tritonclient and perf_analyzer send), gRPC with typed
 ``contents.fp32_contents``, gRPC with ``raw_input_contents``. Every encoding's first answer is
@@ -15,6 +26,7 @@ checked against ONNX Runtime before it is measured.
 
     .venv/bin/python benchmarks/serving/request_cost.py                    # both models, 3 s a point
     .venv/bin/python benchmarks/serving/request_cost.py --models cnn --seconds 5
+    .venv/bin/python benchmarks/serving/request_cost.py --models cnn --rows 8  # 8 images a request
     .venv/bin/python benchmarks/serving/request_cost.py --server-root /tmp/old  # another checkout's server
 
 ``--server-root`` runs the server from another source tree (e.g. ``git archive REV appliance |
@@ -33,6 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -62,48 +75,73 @@ def _check(port: tuple[int, int], encoding: str, x: np.ndarray, ref: np.ndarray)
     return size
 
 
+def compute_infer(http_port: int) -> tuple[int, int]:
+    """(requests answered, nanoseconds in ONNX Runtime) in the server so far, from the statistics
+    extension: each batch's time once (``batch_stats``; a request's own ``compute_infer`` is the
+    whole time of the batch it ran in, which counts a batch once per request)."""
+    reply = httpx.get(
+        f"http://127.0.0.1:{http_port}/v2/models/mlp/stats",
+        headers={"Authorization": f"Bearer {run.TOKEN}"},
+        timeout=10,
+    )
+    reply.raise_for_status()
+    (stats,) = reply.json()["model_stats"]
+    ns = sum(int(b["compute_infer"]["ns"]) for b in stats["batch_stats"])
+    return int(stats["inference_stats"]["success"]["count"]), ns
+
+
 def measure(
     peer: Any, x: np.ndarray, ref: np.ndarray, args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
-    """Start the server, then one load point per encoding; the server's CPU per request each."""
-    log = work / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(args.server_root)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            peer.cmd,
-            cwd=args.server_root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    """One load point per encoding, each on a server of its own: what one encoding's requests
+    cost must not depend on what an earlier encoding left in the process (glibc's malloc, for
+    one, keeps larger buffers once a larger one has been freed: serving/allocator.py)."""
     result: dict[str, Any] = {}
-    try:
-        run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
-        for encoding in args.encodings:
-            size = _check((peer.http_port, peer.grpc_port), encoding, x, ref)
-            before = run.session_cpu(proc.pid)
-            if encoding.startswith("rest"):
-                request = loadgen.rest_request(
-                    peer.http_port, "mlp", x, run.TOKEN, binary=encoding == "rest-binary"
-                )
-                r = asyncio.run(
-                    loadgen.run_rest(peer.http_port, request, args.concurrency, args.seconds, args.warmup)
-                )
-            else:
-                r = loadgen.run_h2load(
-                    peer.grpc_port, "mlp", x, run.TOKEN, args.concurrency, args.seconds, args.warmup,
-                    1, size, raw=encoding == "grpc-raw",
-                )  # fmt: skip
-            cpu_us = run.cpu_per_request(proc.pid, before, r, args)
-            result[encoding] = {"rps": r.rps, "cpu_us": cpu_us, "errors": r.errors, "requests": r.requests}
-            print(
-                f"  {encoding:11s} {r.rps:8.0f} req/s  server CPU {cpu_us:7.0f} us/req  errors {r.errors}",
-                flush=True,
+    for encoding in args.encodings:
+        log = work / f"server-{encoding}.log"
+        env = {**os.environ, "PYTHONPATH": str(args.server_root)}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                peer.cmd,
+                cwd=args.server_root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-    finally:
-        run.stop_group(proc)
+        try:
+            run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
+            result[encoding] = _point(peer, proc, encoding, x, ref, args)
+        finally:
+            run.stop_group(proc)
     return result
+
+
+def _point(
+    peer: Any, proc: subprocess.Popen[bytes], encoding: str, x: np.ndarray, ref: np.ndarray,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    size = _check((peer.http_port, peer.grpc_port), encoding, x, ref)
+    before = run.session_cpu(proc.pid)
+    count0, ns0 = compute_infer(peer.http_port)
+    if encoding.startswith("rest"):
+        request = loadgen.rest_request(peer.http_port, "mlp", x, run.TOKEN, binary=encoding == "rest-binary")
+        load = loadgen.run_rest(peer.http_port, request, args.concurrency, args.seconds, args.warmup)
+        r = asyncio.run(load)
+    else:
+        r = loadgen.run_h2load(
+            peer.grpc_port, "mlp", x, run.TOKEN, args.concurrency, args.seconds, args.warmup,
+            1, size, raw=encoding == "grpc-raw",
+        )  # fmt: skip
+    cpu_us = run.cpu_per_request(proc.pid, before, r, args)
+    count1, ns1 = compute_infer(peer.http_port)
+    ort_us = (ns1 - ns0) / 1e3 / max(1, count1 - count0)
+    print(
+        f"  {encoding:11s} {r.rps:8.0f} req/s  server CPU {cpu_us:7.0f} us/req  "
+        f"ORT in the server {ort_us:5.0f} us/req  errors {r.errors}",
+        flush=True,
+    )
+    return {"rps": r.rps, "cpu_us": cpu_us, "ort_us": ort_us, "errors": r.errors, "requests": r.requests}
 
 
 def main() -> None:
@@ -113,10 +151,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--rows", type=int, default=1, help="rows (images) in each request")
     ap.add_argument("--start-timeout", type=float, default=120.0)
     ap.add_argument("--server-root", type=Path, default=run.ROOT, help="source tree the server runs from")
     args = ap.parse_args()
     args.encodings = [e for e in args.encodings.split(",") if e]
+    if not 1 <= args.rows <= 32:
+        ap.error(f"--rows {args.rows}: use 1 to 32 (the server's max_batch_size)")
     unknown = set(args.encodings) - set(ENCODINGS)
     if unknown:
         ap.error(f"unknown encodings {sorted(unknown)}: use {', '.join(ENCODINGS)}")
@@ -130,25 +171,31 @@ def main() -> None:
             folder = Path(tmp) / model_name
             if model_name == "mlp":
                 model = build_model(folder)
-                x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
+                x = np.random.default_rng(1).normal(size=(args.rows, N_IN)).astype(np.float32)
             elif model_name == "cnn":
                 model = build_cnn(folder)
-                x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
+                x = np.random.default_rng(1).normal(size=(args.rows, *CNN_SHAPE)).astype(np.float32)
             else:
                 ap.error(f"unknown model {model_name!r}: use mlp, cnn")
             ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-            floor_us = 1e6 / ort_floor(model, x, 2.0)["rps_1"]
-            print(f"{model_name}: onnxruntime alone {floor_us:.0f} us per row", flush=True)
+            floor_us = 1e6 / ort_floor(model, x, 2.0)["rps_1"] / args.rows
+            print(f"{model_name}: onnxruntime alone {floor_us:.0f} us a row, {args.rows} a call", flush=True)
             peer = run.ours(folder, model.parent, args)
             for encoding, got in measure(peer, x, ref, args, folder).items():
                 rows.append((model_name, encoding, got, floor_us))
-    head = f"req/s (c={args.concurrency}) | server CPU us/req | ORT us/row | floor share"
+    head = (
+        f"rows/req | req/s (c={args.concurrency}) | server CPU us/row | of it ORT / front end "
+        "| ORT alone us/row | floor share | ceiling"
+    )
     print(f"\n| model | encoding | {head} |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    n = args.rows
     for model_name, encoding, got, floor_us in rows:
+        cpu, ort_us = got["cpu_us"] / n, got["ort_us"] / n
         print(
-            f"| {model_name} | {encoding} | {got['rps']:.0f} | {got['cpu_us']:.0f} | {floor_us:.0f} "
-            f"| {100 * floor_us / got['cpu_us']:.0f} % |"
+            f"| {model_name} | {encoding} | {n} | {got['rps']:.0f} | {cpu:.0f} "
+            f"| {ort_us:.0f} / {cpu - ort_us:.0f} | {floor_us:.0f} "
+            f"| {100 * floor_us / cpu:.0f} % | {100 * floor_us / ort_us:.0f} % |"
         )
 
 

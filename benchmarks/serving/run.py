@@ -267,6 +267,11 @@ def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _cell(points: dict[int, dict[str, float]], c: int, key: str, digits: int) -> str:
+    """One figure of the table, "-" where its concurrency was not measured."""
+    return f"{points[c][key]:.{digits}f}" if c in points else "-"
+
+
 def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
         f"ONNX Runtime in-process (floor): p50 {floor['p50_ms']:.4f} ms, p99 {floor['p99_ms']:.4f} ms, "
@@ -283,29 +288,30 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
         for name, res in results.items():
             if name == "grpc-ceiling" and proto != "grpc":
                 continue
-            if "error" in res or f"{proto}_c1" not in res:
+            points = {k: res[f"{proto}_c{k}"] for k in (1, 8, 32) if f"{proto}_c{k}" in res}
+            if "error" in res or not points:  # a point left out of --concurrency reads "-"
                 why = res.get("error") or res.get("grpc_error") or "not measured"
                 lines.append(f"| {name} | {why} | | | | |")
                 continue
-            c = {k: res.get(f"{proto}_c{k}", {}) for k in (1, 8, 32)}
             lines.append(
-                f"| {name} | {c[1].get('p50_ms', float('nan')):.3f} | {c[1].get('p99_ms', float('nan')):.3f} "
-                f"| {c[8].get('rps', float('nan')):.0f} | {c[32].get('rps', float('nan')):.0f} "
-                f"| {c[32].get('cpu_us', float('nan')):.0f} |"
+                f"| {name} | {_cell(points, 1, 'p50_ms', 3)} | {_cell(points, 1, 'p99_ms', 3)} "
+                f"| {_cell(points, 8, 'rps', 0)} | {_cell(points, 32, 'rps', 0)} "
+                f"| {_cell(points, 32, 'cpu_us', 0)} |"
             )
         ours_res = results.get("ours", {})
         for name, res in results.items():
-            if name in ("ours", "grpc-ceiling") or f"{proto}_c1" not in res or f"{proto}_c1" not in ours_res:
+            if name in ("ours", "grpc-ceiling"):
                 continue
             ratios = []
             for k in (8, 32):
                 key = f"{proto}_c{k}"
                 if key in res and key in ours_res:
                     ratios.append(f"c={k}: {ours_res[key]['rps'] / res[key]['rps']:.1f}x")
-            p50 = res[f"{proto}_c1"]["p50_ms"] / ours_res[f"{proto}_c1"]["p50_ms"]
-            lines.append(
-                f"\nours vs {name} ({proto}): throughput {', '.join(ratios)}; p50 at c=1 {p50:.1f}x lower"
-            )
+            key = f"{proto}_c1"
+            if key in res and key in ours_res:
+                ratios.append(f"p50 at c=1 {res[key]['p50_ms'] / ours_res[key]['p50_ms']:.1f}x lower")
+            if ratios:
+                lines.append(f"\nours vs {name} ({proto}): throughput {', '.join(ratios)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ ONNX Runtime's in-process throughput a core running the server reaches (the aim 
 compute-bound CNN: at least 90 %).
 
 Next to it, ONNX Runtime's own time inside the server (the statistics extension's
-``compute_infer``, per request) splits the server's CPU into the model's share and the front
+``compute_infer``, each batch once; wall time around the call, so a core taken away by the load
+clients counts in it) splits the server's CPU into the model's share and the front
 end's (HTTP or gRPC, decoding, metrics, the event loop and the socket calls). ``ceiling`` = floor /
 in-server ONNX Runtime time: the floor share a front end costing nothing would reach. It is below
 100 % because the model runs colder in a server than in a tight loop (a fresh input buffer each
@@ -184,7 +185,7 @@ def main() -> None:
             for encoding, got in measure(peer, x, ref, args, folder).items():
                 rows.append((model_name, encoding, got, floor_us))
     head = (
-        f"rows/req | req/s (c={args.concurrency}) | server CPU us/row | of it ORT / front end "
+        f"rows/req | req/s (c={args.concurrency}) | server CPU us/row | of it ORT (wall) / front end "
         "| ORT alone us/row | floor share | ceiling"
     )
     print(f"\n| model | encoding | {head} |")

@@ -288,8 +288,9 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
         for name, res in results.items():
             if name == "grpc-ceiling" and proto != "grpc":
                 continue
+            # a concurrency left out of --concurrency reads "-" in its column (_cell)
             points = {k: res[f"{proto}_c{k}"] for k in (1, 8, 32) if f"{proto}_c{k}" in res}
-            if "error" in res or not points:  # a point left out of --concurrency reads "-"
+            if "error" in res or not points:
                 why = res.get("error") or res.get("grpc_error") or "not measured"
                 lines.append(f"| {name} | {why} | | | | |")
                 continue
@@ -302,16 +303,19 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
         for name, res in results.items():
             if name in ("ours", "grpc-ceiling"):
                 continue
-            ratios = []
-            for k in (8, 32):
-                key = f"{proto}_c{k}"
-                if key in res and key in ours_res:
-                    ratios.append(f"c={k}: {ours_res[key]['rps'] / res[key]['rps']:.1f}x")
+            parts = []
+            ratios = [
+                f"c={k}: {ours_res[key]['rps'] / res[key]['rps']:.1f}x"
+                for k in (8, 32)
+                if (key := f"{proto}_c{k}") in res and key in ours_res
+            ]
+            if ratios:
+                parts.append(f"throughput {', '.join(ratios)}")
             key = f"{proto}_c1"
             if key in res and key in ours_res:
-                ratios.append(f"p50 at c=1 {res[key]['p50_ms'] / ours_res[key]['p50_ms']:.1f}x lower")
-            if ratios:
-                lines.append(f"\nours vs {name} ({proto}): throughput {', '.join(ratios)}")
+                parts.append(f"p50 at c=1 {res[key]['p50_ms'] / ours_res[key]['p50_ms']:.1f}x lower")
+            if parts:
+                lines.append(f"\nours vs {name} ({proto}): {'; '.join(parts)}")
         lines.append("")
     return "\n".join(lines)
 

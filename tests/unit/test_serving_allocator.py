@@ -8,6 +8,7 @@ acts on the whole process, so each case runs in a fresh interpreter.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.workloads.serving import allocator
+from appliance.workloads.serving import allocator, server
+from appliance.workloads.serving.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +41,12 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 100)
 
 
 def _faults_per_request(mode: str) -> float:
+    """The probe in a fresh interpreter, with none of the operator's malloc settings of this
+    process's environment (they would change the default case and be kept in the tuned one)."""
+    env = {k: v for k, v in os.environ.items() if k not in allocator.OPERATOR_SETTINGS}
+    env.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     return float(out.stdout.strip())
 
@@ -53,6 +59,35 @@ def test_large_buffers_are_reused_instead_of_faulted_in_again() -> None:
     assert tuned < 2, f"{tuned} page faults per request with the thresholds set"
 
 
-@pytest.mark.parametrize("name", allocator.OPERATOR_SETTINGS)
-def test_an_operators_own_malloc_setting_is_left_alone(name: str) -> None:
-    assert allocator.keep_freed_buffers({name: "131072"}) is False
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"},
+    ],
+)
+def test_an_operators_own_malloc_setting_is_left_alone(environ: dict[str, str]) -> None:
+    assert allocator.operator_choice(environ)
+    assert allocator.keep_freed_buffers(environ) is False
+
+
+def test_other_tunables_are_not_an_operators_choice_of_thresholds() -> None:
+    assert allocator.operator_choice({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == []
+
+
+def test_the_server_sets_them_before_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``server.run`` asks for the thresholds before the event loop starts (no request buffer is
+    made before): stopped at that call, nothing was served."""
+
+    class Called(Exception):
+        pass
+
+    def called() -> bool:
+        raise Called
+
+    monkeypatch.setattr(allocator, "keep_freed_buffers", called)
+    monkeypatch.setattr(server, "serve", lambda config: pytest.fail("served before the thresholds"))
+    with pytest.raises(Called):
+        server.run(ServeConfig(models=(("m", "/nonexistent"),)))

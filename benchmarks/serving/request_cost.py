@@ -12,9 +12,10 @@ Next to it, ONNX Runtime's own time inside the server (the statistics extension'
 ``compute_infer``, each batch once; wall time around the call, so a core taken away by the load
 clients counts in it) splits the server's CPU into the model's share and the front
 end's (HTTP or gRPC, decoding, metrics, the event loop and the socket calls). ``ceiling`` = floor /
-in-server ONNX Runtime time: the floor share a front end costing nothing would reach. It is below
-100 % because the model runs colder in a server than in a tight loop (a fresh input buffer each
-request, the caches shared with the front end).
+in-server ONNX Runtime time: the floor share a front end costing nothing would reach. It falls
+below 100 % where the model runs colder in the server than in a tight loop (a fresh input buffer
+each request, the caches shared with the front end): 78-108 % on the CNN; the batched MLP goes
+above 100 %, a batch costing less a row than the floor's single-row calls (benchmarks/README.md).
 
 ``--rows N`` sends N rows (images) in each request, and the floor runs ONNX Runtime on the same N
 rows a call; every figure is then per row. The front end's cost is per request, so it shrinks by N
@@ -98,9 +99,9 @@ def measure(
     cost must not depend on what an earlier encoding left in the process (glibc's malloc, for
     one, keeps larger buffers once a larger one has been freed: serving/allocator.py)."""
     result: dict[str, Any] = {}
+    env = {**os.environ, "PYTHONPATH": str(args.server_root)}
     for encoding in args.encodings:
         log = work / f"server-{encoding}.log"
-        env = {**os.environ, "PYTHONPATH": str(args.server_root)}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 peer.cmd,

@@ -331,6 +331,16 @@ class Serving(Strict):
     registry: Registry | None = None
     """The central MLflow registry this box serves ``models:/`` URIs from (an edge box);
     absent: this stack's or this cluster's own MLflow."""
+    allow_client_shm: bool = False
+    """Take Triton's system shared-memory extension (the server's ``--allow-client-shm``):
+    clients on this host, running as the serving user, pass tensors through POSIX shared memory
+    instead of the request. Needs the local runtime (a container has its own ``/dev/shm``) and
+    one replica (a region is registered with one process)."""
+
+    @property
+    def allow_client_shm_arg(self) -> str:
+        """The model server's ``--allow-client-shm`` value (empty: the flag is left out)."""
+        return "true" if self.allow_client_shm else ""
 
     @property
     def registry_url(self) -> str:
@@ -364,6 +374,12 @@ class Serving(Strict):
             raise ValueError(
                 f"serving.min_replicas ({self.min_replicas}) is above serving.max_replicas "
                 f"({self.max_replicas}): raise max_replicas or lower min_replicas"
+            )
+        if self.allow_client_shm and self.max_replicas > 1:
+            raise ValueError(
+                f"serving.allow_client_shm needs serving.max_replicas 1 (it is {self.max_replicas}): a "
+                "shared-memory region is registered with one replica and unknown to the others behind "
+                "the balancer; set max_replicas: 1 or allow_client_shm: false"
             )
         return self
 
@@ -705,6 +721,15 @@ class Answers(Strict):
                 )
             seen[entry.name] = index
         self.served_models()  # a shorthand whose URI gives no valid model name fails here
+        return self
+
+    @model_validator(mode="after")
+    def _client_shm_is_local(self) -> Answers:
+        if self.serving.allow_client_shm and self.runtime != "local":
+            raise ValueError(
+                f"serving.allow_client_shm needs runtime: local (it is {self.runtime}): the model server "
+                "in a container has its own /dev/shm, which clients on the host cannot reach"
+            )
         return self
 
     @model_validator(mode="after")

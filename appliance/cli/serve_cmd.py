@@ -132,6 +132,16 @@ from appliance.errors import ApplianceError
     "--limit flags apply on top.",
 )
 @click.option(
+    "--allow-client-shm",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=False,
+    help="Take Triton's system shared-memory extension: clients on this host pass tensors through "
+    "POSIX shared memory (objects of the server's own user) instead of the request; off by default "
+    "(alone or =true: on).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -179,6 +189,7 @@ def serve_cmd(
     inter_op_threads: int,
     limit_pairs: tuple[str, ...],
     limits_json: str | None,
+    allow_client_shm: bool,
     cache_dir: Path | None,
     registry_url: str | None,
     registry_user: str | None,
@@ -232,6 +243,7 @@ def serve_cmd(
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         limits=limits,
+        allow_client_shm=allow_client_shm,
         cache_dir=cache_dir,
     )
     from appliance.workloads.serving.errors import InferenceError

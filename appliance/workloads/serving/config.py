@@ -44,6 +44,9 @@ class ServeConfig:
     inter_op_threads: int = 1
     limits: ServerLimits = field(default_factory=ServerLimits)
     """Sizes, counts, timeouts and connections every client lives under (REST and gRPC)."""
+    allow_client_shm: bool = False
+    """Take Triton's system shared-memory extension: clients on this host may register POSIX
+    shared-memory objects of the server's own user and pass tensors through them."""
 
 
 def read_tokens(token: str | None, token_file: Path | None, env: str = TOKEN_ENV) -> frozenset[str]:

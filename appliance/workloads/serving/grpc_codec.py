@@ -4,6 +4,8 @@ Kept apart from the servicer so it works on any ModelInferRequest/Response class
 protocol (ours, or tritonclient's in a test process that already holds that one: protobuf allows
 one definition of the ``inference`` package per process). Image-sized FP32/FP64 tensors never go
 through a Python float per value: packed fixed-width fields are read and written as their bytes.
+A tensor whose parameters name a shared-memory region (Triton's extension, ``shared_memory.py``)
+is read from it or written to it instead; ``raw_input_contents`` then holds only the other inputs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from typing import Any
 import numpy as np
 
 from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.shared_memory import (
+    BYTE_SIZE,
+    NO_REGIONS,
+    REGION,
+    SharedMemoryRegions,
+    TensorRef,
+    tensor_ref,
+)
 from appliance.workloads.serving.tensors import datatype_of, from_raw, numpy_type, to_raw
 
 # datatype -> field of InferTensorContents
@@ -33,27 +43,65 @@ _CONTENTS = {
 }
 
 
-def decode_inputs(request: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def parameters(params: Any) -> dict[str, Any]:
+    """A protobuf map of InferParameter as plain values (what the REST JSON would carry)."""
+    return {key: getattr(p, p.WhichOneof("parameter_choice") or "string_param") for key, p in params.items()}
+
+
+def _shm_ref(tensor: Any) -> TensorRef | None:
+    if not tensor.parameters:  # the usual request: no map to convert
+        return None
+    return tensor_ref(parameters(tensor.parameters), tensor.name)
+
+
+def wants_raw(request: Any) -> bool:
+    """Answer with raw_output_contents: the request sent raw contents, or inputs in shared
+    memory (what tritonclient reads either way; it cannot read typed contents back)."""
+    return bool(request.raw_input_contents) or any(REGION in t.parameters for t in request.inputs)
+
+
+def output_refs(request: Any, shm: SharedMemoryRegions = NO_REGIONS) -> dict[str, TensorRef]:
+    """The requested outputs to write to shared memory, their ranges checked before the model runs."""
+    refs = {}
+    for out in request.outputs:
+        ref = _shm_ref(out)
+        if ref is not None:
+            shm.check(ref, out.name)
+            refs[out.name] = ref
+    return refs
+
+
+def decode_inputs(
+    request: Any, shm: SharedMemoryRegions = NO_REGIONS
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A ModelInferRequest's inputs as arrays (raw contents, or typed contents when none are
-    raw) and their datatypes; every malformed tensor is a 400 naming it."""
+    raw, or shared memory) and their datatypes; every malformed tensor is a 400 naming it."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    refs = [_shm_ref(t) for t in request.inputs]
+    in_body = refs.count(None)
+    if raw and len(raw) != in_body:
         raise BadRequest(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
+            f"{len(raw)} raw_input_contents for {in_body} inputs not in shared memory; give one per input"
         )
     arrays: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     if not request.inputs:
         raise BadRequest("request has no inputs")
-    for i, tensor in enumerate(request.inputs):
+    next_raw = 0
+    for tensor, ref in zip(request.inputs, refs, strict=True):
         name, datatype = tensor.name, tensor.datatype
         if name in arrays:
             raise BadRequest(f"input '{name}' is given twice")
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
             raise BadRequest(f"input '{name}': shape must be non-negative, got {list(shape)}")
-        if raw:
-            arrays[name] = from_raw(raw[i], datatype, shape, name)
+        if ref is not None:
+            if tensor.HasField("contents"):
+                raise BadRequest(f"input '{name}' is in shared memory: give it no contents")
+            arrays[name] = shm.read(ref, datatype, shape, name)
+        elif raw:
+            arrays[name] = from_raw(raw[next_raw], datatype, shape, name)
+            next_raw += 1
         else:
             arrays[name] = _from_contents(tensor, shape)
         datatypes[name] = datatype
@@ -117,13 +165,30 @@ def _packed_fixed(contents: Any, datatype: str) -> np.ndarray | None:
     return np.frombuffer(blob, dtype, count=length // dtype.itemsize, offset=pos)
 
 
-def encode_outputs(response: Any, names: list[str], arrays: list[np.ndarray], raw: bool) -> None:
+def encode_outputs(
+    response: Any,
+    names: list[str],
+    arrays: list[np.ndarray],
+    raw: bool,
+    in_shm: dict[str, TensorRef] | None = None,
+    shm: SharedMemoryRegions = NO_REGIONS,
+) -> None:
     """Add the outputs to a ModelInferResponse: as raw_output_contents when the request sent
-    raw inputs (and FP16 always), otherwise as typed contents."""
+    raw inputs (and FP16 always), otherwise as typed contents; those in ``in_shm`` are written
+    to their shared-memory region and carry only its name and their size (an empty raw entry
+    keeps tritonclient's index of the raw contents aligned with the outputs)."""
     for name, array in zip(names, arrays, strict=True):
         datatype = datatype_of(array)
         out = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw or datatype == "FP16":
+        ref = in_shm.get(name) if in_shm else None
+        if ref is not None:
+            data = to_raw(array)
+            shm.write(ref, data, name)
+            out.parameters[REGION].string_param = ref.region
+            out.parameters[BYTE_SIZE].int64_param = len(data)
+            if raw:
+                response.raw_output_contents.append(b"")
+        elif raw or datatype == "FP16":
             response.raw_output_contents.append(to_raw(array))
         elif datatype == "BYTES":
             out.contents.bytes_contents.extend(

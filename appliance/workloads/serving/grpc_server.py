@@ -20,12 +20,13 @@ import grpc
 from google.protobuf import json_format
 
 from appliance.workloads.serving import grpc_h2
-from appliance.workloads.serving.errors import InferenceError
-from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs
+from appliance.workloads.serving.errors import BadRequest, InferenceError
+from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_refs, wants_raw
 from appliance.workloads.serving.limits import ServerLimits
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from appliance.workloads.serving.service import InferenceService
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED
 
 SERVICE = "GRPCInferenceService"
 
@@ -96,8 +97,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         service, name, version = self.service, request.model_name, ""
         service.begin("grpc")
         try:
-            arrays, datatypes = decode_inputs(request)
+            arrays, datatypes = decode_inputs(request, service.shm)
             requested = [o.name for o in request.outputs] or None
+            in_shm = output_refs(request, service.shm) if requested else None
             decoded_at = time.perf_counter()
             model, names, outputs = await service.infer(
                 name, request.model_version or None, arrays, datatypes, requested
@@ -107,7 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = pb.ModelInferResponse(
                 model_name=model.name, model_version=model.version, id=request.id
             )
-            encode_outputs(response, names, outputs, raw=bool(request.raw_input_contents))
+            encode_outputs(response, names, outputs, wants_raw(request), in_shm, service.shm)
         except InferenceError as err:
             service.record(name, version, "grpc", err.outcome, started)
             await context.abort(err.grpc_code, err.message)
@@ -133,6 +135,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        """Triton's system shared-memory extension: every region, or the one named."""
+        await self._auth(context)
+        try:
+            regions = self.service.shm.status(request.name or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: status(**r) for r in regions})
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        try:
+            self.service.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        """One region, or every one when the name is empty."""
+        await self._auth(context)
+        self.service.shm.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        """The CUDA twin: never a region here (clients unregister all of both kinds)."""
+        await self._auth(context)
+        try:
+            self.service.shm.cuda_status(request.name or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        await context.abort(BadRequest.grpc_code, CUDA_REFUSED)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await self._auth(context)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         await self._admin(context)

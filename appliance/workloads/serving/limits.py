@@ -61,6 +61,13 @@ class ServerLimits(BaseModel):
     """REST: requests one HTTP/1.1 connection may have read and waiting for their answers
     (pipelining); at it the server stops reading from that connection until they are answered."""
 
+    max_shm_regions: int = Field(64, ge=1)
+    """Shared-memory regions registered at once (Triton's system shared-memory extension, on
+    only with ``--allow-client-shm``); past it a registration is a 400."""
+    max_shm_bytes: int = Field(1024 * 1024 * 1024, ge=4096)
+    """Bytes of all registered shared-memory regions together (mapped from the clients'
+    objects, not copied); past it a registration is a 400."""
+
     @property
     def json_arg(self) -> str:
         """The limits that differ from the defaults as compact JSON, for ``--limits-json`` (a

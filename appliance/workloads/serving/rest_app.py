@@ -27,6 +27,7 @@ from appliance.workloads.serving.errors import (
 )
 from appliance.workloads.serving.http_server import Request, Response, Router
 from appliance.workloads.serving.service import InferenceService
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class RestRouter(Router):
             return self._model_route(req, parts[2:])
         if parts[1] == "repository":
             return self._repository(req, parts[2:])
+        if parts[1] in ("systemsharedmemory", "cudasharedmemory"):
+            return self._shared_memory(req, parts[1] == "cudasharedmemory", parts[2:])
         raise NotFound(f"no route {req.method} {req.path}")
 
     def _health(self, what: str, path: str) -> Response:
@@ -123,14 +126,14 @@ class RestRouter(Router):
             header = req.headers.get("inference-header-content-length")
             if header is not None and not header.isdigit():
                 raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header!r}")
-            decoded = rest_codec.decode(req.body, int(header) if header is not None else None)
+            decoded = rest_codec.decode(req.body, int(header) if header is not None else None, service.shm)
             decoded_at = time.perf_counter()
             model, names, arrays = await service.infer(
                 name, version, decoded.arrays, decoded.datatypes, decoded.outputs
             )
             model_version = model.version
             inferred_at = time.perf_counter()
-            body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays)
+            body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays, service.shm)
         except InferenceError as err:
             if err.outcome != "unauthorized":
                 service.record(name, model_version, "rest", err.outcome, started)
@@ -141,6 +144,32 @@ class RestRouter(Router):
         if json_len is None:
             return Response(200, body)
         return Response(200, body, _OCTET, [("Inference-Header-Content-Length", str(json_len))])
+
+    def _shared_memory(self, req: Request, cuda: bool, rest: list[str]) -> Response:
+        """Triton's shared-memory extensions: [region/NAME/]status, region/NAME/register,
+        [region/NAME/]unregister; the CUDA kind never holds a region."""
+        shm = self.service.shm
+        name = rest[1] if len(rest) == 3 and rest[0] == "region" else None
+        action = rest[-1] if len(rest) in (1, 3) and (len(rest) == 1 or name) else None
+        if action == "status":
+            _method(req, "GET")
+            return _json(shm.cuda_status(name) if cuda else shm.status(name))
+        if action == "unregister":
+            _method(req, "POST")
+            if not cuda:
+                shm.unregister(name)
+            return _OK
+        if action == "register" and name:
+            _method(req, "POST")
+            if cuda:
+                raise BadRequest(CUDA_REFUSED)
+            doc = _json_body(req.body, "shared memory register request")
+            shm.register(name, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+            return _OK
+        raise NotFound(
+            f"no route {req.method} {req.path} (use /v2/{_shm_kind(cuda)}[/region/NAME]/status, "
+            "/region/NAME/register or [/region/NAME]/unregister)"
+        )
 
     def _repository(self, req: Request, rest: list[str]) -> Response | Awaitable[Response]:
         if rest == ["index"]:
@@ -169,6 +198,10 @@ class RestRouter(Router):
         except Unavailable as err:
             raise BadRequest(err.message) from None
         return _OK
+
+
+def _shm_kind(cuda: bool) -> str:
+    return "cudasharedmemory" if cuda else "systemsharedmemory"
 
 
 def _json_body(body: bytes, what: str) -> dict[str, Any]:

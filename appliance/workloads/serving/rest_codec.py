@@ -4,7 +4,9 @@ A request is a JSON header, optionally followed by raw tensor bytes: the header'
 ``Inference-Header-Content-Length`` HTTP header, and each input whose parameters carry
 ``binary_data_size`` takes its bytes from the tail in input order. Outputs go back as JSON
 ``data`` or, when asked (``binary_data_output`` for all, ``binary_data`` per output), as raw bytes
-after the JSON header the same way.
+after the JSON header the same way. With Triton's shared-memory extension a tensor's
+parameters name a registered region instead (``shared_memory.py``): an input is read from it, an
+output written to it and sent back with no data.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import numpy as np
 import orjson
 
 from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.shared_memory import (
+    NO_REGIONS,
+    SharedMemoryRegions,
+    TensorRef,
+    tensor_ref,
+)
 from appliance.workloads.serving.tensors import (
     check_shape,
     datatype_of,
@@ -36,9 +44,10 @@ class RestInfer:
     outputs: list[str] | None  # None: every output
     binary: dict[str, bool]  # output name -> send as raw bytes
     binary_default: bool
+    shm_outputs: dict[str, TensorRef]  # output name -> where in shared memory to write it
 
 
-def decode(body: bytes, header_length: int | None) -> RestInfer:
+def decode(body: bytes, header_length: int | None, shm: SharedMemoryRegions = NO_REGIONS) -> RestInfer:
     """Parse and check an infer request body; every problem is a 400 naming the field."""
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadRequest(
@@ -71,8 +80,15 @@ def decode(body: bytes, header_length: int | None) -> RestInfer:
             raise BadRequest(f"input '{name}' needs a 'datatype' string")
         shape = check_shape(tensor.get("shape"), name)
         params = tensor.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None:
+        if not isinstance(params, dict):
+            raise BadRequest(f"input '{name}': parameters must be an object")
+        size = params.get("binary_data_size")
+        ref = tensor_ref(params, name)
+        if ref is not None:
+            if size is not None or "data" in tensor:
+                raise BadRequest(f"input '{name}' is in shared memory: give no 'data' or binary_data_size")
+            arrays[name] = shm.read(ref, datatype, shape, name)
+        elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(tail):
                 raise BadRequest(
                     f"input '{name}': binary_data_size {size!r} runs past the {len(tail)} binary bytes sent"
@@ -88,27 +104,42 @@ def decode(body: bytes, header_length: int | None) -> RestInfer:
         raise BadRequest(f"{len(tail) - offset} binary bytes follow the JSON header that no input claims")
     params = doc.get("parameters") or {}
     binary_default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
-    outputs, binary = _requested(doc.get("outputs"))
+    outputs, binary, shm_outputs = _requested(doc.get("outputs"), shm)
     rid = doc.get("id")
     return RestInfer(
-        str(rid) if rid is not None else None, arrays, datatypes, outputs, binary, binary_default
+        str(rid) if rid is not None else None,
+        arrays,
+        datatypes,
+        outputs,
+        binary,
+        binary_default,
+        shm_outputs,
     )
 
 
-def _requested(spec: Any) -> tuple[list[str] | None, dict[str, bool]]:
+def _requested(
+    spec: Any, shm: SharedMemoryRegions
+) -> tuple[list[str] | None, dict[str, bool], dict[str, TensorRef]]:
     if spec is None:
-        return None, {}
+        return None, {}, {}
     if not isinstance(spec, list):
         raise BadRequest("'outputs' must be a list of {\"name\": ...} objects")
-    names, binary = [], {}
+    names, binary, in_shm = [], {}, {}
     for i, out in enumerate(spec):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise BadRequest(f"outputs[{i}] needs a 'name' string")
-        names.append(out["name"])
+        name = out["name"]
+        names.append(name)
         params = out.get("parameters") or {}
-        if isinstance(params, dict) and "binary_data" in params:
-            binary[out["name"]] = bool(params["binary_data"])
-    return names, binary
+        if not isinstance(params, dict):
+            raise BadRequest(f"output '{name}': parameters must be an object")
+        if "binary_data" in params:
+            binary[name] = bool(params["binary_data"])
+        ref = tensor_ref(params, name)
+        if ref is not None:
+            shm.check(ref, name)  # before the model runs, not after
+            in_shm[name] = ref
+    return names, binary, in_shm
 
 
 def encode(
@@ -117,13 +148,19 @@ def encode(
     req: RestInfer,
     names: list[str],
     arrays: list[np.ndarray],
+    shm: SharedMemoryRegions = NO_REGIONS,
 ) -> tuple[bytes, int | None]:
     """Response body and, when raw tensors follow the JSON, the JSON header's length."""
     outputs = []
     blobs: list[bytes] = []
     for name, array in zip(names, arrays, strict=True):
         out: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if req.binary.get(name, req.binary_default):
+        ref = req.shm_outputs.get(name)
+        if ref is not None:
+            raw = to_raw(array)
+            shm.write(ref, raw, name)  # no data and no parameters: Triton's answer, what its
+            # C++ client reads (parameters there must hold binary_data_size)
+        elif req.binary.get(name, req.binary_default):
             raw = to_raw(array)
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

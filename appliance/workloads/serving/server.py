@@ -27,6 +27,7 @@ from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import ModelRepository
 from appliance.workloads.serving.rest_app import RestRouter
 from appliance.workloads.serving.service import InferenceService
+from appliance.workloads.serving.shared_memory import SharedMemoryRegions
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
@@ -42,7 +43,8 @@ def build_service(config: ServeConfig) -> InferenceService:
     )
     for name, uri in config.models:
         repo.add(name, uri)
-    return InferenceService(repo, ServingMetrics(repo.models), config.tokens, config.admin_tokens)
+    shm = SharedMemoryRegions(config.limits, allowed=config.allow_client_shm)
+    return InferenceService(repo, ServingMetrics(repo.models), config.tokens, config.admin_tokens, shm)
 
 
 async def serve(

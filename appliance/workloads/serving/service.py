@@ -19,6 +19,7 @@ from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import LoadedModel
 from appliance.workloads.serving.replica_metrics import ConcurrencyClock, ReplicaCollector
 from appliance.workloads.serving.repository import ModelRepository
+from appliance.workloads.serving.shared_memory import NO_REGIONS, SharedMemoryRegions
 from appliance.workloads.serving.triton import ModelStats, model_config
 
 SERVER_NAME = "appliance-onnx-server"
@@ -40,8 +41,11 @@ class InferenceService:
         metrics: ServingMetrics,
         tokens: frozenset[str] = frozenset(),
         admin_tokens: frozenset[str] = frozenset(),
+        shm: SharedMemoryRegions | None = None,
     ) -> None:
         self.repo = repo
+        self.shm = shm or NO_REGIONS
+        """Triton's system shared-memory regions (refused unless the server allows them)."""
         self.metrics = metrics
         self.tokens = tokens
         """Inference tokens: inference, metadata, readiness of a model, the repository index."""
@@ -119,7 +123,8 @@ class InferenceService:
 
     # metadata -------------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
+        return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def server_ready(self) -> bool:
         """Up and serving every model it should (a model still waiting for its alias: not ready)."""

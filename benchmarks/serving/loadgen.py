@@ -44,12 +44,17 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1e3) if len(self.latencies) else float("nan")
 
 
-def rest_request(port: int, model: str, x: np.ndarray, token: str | None, binary: bool = False) -> bytes:
+def rest_request(
+    port: int, model: str, x: np.ndarray, token: str | None, binary: bool = False, shm: str | None = None
+) -> bytes:
     """The benchmark's REST infer request: the input as a JSON ``data`` list, or with ``binary``
     as raw bytes after the JSON header (the binary tensor extension, what tritonclient and
-    perf_analyzer send). The answer is JSON either way."""
+    perf_analyzer send), or with ``shm`` the name of a registered shared-memory region holding
+    it (Triton's system shared-memory extension). The answer is JSON either way."""
     tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
-    if binary:
+    if shm:
+        tensor["parameters"] = {"shared_memory_region": shm, "shared_memory_byte_size": x.nbytes}
+    elif binary:
         tensor["parameters"] = {"binary_data_size": x.nbytes}
     else:
         tensor["data"] = x.ravel().tolist()
@@ -196,14 +201,18 @@ async def grpc_once(port: int, model: str, x: np.ndarray, token: str | None, raw
     return np.array(out.contents.fp32_contents, np.float32).reshape(list(out.shape))
 
 
-def grpc_request(model: str, x: np.ndarray, raw: bool = False) -> Any:
+def grpc_request(model: str, x: np.ndarray, raw: bool = False, shm: str | None = None) -> Any:
     """The benchmark's ModelInferRequest: one FP32 input in typed contents, or with ``raw`` in
-    raw_input_contents (what tritonclient sends)."""
+    raw_input_contents (what tritonclient sends), or with ``shm`` in that registered
+    shared-memory region (the answer then comes as raw contents)."""
     from tritonclient.grpc import service_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model)
     t = req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
-    if raw:
+    if shm:
+        t.parameters["shared_memory_region"].string_param = shm
+        t.parameters["shared_memory_byte_size"].int64_param = x.nbytes
+    elif raw:
         req.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
     else:
         t.contents.fp32_contents.extend(x.ravel().tolist())
@@ -219,6 +228,7 @@ async def grpc_check(
     n: int,
     concurrency: int,
     raw: bool = False,
+    shm: str | None = None,
 ) -> tuple[int, int]:
     """Send n ModelInfer calls (concurrency in flight) through grpc.aio and check every answer.
 
@@ -227,7 +237,7 @@ async def grpc_check(
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-    req = grpc_request(model, x, raw)
+    req = grpc_request(model, x, raw, shm)
     meta = (("authorization", f"Bearer {token}"),) if token else None
     bad = 0
     size = 0
@@ -277,6 +287,7 @@ def run_h2load(
     connections: int,
     answer_size: int,
     raw: bool = False,
+    shm: str | None = None,
 ) -> Result:
     """Closed loop of ``concurrency`` gRPC ModelInfer calls in flight, driven by h2load.
 
@@ -287,7 +298,7 @@ def run_h2load(
     conns = max(1, min(connections, concurrency))
     if concurrency % conns:
         raise ValueError(f"concurrency {concurrency} does not split over {conns} connections")
-    body = grpc_request(model, x, raw).SerializeToString()
+    body = grpc_request(model, x, raw, shm).SerializeToString()
     with tempfile.TemporaryDirectory() as tmp:
         frame = Path(tmp) / "request.bin"
         frame.write_bytes(b"\0" + struct.pack(">I", len(body)) + body)

@@ -23,8 +23,10 @@ per row: what a client that sends its images in batches (``perf_analyzer -b N``)
 
 Encodings: REST with a JSON ``data`` list, REST with the binary tensor extension
 (``Inference-Header-Content-Length``, what tritonclient and perf_analyzer send), gRPC with typed
-``contents.fp32_contents``, gRPC with ``raw_input_contents``. Every encoding's first answer is
-checked against ONNX Runtime before it is measured.
+``contents.fp32_contents``, gRPC with ``raw_input_contents``, and both protocols with the input
+in a POSIX shared-memory region registered once (Triton's system shared-memory extension, what
+``perf_analyzer --shared-memory system`` does; the server then runs with ``--allow-client-shm``).
+Every encoding's first answer is checked against ONNX Runtime before it is measured.
 
     .venv/bin/python benchmarks/serving/request_cost.py                    # both models, 3 s a point
     .venv/bin/python benchmarks/serving/request_cost.py --models cnn --seconds 5
@@ -57,21 +59,48 @@ import loadgen  # noqa: E402
 import run  # noqa: E402
 from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model, ort_floor  # noqa: E402
 
-ENCODINGS = ("rest-json", "rest-binary", "grpc-typed", "grpc-raw")
+ENCODINGS = ("rest-json", "rest-binary", "grpc-typed", "grpc-raw", "rest-shm", "grpc-shm")
+SHM_REGION = "input"
+
+
+def _shm(encoding: str) -> str | None:
+    return SHM_REGION if encoding.endswith("-shm") else None
+
+
+def register_input(http_port: int, x: np.ndarray, work: Path) -> Path:
+    """The input in a POSIX shared-memory object of this user, registered with the server as
+    SHM_REGION; returns the object's path (the caller removes it)."""
+    key = f"appliance-bench-{os.getpid()}"
+    path = Path("/dev/shm") / key
+    path.write_bytes(np.ascontiguousarray(x, "<f4").tobytes())
+    reply = httpx.post(
+        f"http://127.0.0.1:{http_port}/v2/systemsharedmemory/region/{SHM_REGION}/register",
+        json={"key": f"/{key}", "offset": 0, "byte_size": x.nbytes},
+        headers={"Authorization": f"Bearer {run.TOKEN}"},
+        timeout=10,
+    )
+    if reply.status_code != 200:
+        path.unlink()
+        raise RuntimeError(f"registering the shared-memory input failed: {reply.status_code} {reply.text}")
+    return path
 
 
 def _check(port: tuple[int, int], encoding: str, x: np.ndarray, ref: np.ndarray) -> int:
     """The first answer of an encoding, checked; returns a gRPC answer's frame size (0 for REST)."""
     http, grpc_port = port
     if encoding.startswith("rest"):
-        request = loadgen.rest_request(http, "mlp", x, run.TOKEN, binary=encoding == "rest-binary")
+        request = loadgen.rest_request(
+            http, "mlp", x, run.TOKEN, binary=encoding == "rest-binary", shm=_shm(encoding)
+        )
         status, body = asyncio.run(loadgen.rest_once(http, request))
         got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(ref.shape)
         if status != 200 or not np.allclose(got, ref, atol=1e-5):
             raise RuntimeError(f"{encoding}: wrong answer {body[:200]!r}")
         return 0
     raw = encoding == "grpc-raw"
-    bad, size = asyncio.run(loadgen.grpc_check(grpc_port, "mlp", x, run.TOKEN, ref, 8, 1, raw))
+    bad, size = asyncio.run(
+        loadgen.grpc_check(grpc_port, "mlp", x, run.TOKEN, ref, 8, 1, raw, _shm(encoding))
+    )
     if bad or not size:
         raise RuntimeError(f"{encoding}: {bad} of 8 answers wrong")
     return size
@@ -102,9 +131,10 @@ def measure(
     env = {**os.environ, "PYTHONPATH": str(args.server_root)}
     for encoding in args.encodings:
         log = work / f"server-{encoding}.log"
+        cmd = [*peer.cmd, "--allow-client-shm"] if _shm(encoding) else peer.cmd
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                peer.cmd,
+                cmd,
                 cwd=args.server_root,
                 env=env,
                 stdout=out,
@@ -113,7 +143,12 @@ def measure(
             )
         try:
             run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
-            result[encoding] = _point(peer, proc, encoding, x, ref, args)
+            shm = register_input(peer.http_port, x, work) if _shm(encoding) else None
+            try:
+                result[encoding] = _point(peer, proc, encoding, x, ref, args)
+            finally:
+                if shm is not None:
+                    shm.unlink()
         finally:
             run.stop_group(proc)
     return result
@@ -127,13 +162,15 @@ def _point(
     before = run.session_cpu(proc.pid)
     count0, ns0 = compute_infer(peer.http_port)
     if encoding.startswith("rest"):
-        request = loadgen.rest_request(peer.http_port, "mlp", x, run.TOKEN, binary=encoding == "rest-binary")
+        request = loadgen.rest_request(
+            peer.http_port, "mlp", x, run.TOKEN, binary=encoding == "rest-binary", shm=_shm(encoding)
+        )
         load = loadgen.run_rest(peer.http_port, request, args.concurrency, args.seconds, args.warmup)
         r = asyncio.run(load)
     else:
         r = loadgen.run_h2load(
             peer.grpc_port, "mlp", x, run.TOKEN, args.concurrency, args.seconds, args.warmup,
-            1, size, raw=encoding == "grpc-raw",
+            1, size, raw=encoding == "grpc-raw", shm=_shm(encoding),
         )  # fmt: skip
     cpu_us = run.cpu_per_request(proc.pid, before, r, args)
     count1, ns1 = compute_infer(peer.http_port)

@@ -23,13 +23,9 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
-from tests.integration._serving_fixtures import (
-    ServerProcess,
-    start_server,
-    training_data,
-    write_echo,
-    write_mlp,
-)
+from tests.integration._serving_fixtures import ServerProcess, rest_models, start_server, training_data
+
+__all__ = ["rest_models"]  # the fixture 'models': the MLP and the echo model
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +41,6 @@ def _auth() -> dict[str, str]:
 
 ENV = {"APPLIANCE_SERVING_TOKEN": TOKEN, "APPLIANCE_SERVING_ADMIN_TOKEN": "shm-admin"}
 PROTOCOLS = ("http", "grpc")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_mlp(root / "mlp")
-    write_echo(root / "echo")
-    return root
 
 
 @pytest.fixture(scope="module")

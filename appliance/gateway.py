@@ -16,6 +16,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from appliance.workloads.serving.peer import FORWARDED_HEADER
+
 FRONTED = (
     ("serving", "gateway_serving", "/v2"),
     ("mlflow", "gateway_mlflow", ""),
@@ -284,6 +286,7 @@ def _serving_block(listen: str, limit: str, present: bool, cluster: bool = False
         location {GRPC_SERVICE_PATH} {{
             {limit}
             grpc_pass grpc://serving_grpc;
+            grpc_set_header {FORWARDED_HEADER} https;
             grpc_read_timeout 300s;{_GRPC_FAILOVER if cluster else ""}
         }}
         location / {{
@@ -291,7 +294,7 @@ def _serving_block(listen: str, limit: str, present: bool, cluster: bool = False
             proxy_pass http://serving_rest;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header {FORWARDED_HEADER} https;
             proxy_buffering off;
             proxy_read_timeout 300s;{_FAILOVER if cluster else ""}
         }}

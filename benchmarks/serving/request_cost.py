@@ -67,12 +67,15 @@ def _shm(encoding: str) -> str | None:
     return SHM_REGION if encoding.endswith("-shm") else None
 
 
-def register_input(http_port: int, x: np.ndarray, work: Path) -> Path:
-    """The input in a POSIX shared-memory object of this user, registered with the server as
-    SHM_REGION; returns the object's path (the caller removes it)."""
+def register_input(http_port: int, x: np.ndarray) -> Path:
+    """The input in a POSIX shared-memory object of this user (mode 0600, as tritonclient makes
+    them), registered with the server as SHM_REGION; returns the object's path (the caller
+    removes it)."""
     key = f"appliance-bench-{os.getpid()}"
     path = Path("/dev/shm") / key
-    path.write_bytes(np.ascontiguousarray(x, "<f4").tobytes())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(np.ascontiguousarray(x, "<f4").tobytes())
     reply = httpx.post(
         f"http://127.0.0.1:{http_port}/v2/systemsharedmemory/region/{SHM_REGION}/register",
         json={"key": f"/{key}", "offset": 0, "byte_size": x.nbytes},
@@ -143,7 +146,7 @@ def measure(
             )
         try:
             run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
-            shm = register_input(peer.http_port, x, work) if _shm(encoding) else None
+            shm = register_input(peer.http_port, x) if _shm(encoding) else None
             try:
                 result[encoding] = _point(peer, proc, encoding, x, ref, args)
             finally:

@@ -3,12 +3,14 @@
 ``multiprocessing.shared_memory``, as tritonclient's ``utils.shared_memory`` makes them: mode
 0600, this user's): answers read from an output region equal ONNX Runtime's and the body's, for the MLP
 and for the echo model's datatypes with inputs and outputs at offsets in one region beside
-tensors in the body; the bearer token is checked before any region is touched; a server
-started without ``--allow-client-shm`` refuses, saying how to allow it."""
+tensors in the body; the bearer token is checked before any region is touched, and a valid one
+opens nothing to a caller through the gateway or from another account; a server started without
+``--allow-client-shm`` refuses, saying how to allow it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -266,3 +268,41 @@ def test_a_server_without_the_flag_refuses_regions_and_says_how_to_allow_them(
     )  # nothing to drop: still 200 (perf_analyzer does this)
     assert "system_shared_memory" not in client.get_server_metadata(headers=_auth())["extensions"]
     client.close()
+
+
+def test_callers_the_kernel_does_not_vouch_for_get_403_even_with_the_token(
+    server: ServerProcess, regions: Regions
+) -> None:
+    """Through the gateway (it marks what it forwards with X-Forwarded-Proto, on gRPC too) or
+    from another account of this host, a valid token does not open the regions."""
+    _, key = regions("vouched", 64)
+    doc = {"key": key, "offset": 0, "byte_size": 64}
+    url = f"{server.url}/v2/systemsharedmemory"
+    forwarded = {**AUTH, "x-forwarded-proto": "https"}
+    reply = httpx.post(f"{url}/region/vouched/register", json=doc, headers=forwarded, timeout=10)
+    assert reply.status_code == 403 and "only for clients on the serving host" in reply.json()["error"]
+    assert httpx.get(f"{url}/status", headers=forwarded, timeout=10).status_code == 403
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    with pytest.raises(InferenceServerException) as err:
+        client.register_system_shared_memory("vouched", key, 64, headers=forwarded)
+    assert err.value.status() == str(grpc.StatusCode.PERMISSION_DENIED)
+    client.close()
+    if os.geteuid() == 0:  # CI runs as root: a client as another user is one fork away
+        code = (
+            "import json, urllib.request, urllib.error\n"
+            f"req = urllib.request.Request('{url}/region/vouched/register',"
+            f" data=json.dumps({doc!r}).encode(),"
+            f" headers={{'Authorization': 'Bearer {TOKEN}', 'Content-Type': 'application/json'}})\n"
+            "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n"
+        )
+        other = subprocess.run(
+            ["/usr/bin/python3", "-c", code], user=65534, cwd="/", capture_output=True, text=True, timeout=60
+        )
+        assert other.stdout.startswith("403") and "only for clients on the serving host" in other.stdout, (
+            other
+        )
+    assert httpx.get(f"{url}/status", headers=_auth(), timeout=10).json() == []  # nothing was registered
+    assert (
+        httpx.post(f"{url}/region/vouched/register", json=doc, headers=_auth(), timeout=10).status_code == 200
+    )

@@ -230,7 +230,9 @@ def _run_perf_analyzer(args: list[str]) -> dict[int, float]:
 
 # "system": inputs and outputs through POSIX shared memory (Triton's extension; the servers
 # run with --allow-client-shm); perf_analyzer registers its regions and unregisters all of both
-# kinds, system and CUDA, when it ends (any refusal there is an error in its output).
+# kinds, system and CUDA, when it ends (any refusal there is an error in its output). Its
+# requests then carry no tensor bytes, so every success was read from a region; that outputs
+# land in theirs is test_serving_shared_memory.py's to check (perf_analyzer reads none back).
 SHARED_MEMORY = ("none", "system")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,10 @@ from appliance.context import AppContext
 from appliance.errors import InvalidInputError
 from appliance.render import render_stack
 from appliance.workloads.serving import rest_codec
-from appliance.workloads.serving.errors import BadRequest
-from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_refs, wants_raw
+from appliance.workloads.serving.errors import BadRequest, Forbidden
+from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_targets, wants_raw
 from appliance.workloads.serving.limits import ServerLimits
+from appliance.workloads.serving.peer import Peer, socket_owner
 from appliance.workloads.serving.shared_memory import NO_REGIONS, SharedMemoryRegions, TensorRef, tensor_ref
 
 IMAGE = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
@@ -53,7 +56,7 @@ def test_an_input_is_read_from_its_range_and_an_output_written_to_its_own(
     out_key = _object(root, "out", bytes(64))
     regions.register("out", out_key, 0, 64)
     answer = np.arange(4, dtype=np.float32)
-    regions.write(TensorRef("out", 8, 32), answer.tobytes(), "y")
+    regions.write(regions.resolve(TensorRef("out", 8, 32), "y"), answer.tobytes(), "y")
     data = (root / "out").read_bytes()  # the client's view of the same object
     assert data[:8] == bytes(8)
     np.testing.assert_array_equal(np.frombuffer(data[8:24], np.float32), answer)
@@ -62,6 +65,14 @@ def test_an_input_is_read_from_its_range_and_an_output_written_to_its_own(
         {"name": "out", "key": "/out", "offset": 0, "byte_size": 64},
     ]
     assert regions.status("out") == [{"name": "out", "key": "/out", "offset": 0, "byte_size": 64}]
+
+
+def test_a_region_deep_in_its_object_reads_its_own_bytes(root: Path, regions: SharedMemoryRegions) -> None:
+    data = bytes(range(256)) * 40_000  # 10 MB
+    regions.register("deep", _object(root, "big", data), 5_000_003, 100)  # not page-aligned
+    view = regions.read(TensorRef("deep", 4, 96), "UINT8", (96,), "x")
+    assert view.tobytes() == data[5_000_007:5_000_103]
+    assert regions.status("deep") == [{"name": "deep", "key": "/big", "offset": 5_000_003, "byte_size": 100}]
 
 
 @pytest.mark.parametrize(
@@ -85,8 +96,8 @@ def test_keys_that_are_not_one_shared_memory_name_are_refused(
     assert regions.status(None) == []
 
 
-def test_a_link_a_folder_and_another_users_object_are_refused(
-    root: Path, regions: SharedMemoryRegions
+def test_a_link_a_folder_a_fifo_and_another_users_object_are_refused(
+    root: Path, regions: SharedMemoryRegions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = root.parent / f"{root.name}-secret"
     secret.write_bytes(b"s" * 64)
@@ -94,13 +105,16 @@ def test_a_link_a_folder_and_another_users_object_are_refused(
     with pytest.raises(BadRequest, match="cannot open shared memory object /link"):
         regions.register("r", "/link", 0, 4)
     (root / "dir").mkdir()
-    with pytest.raises(BadRequest, match="/dir"):
+    with pytest.raises(BadRequest, match="cannot open shared memory object /dir"):
         regions.register("r", "/dir", 0, 4)
+    os.mkfifo(root / "fifo")  # opens (non-blocking) but is no shared-memory file
+    with pytest.raises(BadRequest, match="/fifo is not a regular shared-memory file"):
+        regions.register("r", "/fifo", 0, 4)
     _object(root, "theirs", bytes(64))
-    if os.geteuid() == 0:  # as root the test can give the object away; elsewhere it is someone's own
-        os.chown(root / "theirs", 65534, 65534)
-        with pytest.raises(BadRequest, match="belongs to another user"):
-            regions.register("r", "/theirs", 0, 4)
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)  # the object is now another user's
+    with pytest.raises(BadRequest, match="belongs to another user"):
+        regions.register("r", "/theirs", 0, 4)
     assert regions.status(None) == []
 
 
@@ -144,9 +158,33 @@ def test_tensor_ranges_must_lie_inside_their_region(root: Path, regions: SharedM
     with pytest.raises(
         BadRequest, match="output 'y' is 128 bytes, more than its shared_memory_byte_size of 64"
     ):
-        regions.write(TensorRef("r", 0, 64), bytes(128), "y")
+        regions.write(regions.resolve(TensorRef("r", 0, 64), "y"), bytes(128), "y")
     with pytest.raises(BadRequest, match="names unknown shared memory region 'nope'"):
-        regions.check(TensorRef("nope", 0, 4), "y")
+        regions.resolve(TensorRef("nope", 0, 4), "y")
+
+
+def test_an_object_shrunk_after_registration_is_a_400_not_a_crash(
+    root: Path, regions: SharedMemoryRegions
+) -> None:
+    key = _object(root, "shrinks", IMAGE.tobytes())
+    regions.register("s", key, 0, IMAGE.nbytes)
+    os.truncate(root / "shrinks", 16)  # what re-creating the key smaller does
+    with pytest.raises(BadRequest, match=f"region 's' ends {IMAGE.nbytes - 16} bytes short"):
+        regions.read(TensorRef("s", 0, IMAGE.nbytes), "FP32", IMAGE.shape, "x")
+    regions.write(regions.resolve(TensorRef("s", 0, 8), "y"), b"12345678", "y")  # writing grows it back
+    assert (root / "shrinks").read_bytes()[:8] == b"12345678"
+
+
+def test_an_output_goes_to_the_object_resolved_before_the_model_ran(
+    root: Path, regions: SharedMemoryRegions
+) -> None:
+    regions.register("o", _object(root, "first", bytes(8)), 0, 8)
+    target = regions.resolve(TensorRef("o", 0, 8), "y")  # the request's view, before the model runs
+    regions.unregister("o")
+    regions.register("o", _object(root, "second", bytes(8)), 0, 8)  # the name now means another object
+    regions.write(target, b"abcdefgh", "y")
+    assert (root / "first").read_bytes() == b"abcdefgh"
+    assert (root / "second").read_bytes() == bytes(8)
 
 
 def test_tensor_parameters_need_region_and_size_together() -> None:
@@ -176,8 +214,89 @@ def test_a_server_without_the_extension_refuses_and_says_how_to_allow_it(root: P
         off.register("r", _object(root, "obj", bytes(8)), 0, 8)
     with pytest.raises(BadRequest, match="--allow-client-shm"):
         NO_REGIONS.read(TensorRef("r", 0, 8), "FP32", (2,), "x")
-    assert off.status(None) == []
-    off.unregister(None)
+    caller = off.for_caller(None, False)
+    assert caller.status(None) == []  # what clients ask around a run: an empty table, no error
+    caller.unregister(None)
+    with pytest.raises(BadRequest, match="--allow-client-shm"):
+        caller.register("r", "/obj", 0, 8)
+
+
+class _Peer(Peer):
+    """A connection whose client is (or is not) this host's server user, for the gate alone."""
+
+    def __init__(self, same: bool) -> None:
+        super().__init__(("127.0.0.1", 1), ("127.0.0.1", 2))
+        self._same_user = same
+
+
+def test_only_a_local_client_of_the_servers_user_may_use_regions(
+    root: Path, regions: SharedMemoryRegions
+) -> None:
+    key = _object(root, "in", IMAGE.tobytes())
+    local = regions.for_caller(_Peer(True), forwarded=False)
+    local.register("in", key, 0, IMAGE.nbytes)
+    ref = TensorRef("in", 0, IMAGE.nbytes)
+    np.testing.assert_array_equal(local.read(ref, "FP32", IMAGE.shape, "x"), IMAGE)
+    uses = (
+        lambda c: c.register("other", key, 0, 8),
+        lambda c: c.unregister(None),
+        lambda c: c.status(None),
+        lambda c: c.read(ref, "FP32", IMAGE.shape, "x"),
+        lambda c: c.resolve(ref, "y"),
+    )
+    for caller in (
+        regions.for_caller(_Peer(False), forwarded=False),  # another host or another account
+        regions.for_caller(_Peer(True), forwarded=True),  # through the gateway, whoever runs nginx
+        regions.for_caller(None, forwarded=False),
+    ):
+        for use in uses:
+            with pytest.raises(Forbidden, match="only for clients on the serving host"):
+                use(caller)
+    assert [r["name"] for r in local.status(None)] == ["in"]  # nothing the others did took
+
+
+def test_the_owner_of_a_loopback_connection_comes_from_the_kernels_table(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1\n"
+        "   1: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 2\n"
+    )
+    server, client = ("127.0.0.1", 0x1F90), ("127.0.0.1", 0xD431)
+    assert socket_owner(server, client, (table,)) == 1000  # the client's end, not the server's
+    assert socket_owner(server, ("127.0.0.1", 1), (table,)) is None
+    mapped = tmp_path / "tcp6"  # an IPv6 client socket on an IPv4 connection (gRPC's C core)
+    mapped.write_text(
+        "  sl  local_address                         remote_address                        st\n"
+        "   0: 0000000000000000FFFF00000100007F:D431 0000000000000000FFFF00000100007F:1F90 01"
+        " 00000000:00000000 00:00000000 00000000  1001        0 3\n"
+    )
+    assert socket_owner(server, client, (mapped,)) == 1001
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as c,
+    ):
+        accepted, _ = listener.accept()
+        with accepted:
+            assert Peer.of_socket(accepted).same_user()  # this process on both ends
+            assert socket_owner(accepted.getsockname(), c.getsockname()) == os.geteuid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_a_client_of_another_user_is_not_the_servers_user() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)  # a child that never connects fails the test, not hangs it
+        port = listener.getsockname()[1]
+        code = f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(5)"
+        # the system's interpreter: the virtualenv's may sit where that user cannot read
+        child = subprocess.Popen(["/usr/bin/python3", "-c", code], user=65534, cwd="/")
+        try:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert not Peer.of_socket(accepted).same_user()
+        finally:
+            child.kill()
+            child.wait()
 
 
 # --- the codecs ------------------------------------------------------------------------------
@@ -205,7 +324,7 @@ def test_rest_reads_an_input_and_writes_an_output_through_regions(
     req = rest_codec.decode(_rest_body(ref, out), None, regions)
     np.testing.assert_array_equal(req.arrays["x"], IMAGE)
     y, z = np.array([1.5, 2.5], np.float32), np.array([7], np.int64)
-    body, json_len = rest_codec.encode("m", "1", req, ["y", "z"], [y, z], regions)
+    body, json_len = rest_codec.encode("m", "1", req, ["y", "z"], [y, z])
     assert json_len is None
     doc = json.loads(body)
     assert doc["outputs"][0] == {"name": "y", "datatype": "FP32", "shape": [2]}  # no data: it is in "out"
@@ -263,11 +382,11 @@ def test_grpc_reads_regions_and_counts_raw_contents_only_for_the_other_inputs(
     assert arrays["k"].tolist() == [[4, 5]]
     assert datatypes == {"x": "FP32", "k": "INT64"}
     assert wants_raw(req)  # tritonclient reads only raw contents back
-    refs = output_refs(req, regions)
-    assert refs == {"y": TensorRef("out", 8, 16)}
+    targets = output_targets(req, regions)
+    assert [(n, t.region.name, t.offset, t.byte_size) for n, t in targets.items()] == [("y", "out", 8, 16)]
     response = pb.ModelInferResponse()
     y, z = np.array([1.0, 2.0, 3.0], np.float32), np.array([9.0], np.float32)
-    encode_outputs(response, ["y", "z"], [y, z], True, refs, regions)
+    encode_outputs(response, ["y", "z"], [y, z], True, targets)
     assert list(response.raw_output_contents) == [b"", z.tobytes()]  # index kept for "z"
     assert response.outputs[0].parameters["shared_memory_region"].string_param == "out"
     assert response.outputs[0].parameters["shared_memory_byte_size"].int64_param == 12
@@ -291,7 +410,19 @@ def test_grpc_refuses_a_wrong_count_of_raw_contents_and_contents_beside_a_region
     assert decode_inputs(plain, regions)[0]["x"].shape == IMAGE.shape
     regions.unregister("out")
     with pytest.raises(BadRequest, match="unknown shared memory region 'out'"):
-        output_refs(plain, regions)
+        output_targets(plain, regions)
+
+
+def test_an_fp16_output_makes_every_output_raw_so_tritonclient_finds_each_by_index(
+    root: Path, regions: SharedMemoryRegions
+) -> None:
+    regions.register("out", _object(root, "out", bytes(32)), 0, 32)
+    target = regions.resolve(TensorRef("out", 0, 16), "y")
+    y, z, w = np.array([1.0], np.float32), np.array([0.5, 2.0], np.float16), np.array([3.0], np.float32)
+    response = pb.ModelInferResponse()
+    encode_outputs(response, ["y", "z", "w"], [y, z, w], False, {"y": target})  # typed inputs
+    assert list(response.raw_output_contents) == [b"", z.tobytes(), w.tobytes()]
+    assert not response.outputs[2].contents.fp32_contents
 
 
 # --- the answers key and the flag ------------------------------------------------------------

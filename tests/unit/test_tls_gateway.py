@@ -16,6 +16,7 @@ from appliance.errors import InvalidInputError
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
 from appliance.tls import CA_CERT, SERVER_CERT, certificate_names, ensure_certificates
+from appliance.workloads.serving.peer import FORWARDED_HEADER
 
 
 def ctx(tmp_path: Path, **data: object) -> AppContext:
@@ -69,6 +70,9 @@ def test_gateway_is_in_the_stack_only_with_tls(tmp_path: Path) -> None:
     conf = gateway.files["nginx.conf"]
     assert "listen 0.0.0.0:8443 ssl http2;" in conf
     assert "grpc_pass grpc://serving_grpc;" in conf and "server 127.0.0.1:8081;" in conf
+    # what the model server reads as "forwarded": never a local caller of shared memory
+    assert conf.count(f"grpc_set_header {FORWARDED_HEADER} https;") == 1
+    assert conf.count(f"proxy_set_header {FORWARDED_HEADER} https;") == 1  # the serving REST location
     assert "server 127.0.0.1:5000;" in conf and "server 127.0.0.1:8888;" in conf
     assert "limit_req" not in conf.replace("limit_req_status", "")
 

@@ -20,7 +20,8 @@ from appliance.workloads.serving.shared_memory import (
     BYTE_SIZE,
     NO_REGIONS,
     REGION,
-    SharedMemoryRegions,
+    CallerRegions,
+    Target,
     TensorRef,
     tensor_ref,
 )
@@ -57,22 +58,21 @@ def _shm_ref(tensor: Any) -> TensorRef | None:
 def wants_raw(request: Any) -> bool:
     """Answer with raw_output_contents: the request sent raw contents, or inputs in shared
     memory (what tritonclient reads either way; it cannot read typed contents back)."""
-    return bool(request.raw_input_contents) or any(REGION in t.parameters for t in request.inputs)
+    return bool(request.raw_input_contents) or any(_shm_ref(t) is not None for t in request.inputs)
 
 
-def output_refs(request: Any, shm: SharedMemoryRegions = NO_REGIONS) -> dict[str, TensorRef]:
-    """The requested outputs to write to shared memory, their ranges checked before the model runs."""
-    refs = {}
+def output_targets(request: Any, shm: CallerRegions = NO_REGIONS) -> dict[str, Target]:
+    """The requested outputs to write to shared memory, resolved and checked before the model runs."""
+    targets = {}
     for out in request.outputs:
         ref = _shm_ref(out)
         if ref is not None:
-            shm.check(ref, out.name)
-            refs[out.name] = ref
-    return refs
+            targets[out.name] = shm.resolve(ref, out.name)
+    return targets
 
 
 def decode_inputs(
-    request: Any, shm: SharedMemoryRegions = NO_REGIONS
+    request: Any, shm: CallerRegions = NO_REGIONS
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A ModelInferRequest's inputs as arrays (raw contents, or typed contents when none are
     raw, or shared memory) and their datatypes; every malformed tensor is a 400 naming it."""
@@ -170,25 +170,26 @@ def encode_outputs(
     names: list[str],
     arrays: list[np.ndarray],
     raw: bool,
-    in_shm: dict[str, TensorRef] | None = None,
-    shm: SharedMemoryRegions = NO_REGIONS,
+    in_shm: dict[str, Target] | None = None,
 ) -> None:
     """Add the outputs to a ModelInferResponse: as raw_output_contents when the request sent
-    raw inputs (and FP16 always), otherwise as typed contents; those in ``in_shm`` are written
-    to their shared-memory region and carry only its name and their size (an empty raw entry
-    keeps tritonclient's index of the raw contents aligned with the outputs)."""
+    raw inputs or an output is FP16 (typed contents have no FP16 field), otherwise as typed
+    contents. All or none go raw: tritonclient finds an output's raw contents by the output's
+    index. Those in ``in_shm`` are written to their shared-memory region and carry only its name
+    and their size (with an empty raw entry, which keeps that index aligned)."""
+    raw = raw or any(a.dtype == np.float16 for a in arrays)
     for name, array in zip(names, arrays, strict=True):
         datatype = datatype_of(array)
         out = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        ref = in_shm.get(name) if in_shm else None
-        if ref is not None:
+        target = in_shm.get(name) if in_shm else None
+        if target is not None:
             data = to_raw(array)
-            shm.write(ref, data, name)
-            out.parameters[REGION].string_param = ref.region
+            CallerRegions.write(target, data, name)
+            out.parameters[REGION].string_param = target.region.name
             out.parameters[BYTE_SIZE].int64_param = len(data)
             if raw:
                 response.raw_output_contents.append(b"")
-        elif raw or datatype == "FP16":
+        elif raw:
             response.raw_output_contents.append(to_raw(array))
         elif datatype == "BYTES":
             out.contents.bytes_contents.extend(

@@ -83,6 +83,7 @@ from appliance.workloads.serving.h2_calls import (
     run_call,
 )
 from appliance.workloads.serving.limits import ServerLimits
+from appliance.workloads.serving.peer import Peer
 
 # the servicer side lives in h2_calls; these names are grpc_h2's API as before
 __all__ = ["AbortError", "Authorize", "Context", "H2GrpcServer", "Handler", "Methods", "methods_of"]
@@ -151,6 +152,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.max_message = limits.max_body_bytes
         self.authorize = server.authorize
         self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
         self.loop = asyncio.get_running_loop()
         self.born = self.loop.time()
         self.buf = b""
@@ -204,6 +206,7 @@ class H2GrpcProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
+        self.peer = Peer.of(transport)
         limits = self.limits
         if len(self.server.connections) >= limits.max_connections:
             self.out.append(w.frame(w.SETTINGS, 0, 0))
@@ -674,7 +677,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._release(stream.flow)
             stream.flow = 0
         payload = request_message(body, head.encoding, self.max_message)
-        return await run_call(self.methods[head.path], payload, head.metadata)  # known: _refusal
+        return await run_call(self.methods[head.path], payload, head.metadata, self.peer)  # known: _refusal
 
     # writing -------------------------------------------------------------------------------
     def _send_message(self, stream: _Stream, message: bytes) -> None:

@@ -21,14 +21,21 @@ from google.protobuf import json_format
 
 from appliance.workloads.serving import grpc_h2
 from appliance.workloads.serving.errors import BadRequest, InferenceError
-from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_refs, wants_raw
+from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_targets, wants_raw
 from appliance.workloads.serving.limits import ServerLimits
+from appliance.workloads.serving.peer import FORWARDED_HEADER
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from appliance.workloads.serving.service import InferenceService
-from appliance.workloads.serving.shared_memory import CUDA_REFUSED
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions
 
 SERVICE = "GRPCInferenceService"
+
+
+def _regions(service: InferenceService, context: Any) -> CallerRegions:
+    """The shared-memory regions as this call's caller may use them."""
+    forwarded = any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
+    return service.shm.for_caller(getattr(context, "peer", None), forwarded)
 
 
 def _authorization(context: grpc_h2.Context) -> str | None:
@@ -97,9 +104,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         service, name, version = self.service, request.model_name, ""
         service.begin("grpc")
         try:
-            arrays, datatypes = decode_inputs(request, service.shm)
+            shm = _regions(service, context)
+            arrays, datatypes = decode_inputs(request, shm)
             requested = [o.name for o in request.outputs] or None
-            in_shm = output_refs(request, service.shm) if requested else None
+            in_shm = output_targets(request, shm) if requested else None
             decoded_at = time.perf_counter()
             model, names, outputs = await service.infer(
                 name, request.model_version or None, arrays, datatypes, requested
@@ -109,7 +117,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = pb.ModelInferResponse(
                 model_name=model.name, model_version=model.version, id=request.id
             )
-            encode_outputs(response, names, outputs, wants_raw(request), in_shm, service.shm)
+            encode_outputs(response, names, outputs, wants_raw(request), in_shm)
         except InferenceError as err:
             service.record(name, version, "grpc", err.outcome, started)
             await context.abort(err.grpc_code, err.message)
@@ -140,7 +148,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Triton's system shared-memory extension: every region, or the one named."""
         await self._auth(context)
         try:
-            regions = self.service.shm.status(request.name or None)
+            regions = _regions(self.service, context).status(request.name or None)
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
         status = pb.SystemSharedMemoryStatusResponse.RegionStatus
@@ -149,7 +157,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         await self._auth(context)
         try:
-            self.service.shm.register(request.name, request.key, request.offset, request.byte_size)
+            _regions(self.service, context).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
         return pb.SystemSharedMemoryRegisterResponse()
@@ -157,7 +167,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         """One region, or every one when the name is empty."""
         await self._auth(context)
-        self.service.shm.unregister(request.name or None)
+        try:
+            _regions(self.service, context).unregister(request.name or None)
+        except InferenceError as err:
+            await context.abort(err.grpc_code, err.message)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:

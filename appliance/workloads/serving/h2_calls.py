@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 import grpc
 
+from appliance.workloads.serving.peer import Peer
+
 
 class AbortError(Exception):
     """Raised by ``context.abort``: ends the call with this status."""
@@ -27,10 +29,12 @@ class AbortError(Exception):
 class Context:
     """The part of grpc.aio's ServicerContext that the servicers here use."""
 
-    __slots__ = ("_metadata", "code", "details")
+    __slots__ = ("_metadata", "code", "details", "peer")
 
-    def __init__(self, metadata: tuple[tuple[str, Any], ...]) -> None:
+    def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: Peer | None = None) -> None:
         self._metadata = metadata
+        self.peer = peer
+        """Who is at the other end of the connection (not grpc.aio's: its peer() is a string)."""
         self.code: grpc.StatusCode | None = None
         self.details = ""
 
@@ -101,13 +105,15 @@ def decompress(payload: bytes, encoding: bytes, max_message: int) -> bytes:
     return out
 
 
-async def run_call(entry: tuple[Callable[[bytes], Any], Handler], payload: bytes, metadata: Any) -> bytes:
+async def run_call(
+    entry: tuple[Callable[[bytes], Any], Handler], payload: bytes, metadata: Any, peer: Peer | None = None
+) -> bytes:
     """Parse the request, run the servicer's method, return the serialized answer."""
     try:
         request = entry[0](payload)
     except Exception as err:
         raise CallError(grpc.StatusCode.INTERNAL, f"could not parse the request: {err}") from None
-    context = Context(metadata)
+    context = Context(metadata, peer)
     try:
         response = await entry[1](request, context)
     except NotImplementedError:  # the generated servicer's default for a method not written

@@ -54,6 +54,7 @@ import orjson
 
 from appliance.workloads.serving.errors import BadRequest, InferenceError, PayloadTooLarge
 from appliance.workloads.serving.limits import ServerLimits
+from appliance.workloads.serving.peer import Peer
 
 log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -87,6 +88,8 @@ class Request:
     response: Response | None = None
     parts: list[str] | None = None
     """The decoded path segments, set by the router's ``admit`` and reused by ``dispatch``."""
+    peer: Peer | None = None
+    """Who is at the other end of the connection (asked only by what needs it)."""
 
 
 @dataclass
@@ -168,6 +171,7 @@ class HttpProtocol(asyncio.Protocol):
         self.max_buffered = limits.max_connection_buffer_bytes
         self.time = listener.loop.time
         self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Request] = deque()
         self.queued_bytes = 0
@@ -197,6 +201,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self.peer = Peer.of(transport)
         conns.add(self)
         transport.set_write_buffer_limits(high=self.limits.max_pending_write_bytes)  # type: ignore[attr-defined]
 
@@ -280,7 +285,14 @@ class HttpProtocol(asyncio.Protocol):
             path = httptools.parse_url(self._url).path.decode("latin-1")
         except httptools.HttpParserInvalidURLError:
             raise _Refuse(400, "malformed request target") from None
-        req = Request(self.parser.get_method().decode(), path, headers, b"", self.parser.should_keep_alive())
+        req = Request(
+            self.parser.get_method().decode(),
+            path,
+            headers,
+            b"",
+            self.parser.should_keep_alive(),
+            peer=self.peer,
+        )
         length = headers.get("content-length")
         has_body = "transfer-encoding" in headers or (length is not None and length != "0")
         if length is not None and length.isdigit() and int(length) > self.max_body:

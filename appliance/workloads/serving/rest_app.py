@@ -26,8 +26,9 @@ from appliance.workloads.serving.errors import (
     Unavailable,
 )
 from appliance.workloads.serving.http_server import Request, Response, Router
+from appliance.workloads.serving.peer import FORWARDED_HEADER
 from appliance.workloads.serving.service import InferenceService
-from appliance.workloads.serving.shared_memory import CUDA_REFUSED
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,16 @@ class RestRouter(Router):
             header = req.headers.get("inference-header-content-length")
             if header is not None and not header.isdigit():
                 raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header!r}")
-            decoded = rest_codec.decode(req.body, int(header) if header is not None else None, service.shm)
+            decoded = rest_codec.decode(
+                req.body, int(header) if header is not None else None, _regions(service, req)
+            )
             decoded_at = time.perf_counter()
             model, names, arrays = await service.infer(
                 name, version, decoded.arrays, decoded.datatypes, decoded.outputs
             )
             model_version = model.version
             inferred_at = time.perf_counter()
-            body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays, service.shm)
+            body, json_len = rest_codec.encode(model.name, model.version, decoded, names, arrays)
         except InferenceError as err:
             if err.outcome != "unauthorized":
                 service.record(name, model_version, "rest", err.outcome, started)
@@ -148,7 +151,7 @@ class RestRouter(Router):
     def _shared_memory(self, req: Request, cuda: bool, rest: list[str]) -> Response:
         """Triton's shared-memory extensions: [region/NAME/]status, region/NAME/register,
         [region/NAME/]unregister; the CUDA kind never holds a region."""
-        shm = self.service.shm
+        shm = _regions(self.service, req)
         name = rest[1] if len(rest) == 3 and rest[0] == "region" else None
         action = rest[-1] if len(rest) in (1, 3) and (len(rest) == 1 or name) else None
         if action == "status":
@@ -198,6 +201,11 @@ class RestRouter(Router):
         except Unavailable as err:
             raise BadRequest(err.message) from None
         return _OK
+
+
+def _regions(service: InferenceService, req: Request) -> CallerRegions:
+    """The shared-memory regions as this request's caller may use them."""
+    return service.shm.for_caller(req.peer, FORWARDED_HEADER in req.headers)
 
 
 def _shm_kind(cuda: bool) -> str:

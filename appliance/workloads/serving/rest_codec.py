@@ -18,12 +18,7 @@ import numpy as np
 import orjson
 
 from appliance.workloads.serving.errors import BadRequest
-from appliance.workloads.serving.shared_memory import (
-    NO_REGIONS,
-    SharedMemoryRegions,
-    TensorRef,
-    tensor_ref,
-)
+from appliance.workloads.serving.shared_memory import NO_REGIONS, CallerRegions, Target, tensor_ref
 from appliance.workloads.serving.tensors import (
     check_shape,
     datatype_of,
@@ -44,10 +39,10 @@ class RestInfer:
     outputs: list[str] | None  # None: every output
     binary: dict[str, bool]  # output name -> send as raw bytes
     binary_default: bool
-    shm_outputs: dict[str, TensorRef]  # output name -> where in shared memory to write it
+    shm_outputs: dict[str, Target]  # output name -> where in shared memory to write it
 
 
-def decode(body: bytes, header_length: int | None, shm: SharedMemoryRegions = NO_REGIONS) -> RestInfer:
+def decode(body: bytes, header_length: int | None, shm: CallerRegions = NO_REGIONS) -> RestInfer:
     """Parse and check an infer request body; every problem is a 400 naming the field."""
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadRequest(
@@ -117,9 +112,7 @@ def decode(body: bytes, header_length: int | None, shm: SharedMemoryRegions = NO
     )
 
 
-def _requested(
-    spec: Any, shm: SharedMemoryRegions
-) -> tuple[list[str] | None, dict[str, bool], dict[str, TensorRef]]:
+def _requested(spec: Any, shm: CallerRegions) -> tuple[list[str] | None, dict[str, bool], dict[str, Target]]:
     if spec is None:
         return None, {}, {}
     if not isinstance(spec, list):
@@ -137,8 +130,7 @@ def _requested(
             binary[name] = bool(params["binary_data"])
         ref = tensor_ref(params, name)
         if ref is not None:
-            shm.check(ref, name)  # before the model runs, not after
-            in_shm[name] = ref
+            in_shm[name] = shm.resolve(ref, name)  # before the model runs, not after
     return names, binary, in_shm
 
 
@@ -148,17 +140,16 @@ def encode(
     req: RestInfer,
     names: list[str],
     arrays: list[np.ndarray],
-    shm: SharedMemoryRegions = NO_REGIONS,
 ) -> tuple[bytes, int | None]:
     """Response body and, when raw tensors follow the JSON, the JSON header's length."""
     outputs = []
     blobs: list[bytes] = []
     for name, array in zip(names, arrays, strict=True):
         out: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        ref = req.shm_outputs.get(name)
-        if ref is not None:
+        target = req.shm_outputs.get(name)
+        if target is not None:
             raw = to_raw(array)
-            shm.write(ref, raw, name)  # no data and no parameters: Triton's answer, what its
+            CallerRegions.write(target, raw, name)  # no data and no parameters: Triton's answer, what its
             # C++ client reads (parameters there must hold binary_data_size)
         elif req.binary.get(name, req.binary_default):
             raw = to_raw(array)

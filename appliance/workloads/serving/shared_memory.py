@@ -5,26 +5,36 @@ Why: on an image-sized input the request's bytes are part of the front end's cos
 socket, buffered, framed); with a region registered once, a request names the region, the
 offset and the size, and the server reads the tensor in place (and can write an output into
 another region). It is what ``perf_analyzer --shared-memory system`` and tritonclient's
-``utils.shared_memory`` use.
+``register_system_shared_memory`` use.
 
 Off unless the server starts with ``--allow-client-shm`` (Triton's flag and default): a region
-is a file of the host the server maps and writes into. The rules against a hostile caller:
+is a file of the host the server reads and writes. The rules against a hostile caller:
 
+- only a client on this host running as the server's own user may register, unregister, list
+  or use regions (``peer.Peer.same_user``: the kernel's word, not the token's); others get a
+  403, also with a valid token, also through the TLS gateway;
 - the key names a POSIX shared-memory object, ``/`` and 1-255 of ``[A-Za-z0-9._-]`` (not ``.``
   or ``..``), opened as ``/dev/shm/NAME`` without following a link; it must be a regular file
-  owned by the server's own user (a caller cannot make the server read or write another
-  account's memory) and hold ``offset + byte_size`` bytes;
+  owned by the server's own user and hold ``offset + byte_size`` bytes;
 - regions are counted and their bytes summed against ``max_shm_regions`` and ``max_shm_bytes``;
-- a name already registered is refused until it is unregistered (Triton's rule: a region's key
-  cannot change under requests that name it);
-- a tensor's range must lie inside its region; an output's bytes must fit the size it asked for.
+- a name already registered is refused until it is unregistered (Triton's rule);
+- a tensor's range must lie inside its region; an output's bytes must fit the size it asked for,
+  and its region is resolved before the model runs (a name re-registered meanwhile does not
+  redirect it).
 
-The region is mapped once, at registration, and its descriptor closed; unregistering drops the
-mapping from the table (an array still reading it keeps it mapped until it is gone).
+An input is read in place from a mapping of the region (no copy: for 8 images a request the
+copy cost 4 us a row, 3 points of the floor share, benchmarks/README.md); before each read the
+object's size is checked, so a client that shrank its object after registering it gets a 400
+instead of the server dying of SIGBUS on the missing pages. What that check cannot stop is a
+client of the server's own user shrinking the object while a request naming it is in flight:
+that user can stop the server anyway, and nobody else can register or use a region. Outputs are
+written with ``pwrite`` (past the end of a shrunk object it grows again, never a fault). The
+region keeps its object open and mapped until the table and every request using it let go.
 """
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import re
@@ -36,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.errors import BadRequest, Forbidden
 from appliance.workloads.serving.limits import ServerLimits
+from appliance.workloads.serving.peer import Peer
 from appliance.workloads.serving.tensors import from_raw
 
 SHM_ROOT = Path("/dev/shm")
@@ -50,21 +61,25 @@ DISABLED = (
     "this server does not take client shared memory: start it with --allow-client-shm "
     "(the stack: serving.allow_client_shm: true)"
 )
-
+NOT_LOCAL = (
+    "shared memory is only for clients on the serving host running as the server's own user "
+    "(not from another host, another account or through the gateway): send the tensor in the request"
+)
 CUDA_REFUSED = (
     "CUDA shared memory is not taken by this server; use system shared memory "
-    "(perf_analyzer --shared-memory system, tritonclient.utils.shared_memory)"
+    "(perf_analyzer --shared-memory system, tritonclient's register_system_shared_memory)"
 )
 
 
 @dataclass(frozen=True)
 class Region:
-    """A registered region: its bytes, mapped writable."""
+    """A registered region: the open object, where in it the region lies, and its bytes mapped."""
 
     name: str
     key: str
     offset: int
     byte_size: int
+    file: io.FileIO  # closed (and the view unmapped) when the table and every request let go
     view: memoryview
 
     def status(self) -> dict[str, Any]:
@@ -73,11 +88,26 @@ class Region:
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one tensor lies: a region and a byte range inside it."""
+    """Where a request puts one tensor: a region's name and a byte range inside it."""
 
     region: str
     offset: int
     byte_size: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """A TensorRef resolved to its region: what an output is written to after the model ran."""
+
+    region: Region
+    offset: int  # in the region
+    byte_size: int
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"{what} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def tensor_ref(params: Mapping[str, Any], tensor: str) -> TensorRef | None:
@@ -96,14 +126,9 @@ def tensor_ref(params: Mapping[str, Any], tensor: str) -> TensorRef | None:
     return TensorRef(region, _count(offset, f"{where}: {OFFSET}"), _count(size, f"{where}: {BYTE_SIZE}"))
 
 
-def _count(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"{what} must be a non-negative integer, got {value!r}")
-    return value
-
-
 class SharedMemoryRegions:
-    """The registered regions of one server (both front ends share it)."""
+    """The registered regions of one server (both front ends share it). Its methods trust their
+    caller: requests reach it through ``for_caller``, which checks who is asking."""
 
     def __init__(self, limits: ServerLimits, allowed: bool, root: Path = SHM_ROOT) -> None:
         self.limits = limits
@@ -111,9 +136,13 @@ class SharedMemoryRegions:
         self.root = root
         self._regions: dict[str, Region] = {}
 
+    def for_caller(self, peer: Peer | None, forwarded: bool) -> CallerRegions:
+        """The regions as one request may use them (see CallerRegions)."""
+        return CallerRegions(self, peer, forwarded)
+
     # the extension's API ------------------------------------------------------------------
     def register(self, name: str, key: object, offset: object, byte_size: object) -> None:
-        """Map ``byte_size`` bytes at ``offset`` of the object ``key`` as region ``name`` (the
+        """Open ``byte_size`` bytes at ``offset`` of the object ``key`` as region ``name`` (the
         values as a caller sent them: each is checked here)."""
         if not self.allowed:
             raise BadRequest(DISABLED)
@@ -141,9 +170,17 @@ class SharedMemoryRegions:
                 f"region '{name}' of {byte_size} bytes would bring the registered regions to "
                 f"{held + byte_size} bytes, past max_shm_bytes ({self.limits.max_shm_bytes})"
             )
-        self._regions[name] = Region(name, key, offset, byte_size, self._map(key, offset, byte_size))
+        file = self._open(key, offset, byte_size)
+        skip = offset % mmap.ALLOCATIONGRANULARITY  # map from the page the region starts in
+        try:
+            mapped = mmap.mmap(file.fileno(), skip + byte_size, offset=offset - skip)
+        except OSError as err:  # the address space or the kernel's map count is spent
+            file.close()
+            raise BadRequest(f"cannot map region '{name}' of {key}: {err.strerror}") from None
+        view = memoryview(mapped)[skip : skip + byte_size]
+        self._regions[name] = Region(name, key, offset, byte_size, file, view)
 
-    def _map(self, key: str, offset: int, byte_size: int) -> memoryview:
+    def _open(self, key: str, offset: int, byte_size: int) -> io.FileIO:
         path = self.root / key[1:]
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -151,38 +188,32 @@ class SharedMemoryRegions:
             raise BadRequest(f"no shared memory object {key} on this host (create it first)") from None
         except OSError as err:
             raise BadRequest(f"cannot open shared memory object {key}: {err.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise BadRequest(f"shared memory object {key} is not a regular shared-memory file")
-            if info.st_uid != os.geteuid():
-                raise BadRequest(
-                    f"shared memory object {key} belongs to another user (uid {info.st_uid}); the "
-                    f"server maps only its own user's objects (uid {os.geteuid()})"
-                )
-            if offset + byte_size > info.st_size:
-                raise BadRequest(
-                    f"shared memory object {key} holds {info.st_size} bytes, fewer than offset "
-                    f"{offset} + byte_size {byte_size}"
-                )
-            mapped = mmap.mmap(fd, offset + byte_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        return memoryview(mapped)[offset : offset + byte_size]
+        file = io.FileIO(fd, "r+")  # owns fd from here: closed on every path out
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            file.close()
+            raise BadRequest(f"shared memory object {key} is not a regular shared-memory file")
+        if info.st_uid != os.geteuid():
+            file.close()
+            raise BadRequest(
+                f"shared memory object {key} belongs to another user (uid {info.st_uid}); the "
+                f"server takes only its own user's objects (uid {os.geteuid()})"
+            )
+        if offset + byte_size > info.st_size:
+            file.close()
+            raise BadRequest(
+                f"shared memory object {key} holds {info.st_size} bytes, fewer than offset {offset} + "
+                f"byte_size {byte_size}"
+            )
+        return file
 
     def unregister(self, name: str | None) -> None:
-        """Drop one region (an unknown name is not an error, as in Triton) or, with no name, all."""
+        """Drop one region (an unknown name is not an error, as in Triton) or, with no name, all.
+        Its object stays open for requests already using it, and is closed after them."""
         if name:
             self._regions.pop(name, None)
         else:
             self._regions.clear()
-
-    def cuda_status(self, name: str | None) -> list[dict[str, Any]]:
-        """The CUDA twin's status: never a region (clients ask for it, and unregister all of
-        both kinds, around a run; registering one is refused with CUDA_REFUSED)."""
-        if name:
-            raise BadRequest(f"unknown CUDA shared memory region '{name}' ({CUDA_REFUSED})")
-        return []
 
     def status(self, name: str | None) -> list[dict[str, Any]]:
         """Every region, or the one named (400 when it is not registered)."""
@@ -191,22 +222,51 @@ class SharedMemoryRegions:
         return [self._region(name, "status of").status()]
 
     # tensors ------------------------------------------------------------------------------
-    def read(self, ref: TensorRef, datatype: str, shape: tuple[int, ...], tensor: str) -> np.ndarray:
-        """An input tensor, read in place from its region."""
-        return from_raw(self._range(ref, tensor), datatype, shape, tensor)
-
-    def write(self, ref: TensorRef, raw: bytes, tensor: str) -> None:
-        """An output tensor's bytes into its region; more bytes than it asked for is a 400."""
-        if len(raw) > ref.byte_size:
+    def resolve(self, ref: TensorRef, tensor: str) -> Target:
+        """A tensor's range in its region, checked now (an output's, before the model runs)."""
+        region = self._region(ref.region, f"tensor '{tensor}' names")
+        if ref.offset + ref.byte_size > region.byte_size:
             raise BadRequest(
-                f"output '{tensor}' is {len(raw)} bytes, more than its {BYTE_SIZE} of {ref.byte_size}"
+                f"tensor '{tensor}': offset {ref.offset} + byte_size {ref.byte_size} runs past region "
+                f"'{region.name}' of {region.byte_size} bytes"
             )
-        view = self._range(ref, tensor)
-        view[: len(raw)] = raw
+        return Target(region, ref.offset, ref.byte_size)
 
-    def check(self, ref: TensorRef, tensor: str) -> None:
-        """Fail before the model runs when an output's range is not inside a registered region."""
-        self._range(ref, tensor)
+    def read(self, ref: TensorRef, datatype: str, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+        """An input tensor, read in place once its bytes are known to be still there."""
+        target = self.resolve(ref, tensor)
+        region = target.region
+        end = region.offset + target.offset + target.byte_size
+        size = os.fstat(region.file.fileno()).st_size
+        if size < end:
+            raise BadRequest(
+                f"tensor '{tensor}': region '{region.name}' ends {end - size} bytes short (its object "
+                "was shrunk after it was registered; register it again)"
+            )
+        return from_raw(
+            region.view[target.offset : target.offset + target.byte_size], datatype, shape, tensor
+        )
+
+    @staticmethod
+    def write(target: Target, raw: bytes, tensor: str) -> None:
+        """An output tensor's bytes into its resolved range; more than it asked for is a 400."""
+        if len(raw) > target.byte_size:
+            raise BadRequest(
+                f"output '{tensor}' is {len(raw)} bytes, more than its {BYTE_SIZE} of {target.byte_size}"
+            )
+        try:
+            os.pwrite(target.region.file.fileno(), raw, target.region.offset + target.offset)
+        except (OSError, ValueError) as err:  # ValueError: closed after all (cannot happen while held)
+            raise BadRequest(
+                f"output '{tensor}': writing region '{target.region.name}' failed: {err}"
+            ) from None
+
+    def cuda_status(self, name: str | None) -> list[dict[str, Any]]:
+        """The CUDA twin's status: never a region (clients ask for it, and unregister all of
+        both kinds, around a run; registering one is refused with CUDA_REFUSED)."""
+        if name:
+            raise BadRequest(f"unknown CUDA shared memory region '{name}' ({CUDA_REFUSED})")
+        return []
 
     def _region(self, name: str, use: str) -> Region:
         region = self._regions.get(name)
@@ -215,15 +275,51 @@ class SharedMemoryRegions:
             raise BadRequest(f"{use} unknown shared memory region '{name}' ({hint})")
         return region
 
-    def _range(self, ref: TensorRef, tensor: str) -> memoryview:
-        region = self._region(ref.region, f"tensor '{tensor}' names")
-        if ref.offset + ref.byte_size > region.byte_size:
-            raise BadRequest(
-                f"tensor '{tensor}': offset {ref.offset} + byte_size {ref.byte_size} runs past region "
-                f"'{region.name}' of {region.byte_size} bytes"
-            )
-        return region.view[ref.offset : ref.offset + ref.byte_size]
+
+class CallerRegions:
+    """The regions as one request's caller may use them: the whole API for a client on this
+    host running as the server's user (asked of the kernel once, on first use); for anyone
+    else a 403 on any use, and nothing to see. On a server without the extension: status and
+    unregister answer as for an empty table (clients call them around a run), the rest 400."""
+
+    __slots__ = ("_forwarded", "_peer", "regions")
+
+    def __init__(self, regions: SharedMemoryRegions, peer: Peer | None, forwarded: bool) -> None:
+        self.regions = regions
+        self._peer = peer
+        self._forwarded = forwarded
+
+    def _admit(self) -> SharedMemoryRegions:
+        regions = self.regions
+        if not regions.allowed:
+            raise BadRequest(DISABLED)
+        if self._forwarded or self._peer is None or not self._peer.same_user():
+            raise Forbidden(NOT_LOCAL)
+        return regions
+
+    def register(self, name: str, key: object, offset: object, byte_size: object) -> None:
+        self._admit().register(name, key, offset, byte_size)
+
+    def unregister(self, name: str | None) -> None:
+        if self.regions.allowed:
+            self._admit().unregister(name)
+
+    def status(self, name: str | None) -> list[dict[str, Any]]:
+        if not self.regions.allowed:
+            return self.regions.status(name)  # empty, or 400 for a name
+        return self._admit().status(name)
+
+    def cuda_status(self, name: str | None) -> list[dict[str, Any]]:
+        return self.regions.cuda_status(name)
+
+    def resolve(self, ref: TensorRef, tensor: str) -> Target:
+        return self._admit().resolve(ref, tensor)
+
+    def read(self, ref: TensorRef, datatype: str, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+        return self._admit().read(ref, datatype, shape, tensor)
+
+    write = staticmethod(SharedMemoryRegions.write)
 
 
-NO_REGIONS = SharedMemoryRegions(ServerLimits(), allowed=False)
-"""The table of a server without the extension (every registration refused)."""
+NO_REGIONS = CallerRegions(SharedMemoryRegions(ServerLimits(), allowed=False), None, False)
+"""The regions of a server without the extension (every registration and use refused)."""

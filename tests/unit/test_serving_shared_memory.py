@@ -21,11 +21,11 @@ from appliance.cli.serve_cmd import serve_cmd
 from appliance.context import AppContext
 from appliance.errors import InvalidInputError
 from appliance.render import render_stack
-from appliance.workloads.serving import rest_codec
+from appliance.workloads.serving import balancer, rest_codec, supervisor
 from appliance.workloads.serving.errors import BadRequest, Forbidden
 from appliance.workloads.serving.grpc_codec import decode_inputs, encode_outputs, output_targets, wants_raw
 from appliance.workloads.serving.limits import ServerLimits
-from appliance.workloads.serving.peer import Peer, socket_owner
+from appliance.workloads.serving.peer import FORWARDED_HEADER, Peer, socket_owner
 from appliance.workloads.serving.shared_memory import NO_REGIONS, SharedMemoryRegions, TensorRef, tensor_ref
 
 IMAGE = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
@@ -272,6 +272,31 @@ def test_the_owner_of_a_loopback_connection_comes_from_the_kernels_table(tmp_pat
         " 00000000:00000000 00:00000000 00000000  1001        0 3\n"
     )
     assert socket_owner(server, client, (mapped,)) == 1001
+    closing = tmp_path / "closing"  # a row not established (TIME_WAIT here) is nobody's connection
+    closing.write_text(table.read_text().replace(" 01 ", " 06 "))
+    assert socket_owner(server, client, (closing,)) is None
+    assert socket_owner(server, client, (table, table)) is None  # two rows for one connection: no answer
+
+
+def test_a_peer_counts_as_local_only_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.workloads.serving.peer as peer_module
+
+    monkeypatch.setattr(peer_module, "socket_owner", lambda local, remote: os.geteuid())  # owned by us
+    assert not Peer(("10.0.0.1", 8081), ("10.0.0.2", 5555)).same_user()  # another host
+    assert Peer(("127.0.0.1", 8081), ("127.0.0.1", 5555)).same_user()
+    assert Peer(("::1", 8081, 0, 0), ("::1", 5555, 0, 0)).same_user()
+    assert Peer(("::ffff:127.0.0.1", 8081, 0, 0), ("::ffff:127.0.0.1", 5555, 0, 0)).same_user()
+    assert not Peer(None, None).same_user()  # a transport without addresses (a pipe)
+
+
+def test_the_replica_balancer_marks_what_it_forwards_and_the_supervisor_refuses_regions() -> None:
+    conf = balancer.render("127.0.0.1", 8080, 8081, [18080, 18082], [18081, 18083])
+    assert f"proxy_set_header {FORWARDED_HEADER} http;" in conf
+    assert f"grpc_set_header {FORWARDED_HEADER} http;" in conf
+    with pytest.raises(SystemExit):
+        supervisor.parse_args(["--max-replicas", "2", "--", "--model", "/m", "--allow-client-shm"])
+    _args, serve_args = supervisor.parse_args(["--max-replicas", "1", "--", "--allow-client-shm", "true"])
+    assert serve_args == ["--allow-client-shm", "true"]
     with (
         socket.create_server(("127.0.0.1", 0)) as listener,
         socket.create_connection(listener.getsockname()) as c,
@@ -293,6 +318,7 @@ def test_a_client_of_another_user_is_not_the_servers_user() -> None:
         try:
             accepted, _ = listener.accept()
             with accepted:
+                assert socket_owner(accepted.getsockname(), accepted.getpeername()) == 65534
                 assert not Peer.of_socket(accepted).same_user()
         finally:
             child.kill()

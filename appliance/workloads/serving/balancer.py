@@ -34,6 +34,7 @@ from pathlib import Path
 
 from appliance.context import find_sbin
 from appliance.gateway import NGINX_TEMP_PATHS
+from appliance.workloads.serving.peer import FORWARDED_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ http {{
             proxy_pass http://serving_rest;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # marked as forwarded: a replica never takes a caller through here for a local one
+            # (shared memory, peer.py), whoever runs nginx
+            proxy_set_header {FORWARDED_HEADER} http;
             proxy_buffering off;
             proxy_read_timeout 300s;
             proxy_next_upstream error timeout non_idempotent;
@@ -138,6 +142,7 @@ http {{
         listen {listen_host}:{grpc_port} http2 reuseport backlog=4096;
         location / {{
             grpc_pass grpc://serving_grpc;
+            grpc_set_header {FORWARDED_HEADER} http;
             grpc_read_timeout 300s;
             grpc_next_upstream error timeout non_idempotent;
         }}

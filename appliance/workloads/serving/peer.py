@@ -6,7 +6,8 @@ shared memory of the server's user. A bearer token says a caller may infer; it s
 where the caller runs, and the token also reaches the server from other hosts (its private
 address in a cluster, the TLS gateway). So the extension is open only to callers the kernel
 vouches for: the connection's peer is a loopback address, and the client's end of that TCP
-connection (its row in /proc/net/tcp or tcp6) belongs to the server's effective user. A request
+connection (its row in /proc/net/tcp or tcp6, read by ``appliance.procnet``) belongs to the
+server's effective user. A request
 the gateway forwarded (it sets ``X-Forwarded-Proto``, on gRPC too) is never one, whoever runs
 nginx. The answer is worked out on first use and kept for the connection.
 """
@@ -20,7 +21,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-PROC_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+from appliance.procnet import ESTABLISHED, TABLES, tcp_sockets
+
 FORWARDED_HEADER = "x-forwarded-proto"
 """The header the TLS gateway adds to what it forwards (REST and gRPC): its presence marks a
 request that came from another host through nginx."""
@@ -57,29 +59,23 @@ def _is_loopback(address: Any) -> bool:
     if not isinstance(address, tuple) or not address:
         return False
     try:
-        return ipaddress.ip_address(address[0]).is_loopback
+        ip = ipaddress.ip_address(address[0].split("%")[0])
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 def socket_owner(
-    local: tuple[Any, ...], remote: tuple[Any, ...], tables: tuple[Path, ...] = PROC_TABLES
+    local: tuple[Any, ...], remote: tuple[Any, ...], tables: tuple[str | Path, ...] = TABLES
 ) -> int | None:
-    """The uid owning the client's end of a TCP connection on this host: the row whose local
-    address is our peer's and whose remote address is ours; None when there is none. An IPv4
-    connection's client may hold an IPv6 socket (gRPC's C core does): its row is in tcp6, with
-    both addresses IPv4-mapped, so both spellings are looked for."""
+    """The uid owning the client's end of a TCP connection on this host: the socket whose local
+    address is our peer's and whose remote address is ours, established, and only one such;
+    None otherwise. An IPv4 connection's client may hold an IPv6 socket (gRPC's C core does):
+    its row is in tcp6, with both addresses IPv4-mapped, so both spellings are looked for."""
     wanted = {(_proc_address(remote, v6), _proc_address(local, v6)) for v6 in (False, True)}
-    for table in tables:
-        try:
-            rows = table.read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) > 7 and (fields[1], fields[2]) in wanted:
-                return int(fields[7])
-    return None
+    owners = [s.uid for s in tcp_sockets(tables) if s.state == ESTABLISHED and (s.local, s.remote) in wanted]
+    return owners[0] if len(owners) == 1 else None
 
 
 def _proc_address(address: tuple[Any, ...], v6: bool) -> str:

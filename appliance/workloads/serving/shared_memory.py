@@ -39,6 +39,7 @@ import mmap
 import os
 import re
 import stat
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +175,12 @@ class SharedMemoryRegions:
         skip = offset % mmap.ALLOCATIONGRANULARITY  # map from the page the region starts in
         try:
             mapped = mmap.mmap(file.fileno(), skip + byte_size, offset=offset - skip)
-        except OSError as err:  # the address space or the kernel's map count is spent
+        except (OSError, ValueError, OverflowError) as err:  # ValueError: shrunk since the fstat
             file.close()
-            raise BadRequest(f"cannot map region '{name}' of {key}: {err.strerror}") from None
+            raise BadRequest(f"cannot map region '{name}' of {key}: {err}") from None
         view = memoryview(mapped)[skip : skip + byte_size]
-        self._regions[name] = Region(name, key, offset, byte_size, file, view)
+        region = self._regions[name] = Region(name, key, offset, byte_size, file, view)
+        weakref.finalize(region, file.close)  # when the table and the last request let go
 
     def _open(self, key: str, offset: int, byte_size: int) -> io.FileIO:
         path = self.root / key[1:]
@@ -189,7 +191,11 @@ class SharedMemoryRegions:
         except OSError as err:
             raise BadRequest(f"cannot open shared memory object {key}: {err.strerror}") from None
         file = io.FileIO(fd, "r+")  # owns fd from here: closed on every path out
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError as err:
+            file.close()
+            raise BadRequest(f"cannot read shared memory object {key}: {err.strerror}") from None
         if not stat.S_ISREG(info.st_mode):
             file.close()
             raise BadRequest(f"shared memory object {key} is not a regular shared-memory file")

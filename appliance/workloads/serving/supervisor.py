@@ -390,6 +390,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         )
     if args.replicas is not None and not args.min_replicas <= args.replicas <= args.max_replicas:
         p.error(f"--replicas {args.replicas} is outside {args.min_replicas}..{args.max_replicas}")
+    if args.max_replicas > 1 and any(a.startswith("--allow-client-shm") for a in serve_args):
+        p.error(
+            "--allow-client-shm needs --max-replicas 1: a shared-memory region is registered with one "
+            "replica and unknown to the others behind the balancer (serving.allow_client_shm)"
+        )
     return args, serve_args
 
 

@@ -4,8 +4,8 @@ Three decisions rest on them: which listening socket of an old model server to t
 an upgrade (appliance/runtimes/handover.py, by inode), whether nginx still holds a connection to
 a draining replica (appliance/workloads/serving/supervisor.py, by state), and whether a model
 server's caller is a process of its own user (appliance/workloads/serving/peer.py, by the
-addresses and the owner). Reading
-the tables costs no subprocess (``ss``) and no dependency; IPv4 and IPv6 alike.
+addresses and the owner). Reading the tables costs no subprocess (``ss``) and no dependency;
+IPv4 and IPv6 alike.
 """
 
 from __future__ import annotations

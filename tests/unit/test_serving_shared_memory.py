@@ -56,7 +56,7 @@ def test_an_input_is_read_from_its_range_and_an_output_written_to_its_own(
     out_key = _object(root, "out", bytes(64))
     regions.register("out", out_key, 0, 64)
     answer = np.arange(4, dtype=np.float32)
-    regions.write(regions.resolve(TensorRef("out", 8, 32), "y"), answer.tobytes(), "y")
+    regions.resolve(TensorRef("out", 8, 32), "y").write(answer.tobytes(), "y")
     data = (root / "out").read_bytes()  # the client's view of the same object
     assert data[:8] == bytes(8)
     np.testing.assert_array_equal(np.frombuffer(data[8:24], np.float32), answer)
@@ -158,7 +158,7 @@ def test_tensor_ranges_must_lie_inside_their_region(root: Path, regions: SharedM
     with pytest.raises(
         BadRequest, match="output 'y' is 128 bytes, more than its shared_memory_byte_size of 64"
     ):
-        regions.write(regions.resolve(TensorRef("r", 0, 64), "y"), bytes(128), "y")
+        regions.resolve(TensorRef("r", 0, 64), "y").write(bytes(128), "y")
     with pytest.raises(BadRequest, match="names unknown shared memory region 'nope'"):
         regions.resolve(TensorRef("nope", 0, 4), "y")
 
@@ -171,7 +171,7 @@ def test_an_object_shrunk_after_registration_is_a_400_not_a_crash(
     os.truncate(root / "shrinks", 16)  # what re-creating the key smaller does
     with pytest.raises(BadRequest, match=f"region 's' ends {IMAGE.nbytes - 16} bytes short"):
         regions.read(TensorRef("s", 0, IMAGE.nbytes), "FP32", IMAGE.shape, "x")
-    regions.write(regions.resolve(TensorRef("s", 0, 8), "y"), b"12345678", "y")  # writing grows it back
+    regions.resolve(TensorRef("s", 0, 8), "y").write(b"12345678", "y")  # writing grows it back
     assert (root / "shrinks").read_bytes()[:8] == b"12345678"
 
 
@@ -182,7 +182,7 @@ def test_an_output_goes_to_the_object_resolved_before_the_model_ran(
     target = regions.resolve(TensorRef("o", 0, 8), "y")  # the request's view, before the model runs
     regions.unregister("o")
     regions.register("o", _object(root, "second", bytes(8)), 0, 8)  # the name now means another object
-    regions.write(target, b"abcdefgh", "y")
+    target.write(b"abcdefgh", "y")
     assert (root / "first").read_bytes() == b"abcdefgh"
     assert (root / "second").read_bytes() == bytes(8)
 

@@ -184,7 +184,7 @@ def encode_outputs(
         target = in_shm.get(name) if in_shm else None
         if target is not None:
             data = to_raw(array)
-            CallerRegions.write(target, data, name)
+            target.write(data, name)
             out.parameters[REGION].string_param = target.region.name
             out.parameters[BYTE_SIZE].int64_param = len(data)
             if raw:

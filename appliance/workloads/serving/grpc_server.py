@@ -27,7 +27,7 @@ from appliance.workloads.serving.peer import FORWARDED_HEADER
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2 as pb
 from appliance.workloads.serving.proto_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from appliance.workloads.serving.service import InferenceService
-from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions, cuda_status
 
 SERVICE = "GRPCInferenceService"
 
@@ -177,7 +177,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The CUDA twin: never a region here (clients unregister all of both kinds)."""
         await self._auth(context)
         try:
-            self.service.shm.cuda_status(request.name or None)
+            cuda_status(request.name or None)
         except InferenceError as err:
             await context.abort(err.grpc_code, err.message)
         return pb.CudaSharedMemoryStatusResponse()

@@ -7,9 +7,9 @@ where the caller runs, and the token also reaches the server from other hosts (i
 address in a cluster, the TLS gateway). So the extension is open only to callers the kernel
 vouches for: the connection's peer is a loopback address, and the client's end of that TCP
 connection (its row in /proc/net/tcp or tcp6, read by ``appliance.procnet``) belongs to the
-server's effective user. A request
-the gateway forwarded (it sets ``X-Forwarded-Proto``, on gRPC too) is never one, whoever runs
-nginx. The answer is worked out on first use and kept for the connection.
+server's effective user. A request the TLS gateway or the replica balancer forwarded (both set
+``FORWARDED_HEADER``, on gRPC too) is never one, whoever runs their nginx. The answer is worked
+out on first use and kept for the connection.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 from appliance.procnet import ESTABLISHED, TABLES, tcp_sockets
 
 FORWARDED_HEADER = "x-forwarded-proto"
-"""The header the TLS gateway adds to what it forwards (REST and gRPC): its presence marks a
-request that came from another host through nginx."""
+"""The header the TLS gateway and the replica balancer add to what they forward (REST and
+gRPC): its presence marks a request relayed by nginx, whoever sent it."""
 
 
 class Peer:

@@ -28,7 +28,7 @@ from appliance.workloads.serving.errors import (
 from appliance.workloads.serving.http_server import Request, Response, Router
 from appliance.workloads.serving.peer import FORWARDED_HEADER
 from appliance.workloads.serving.service import InferenceService
-from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions
+from appliance.workloads.serving.shared_memory import CUDA_REFUSED, CallerRegions, cuda_status
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class RestRouter(Router):
         action = rest[-1] if len(rest) in (1, 3) and (len(rest) == 1 or name) else None
         if action == "status":
             _method(req, "GET")
-            return _json(shm.cuda_status(name) if cuda else shm.status(name))
+            return _json(cuda_status(name) if cuda else shm.status(name))
         if action == "unregister":
             _method(req, "POST")
             if not cuda:

@@ -149,8 +149,9 @@ def encode(
         target = req.shm_outputs.get(name)
         if target is not None:
             raw = to_raw(array)
-            CallerRegions.write(target, raw, name)  # no data and no parameters: Triton's answer, what its
-            # C++ client reads (parameters there must hold binary_data_size)
+            # no data and no parameters, as Triton answers: its C++ client wants binary_data_size
+            # in any parameters it finds
+            target.write(raw, name)
         elif req.binary.get(name, req.binary_default):
             raw = to_raw(array)
             out["parameters"] = {"binary_data_size": len(raw)}

@@ -15,12 +15,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from appliance import __version__
 from appliance.workloads.serving.errors import BadRequest, Forbidden, InferenceError, Unauthorized
-from appliance.workloads.serving.limits import ServerLimits
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import LoadedModel
 from appliance.workloads.serving.replica_metrics import ConcurrencyClock, ReplicaCollector
 from appliance.workloads.serving.repository import ModelRepository
-from appliance.workloads.serving.shared_memory import SharedMemoryRegions
+from appliance.workloads.serving.shared_memory import NO_REGIONS, SharedMemoryRegions
 from appliance.workloads.serving.triton import ModelStats, model_config
 
 SERVER_NAME = "appliance-onnx-server"
@@ -45,7 +44,7 @@ class InferenceService:
         shm: SharedMemoryRegions | None = None,
     ) -> None:
         self.repo = repo
-        self.shm = shm or SharedMemoryRegions(ServerLimits(), allowed=False)
+        self.shm = shm or NO_REGIONS.regions
         """Triton's system shared-memory regions (refused unless the server allows them)."""
         self.metrics = metrics
         self.tokens = tokens

@@ -104,6 +104,19 @@ class Target:
     offset: int  # in the region
     byte_size: int
 
+    def write(self, raw: bytes, tensor: str) -> None:
+        """An output tensor's bytes into this range; more than it asked for is a 400."""
+        if len(raw) > self.byte_size:
+            raise BadRequest(
+                f"output '{tensor}' is {len(raw)} bytes, more than its {BYTE_SIZE} of {self.byte_size}"
+            )
+        try:
+            os.pwrite(self.region.file.fileno(), raw, self.region.offset + self.offset)
+        except (OSError, ValueError) as err:  # ValueError: closed after all (cannot happen while held)
+            raise BadRequest(
+                f"output '{tensor}': writing region '{self.region.name}' failed: {err}"
+            ) from None
+
 
 def _count(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -125,6 +138,14 @@ def tensor_ref(params: Mapping[str, Any], tensor: str) -> TensorRef | None:
         raise BadRequest(f"tensor '{tensor}': {REGION} must be a region name (a string)")
     where = f"tensor '{tensor}'"
     return TensorRef(region, _count(offset, f"{where}: {OFFSET}"), _count(size, f"{where}: {BYTE_SIZE}"))
+
+
+def cuda_status(name: str | None) -> list[dict[str, Any]]:
+    """The CUDA twin's status: never a region (clients ask for it, and unregister all of both
+    kinds, around a run; registering one is refused with CUDA_REFUSED)."""
+    if name:
+        raise BadRequest(f"unknown CUDA shared memory region '{name}' ({CUDA_REFUSED})")
+    return []
 
 
 class SharedMemoryRegions:
@@ -192,26 +213,31 @@ class SharedMemoryRegions:
             raise BadRequest(f"cannot open shared memory object {key}: {err.strerror}") from None
         file = io.FileIO(fd, "r+")  # owns fd from here: closed on every path out
         try:
+            self._check(key, fd, offset, byte_size)
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    @staticmethod
+    def _check(key: str, fd: int, offset: int, byte_size: int) -> None:
+        """The opened object is a shared-memory file of this user holding offset + byte_size."""
+        try:
             info = os.fstat(fd)
         except OSError as err:
-            file.close()
             raise BadRequest(f"cannot read shared memory object {key}: {err.strerror}") from None
         if not stat.S_ISREG(info.st_mode):
-            file.close()
             raise BadRequest(f"shared memory object {key} is not a regular shared-memory file")
         if info.st_uid != os.geteuid():
-            file.close()
             raise BadRequest(
                 f"shared memory object {key} belongs to another user (uid {info.st_uid}); the "
                 f"server takes only its own user's objects (uid {os.geteuid()})"
             )
         if offset + byte_size > info.st_size:
-            file.close()
             raise BadRequest(
                 f"shared memory object {key} holds {info.st_size} bytes, fewer than offset {offset} + "
                 f"byte_size {byte_size}"
             )
-        return file
 
     def unregister(self, name: str | None) -> None:
         """Drop one region (an unknown name is not an error, as in Triton) or, with no name, all.
@@ -252,27 +278,6 @@ class SharedMemoryRegions:
         return from_raw(
             region.view[target.offset : target.offset + target.byte_size], datatype, shape, tensor
         )
-
-    @staticmethod
-    def write(target: Target, raw: bytes, tensor: str) -> None:
-        """An output tensor's bytes into its resolved range; more than it asked for is a 400."""
-        if len(raw) > target.byte_size:
-            raise BadRequest(
-                f"output '{tensor}' is {len(raw)} bytes, more than its {BYTE_SIZE} of {target.byte_size}"
-            )
-        try:
-            os.pwrite(target.region.file.fileno(), raw, target.region.offset + target.offset)
-        except (OSError, ValueError) as err:  # ValueError: closed after all (cannot happen while held)
-            raise BadRequest(
-                f"output '{tensor}': writing region '{target.region.name}' failed: {err}"
-            ) from None
-
-    def cuda_status(self, name: str | None) -> list[dict[str, Any]]:
-        """The CUDA twin's status: never a region (clients ask for it, and unregister all of
-        both kinds, around a run; registering one is refused with CUDA_REFUSED)."""
-        if name:
-            raise BadRequest(f"unknown CUDA shared memory region '{name}' ({CUDA_REFUSED})")
-        return []
 
     def _region(self, name: str, use: str) -> Region:
         region = self._regions.get(name)
@@ -315,16 +320,11 @@ class CallerRegions:
             return self.regions.status(name)  # empty, or 400 for a name
         return self._admit().status(name)
 
-    def cuda_status(self, name: str | None) -> list[dict[str, Any]]:
-        return self.regions.cuda_status(name)
-
     def resolve(self, ref: TensorRef, tensor: str) -> Target:
         return self._admit().resolve(ref, tensor)
 
     def read(self, ref: TensorRef, datatype: str, shape: tuple[int, ...], tensor: str) -> np.ndarray:
         return self._admit().read(ref, datatype, shape, tensor)
-
-    write = staticmethod(SharedMemoryRegions.write)
 
 
 NO_REGIONS = CallerRegions(SharedMemoryRegions(ServerLimits(), allowed=False), None, False)

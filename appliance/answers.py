@@ -186,6 +186,15 @@ class Gpu(Strict):
     services: list[str] = Field(default_factory=lambda: ["trainer", "serving", "workbench"])
     """Services that get the GPU when one is used."""
 
+    @property
+    def serving_provider(self) -> str:
+        """The model server's ``--execution-provider``, from the two keys above: ``cpu`` when the
+        GPU is off or not given to serving, ``cuda`` (the server refuses to start without it)
+        when it is ``on``, ``auto`` (CUDA where onnxruntime-gpu finds a GPU) otherwise."""
+        if self.mode == "off" or "serving" not in self.services:
+            return "cpu"
+        return "cuda" if self.mode == "on" else "auto"
+
 
 class Resources(Strict):
     """Resource limits applied per service by runtimes that support them (containers)."""

@@ -119,6 +119,14 @@ from appliance.errors import ApplianceError
     help="ONNX Runtime inter-op threads.",
 )
 @click.option(
+    "--execution-provider",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where models run: auto (the GPU when onnxruntime-gpu and a GPU are there, else the CPU), "
+    "cpu, or cuda (refuse to start without a working CUDA provider).",
+)
+@click.option(
     "--limit",
     "limit_pairs",
     multiple=True,
@@ -187,6 +195,7 @@ def serve_cmd(
     drift_window: int,
     intra_op_threads: int,
     inter_op_threads: int,
+    execution_provider: str,
     limit_pairs: tuple[str, ...],
     limits_json: str | None,
     allow_client_shm: bool,
@@ -242,6 +251,7 @@ def serve_cmd(
         drift_window=drift_window,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
+        execution_provider=execution_provider,
         limits=limits,
         allow_client_shm=allow_client_shm,
         cache_dir=cache_dir,
@@ -253,7 +263,7 @@ def serve_cmd(
         run(config)
     except InferenceError as err:  # a model failed to load at startup
         raise ApplianceError(
-            err.message, fix="check the --model path/URI and the data connection env"
+            err.message, fix="check the --model path/URI, the data connection env and --execution-provider"
         ) from err
     except (OSError, ValueError) as err:
         raise ApplianceError(

@@ -42,6 +42,7 @@ class ServeConfig:
     outages and restarts (``edge_cache``); None: no cache."""
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    execution_provider: str = "auto"  # a key of model.EXECUTION_PROVIDERS
     limits: ServerLimits = field(default_factory=ServerLimits)
     """Sizes, counts, timeouts and connections every client lives under (REST and gRPC)."""
     allow_client_shm: bool = False

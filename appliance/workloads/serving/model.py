@@ -16,12 +16,29 @@ import numpy as np
 import onnxruntime as ort
 
 from appliance.workloads.serving.drift import DriftMonitor
-from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.errors import BadRequest, InferenceError
 from appliance.workloads.serving.tensors import NUMPY_TYPES, ORT_TYPES
 
 log = logging.getLogger(__name__)
 
 PREFERRED_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+EXECUTION_PROVIDERS: dict[str, tuple[str, ...] | None] = {
+    "auto": None,
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+"""What ``--execution-provider`` may name: ``auto`` takes the best one installed (TensorRT, CUDA,
+CPU); ``cpu`` keeps a model off the GPU (a small model, or a GPU left to training); ``cuda``
+requires the GPU and refuses to start without it instead of serving slowly on the CPU. CPU stays
+behind CUDA in its list because ONNX Runtime places the operators CUDA lacks there."""
+
+
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+"""ONNX Runtime's default, an exhaustive cuDNN search, benchmarks every convolution again for each
+new input shape. With dynamic batching each batch size is a new shape, and on an H200 the searches
+cost more than the batches: a small CNN served 568 images/s with it, against 5,600 for one session
+running single images back to back (benchmarks/README.md, "On a GPU"). cuDNN's heuristic picks
+an algorithm without running any."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,14 @@ class SessionOptions:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     providers: tuple[str, ...] | None = None  # None: the best available
+    required: bool = False
+    """The first of ``providers`` must be the one the session runs on (``--execution-provider cuda``)."""
+
+    @classmethod
+    def choose(cls, intra: int, inter: int, execution_provider: str) -> SessionOptions:
+        """The options for an ``--execution-provider`` name (a key of EXECUTION_PROVIDERS)."""
+        providers = EXECUTION_PROVIDERS[execution_provider]
+        return cls(intra, inter, providers, required=providers is not None)
 
 
 def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
@@ -52,8 +77,23 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     so.inter_op_num_threads = opts.inter_op_threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     available = ort.get_available_providers()
-    providers = [p for p in (opts.providers or PREFERRED_PROVIDERS) if p in available]
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers or None)
+    wanted = opts.providers or PREFERRED_PROVIDERS
+    if opts.required and wanted[0] not in available:
+        raise InferenceError(
+            f"execution provider {wanted[0]} is not in this ONNX Runtime (it has {', '.join(available)}); "
+            "install onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries, or serve with "
+            "--execution-provider cpu or auto"
+        )
+    providers = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in wanted if p in available]
+    session = ort.InferenceSession(str(path), sess_options=so, providers=providers or None)
+    if opts.required and session.get_providers()[0] != wanted[0]:
+        # ONNX Runtime falls back to the CPU with a warning when the CUDA libraries do not load
+        raise InferenceError(
+            f"execution provider {wanted[0]} did not start for {path.name} (ONNX Runtime fell back to "
+            f"{session.get_providers()[0]}; its log above says which library failed to load); check "
+            "the GPU driver and LD_LIBRARY_PATH, or serve with --execution-provider cpu or auto"
+        )
+    return session
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -80,6 +120,7 @@ class LoadedModel:
         self.version = version
         self.source = source
         self.session = make_session(onnx_path, opts)
+        self.provider = self.session.get_providers()[0]
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self.input_by_name = {t.name: t for t in self.inputs}
@@ -190,5 +231,9 @@ class LoadedModel:
             self.session.run(self.output_names, feeds)
         self.compute_seconds = (time.perf_counter() - start) / rounds
         log.info(
-            "model %s v%s warm: %.1f us per batch of 1", self.name, self.version, self.compute_seconds * 1e6
+            "model %s v%s warm on %s: %.1f us per batch of 1",
+            self.name,
+            self.version,
+            self.provider,
+            self.compute_seconds * 1e6,
         )

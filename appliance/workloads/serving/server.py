@@ -35,7 +35,7 @@ SHUTDOWN_GRACE_S = 5.0
 
 def build_service(config: ServeConfig) -> InferenceService:
     repo = ModelRepository(
-        SessionOptions(config.intra_op_threads, config.inter_op_threads),
+        SessionOptions.choose(config.intra_op_threads, config.inter_op_threads, config.execution_provider),
         config.max_batch_size,
         config.max_queue_delay_us / 1e6,
         config.drift_window,

@@ -56,6 +56,17 @@ def test_the_backend_follows_the_device_nccl_on_gpus_gloo_on_cpu() -> None:
         assert distributed.backend_for(distributed.device_for(w)) == "nccl"
 
 
+def test_more_local_ranks_than_gpus_is_refused_before_nccl_starts() -> None:
+    w = World(rank=1, size=2, local_rank=1, local_size=2)
+    with (
+        mock.patch("torch.cuda.is_available", return_value=True),
+        mock.patch("torch.cuda.device_count", return_value=1),
+        pytest.raises(TrainerError, match="2 processes on this host but 1 GPU") as err,
+    ):
+        distributed.device_for(w)
+    assert "--nproc-per-node 1" in (err.value.fix or "")
+
+
 def test_one_gpu_process_group_is_nccl_bound_to_its_local_gpu() -> None:
     w = World(rank=1, size=2, local_rank=1, local_size=2)
     with (
@@ -127,7 +138,10 @@ def test_two_gloo_processes_train_what_one_process_trains(kind: str, tmp_path: P
     data, task, n_out = _dataset(kind)
     one = fit(data, task, n_out, CFG, lambda row: None)
     single = metrics.compute(task, data.y["test"], predict(one.model, task, data.x["test"]))
-    mp.start_processes(_rank, args=(2, free_port(), kind, str(tmp_path)), nprocs=2, start_method="spawn")
+    # gloo on the CPU also on a GPU machine (tests/integration/test_trainer_cuda.py has NCCL): the
+    # ranks start with the GPUs hidden, before they import torch
+    with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}):
+        mp.start_processes(_rank, args=(2, free_port(), kind, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
     assert ranks[0]["backend"] == "gloo"
     # The ranks end with the same weights and the same epochs (rank 0's early stopping).

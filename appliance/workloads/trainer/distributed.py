@@ -70,11 +70,21 @@ def world(env: Mapping[str, str] | None = None) -> World:
 
 
 def device_for(w: World) -> torch.device:
-    """The GPU of this local rank when there are GPUs, else the CPU."""
+    """The GPU of this local rank when there are GPUs, else the CPU.
+
+    NCCL needs a GPU of its own for each process (two ranks on one GPU stop in NCCL's set-up with
+    "Duplicate GPU detected"), so more local ranks than GPUs is refused here, with the fix."""
     if torch.cuda.is_available():
         if not w.distributed:
             return torch.device("cuda")
-        return torch.device("cuda", w.local_rank % torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        if w.local_size > gpus:
+            raise TrainerError(
+                f"{w.local_size} processes on this host but {gpus} GPU(s): NCCL needs one GPU per process",
+                fix=f"start torchrun with --nproc-per-node {gpus} (or hide the GPUs with "
+                "CUDA_VISIBLE_DEVICES= to train on the CPU with gloo)",
+            )
+        return torch.device("cuda", w.local_rank)
     return torch.device("cpu")
 
 

@@ -70,13 +70,16 @@ def build_model(folder: Path) -> Path:
     return folder / "model.onnx"
 
 
-def ort_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
+def ort_floor(
+    model: Path, x: np.ndarray, seconds: float, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+) -> dict[str, float]:
+    """Latency and requests/s of one single-threaded session running ``x`` back to back."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model), so, providers=list(providers))
     for _ in range(200):
         sess.run(None, {"input": x})
     lat = []
@@ -149,19 +152,27 @@ def build_cnn(folder: Path) -> Path:
     return folder / "model.onnx"
 
 
-def _floor_worker(model: str, x: np.ndarray, seconds: float, out: Any) -> None:
+def _floor_worker(model: str, x: np.ndarray, seconds: float, out: Any, cpus: set[int] | None) -> None:
+    import os
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     out.put(ort_floor(Path(model), x, seconds)["rps_1"])
 
 
-def ort_floor_cores(model: Path, x: np.ndarray, seconds: float, processes: int) -> float:
+def ort_floor_cores(
+    model: Path, x: np.ndarray, seconds: float, processes: int, cpus: set[int] | None = None
+) -> float:
     """Requests/s of ONNX Runtime alone, in-process, on ``processes`` cores at once (one
-    single-threaded session per process, no server, no network): the most replicas can reach."""
+    single-threaded session per process, no server, no network): the most replicas can reach.
+    ``cpus``: the cores the processes may use (those the servers are pinned to)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [
-        ctx.Process(target=_floor_worker, args=(str(model), x, seconds, queue)) for _ in range(processes)
+        ctx.Process(target=_floor_worker, args=(str(model), x, seconds, queue, cpus))
+        for _ in range(processes)
     ]
     for p in procs:
         p.start()

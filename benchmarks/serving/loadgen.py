@@ -28,6 +28,10 @@ from typing import Any
 
 import numpy as np
 
+ATOL = 1e-5
+"""How far an answer may be from the CPU reference; run.py widens it for CUDA, whose convolutions
+run in TF32 by default."""
+
 
 @dataclass
 class Result:
@@ -152,6 +156,48 @@ async def run_rest(port: int, request: bytes, concurrency: int, seconds: float, 
     return Result(len(lat), errors, seconds, np.array(lat))
 
 
+def _rest_worker(
+    port: int, request: bytes, concurrency: int, seconds: float, warmup: float, start_at: float, out: Any
+) -> None:
+    time.sleep(max(0.0, start_at - time.time()))
+    r = asyncio.run(run_rest(port, request, concurrency, seconds, warmup))
+    out.put((r.requests, r.errors, r.latencies))
+
+
+def run_rest_processes(
+    port: int, request: bytes, concurrency: int, seconds: float, warmup: float, processes: int
+) -> Result:
+    """``run_rest`` split over ``processes`` client processes started together: one Python
+    client tops out near 40 K requests/s, below what several replicas answer on a big machine."""
+    import multiprocessing as mp
+
+    if processes <= 1:
+        return asyncio.run(run_rest(port, request, concurrency, seconds, warmup))
+    if concurrency % processes:
+        raise ValueError(f"concurrency {concurrency} does not split over {processes} client processes")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 1.5  # every process spawned and connected before the clock starts
+    procs = [
+        ctx.Process(
+            target=_rest_worker,
+            args=(port, request, concurrency // processes, seconds, warmup, start_at, queue),
+        )
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    parts = [queue.get(timeout=seconds + warmup + 120) for _ in procs]
+    for p in procs:
+        p.join()
+    return Result(
+        sum(n for n, _, _ in parts),
+        sum(e for _, e, _ in parts),
+        seconds,
+        np.concatenate([lat for _, _, lat in parts]),
+    )
+
+
 async def run_grpc(
     port: int, model: str, x: np.ndarray, token: str | None, concurrency: int, seconds: float, warmup: float
 ) -> Result:
@@ -258,7 +304,7 @@ async def grpc_check(
                 got = np.frombuffer(resp.raw_output_contents[0], np.float32)
             else:
                 got = np.array(out.contents.fp32_contents, np.float32)
-            if got.size != ref.size or not np.allclose(got.reshape(ref.shape), ref, atol=1e-5):
+            if got.size != ref.size or not np.allclose(got.reshape(ref.shape), ref, atol=ATOL):
                 bad += 1
             size = 5 + resp.ByteSize()
 
@@ -288,12 +334,14 @@ def run_h2load(
     answer_size: int,
     raw: bool = False,
     shm: str | None = None,
+    threads: int = 1,
 ) -> Result:
     """Closed loop of ``concurrency`` gRPC ModelInfer calls in flight, driven by h2load.
 
     The streams are spread over min(connections, concurrency) HTTP/2 connections (as many
-    streams on each). ``answer_size`` is the byte size of one successful answer's message frame
-    (from grpc_check): answers that carried fewer DATA bytes count as errors.
+    streams on each), driven by min(threads, connections) h2load threads. ``answer_size`` is
+    the byte size of one successful answer's message frame (from grpc_check): answers that
+    carried fewer DATA bytes count as errors.
     """
     conns = max(1, min(connections, concurrency))
     if concurrency % conns:
@@ -305,6 +353,8 @@ def run_h2load(
         log = Path(tmp) / "requests.tsv"
         cmd = [
             h2load_path(),
+            "-t",
+            str(max(1, min(threads, conns))),
             "-c",
             str(conns),
             "-m",

@@ -86,8 +86,10 @@ def ours(work: Path, model_dir: Path, args: argparse.Namespace, replicas: str = 
         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
         "--run-dir", str(work / f"balancer-{replicas}"),
         "--", "--model", f"mlp={model_dir}", "--token-file", str(work / "token"),
-        "--max-batch-size", "32", "--poll-seconds", "0",
+        "--max-batch-size", "32", "--poll-seconds", "0", "--execution-provider", args.provider,
     ]  # fmt: skip
+    if args.server_cpus:
+        cmd = ["taskset", "-c", args.server_cpus, *cmd]
     name = "ours" if replicas == "1" else f"ours x{replicas}"
     if name != "ours":
         SUPERVISORS[name] = (ports[2], n)
@@ -132,14 +134,14 @@ def measure(
         request = loadgen.rest_request(peer.http_port, peer.model_name, x, token)
         status, body = asyncio.run(loadgen.rest_once(peer.http_port, request))
         got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(ref.shape)
-        assert status == 200 and np.allclose(got, ref, atol=1e-5), (
+        assert status == 200 and np.allclose(got, ref, atol=loadgen.ATOL), (
             f"{peer.name}: wrong REST answer {body[:200]!r}"
         )
         for proto in args.protocols:
             if proto == "grpc":
                 try:
                     got = asyncio.run(loadgen.grpc_once(peer.grpc_port, peer.model_name, x, token))
-                    assert np.allclose(got, ref, atol=1e-5), f"{peer.name}: wrong gRPC answer"
+                    assert np.allclose(got, ref, atol=loadgen.ATOL), f"{peer.name}: wrong gRPC answer"
                 except Exception as err:  # a peer without working gRPC: say so in the table
                     result["grpc_error"] = repr(err)[:200]
                     continue
@@ -150,7 +152,9 @@ def measure(
                     )
                     continue
                 cpu = session_cpu(proc.pid)
-                r = asyncio.run(loadgen.run_rest(peer.http_port, request, c, args.seconds, args.warmup))
+                r = loadgen.run_rest_processes(
+                    peer.http_port, request, c, args.seconds, args.warmup, min(c, args.client_processes)
+                )
                 result[f"{proto}_c{c}"] = point(
                     peer.name, proto, c, r, cpu_per_request(proc.pid, cpu, r, args)
                 )
@@ -224,7 +228,18 @@ def grpc_point(
     if bad or not size:
         raise RuntimeError(f"{name}: gRPC answers wrong before the load point ({bad} of 8)")
     cpu = session_cpu(session)
-    r = loadgen.run_h2load(port, model, x, token, c, args.seconds, args.warmup, args.grpc_connections, size)
+    r = loadgen.run_h2load(
+        port,
+        model,
+        x,
+        token,
+        c,
+        args.seconds,
+        args.warmup,
+        args.grpc_connections,
+        size,
+        threads=args.grpc_threads,
+    )
     cpu_us = cpu_per_request(session, cpu, r, args)
     bad, _ = asyncio.run(loadgen.grpc_check(port, model, x, token, ref, args.check_calls, min(c, 8)))
     r.errors += bad
@@ -320,6 +335,76 @@ def table(results: dict[str, Any], floor: dict[str, float], args: argparse.Names
     return "\n".join(lines)
 
 
+def parse_cpus(spec: str) -> set[int] | None:
+    """A taskset list (``0-7`` or ``0,2,4-5``) as a set of core numbers; None when empty."""
+    if not spec:
+        return None
+    cores: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def floor_of(model: Path, x: np.ndarray, args: argparse.Namespace, cpus: set[int] | None) -> dict[str, Any]:
+    """ONNX Runtime alone: one session's latency, and requests/s on ``--cores`` and on as many
+    cores as each replica count (the figure N replicas are held to), on the servers' cores."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # the one-core floor too; restored below for the clients
+    try:
+        floor: dict[str, Any] = ort_floor(model, x, min(args.seconds, 2.0))
+        counts = sorted({int(r.rstrip("b")) for r in args.replicas} | {args.cores})
+        floor["rps_n"] = {
+            n: round(ort_floor_cores(model, x, min(args.seconds, 3.0), n, cpus)) for n in counts
+        }
+        floor["rps_cores"] = floor["rps_n"][args.cores]
+        if args.provider == "cuda":
+            cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
+            floor["cuda_1"] = ort_floor(model, x, min(args.seconds, 2.0), cuda)
+            batch = np.repeat(x, 32, axis=0)
+            floor["cuda_32_rows"] = ort_floor(model, batch, min(args.seconds, 2.0), cuda)["rps_1"] * 32
+    finally:
+        if cpus:
+            os.sched_setaffinity(0, ORIGINAL_CPUS)
+    return floor
+
+
+ORIGINAL_CPUS = os.sched_getaffinity(0)
+
+
+def scaling_table(results: dict[str, Any], floor: dict[str, Any], args: argparse.Namespace) -> str:
+    """Replicas against throughput: the best concurrency of each replica count, its speed-up over
+    one replica, and its share of ONNX Runtime alone on as many cores (``1b``: one replica behind
+    the balancer, what the balancer costs)."""
+    ours_runs = {
+        name.removeprefix("ours x") if name != "ours" else "1": res
+        for name, res in results.items()
+        if name.startswith("ours") and "error" not in res
+    }
+    if not ours_runs:
+        return ""
+    lines = [f"### Scaling ({args.provider}; cores {args.server_cpus or 'all'})", ""]
+    lines += [
+        "| replicas | protocol | req/s (best c) | x one replica | ONNX Runtime alone on N cores | share |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for proto in args.protocols:
+        base = None
+        for label, res in sorted(ours_runs.items(), key=lambda kv: (int(kv[0].rstrip("b")), kv[0])):
+            n = int(label.rstrip("b"))
+            points = {int(k.split("_c")[1]): v for k, v in res.items() if k.startswith(f"{proto}_c")}
+            if not points:
+                continue
+            c, best = max(points.items(), key=lambda kv: kv[1]["rps"])
+            base = base or best["rps"]
+            alone = floor["rps_n"].get(n)
+            share = f"{best['rps'] / alone * 100:.0f} %" if alone else "-"
+            speedup = best["rps"] / base
+            rps = f"{best['rps']:.0f} (c={c})"
+            lines.append(f"| {label} | {proto} | {rps} | {speedup:.2f} | {alone or '-'} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM a server's process group, SIGKILL it when it has not exited within 15 s."""
     try:
@@ -361,6 +446,20 @@ def main() -> None:
     ap.add_argument(
         "--cores", type=int, default=os.cpu_count() or 1, help="processes of the ONNX Runtime floor"
     )
+    ap.add_argument(
+        "--provider",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="our server's --execution-provider (cuda: onnxruntime-gpu and a GPU; the floor runs there too)",
+    )
+    ap.add_argument(
+        "--server-cpus",
+        default="",
+        help="cores (taskset list, e.g. 0-7) for our servers and the floor; run the script itself "
+        "under taskset on the other cores so that the load clients do not share them",
+    )
+    ap.add_argument("--client-processes", type=int, default=1, help="REST load client processes")
+    ap.add_argument("--grpc-threads", type=int, default=1, help="h2load threads (at most one per connection)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the canned gRPC server")
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args()
@@ -379,6 +478,9 @@ def main() -> None:
         return
     import onnxruntime as ort
 
+    cpus = parse_cpus(args.server_cpus)
+    if args.provider == "cuda":
+        loadgen.ATOL = 5e-3
     everything: dict[str, Any] = {}
     for model_name in args.models:
         folder = work / model_name
@@ -388,12 +490,19 @@ def main() -> None:
         else:
             model = build_cnn(folder)
             x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
-        ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-        floor = ort_floor(model, x, min(args.seconds, 2.0))
-        floor["rps_cores"] = ort_floor_cores(model, x, min(args.seconds, 3.0), args.cores)
+        ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        floor = floor_of(model, x, args, cpus)
         print(
             f"{model_name}: onnxruntime floor p50 {floor['p50_ms'] * 1e3:.1f} us, "
-            f"{floor['rps_1']:.0f} req/s on 1 core, {floor['rps_cores']:.0f} on {args.cores}",
+            f"{floor['rps_1']:.0f} req/s on 1 core, {floor['rps_cores']:.0f} on {args.cores}; "
+            f"on N cores: {floor['rps_n']}"
+            + (
+                f"; CUDA: {floor['cuda_1']['rps_1']:.0f} req/s one at a time (p50 "
+                f"{floor['cuda_1']['p50_ms'] * 1e3:.0f} us), "
+                f"{floor['cuda_32_rows']:.0f} rows/s in batches of 32"
+                if "cuda_1" in floor
+                else ""
+            ),
             flush=True,
         )
         results: dict[str, Any] = {}
@@ -417,6 +526,7 @@ def main() -> None:
     for model_name, got in everything.items():
         print(f"## {model_name}\n")
         print(table(got["results"], got["floor"], args))
+        print(scaling_table(got["results"], got["floor"], args))
 
 
 if __name__ == "__main__":

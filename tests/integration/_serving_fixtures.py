@@ -203,6 +203,101 @@ def start_server(
     raise RuntimeError(f"server not ready in {timeout}s: {log.read_text()[-3000:]}")
 
 
+@dataclass
+class Supervised:
+    """A running serving supervisor (nginx in front of model-server replicas): its public ports,
+    its admin API (the replica count, /metrics) and its log."""
+
+    proc: subprocess.Popen[bytes]
+    http: str
+    grpc_target: str
+    admin: str
+    log: Path
+    admin_headers: dict[str, str]
+
+    def status(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.admin}/replicas", headers=self.admin_headers, timeout=10)
+        r.raise_for_status()
+        result: dict[str, Any] = r.json()
+        return result
+
+    def scale(self, n: int) -> httpx.Response:
+        return httpx.put(
+            f"{self.admin}/replicas", headers=self.admin_headers, json={"replicas": n}, timeout=10
+        )
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin}/metrics", timeout=30).text
+
+    def wait_ready(self, n: int, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the supervisor exited: {self.tail()}"
+            st = self.status()
+            if st["ready"] == n and len(st["replicas"]) == n:
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"not {n} ready replicas within {timeout}s: {self.status()}\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_supervisor(
+    tmp: Path,
+    supervisor_args: list[str],
+    server_args: list[str],
+    admin_token: str | None = None,
+    ready: int = 1,
+    timeout: float = 90,
+) -> Supervised:
+    """``python -m appliance.workloads.serving.supervisor`` on free ports with ``supervisor_args``
+    (the replica bounds), the model servers with ``server_args``; back once ``ready`` replicas are
+    in the balancer. ``admin_token`` goes to ``tmp/admin``, which server_args may name too."""
+    from tests.conftest import free_port
+
+    http, grpc_port, admin = free_port(), free_port(), free_port()
+    admin_args = []
+    if admin_token is not None:
+        (tmp / "admin").write_text(admin_token)
+        admin_args = ["--admin-token-file", str(tmp / "admin")]
+    log = tmp / "supervisor.log"
+    cmd = [
+        sys.executable, "-m", "appliance.workloads.serving.supervisor", *supervisor_args,
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(admin),
+        *admin_args, "--run-dir", str(tmp / "run"), "--", *server_args,
+    ]  # fmt: skip
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    svc = Supervised(
+        proc,
+        f"http://127.0.0.1:{http}",
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{admin}",
+        log,
+        {"Authorization": f"Bearer {admin_token}"} if admin_token else {},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, svc.tail()
+        try:
+            svc.status()
+            break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, f"the supervisor's admin port never answered: {svc.tail()}"
+            time.sleep(0.2)
+    svc.wait_ready(ready, timeout)
+    return svc
+
+
 # --- the REST test modules' server: import rest_models, rest_server, rest_client (fixtures
 # 'models', 'server', 'client'); module-scoped, so one server per importing module ---
 

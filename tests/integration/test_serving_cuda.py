@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -31,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from tests.integration._serving_fixtures import REPO, training_data, write_mlp
+from tests.integration._serving_fixtures import REPO, Supervised, start_supervisor, training_data, write_mlp
 
 TOKEN = "cuda-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -100,21 +97,19 @@ def cpu_answer(folder: Path, x: np.ndarray) -> np.ndarray:
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def gpu_memory_used_mib() -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+def smi(*query: str) -> str:
+    """nvidia-smi's CSV answer (no header, no units) to ``query``."""
+    return subprocess.run(
+        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     ).stdout
-    return int(out.split()[0])
+
+
+def gpu_memory_used_mib() -> int:
+    return int(smi("--query-gpu=memory.used").split()[0])
 
 
 @pytest.fixture(scope="module")
@@ -125,90 +120,51 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Service:
-    """The supervisor with two CUDA replicas; its admin port says which processes they are."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], http: int, grpc_port: int, admin: int, log: Path):
-        self.proc, self.http, self.grpc_port, self.admin, self.log = proc, http, grpc_port, admin, log
-        self.memory_before_mib = 0
-
-    def status(self) -> dict[str, Any]:
-        r = httpx.get(f"http://127.0.0.1:{self.admin}/replicas", timeout=10)
-        r.raise_for_status()
-        result: dict[str, Any] = r.json()
-        return result
-
-
 @pytest.fixture(scope="module")
-def service(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Supervised, int]]:
+    """The supervisor with two CUDA replicas, and the GPU memory in use before it started (MiB)."""
     if NO_GPU is not None:
         pytest.skip(NO_GPU)
     tmp = tmp_path_factory.mktemp("cuda")
     (tmp / "token").write_text(TOKEN)
-    http, grpc_port, admin = free_port(), free_port(), free_port()
     before = gpu_memory_used_mib()
-    log = tmp / "supervisor.log"
-    cmd = [
-        sys.executable, "-m", "appliance.workloads.serving.supervisor",
-        "--min-replicas", "2", "--max-replicas", "2",
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(admin),
-        "--run-dir", str(tmp / "run"),
-        "--", "--model", f"mlp={models / 'mlp'}", "--model", f"cnn={models / 'cnn'}",
-        "--execution-provider", "cuda", "--poll-seconds", "0", "--token-file", str(tmp / "token"),
-    ]  # fmt: skip
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-    svc = Service(proc, http, grpc_port, admin, log)
-    svc.memory_before_mib = before
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-4000:]
-        try:
-            if svc.status()["ready"] == 2:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"two CUDA replicas not ready in 180 s: {log.read_text()[-4000:]}"
-        time.sleep(0.5)
-    yield svc
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    svc = start_supervisor(
+        tmp,
+        ["--min-replicas", "2", "--max-replicas", "2"],
+        ["--model", f"mlp={models / 'mlp'}", "--model", f"cnn={models / 'cnn'}",
+         "--execution-provider", "cuda", "--poll-seconds", "0", "--token-file", str(tmp / "token")],
+        ready=2,
+        timeout=180,
+    )  # fmt: skip
+    yield svc, before
+    svc.stop()
 
 
 @needs_gpu
-def test_both_replicas_hold_a_context_on_the_one_gpu(service: Service) -> None:
-    pids = {r["pid"] for r in service.status()["replicas"]}
+def test_both_replicas_hold_a_context_on_the_one_gpu(service: tuple[Supervised, int]) -> None:
+    svc, memory_before_mib = service
+    pids = {r["pid"] for r in svc.status()["replicas"]}
     assert len(pids) == 2
-    apps = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
+    apps = smi("--query-compute-apps=pid,used_memory")
     on_gpu = {int(line.split(",")[0]) for line in apps.splitlines() if line.strip()}
     assert pids <= on_gpu, f"replicas {sorted(pids)} not all on the GPU: nvidia-smi lists {apps!r}"
-    grown = gpu_memory_used_mib() - service.memory_before_mib
+    grown = gpu_memory_used_mib() - memory_before_mib
     assert grown > 100, f"GPU memory grew by {grown} MiB with two CUDA replicas"
 
 
 @needs_gpu
-def test_every_model_warmed_up_on_cuda_in_every_replica(service: Service) -> None:
-    text = service.log.read_text()
+def test_every_model_warmed_up_on_cuda_in_every_replica(service: tuple[Supervised, int]) -> None:
+    text = service[0].log.read_text()
     for model in ("mlp", "cnn"):
         providers = re.findall(rf"model {model} v\S+ warm on (\w+)", text)
         assert providers == ["CUDAExecutionProvider"] * 2, f"{model}: warmed up on {providers}"
 
 
-def rest_infer(port: int, model: str, x: np.ndarray) -> np.ndarray:
+def rest_infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
     body = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
     }
-    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{model}/infer", json=body, headers=AUTH, timeout=30)
+    r = httpx.post(f"{url}/v2/models/{model}/infer", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     return np.array(out["data"], np.float32).reshape(out["shape"])
@@ -225,12 +181,15 @@ def grpc_infer(stub: pb_grpc.GRPCInferenceServiceStub, model: str, x: np.ndarray
 
 @needs_gpu
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_answers_match_the_cpu_over_rest_and_grpc(service: Service, models: Path, model: str) -> None:
+def test_answers_match_the_cpu_over_rest_and_grpc(
+    service: tuple[Supervised, int], models: Path, model: str
+) -> None:
+    svc = service[0]
     rng = np.random.default_rng(7)
     # ONNX Runtime runs matrix products and convolutions in TF32 on CUDA by default: probabilities
     # moved by up to 4e-4 (MLP) on an H200
     tol = 2e-3 if model == "mlp" else 5e-3
-    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+    with grpc.insecure_channel(svc.grpc_target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for rows in (1, 3, 16, 1, 5):  # several batch sizes, spread over both replicas
             if model == "mlp":
@@ -238,7 +197,7 @@ def test_answers_match_the_cpu_over_rest_and_grpc(service: Service, models: Path
             else:
                 x = rng.normal(size=(rows, *CNN_SHAPE)).astype(np.float32)
             want = cpu_answer(models / model, x)
-            for got in (rest_infer(service.http, model, x), grpc_infer(stub, model, x)):
+            for got in (rest_infer(svc.http, model, x), grpc_infer(stub, model, x)):
                 assert got.shape == want.shape
                 np.testing.assert_allclose(got, want, atol=tol)
 

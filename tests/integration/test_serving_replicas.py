@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +30,13 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from appliance.answers import Serving
 from appliance.workloads.controller.autoscale import Autoscaler, KpaSettings
 from appliance.workloads.serving.drift import DriftMonitor
-from tests.integration._serving_fixtures import REPO, reference, training_data, write_mlp
+from tests.integration._serving_fixtures import (
+    Supervised,
+    reference,
+    start_supervisor,
+    training_data,
+    write_mlp,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
                                 reason="nginx (the balancer) is not installed")  # fmt: skip
@@ -43,43 +47,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 META = (("authorization", f"Bearer {TOKEN}"),)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    proc: subprocess.Popen[bytes]
-    http: str
-    grpc_target: str
-    admin: str
-    log: Path
-
-    def status(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.admin}/replicas", headers=ADMIN, timeout=10)
-        r.raise_for_status()
-        result: dict[str, Any] = r.json()
-        return result
-
-    def scale(self, n: int) -> httpx.Response:
-        return httpx.put(f"{self.admin}/replicas", headers=ADMIN, json={"replicas": n}, timeout=10)
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.admin}/metrics", timeout=30).text
-
-    def wait_ready(self, n: int, timeout: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.status()
-            if st["ready"] == n and len(st["replicas"]) == n:
-                return st
-            time.sleep(0.2)
-        raise AssertionError(f"not {n} ready replicas within {timeout}s: {self.status()}\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text()[-4000:]
+Service = Supervised
 
 
 @pytest.fixture(scope="module")
@@ -93,38 +61,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("replicas")
     (tmp / "token").write_text(TOKEN)
-    (tmp / "admin").write_text(ADMIN_TOKEN)
-    http, grpc_port, admin = free_port(), free_port(), free_port()
-    log = tmp / "supervisor.log"
-    cmd = [
-        sys.executable, "-m", "appliance.workloads.serving.supervisor",
-        "--min-replicas", "1", "--max-replicas", "3", "--replicas", "2",
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(admin),
-        "--admin-token-file", str(tmp / "admin"), "--run-dir", str(tmp / "run"),
-        "--", "--model", f"mlp={models / 'mlp'}", "--poll-seconds", "0.5",
-        "--token-file", str(tmp / "token"), "--admin-token-file", str(tmp / "admin"),
-    ]  # fmt: skip
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-    svc = Service(
-        proc, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin}", log
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, svc.tail()
-        try:
-            svc.status()
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    svc.wait_ready(2)
+    svc = start_supervisor(
+        tmp,
+        ["--min-replicas", "1", "--max-replicas", "3", "--replicas", "2"],
+        ["--model", f"mlp={models / 'mlp'}", "--poll-seconds", "0.5",
+         "--token-file", str(tmp / "token"), "--admin-token-file", str(tmp / "admin")],
+        admin_token=ADMIN_TOKEN,
+        ready=2,
+    )  # fmt: skip
     yield svc
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    svc.stop()
     leftover = subprocess.run(["pgrep", "-f", str(models / "mlp")], capture_output=True, text=True).stdout
     assert not leftover.strip(), f"replicas left running: {leftover}"
 

@@ -17,30 +17,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from appliance.workloads.trainer import distributed, metrics
-from appliance.workloads.trainer.fit import FitConfig, fit, predict
-from appliance.workloads.trainer.prepare import Split, split
-from appliance.workloads.trainer.schema import validate
+from appliance.workloads.trainer import metrics
+from appliance.workloads.trainer.fit import fit, predict
+from tests._trainer_ranks import CFG, dataset, run_rank
 from tests.conftest import free_port
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 pytestmark = pytest.mark.skipif(GPUS == 0, reason="no CUDA GPU visible to torch")
-CFG = FitConfig(epochs=12, seed=3, patience=4, batch_size=32)
-
-
-def _dataset(kind: str) -> tuple[Split, str, int]:
-    from sklearn.datasets import load_breast_cancer, load_diabetes
-
-    loader = load_breast_cancer if kind == "breast_cancer" else load_diabetes
-    frame = loader(as_frame=True).frame
-    spec = validate(frame, kind, task="auto")
-    return split(frame, spec, 7), spec.task, spec.n_outputs
 
 
 def _on_cpu(_index: int, kind: str, out: str) -> None:
     """One process with the GPUs hidden (CUDA_VISIBLE_DEVICES empty from its start): the CPU's
     result to hold the GPU's to."""
-    data, task, n_out = _dataset(kind)
+    data, task, n_out = dataset(kind)
     result = fit(data, task, n_out, CFG, lambda row: None)
     scores = metrics.compute(task, data.y["test"], predict(result.model, task, data.x["test"]))
     Path(out, "cpu.pkl").write_bytes(pickle.dumps({"device": result.device, "scores": scores}))
@@ -48,7 +37,7 @@ def _on_cpu(_index: int, kind: str, out: str) -> None:
 
 @pytest.mark.parametrize("kind", ["breast_cancer", "diabetes"])
 def test_one_process_trains_on_the_gpu_what_it_trains_on_the_cpu(kind: str, tmp_path: Path) -> None:
-    data, task, n_out = _dataset(kind)
+    data, task, n_out = dataset(kind)
     gpu = fit(data, task, n_out, CFG, lambda row: None)
     assert gpu.device == "cuda"
     assert next(gpu.model.parameters()).device.type == "cuda"
@@ -67,51 +56,25 @@ def test_one_process_trains_on_the_gpu_what_it_trains_on_the_cpu(kind: str, tmp_
         )
 
 
-def _rank(rank: int, size: int, port: int, kind: str, out: str) -> None:
-    os.environ |= {
-        "RANK": str(rank),
-        "WORLD_SIZE": str(size),
-        "LOCAL_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": str(size),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    data, task, n_out = _dataset(kind)
-    try:
-        result = fit(data, task, n_out, CFG, lambda row: None, distributed.world())
-    except Exception as err:  # the refusal is the result of the over-subscribed case
-        Path(out, f"rank{rank}.pkl").write_bytes(
-            pickle.dumps({"error": str(err), "fix": getattr(err, "fix", "")})
-        )
-        return
-    finally:
-        distributed.shutdown()
-    state = {k: v.cpu().numpy() for k, v in result.model.state_dict().items()}
-    output = predict(result.model, task, data.x["test"])
-    Path(out, f"rank{rank}.pkl").write_bytes(
-        pickle.dumps({"backend": result.backend, "device": result.device, "state": state, "output": output})
-    )
-
-
 @pytest.mark.skipif(GPUS < 2, reason=f"NCCL between ranks needs two GPUs; {GPUS} here")
 def test_nccl_ranks_one_per_gpu_end_with_the_same_weights(tmp_path: Path) -> None:
     import numpy as np
 
     mp.start_processes(
-        _rank, args=(2, free_port(), "breast_cancer", str(tmp_path)), nprocs=2, start_method="spawn"
+        run_rank, args=(2, free_port(), "breast_cancer", str(tmp_path)), nprocs=2, start_method="spawn"
     )
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
     assert [r.get("backend") for r in ranks] == ["nccl", "nccl"], ranks[0].get("error")
     for key, value in ranks[0]["state"].items():
         assert np.array_equal(value, ranks[1]["state"][key]), key
-    data, task, _ = _dataset("breast_cancer")
+    data, task, _ = dataset("breast_cancer")
     assert metrics.compute(task, data.y["test"], ranks[0]["output"])["accuracy"] > 0.85
 
 
 def test_more_ranks_than_gpus_stop_before_nccl_with_the_fix(tmp_path: Path) -> None:
     size = GPUS + 1
     mp.start_processes(
-        _rank, args=(size, free_port(), "breast_cancer", str(tmp_path)), nprocs=size, start_method="spawn"
+        run_rank, args=(size, free_port(), "breast_cancer", str(tmp_path)), nprocs=size, start_method="spawn"
     )
     for r in range(size):
         got = pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes())

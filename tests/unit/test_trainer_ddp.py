@@ -20,10 +20,9 @@ from torch.utils.data import DistributedSampler
 from appliance.workloads.trainer import distributed, lifecycle, metrics
 from appliance.workloads.trainer.distributed import World
 from appliance.workloads.trainer.errors import TrainerError
-from appliance.workloads.trainer.fit import FitConfig, fit, predict
-from appliance.workloads.trainer.prepare import Split, split
-from appliance.workloads.trainer.schema import validate
+from appliance.workloads.trainer.fit import fit, predict
 from appliance.workloads.trainer.workdir import Options
+from tests._trainer_ranks import CFG, dataset, run_rank
 from tests.conftest import free_port
 
 
@@ -99,49 +98,17 @@ def test_a_users_script_is_refused_across_processes() -> None:
         lifecycle.run(opts)
 
 
-def _dataset(kind: str) -> tuple[Split, str, int]:
-    from sklearn.datasets import load_breast_cancer, load_diabetes
-
-    loader = load_breast_cancer if kind == "breast_cancer" else load_diabetes
-    frame = loader(as_frame=True).frame
-    spec = validate(frame, kind, task="auto")
-    return split(frame, spec, 7), spec.task, spec.n_outputs
-
-
-CFG = FitConfig(epochs=12, seed=3, patience=4, batch_size=32)
-
-
-def _rank(rank: int, size: int, port: int, kind: str, out: str) -> None:
-    os.environ |= {
-        "RANK": str(rank),
-        "WORLD_SIZE": str(size),
-        "LOCAL_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": str(size),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    data, task, n_out = _dataset(kind)
-    w = distributed.world()
-    try:
-        result = fit(data, task, n_out, CFG, lambda row: None, w)
-    finally:
-        distributed.shutdown()
-    output = predict(result.model, task, data.x["test"])
-    state = {k: v.numpy() for k, v in result.model.state_dict().items()}
-    Path(out, f"rank{rank}.pkl").write_bytes(
-        pickle.dumps({"history": result.history, "output": output, "state": state, "backend": result.backend})
-    )
-
-
 @pytest.mark.parametrize("kind", ["breast_cancer", "diabetes"])
 def test_two_gloo_processes_train_what_one_process_trains(kind: str, tmp_path: Path) -> None:
-    data, task, n_out = _dataset(kind)
+    data, task, n_out = dataset(kind)
     one = fit(data, task, n_out, CFG, lambda row: None)
     single = metrics.compute(task, data.y["test"], predict(one.model, task, data.x["test"]))
     # gloo on the CPU also on a GPU machine (tests/integration/test_trainer_cuda.py has NCCL): the
     # ranks start with the GPUs hidden, before they import torch
     with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}):
-        mp.start_processes(_rank, args=(2, free_port(), kind, str(tmp_path)), nprocs=2, start_method="spawn")
+        mp.start_processes(
+            run_rank, args=(2, free_port(), kind, str(tmp_path)), nprocs=2, start_method="spawn"
+        )
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
     assert ranks[0]["backend"] == "gloo"
     # The ranks end with the same weights and the same epochs (rank 0's early stopping).

@@ -54,6 +54,16 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows(model: LoadedM
     assert max(sizes) <= 8 and len(sizes) < 20  # batched, never over the limit
 
 
+def test_only_short_cpu_batches_run_on_the_event_loop(model: LoadedModel) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        assert model.provider == "CPUExecutionProvider" and Batcher(model, 8, 0.0, pool).inline
+        model.provider = "CUDAExecutionProvider"  # the same short batch, waited for on a GPU
+        assert not Batcher(model, 8, 0.0, pool).inline
+        model.provider = "CPUExecutionProvider"
+        model.compute_seconds = 0.002  # a compute-bound model on the CPU
+        assert not Batcher(model, 8, 0.0, pool).inline
+
+
 def test_queue_delay_collects_late_arrivals(model: LoadedModel) -> None:
     sizes: list[int] = []
 

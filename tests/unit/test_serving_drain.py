@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from unittest import mock
 
 import pytest
 
@@ -43,6 +44,13 @@ def _connect(port: int, timeout: float) -> str:
         except TimeoutError:
             return "timeout"
         return "connected"
+
+
+def test_nginx_runs_one_worker_per_core_the_service_may_use() -> None:
+    with mock.patch("os.sched_getaffinity", return_value={0, 1, 2}):  # taskset -c 0-2 on any host
+        assert "worker_processes 3;" in render("127.0.0.1", 8080, 8081, [18080], [18081])
+    assert "worker_processes 2;" in render("127.0.0.1", 8080, 8081, [18080], [18081], workers=2)
+    assert "auto" not in render("127.0.0.1", 8080, 8081, [18080], [18081])
 
 
 def test_a_filtered_listener_keeps_what_it_queued_and_takes_nothing_new() -> None:

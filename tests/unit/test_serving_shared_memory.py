@@ -293,8 +293,11 @@ def test_the_replica_balancer_marks_what_it_forwards_and_the_supervisor_refuses_
     conf = balancer.render("127.0.0.1", 8080, 8081, [18080, 18082], [18081, 18083])
     assert f"proxy_set_header {FORWARDED_HEADER} http;" in conf
     assert f"grpc_set_header {FORWARDED_HEADER} http;" in conf
-    with pytest.raises(SystemExit):
-        supervisor.parse_args(["--max-replicas", "2", "--", "--model", "/m", "--allow-client-shm"])
+    for on in (["--allow-client-shm"], ["--allow-client-shm=true"], ["--allow-client-shm", "yes"]):
+        with pytest.raises(SystemExit):
+            supervisor.parse_args(["--max-replicas", "2", "--", "--model", "/m", *on])
+    for off in (["--allow-client-shm", "false"], ["--allow-client-shm=0"], []):  # said off, or not said
+        supervisor.parse_args(["--max-replicas", "2", "--", "--model", "/m", *off])
     _args, serve_args = supervisor.parse_args(["--max-replicas", "1", "--", "--allow-client-shm", "true"])
     assert serve_args == ["--allow-client-shm", "true"]
     with (

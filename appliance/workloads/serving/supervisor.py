@@ -390,12 +390,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         )
     if args.replicas is not None and not args.min_replicas <= args.replicas <= args.max_replicas:
         p.error(f"--replicas {args.replicas} is outside {args.min_replicas}..{args.max_replicas}")
-    if args.max_replicas > 1 and any(a.startswith("--allow-client-shm") for a in serve_args):
+    if args.max_replicas > 1 and _allows_client_shm(serve_args):
         p.error(
             "--allow-client-shm needs --max-replicas 1: a shared-memory region is registered with one "
             "replica and unknown to the others behind the balancer (serving.allow_client_shm)"
         )
     return args, serve_args
+
+
+def _allows_client_shm(serve_args: list[str]) -> bool:
+    """Whether the model servers' arguments turn shared memory on, read by the model server's own
+    parser (``--allow-client-shm``, ``=true``, ``false``, ...), which alone decides that."""
+    from appliance.cli.serve_cmd import serve_cmd
+
+    context = serve_cmd.make_context("serve", list(serve_args), resilient_parsing=True)
+    return bool(context.params.get("allow_client_shm"))
 
 
 def main(argv: list[str] | None = None) -> None:

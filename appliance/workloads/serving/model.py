@@ -36,9 +36,9 @@ behind CUDA in its list because ONNX Runtime places the operators CUDA lacks the
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 """ONNX Runtime's default, an exhaustive cuDNN search, benchmarks every convolution again for each
 new input shape. With dynamic batching each batch size is a new shape, and on an H200 the searches
-cost more than the batches: a small CNN served 568 images/s with it, against 5,600 for one session
-running single images back to back (benchmarks/README.md, "On a GPU"). cuDNN's heuristic picks
-an algorithm without running any."""
+cost more than the batches: a small CNN served 568 images/s with it, against 5,600 for one
+session running single images back to back (benchmarks/README.md, "A 16-core GPU machine").
+cuDNN's heuristic picks an algorithm without running any."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     if opts.required and wanted[0] not in available:
         raise InferenceError(
             f"execution provider {wanted[0]} is not in this ONNX Runtime (it has {', '.join(available)}); "
-            "install onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries, or serve with "
+            "install onnxruntime-gpu and the CUDA and cuDNN libraries it was built for, or serve with "
             "--execution-provider cpu or auto"
         )
     providers = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in wanted if p in available]

@@ -76,7 +76,9 @@ CATALOG: dict[str, ImageSpec] = {
         ImageSpec(
             "serving",
             (f"{PROJECT}[serving]",),
-            (f"{PROJECT}[serving]", "onnxruntime-gpu"),
+            # [cuda,cudnn]: the CUDA and cuDNN wheels its CUDA provider loads (the base image has
+            # no CUDA); the Containerfile removes the CPU onnxruntime that [serving] pulls
+            (f"{PROJECT}[serving]", "onnxruntime-gpu[cuda,cudnn]"),
         ),
         ImageSpec("trainer", (f"{PROJECT}[train]",), (f"{PROJECT}[train]",)),
         ImageSpec(

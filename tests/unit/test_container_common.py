@@ -117,7 +117,7 @@ def test_unknown_image_and_missing_gpu_flavour_say_what_exists() -> None:
 def test_gpu_flavour_tags_differ_and_every_image_has_a_containerfile() -> None:
     spec = get_image("serving")
     assert spec.tag("cpu") != spec.tag("gpu")
-    assert "onnxruntime-gpu" in spec.requirements_for("gpu")
+    assert "onnxruntime-gpu[cuda,cudnn]" in spec.requirements_for("gpu")  # with the CUDA libraries it loads
     assert all(s.containerfile.is_file() for s in CATALOG.values())
 
 

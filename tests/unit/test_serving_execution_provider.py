@@ -50,6 +50,7 @@ class FakeSession:
 
     asked: list[Any] = []
     running = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    preloaded = False
 
     def __init__(self, path: str, sess_options: Any, providers: Any) -> None:
         FakeSession.asked = providers
@@ -63,8 +64,11 @@ def _session(available: list[str], running: list[str], opts: SessionOptions) -> 
     with (
         mock.patch.object(model.ort, "get_available_providers", return_value=available),
         mock.patch.object(model.ort, "InferenceSession", FakeSession),
+        mock.patch.object(model, "preload_cuda_libraries") as preload,
     ):
-        return make_session(Path("/m/model.onnx"), opts)
+        session = make_session(Path("/m/model.onnx"), opts)
+    FakeSession.preloaded = preload.called
+    return session
 
 
 GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -73,6 +77,7 @@ GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvid
 def test_cuda_sessions_use_cudnns_heuristic_not_a_search_per_batch_size() -> None:
     _session(GPU, ["CUDAExecutionProvider", "CPUExecutionProvider"], SessionOptions.choose(1, 1, "cuda"))
     assert FakeSession.asked == [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
+    assert FakeSession.preloaded  # the nvidia-* wheels' libraries, before the first CUDA session
     assert CUDA_OPTIONS["cudnn_conv_algo_search"] == "HEURISTIC"
     _session(GPU, ["TensorrtExecutionProvider"], SessionOptions.choose(1, 1, "auto"))
     assert FakeSession.asked == [
@@ -81,7 +86,22 @@ def test_cuda_sessions_use_cudnns_heuristic_not_a_search_per_batch_size() -> Non
         "CPUExecutionProvider",
     ]
     _session(GPU, ["CPUExecutionProvider"], SessionOptions.choose(1, 1, "cpu"))
-    assert FakeSession.asked == ["CPUExecutionProvider"]
+    assert FakeSession.asked == ["CPUExecutionProvider"] and not FakeSession.preloaded
+
+
+def test_the_cuda_libraries_are_preloaded_once_and_quietly_for_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model.preload_cuda_libraries.cache_clear()
+    with mock.patch.object(
+        model.ort, "preload_dlls", create=True, side_effect=lambda: print("Failed to load x")
+    ) as pre:
+        model.preload_cuda_libraries()
+        model.preload_cuda_libraries()
+    assert pre.call_count == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "Failed to load x" in out.err  # stdout carries the ready line
+    model.preload_cuda_libraries.cache_clear()
 
 
 def test_required_cuda_is_refused_when_absent_or_fallen_back_to_the_cpu() -> None:

@@ -6,7 +6,10 @@ swaps the reference, so requests already holding the old one finish on it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,18 @@ class SessionOptions:
         return cls(intra, inter, providers, required=providers is not None)
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn], the
+    gpu serving image) before the first CUDA session: ONNX Runtime's CUDA provider looks for them
+    on the loader's path only, where a virtualenv's wheels are not. Once per process; what it could
+    not load it prints (to stderr here: stdout carries the server's ready line)."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        with contextlib.redirect_stdout(sys.stderr):
+            preload()
+
+
 def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     """An InferenceSession on CUDA/TensorRT when present, CPU otherwise."""
     so = ort.SessionOptions()
@@ -85,6 +100,8 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
             "--execution-provider cpu or auto"
         )
     providers = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in wanted if p in available]
+    if "CUDAExecutionProvider" in available and "CUDAExecutionProvider" in wanted:
+        preload_cuda_libraries()
     session = ort.InferenceSession(str(path), sess_options=so, providers=providers or None)
     if opts.required and session.get_providers()[0] != wanted[0]:
         # ONNX Runtime falls back to the CPU with a warning when the CUDA libraries do not load

@@ -171,19 +171,19 @@ def run_rest_processes(
     client tops out near 40 K requests/s, below what several replicas answer on a big machine."""
     import multiprocessing as mp
 
+    processes = min(processes, concurrency)
     if processes <= 1:
         return asyncio.run(run_rest(port, request, concurrency, seconds, warmup))
-    if concurrency % processes:
-        raise ValueError(f"concurrency {concurrency} does not split over {processes} client processes")
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start_at = time.time() + 1.5  # every process spawned and connected before the clock starts
     procs = [
         ctx.Process(
             target=_rest_worker,
-            args=(port, request, concurrency // processes, seconds, warmup, start_at, queue),
+            args=(port, request, share, seconds, warmup, start_at, queue),
         )
-        for _ in range(processes)
+        for share in shares
     ]
     for p in procs:
         p.start()

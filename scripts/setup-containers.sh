@@ -75,12 +75,15 @@ if ! podman_ok >/dev/null 2>&1; then
   echo "==> starting podman system service on $PODMAN_SOCK"
   mkdir -p "$(dirname "$PODMAN_SOCK")"
   rm -f "$PODMAN_SOCK"
-  setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" >>"$LOG_DIR/podman.log" 2>&1 </dev/null &
+  # From /: conmon starts in the service's working directory, and a service left in a folder
+  # deleted since (a removed checkout) fails every container start ("Failed to get working
+  # directory", "write child: broken pipe").
+  (cd / && exec setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" >>"$LOG_DIR/podman.log" 2>&1 </dev/null) &
   echo $! >"$PODMAN_PID"
 fi
 if ! docker_ok >/dev/null 2>&1; then
   echo "==> starting dockerd"
-  setsid nohup /usr/sbin/dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+  (cd / && exec setsid nohup /usr/sbin/dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null) &
 fi
 wait_for "podman API ($PODMAN_SOCK)" 60 podman_ok
 wait_for "dockerd ($DOCKER_SOCK)" 90 docker_ok

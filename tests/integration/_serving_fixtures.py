@@ -126,6 +126,17 @@ def write_echo(folder: Path) -> Path:
     return folder
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @dataclass
 class ServerProcess:
     """A running ``python -m appliance.workloads.serving``."""
@@ -149,13 +160,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
 
 
 def start_server(
@@ -243,12 +248,7 @@ class Supervised:
         return self.log.read_text()[-4000:]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, 60)
 
 
 def start_supervisor(
@@ -348,8 +348,9 @@ def rest_client(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-def reference(models: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(models / "mlp" / "model.onnx"), providers=["CPUExecutionProvider"])
+def reference(models: Path, x: np.ndarray, model: str = "mlp") -> np.ndarray:
+    """What ONNX Runtime on the CPU answers for ``x`` with ``models/model``'s model."""
+    sess = ort.InferenceSession(str(models / model / "model.onnx"), providers=["CPUExecutionProvider"])
     return sess.run(None, {"input": x})[0]
 
 

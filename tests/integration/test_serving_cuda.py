@@ -28,7 +28,15 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from tests.integration._serving_fixtures import REPO, Supervised, start_supervisor, training_data, write_mlp
+from tests.integration._serving_fixtures import (
+    REPO,
+    Supervised,
+    infer_body,
+    reference,
+    start_supervisor,
+    training_data,
+    write_mlp,
+)
 
 TOKEN = "cuda-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -89,12 +97,6 @@ def write_cnn(folder: Path, seed: int = 1) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, folder / "model.onnx")
     return folder
-
-
-def cpu_answer(folder: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    result: np.ndarray = sess.run(None, {"input": x})[0]
-    return result
 
 
 def smi(*query: str) -> str:
@@ -161,10 +163,7 @@ def test_every_model_warmed_up_on_cuda_in_every_replica(service: tuple[Supervise
 
 
 def rest_infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
-    body = {
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
-    }
-    r = httpx.post(f"{url}/v2/models/{model}/infer", json=body, headers=AUTH, timeout=30)
+    r = httpx.post(f"{url}/v2/models/{model}/infer", json=infer_body(x), headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     return np.array(out["data"], np.float32).reshape(out["shape"])
@@ -196,7 +195,7 @@ def test_answers_match_the_cpu_over_rest_and_grpc(
                 x = training_data(rows, seed=rows)
             else:
                 x = rng.normal(size=(rows, *CNN_SHAPE)).astype(np.float32)
-            want = cpu_answer(models / model, x)
+            want = reference(models, x, model)
             for got in (rest_infer(svc.http, model, x), grpc_infer(stub, model, x)):
                 assert got.shape == want.shape
                 np.testing.assert_allclose(got, want, atol=tol)

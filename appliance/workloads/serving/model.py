@@ -99,9 +99,10 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
             "install onnxruntime-gpu and the CUDA and cuDNN libraries it was built for, or serve with "
             "--execution-provider cpu or auto"
         )
-    providers = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in wanted if p in available]
-    if "CUDAExecutionProvider" in available and "CUDAExecutionProvider" in wanted:
+    usable = [p for p in wanted if p in available]
+    if "CUDAExecutionProvider" in usable:
         preload_cuda_libraries()
+    providers = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in usable]
     session = ort.InferenceSession(str(path), sess_options=so, providers=providers or None)
     if opts.required and session.get_providers()[0] != wanted[0]:
         # ONNX Runtime falls back to the CPU with a warning when the CUDA libraries do not load

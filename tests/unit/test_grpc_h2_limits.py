@@ -12,21 +12,14 @@ import asyncio
 import gzip
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from appliance.workloads.serving import grpc_h2
-from appliance.workloads.serving.errors import Unauthorized
-from appliance.workloads.serving.limits import ServerLimits
+from tests import _h2server
 from tests._h2client import (
     CONTINUATION,
     DATA,
@@ -48,54 +41,7 @@ from tests._h2client import (
     frame,
     grpc_message,
 )
-
-TOKEN = "good-token"
-INFER = "/inference.GRPCInferenceService/ModelInfer"
-LIVE = "/inference.GRPCInferenceService/ServerLive"
-
-
-class Echo(pb_grpc.GRPCInferenceServiceServicer):
-    """ModelInfer sends the raw inputs back (after ``hold`` is set); counts calls and cancels."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.cancelled = 0
-        self.started = threading.Event()
-        self.hold: asyncio.Event | None = None
-
-    async def ServerLive(self, request: Any, context: Any) -> Any:
-        return pb.ServerLiveResponse(live=True)
-
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        self.calls += 1
-        self.started.set()
-        try:
-            if self.hold is not None:
-                await self.hold.wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        response = pb.ModelInferResponse(model_name=request.model_name)
-        response.raw_output_contents.extend(request.raw_input_contents)
-        return response
-
-
-def authorize(path: str, authorization: str | None) -> None:
-    if path != LIVE and authorization != f"Bearer {TOKEN}":
-        raise Unauthorized("missing or invalid bearer token")
-
-
-@dataclass
-class Running:
-    port: int
-    server: grpc_h2.H2GrpcServer
-    servicer: Echo
-    loop: asyncio.AbstractEventLoop
-
-    def connection(self) -> grpc_h2.H2GrpcProtocol:
-        (conn,) = self.server.connections
-        return conn
-
+from tests._h2server import INFER, LIVE, TOKEN, assert_normal_call, infer_request
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -114,44 +60,8 @@ def loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
 _LOOP_KIND = "asyncio"
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    if _LOOP_KIND == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-@contextmanager
-def running(**limits: Any) -> Iterator[Running]:
-    loop = new_loop()
-    servicer = Echo()
-    methods = grpc_h2.methods_of(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb)
-    server = grpc_h2.H2GrpcServer(methods, ServerLimits(**limits), authorize)
-    port = loop.run_until_complete(server.start("127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield Running(port, server, servicer, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-def infer_request(size: int) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="m")
-    request.raw_input_contents.append(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
-    return request
-
-
-def assert_normal_call(port: int) -> None:
-    """A new connection, through grpcio's own client: the server still serves."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        response = stub.ModelInfer(infer_request(1000), metadata=(("authorization", f"Bearer {TOKEN}"),))
-    assert response.raw_output_contents[0] == infer_request(1000).raw_input_contents[0]
+def running(**limits: Any) -> Any:
+    return _h2server.running(_LOOP_KIND, **limits)
 
 
 def server_settings(client: H2Client) -> dict[int, int]:

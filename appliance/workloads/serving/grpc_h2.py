@@ -93,6 +93,8 @@ log = logging.getLogger(__name__)
 OUR_MAX_FRAME = 1 << 20  # frames we accept (SETTINGS_MAX_FRAME_SIZE); the peer's is its own
 RESET_MEMORY = 1024  # stream ids we reset, remembered so that their frames in flight are ignored
 SKIP_MEMORY = 16  # ranges of stream ids a client skipped (never opened), remembered
+CACHED_BLOCKS = 64  # decoded header blocks kept per connection (each cache), for repeated requests
+CACHED_BLOCK_BYTES = 1024  # larger blocks are decoded every time (they rarely repeat)
 # Rapid reset (CVE-2023-44487): streams a client opens and resets cost work and never count
 # against the concurrent-stream cap. As nghttp2 does, a token bucket: 1000 resets at once, then
 # 33 a second; past it GOAWAY ENHANCE_YOUR_CALM.
@@ -161,7 +163,8 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.dead = False  # connection error sent or connection lost: nothing more is read
         self.decoder = Decoder(max_header_list_size=limits.max_header_bytes)
         self.decoder.max_allowed_table_size = 4096
-        self._cache: dict[bytes, w.Head] = {}
+        self._cache: dict[bytes, w.Head] = {}  # blocks that refer to the dynamic table
+        self._free: dict[bytes, tuple[w.Head, tuple[tuple[bytes, bytes], ...]]] = {}
         self._table_changes = 0
         table = self.decoder.header_table
         add = table.add
@@ -461,24 +464,45 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._header_block(stream_flags, sid, b"".join(fragments))
 
     def _decode(self, block: bytes) -> w.Head:
-        # Clients repeat the same header block call after call. Decoding a block depends only on
-        # the dynamic table, and a block that left the table as it was (indexed fields and
-        # literals without indexing) decodes the same way until the table changes: cache those,
-        # and forget the cache whenever a block changes the table (an insert or a size update).
+        # Clients repeat the same header block call after call, and decoding it costs more than
+        # the rest of a small call. Two caches, by what a block's decoding depends on:
+        # - ``_free``: blocks that refer only to the static table and literals decode the same
+        #   whatever the dynamic table holds; kept with the fields they add to the table, added
+        #   again on every hit so that the table stays what the client's encoder expects;
+        # - ``_cache``: blocks that refer to dynamic entries and leave the table as it was; they
+        #   decode the same until the table changes, so forgotten at every change.
+        free = self._free.get(block)
+        if free is not None:
+            head, inserts = free
+            if inserts:
+                add = self.decoder.header_table.add
+                for name, value in inserts:
+                    add(name, value)
+                self._cache.clear()
+            return head
         cached = self._cache.get(block)
         if cached is not None:
             return cached
         changes, size = self._table_changes, self.decoder.header_table.maxsize
         try:
-            head = w.Head(self.decoder.decode(block, raw=True))
+            fields = self.decoder.decode(block, raw=True)
         except OversizedHeaderListError:
             raise _ConnectionError(w.ENHANCE_YOUR_CALM, "header list larger than max_header_bytes") from None
         except HPACKError as err:
             raise _ConnectionError(w.COMPRESSION_ERROR, f"bad header block: {err}") from None
-        if changes != self._table_changes or size != self.decoder.header_table.maxsize:
+        head = w.Head(fields)
+        changed = changes != self._table_changes or size != self.decoder.header_table.maxsize
+        if changed:
             self._cache.clear()
-        elif len(block) <= 1024:
-            if len(self._cache) >= 64:
+        if len(block) > CACHED_BLOCK_BYTES:
+            return head
+        positions = w.context_free_inserts(block)
+        if positions is not None:
+            if len(self._free) >= CACHED_BLOCKS:
+                self._free.clear()
+            self._free[block] = (head, tuple((fields[i][0], fields[i][1]) for i in positions))
+        elif not changed:
+            if len(self._cache) >= CACHED_BLOCKS:
                 self._cache.clear()
             self._cache[block] = head
         return head

@@ -106,6 +106,72 @@ def percent_encode(message: str) -> bytes:
 
 
 # request heads ----------------------------------------------------------------------------------
+STATIC_TABLE_SIZE = 61  # RFC 7541 Appendix A: indexes above this are the dynamic table's
+
+
+def _read_int(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 §5.1) at ``pos``: (value, position after it)."""
+    mask = (1 << prefix_bits) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _skip_string(block: bytes, pos: int) -> int:
+    length, pos = _read_int(block, pos, 7)
+    return pos + length
+
+
+def context_free_inserts(block: bytes) -> tuple[int, ...] | None:
+    """Which fields of a header block the decoder adds to its dynamic table, if the block's
+    decoding does not depend on that table; ``None`` if it does.
+
+    Why: a client's header blocks repeat call after call, and decoding one (Huffman, per-field
+    Python in ``hpack``) costs more than the rest of a small gRPC call. A block that refers only to
+    the static table and to literals decodes to the same fields whatever the dynamic table holds,
+    so its decoding can be kept and reused; what it adds to the table (literals "with incremental
+    indexing") must still be added each time it is received, for the blocks that refer to them.
+    nginx's ``grpc_pass`` sends every request's ``:path`` and ``:authority`` that way, which made
+    each of its blocks change the table. ``None`` for a reference to a dynamic entry or a table size
+    update (RFC 7541 §6.3), whose decoding or effect depends on the decoder's state.
+
+    The block must already have decoded without error (its structure is not checked again).
+    """
+    inserts: list[int] = []
+    pos, end, field = 0, len(block), 0
+    try:
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:  # indexed field
+                index, pos = _read_int(block, pos, 7)
+            elif first & 0x40:  # literal with incremental indexing
+                index, pos = _read_int(block, pos, 6)
+                inserts.append(field)
+            elif first & 0x20:  # dynamic table size update
+                return None
+            else:  # literal without indexing, or never indexed
+                index, pos = _read_int(block, pos, 4)
+            if index > STATIC_TABLE_SIZE:
+                return None
+            if not first & 0x80:
+                if index == 0:
+                    pos = _skip_string(block, pos)
+                pos = _skip_string(block, pos)
+            field += 1
+    except IndexError:
+        return None
+    return tuple(inserts) if pos == end else None
+
+
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")

@@ -32,9 +32,17 @@ Every encoding's first answer is checked against ONNX Runtime before it is measu
     .venv/bin/python benchmarks/serving/request_cost.py --models cnn --seconds 5
     .venv/bin/python benchmarks/serving/request_cost.py --models cnn --rows 8  # 8 images a request
     .venv/bin/python benchmarks/serving/request_cost.py --server-root /tmp/old  # another checkout's server
+    .venv/bin/python benchmarks/serving/request_cost.py --balancer --encodings grpc-raw,rest-binary
 
 ``--server-root`` runs the server from another source tree (e.g. ``git archive REV appliance |
 tar -x -C /tmp/old``), to measure before and after a change in one run of this script.
+
+``--balancer`` runs the server as the stack does with ``serving.max_replicas`` above 1: one
+replica behind the supervisor's nginx, the load sent to nginx. The server's figures are then the
+replica's (and the supervisor's, which does no per-request work), and nginx's CPU per request is
+a column of its own: the balancer's hop, split into what it costs nginx and what it costs the
+replica (nginx opens an upstream connection for every request in flight and sends each gRPC
+call's head in its own way, so a replica behind it does not work as it does for a client).
 """
 
 from __future__ import annotations
@@ -146,6 +154,8 @@ def measure(
             )
         try:
             run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
+            if args.balancer:
+                run.wait_replicas(peer.name, args.start_timeout)
             shm = register_input(peer.http_port, x) if _shm(encoding) else None
             try:
                 result[encoding] = _point(peer, proc, encoding, x, ref, args)
@@ -162,7 +172,7 @@ def _point(
     args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     size = _check((peer.http_port, peer.grpc_port), encoding, x, ref)
-    before = run.session_cpu(proc.pid)
+    before, before_nginx = run.session_cpu(proc.pid), run.session_cpu(proc.pid, "nginx")
     count0, ns0 = compute_infer(peer.http_port)
     if encoding.startswith("rest"):
         request = loadgen.rest_request(
@@ -175,15 +185,25 @@ def _point(
             peer.grpc_port, "mlp", x, run.TOKEN, args.concurrency, args.seconds, args.warmup,
             1, size, raw=encoding == "grpc-raw", shm=_shm(encoding),
         )  # fmt: skip
-    cpu_us = run.cpu_per_request(proc.pid, before, r, args)
+    nginx_us = run.cpu_per_request(proc.pid, before_nginx, r, args, "nginx")
+    cpu_us = run.cpu_per_request(proc.pid, before, r, args) - nginx_us
     count1, ns1 = compute_infer(peer.http_port)
     ort_us = (ns1 - ns0) / 1e3 / max(1, count1 - count0)
     print(
         f"  {encoding:11s} {r.rps:8.0f} req/s  server CPU {cpu_us:7.0f} us/req  "
-        f"ORT in the server {ort_us:5.0f} us/req  errors {r.errors}",
+        f"ORT in the server {ort_us:5.0f} us/req  "
+        + (f"balancer CPU {nginx_us:5.0f} us/req  " if args.balancer else "")
+        + f"errors {r.errors}",
         flush=True,
     )
-    return {"rps": r.rps, "cpu_us": cpu_us, "ort_us": ort_us, "errors": r.errors, "requests": r.requests}
+    return {
+        "rps": r.rps,
+        "cpu_us": cpu_us,
+        "ort_us": ort_us,
+        "balancer_us": nginx_us,
+        "errors": r.errors,
+        "requests": r.requests,
+    }
 
 
 def main() -> None:
@@ -196,7 +216,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1, help="rows (images) in each request")
     ap.add_argument("--start-timeout", type=float, default=120.0)
     ap.add_argument("--server-root", type=Path, default=run.ROOT, help="source tree the server runs from")
+    ap.add_argument(
+        "--balancer",
+        action="store_true",
+        help="the server as one replica behind the supervisor's nginx balancer (its CPU apart)",
+    )
     args = ap.parse_args()
+    args.provider, args.server_cpus = "cpu", ""  # as run.ours reads them: the floor is on the CPU
     args.encodings = [e for e in args.encodings.split(",") if e]
     if not 1 <= args.rows <= 32:
         ap.error(f"--rows {args.rows}: use 1 to 32 (the server's max_batch_size)")
@@ -222,22 +248,23 @@ def main() -> None:
             ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
             floor_us = 1e6 / ort_floor(model, x, 2.0)["rps_1"] / args.rows
             print(f"{model_name}: onnxruntime alone {floor_us:.0f} us a row, {args.rows} a call", flush=True)
-            peer = run.ours(folder, model.parent, args)
+            peer = run.ours(folder, model.parent, args, "1b" if args.balancer else "1")
             for encoding, got in measure(peer, x, ref, args, folder).items():
                 rows.append((model_name, encoding, got, floor_us))
     head = (
         f"rows/req | req/s (c={args.concurrency}) | server CPU us/row | of it ORT (wall) / front end "
-        "| ORT alone us/row | floor share | ceiling"
+        "| ORT alone us/row | floor share | ceiling" + (" | balancer CPU us/row" if args.balancer else "")
     )
     print(f"\n| model | encoding | {head} |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * (10 if args.balancer else 9) + "|")
     n = args.rows
     for model_name, encoding, got, floor_us in rows:
         cpu, ort_us = got["cpu_us"] / n, got["ort_us"] / n
         print(
             f"| {model_name} | {encoding} | {n} | {got['rps']:.0f} | {cpu:.0f} "
             f"| {ort_us:.0f} / {cpu - ort_us:.0f} | {floor_us:.0f} "
-            f"| {100 * floor_us / cpu:.0f} % | {100 * floor_us / ort_us:.0f} % |"
+            f"| {100 * floor_us / cpu:.0f} % | {100 * floor_us / ort_us:.0f} %"
+            + (f" | {got['balancer_us'] / n:.0f} |" if args.balancer else " |")
         )
 
 

@@ -163,8 +163,9 @@ def measure(
     return result
 
 
-def session_cpu(session: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of one session.
+def session_cpu(session: int, command: str | None = None) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one session; with
+    ``command``, only by those whose command line contains it (``nginx``: our balancer's share).
 
     Every server starts in its own session, so this covers all its processes and threads (the
     Triton binary and its Python backend stubs, for PyTriton).
@@ -176,6 +177,10 @@ def session_cpu(session: int) -> float:
         try:
             with open(f"/proc/{entry.name}/stat") as f:
                 stat = f.read()
+            if command is not None:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if command.encode() not in f.read():
+                        continue
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
@@ -184,9 +189,12 @@ def session_cpu(session: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_per_request(session: int, before: float, r: loadgen.Result, args: argparse.Namespace) -> float:
-    """Server CPU microseconds per measured request: the point's CPU, scaled to its measured part."""
-    used = (session_cpu(session) - before) * args.seconds / (args.seconds + args.warmup)
+def cpu_per_request(
+    session: int, before: float, r: loadgen.Result, args: argparse.Namespace, command: str | None = None
+) -> float:
+    """Server CPU microseconds per measured request: the point's CPU, scaled to its measured part
+    (``command``: of the processes whose command line contains it, as ``session_cpu``)."""
+    used = (session_cpu(session, command) - before) * args.seconds / (args.seconds + args.warmup)
     return used / r.requests * 1e6 if r.requests else float("nan")
 
 

@@ -51,6 +51,23 @@ def test_static_and_literal_blocks_are_context_free_and_say_what_they_insert() -
     assert w.context_free_inserts(b"\x10" + _str(b"x-a") + _str(b"b")) == ()  # never indexed
 
 
+# A block nginx 1.22's grpc_pass sent to a replica (captured behind the balancer; a grpc.aio
+# client's ModelInfer with the benchmark's token): Huffman-coded, :path and :authority indexed.
+NGINX_1_22_BLOCK = bytes.fromhex(
+    "8386449f60d54a5b0b510abe2dbaef64aa52d85a885dc5b3b98856341e42d192a94b674189416cee6aa68a6b2b27"
+    "008df2b4a7b3c0ec90b22d5d8749ff839d29af00027465864d833505b11f008921ea496a4ac9f5597f8b1d75d062"
+    "0d263d4c4d6564008e9acac8b0c842d6958b510f21aa9b913485a9264fafa5242cb40d25fa526f66af0087b505b1"
+    "61cc5a93aa9acac8b57e9339ea5868f5510c7602bbcdaeca93595916230dbcb817029fd506aadf3f6a1274a6b17f"
+    "7f00891da99cf61bd8d263d58dba51d85b148cb51275927ea5ab"
+)
+
+
+def test_a_block_nginx_sent_is_context_free_with_path_and_authority_inserted() -> None:
+    fields = Decoder().decode(NGINX_1_22_BLOCK)
+    assert [fields[i][0] for i in w.context_free_inserts(NGINX_1_22_BLOCK) or ()] == [":path", ":authority"]
+    assert (":path", INFER) in fields
+
+
 @pytest.mark.parametrize(
     ("block", "why"),
     [

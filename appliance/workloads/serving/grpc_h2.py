@@ -485,7 +485,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             return cached
         changes, size = self._table_changes, self.decoder.header_table.maxsize
         try:
-            fields = self.decoder.decode(block, raw=True)
+            fields = list(self.decoder.decode(block, raw=True))
         except OversizedHeaderListError:
             raise _ConnectionError(w.ENHANCE_YOUR_CALM, "header list larger than max_header_bytes") from None
         except HPACKError as err:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import loadgen  # noqa: E402
-from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model  # noqa: E402
+from bench_model import MODELS, build_named  # noqa: E402
 
 from appliance.answers import Serving  # noqa: E402
 from appliance.workloads.controller.autoscale import Autoscaler, KpaSettings  # noqa: E402
@@ -86,7 +86,7 @@ async def drive(port: int, request: bytes, steps: list[tuple[float, int]], out: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    ap.add_argument("--model", choices=MODELS, default="cnn")
     ap.add_argument("--steps", default="30:1,90:32,150:1", help="seconds:clients, ...")
     ap.add_argument("--max-replicas", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--target-concurrency", type=float, default=4.0)
@@ -98,12 +98,7 @@ def main() -> None:
     steps = [(float(s.split(":")[0]), int(s.split(":")[1])) for s in args.steps.split(",")]
     work = ROOT / "benchmarks" / "results" / f"autoscale-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    if args.model == "cnn":
-        model = build_cnn(work / "model")
-        x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
-    else:
-        model = build_model(work / "model")
-        x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
+    model, x = build_named(args.model, work / "model")
     (work / "token").write_text(TOKEN)
     (work / "admin").write_text(ADMIN)
     http, grpc, admin = loadgen_ports()

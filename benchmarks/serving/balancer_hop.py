@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import run  # noqa: E402
-from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model  # noqa: E402
+from bench_model import build_named  # noqa: E402
 
 HAPROXY_TUNING = """\
     tune.bufsize 131072
@@ -159,14 +159,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in [m for m in args.models.split(",") if m]:
             folder = Path(tmp) / model_name
-            if model_name == "mlp":
-                model = build_model(folder)
-                x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
-            elif model_name == "cnn":
-                model = build_cnn(folder)
-                x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
-            else:
-                ap.error(f"unknown model {model_name!r}: use mlp, cnn")
+            try:
+                model, x = build_named(model_name, folder)
+            except ValueError as err:
+                ap.error(str(err))
             ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
             results = one_model(folder, model, x, ref, args, haproxy)
             for how, got in results.items():

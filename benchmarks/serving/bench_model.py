@@ -152,6 +152,20 @@ def build_cnn(folder: Path) -> Path:
     return folder / "model.onnx"
 
 
+MODELS = ("mlp", "cnn")
+
+
+def build_named(name: str, folder: Path, rows: int = 1) -> tuple[Path, np.ndarray]:
+    """The benchmark model called ``name`` (``mlp`` or ``cnn``) built in ``folder``, and a seeded
+    input of ``rows`` rows for it: what every serving benchmark starts from."""
+    rng = np.random.default_rng(1)
+    if name == "mlp":
+        return build_model(folder), rng.normal(size=(rows, N_IN)).astype(np.float32)
+    if name == "cnn":
+        return build_cnn(folder), rng.normal(size=(rows, *CNN_SHAPE)).astype(np.float32)
+    raise ValueError(f"unknown model {name!r}: use {', '.join(MODELS)}")
+
+
 def _floor_worker(model: str, x: np.ndarray, seconds: float, out: Any, cpus: set[int] | None) -> None:
     import os
 

@@ -65,7 +65,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import run  # noqa: E402
-from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model, ort_floor  # noqa: E402
+from bench_model import build_named, ort_floor  # noqa: E402
 
 ENCODINGS = ("rest-json", "rest-binary", "grpc-typed", "grpc-raw", "rest-shm", "grpc-shm")
 SHM_REGION = "input"
@@ -237,14 +237,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in [m for m in args.models.split(",") if m]:
             folder = Path(tmp) / model_name
-            if model_name == "mlp":
-                model = build_model(folder)
-                x = np.random.default_rng(1).normal(size=(args.rows, N_IN)).astype(np.float32)
-            elif model_name == "cnn":
-                model = build_cnn(folder)
-                x = np.random.default_rng(1).normal(size=(args.rows, *CNN_SHAPE)).astype(np.float32)
-            else:
-                ap.error(f"unknown model {model_name!r}: use mlp, cnn")
+            try:
+                model, x = build_named(model_name, folder, args.rows)
+            except ValueError as err:
+                ap.error(str(err))
             ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
             floor_us = 1e6 / ort_floor(model, x, 2.0)["rps_1"] / args.rows
             print(f"{model_name}: onnxruntime alone {floor_us:.0f} us a row, {args.rows} a call", flush=True)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import peers  # noqa: E402
-from bench_model import CNN_SHAPE, N_IN, build_cnn, build_model, ort_floor, ort_floor_cores  # noqa: E402
+from bench_model import MODELS, N_IN, build_named, ort_floor, ort_floor_cores  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -474,6 +474,8 @@ def main() -> None:
     args.protocols = [p for p in args.protocols.split(",") if p]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.models = [m for m in args.models.split(",") if m]
+    if set(args.models) - set(MODELS):
+        ap.error(f"--models {','.join(args.models)}: use {', '.join(MODELS)}")
     args.replicas = [r for r in args.replicas.split(",") if r]
     names = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
     results_dir = ROOT / "benchmarks" / "results"
@@ -492,12 +494,7 @@ def main() -> None:
     everything: dict[str, Any] = {}
     for model_name in args.models:
         folder = work / model_name
-        if model_name == "mlp":
-            model = build_model(folder)
-            x = np.random.default_rng(1).normal(size=(1, N_IN)).astype(np.float32)
-        else:
-            model = build_cnn(folder)
-            x = np.random.default_rng(1).normal(size=(1, *CNN_SHAPE)).astype(np.float32)
+        model, x = build_named(model_name, folder)
         ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
         floor = floor_of(model, x, args, cpus)
         print(

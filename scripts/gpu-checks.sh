@@ -4,7 +4,8 @@
 # cores against ONNX Runtime alone. Run it with the project's Python environment, onnxruntime-gpu
 # in place of onnxruntime (the tests that need a GPU skip without one, with the reason).
 #
-#   scripts/gpu-checks.sh [STEP ...]      steps: train serving cpu-scaling cuda-bench (default: all)
+#   scripts/gpu-checks.sh [STEP ...]      steps: train serving cpu-scaling cuda-bench (the default),
+#                                         balancer-hop (nginx against HAProxy, CPU per gRPC call)
 #
 # Results (test logs, benchmark tables and JSON) go to $GPU_CHECKS_OUT, by default
 # benchmarks/results/gpu-<time>/. The benchmarks pin the servers (and ONNX Runtime alone, the
@@ -58,8 +59,11 @@ run_step() {
             bench cuda --provider cuda --models "${CUDA_MODELS:-cnn,mlp}" --replicas 1,2,4 --concurrency 64 \
                 --seconds "${BENCH_SECONDS:-2}" --warmup 0.5 --no-ceiling
             ;;
+        balancer-hop)
+            "$PY" benchmarks/serving/balancer_hop.py 2>&1 | tee "$out/balancer-hop.md"
+            ;;
         *)
-            echo "unknown step $1 (train, serving, cpu-scaling, cuda-bench)" >&2
+            echo "unknown step $1 (train, serving, cpu-scaling, cuda-bench, balancer-hop)" >&2
             return 2
             ;;
     esac

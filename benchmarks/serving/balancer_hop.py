@@ -48,8 +48,16 @@ HAPROXY_TUNING = """\
     tune.h2.max-frame-size 131072"""
 
 
-def haproxy_config(listen_port: int, replica_port: int) -> str:
-    """One h2c frontend on loopback, one backend server speaking HTTP/2, streams multiplexed."""
+def haproxy_config(listen_port: int, replica_ports: list[int]) -> str:
+    """One h2c frontend on loopback and a backend of the replicas speaking HTTP/2, calls
+    multiplexed over its connections to them (``http-reuse always``). A replica is in while its
+    port accepts (a TCP check every 200 ms, one failure out, one success in); a call whose
+    connection failed or closed unanswered is sent again to another replica (inference has no
+    side effects: nginx's ``non_idempotent`` in the supervisor's balancer does the same)."""
+    servers = "".join(
+        f"    server r{i} 127.0.0.1:{port} proto h2 check inter 200ms fall 1 rise 1\n"
+        for i, port in enumerate(replica_ports)
+    )
     return f"""\
 global
     maxconn 4096
@@ -60,13 +68,16 @@ defaults
     timeout connect 5s
     timeout client 300s
     timeout server 300s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
 frontend grpc
     bind 127.0.0.1:{listen_port} proto h2
     default_backend replicas
 backend replicas
+    balance leastconn
     http-reuse always
-    server replica 127.0.0.1:{replica_port} proto h2
-"""
+{servers}"""
 
 
 def measure(
@@ -94,6 +105,10 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def find_haproxy() -> str | None:
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -118,7 +133,7 @@ def one_model(
         results["alone"] = measure(alone.grpc_port, x, ref, args, {"replica": replica})
         if haproxy:
             port = run.free_ports(1)[0]
-            (folder / "haproxy.cfg").write_text(haproxy_config(port, alone.grpc_port))
+            (folder / "haproxy.cfg").write_text(haproxy_config(port, [alone.grpc_port]))
             balancer = start([haproxy, "-f", str(folder / "haproxy.cfg")], folder / "haproxy.log")
             try:
                 wait_listening(port, balancer, folder / "haproxy.log")
@@ -154,7 +169,7 @@ def main() -> None:
     args.provider, args.server_cpus = "cpu", ""  # as run.ours reads them
     import onnxruntime as ort
 
-    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    haproxy = find_haproxy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in [m for m in args.models.split(",") if m]:

@@ -5,10 +5,10 @@ every replica and spreads the streams of one client connection over them), where
 only spreads connections, so one gRPC channel would stay pinned to one replica. A balancer in
 the supervisor's Python would cost more CPU per request than the replicas' own front ends
 (benchmarks/README.md has the figures). nginx is already the TLS gateway's engine and is installed
-by the bootstrap. HAProxy, which multiplexes calls over its connections to a replica, costs less
-per small gRPC call (benchmarks/serving/balancer_hop.py: 19-21 us of hop against nginx's 51-59
-on the MLP, the same on the CNN); not adopted, since it would be a second server to install and
-manage everywhere nginx is.
+by the bootstrap. HAProxy, which multiplexes calls over its connections to a replica, costs about
+half nginx's hop on a small gRPC call and the same on a compute-bound one (benchmarks/README.md,
+``balancer_hop.py`` and ``balancer_drain.py``); not adopted, since it would be a second server to
+install and manage everywhere nginx is.
 
 Its config is written once and never reloaded: the upstreams list a slot for every replica there
 may be (``max_replicas``), each on loopback ports the supervisor keeps reserved. A reload would

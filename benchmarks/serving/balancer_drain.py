@@ -61,7 +61,7 @@ def one_run(way: str, folder: Path, args: argparse.Namespace, haproxy: str) -> t
     import onnxruntime as ort
 
     ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-    replicas = [run.ours(folder, model.parent, args, "1") for _ in range(2)]
+    replicas = [run.ours(folder, model.parent) for _ in range(2)]
     procs = [start(r.cmd, folder / f"replica-{i}.log") for i, r in enumerate(replicas)]
     balancer = None
     try:
@@ -104,7 +104,6 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--start-timeout", type=float, default=120.0)
     args = ap.parse_args()
-    args.provider, args.server_cpus = "cpu", ""  # as run.ours reads them
     ways = [w for w in args.ways.split(",") if w]
     if set(ways) - set(WAYS):
         ap.error(f"--ways {args.ways}: use {', '.join(WAYS)}")

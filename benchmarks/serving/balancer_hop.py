@@ -125,7 +125,7 @@ def one_model(
 ) -> dict[str, dict[str, float]]:
     """The three paths for one model: alone, through HAProxy, through the supervisor's nginx."""
     results: dict[str, dict[str, float]] = {}
-    alone = run.ours(folder, model.parent, args, "1")
+    alone = run.ours(folder, model.parent)
     proc = start(alone.cmd, folder / "alone.log")
     try:
         run.wait_ready(alone.http_port, "mlp", proc, args.start_timeout, folder / "alone.log")
@@ -144,7 +144,7 @@ def one_model(
     finally:
         run.stop_group(proc)
 
-    behind = run.ours(folder, model.parent, args, "1b")
+    behind = run.ours(folder, model.parent, "1b")
     proc = start(behind.cmd, folder / "nginx.log")
     try:
         run.wait_ready(behind.http_port, "mlp", proc, args.start_timeout, folder / "nginx.log")
@@ -166,7 +166,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--start-timeout", type=float, default=120.0)
     args = ap.parse_args()
-    args.provider, args.server_cpus = "cpu", ""  # as run.ours reads them
     import onnxruntime as ort
 
     haproxy = find_haproxy()

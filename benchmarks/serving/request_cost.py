@@ -222,7 +222,6 @@ def main() -> None:
         help="the server as one replica behind the supervisor's nginx balancer (its CPU apart)",
     )
     args = ap.parse_args()
-    args.provider, args.server_cpus = "cpu", ""  # as run.ours reads them: the floor is on the CPU
     args.encodings = [e for e in args.encodings.split(",") if e]
     if not 1 <= args.rows <= 32:
         ap.error(f"--rows {args.rows}: use 1 to 32 (the server's max_batch_size)")
@@ -244,7 +243,7 @@ def main() -> None:
             ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
             floor_us = 1e6 / ort_floor(model, x, 2.0)["rps_1"] / args.rows
             print(f"{model_name}: onnxruntime alone {floor_us:.0f} us a row, {args.rows} a call", flush=True)
-            peer = run.ours(folder, model.parent, args, "1b" if args.balancer else "1")
+            peer = run.ours(folder, model.parent, "1b" if args.balancer else "1")  # on the CPU, as the floor
             for encoding, got in measure(peer, x, ref, args, folder).items():
                 rows.append((model_name, encoding, got, floor_us))
     head = (

@@ -74,9 +74,12 @@ def wait_ready(port: int, model: str, proc: subprocess.Popen, timeout: float, lo
     raise RuntimeError(f"not ready in {timeout}s: {log.read_text()[-2000:]}")
 
 
-def ours(work: Path, model_dir: Path, args: argparse.Namespace, replicas: str = "1") -> peers.Peer:
+def ours(
+    work: Path, model_dir: Path, replicas: str = "1", provider: str = "cpu", server_cpus: str = ""
+) -> peers.Peer:
     """Our server as the stack runs it: ``1`` the model server alone; ``N`` (or ``1b``) N replicas
-    behind the supervisor's nginx balancer."""
+    behind the supervisor's nginx balancer; on ``provider`` (its ``--execution-provider``), held
+    to the cores of ``server_cpus`` (a taskset list) when given."""
     ports = free_ports(3)
     (work / "token").write_text(TOKEN)
     n = int(replicas.rstrip("b"))
@@ -86,10 +89,10 @@ def ours(work: Path, model_dir: Path, args: argparse.Namespace, replicas: str = 
         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
         "--run-dir", str(work / f"balancer-{replicas}"),
         "--", "--model", f"mlp={model_dir}", "--token-file", str(work / "token"),
-        "--max-batch-size", "32", "--poll-seconds", "0", "--execution-provider", args.provider,
+        "--max-batch-size", "32", "--poll-seconds", "0", "--execution-provider", provider,
     ]  # fmt: skip
-    if args.server_cpus:
-        cmd = ["taskset", "-c", args.server_cpus, *cmd]
+    if server_cpus:
+        cmd = ["taskset", "-c", server_cpus, *cmd]
     name = "ours" if replicas == "1" else f"ours x{replicas}"
     if name != "ours":
         SUPERVISORS[name] = (ports[2], n)
@@ -516,7 +519,7 @@ def main() -> None:
         candidates = [("ours", r) for r in args.replicas] + [(n, "") for n in names]
         for label, replicas in candidates:
             if label == "ours":
-                peer = ours(folder, model.parent, args, replicas)
+                peer = ours(folder, model.parent, replicas, args.provider, args.server_cpus)
             else:
                 peer = peers.BUILDERS[label](folder, model, free_ports(3))
             print(f"measuring {peer.name} on {model_name} ...", flush=True)

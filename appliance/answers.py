@@ -44,6 +44,9 @@ class Ports(Strict):
     """Prometheus web UI and API."""
     alertmanager: Port = Field(9093, ge=1, le=65535)
     """Alertmanager web UI and API."""
+    write_gate: Port = Field(9095, ge=1, le=65535)
+    """The write gate: edge boxes' remote write to this stack's Prometheus (only with
+    ``edge_boxes``; ``appliance.monitoring.write_gate``)."""
     node_exporter: Port = Field(9100, ge=1, le=65535)
     """Prometheus node exporter (host metrics)."""
     grafana: Port = Field(3000, ge=1, le=65535)
@@ -395,13 +398,14 @@ class Serving(Strict):
 
 class RemoteWrite(Strict):
     """Where an edge box's Prometheus sends its samples (``monitoring.remote_write``): the central
-    stack's Prometheus, which takes them with its remote-write receiver. The box keeps them in its
+    stack's write gate, which checks the box's account, labels the series with the box's name and
+    passes them to its Prometheus's remote-write receiver. The box keeps them in its
     write-ahead log through an outage and sends them when the link returns, so the central series
     have no gap (docs/cluster.md, "Edge boxes")."""
 
     url: str
-    """The central Prometheus's receiver, ``http://HOST:9090/api/v1/write`` (its ``bind_address``
-    must be one the box reaches)."""
+    """The central write gate, ``http://HOST:9095/api/v1/write`` (the central ``ports.write_gate``
+    on its ``bind_address``, which must be one the box reaches)."""
     username: str
     """The box's own account, ``appliance-edge-NAME``, that the central answers' ``edge_boxes``
     make (the same account reads the registry). The central series get ``edge_box="NAME"``."""

@@ -233,8 +233,8 @@ def _credential(what: str, path: Path, account: str, ca_file: Path | None, key: 
 
 
 def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
-    """An edge box sending its samples to the central Prometheus (``monitoring.remote_write``):
-    its credential is in place and the receiver takes it. A receiver that cannot be reached only
+    """An edge box sending its samples to the central stack (``monitoring.remote_write``, its
+    write gate): its credential is in place and the gate takes it. A receiver that cannot be reached only
     warns (the box keeps its samples and sends them when the link returns); one that refuses the
     account fails, as its samples would never arrive."""
     wanted = ctx.answers.monitoring.remote_write
@@ -281,7 +281,9 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
                 "remote write",
                 "fail",
                 f"{wanted.url} refuses {wanted.username} ({answer.status_code})",
-                f"list {wanted.box} in the central edge_boxes, run up there, copy the password again",
+                f"list {wanted.box} in the central edge_boxes, run up there, copy the password again; "
+                "the URL must be the central write gate's (http://CENTRAL:9095/api/v1/write), not "
+                "its Prometheus's, which takes no edge account",
             )
         ]
     if answer.status_code == 404:
@@ -290,7 +292,8 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
                 "remote write",
                 "fail",
                 f"{wanted.url} has no remote-write receiver (404)",
-                "name the central Prometheus's /api/v1/write (the appliance's has the receiver on)",
+                "name the central stack's write gate, http://CENTRAL:PORTS.WRITE_GATE/api/v1/write "
+                "(9095 unless its answers change ports.write_gate)",
             )
         ]
     return [Check("remote write", "pass", f"samples go to {wanted.url} as {wanted.username}")]

@@ -139,6 +139,8 @@ def facts(ctx: AppContext) -> dict[str, str]:
         "profile": ctx.answers.profile,
         "tls": "on" if ctx.answers.tls.enabled else "off",
         "monitoring": "on" if ctx.answers.components.monitoring else "off",
+        # Standalone edge boxes send their samples here: the write gate runs in front of Prometheus.
+        "edge_writers": "yes" if ctx.answers.edge_boxes else "no",
         # Containers run Grafana's image; host processes need Grafana installed (its Debian package).
         "grafana": "found" if ctx.in_containers or find_grafana() else "absent",
         # A cluster with storage hosts: SeaweedFS's volume servers run there (appliance.cluster.units).

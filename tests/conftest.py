@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.answers import SEAWEEDFS_GRPC_OFFSET, SEAWEEDFS_GRPC_PAIRED
+from appliance.answers import SEAWEEDFS_GRPC_OFFSET, SEAWEEDFS_GRPC_PAIRED, Ports
 from appliance.mlflow_server import JOB_EXECUTION
 
 # Every `mlflow server` a test starts inherits this. MLflow 3's job runner (eight huey consumers
@@ -28,28 +28,8 @@ os.environ.setdefault(JOB_EXECUTION, "false")
 VENV_BIN = Path(sys.executable).parent
 TESTS_DIR = Path(__file__).resolve().parent
 APPLIANCE = str(VENV_BIN / "appliance")
-PORT_KEYS = [
-    "mlflow",
-    "workbench",
-    "prometheus",
-    "alertmanager",
-    "node_exporter",
-    "grafana",
-    "minio",
-    "minio_console",
-    "s3",
-    "seaweedfs_master",
-    "seaweedfs_volume",
-    "seaweedfs_filer",
-    "seaweedfs_metrics",
-    "serving_http",
-    "serving_grpc",
-    "serving_metrics",
-    "controller",
-    "gateway_serving",
-    "gateway_mlflow",
-    "gateway_workbench",
-]
+PORT_KEYS = list(Ports.model_fields)
+"""Every port of the answers: a test stack gets a free one for each."""
 
 ALL_RUNTIMES = ("local", "podman", "docker")
 REQUIRE_RUNTIMES = "APPLIANCE_REQUIRE_RUNTIMES"

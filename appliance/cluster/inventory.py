@@ -21,6 +21,7 @@ GROUPS = ("control", "storage", "serving", "train_workers", "monitoring", "gatew
 SERVICE_GROUP = {
     "serving": ("serving", "edge"),
     "prometheus": ("monitoring",),
+    "write-gate": ("monitoring",),
     "alertmanager": ("monitoring",),
     "grafana": ("monitoring",),
     "gateway": ("gateway",),
@@ -39,6 +40,7 @@ ROLE_OF = {
     "controller": "controller",
     "workbench": "controller",
     "prometheus": "monitoring",
+    "write-gate": "monitoring",
     "alertmanager": "monitoring",
     "node-exporter": "monitoring",
     "grafana": "monitoring",

@@ -30,6 +30,10 @@ HOST_EXTRA = {
     "mlflow": (POSTGRESQL_DRIVER,),
 }
 """What a service needs on a host beyond its image's requirements."""
+PROJECT_ALONE = ("write-gate",)
+"""Services whose container runs on an image chosen for what it carries, not for all of it: the
+write gate needs the standard library and the appliance, which the serving image has, but not
+the model server's packages on a monitoring host."""
 HOST_PYTHON = "3.11.2"
 """Debian 12's python3, which each host's virtualenv is made from (the bundle's debs are Debian
 12's): wheels are added for it where this machine's newer Python pinned one it cannot install."""
@@ -49,7 +53,7 @@ def _image_spec_name(image: str | None) -> str | None:
 def service_requirements(service: str, image: str | None) -> list[str]:
     """The pip requirements ``service`` (whose stack image is ``image``) needs on a cluster host."""
     name = _image_spec_name(image)
-    found = list(CATALOG[name].requirements) if name else []
+    found = list(CATALOG[name].requirements) if name and service not in PROJECT_ALONE else []
     return found + [r for r in HOST_EXTRA.get(service, ()) if r not in found]
 
 

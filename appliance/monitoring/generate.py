@@ -24,6 +24,7 @@ from typing import Protocol
 from appliance.addressing import Addressing, dial_address
 from appliance.answers import Answers
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
+from appliance.monitoring.catalog import SERVING_METRICS, series_names
 from appliance.monitoring.dashboards import write_dashboards
 from appliance.monitoring.prometheus_config import RemoteWriteTarget, ScrapeTarget, render_prometheus_config
 from appliance.monitoring.rules import render_alert_rules
@@ -128,8 +129,9 @@ def prometheus_yml(ctx: _Context, services: Mapping[str, _Service]) -> str:
 
 
 def remote_write_target(ctx: _Context) -> RemoteWriteTarget | None:
-    """An edge box's ``monitoring.remote_write``: the central receiver, the box's account and the
-    file holding its password, its samples labelled ``edge_box``."""
+    """An edge box's ``monitoring.remote_write``: the central write gate, the box's account and
+    the file holding its password, its samples labelled ``edge_box``; only the model server's
+    series go (the gate would drop the rest: the box's own Prometheus keeps them)."""
     wanted = ctx.answers.monitoring.remote_write
     if wanted is None:
         return None
@@ -138,6 +140,7 @@ def remote_write_target(ctx: _Context) -> RemoteWriteTarget | None:
         (wanted.username, str(wanted.password_path(ctx.state_dir))),
         (("edge_box", wanted.box),),
         str(wanted.ca_file) if wanted.ca_file else None,
+        tuple(sorted(series_names(SERVING_METRICS))),
     )
 
 

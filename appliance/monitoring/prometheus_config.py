@@ -56,17 +56,24 @@ class RemoteWriteTarget:
     auth: tuple[str, str]
     labels: tuple[tuple[str, str], ...]
     ca_file: str | None = None
+    keep: tuple[str, ...] = ()
+    """Series names sent (``write_relabel_configs``); empty: every series."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"remote write URL {self.url!r} must look like http://host:9090/api/v1/write")
+            raise ValueError(f"remote write URL {self.url!r} must look like http://host:9095/api/v1/write")
         for name, _ in self.labels:
             if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
                 raise ValueError(f"external label {name!r} must be letters, digits and '_'")
 
     def config(self) -> dict[str, object]:
         entry: dict[str, object] = {"url": self.url, "basic_auth": _basic_auth(self.auth)}
+        if self.keep:
+            names = "|".join(re.escape(n) for n in sorted(self.keep))
+            entry["write_relabel_configs"] = [
+                {"source_labels": ["__name__"], "regex": names, "action": "keep"}
+            ]
         if self.ca_file:
             entry["tls_config"] = {"ca_file": self.ca_file}
         return entry

@@ -1,13 +1,16 @@
-"""An edge box's metrics reach the central Prometheus by remote write, with no gap for an outage.
+"""An edge box's metrics reach the central Prometheus by remote write, with no gap for an outage,
+through the write gate, which labels them with the box's own name.
 
 Two real stacks on the local runtime: a central one running Prometheus (its remote-write receiver
-behind basic auth) whose answers name the box in ``edge_boxes``, and an edge box (edge profile:
-the model server and its own Prometheus) whose ``monitoring.remote_write`` names the central
-receiver and the box's own account. The box's ``up`` names the central secret to copy until it is
-there (making no password of its own), and its preflight fails on a wrong password; requests
-served on the box show up centrally, labelled ``edge_box``; with the central stack down, the box
-keeps serving, and once it is back the samples scraped during the outage arrive too (the box's
-write-ahead log), so the series has no gap.
+behind basic auth) and the write gate in front of it, whose answers name the box in
+``edge_boxes``, and an edge box (edge profile: the model server and its own Prometheus) whose
+``monitoring.remote_write`` names the central gate and the box's own account. The box's ``up``
+names the central secret to copy until it is there (making no password of its own), and its
+preflight fails on a wrong password; requests served on the box show up centrally, labelled
+``edge_box``; with the central stack down, the box keeps serving, and once it is back the samples
+scraped during the outage arrive too (the box's write-ahead log), so the series has no gap. A box
+that forges another's name, or writes what is not a serving series, has that rewritten or dropped
+at the gate, and cannot query the central Prometheus at all.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import pytest
 import yaml
 
 from appliance.mlflow_auth import edge_secret
-from tests.conftest import run_cli, write_answers
+from appliance.monitoring.catalog import SERVING_METRICS, series_names
+from appliance.monitoring.remote_write_wire import Series, sample, snappy_encode, write_request
+from tests.conftest import run_cli, runtime_params, use_runtime, write_answers
+from tests.integration._container_fixtures import MONITORING_IMAGE, ensure_images
 from tests.integration._controller_fixtures import wait_for
 from tests.integration._serving_fixtures import training_data, write_mlp
 
@@ -77,7 +83,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, St
             monitoring={
                 "scrape_interval": "1s",
                 "remote_write": {
-                    "url": f"http://127.0.0.1:{central.ports['prometheus']}/api/v1/write",
+                    "url": f"http://127.0.0.1:{central.ports['write_gate']}/api/v1/write",
                     "username": f"appliance-edge-{BOX}",
                 },
             },
@@ -131,6 +137,14 @@ def test_the_box_refuses_to_start_without_its_password_then_with_a_wrong_one(
     shutil.copyfile(central.state / "secrets" / edge_secret(BOX), copy)
     right = box.cli("preflight", check=False)
     assert right.returncode == 0, right.stdout + right.stderr
+    # a box still naming the central Prometheus (as before the write gate) is refused there, and told
+    data = yaml.safe_load(box.answers.read_text())
+    data["monitoring"]["remote_write"]["url"] = f"http://127.0.0.1:{central.ports['prometheus']}/api/v1/write"
+    old = Stack(box.answers.with_name("box-old-url.yaml"), box.state)
+    old.answers.write_text(yaml.safe_dump(data))
+    before = old.cli("preflight", check=False)
+    said = before.stdout + before.stderr
+    assert before.returncode == 3 and "refuses" in said and "write gate" in said, said
 
 
 def test_the_boxs_requests_reach_the_centre_and_an_outage_leaves_no_gap(stacks: tuple[Stack, Stack]) -> None:
@@ -155,3 +169,89 @@ def test_the_boxs_requests_reach_the_centre_and_an_outage_leaves_no_gap(stacks: 
         at=during,
     )
     assert samples is not None and samples >= 2, samples
+
+
+def test_a_box_writes_only_serving_series_under_its_own_name_and_reads_nothing(
+    stacks: tuple[Stack, Stack],
+) -> None:
+    central, box = stacks
+    box.cli("up")
+    account = (f"appliance-edge-{BOX}", central.secret(edge_secret(BOX)))
+    gate = f"http://127.0.0.1:{central.ports['write_gate']}/api/v1/write"
+    write_forged(central, account)
+    # what the box's own Prometheus sends: the model server's series alone (no node or Prometheus ones)
+    wait_for("the box's series at the centre", lambda: central_value(central, SERIES) is not None, 60)
+    names = central_names(central, f'{{edge_box="{BOX}"}}')
+    assert names and names <= series_names(SERVING_METRICS), names
+    # and the account reads nothing there
+    query = f"http://127.0.0.1:{central.ports['prometheus']}/api/v1/query"
+    assert httpx.get(query, params={"query": "up"}, auth=account, timeout=10).status_code == 401
+    assert (
+        httpx.get(gate.replace("/api/v1/write", "/api/v1/query"), auth=account, timeout=10).status_code == 404
+    )
+
+
+def write_forged(central: Stack, account: tuple[str, str]) -> None:
+    """Send, as ``account``, a drift statistic under the other box's name and a series of the
+    centre's own straight to the gate; wait for the first to arrive under the sender's name."""
+    now = int(time.time() * 1000)
+    forged = [
+        Series(
+            {"__name__": "appliance_feature_psi", "model": "forged", "feature": "f0", "edge_box": "shop-13"},
+            [sample(0.9, now)],
+        ),
+        Series({"__name__": "appliance_pipeline_runs_total", "pipeline": "forged"}, [sample(1.0, now)]),
+    ]
+    gate = f"http://127.0.0.1:{central.ports['write_gate']}/api/v1/write"
+    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    body = snappy_encode(write_request(forged))
+    assert (
+        httpx.post(gate, content=body, headers=headers, auth=(account[0], "wrong"), timeout=10).status_code
+        == 401
+    )
+    assert httpx.post(gate, content=body, headers=headers, auth=account, timeout=10).status_code == 204
+    wait_for(
+        "the forged drift statistic, under the box's own name",
+        lambda: central_value(central, f'appliance_feature_psi{{model="forged",edge_box="{BOX}"}}') == 0.9,
+        60,
+    )
+    assert central_value(central, 'count(appliance_feature_psi{edge_box="shop-13"})') is None
+    assert central_value(central, 'count(appliance_pipeline_runs_total{pipeline="forged"})') is None
+
+
+@pytest.fixture(scope="module", params=runtime_params("podman"))
+def central_in_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The centre alone on podman: Prometheus in the prometheus-debian image, the gate in the
+    serving image."""
+    use_runtime("podman")
+    ensure_images("podman", ("prometheus-debian", "serving"))
+    root = tmp_path_factory.mktemp("remote-write-podman")
+    off = dict.fromkeys(("object_store", "mlflow", "workbench", "serving", "controller", "dashboards"), False)
+    central = Stack(
+        write_answers(
+            root / "central.yaml",
+            runtime="podman",
+            profile="custom",
+            object_store={"kind": "filesystem"},
+            components=off | {"monitoring": True},
+            images=dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
+            edge_boxes=[BOX],
+        ),
+        root / "central",
+    )
+    try:
+        central.cli("up")
+        yield central
+    finally:
+        central.cli("down", "--purge", "--yes", check=False)
+
+
+def test_the_gate_in_a_container_labels_what_a_box_writes_with_its_name(central_in_containers: Stack) -> None:
+    central = central_in_containers
+    write_forged(central, (f"appliance-edge-{BOX}", central.secret(edge_secret(BOX))))
+
+
+def central_names(central: Stack, selector: str) -> set[str]:
+    auth = ("appliance", central.secret("prometheus_web_password"))
+    url = f"http://127.0.0.1:{central.ports['prometheus']}/api/v1/label/__name__/values"
+    return set(httpx.get(url, params={"match[]": selector}, auth=auth, timeout=10).json()["data"])

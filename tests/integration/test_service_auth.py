@@ -185,13 +185,18 @@ def test_alertmanager_takes_alerts_only_with_credentials(stack: Stack) -> None:
     assert [a["labels"]["alertname"] for a in listed.json()] == [name]
 
 
-def test_node_exporter_and_the_controller_refuse_callers_without_credentials(stack: Stack) -> None:
+def test_node_exporter_the_controller_and_the_write_gate_refuse_callers_without_credentials(
+    stack: Stack,
+) -> None:
     node = f"{stack.url('node_exporter')}/metrics"
     assert httpx.get(node).status_code == 401
     reply = httpx.get(node, auth=stack.web("node-exporter"))
     assert reply.status_code == 200 and "node_cpu_seconds_total" in reply.text
     alerts = {"alerts": [{"status": "firing", "labels": {"alertname": "FeatureDrift", "model": MODEL}}]}
     assert httpx.post(f"{stack.url('controller')}/alerts", json=alerts).status_code == 401
+    gate = f"{stack.url('write_gate')}/api/v1/write"  # edge_boxes: the write gate runs
+    assert httpx.post(gate, content=b"\x00", headers={"Content-Encoding": "snappy"}).status_code == 401
+    assert httpx.post(gate, content=b"\x00", auth=stack.web("prometheus")).status_code == 401  # not a box
 
 
 def test_status_probes_every_service_with_its_credentials(stack: Stack) -> None:

@@ -69,6 +69,27 @@ def test_each_host_gets_its_own_services_packages_and_no_others(tmp_path: Path) 
     assert f"{PROJECT}[serving]" not in wanted["ctl"]  # the model server runs on srv alone
 
 
+def test_the_write_gate_runs_beside_prometheus_with_the_appliance_alone(tmp_path: Path) -> None:
+    with_boxes = answers().model_copy(update={"edge_boxes": ["shop-12"]})
+    per_host = render_hosts(with_boxes, tmp_path / "secrets")
+    units = {h: [u["name"] for u in v.get("appliance_monitoring_units", [])] for h, v in per_host.items()}
+    assert [h for h, names in units.items() if any("write-gate" in n for n in names)] == ["mon"]
+    assert set(per_host["mon"]["appliance_common_requirements"]) == {PROJECT}  # not the serving image's
+    [gate] = [u for u in per_host["mon"]["appliance_monitoring_units"] if "write-gate" in u["name"]]
+    command = gate["command"]
+    assert command[command.index("--upstream") + 1] == "http://127.0.0.1:9090/api/v1/write"
+    [prometheus] = [
+        u for u in per_host["mon"]["appliance_monitoring_units"] if u["name"].endswith("prometheus")
+    ]
+    listen = next(a for a in prometheus["command"] if a.startswith("--web.listen-address="))
+    assert (
+        listen.partition("=")[2].rpartition(":")[0] == command[command.index("--host") + 1]
+    )  # where Prometheus is
+    assert "prometheus_web_password" in per_host["mon"]["appliance_common_secrets"]
+    without = render_hosts(answers(), tmp_path / "none")["mon"]["appliance_monitoring_units"]
+    assert not any("write-gate" in u["name"] for u in without)
+
+
 def test_a_workbench_host_installs_elyra_without_its_dependencies_as_the_image_does(tmp_path: Path) -> None:
     with_workbench = answers().model_copy(
         update={"components": answers().components.model_copy(update={"workbench": True})}

@@ -1,13 +1,15 @@
 """An edge box's ``monitoring.remote_write``: the answers check the account's form, the box's
-``prometheus.yml`` sends every sample to the central receiver labelled with the box's name, and
-the central web config lets each box of ``edge_boxes`` in with its own password."""
+``prometheus.yml`` sends the model server's series to the central write gate labelled with the
+box's name, and the centre runs the gate with each box of ``edge_boxes`` and its own password,
+while its Prometheus lets no edge account in (the gate writes as the stack's own user)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -15,11 +17,13 @@ from pydantic import ValidationError
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.mlflow_auth import edge_secret
+from appliance.monitoring.catalog import SERVING_METRICS, series_names
 from appliance.monitoring.prometheus_config import RemoteWriteTarget, render_prometheus_config
+from appliance.monitoring.write_gate import password_digest
 from appliance.render import render_stack
 from appliance.secrets_store import SecretStore
 
-WRITE = {"url": "https://central.lan:9090/api/v1/write", "username": "appliance-edge-shop-12"}
+WRITE = {"url": "https://central.lan:9095/api/v1/write", "username": "appliance-edge-shop-12"}
 
 
 def _config(tmp_path: Path, monitoring: dict[str, object], **extra: object) -> dict[str, object]:
@@ -28,7 +32,10 @@ def _config(tmp_path: Path, monitoring: dict[str, object], **extra: object) -> d
     return dict(yaml.safe_load(render_stack(ctx)["prometheus"].files["prometheus.yml"]))
 
 
-def test_the_box_sends_every_sample_to_the_centre_as_its_own_account(tmp_path: Path) -> None:
+KEPT = "|".join(re.escape(n) for n in sorted(series_names(SERVING_METRICS)))
+
+
+def test_the_box_sends_its_serving_series_to_the_centre_as_its_own_account(tmp_path: Path) -> None:
     config = _config(tmp_path, {"remote_write": WRITE | {"ca_file": "/etc/central-ca.pem"}})
     assert config["global"]["external_labels"] == {"edge_box": "shop-12"}  # type: ignore[index]
     assert config["remote_write"] == [
@@ -39,8 +46,16 @@ def test_the_box_sends_every_sample_to_the_centre_as_its_own_account(tmp_path: P
                 "password_file": str(tmp_path / "state" / "secrets" / "mlflow_reader_password"),
             },
             "tls_config": {"ca_file": "/etc/central-ca.pem"},
+            "write_relabel_configs": [
+                {"source_labels": ["__name__"], "regex": KEPT, "action": "keep"},
+            ],
         }
     ]
+    kept = re.compile(KEPT)
+    assert kept.fullmatch("appliance_feature_psi") and kept.fullmatch(
+        "appliance_inference_request_duration_seconds_bucket"
+    )
+    assert not kept.fullmatch("node_load1") and not kept.fullmatch("up")
     assert "remote_write" not in _config(tmp_path / "plain", {})  # a box without it keeps its samples
 
 
@@ -57,16 +72,23 @@ def test_a_wrong_remote_write_is_refused_with_the_fix(given: dict[str, str], mes
         Answers.model_validate({"monitoring": {"remote_write": WRITE | given}})
 
 
-def test_the_centre_lets_each_edge_box_write_with_its_own_password(tmp_path: Path) -> None:
-    data = {"object_store": {"kind": "filesystem"}, "edge_boxes": ["shop-12"]}
+def test_the_centre_runs_the_write_gate_with_each_box_and_lets_no_box_into_prometheus(tmp_path: Path) -> None:
+    data = {"object_store": {"kind": "filesystem"}, "edge_boxes": ["shop-12", "shop-13"]}
     ctx = AppContext(Answers.model_validate(data), tmp_path / "state")
-    prometheus = render_stack(ctx)["prometheus"]
+    services = render_stack(ctx)
+    prometheus, gate = services["prometheus"], services["write-gate"]
     assert "--web.enable-remote-write-receiver" in prometheus.command
     assert "--web.enable-remote-write-receiver" in prometheus.container_command
-    users = yaml.safe_load(prometheus.files["web.yml"])["basic_auth_users"]
-    assert set(users) == {"appliance", "appliance-edge-shop-12"}
-    password = SecretStore(tmp_path / "state" / "secrets").get(edge_secret("shop-12"))
-    assert bcrypt.checkpw(password.encode(), users["appliance-edge-shop-12"].encode())
+    assert list(yaml.safe_load(prometheus.files["web.yml"])["basic_auth_users"]) == ["appliance"]
+    accounts = json.loads(gate.files["accounts.json"])["accounts"]
+    secrets = SecretStore(tmp_path / "state" / "secrets")
+    assert accounts == {
+        f"appliance-edge-{box}": password_digest(secrets.get(edge_secret(box)))
+        for box in ("shop-12", "shop-13")
+    }
+    upstream = gate.command[gate.command.index("--upstream") + 1]
+    assert upstream == f"http://127.0.0.1:{ctx.answers.ports.prometheus}/api/v1/write"
+    assert gate.command[gate.command.index("--port") + 1] == str(ctx.answers.ports.write_gate)
 
 
 def test_remote_write_targets_are_checked() -> None:
@@ -86,6 +108,7 @@ def test_without_edge_boxes_the_receiver_is_off(tmp_path: Path) -> None:
     assert "--no-web.enable-remote-write-receiver" in prometheus.command
     assert not any(a == "--web.enable-remote-write-receiver" for a in prometheus.container_command)
     assert list(yaml.safe_load(prometheus.files["web.yml"])["basic_auth_users"]) == ["appliance"]
+    assert "write-gate" not in render_stack(ctx)
 
 
 def test_the_registry_and_the_remote_write_cannot_share_a_file_under_two_accounts() -> None:

@@ -1,0 +1,276 @@
+"""The write gate: the one door through which edge boxes send samples to the central Prometheus.
+
+Prometheus's own basic auth has no rule per path or per label, so an edge box whose account sat in
+its ``web.yml`` could query every central series and write any series under any labels: another
+box's name, or a drift statistic (``appliance_feature_psi``) for any model, which fires the
+central drift alert and retrains that model. The gate takes that account's place. An edge box
+sends its remote write here with its own account (``appliance-edge-NAME``); the gate
+
+- checks the account before it reads the body (401 for anything else), and answers nothing but
+  ``POST /api/v1/write`` (and ``GET /healthz``): the box can no longer query the centre;
+- keeps only the series of the model server's metric families (``catalog.SERVING_METRICS``),
+  dropping the rest of what the box's Prometheus holds (its own and its node exporter's);
+- sets ``edge_box`` on every series to the name of the account that sent it, whatever the box
+  wrote there, so no box writes under another's name or as the centre itself;
+- and sends the rewritten request on to the central Prometheus's receiver as the stack's own
+  Prometheus user (the receiver's only account).
+
+Limits: bodies up to ``MAX_BODY`` bytes (declared length, 413 past it) decoding to at most
+``Limits.max_decoded_bytes``; series, labels and label sizes bounded (``remote_write_wire.Limits``);
+``MAX_CONNECTIONS`` requests at once (503 past them, which the box's Prometheus retries); a socket
+timeout for slow senders. A malformed body is a 400 naming what is wrong, and none of its series
+is written (Prometheus drops a batch answered 4xx and retries one answered 5xx, which is what the
+gate answers when the central Prometheus cannot be reached).
+
+What the gate cannot know: which models a box serves. A box may still write serving series for a
+model it does not follow, under its own name; the central drift rules then see that box's name on
+them (``docs/cluster.md``, "Edge boxes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from appliance.mlflow_auth import EDGE_PREFIX
+from appliance.monitoring.catalog import SERVING_METRICS, series_names
+from appliance.monitoring.remote_write_wire import (
+    Limits,
+    WireError,
+    read_write_request,
+    snappy_decode,
+    snappy_encode,
+    write_request,
+)
+
+log = logging.getLogger("appliance.write_gate")
+
+WRITE_PATH = "/api/v1/write"
+BOX_LABEL = "edge_box"
+MAX_BODY = 8 * 1024 * 1024
+MAX_CONNECTIONS = 16
+SOCKET_TIMEOUT = 15.0
+UPSTREAM_TIMEOUT = 15.0
+
+
+def password_digest(password: str) -> str:
+    """What the accounts file holds for a password: its SHA-256. The passwords are 192 random
+    bits (``appliance.secrets_store``), so no salt or slow hash adds anything to them."""
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def accounts_file(credentials: dict[str, str]) -> str:
+    """The gate's accounts file for ``credentials`` (edge account -> password)."""
+    digests = {user: password_digest(pw) for user, pw in sorted(credentials.items())}
+    return json.dumps({"accounts": digests}, indent=2) + "\n"
+
+
+class RequestRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Outcome:
+    """What the gate did with one request."""
+
+    kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Series left out, by series name."""
+
+
+def rewrite(body: bytes, box: str, allowed: frozenset[str], limits: Limits) -> tuple[bytes, Outcome]:
+    """The snappy body to send on for ``box``'s request ``body``: only the allowed series, each
+    labelled ``edge_box=box``. Raises WireError on a malformed body."""
+    series = read_write_request(snappy_decode(body, limits.max_decoded_bytes), limits)
+    kept = []
+    outcome = Outcome(0)
+    for one in series:
+        if one.name not in allowed:
+            outcome.dropped[one.name] = outcome.dropped.get(one.name, 0) + 1
+            continue
+        one.labels[BOX_LABEL] = box
+        kept.append(one)
+    outcome.kept = len(kept)
+    return snappy_encode(write_request(kept)), outcome
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The central Prometheus's receiver and the account the gate writes with."""
+
+    url: str
+    user: str
+    password_file: Path
+
+    def send(self, body: bytes) -> None:
+        """POST the rewritten body; RequestRefused(503) when Prometheus cannot take it now (the
+        box retries), (400) when it refuses the samples themselves."""
+        password = self.password_file.read_text().strip()
+        token = base64.b64encode(f"{self.user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Basic {token}",
+                "Content-Encoding": "snappy",
+                "Content-Type": "application/x-protobuf",
+                "X-Prometheus-Remote-Write-Version": "0.1.0",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=UPSTREAM_TIMEOUT) as answer:
+                answer.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read(512).decode(errors="replace").strip()
+            if 400 <= err.code < 500 and err.code not in (401, 403, 429):
+                raise RequestRefused(400, f"the central Prometheus refused the samples: {detail}") from err
+            raise RequestRefused(503, f"the central Prometheus answered {err.code}: {detail}") from err
+        except OSError as err:
+            raise RequestRefused(503, f"the central Prometheus cannot be reached ({err})") from err
+
+
+class GateServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        accounts: dict[str, str],
+        upstream: Upstream,
+        limits: Limits | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(address, Handler)
+        self.accounts = accounts
+        self.upstream = upstream
+        self.limits = limits or Limits()
+        self.allowed = frozenset(series_names(SERVING_METRICS))
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def box_of(self, header: str | None) -> str:
+        """The box whose account ``header`` (``Authorization: Basic ...``) names with its right
+        password; RequestRefused(401) otherwise. Every known account is compared, in constant
+        time, whatever the user name."""
+        if not header or not header.startswith("Basic "):
+            raise RequestRefused(401, "send the box's account with basic auth (appliance-edge-NAME)")
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as err:
+            raise RequestRefused(401, "the Authorization header is not valid basic auth") from err
+        given = password_digest(password)
+        matched = False
+        for name, digest in self.accounts.items():
+            matched |= hmac.compare_digest(given, digest) & (name == user)
+        if not matched or not user.startswith(EDGE_PREFIX):
+            raise RequestRefused(401, f"account {user[:80]!r} is unknown or its password is wrong")
+        return user.removeprefix(EDGE_PREFIX)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: GateServer
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _answer(self, status: int, message: str = "") -> None:
+        body = (message + "\n").encode() if message else b""
+        self.send_response(status)
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="appliance write gate"')
+        if body:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        if status >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._answer(200, "ok")
+        else:
+            self._answer(404, f"only POST {WRITE_PATH} is served here")
+
+    def do_POST(self) -> None:
+        if not self.server.slots.acquire(blocking=False):
+            self._answer(503, f"over {MAX_CONNECTIONS} requests at once; send again later")
+            return
+        try:
+            self._write()
+        except RequestRefused as refused:
+            self._answer(refused.status, str(refused))
+        finally:
+            self.server.slots.release()
+
+    def _write(self) -> None:
+        box = self.server.box_of(self.headers.get("Authorization"))
+        if self.path != WRITE_PATH:
+            raise RequestRefused(404, f"only POST {WRITE_PATH} is served here")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestRefused(411, "send the body with a Content-Length")
+        if int(length) > MAX_BODY:
+            raise RequestRefused(413, f"a body of {length} bytes is over the limit of {MAX_BODY}")
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding.lower() != "snappy":
+            raise RequestRefused(415, f"Content-Encoding {encoding!r}: remote write bodies are snappy")
+        body = self.rfile.read(int(length))
+        if not body:
+            raise RequestRefused(400, "empty body: send a snappy WriteRequest")
+        try:
+            forward, outcome = rewrite(body, box, self.server.allowed, self.server.limits)
+        except WireError as err:
+            raise RequestRefused(400, f"not a remote-write request: {err}") from err
+        if outcome.dropped:
+            log.info(
+                "box %s: left out %d series outside the serving metrics (%s)",
+                box,
+                sum(outcome.dropped.values()),
+                ", ".join(sorted(outcome.dropped)[:5]),
+            )
+        if outcome.kept:
+            self.server.upstream.send(forward)
+        self._answer(204)
+
+
+def load_accounts(path: Path) -> dict[str, str]:
+    data = json.loads(path.read_text())
+    return {str(user): str(digest) for user, digest in data["accounts"].items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m appliance.monitoring.write_gate", description=__doc__)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--accounts-file", type=Path, required=True, help="edge accounts (accounts_file)")
+    parser.add_argument("--upstream", required=True, help="the central Prometheus's /api/v1/write")
+    parser.add_argument("--upstream-user", required=True)
+    parser.add_argument("--upstream-password-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    upstream = Upstream(args.upstream, args.upstream_user, args.upstream_password_file)
+    server = GateServer((args.host, args.port), load_accounts(args.accounts_file), upstream)
+    log.info("write gate on %s:%d for %d edge box(es)", args.host, args.port, len(server.accounts))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -58,20 +58,24 @@ class Stack:
         return (self.state / "secrets" / name).read_text().strip()
 
 
+def central_stack(root: Path, **answers: Any) -> Stack:
+    """The central stack under ``root``: monitoring alone (Prometheus, and the write gate for its
+    ``edge_boxes``)."""
+    off = dict.fromkeys(("object_store", "mlflow", "workbench", "serving", "controller", "dashboards"), False)
+    written = write_answers(
+        root / "central.yaml",
+        profile="custom",
+        object_store={"kind": "filesystem"},
+        components=off | {"monitoring": True},
+        **answers,
+    )
+    return Stack(written, root / "central")
+
+
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
     root = tmp_path_factory.mktemp("remote-write")
-    off = dict.fromkeys(("object_store", "mlflow", "workbench", "serving", "controller", "dashboards"), False)
-    central = Stack(
-        write_answers(
-            root / "central.yaml",
-            profile="custom",
-            object_store={"kind": "filesystem"},
-            components=off | {"monitoring": True},
-            edge_boxes=[BOX, "shop-13"],
-        ),
-        root / "central",
-    )
+    central = central_stack(root, edge_boxes=[BOX, "shop-13"])
     model = write_mlp(root / "fraud", seed=4)
     box = Stack(
         write_answers(
@@ -226,19 +230,8 @@ def central_in_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     use_runtime("podman")
     ensure_images("podman", ("prometheus-debian", "serving"))
     root = tmp_path_factory.mktemp("remote-write-podman")
-    off = dict.fromkeys(("object_store", "mlflow", "workbench", "serving", "controller", "dashboards"), False)
-    central = Stack(
-        write_answers(
-            root / "central.yaml",
-            runtime="podman",
-            profile="custom",
-            object_store={"kind": "filesystem"},
-            components=off | {"monitoring": True},
-            images=dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE),
-            edge_boxes=[BOX],
-        ),
-        root / "central",
-    )
+    images = dict.fromkeys(("prometheus", "node-exporter", "alertmanager"), MONITORING_IMAGE)
+    central = central_stack(root, edge_boxes=[BOX], runtime="podman", images=images)
     try:
         central.cli("up")
         yield central

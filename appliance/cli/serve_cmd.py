@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from appliance.errors import ApplianceError
+from appliance.workloads.serving.config import PROVIDER_NAMES
 
 
 @click.command("serve")
@@ -120,7 +121,7 @@ from appliance.errors import ApplianceError
 )
 @click.option(
     "--execution-provider",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(PROVIDER_NAMES),
     default="auto",
     show_default=True,
     help="Where models run: auto (the GPU when onnxruntime-gpu and a GPU are there, else the CPU), "

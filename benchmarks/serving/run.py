@@ -40,6 +40,8 @@ import loadgen  # noqa: E402
 import peers  # noqa: E402
 from bench_model import MODELS, N_IN, build_named, ort_floor, ort_floor_cores  # noqa: E402
 
+from appliance.workloads.serving.config import PROVIDER_NAMES  # noqa: E402
+
 TOKEN = "bench-token"
 
 
@@ -459,7 +461,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--provider",
-        choices=("auto", "cpu", "cuda"),
+        choices=PROVIDER_NAMES,
         default="cpu",
         help="our server's --execution-provider (cuda: onnxruntime-gpu and a GPU; the floor runs there too)",
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,18 @@ def test_cli_module_imports_the_server_only_inside_the_command() -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    assert top <= {"__future__", "pathlib", "click", "appliance.errors"}, top
+    # config: the provider names for --execution-provider, a module of dataclasses
+    assert top <= {
+        "__future__",
+        "pathlib",
+        "click",
+        "appliance.errors",
+        "appliance.workloads.serving.config",
+    }, top
+    heavy = "{'onnxruntime', 'numpy', 'grpc'}"
+    code = f"import sys, appliance.cli.serve_cmd; print(sorted({heavy} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
 
 
 def test_bad_flags_are_usage_errors() -> None:

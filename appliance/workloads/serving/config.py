@@ -8,6 +8,10 @@ from pathlib import Path
 
 from appliance.workloads.serving.limits import ServerLimits
 
+PROVIDER_NAMES = ("auto", "cpu", "cuda")
+"""What ``--execution-provider`` may name (``model.EXECUTION_PROVIDERS`` says what each runs on):
+here, where the CLI reads them without importing ONNX Runtime."""
+
 TOKEN_ENV = "APPLIANCE_SERVING_TOKEN"
 ADMIN_TOKEN_ENV = "APPLIANCE_SERVING_ADMIN_TOKEN"
 
@@ -42,7 +46,7 @@ class ServeConfig:
     outages and restarts (``edge_cache``); None: no cache."""
     intra_op_threads: int = 1
     inter_op_threads: int = 1
-    execution_provider: str = "auto"  # a key of model.EXECUTION_PROVIDERS
+    execution_provider: str = "auto"  # one of PROVIDER_NAMES
     limits: ServerLimits = field(default_factory=ServerLimits)
     """Sizes, counts, timeouts and connections every client lives under (REST and gRPC)."""
     allow_client_shm: bool = False

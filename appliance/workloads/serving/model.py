@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from appliance.workloads.serving.config import PROVIDER_NAMES
 from appliance.workloads.serving.drift import DriftMonitor
 from appliance.workloads.serving.errors import BadRequest, InferenceError
 from appliance.workloads.serving.tensors import NUMPY_TYPES, ORT_TYPES
@@ -25,15 +26,18 @@ from appliance.workloads.serving.tensors import NUMPY_TYPES, ORT_TYPES
 log = logging.getLogger(__name__)
 
 PREFERRED_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-EXECUTION_PROVIDERS: dict[str, tuple[str, ...] | None] = {
-    "auto": None,
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-"""What ``--execution-provider`` may name: ``auto`` takes the best one installed (TensorRT, CUDA,
-CPU); ``cpu`` keeps a model off the GPU (a small model, or a GPU left to training); ``cuda``
-requires the GPU and refuses to start without it instead of serving slowly on the CPU. CPU stays
-behind CUDA in its list because ONNX Runtime places the operators CUDA lacks there."""
+EXECUTION_PROVIDERS: dict[str, tuple[str, ...] | None] = dict(
+    zip(
+        PROVIDER_NAMES,
+        (None, ("CPUExecutionProvider",), ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        strict=True,
+    )
+)
+"""What each ``--execution-provider`` name (``config.PROVIDER_NAMES``) runs on: ``auto`` takes the
+best one installed (TensorRT, CUDA, CPU); ``cpu`` keeps a model off the GPU (a small model, or a
+GPU left to training); ``cuda`` requires the GPU and refuses to start without it instead of
+serving slowly on the CPU. CPU stays behind CUDA in its list because ONNX Runtime places the
+operators CUDA lacks there."""
 
 
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}

@@ -99,10 +99,7 @@ def measure(
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            cmd, cwd=run.ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return run.start_server(cmd, log, run.ROOT)
 
 
 def find_haproxy() -> str | None:

@@ -143,15 +143,7 @@ def measure(
     for encoding in args.encodings:
         log = work / f"server-{encoding}.log"
         cmd = [*peer.cmd, "--allow-client-shm"] if _shm(encoding) else peer.cmd
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=args.server_root,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = run.start_server(cmd, log, args.server_root, env)
         try:
             run.wait_ready(peer.http_port, "mlp", proc, args.start_timeout, log)
             if args.balancer:

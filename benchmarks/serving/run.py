@@ -126,10 +126,7 @@ def measure(
 ) -> dict[str, Any]:
     log = work / f"{peer.name}.log"
     env = {**os.environ, **peer.env}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            peer.cmd, cwd=peer.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = start_server(peer.cmd, log, peer.cwd, env)
     token = TOKEN if peer.name.startswith("ours") else None
     result: dict[str, Any] = {}
     try:
@@ -271,9 +268,7 @@ def grpc_point(
 def grpc_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     """Requests/s of a canned-response grpcio server: the transport's own limit here."""
     port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "grpc_ceiling.py"), str(port)], start_new_session=True
-    )
+    proc = start_server([sys.executable, str(HERE / "grpc_ceiling.py"), str(port)], None)
     result: dict[str, Any] = {}
     try:
         x = np.zeros((1, N_IN), np.float32)
@@ -416,6 +411,19 @@ def scaling_table(results: dict[str, Any], floor: dict[str, Any], args: argparse
             rps = f"{best['rps']:.0f} (c={c})"
             lines.append(f"| {label} | {proto} | {rps} | {speedup:.2f} | {alone or '-'} | {share} |")
     return "\n".join(lines) + "\n"
+
+
+def start_server(
+    cmd: list[str], log: Path | None, cwd: Path | str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A server under test in a process group of its own (``stop_group`` ends it with all it
+    started: replicas, nginx), its output to ``log`` (None: this script's own)."""
+    if log is None:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

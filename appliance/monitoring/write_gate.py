@@ -17,10 +17,11 @@ sends its remote write here with its own account (``appliance-edge-NAME``); the 
 
 Limits: bodies up to ``MAX_BODY`` bytes (declared length, 413 past it) decoding to at most
 ``Limits.max_decoded_bytes``; series, labels and label sizes bounded (``remote_write_wire.Limits``);
-``MAX_CONNECTIONS`` requests at once (503 past them, which the box's Prometheus retries); a socket
-timeout for slow senders. A malformed body is a 400 naming what is wrong, and none of its series
-is written (Prometheus drops a batch answered 4xx and retries one answered 5xx, which is what the
-gate answers when the central Prometheus cannot be reached).
+``MAX_CONNECTIONS`` connections at once (503 past them, which the box's Prometheus retries); a
+socket timeout for slow senders (``appliance.bounded_http``). A malformed body is a 400 naming
+what is wrong, and none of its series is written (Prometheus drops a batch answered 4xx and
+retries one answered 5xx, which is what the gate answers when the central Prometheus cannot be
+reached).
 
 What the gate cannot know: which models a box serves. A box may still write serving series for a
 model it does not follow, under its own name; the central drift rules then see that box's name on
@@ -36,14 +37,13 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from appliance.bounded_http import BoundedHandler, BoundedHTTPServer
 from appliance.mlflow_auth import EDGE_PREFIX
 from appliance.monitoring.catalog import SERVING_METRICS, series_names
 from appliance.monitoring.remote_write_wire import (
@@ -144,9 +144,7 @@ class Upstream:
             raise RequestRefused(503, f"the central Prometheus cannot be reached ({err})") from err
 
 
-class GateServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class GateServer(BoundedHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -155,12 +153,11 @@ class GateServer(ThreadingHTTPServer):
         limits: Limits | None = None,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, max_connections)
         self.accounts = accounts
         self.upstream = upstream
         self.limits = limits or Limits()
         self.allowed = frozenset(series_names(SERVING_METRICS))
-        self.slots = threading.BoundedSemaphore(max_connections)
 
     def box_of(self, header: str | None) -> str:
         """The box whose account ``header`` (``Authorization: Basic ...``) names with its right
@@ -181,9 +178,8 @@ class GateServer(ThreadingHTTPServer):
         return user.removeprefix(EDGE_PREFIX)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BoundedHandler):
     server: GateServer
-    protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -210,15 +206,10 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(404, f"only POST {WRITE_PATH} is served here")
 
     def do_POST(self) -> None:
-        if not self.server.slots.acquire(blocking=False):
-            self._answer(503, f"over {MAX_CONNECTIONS} requests at once; send again later")
-            return
         try:
             self._write()
         except RequestRefused as refused:
             self._answer(refused.status, str(refused))
-        finally:
-            self.server.slots.release()
 
     def _write(self) -> None:
         box = self.server.box_of(self.headers.get("Authorization"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,14 @@ def test_a_firing_drift_alert_starts_one_retrain_and_a_flapping_one_does_not(
     refused = controller.post("/alerts", alert, token="wrong-token")
     assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
     assert controller.post("/alerts", alert, token="").status_code == 401
+    # the token is checked before the body is read: a caller announcing a megabyte and sending
+    # none of it is refused at once, and the connection closed
+    with socket.create_connection(("127.0.0.1", controller.port), timeout=10) as sock:
+        sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: c\r\nContent-Length: 1000000\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401") and b"bearer token" in answer, answer
     malformed = controller.post(
         "/alerts", raw=b'{"version": "4", "status": "firing", "alerts": [{"labels": {}}]}'
     )

@@ -2,8 +2,9 @@
 
 A handful of JSON routes do not justify a web framework in the controller image; each request
 gets its own thread and every route returns at once (runs go to background threads). POST
-routes need ``Authorization: Bearer <token>`` (the token file Alertmanager also reads); tokens
-are compared in constant time. Errors are JSON ``{"error": ..., "fix": ...}`` with a 4xx status.
+routes need ``Authorization: Bearer <token>`` (the token file Alertmanager also reads), checked
+before the body is read; tokens are compared in constant time. Connections are bounded in number
+and idle time (``appliance.bounded_http``). Errors are JSON ``{"error": ..., "fix": ...}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import hmac
 import json
 import logging
 import re
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from appliance.bounded_http import BoundedHandler, BoundedHTTPServer
 from appliance.errors import ApplianceError
 from appliance.names import check_name
 from appliance.pipelines.locks import holder
@@ -38,10 +39,9 @@ class HttpError(Exception):
         self.status, self.error, self.fix = status, error, fix
 
 
-class ControllerServer(ThreadingHTTPServer):
-    """The HTTP server, holding the controller, the token and the metrics registry."""
-
-    daemon_threads = True
+class ControllerServer(BoundedHTTPServer):
+    """The HTTP server, holding the controller, the token and the metrics registry (connections
+    and their idle time bounded: ``appliance.bounded_http``)."""
 
     def __init__(self, address: tuple[str, int], controller: Controller, token: str | None) -> None:
         super().__init__(address, Handler)
@@ -54,9 +54,8 @@ class ControllerServer(ThreadingHTTPServer):
         """Cron schedules by model (``models[].retrain_schedule``; ``--schedule``: the pipeline's model)."""
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BoundedHandler):
     server: ControllerServer
-    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -93,8 +92,10 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:
-        # Read the body before any answer, even a 401, so a keep-alive connection stays in step.
+        # Every POST route needs the token: checked before the body is read, and a refusal closes
+        # the connection (its unread body would otherwise be taken for the next request).
         try:
+            self._authorize()
             self._payload = self._body()
         except HttpError as err:
             self.close_connection = True
@@ -171,7 +172,6 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, self._with_status(run))
 
     def _alerts(self) -> None:
-        self._authorize()
         body = self._payload
         try:
             models, refused = drift_targets(parse_notification(body))
@@ -188,7 +188,6 @@ class Handler(BaseHTTPRequestHandler):
         self._json(202 if started else 200, {"results": results, "refused": refused})
 
     def _pipeline_run(self, name: str) -> None:
-        self._authorize()
         body = self._payload
         try:
             data = json.loads(body) if body.strip() else {}

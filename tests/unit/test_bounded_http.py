@@ -1,0 +1,84 @@
+"""The bounded threading HTTP server (the controller's and the write gate's): a connection past the
+limit is answered 503 at once, a silent connection is closed after the timeout and gives its slot
+back, and one that stays in use keeps it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.bounded_http import BoundedHandler, BoundedHTTPServer
+
+
+class Hello(BoundedHandler):
+    timeout = 0.5
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[BoundedHTTPServer]:
+    one = BoundedHTTPServer(("127.0.0.1", 0), Hello, max_connections=2)
+    threading.Thread(target=one.serve_forever, args=(0.05,), daemon=True).start()
+    yield one
+    one.shutdown()
+    one.server_close()
+
+
+def connect(server: BoundedHTTPServer) -> socket.socket:
+    return socket.create_connection(server.server_address[:2], timeout=5)  # type: ignore[arg-type]
+
+
+def get(server: BoundedHTTPServer) -> bytes:
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return read_all(sock)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_a_connection_past_the_limit_is_refused_at_once_and_served_once_a_slot_frees(
+    server: BoundedHTTPServer,
+) -> None:
+    idle = [connect(server), connect(server)]  # both slots, sending nothing
+    time.sleep(0.1)
+    refused = get(server)
+    assert refused.startswith(b"HTTP/1.1 503") and b"too many connections" in refused, refused
+    for sock in idle:  # refused while both still held their slots, not after they timed out
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        sock.setblocking(True)
+    time.sleep(0.8)  # the idle connections pass the 0.5 s timeout: closed, their slots back
+    for sock in idle:
+        assert read_all(sock) == b""  # closed by the server, nothing answered
+        sock.close()
+    assert get(server).endswith(b"hello")
+
+
+def test_a_connection_in_use_keeps_its_slot_past_the_timeout(server: BoundedHTTPServer) -> None:
+    with connect(server) as busy:
+        for _ in range(4):  # 4 requests 0.3 s apart: 1.2 s in all, each gap under the timeout
+            busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                chunk = busy.recv(4096)
+                assert chunk, f"closed after {answer!r}"
+                answer += chunk
+            time.sleep(0.3)

@@ -2,7 +2,8 @@
 
 ``ThreadingHTTPServer`` starts a thread for every connection and never times one out, so a caller
 that opens connections and sends nothing (or a byte a minute) holds threads and memory without
-end. The appliance's small HTTP APIs built on it (the controller's, the write gate) get two
+end. The appliance's small HTTP servers built on it (the controller's API, the write gate, the
+model server's metrics port) get two
 bounds here: at most ``max_connections`` connections at once, past which a new one is answered
 ``503`` and closed at once (a client retries; Alertmanager and Prometheus do), and a socket
 timeout (``Handler.timeout``) that ends a connection idle or stalled for that long, between

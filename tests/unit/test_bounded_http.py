@@ -1,6 +1,6 @@
-"""The bounded threading HTTP server (the controller's and the write gate's): a connection past the
-limit is answered 503 at once, a silent connection is closed after the timeout and gives its slot
-back, and one that stays in use keeps it."""
+"""The bounded threading HTTP server (the controller's, the write gate's and the model server's
+metrics port): a connection past the limit is answered 503 at once, a silent connection is closed
+after the timeout and gives its slot back, and one that stays in use keeps it."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ def test_a_connection_in_use_keeps_its_slot_past_the_timeout(server: BoundedHTTP
                 assert chunk, f"closed after {answer!r}"
                 answer += chunk
             time.sleep(0.3)
+
+
+def test_the_model_servers_metrics_port_serves_the_registry_in_the_format_asked_and_nothing_else() -> None:
+    import httpx
+
+    from appliance.workloads.serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics(lambda: [])
+    metrics.child(metrics.requests, "fraud", "3", "rest", "success").inc(2)
+    server = metrics.serve(0, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        text = httpx.get(f"{url}/metrics", timeout=5)
+        assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
+        labels = 'model="fraud",outcome="success",protocol="rest",version="3"'
+        assert f"appliance_inference_requests_total{{{labels}}} 2.0" in text.text
+        open_metrics = httpx.get(
+            f"{url}/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=5
+        )
+        assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert open_metrics.text.rstrip().endswith("# EOF")
+        assert httpx.get(f"{url}/v2/models", timeout=5).status_code == 404
+        assert server.max_connections == 16
+    finally:
+        server.shutdown()
+        server.server_close()

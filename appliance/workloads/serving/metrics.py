@@ -7,14 +7,18 @@ per scrape rather than once per request.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from appliance.bounded_http import BoundedHandler, BoundedHTTPServer
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -151,6 +155,33 @@ class ServingMetrics:
         return c
 
     def serve(self, port: int, host: str) -> Any:
-        """Start /metrics on its own port (a daemon thread); returns the HTTP server."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start /metrics on its own port (a daemon thread); returns the HTTP server. The
+        connections it holds are bounded in number and idle time (``appliance.bounded_http``):
+        prometheus_client's own server keeps a thread for every connection, silent or not."""
+        server = BoundedHTTPServer((host, port), _metrics_handler(self.registry), max_connections=16)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server
+
+
+def _metrics_handler(registry: CollectorRegistry) -> type[BoundedHandler]:
+    class MetricsHandler(BoundedHandler):
+        """``GET /metrics`` (or ``/``) in the format the scraper's Accept header asks for."""
+
+        timeout = 10.0
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                body, status, ctype = b"only /metrics is served here\n", 404, "text/plain; charset=utf-8"
+            else:
+                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+                body, status = encoder(registry), 200
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return MetricsHandler

@@ -78,6 +78,8 @@ def test_a_write_request_round_trips_with_its_labels_sorted_and_samples_as_sent(
     again = read_write_request(write_request(series), LIMITS)
     assert [s.labels for s in again] == [s.labels for s in series]
     assert again[0].samples == series[0].samples
+    encoded = write_request(again)
+    assert write_request(read_write_request(encoded, LIMITS)) == encoded  # the same bytes again
     assert list(read_write_request(write_request([psi("z", a="1")]), LIMITS)[0].labels) == [
         "__name__",
         "a",

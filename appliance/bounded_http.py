@@ -19,13 +19,13 @@ from typing import Any
 MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT_S = 30.0
 
+_BUSY_TEXT = b"too many connections at once; try again soon"
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"Retry-After: 1\r\n"
     b"Connection: close\r\n"
-    b"Content-Length: 44\r\n\r\n"
-    b"too many connections at once; try again soon"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
 )
 """The whole answer to a connection past the limit (written before any of its request is read)."""
 
@@ -73,3 +73,25 @@ class BoundedHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_S
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: tuple[tuple[str, str], ...] = (),
+        close: bool = False,
+    ) -> None:
+        """The whole answer: status, ``headers``, the body with its type and length; ``close``
+        ends the connection after it (a request whose body was left unread)."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        if body:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from appliance.answers import Ports
 from appliance.context import AppContext
 from appliance.mlflow_auth import EDGE_PREFIX, READER_USER, SECRETS, edge_secret
 from appliance.runtimes.base import ObservedService
@@ -232,6 +233,10 @@ def _credential(what: str, path: Path, account: str, ca_file: Path | None, key: 
     return None
 
 
+GATE_URL = f"http://CENTRAL:{Ports.model_fields['write_gate'].default}/api/v1/write"
+"""Where a box's remote write goes, with the central stack's default port."""
+
+
 def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
     """An edge box sending its samples to the central stack (``monitoring.remote_write``, its
     write gate): its credential is in place and the gate takes it. A receiver that cannot be reached only
@@ -282,8 +287,8 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
                 "fail",
                 f"{wanted.url} refuses {wanted.username} ({answer.status_code})",
                 f"list {wanted.box} in the central edge_boxes, run up there, copy the password again; "
-                "the URL must be the central write gate's (http://CENTRAL:9095/api/v1/write), not "
-                "its Prometheus's, which takes no edge account",
+                f"the URL must be the central write gate's ({GATE_URL}), not its Prometheus's, which "
+                "takes no edge account",
             )
         ]
     if answer.status_code == 404:
@@ -292,8 +297,8 @@ def _remote_write(ctx: AppContext, desired: Mapping[str, RenderedService]) -> li
                 "remote write",
                 "fail",
                 f"{wanted.url} has no remote-write receiver (404)",
-                "name the central stack's write gate, http://CENTRAL:PORTS.WRITE_GATE/api/v1/write "
-                "(9095 unless its answers change ports.write_gate)",
+                f"name the central stack's write gate, {GATE_URL} (or the port of its ports.write_gate, "
+                "if changed)",
             )
         ]
     return [Check("remote write", "pass", f"samples go to {wanted.url} as {wanted.username}")]

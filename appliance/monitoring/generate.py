@@ -30,6 +30,7 @@ from appliance.monitoring.prometheus_config import RemoteWriteTarget, ScrapeTarg
 from appliance.monitoring.rules import render_alert_rules
 from appliance.monitoring.web_auth import GENERATORS as WEB_CONFIG_GENERATORS
 from appliance.monitoring.web_auth import WEB_PASSWORDS, WEB_USER, password_file
+from appliance.monitoring.write_gate import BOX_LABEL
 from appliance.secrets_store import SecretStore
 
 CONTROLLER_TOKEN_SECRET = "controller_webhook_token"
@@ -138,7 +139,7 @@ def remote_write_target(ctx: _Context) -> RemoteWriteTarget | None:
     return RemoteWriteTarget(
         wanted.url,
         (wanted.username, str(wanted.password_path(ctx.state_dir))),
-        (("edge_box", wanted.box),),
+        ((BOX_LABEL, wanted.box),),
         str(wanted.ca_file) if wanted.ca_file else None,
         tuple(sorted(series_names(SERVING_METRICS))),
     )

@@ -39,6 +39,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ MAX_BODY = 8 * 1024 * 1024
 MAX_CONNECTIONS = 16
 SOCKET_TIMEOUT = 15.0
 UPSTREAM_TIMEOUT = 15.0
+_NO_PASSWORD = "-" * 64
+"""What an unknown user's password is compared with: no SHA-256 in hex is dashes."""
 
 
 def password_digest(password: str) -> str:
@@ -96,16 +99,14 @@ def rewrite(body: bytes, box: str, allowed: frozenset[str], limits: Limits) -> t
     """The snappy body to send on for ``box``'s request ``body``: only the allowed series, each
     labelled ``edge_box=box``. Raises WireError on a malformed body."""
     series = read_write_request(snappy_decode(body, limits.max_decoded_bytes), limits)
-    kept = []
-    outcome = Outcome(0)
+    kept, dropped = [], Counter[str]()
     for one in series:
-        if one.name not in allowed:
-            outcome.dropped[one.name] = outcome.dropped.get(one.name, 0) + 1
-            continue
-        one.labels[BOX_LABEL] = box
-        kept.append(one)
-    outcome.kept = len(kept)
-    return snappy_encode(write_request(kept)), outcome
+        if one.name in allowed:
+            one.labels[BOX_LABEL] = box
+            kept.append(one)
+        else:
+            dropped[one.name] += 1
+    return snappy_encode(write_request(kept)), Outcome(len(kept), dict(dropped))
 
 
 @dataclass(frozen=True)
@@ -161,19 +162,16 @@ class GateServer(BoundedHTTPServer):
 
     def box_of(self, header: str | None) -> str:
         """The box whose account ``header`` (``Authorization: Basic ...``) names with its right
-        password; RequestRefused(401) otherwise. Every known account is compared, in constant
-        time, whatever the user name."""
+        password; RequestRefused(401) otherwise. The password is compared in constant time (an
+        unknown user against a digest no password has, so it costs the same)."""
         if not header or not header.startswith("Basic "):
             raise RequestRefused(401, "send the box's account with basic auth (appliance-edge-NAME)")
         try:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError) as err:
             raise RequestRefused(401, "the Authorization header is not valid basic auth") from err
-        given = password_digest(password)
-        matched = False
-        for name, digest in self.accounts.items():
-            matched |= hmac.compare_digest(given, digest) & (name == user)
-        if not matched or not user.startswith(EDGE_PREFIX):
+        known = self.accounts.get(user, _NO_PASSWORD)
+        if not hmac.compare_digest(password_digest(password), known) or not user.startswith(EDGE_PREFIX):
             raise RequestRefused(401, f"account {user[:80]!r} is unknown or its password is wrong")
         return user.removeprefix(EDGE_PREFIX)
 
@@ -186,18 +184,9 @@ class Handler(BoundedHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def _answer(self, status: int, message: str = "") -> None:
+        challenge = (("WWW-Authenticate", 'Basic realm="appliance write gate"'),) if status == 401 else ()
         body = (message + "\n").encode() if message else b""
-        self.send_response(status)
-        if status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="appliance write gate"')
-        if body:
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        if status >= 400:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        self.respond(status, body, headers=challenge, close=status >= 400)
 
     def do_GET(self) -> None:
         if self.path == "/healthz":

@@ -61,13 +61,8 @@ class Handler(BoundedHandler):
         log.info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 401:
-            self.send_header("WWW-Authenticate", 'Bearer realm="appliance-controller"')
-        self.end_headers()
-        self.wfile.write(body)
+        challenge = (("WWW-Authenticate", 'Bearer realm="appliance-controller"'),) if status == 401 else ()
+        self.respond(status, body, content_type, challenge)
 
     def _json(self, status: int, data: Any) -> None:
         self._send(status, json.dumps(data, default=str).encode() + b"\n")

@@ -175,11 +175,7 @@ def _metrics_handler(registry: CollectorRegistry) -> type[BoundedHandler]:
             else:
                 encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
                 body, status = encoder(registry), 200
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.respond(status, body, ctype)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -168,6 +168,17 @@ def _runtime(ctx: AppContext) -> Check:
     )
 
 
+def _runtime_checks(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
+    """What runs the services: supervisord and each service's binary on this host, or for podman
+    and docker the engine, each service's image (holding this appliance's code) and GPU access."""
+    if ctx.answers.runtime == "local":
+        return [_runtime(ctx), *_binaries(desired)]
+    # imported here: the container checks build on this module's Check
+    from appliance.images.preflight import container_checks
+
+    return container_checks(ctx, desired)
+
+
 def _model_source(
     ctx: AppContext,
     desired: Mapping[str, RenderedService],
@@ -487,8 +498,7 @@ def run_preflight(
         _cpu(),
         _memory(desired, footprints),
         _disk(ctx.state_dir),
-        _runtime(ctx),
-        *_binaries(desired),
+        *_runtime_checks(ctx, desired),
         *_ports(ctx, desired, observed),
         _gpu(ctx),
         *_model_source(ctx, desired, observed),

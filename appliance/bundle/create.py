@@ -18,7 +18,9 @@ from appliance.bundle.manifest import MANIFEST, SIGNATURE, BundleError, Manifest
 from appliance.bundle.signing import sign, signing_key
 from appliance.bundle.store import STORE_DIR
 from appliance.context import AppContext
-from appliance.images.build import image_present, save_image
+from appliance.images.build import image_labels, save_image, stale_code
+from appliance.images.code_digest import running_code_digest, wheel_code_digest
+from appliance.images.wheelhouse import find_project_wheel
 from appliance.render import selected
 from appliance.stack import STACKS_DIR, load_stack
 
@@ -53,7 +55,8 @@ def create_bundle(
     (``appliance.bundle.store``) go under ``store/``; ``debs``: the cluster roles' Debian packages
     and their closure under ``debs/`` (``appliance.bundle.debs``)."""
     key = signing_key(key_file)
-    missing = sorted({tag for tag in images.values() if not image_present(engine, tag)})
+    labels = {tag: image_labels(engine, tag) for tag in sorted(set(images.values()))}
+    missing = [tag for tag, found in labels.items() if found is None]
     if missing:
         raise BundleError(
             f"{len(missing)} image(s) of profile {profile!r} are not in {engine}'s store: "
@@ -65,6 +68,7 @@ def create_bundle(
         raise BundleError(
             f"{wheelhouse} holds no wheels", fix="run `appliance images build` first or omit it"
         )
+    _refuse_stale_code(labels, wheelhouse)
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -108,6 +112,20 @@ def create_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _refuse_stale_code(labels: dict[str, dict[str, str] | None], wheelhouse: Path | None) -> None:
+    """The bundle's appliance images must hold the code of the appliance it installs: its
+    wheelhouse's project wheel, or without one (or one with no project wheel) this appliance."""
+    wheel = find_project_wheel(wheelhouse) if wheelhouse is not None else None
+    expected = wheel_code_digest(wheel) if wheel is not None else running_code_digest()
+    stale = [s for tag, found in labels.items() if found and (s := stale_code(tag, found, expected))]
+    if stale:
+        raise BundleError(
+            f"{len(stale)} image(s) hold other appliance code than the bundle installs: "
+            + "; ".join(map(str, stale)),
+            fix="rebuild them from the same checkout: " + ", ".join(f"`{s.rebuild}`" for s in stale),
+        )
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -46,7 +46,8 @@ def build_cmd(names: tuple[str, ...], flavor: str, base: str, wheelhouse: Path |
 @click.option("--engine", type=click.Choice(ENGINES), default="podman", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(engine: str, as_json: bool) -> None:
-    """Appliance images present in ENGINE's store, then the upstream images the stack names
+    """Appliance images present in ENGINE's store (with ``current`` or ``stale``: whether the
+    appliance code an image holds is this appliance's), then the upstream images the stack names
     (pinned by tag and digest; an ``images.<service>`` override in the answers file replaces one)."""
     rows = list_images(engine)
     upstream = upstream_images(engine)
@@ -57,7 +58,12 @@ def list_cmd(engine: str, as_json: bool) -> None:
         click.echo("no appliance images yet: run `appliance images build`")
     for row in rows:
         size = f"{float(str(row['size_bytes'] or 0)) / 2**20:.0f} MiB"
-        click.echo(f"{row['name']!s:<18} {row['flavor']!s:<4} {row['tag']!s:<48} {size:>9}")
+        line = f"{row['name']!s:<18} {row['flavor']!s:<4} {row['tag']!s:<48} {size:>9}  {row['code']}"
+        click.echo(line)
+    if any(row["code"] == "stale" for row in rows):
+        click.echo(
+            "stale: holds other appliance code than this one; `appliance images build NAME` rebuilds it"
+        )
     for row in upstream:
         size = f"{float(str(row['size_bytes'])) / 2**20:.0f} MiB" if row["present"] else "absent"
         click.echo(f"{row['name']!s:<18} {'up':<4} {short_ref(str(row['tag'])):<70} {size:>9}")

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.images.catalog import BASE_TAG, CATALOG, LABEL, Flavor, ImageSpec
-from appliance.images.wheelhouse import add_wheels_for_python, ensure_no_deps_wheels, ensure_wheelhouse
+from appliance.images.code_digest import running_code_digest, wheel_code_digest
+from appliance.images.wheelhouse import (
+    PROJECT_WHEEL_GLOB,
+    add_wheels_for_python,
+    ensure_no_deps_wheels,
+    ensure_wheelhouse,
+    metadata_headers,
+    project_wheel,
+)
 
 ENGINES = ("podman", "docker")
 
@@ -88,7 +96,7 @@ def build_image(
     if spec.parent is not None:
         parent = CATALOG[spec.parent]
         parent_tag = parent.tag(flavor)
-        if image_recipe("podman", parent_tag) != recipe_digest(parent, flavor):
+        if (image_labels("podman", parent_tag) or {}).get(RECIPE_LABEL) != recipe_digest(parent, flavor):
             build_image(parent, flavor, base, wheelhouse, offline, engines=("podman",))
         base = parent_tag
     context = cache_dir() / "context"
@@ -108,7 +116,11 @@ def build_image(
     cmd += ["--build-arg", f"NO_DEPS={' '.join(spec.no_deps)}"]
     cmd += ["--build-arg", f"WHEELHOUSE_DIGEST={wheelhouse_digest(house)}"]
     cmd += ["--label", f"{LABEL}={spec.name}", "--label", f"{LABEL}.flavor={flavor}"]
-    cmd += ["--label", f"{RECIPE_LABEL}={recipe_digest(spec, flavor)}", str(context)]
+    cmd += ["--label", f"{RECIPE_LABEL}={recipe_digest(spec, flavor)}"]
+    if spec.carries_project:
+        code = wheel_code_digest(project_wheel(house))
+        cmd += ["--build-arg", f"CODE_DIGEST={code}", "--label", f"{CODE_LABEL}={code}"]
+    cmd.append(str(context))
     _run(cmd, f"building {tag}")
     for engine in engines:
         if engine != "podman" and engine_ready(engine):
@@ -130,16 +142,67 @@ def recipe_digest(spec: ImageSpec, flavor: Flavor = "cpu") -> str:
     return digest.hexdigest()[:16]
 
 
-def image_recipe(engine: str, tag: str) -> str | None:
-    """The recipe label of ``tag`` in ``engine``'s store; None when absent or unlabelled."""
+CODE_LABEL = f"{LABEL}.code"
+"""Digest of the appliance code an image holds (``code_digest``), on images that carry it."""
+
+
+def image_labels(engine: str, tag: str) -> dict[str, str] | None:
+    """Every label of ``tag`` in ``engine``'s store; None when the store does not hold it."""
     proc = subprocess.run(
-        [engine, "image", "inspect", "--format", f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}', tag],
+        [engine, "image", "inspect", "--format", "{{json .Config.Labels}}", tag],
         capture_output=True,
         text=True,
         check=False,
     )
-    value = proc.stdout.strip()
-    return value if proc.returncode == 0 and value and value != "<no value>" else None
+    if proc.returncode != 0:
+        return None
+    labels = json.loads(proc.stdout.strip() or "null") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+@dataclass(frozen=True)
+class StaleCode:
+    """An appliance image holding other appliance code than the one expected."""
+
+    tag: str
+    held: str | None
+    """The image's ``CODE_LABEL``; None when it was built before images were labelled."""
+    expected: str
+    rebuild: str
+    """The command that builds it again from the expected code."""
+
+    def __str__(self) -> str:
+        if self.held is None:
+            return (
+                f"{self.tag} was built before images named the appliance code they hold: it may hold "
+                f"older code than this appliance's ({self.expected})"
+            )
+        return f"{self.tag} holds appliance code {self.held}, not this appliance's {self.expected}"
+
+
+def _code_carrier(labels: dict[str, str]) -> ImageSpec | None:
+    """The catalog image ``labels`` name, when it installs the appliance (whose code is compared)."""
+    spec = CATALOG.get(labels.get(LABEL, ""))
+    return spec if spec is not None and spec.carries_project else None
+
+
+def stale_code(tag: str, labels: dict[str, str], expected: str) -> StaleCode | None:
+    """Whether an image whose ``labels`` say it carries the appliance holds code ``expected``.
+    Images that carry no appliance code (the monitoring, gateway and object-store stand-ins, an
+    upstream image named in the answers) have nothing to compare and pass."""
+    spec = _code_carrier(labels)
+    if spec is None or labels.get(CODE_LABEL) == expected:
+        return None
+    flavor = " --flavor gpu" if labels.get(f"{LABEL}.flavor") == "gpu" else ""
+    return StaleCode(tag, labels.get(CODE_LABEL), expected, f"appliance images build {spec.name}{flavor}")
+
+
+def code_state(tag: str, labels: dict[str, str]) -> str:
+    """``current`` (the image holds this appliance's code), ``stale`` (other code, or none named:
+    preflight refuses it) or ``-`` (the image carries no appliance code)."""
+    if _code_carrier(labels) is None:
+        return "-"
+    return "stale" if stale_code(tag, labels, running_code_digest()) else "current"
 
 
 def base_python(base: str) -> str:
@@ -151,15 +214,28 @@ def base_python(base: str) -> str:
 
 
 def wheelhouse_digest(house: Path) -> str:
-    """Digest of every wheel's name and bytes. The wheelhouse is bind-mounted into the build, which
-    the layer cache does not see; passed as a build argument, a changed wheel rebuilds the layer."""
+    """Digest of what the dependency layer installs: every other wheel's name and bytes, and the
+    project wheel's requirements. The wheelhouse is bind-mounted into the build, which the layer
+    cache does not see; passed as a build argument, a changed wheel rebuilds the layer. The
+    project's code is left out: it goes into a layer of its own (``CODE_DIGEST``), so a change
+    to it reinstalls one wheel rather than torch and the rest."""
     digest = hashlib.sha256()
     for wheel in sorted(house.glob("*.whl")):
         digest.update(wheel.name.encode() + b"\0")
+        if wheel.match(PROJECT_WHEEL_GLOB):
+            digest.update(_requirement_lines(wheel))
+            continue
         with wheel.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _requirement_lines(wheel: Path) -> bytes:
+    """The ``Requires-Dist``/``Provides-Extra`` headers of a wheel's METADATA (its description,
+    the README, would rebuild the dependencies for a changed sentence)."""
+    wanted = ("Requires-Dist:", "Provides-Extra:")
+    return "\n".join(line for line in metadata_headers(wheel) if line.startswith(wanted)).encode()
 
 
 def transfer(tag: str, engine: str) -> None:
@@ -194,7 +270,8 @@ def load_image(engine: str, archive: Path) -> None:
 
 
 def list_images(engine: str = "podman") -> list[dict[str, object]]:
-    """Appliance images in ``engine``'s store: name, flavour, tag, size, created."""
+    """Appliance images in ``engine``'s store: name, flavour, tag, size, created, and whether
+    the appliance code they hold is this appliance's (``code_state``)."""
     out = _run([engine, "images", "--filter", f"label={LABEL}", "--format", "json"], "listing images")
     rows: list[dict[str, object]] = []
     for item in _json_lines(out):
@@ -215,6 +292,7 @@ def list_images(engine: str = "podman") -> list[dict[str, object]]:
                 if isinstance(size := item.get("Size"), int)
                 else image_size(engine, tags[0]),
                 "created": item.get("CreatedAt") or item.get("Created"),
+                "code": code_state(tags[0], labels),
             }
         )
     return sorted(rows, key=lambda r: str(r["tag"]))

@@ -24,6 +24,12 @@ LABEL = "io.mlops-appliance.image"
 """Label every appliance image carries (value: the catalog name); ``images list`` filters on it."""
 
 
+def is_project(requirement: str) -> bool:
+    """True for a requirement naming the appliance itself (``mlops-appliance`` with or without
+    extras)."""
+    return requirement.split("[")[0] == PROJECT
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """One buildable image."""
@@ -55,6 +61,12 @@ class ImageSpec:
                 fix=f"build it with --flavor cpu; gpu flavours exist for: {', '.join(gpu_images())}",
             )
         return self.gpu_requirements
+
+    @property
+    def carries_project(self) -> bool:
+        """True when the image installs the appliance itself (its code is then labelled and
+        checked against the host's: ``code_digest``)."""
+        return any(map(is_project, self.requirements))
 
     @property
     def containerfile(self) -> Path:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from appliance.context import AppContext
-from appliance.images.build import engine_ready, image_present
+from appliance.images.build import engine_ready, image_labels, stale_code
+from appliance.images.code_digest import running_code_digest
 from appliance.preflight import Check
 from appliance.runtimes.containers_common import wants_gpu
 from appliance.stack import RenderedService
@@ -60,6 +61,22 @@ def gpu_check(engine: str, needed: list[str]) -> Check:
     return Check("container gpu", "fail", f"{', '.join(needed)} want the GPU but {how}", fix)
 
 
+def image_code_check(service: str, image: str, labels: dict[str, str]) -> Check:
+    """An appliance image must hold this appliance's code: the engine renders each service's
+    configuration and command for its own version, and an image from an older checkout or release
+    may lack what they name (a module, a flag, a config key)."""
+    stale = stale_code(image, labels, running_code_digest())
+    if stale is None:
+        return Check(f"image {service}", "pass", image)
+    return Check(
+        f"image {service}",
+        "fail",
+        str(stale),
+        f"`{stale.rebuild}` builds it from this appliance, or load the offline bundle of this "
+        "appliance's version (`appliance bundle load FILE`)",
+    )
+
+
 def container_checks(ctx: AppContext, desired: Mapping[str, RenderedService]) -> list[Check]:
     """Engine reachable, images present, GPU passthrough possible."""
     engine = ctx.answers.runtime
@@ -77,8 +94,8 @@ def container_checks(ctx: AppContext, desired: Mapping[str, RenderedService]) ->
         image = ctx.answers.images.get(name) or svc.image
         if not image:
             checks.append(Check(f"image {name}", "fail", f"{name} has no image", f"set images.{name}"))
-        elif image_present(engine, image):
-            checks.append(Check(f"image {name}", "pass", image))
+        elif (labels := image_labels(engine, image)) is not None:
+            checks.append(image_code_check(name, image, labels))
         else:
             local = image.startswith("localhost/")
             checks.append(

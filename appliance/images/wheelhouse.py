@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from appliance.errors import ApplianceError
-from appliance.images.catalog import IMAGES_DIR, PROJECT
+from appliance.images.catalog import IMAGES_DIR, PROJECT, is_project
 
 PROJECT_DIR = IMAGES_DIR.parent
 
@@ -48,52 +49,77 @@ def _pip(args: list[str], what: str) -> None:
     run_pip(args, what, fix)
 
 
+PROJECT_WHEEL_GLOB = PROJECT.replace("-", "_") + "-*.whl"
+
+
+def find_project_wheel(house: Path) -> Path | None:
+    """The wheelhouse's one project wheel (``build_project_wheel`` replaces older ones), or None."""
+    wheels = sorted(house.glob(PROJECT_WHEEL_GLOB))
+    return wheels[-1] if wheels else None
+
+
+def project_wheel(house: Path) -> Path:
+    """The wheelhouse's project wheel; an error naming the fix when it holds none."""
+    wheel = find_project_wheel(house)
+    if wheel is None:
+        raise ApplianceError(f"{house} holds no {PROJECT} wheel", fix="run `appliance images build` online")
+    return wheel
+
+
 def build_project_wheel(dest: Path) -> Path:
     """Build this project's wheel into ``dest``, replacing an older build of it. One build at a
     time per checkout (an flock beside setuptools' ``build/`` folder): setuptools stages a wheel in
     the checkout's ``build/`` and removes it after, so two builds at once (a bundle and an image
     build, or two test workers) could delete each other's files."""
     dest.mkdir(parents=True, exist_ok=True)
-    prefix = PROJECT.replace("-", "_") + "-"
     staging = PROJECT_DIR / "build"
     staging.mkdir(exist_ok=True)
     with open(staging / ".project-wheel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        for old in dest.glob(prefix + "*.whl"):
+        for old in dest.glob(PROJECT_WHEEL_GLOB):
             old.unlink()
+        # setuptools copies the sources into build/lib and never removes one deleted since: a
+        # module deleted from the checkout would still ship in every wheel built after
+        shutil.rmtree(staging / "lib", ignore_errors=True)
         _pip(
             ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(PROJECT_DIR)],
             "project wheel",
         )
-        wheels = sorted(dest.glob(prefix + "*.whl"))
-    if not wheels:
+        wheel = find_project_wheel(dest)
+    if wheel is None:
         raise ApplianceError(
             f"no project wheel appeared in {dest}", fix="run `pip wheel .` by hand to see why"
         )
-    return wheels[-1]
+    return wheel
 
 
-def _local_requirements(requirements: Iterable[str], project_wheel: Path) -> list[str]:
+def _local_requirements(requirements: Iterable[str], wheel: Path) -> list[str]:
     """Requirements with the project name replaced by its wheel file (extras kept)."""
     out = []
     for req in requirements:
-        if req == PROJECT or req.startswith(PROJECT + "["):
-            out.append(str(project_wheel) + req[len(PROJECT) :])
+        if is_project(req):
+            out.append(str(wheel) + req[len(PROJECT) :])
         else:
             out.append(req)
     return out
 
 
-def requires_python(wheel: Path) -> str | None:
-    """The wheel's ``Requires-Python`` (from its METADATA), or None when it states none."""
+def metadata_headers(wheel: Path) -> list[str]:
+    """The header lines of a wheel's METADATA (the description, after the first blank line, left
+    out); empty when it has none."""
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
             if name.endswith(".dist-info/METADATA") and name.count("/") == 1:
-                for line in archive.read(name).decode("utf-8", "replace").splitlines():
-                    if not line.strip():
-                        break  # the headers end at the first blank line
-                    if line.startswith("Requires-Python:"):
-                        return line.split(":", 1)[1].strip()
+                text = archive.read(name).decode("utf-8", "replace")
+                return text.split("\n\n", 1)[0].splitlines()
+    return []
+
+
+def requires_python(wheel: Path) -> str | None:
+    """The wheel's ``Requires-Python`` (from its METADATA), or None when it states none."""
+    for line in metadata_headers(wheel):
+        if line.startswith("Requires-Python:"):
+            return line.split(":", 1)[1].strip()
     return None
 
 
@@ -137,10 +163,9 @@ def ensure_wheelhouse(dest: Path, requirements: Iterable[str], offline: bool = F
     dest.mkdir(parents=True, exist_ok=True)
     if not requirements:
         return dest
-    if any(r.split("[")[0] == PROJECT for r in requirements):
-        prefix = PROJECT.replace("-", "_") + "-"
-        existing = sorted(dest.glob(prefix + "*.whl"))
-        wheel = existing[-1] if offline and existing else build_project_wheel(dest)
+    if any(map(is_project, requirements)):
+        existing = find_project_wheel(dest)
+        wheel = existing if offline and existing else build_project_wheel(dest)
         requirements = _local_requirements(requirements, wheel)
     constraints = dest.parent / "constraints.txt"
     constraints.write_text(constraints_text())

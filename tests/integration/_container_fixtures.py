@@ -24,8 +24,17 @@ from appliance.answers import Answers
 from appliance.bundle.load import present_image_id
 from appliance.context import AppContext
 from appliance.engine import Engine
-from appliance.images.build import build_image, image_present, image_recipe, recipe_digest, transfer
+from appliance.images.build import (
+    RECIPE_LABEL,
+    build_image,
+    image_labels,
+    image_present,
+    recipe_digest,
+    stale_code,
+    transfer,
+)
 from appliance.images.catalog import BASE_TAG, get_image
+from appliance.images.code_digest import running_code_digest
 from appliance.images.wheelhouse import PROJECT_DIR
 from appliance.runtimes.containers_common import STACK_LABEL, ContainerRuntime
 from tests.conftest import ALL_RUNTIMES, free_ports, runtime_missing, runtime_params, use_runtime
@@ -107,14 +116,20 @@ LAB_VOLUMES = ("seaweedfs", "mlflow", "prometheus", "alertmanager", "state")
 
 
 def ensure_images(runtime: str, names: tuple[str, ...] = SMALL_STACK_IMAGES) -> None:
-    """Build the test images into podman when missing or labelled with an older recipe (the
-    Containerfile or the requirements changed), then copy them to docker when its copy differs."""
+    """Build the test images into podman when missing, labelled with an older recipe (the
+    Containerfile or the requirements changed) or holding other appliance code than this checkout's
+    (which preflight refuses), then copy them to docker when its copy differs. A change of code
+    alone rebuilds only the images' last layer."""
     if not image_present("podman", BASE_TAG):
         subprocess.run([str(PROJECT_DIR / "scripts" / "build-base-image.sh")], check=True)
     for name in names:
         spec = get_image(name)
-        recipe = image_recipe("podman", spec.tag())
-        if not image_present("podman", spec.tag()) or recipe not in (None, recipe_digest(spec)):
+        labels = image_labels("podman", spec.tag())
+        if (
+            labels is None
+            or labels.get(RECIPE_LABEL) not in (None, recipe_digest(spec))
+            or stale_code(spec.tag(), labels, running_code_digest())
+        ):
             built = build_image(spec, engines=("podman",))
             print(f"built {built.tag}: {built.size_bytes / 2**20:.0f} MiB in {built.seconds:.0f}s")
         wanted = present_image_id("podman", spec.tag())

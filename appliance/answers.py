@@ -636,6 +636,33 @@ class Cluster(Strict):
         return self
 
 
+class EdgeBox(Strict):
+    """An edge box named with the models it serves (``edge_boxes``)."""
+
+    name: str
+    """The box's name: its account is ``appliance-edge-NAME``."""
+    models: list[str] = Field(min_length=1)
+    """The registered models the box serves (its answers' ``models[].name``). The write gate keeps
+    only series of these models from the box; one naming another model, or none where its metric
+    always names one, is left out and logged. A box with the password of another cannot write
+    drift for a model it does not serve, so cannot start that model's retraining."""
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if (problem := name_problem(name)) is not None:
+                raise ValueError(f"edge box model {name!r} {problem}: it must be {RULE}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"edge box models must be unique: {', '.join(value)}")
+        return value
+
+
+def _box_names(boxes: list[str | EdgeBox]) -> list[str]:
+    """The names of ``edge_boxes`` entries (a name alone, or an ``EdgeBox``), in their order."""
+    return [box if isinstance(box, str) else box.name for box in boxes]
+
+
 class Answers(Strict):
     """Everything the appliance needs to know to provision a stack on this machine."""
 
@@ -681,23 +708,36 @@ class Answers(Strict):
     upstream image cannot be pulled."""
     cluster: Cluster | None = None
     """Several hosts (``appliance cluster ...``, docs/cluster.md); absent: this machine alone."""
-    edge_boxes: list[str] = Field(default_factory=list)
+    edge_boxes: list[str | EdgeBox] = Field(default_factory=list)
     """Standalone edge boxes (each its own ``appliance up``, edge profile) that follow this stack's
     registry: each gets a read-only MLflow account of its own, ``appliance-edge-NAME``, its password
     this stack's secret ``mlflow_edge_NAME_<hash>_password`` (``appliance secrets show``) to copy to
-    the box. A name taken out deletes its account on the next ``up``, cutting that box off alone."""
+    the box. A name taken out deletes its account on the next ``up``, cutting that box off alone.
+    An entry is the box's name, or ``{name: NAME, models: [...]}`` to limit the model series the
+    box may write through the write gate to the models it serves."""
 
     @field_validator("edge_boxes")
     @classmethod
-    def _edge_box_names(cls, value: list[str]) -> list[str]:
-        for name in value:
+    def _edge_box_names(cls, value: list[str | EdgeBox]) -> list[str | EdgeBox]:
+        names = _box_names(value)
+        for name in names:
             problem = name_problem(name)
             if problem:
                 raise ValueError(f"edge box name {name!r} {problem}: name it after the box (e.g. shop-12)")
-        twice = sorted({n for n in value if value.count(n) > 1})
+        twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"edge box names must be unique: {', '.join(twice)} appear more than once")
         return value
+
+    @property
+    def edge_box_names(self) -> list[str]:
+        """The names of ``edge_boxes``, in their order."""
+        return _box_names(self.edge_boxes)
+
+    def edge_box_models(self) -> dict[str, list[str]]:
+        """Each edge box whose entry names its models, and those models (a box named alone is
+        absent: it may write the series of any model)."""
+        return {box.name: box.models for box in self.edge_boxes if isinstance(box, EdgeBox)}
 
     @model_validator(mode="after")
     def _one_account_per_box(self) -> Answers:
@@ -710,7 +750,7 @@ class Answers(Strict):
             )
         if self.cluster is not None:
             hosts = {h.name for h in self.cluster.hosts if "edge" in h.groups}
-            both = sorted(hosts & set(self.edge_boxes))
+            both = sorted(hosts & set(self.edge_box_names))
             if both:
                 raise ValueError(
                     f"{', '.join(both)} is both an edge host of the cluster and in edge_boxes: one "

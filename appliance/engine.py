@@ -109,7 +109,7 @@ class Engine:
         (``forget_edge_secrets``). A stack without MLflow's accounts (an edge box, which keeps its
         copy of its password as ``mlflow_reader_password``) has none to forget."""
         if "mlflow-users" in self.desired:
-            forget_edge_secrets(self.ctx.answers.edge_boxes, self.ctx.secrets)
+            forget_edge_secrets(self.ctx.answers.edge_box_names, self.ctx.secrets)
 
     def down(self, on_event: EventSink | None = None) -> ApplyResult:
         """Stop every service and the runtime's own daemon; data stay. Holds the lock."""

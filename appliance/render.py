@@ -117,7 +117,7 @@ class TemplateVars:
             "gateway_address": "0.0.0.0" if self.inside else gateway_address(ctx),
             "gateway_host": dial_address(gateway_address(ctx)),
             "gateway_url": gateway_url(ctx, self.chosen),
-            "edge_passwords": Deferred(lambda: edge_passwords(ctx.answers.edge_boxes, ctx.secrets)),
+            "edge_passwords": Deferred(lambda: edge_passwords(ctx.answers.edge_box_names, ctx.secrets)),
             "remote_write_receiver": receiver_flag(ctx),
         }
 

@@ -239,7 +239,7 @@ def edge_reader(env: dict[str, str], host: str, ctx: AppContext, services: dict[
 def edge_names(ctx: AppContext, inventory: Inventory) -> list[str]:
     """Every edge box the cluster's registry has an account for: the ``edge`` hosts and the
     standalone boxes of ``edge_boxes``."""
-    return [*inventory.group("edge"), *ctx.answers.edge_boxes]
+    return [*inventory.group("edge"), *ctx.answers.edge_box_names]
 
 
 def edge_accounts(env: dict[str, str], ctx: AppContext, inventory: Inventory) -> None:

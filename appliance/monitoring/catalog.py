@@ -30,6 +30,30 @@ SERVING_METRICS: dict[str, MetricType] = {
 }
 """Model server metrics (``docs/interfaces.md``), with the replica supervisor's own."""
 
+MODEL_LABEL = "model"
+SERVING_PER_MODEL = frozenset(
+    {
+        "appliance_inference_requests_total",
+        "appliance_inference_request_duration_seconds",
+        "appliance_inference_queue_duration_seconds",
+        "appliance_inference_compute_duration_seconds",
+        "appliance_inference_batch_size",
+        "appliance_model_info",
+        "appliance_feature_psi",
+        "appliance_prediction_psi",
+        "appliance_drift_window_rows",
+    }
+)
+"""The serving families labelled with their model (``MODEL_LABEL``); the others (requests in
+flight, the replica supervisor's) are the server's as a whole. A unit test holds it to the model
+server's own registry."""
+SERVING_UNNAMED_MODEL = frozenset(
+    {"appliance_inference_requests_total", "appliance_inference_request_duration_seconds"}
+)
+"""The per-model families where the model server itself writes ``model=""``: requests refused
+before a model was known (no token, a name it does not serve) are counted there under no name,
+so that a caller cannot mint label values. Every other per-model series names a served model."""
+
 CONTROLLER_METRICS: dict[str, MetricType] = {
     "appliance_pipeline_runs_total": "counter",
     "appliance_pipeline_last_duration_seconds": "gauge",

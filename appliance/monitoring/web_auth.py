@@ -92,11 +92,13 @@ def _web_config_generator(service: str) -> Any:
 
 def write_gate_accounts(ctx: Any, services: Mapping[str, Any]) -> str:
     """``config_files`` generator: the write gate's accounts file, each edge box of
-    ``edge_boxes`` with the SHA-256 of the password it reads the registry with."""
-    from appliance.mlflow_auth import edge_credentials
+    ``edge_boxes`` with the SHA-256 of the password it reads the registry with, and the models of
+    each box whose entry names them."""
+    from appliance.mlflow_auth import edge_account, edge_credentials
     from appliance.monitoring.write_gate import accounts_file
 
-    return accounts_file(edge_credentials(ctx.answers.edge_boxes, ctx.secrets))
+    models = {edge_account(box): names for box, names in ctx.answers.edge_box_models().items()}
+    return accounts_file(edge_credentials(ctx.answers.edge_box_names, ctx.secrets), models)
 
 
 RECEIVER_ON = "--web.enable-remote-write-receiver"

@@ -12,6 +12,10 @@ sends its remote write here with its own account (``appliance-edge-NAME``); the 
   dropping the rest of what the box's Prometheus holds (its own and its node exporter's);
 - sets ``edge_box`` on every series to the name of the account that sent it, whatever the box
   wrote there, so no box writes under another's name or as the centre itself;
+- for a box whose ``edge_boxes`` entry names its models, keeps only series of those models (a
+  per-model family's series naming another model, or none where the server always names one, is
+  left out): a box cannot write drift for a model it does not serve, and so cannot start that
+  model's retraining;
 - and sends the rewritten request on to the central Prometheus's receiver as the stack's own
   Prometheus user (the receiver's only account).
 
@@ -23,9 +27,9 @@ what is wrong, and none of its series is written (Prometheus drops a batch answe
 retries one answered 5xx, which is what the gate answers when the central Prometheus cannot be
 reached).
 
-What the gate cannot know: which models a box serves. A box may still write serving series for a
-model it does not follow, under its own name; the central drift rules then see that box's name on
-them (``docs/cluster.md``, "Edge boxes").
+A box named in ``edge_boxes`` without its models may still write serving series for any model,
+under its own name; the central drift rules then see that box's name on them (``docs/cluster.md``,
+"Edge boxes").
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ from typing import Any
 
 from appliance.bounded_http import BoundedHandler, BoundedHTTPServer
 from appliance.mlflow_auth import EDGE_PREFIX
-from appliance.monitoring.catalog import SERVING_METRICS, series_names
+from appliance.monitoring.catalog import (
+    MODEL_LABEL,
+    SERVING_METRICS,
+    SERVING_PER_MODEL,
+    SERVING_UNNAMED_MODEL,
+    series_names,
+)
 from appliance.monitoring.remote_write_wire import (
     Limits,
     WireError,
@@ -74,10 +84,12 @@ def password_digest(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def accounts_file(credentials: dict[str, str]) -> str:
-    """The gate's accounts file for ``credentials`` (edge account -> password)."""
+def accounts_file(credentials: dict[str, str], models: dict[str, list[str]] | None = None) -> str:
+    """The gate's accounts file for ``credentials`` (edge account -> password) and ``models``
+    (edge account -> the models it serves, for the boxes whose entry names them)."""
     digests = {user: password_digest(pw) for user, pw in sorted(credentials.items())}
-    return json.dumps({"accounts": digests}, indent=2) + "\n"
+    scopes = {user: sorted(names) for user, names in sorted((models or {}).items()) if user in credentials}
+    return json.dumps({"accounts": digests, "models": scopes}, indent=2) + "\n"
 
 
 class RequestRefused(Exception):
@@ -92,21 +104,42 @@ class Outcome:
 
     kept: int
     dropped: dict[str, int] = field(default_factory=dict)
-    """Series left out, by series name."""
+    """Series left out for their name (not a serving series), by series name."""
+    foreign: dict[str, int] = field(default_factory=dict)
+    """Series left out for their model (not one the box serves), by the model they named ("" for
+    none)."""
 
 
-def rewrite(body: bytes, box: str, allowed: frozenset[str], limits: Limits) -> tuple[bytes, Outcome]:
-    """The snappy body to send on for ``box``'s request ``body``: only the allowed series, each
-    labelled ``edge_box=box``. Raises WireError on a malformed body."""
+def _series_of(families: frozenset[str]) -> frozenset[str]:
+    """The series names of ``families`` (a histogram's ``_bucket``, ``_sum`` and ``_count``)."""
+    return frozenset(series_names({name: SERVING_METRICS[name] for name in families}))
+
+
+PER_MODEL_SERIES = _series_of(SERVING_PER_MODEL)
+UNNAMED_MODEL_SERIES = _series_of(SERVING_UNNAMED_MODEL)
+
+
+def rewrite(
+    body: bytes, box: str, allowed: frozenset[str], limits: Limits, models: frozenset[str] | None = None
+) -> tuple[bytes, Outcome]:
+    """The snappy body to send on for ``box``'s request ``body``: only the allowed series, and
+    with ``models`` only those of these models, each labelled ``edge_box=box``. Raises WireError on
+    a malformed body."""
     series = read_write_request(snappy_decode(body, limits.max_decoded_bytes), limits)
-    kept, dropped = [], Counter[str]()
+    kept, dropped, foreign = [], Counter[str](), Counter[str]()
     for one in series:
-        if one.name in allowed:
-            one.labels[BOX_LABEL] = box
-            kept.append(one)
-        else:
+        if one.name not in allowed:
             dropped[one.name] += 1
-    return snappy_encode(write_request(kept)), Outcome(len(kept), dict(dropped))
+            continue
+        if models is not None and one.name in PER_MODEL_SERIES:
+            model = one.labels.get(MODEL_LABEL, "")
+            unnamed_allowed = model == "" and one.name in UNNAMED_MODEL_SERIES
+            if model not in models and not unnamed_allowed:
+                foreign[model] += 1
+                continue
+        one.labels[BOX_LABEL] = box
+        kept.append(one)
+    return snappy_encode(write_request(kept)), Outcome(len(kept), dict(dropped), dict(foreign))
 
 
 @dataclass(frozen=True)
@@ -153,9 +186,12 @@ class GateServer(BoundedHTTPServer):
         upstream: Upstream,
         limits: Limits | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        models: dict[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__(address, Handler, max_connections)
         self.accounts = accounts
+        self.models = models or {}
+        """Box name -> the models it serves, for the boxes whose entry names them."""
         self.upstream = upstream
         self.limits = limits or Limits()
         self.allowed = frozenset(series_names(SERVING_METRICS))
@@ -216,9 +252,19 @@ class Handler(BoundedHandler):
         if not body:
             raise RequestRefused(400, "empty body: send a snappy WriteRequest")
         try:
-            forward, outcome = rewrite(body, box, self.server.allowed, self.server.limits)
+            forward, outcome = rewrite(
+                body, box, self.server.allowed, self.server.limits, self.server.models.get(box)
+            )
         except WireError as err:
             raise RequestRefused(400, f"not a remote-write request: {err}") from err
+        if outcome.foreign:
+            log.warning(
+                "box %s: left out %d series of models it does not serve (%s); its edge_boxes entry "
+                "names the models it may write for",
+                box,
+                sum(outcome.foreign.values()),
+                ", ".join(repr(m) for m in sorted(outcome.foreign)[:5]),
+            )
         if outcome.dropped:
             log.info(
                 "box %s: left out %d series outside the serving metrics (%s)",
@@ -231,9 +277,16 @@ class Handler(BoundedHandler):
         self._answer(204)
 
 
-def load_accounts(path: Path) -> dict[str, str]:
+def load_accounts(path: Path) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    """The accounts file's password digests by account, and the models of each box whose entry
+    names them, by box name."""
     data = json.loads(path.read_text())
-    return {str(user): str(digest) for user, digest in data["accounts"].items()}
+    accounts = {str(user): str(digest) for user, digest in data["accounts"].items()}
+    models = {
+        str(user).removeprefix(EDGE_PREFIX): frozenset(map(str, names))
+        for user, names in data.get("models", {}).items()
+    }
+    return accounts, models
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,8 +300,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     upstream = Upstream(args.upstream, args.upstream_user, args.upstream_password_file)
-    server = GateServer((args.host, args.port), load_accounts(args.accounts_file), upstream)
-    log.info("write gate on %s:%d for %d edge box(es)", args.host, args.port, len(server.accounts))
+    accounts, models = load_accounts(args.accounts_file)
+    server = GateServer((args.host, args.port), accounts, upstream, models=models)
+    log.info(
+        "write gate on %s:%d for %d edge box(es), %d with their models named",
+        args.host,
+        args.port,
+        len(server.accounts),
+        len(models),
+    )
     server.serve_forever()
 
 

@@ -37,6 +37,8 @@ from tests.integration._serving_fixtures import training_data, write_mlp
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 BOX = "shop-12"
+SCOPED = "shop-13"
+"""A box whose ``edge_boxes`` entry names the one model it serves, wine."""
 SELECTOR = f'appliance_inference_requests_total{{edge_box="{BOX}",outcome="success"}}'
 SERIES = f"sum({SELECTOR})"
 X = training_data(2, seed=3)
@@ -75,7 +77,7 @@ def central_stack(root: Path, **answers: Any) -> Stack:
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
     root = tmp_path_factory.mktemp("remote-write")
-    central = central_stack(root, edge_boxes=[BOX, "shop-13"])
+    central = central_stack(root, edge_boxes=[BOX, {"name": SCOPED, "models": ["wine"]}])
     model = write_mlp(root / "fraud", seed=4)
     box = Stack(
         write_answers(
@@ -201,7 +203,7 @@ def write_forged(central: Stack, account: tuple[str, str]) -> None:
     now = int(time.time() * 1000)
     forged = [
         Series(
-            {"__name__": "appliance_feature_psi", "model": "forged", "feature": "f0", "edge_box": "shop-13"},
+            {"__name__": "appliance_feature_psi", "model": "forged", "feature": "f0", "edge_box": SCOPED},
             [sample(0.9, now)],
         ),
         Series({"__name__": "appliance_pipeline_runs_total", "pipeline": "forged"}, [sample(1.0, now)]),
@@ -219,8 +221,39 @@ def write_forged(central: Stack, account: tuple[str, str]) -> None:
         lambda: central_value(central, f'appliance_feature_psi{{model="forged",edge_box="{BOX}"}}') == 0.9,
         60,
     )
-    assert central_value(central, 'count(appliance_feature_psi{edge_box="shop-13"})') is None
+    assert central_value(central, f'count(appliance_feature_psi{{edge_box="{SCOPED}"}})') is None
     assert central_value(central, 'count(appliance_pipeline_runs_total{pipeline="forged"})') is None
+
+
+def test_a_box_named_with_its_models_writes_for_those_alone(stacks: tuple[Stack, Stack]) -> None:
+    central, _ = stacks
+    account = (f"appliance-edge-{SCOPED}", central.secret(edge_secret(SCOPED)))
+    now = int(time.time() * 1000)
+    sent = [
+        Series({"__name__": "appliance_prediction_psi", "model": "wine"}, [sample(0.7, now)]),
+        # the drift of a model it does not serve would start that model's retraining
+        Series({"__name__": "appliance_prediction_psi", "model": "fraud"}, [sample(0.9, now)]),
+        Series({"__name__": "appliance_drift_window_rows"}, [sample(500.0, now)]),  # names no model
+    ]
+    gate = f"http://127.0.0.1:{central.ports['write_gate']}/api/v1/write"
+    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    body = snappy_encode(write_request(sent))
+    assert httpx.post(gate, content=body, headers=headers, auth=account, timeout=10).status_code == 204
+    wait_for(
+        "the served model's drift statistic, under the box's name",
+        lambda: (
+            central_value(central, f'appliance_prediction_psi{{model="wine",edge_box="{SCOPED}"}}') == 0.7
+        ),
+        60,
+    )
+    # written in the same request as the one that arrived: left out, not late
+    assert (
+        central_value(central, f'count(appliance_prediction_psi{{edge_box="{SCOPED}",model="fraud"}})')
+        is None
+    )
+    assert central_value(central, f'count(appliance_drift_window_rows{{edge_box="{SCOPED}"}})') is None
+    log = (central.state / "logs" / "write-gate.log").read_text()
+    assert f"box {SCOPED}: left out 2 series of models it does not serve ('', 'fraud')" in log
 
 
 @pytest.fixture(scope="module", params=runtime_params("podman"))

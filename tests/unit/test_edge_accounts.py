@@ -218,9 +218,19 @@ def test_a_clusters_accounts_job_is_given_its_edge_hosts_and_the_standalone_boxe
 
 @pytest.mark.parametrize(
     ("boxes", "message"),
-    [(["../x"], "edge box name '../x'"), (["a", "a"], "must be unique: a"), ([""], "is empty")],
+    [
+        (["../x"], "edge box name '../x'"),
+        (["a", "a"], "must be unique: a"),
+        ([""], "is empty"),
+        (["a", {"name": "a", "models": ["wine"]}], "must be unique: a"),
+        ([{"name": "../x", "models": ["wine"]}], "edge box name '../x'"),
+        ([{"name": "a", "models": []}], "at least 1 item"),
+        ([{"name": "a", "models": ["../wine"]}], "edge box model '../wine'"),
+        ([{"name": "a", "models": ["wine", "wine"]}], "edge box models must be unique"),
+        ([{"name": "a", "modles": ["wine"]}], "Extra inputs are not permitted"),
+    ],
 )
-def test_edge_box_names_are_checked_before_anything_runs(boxes: list[str], message: str) -> None:
+def test_edge_box_names_are_checked_before_anything_runs(boxes: list[object], message: str) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=message):

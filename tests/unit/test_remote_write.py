@@ -73,7 +73,8 @@ def test_a_wrong_remote_write_is_refused_with_the_fix(given: dict[str, str], mes
 
 
 def test_the_centre_runs_the_write_gate_with_each_box_and_lets_no_box_into_prometheus(tmp_path: Path) -> None:
-    data = {"object_store": {"kind": "filesystem"}, "edge_boxes": ["shop-12", "shop-13"]}
+    boxes = ["shop-12", {"name": "shop-13", "models": ["wine", "breast_cancer"]}]
+    data = {"object_store": {"kind": "filesystem"}, "edge_boxes": boxes}
     ctx = AppContext(Answers.model_validate(data), tmp_path / "state")
     services = render_stack(ctx)
     prometheus, gate = services["prometheus"], services["write-gate"]
@@ -86,6 +87,11 @@ def test_the_centre_runs_the_write_gate_with_each_box_and_lets_no_box_into_prome
         f"appliance-edge-{box}": password_digest(secrets.get(edge_secret(box)))
         for box in ("shop-12", "shop-13")
     }
+    # the box named with its models writes for those alone; the other for any model
+    assert json.loads(gate.files["accounts.json"])["models"] == {
+        "appliance-edge-shop-13": ["breast_cancer", "wine"]
+    }
+    assert ctx.answers.edge_box_names == ["shop-12", "shop-13"]
     upstream = gate.command[gate.command.index("--upstream") + 1]
     assert upstream == f"http://127.0.0.1:{ctx.answers.ports.prometheus}/api/v1/write"
     assert gate.command[gate.command.index("--port") + 1] == str(ctx.answers.ports.write_gate)

@@ -31,6 +31,10 @@ ALLOWED = frozenset(series_names(SERVING_METRICS))
 LIMITS = Limits()
 
 
+def _series(families: frozenset[str]) -> set[str]:
+    return series_names({name: SERVING_METRICS[name] for name in families})
+
+
 def psi(model: str, **extra: str) -> Series:
     labels = {"__name__": "appliance_feature_psi", "model": model, "feature": "f0"} | extra
     return Series(labels, [sample(0.9, 1_700_000_000_000)])
@@ -132,6 +136,90 @@ def test_each_series_leaves_with_the_senders_name_and_only_serving_series_pass()
     assert out[0].samples == sent[0].samples
     assert outcome.kept == 2
     assert outcome.dropped == {"node_load1": 1, "appliance_pipeline_runs_total": 1}
+
+
+def test_a_box_with_its_models_named_writes_for_those_models_alone() -> None:
+    sent = [
+        psi("wine"),
+        psi("fraud"),  # a model the box does not serve: its drift would retrain fraud
+        Series({"__name__": "appliance_feature_psi", "feature": "f0"}, [sample(0.9, 1)]),  # no model
+        Series({"__name__": "appliance_inference_request_duration_seconds_bucket", "model": "fraud"}, []),
+        Series({"__name__": "appliance_inference_requests_total", "model": "wine"}, [sample(3.0, 1)]),
+        Series({"__name__": "appliance_inference_in_flight", "protocol": "rest"}, [sample(1.0, 1)]),
+        Series({"__name__": "appliance_serving_replicas_ready"}, [sample(2.0, 1)]),
+        # what the server counts for a request refused before it knew a model: kept
+        Series({"__name__": "appliance_inference_requests_total", "model": ""}, [sample(5.0, 1)]),
+        Series({"__name__": "appliance_model_info", "model": ""}, [sample(1.0, 1)]),  # never unnamed
+    ]
+    body, outcome = rewrite(
+        snappy_encode(write_request(sent)), "shop-12", ALLOWED, LIMITS, frozenset({"wine", "breast_cancer"})
+    )
+    out = read_write_request(snappy_decode(body, 1 << 20), LIMITS)
+    assert [(s.name, s.labels.get("model")) for s in out] == [
+        ("appliance_feature_psi", "wine"),
+        ("appliance_inference_requests_total", "wine"),
+        ("appliance_inference_in_flight", None),  # the server's as a whole: no model to check
+        ("appliance_serving_replicas_ready", None),
+        ("appliance_inference_requests_total", ""),
+    ]
+    assert all(s.labels["edge_box"] == "shop-12" for s in out)
+    assert outcome.kept == 5 and outcome.foreign == {"fraud": 2, "": 2} and outcome.dropped == {}
+    # without its models named a box writes for any model, as before
+    _, anyone = rewrite(snappy_encode(write_request(sent)), "shop-12", ALLOWED, LIMITS)
+    assert anyone.kept == len(sent) and anyone.foreign == {}
+
+
+def test_the_per_model_families_are_those_whose_series_name_their_model() -> None:
+    """Held to the label names the model server declares: a family it labels with ``model`` that
+    the catalog did not list would pass the gate for any model."""
+    from appliance.monitoring.catalog import MODEL_LABEL, SERVING_PER_MODEL, SERVING_UNNAMED_MODEL
+    from appliance.workloads.serving.metrics import ServingMetrics, _ModelCollector
+
+    metrics = ServingMetrics(lambda: [])
+    declared = {
+        "appliance_inference_requests_total": metrics.requests._labelnames,
+        "appliance_inference_in_flight": metrics.in_flight._labelnames,
+        **{h.name: h.labelnames for h in (metrics.duration, metrics.queue, metrics.compute, metrics.batch)},
+        **{family.name: family._labelnames for family in _ModelCollector(lambda: []).collect()},
+    }
+    assert {name for name, labels in declared.items() if MODEL_LABEL in labels} == SERVING_PER_MODEL
+    assert set(declared) <= set(SERVING_METRICS)
+    assert SERVING_UNNAMED_MODEL < SERVING_PER_MODEL
+
+
+def test_the_server_writes_no_model_only_where_the_catalog_says(tmp_path: Path) -> None:
+    """A request refused before a model was known is counted under ``model=""`` in the families of
+    ``SERVING_UNNAMED_MODEL`` and nowhere else, so a scoped box's own refusals pass the gate."""
+    from prometheus_client import generate_latest
+
+    from appliance.monitoring.catalog import SERVING_UNNAMED_MODEL
+    from appliance.workloads.serving.metrics import ServingMetrics
+    from appliance.workloads.serving.service import InferenceService
+
+    metrics = ServingMetrics(lambda: [])
+    service = type("S", (), {"metrics": metrics, "repo": type("R", (), {"entries": {}})()})()
+    InferenceService.record(service, "no-such-model", "1", "rest", "not_found", 0.0)  # type: ignore[arg-type]
+    text = generate_latest(metrics.registry).decode()
+    # (prometheus_client's own _created series are not the gate's to pass)
+    unnamed = {line.split("{")[0] for line in text.splitlines() if 'model=""' in line} & ALLOWED
+    assert unnamed and unnamed <= _series(SERVING_UNNAMED_MODEL)
+    assert "no-such-model" not in text
+
+
+def test_the_accounts_file_holds_the_models_of_the_boxes_that_name_them(tmp_path: Path) -> None:
+    from appliance.monitoring.write_gate import accounts_file, load_accounts
+
+    text = accounts_file(
+        {"appliance-edge-shop-12": "a", "appliance-edge-shop-13": "b"},
+        {"appliance-edge-shop-13": ["wine", "fraud"], "appliance-edge-gone": ["x"]},
+    )
+    (tmp_path / "accounts.json").write_text(text)
+    accounts, models = load_accounts(tmp_path / "accounts.json")
+    assert accounts == {
+        "appliance-edge-shop-12": password_digest("a"),
+        "appliance-edge-shop-13": password_digest("b"),
+    }
+    assert models == {"shop-13": frozenset({"wine", "fraud"})}  # an account not made has no scope
 
 
 # --- the server ---

@@ -30,6 +30,15 @@ SERVING_METRICS: dict[str, MetricType] = {
 }
 """Model server metrics (``docs/interfaces.md``), with the replica supervisor's own."""
 
+SERVING_INTERNAL: dict[str, MetricType] = {
+    "appliance_inference_concurrency_seconds_total": "counter",
+    "appliance_drift_bin_rows": "gauge",
+    "appliance_drift_expected_ratio": "gauge",
+}
+"""What a model server writes for the replica supervisor alone (``serving/replica_metrics.py``):
+its in-flight request-seconds, and a replica's drift bins, which the supervisor turns into the
+``SERVING_METRICS`` above. Prometheus does not keep them (``OWN_JOB_METRICS``)."""
+
 MODEL_LABEL = "model"
 SERVING_PER_MODEL = frozenset(
     {
@@ -105,6 +114,19 @@ SEAWEEDFS_METRICS: dict[str, MetricType] = {
 
 PROMETHEUS_METRICS: dict[str, MetricType] = {"up": "gauge"}
 """Series Prometheus itself writes for every target."""
+
+APPLIANCE_PREFIX = "appliance_"
+"""Every series the appliance's own exporters write begins so, and no other exporter's does."""
+
+OWN_JOB_METRICS: dict[str, dict[str, MetricType]] = {
+    "serving": SERVING_METRICS,
+    "controller": CONTROLLER_METRICS,
+}
+"""The scrape jobs (the stack's service names) whose exporter is the appliance's own, with the
+families each writes. Prometheus keeps only those from such a job, and takes no ``appliance_``
+series from any other job: a host that is less trusted than the centre (an edge box) cannot make
+its node exporter's port, or its model server's, publish the drift, backup or pipeline series
+that the centre's alerts act on."""
 
 ALL_METRICS: dict[str, MetricType] = (
     SERVING_METRICS

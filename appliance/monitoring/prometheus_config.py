@@ -9,11 +9,13 @@ what lets dashboards and alerts aggregate ``by (model)`` across replicas.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import yaml
 
+from appliance.monitoring.catalog import APPLIANCE_PREFIX, OWN_JOB_METRICS, series_names
 from appliance.monitoring.durations import check_duration
 
 _JOB = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]*$")
@@ -70,13 +72,30 @@ class RemoteWriteTarget:
     def config(self) -> dict[str, object]:
         entry: dict[str, object] = {"url": self.url, "basic_auth": _basic_auth(self.auth)}
         if self.keep:
-            names = "|".join(re.escape(n) for n in sorted(self.keep))
-            entry["write_relabel_configs"] = [
-                {"source_labels": ["__name__"], "regex": names, "action": "keep"}
-            ]
+            entry["write_relabel_configs"] = [_names_rule(self.keep, "keep")]
         if self.ca_file:
             entry["tls_config"] = {"ca_file": self.ca_file}
         return entry
+
+
+def _names_rule(names: Iterable[str], action: str) -> dict[str, object]:
+    """A relabel rule that keeps or drops the series named (``regex`` is anchored by Prometheus)."""
+    return {
+        "source_labels": ["__name__"],
+        "regex": "|".join(re.escape(n) for n in sorted(names)),
+        "action": action,
+    }
+
+
+def provenance_rules(job: str) -> list[dict[str, object]]:
+    """``metric_relabel_configs`` of a scrape job: the appliance's own exporters
+    (``catalog.OWN_JOB_METRICS``) keep only their families' series; every other job drops the
+    ``appliance_`` series, which only those write. A series with the names the centre's alerts
+    and the retrain trigger read so arrives only from the exporter that owns it."""
+    own = OWN_JOB_METRICS.get(job)
+    if own is not None:
+        return [_names_rule(series_names(own), "keep")]
+    return [{"source_labels": ["__name__"], "regex": f"{re.escape(APPLIANCE_PREFIX)}.*", "action": "drop"}]
 
 
 def _scrape_configs(targets: list[ScrapeTarget]) -> list[dict[str, object]]:
@@ -101,6 +120,7 @@ def _scrape_configs(targets: list[ScrapeTarget]) -> list[dict[str, object]]:
         }
         if first.basic_auth:
             config["basic_auth"] = _basic_auth(first.basic_auth)
+        config["metric_relabel_configs"] = provenance_rules(job)
         configs.append(config | {"static_configs": [{"targets": addresses}]})
     return configs
 

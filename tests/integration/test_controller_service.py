@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from appliance.monitoring.catalog import CONTROLLER_METRICS, exposition_metric_names, unknown_metrics
 from tests.integration._controller_fixtures import (  # noqa: F401 - fixtures are found by their names
     Controller,
     Home,
@@ -134,6 +135,10 @@ def test_a_firing_drift_alert_starts_one_retrain_and_a_flapping_one_does_not(
     cli_view = home.cli("pipeline", "runs").stdout
     assert f"running, held by pid {controller.proc.pid}" in cli_view
     assert metric(controller, 'appliance_pipeline_running{pipeline="retrain"}') == 1
+    # every family the controller writes is in the catalog, so the controller job's keep rule
+    # (prometheus_config.provenance_rules) hides none of them
+    written = exposition_metric_names(controller.get("/metrics").text)
+    assert written and unknown_metrics(written, CONTROLLER_METRICS) == set(), written
 
     gate.touch()
     run = wait_for(

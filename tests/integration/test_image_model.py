@@ -22,6 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from appliance.monitoring.catalog import (
+    SERVING_INTERNAL,
+    SERVING_METRICS,
+    exposition_metric_names,
+    unknown_metrics,
+)
+from appliance.monitoring.prometheus_config import ScrapeTarget, render_prometheus_config
 from appliance.monitoring.rules import render_alert_rules
 from tests.integration._lifecycle_fixtures import (
     Services,
@@ -145,6 +152,10 @@ def test_served_with_a_4d_input_and_its_prediction_drift_alert_fires(
     for part in np.array_split(shifted, 20):
         infer(server, x[part])
     text = httpx.get(server.metrics_url).text
+    # every family the server writes is in the catalog, so the serving job's keep rule hides only
+    # what it means to: the supervisor's own inputs, and prometheus_client's *_created series
+    written = {n for n in exposition_metric_names(text) if not n.endswith("_created")}
+    assert written and unknown_metrics(written, SERVING_METRICS | SERVING_INTERNAL) == set()
     moved = gauge(text, "appliance_prediction_psi", "digits")
     assert moved is not None and moved > 5 * THRESHOLD
     assert gauge(text, "appliance_drift_window_rows", "digits") == WINDOW
@@ -159,14 +170,12 @@ def prediction_drift_alerts(server: ServerProcess, tmp_path: Path) -> list[dict]
         pytest.fail("prometheus is not installed: run scripts/bootstrap.sh (it installs Debian's prometheus)")
     rules = tmp_path / "rules.yml"
     rules.write_text(render_alert_rules(THRESHOLD, "2s", 1.0, drift_min_rows=MIN_ROWS))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": "serving", "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]}
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    # the stack's own config: the serving job keeps only the model server's families
+    # (prometheus_config.provenance_rules), and the rule must still see what it reads
+    target = ScrapeTarget("serving", f"127.0.0.1:{server.metrics_port}")
+    (tmp_path / "prometheus.yml").write_text(
+        render_prometheus_config([target], [str(rules)], None, "1s", "1s")
+    )
     port = free_port()
     log = tmp_path / "prometheus.log"
     cmd = [

@@ -268,3 +268,75 @@ def test_host_dashboard_metrics_exist_in_a_real_node_exporter(
     }
     assert wanted == set(catalog.NODE_EXPORTER_METRICS)
     assert wanted - exported == set()
+
+
+@pytest.fixture
+def forger() -> Iterator[str]:
+    """A stand-in exporter publishing the series of every exporter at once: what a stolen edge
+    host could make its node exporter's or model server's port answer."""
+    registry = CollectorRegistry()
+    for name, labels in (
+        ("appliance_feature_psi", {"model": "wine", "feature": "alcohol"}),
+        ("appliance_drift_window_rows", {"model": "wine"}),
+        ("appliance_backup_last_success_timestamp_seconds", {}),
+        ("appliance_made_up_total", {}),
+        ("node_load1", {}),
+    ):
+        gauge = Gauge(name, "a forged series", list(labels), registry=registry)
+        (gauge.labels(**labels) if labels else gauge).set(1)
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield f"127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(not PROMETHEUS, reason="prometheus not installed")
+@pytest.mark.timeout(90)
+def test_each_job_stores_only_the_series_its_exporter_owns(
+    tmp_path: Path, processes: list[Process], forger: str
+) -> None:
+    """The same endpoint scraped as three jobs: as the model server it gives the drift series
+    alone, as the controller the backup series alone, as a node exporter no ``appliance_`` series
+    at all. A host cannot raise the centre's drift alert, or hide a stale backup, through a port
+    whose exporter does not write those series."""
+    port = free_port()
+    targets = [ScrapeTarget(job, forger) for job in ("serving", "controller", "node-exporter")]
+    (tmp_path / "prometheus.yml").write_text(render_prometheus_config(targets, [], None, "1s", "1s"))
+    processes.append(
+        Process(
+            [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            tmp_path / "prometheus.log",
+        )
+    )
+
+    def stored() -> dict[str, set[str]]:
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/series", params={"match[]": '{__name__!=""}'}, timeout=5
+        )
+        response.raise_for_status()
+        jobs: dict[str, set[str]] = {}
+        for series in response.json()["data"]:
+            if series["__name__"] != "up" and not series["__name__"].startswith("scrape_"):
+                jobs.setdefault(series["job"], set()).add(series["__name__"])
+        return jobs
+
+    # two scrapes of every job after all three answered `up`, so what is missing was dropped
+    wait_for("every job scraped", lambda: len(active_targets_up(port)) == 3)
+    time.sleep(2.5)
+    assert stored() == {
+        "serving": {"appliance_feature_psi", "appliance_drift_window_rows"},
+        "controller": {"appliance_backup_last_success_timestamp_seconds"},
+        "node-exporter": {"node_load1"},
+    }
+
+
+def active_targets_up(port: int) -> list[str]:
+    response = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5)
+    response.raise_for_status()
+    return [t["labels"]["job"] for t in response.json()["data"]["activeTargets"] if t["health"] == "up"]

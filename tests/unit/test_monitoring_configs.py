@@ -7,6 +7,7 @@ without starting Alertmanager.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import yaml
 
 from appliance.monitoring.alertmanager_config import render_alertmanager_config
-from appliance.monitoring.prometheus_config import ScrapeTarget, render_prometheus_config
+from appliance.monitoring.catalog import CONTROLLER_METRICS, SERVING_INTERNAL, SERVING_METRICS, series_names
+from appliance.monitoring.prometheus_config import ScrapeTarget, provenance_rules, render_prometheus_config
 from appliance.monitoring.rules import render_alert_rules
 
 PROMTOOL = shutil.which("promtool") or ""
@@ -207,3 +209,37 @@ def test_routing_sends_drift_to_the_controller(
 ) -> None:
     path = render_am(tmp_path, user_webhook)
     assert route(path, f"alertname={alert}", "model=breast_cancer", "severity=warning") == receiver
+
+
+def _kept(rules: list[dict], name: str) -> bool:
+    """What Prometheus does with a series ``name`` under ``rules`` (its regexes are anchored)."""
+    for rule in rules:
+        matched = re.fullmatch(rule["regex"], name) is not None
+        if matched != (rule["action"] == "keep"):
+            return False
+    return True
+
+
+def test_each_job_keeps_only_the_series_its_exporter_owns() -> None:
+    config = yaml.safe_load(render_prometheus_config(TARGETS, [], None))
+    rules = {job["job_name"]: job["metric_relabel_configs"] for job in config["scrape_configs"]}
+    assert rules["serving"] == provenance_rules("serving")
+    serving = series_names(SERVING_METRICS)
+    controller = series_names(CONTROLLER_METRICS)
+    assert {n for n in serving | controller if _kept(rules["serving"], n)} == serving
+    assert {n for n in serving | controller if _kept(rules["controller"], n)} == controller
+    for other in ("prometheus", "alertmanager", "node"):
+        assert not any(_kept(rules[other], n) for n in serving | controller | {"appliance_made_up"})
+        assert _kept(rules[other], "node_load1") and _kept(rules[other], "prometheus_build_info")
+    # what a model server writes for its supervisor alone is not stored either
+    assert not any(_kept(rules["serving"], n) for n in series_names(SERVING_INTERNAL))
+    # a name that only looks like one of the owned: the regex is the names, escaped and whole
+    assert not _kept(rules["serving"], "appliance_feature_psiX")
+    assert not _kept(rules["serving"], "appliance_inference_requests_created")
+
+
+def test_the_internal_serving_series_are_those_the_server_writes_for_its_supervisor() -> None:
+    from appliance.workloads.serving.replica_metrics import BIN_ROWS, CONCURRENCY, EXPECTED
+
+    assert set(SERVING_INTERNAL) == {f"{CONCURRENCY}_total", BIN_ROWS, EXPECTED}
+    assert not set(SERVING_INTERNAL) & set(SERVING_METRICS)

@@ -29,12 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from appliance.workloads.serving.drift import psi
-from appliance.workloads.serving.replica_metrics import BIN_ROWS, EXPECTED, PREDICTION
+from appliance.workloads.serving.replica_metrics import BIN_ROWS, CONCURRENCY, EXPECTED, PREDICTION
 
 if TYPE_CHECKING:
     from appliance.workloads.serving.supervisor import Replica, Supervisor
 
-REPLICA_CONCURRENCY = "appliance_inference_concurrency_seconds"
 RECOMPUTED = {
     BIN_ROWS,
     EXPECTED,
@@ -68,7 +67,7 @@ class Aggregator(Collector):
             return []
         families = list(text_string_to_metric_families(text))
         for family in families:
-            if family.name == REPLICA_CONCURRENCY:
+            if family.name == CONCURRENCY:
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
                         with self._lock:

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 REPLICA_ENV = "APPLIANCE_SERVING_REPLICA"
+CONCURRENCY = "appliance_inference_concurrency_seconds"
 BIN_ROWS = "appliance_drift_bin_rows"
 EXPECTED = "appliance_drift_expected_ratio"
 PREDICTION = "__prediction__"
@@ -60,7 +61,7 @@ class ReplicaCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         conc = CounterMetricFamily(
-            "appliance_inference_concurrency_seconds",
+            CONCURRENCY,
             "Integral over time of the inference requests in flight",
         )
         conc.add_metric([], self.clock.read())

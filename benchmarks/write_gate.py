@@ -116,7 +116,7 @@ def wait_up(url: str, auth: tuple[str, str] | None, proc: subprocess.Popen[bytes
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited {proc.returncode}")
+            raise SystemExit(f"{proc.args!r} exited {proc.returncode}")
         try:
             if httpx.get(url, auth=auth, timeout=2).status_code == 200:
                 return

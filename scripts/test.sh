@@ -10,7 +10,7 @@ echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "==> mypy"
-.venv/bin/mypy appliance tui
+.venv/bin/mypy appliance tui benchmarks
 echo "==> answers schema is fresh"
 .venv/bin/appliance schema --check schemas/answers.schema.json
 echo "==> tests"

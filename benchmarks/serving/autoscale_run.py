@@ -176,7 +176,7 @@ def loadgen_ports() -> tuple[int, int, int]:
     ports = tuple(s.getsockname()[1] for s in socks)
     for s in socks:
         s.close()
-    return ports  # type: ignore[return-value]
+    return ports
 
 
 def wait_ready(base: str, timeout: float = 120) -> None:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,10 @@ def one_model(
             balancer = start([haproxy, "-f", str(folder / "haproxy.cfg")], folder / "haproxy.log")
             try:
                 wait_listening(port, balancer, folder / "haproxy.log")
-                parts = {"replica": replica, "balancer": functools.partial(run.session_cpu, balancer.pid)}
+                parts: dict[str, Callable[[], float]] = {
+                    "replica": replica,
+                    "balancer": functools.partial(run.session_cpu, balancer.pid),
+                }
                 results["HAProxy 2.6"] = measure(port, x, ref, args, parts)
             finally:
                 run.stop_group(balancer)

@@ -38,6 +38,7 @@ from appliance.mlflow_auth import (
     edge_account,
     edge_secret,
 )
+from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 from tests.integration._controller_fixtures import wait_for
 from tests.integration._serving_fixtures import ServerProcess, start_server, training_data, write_mlp
 
@@ -98,7 +99,7 @@ class Mlflow:
         (root / "basic_auth.ini").write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = sqlite:///{root}/basic_auth.db\nadmin_username = {ADMIN_USER}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
             "grant_default_workspace_access = false\n"
         )
 

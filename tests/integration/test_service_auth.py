@@ -228,6 +228,44 @@ def test_the_accounts_job_checks_before_it_creates_and_repairs_a_changed_passwor
     assert job("--check").returncode == 0
 
 
+def test_a_password_changed_in_the_account_store_is_refused_at_once(stack: Stack) -> None:
+    """MLflow's server runs the slow password hash once per password and then checks only that the
+    account's stored hash is still the one it matched (appliance/mlflow_login.py). So a password
+    changed where this server hears nothing of it (by another server sharing the accounts, as a
+    cluster's control hosts do; here written into the account store directly) is refused on the
+    very next request, where a login cached for a time would still pass."""
+    import sqlite3
+    from contextlib import closing
+
+    from werkzeug.security import generate_password_hash
+
+    from appliance.mlflow_auth import edge_account, edge_secret
+
+    user = edge_account(BOXES[1])  # an account no running service uses
+    old = (user, stack.secret(edge_secret(BOXES[1])))
+    new = (user, f"changed-{uuid.uuid4().hex}")
+    current = f"{stack.url('mlflow')}/api/2.0/mlflow/users/current"
+    assert [httpx.get(current, auth=old, timeout=10).status_code for _ in range(3)] == [200] * 3
+
+    def store_hash(value: str | None = None) -> str:
+        with closing(sqlite3.connect(stack.state / "mlflow" / "basic_auth.db")) as db, db:
+            if value is not None:
+                db.execute("UPDATE users SET password_hash = ? WHERE username = ?", (value, user))
+            return str(
+                db.execute("SELECT password_hash FROM users WHERE username = ?", (user,)).fetchone()[0]
+            )
+
+    kept = store_hash()
+    store_hash(generate_password_hash(new[1]))
+    try:
+        assert httpx.get(current, auth=old, timeout=10).status_code == 401
+        assert httpx.get(current, auth=new, timeout=10).status_code == 200
+    finally:
+        store_hash(kept)
+    assert httpx.get(current, auth=old, timeout=10).status_code == 200
+    assert httpx.get(current, auth=new, timeout=10).status_code == 401
+
+
 def test_each_edge_box_reads_with_its_own_account_and_one_taken_out_is_cut_off_alone(stack: Stack) -> None:
     from appliance.mlflow_auth import edge_account, edge_secret
 

@@ -18,6 +18,7 @@ from appliance.answers import Answers
 from appliance.cluster.units import render_hosts
 from appliance.errors import ApplianceError
 from appliance.gateway import EMPTY_MEMBERS, MEMBERS
+from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "appliance_mlflow"
 STATE = "/var/lib/appliance"
@@ -63,7 +64,9 @@ def test_every_control_host_runs_mlflow_on_the_first_ones_postgresql(tmp_path: P
         # the accounts in the same PostgreSQL, the password not in the (0644) config file
         assert ini["database_uri"] == f"postgresql+psycopg://mlflow@{database}:5432/mlflow_auth", host
         assert password not in repr(mlflow["files"])
-        assert ini["auth_cache_ttl_seconds"] == "0"  # an account changed on one server holds on all
+        # an account changed on one server holds on all: a login checked, never kept for a time
+        assert ini["authorization_function"] == AUTHORIZATION_FUNCTION
+        assert ini["auth_cache_ttl_seconds"] == "0"
         # presigned download URLs name the store as every host dials it, never loopback
         assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://10.0.0.1:8333", host
         assert "s3://mlflow" in mlflow["command"]
@@ -83,7 +86,7 @@ def test_every_control_host_runs_mlflow_on_the_first_ones_postgresql(tmp_path: P
     assert [u["name"] for u in per_host["ctl1"]["appliance_mlflow_units"]] == ["mlflow", "mlflow-users"]
 
 
-def test_one_host_keeps_its_accounts_beside_mlflow_and_caches_logins(tmp_path: Path) -> None:
+def test_one_host_keeps_its_accounts_beside_mlflow_and_checks_logins_the_same_way(tmp_path: Path) -> None:
     alone = render_hosts(answers(HOSTS[:1]), tmp_path / "a")["ctl1"]
     assert alone["appliance_mlflow_db_clients"] == [] and alone["appliance_mlflow_db_server"] is True
     assert auth_ini(alone)["database_uri"].startswith("postgresql+psycopg://mlflow@127.0.0.1:5432/")
@@ -92,7 +95,8 @@ def test_one_host_keeps_its_accounts_beside_mlflow_and_caches_logins(tmp_path: P
     ]
     ini = auth_ini(sqlite)
     assert ini["database_uri"] == f"sqlite:///{STATE}/mlflow/basic_auth.db"
-    assert ini["auth_cache_ttl_seconds"] == "300"
+    assert ini["authorization_function"] == AUTHORIZATION_FUNCTION
+    assert ini["auth_cache_ttl_seconds"] == "0"
     assert "PGPASSWORD" not in unit(sqlite, "mlflow", "mlflow")["env"]
 
 

@@ -23,6 +23,7 @@ from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.health import probe
 from appliance.mlflow_auth import READER_USER, SECRETS, WRITER_USER
+from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 from appliance.monitoring.web_auth import WEB_PASSWORDS, WEB_USER
 from appliance.preflight import _network_exposure
 from appliance.render import render_stack
@@ -190,6 +191,8 @@ def test_mlflows_user_store_sits_beside_its_database_on_every_runtime(tmp_path: 
         assert config["mlflow"]["database_uri"] == f"sqlite:///{folder}/basic_auth.db"
         assert config["mlflow"]["default_permission"] == "READ"
         assert "admin_password" not in config["mlflow"]  # from the environment, never in a file
+        # the appliance's login check, importable wherever MLflow runs (the image has the package)
+        assert config["mlflow"]["authorization_function"] == AUTHORIZATION_FUNCTION
 
 
 def test_the_cli_uses_the_writer_account_once_up_has_made_it(tmp_path: Path) -> None:

@@ -76,6 +76,10 @@ CLIENTS = 6
 GRPC_CLIENTS = 2
 """Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
 CLIENT_TIMEOUT_S = 5.0
+PACE_S = 0.01
+"""Each client's pause between requests: still dozens a second each, so a request is in flight at
+any moment the gateway or a host changes, while the load leaves the CPU (CI has two cores) to the
+`up` under test instead of saturating it."""
 ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
 PURGED = {
     "ctl": "'postgresql*' 'prometheus*' 'nginx*' python3-venv python3.11-venv",
@@ -351,6 +355,7 @@ class Load:
                 connection = self._connect()
             with self.lock:
                 self.outcomes.append(Outcome(started, ok, what))
+            time.sleep(PACE_S)
 
     def _grpc_client(self, number: int) -> None:
         credentials = grpc.ssl_channel_credentials(self.ca_pem)
@@ -373,6 +378,7 @@ class Load:
                     ok, what = False, f"gRPC {err.code()}: {err.details()}"
                 with self.lock:
                     self.outcomes.append(Outcome(started, ok, what, "grpc"))
+                time.sleep(PACE_S)
 
     def _check(self, model: str, row: int, status: int, payload: bytes) -> tuple[bool, str]:
         if status != 200:

@@ -25,7 +25,6 @@ import argparse
 import configparser
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from proc_stats import cpu_seconds, free_port
 
 from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 
@@ -61,17 +61,6 @@ class Result:
     @property
     def cpu_ms_per_request(self) -> float:
         return 1000 * self.cpu_seconds / max(self.requests, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from proc_stats import cpu_seconds, free_port
 
 from appliance.monitoring.remote_write_wire import Series, sample, snappy_decode, write_request
 from appliance.monitoring.web_auth import web_config
@@ -99,17 +99,6 @@ def request(series_count: int, tag: str, at_ms: int) -> bytes:
     body = compress(raw)
     assert snappy_decode(body, len(raw)) == raw, "the benchmark's compressor is wrong"
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
 def wait_up(url: str, auth: tuple[str, str] | None, proc: subprocess.Popen[bytes]) -> None:

@@ -14,9 +14,15 @@ class Accounts:
     """A user store as MLflow's: account -> stored hash, and how many slow checks ran."""
 
     def __init__(self, **passwords: str) -> None:
-        # pbkdf2 with one round: these tests count checks, they do not need a slow hash
-        self.hashes = {u: generate_password_hash(p, "pbkdf2:sha256:1") for u, p in passwords.items()}
+        self.hashes: dict[str, str] = {}
         self.checks = 0
+        for username, password in passwords.items():
+            self.set(username, password)
+
+    def set(self, username: str, password: str) -> None:
+        """A password set (again) through any server: a new salt, so a new stored hash. pbkdf2 with
+        one round: these tests count checks, they need no slow hash."""
+        self.hashes[username] = generate_password_hash(password, "pbkdf2:sha256:1")
 
     def stored_hash(self, username: str) -> str | None:
         return self.hashes.get(username)
@@ -52,7 +58,7 @@ def test_a_changed_password_is_refused_at_once_and_the_new_one_logs_in() -> None
     logins = accounts.logins()
     assert logins.check("reader", "old-password")
     # changed through another server sharing the accounts: only the stored hash tells
-    accounts.hashes["reader"] = generate_password_hash("new-password", "pbkdf2:sha256:1")
+    accounts.set("reader", "new-password")
     assert not logins.check("reader", "old-password")
     assert logins.check("reader", "new-password")
 
@@ -61,7 +67,7 @@ def test_the_same_password_set_again_is_checked_again() -> None:
     accounts = Accounts(reader="same")
     logins = accounts.logins()
     assert logins.check("reader", "same")
-    accounts.hashes["reader"] = generate_password_hash("same", "pbkdf2:sha256:1")  # a new salt
+    accounts.set("reader", "same")  # a new salt
     assert logins.check("reader", "same")
     assert accounts.checks == 2
 
@@ -72,7 +78,7 @@ def test_a_deleted_account_is_refused_at_once_and_a_new_one_of_that_name_needs_i
     assert logins.check("edge", "box-one")
     del accounts.hashes["edge"]
     assert not logins.check("edge", "box-one")
-    accounts.hashes["edge"] = generate_password_hash("box-two", "pbkdf2:sha256:1")
+    accounts.set("edge", "box-two")
     assert not logins.check("edge", "box-one")
     assert logins.check("edge", "box-two")
 

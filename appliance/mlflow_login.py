@@ -97,7 +97,7 @@ def authenticate_request_basic_auth() -> Any:
     """MLflow's ``authorization_function``: the request's basic credentials when they log in, else
     MLflow's own 401 answer (which asks the client for credentials)."""
     from flask import request
-    from mlflow.server.auth import make_basic_auth_response
+    from mlflow.server import auth
 
     credentials = request.authorization
     if (
@@ -106,6 +106,15 @@ def authenticate_request_basic_auth() -> Any:
         and credentials.username
         and credentials.password is not None
         and _LOGINS.check(credentials.username, credentials.password)
+        and not _legacy_admin_login(auth, credentials.username, credentials.password)
     ):
         return credentials
-    return make_basic_auth_response()
+    return auth.make_basic_auth_response()
+
+
+def _legacy_admin_login(auth: Any, username: str, password: str) -> bool:
+    """Whether MLflow refuses this login as an admin still holding the default password older
+    MLflow releases shipped (its own check, where this MLflow has it: the same refusal as its
+    built-in login). Costs nothing unless the password is that one."""
+    refused = getattr(auth, "_is_disabled_legacy_admin_login", None)
+    return bool(refused(username, password)) if callable(refused) else False

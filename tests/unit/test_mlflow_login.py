@@ -122,3 +122,21 @@ def test_checks_from_many_threads_agree() -> None:
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def test_mlflows_refusal_of_a_legacy_admin_password_is_kept_where_mlflow_has_it() -> None:
+    from types import SimpleNamespace
+
+    from appliance.mlflow_login import _legacy_admin_login
+
+    asked: list[tuple[str, str]] = []
+
+    def refuses(username: str, password: str) -> bool:
+        asked.append((username, password))
+        return username == "admin" and password == "password1234"
+
+    mlflow_auth = SimpleNamespace(_is_disabled_legacy_admin_login=refuses)
+    assert _legacy_admin_login(mlflow_auth, "admin", "password1234")
+    assert not _legacy_admin_login(mlflow_auth, "admin", "a-generated-secret")
+    assert asked == [("admin", "password1234"), ("admin", "a-generated-secret")]
+    assert not _legacy_admin_login(SimpleNamespace(), "admin", "password1234")  # an MLflow without it

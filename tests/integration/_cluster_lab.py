@@ -25,6 +25,11 @@ from appliance.bundle.debs import read_index
 from tests.conftest import run_cli, use_runtime
 from tests.integration._cluster_hosts import ClusterHosts, _mirror, cluster_hosts
 
+LOAD_PACE_S = 0.01
+"""Each load client's pause between requests in the cluster tests: still dozens a second a client,
+so a request is in flight at any moment the gateway or a host changes, while the load leaves the
+CPU (CI has two cores) to the ``up`` or the servers under test instead of saturating it."""
+
 
 @dataclass
 class ClusterLab:

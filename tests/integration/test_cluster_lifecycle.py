@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration._cluster_lab import ClusterLab, cluster_lab
+from tests.integration._cluster_lab import LOAD_PACE_S, ClusterLab, cluster_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -305,7 +305,7 @@ class Load:
                     self.failures.append(f"{type(err).__name__}: {err}")
                 connection.close()
                 connection = self._connect()
-            time.sleep(0.01)
+            time.sleep(LOAD_PACE_S)
 
 
 def _full_window_psi(lab: LifecycleLab) -> float | None:

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 
 from appliance.mlflow_auth import READER_USER, edge_account, edge_secret
-from tests.integration._cluster_lab import ClusterLab, cluster_lab
+from tests.integration._cluster_lab import LOAD_PACE_S, ClusterLab, cluster_lab
 from tests.integration._serving_fixtures import write_mlp
 from tests.integration.test_edge_follows_registry import LIN_X, MLP_X, expected, register, write_linear
 
@@ -322,7 +322,7 @@ class Load:
                     status = type(err).__name__
                 with self.lock:
                     self.answers.append((time.monotonic(), status))
-                time.sleep(0.01)  # dozens a second each, the CPU left to the servers
+                time.sleep(LOAD_PACE_S)
 
     def failed(self) -> list[tuple[float, int | str]]:
         with self.lock:

@@ -50,6 +50,7 @@ from appliance.cluster.requirements import host_requirements, resolve_wheelhouse
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S, UPSTREAM_IDLE_S
 from tests.integration._cluster_hosts import ROOT
 from tests.integration._cluster_lab import (
+    LOAD_PACE_S,
     ClusterLab,
     assert_installed_from,
     assert_no_route_out,
@@ -76,10 +77,6 @@ CLIENTS = 6
 GRPC_CLIENTS = 2
 """Of the clients, these call over gRPC (one HTTP/2 channel each); the rest over HTTPS/1.1."""
 CLIENT_TIMEOUT_S = 5.0
-PACE_S = 0.01
-"""Each client's pause between requests: still dozens a second each, so a request is in flight at
-any moment the gateway or a host changes, while the load leaves the CPU (CI has two cores) to the
-`up` under test instead of saturating it."""
 ROWS = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32) * 3
 PURGED = {
     "ctl": "'postgresql*' 'prometheus*' 'nginx*' python3-venv python3.11-venv",
@@ -355,7 +352,7 @@ class Load:
                 connection = self._connect()
             with self.lock:
                 self.outcomes.append(Outcome(started, ok, what))
-            time.sleep(PACE_S)
+            time.sleep(LOAD_PACE_S)
 
     def _grpc_client(self, number: int) -> None:
         credentials = grpc.ssl_channel_credentials(self.ca_pem)
@@ -378,7 +375,7 @@ class Load:
                     ok, what = False, f"gRPC {err.code()}: {err.details()}"
                 with self.lock:
                     self.outcomes.append(Outcome(started, ok, what, "grpc"))
-                time.sleep(PACE_S)
+                time.sleep(LOAD_PACE_S)
 
     def _check(self, model: str, row: int, status: int, payload: bytes) -> tuple[bool, str]:
         if status != 200:

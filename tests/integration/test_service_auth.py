@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from appliance.mlflow_auth import PASSWORD_ENV, READER_USER, SECRETS, WRITER_USER
+from appliance.mlflow_auth import AUTH_DB, PASSWORD_ENV, READER_USER, SECRETS, WRITER_USER
 from tests.conftest import run_cli, write_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -248,7 +248,7 @@ def test_a_password_changed_in_the_account_store_is_refused_at_once(stack: Stack
     assert [httpx.get(current, auth=old, timeout=10).status_code for _ in range(3)] == [200] * 3
 
     def store_hash(value: str | None = None) -> str:
-        with closing(sqlite3.connect(stack.state / "mlflow" / "basic_auth.db")) as db, db:
+        with closing(sqlite3.connect(stack.state / "mlflow" / AUTH_DB)) as db, db:
             if value is not None:
                 db.execute("UPDATE users SET password_hash = ? WHERE username = ?", (value, user))
             return str(

@@ -7,7 +7,9 @@ metadata subscription, then the volume server waits out its pre-stop heartbeats)
 server writes each needle and the filer its leveldb journal with write(2) before answering, so
 an acknowledged object is in the kernel's page cache and survives the process. This wrapper
 forwards SIGTERM/SIGINT, gives the store ``--grace`` seconds, kills it, then ``sync()``s so the
-data are on disk, not only in the page cache, when ``down`` returns.
+data are on disk, not only in the page cache, when ``down`` returns. SIGHUP is passed on as
+it comes: it has the store read ``security.toml``'s HTTP guard again (a cluster's hosts joining or
+leaving) without a restart.
 
 Usage: ``python -m appliance.objectstore.run [--grace S] -- weed [-config_dir ...] server ...``
 """
@@ -27,13 +29,15 @@ PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a process gets when its parent dies (Linux)."""
 
 
-def _die_with_parent() -> None:
+def _in_child() -> None:
     """In the child: SIGKILL when this wrapper dies, so a ``kill -9`` of the wrapper (or of the
-    supervisor's process group) never leaves an orphaned store holding the ports and the data."""
+    supervisor's process group) never leaves an orphaned store holding the ports and the data; and
+    SIGHUP unblocked, which the wrapper blocks while it starts the store."""
     import ctypes
 
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float) -> int:
@@ -48,6 +52,12 @@ def stop(proc: subprocess.Popen[bytes], grace: float) -> int:
     code = proc.wait()
     os.sync()
     return code
+
+
+def forward(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to the store while it runs (SIGHUP: ``weed`` reloads its white list)."""
+    if proc.poll() is None:
+        proc.send_signal(signum)
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +79,11 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+    # blocked until the store runs, so a reload that comes first is not lost with the handler unset
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    proc = subprocess.Popen(command, preexec_fn=_in_child)
+    signal.signal(signal.SIGHUP, lambda signum, frame: forward(proc, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     while not stopping and proc.poll() is None:
         time.sleep(0.1)
     if stopping:

@@ -14,8 +14,10 @@ from appliance.errors import ApplianceError
 from appliance.runtimes.base import ObservedService
 from appliance.stack import RenderedService
 
-Verb = Literal["create", "recreate", "start", "stop", "remove"]
-SYMBOL = {"create": "+", "recreate": "~", "start": ">", "stop": "|", "remove": "-"}
+Verb = Literal["create", "recreate", "reload", "start", "stop", "remove"]
+"""reload: the service reads its changed files again without a restart (a cluster's SeaweedFS
+guard, ``appliance.cluster.host_plan``)."""
+SYMBOL = {"create": "+", "recreate": "~", "reload": "^", "start": ">", "stop": "|", "remove": "-"}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ STYLE = {
     "failed": "red",
     "create": "cyan",
     "recreate": "yellow",
+    "reload": "yellow",
     "start": "cyan",
     "stop": "magenta",
     "remove": "magenta",

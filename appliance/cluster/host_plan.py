@@ -6,7 +6,9 @@ services will start, restart or stop where: the one-host ``appliance plan``'s qu
 comes from data alone, as the one-host planner's does: the units each host was given by the last
 ``up`` (``applied``: kept apart from the inventory ``plan`` and ``preflight`` write) against the
 units rendered now. A unit whose command, environment, files or start settings
-differ is recreated (its service restarts); a unit new on a host is created; one no longer on it
+differ is recreated (its service restarts), unless the only files that differ are ones its service
+reads again on a reload (rendered with ``reload``: the store's guard), when it is reloaded; a unit
+new on a host is created; one no longer on it
 is removed (``roles/appliance_common/tasks/retire.yml``); a host no longer in the answers has every
 unit stopped, drained first; and on a host ``cluster down`` stopped, or one the last ``up`` did not
 finish on, every unit starts again. Values are
@@ -29,6 +31,17 @@ from .inventory import units_by_name
 UNIT_FIELDS = ("command", "env", "files", "oneshot", "restart", "after", "health", "description")
 """The parts of a rendered unit (``appliance.cluster.units.unit``) that the roles write into its
 systemd unit or files: a difference in any of them restarts the service."""
+
+
+def _reloaded_files(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``file KEY`` for each file of the new rendering its service reads again on a reload that
+    differs from the old one's (a file new to the unit is read at its start, so not among them)."""
+    before = {f["key"]: f["value"] for f in old.get("files") or []}
+    return [
+        f"file {f['key']}"
+        for f in new.get("files") or []
+        if f.get("reload") and f["key"] in before and before[f["key"]] != f["value"]
+    ]
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -67,7 +80,10 @@ def _host_actions(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Iter
             yield Action("create", name, "first up of this host" if old is None else "new on this host")
             continue
         changed = _differences(before[name], unit)
-        if changed:
+        reloaded = _reloaded_files(before[name], unit)
+        if changed and changed == reloaded:
+            yield Action("reload", name, _reason(changed) + ", which it reads again without a restart")
+        elif changed:
             yield Action("recreate", name, _reason(changed))
         elif old is not None and old.get(PENDING):
             yield Action("start", name, "the last up did not finish on this host")

@@ -178,15 +178,27 @@ def seaweedfs_shell(server: dict[str, Any], address: str, master_port: int) -> l
     return [weed, *config[:1], "shell", f"-master={address}:{master_port}"]
 
 
+SECURITY_DIGEST = "security.toml.sha256"
+"""A cluster SeaweedFS unit's file that no process reads: the digest of its ``security.toml``
+without the guard. Its change (a certificate or signing key) restarts the unit; ``security.toml``
+itself is a reload file, so a change of the guard alone reloads it (``appliance_files``)."""
+
+
 def seaweedfs_mutual_tls(
     svc: dict[str, Any], components: tuple[str, ...], secrets_dir: str, white_list: list[str], stamp: str
 ) -> None:
     """A cluster SeaweedFS unit's ``security.toml`` gains its gRPC mutual TLS (the certificates
     of ``components``, files of the host's secrets folder, which the role writes 0600) and the
-    HTTP guard admitting loopback and the cluster's hosts alone (``appliance.objectstore.grpc_tls``)."""
-    for entry in svc["files"]:
-        if entry["key"] == "security.toml":
-            entry["value"] += "\n" + grpc_tls.security_sections(secrets_dir, components, white_list, stamp)
+    HTTP guard admitting loopback and the cluster's hosts alone (``appliance.objectstore.grpc_tls``).
+    The guard changes whenever a host joins or leaves; SeaweedFS reads it again on SIGHUP, so
+    that change reloads the unit, and only a change of the rest restarts it (SECURITY_DIGEST)."""
+    files = svc["files"]
+    at = next(i for i, entry in enumerate(files) if entry["key"] == "security.toml")
+    start_part = files[at]["value"] + "\n" + grpc_tls.security_sections(secrets_dir, components, stamp)
+    guarded = start_part + "\n" + grpc_tls.guard_section(white_list)
+    files[at] = {"key": "security.toml", "value": guarded, "reload": True}
+    digest = hashlib.sha256(start_part.encode()).hexdigest()
+    files.insert(at + 1, {"key": SECURITY_DIGEST, "value": digest + "\n"})
 
 
 def seaweedfs_ready(svc: RenderedService, venv: str, volume_servers: int) -> list[str]:

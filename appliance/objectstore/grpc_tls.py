@@ -77,12 +77,10 @@ def fingerprint(store: SecretStore) -> str:
     return digest.hexdigest()[:16]
 
 
-def security_sections(
-    secrets_dir: str, components: Iterable[str], white_list: Iterable[str], stamp: str = ""
-) -> str:
+def security_sections(secrets_dir: str, components: Iterable[str], stamp: str = "") -> str:
     """The ``security.toml`` sections of a host's SeaweedFS process serving ``components``: the
-    CA, each component's certificate and key (files of ``secrets_dir``), the common names of
-    every component of the store as the only peers admitted, and the HTTP guard's addresses."""
+    CA, each component's certificate and key (files of ``secrets_dir``), and the common names of
+    every component of the store as the only peers admitted. Read at start only."""
     admitted = ",".join(common_name(c) for c in COMPONENTS)
     lines = [f"# gRPC certificates {stamp}".rstrip(), "[grpc]", f'ca = "{secrets_dir}/{CA_CERT}"', ""]
     for component in components:
@@ -94,8 +92,15 @@ def security_sections(
         if component != "client":
             lines.append(f'allowed_commonNames = "{admitted}"')
         lines.append("")
-    lines += ["[guard]", f'white_list = "{",".join(dict.fromkeys(white_list))}"', ""]
     return "\n".join(lines)
+
+
+def guard_section(white_list: Iterable[str]) -> str:
+    """The ``[guard]`` section: the addresses the master's and volume servers' HTTP admin handlers
+    answer. Unlike the rest of the file, SeaweedFS reads it again on SIGHUP (measured with 4.48:
+    the master and a volume server answer an address added to it, and refuse one taken out,
+    without a restart), so hosts joining or leaving the cluster need no restart of the store."""
+    return "\n".join(["[guard]", f'white_list = "{",".join(dict.fromkeys(white_list))}"', ""])
 
 
 def _issue(

@@ -492,17 +492,46 @@ def _edge_scraped(lab: MlflowLab, timeout: float = 90) -> bool:
     return False
 
 
+def _store_process(lab: MlflowLab) -> str:
+    """ctl1's object store unit's main process and when it started: the same after a reload."""
+    keys = "-p MainPID -p ExecMainStartTimestampMonotonic"
+    shown = lab.hosts.ssh("ctl1", f"systemctl show {keys} appliance-seaweedfs.service")
+    assert shown.returncode == 0 and "MainPID=0" not in shown.stdout, shown.stdout + shown.stderr
+    return shown.stdout
+
+
+def _master_status_from(lab: MlflowLab, host: str) -> int:
+    """The status ctl1's SeaweedFS master answers ``host`` on an admin handler its guard keeps to
+    the cluster's addresses (``/dir/status``)."""
+    url = f"http://{lab.address('ctl1')}:9333/dir/status"
+    fetch = (
+        "import sys, urllib.error, urllib.request\n"
+        "try:\n print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"
+        "except urllib.error.HTTPError as err:\n print(err.code)"
+    )
+    done = lab.hosts.ssh(host, f"python3 -c '{fetch}' '{url}'")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return int(done.stdout.strip())
+
+
 def test_an_edge_host_taken_out_of_the_inventory_loses_its_account_and_no_one_else_does(
     lab: MlflowLab,
 ) -> None:
-    """Last: the edge host leaves the lab's inventory for good."""
+    """Last: the edge host leaves the lab's inventory for good. The object store's HTTP guard
+    drops its address by a reload: the store's process is the one it was, and refuses edge1's
+    call to the master's admin handler that it answered before."""
     password = lab.secret(edge_secret("edge1"))
     reader = lab.secret("mlflow_reader_password")
     for server in SERVERS:
         assert lab.logs_in(server, edge_account("edge1"), password) == 200, server
+    store = _store_process(lab)
+    assert _master_status_from(lab, "edge1") == 200
     lab.write_answers(members=SERVERS)
     code, result, output = lab.cli("up", label="up without edge1", timeout=600)
     assert code == 0, output[-6000:]
+    assert _store_process(lab) == store, "the store restarted: its guard needs a reload only"
+    assert _master_status_from(lab, "edge1") == 401
+    assert _master_status_from(lab, "ctl2") == 200
     # edge1 is drained and stopped; ctl2 knew nothing of it; ctl1 drops it from the accounts, the
     # store's allowed addresses and Prometheus's targets
     assert "Stop and disable each unit" in result["edge1"]["changed_tasks"], result

@@ -98,8 +98,36 @@ def test_each_unit_gets_its_folder_and_files_and_only_changed_units_are_reported
     assert (folder / "mlflow/auth.ini").stat().st_mode & 0o777 == 0o640
     units[2]["files"][0]["value"] = '{"iris": 2}'  # type: ignore[index]
     code, second = _run(tmp_path, args)
-    assert code == 0 and second["changed_tags"] == ["serving"]
+    assert code == 0 and second["changed_tags"] == ["serving"] and second["reload_tags"] == []
     assert second["changed_paths"] == [str(folder / "serving/models.json")]
+
+
+def test_a_unit_whose_changed_files_are_all_reload_files_is_reported_for_a_reload(tmp_path: Path) -> None:
+    """A file rendered with ``reload`` is one its service reads again on a reload: its change alone
+    tags the unit in ``reload_tags``; with any other file of the unit changed, or on its first
+    writing (read at the start that follows), the unit is in ``changed_tags`` alone."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+
+    def store(guard: str, digest: str) -> list[dict[str, Any]]:
+        files = [{"key": "security.toml", "value": guard, "reload": True}, {"key": "digest", "value": digest}]
+        return [{"name": "seaweedfs", "files": files}, {"name": "other", "files": {"a": "1"}}]
+
+    args = {"folder": str(folder), "mode": "0640"}
+    code, first = _run(tmp_path, args | {"units": store("hosts a", "d1")})
+    assert code == 0 and first["changed_tags"] == ["seaweedfs", "other"] and first["reload_tags"] == []
+    code, planned = _run(tmp_path, args | {"units": store("hosts a,b", "d1")}, "--check")
+    assert code == 0 and planned["changed_tags"] == [] and planned["reload_tags"] == ["seaweedfs"]
+    assert (folder / "seaweedfs/security.toml").read_text() == "hosts a"  # check mode
+    code, joined = _run(tmp_path, args | {"units": store("hosts a,b", "d1")})
+    assert code == 0 and joined["changed"] and joined["changed_tags"] == []
+    assert joined["reload_tags"] == ["seaweedfs"]
+    assert (folder / "seaweedfs/security.toml").read_text() == "hosts a,b"
+    code, both = _run(tmp_path, args | {"units": store("hosts b", "d2")})  # a certificate too: restart
+    assert code == 0 and both["changed_tags"] == ["seaweedfs"] and both["reload_tags"] == []
+    (folder / "seaweedfs/security.toml").unlink()
+    code, again = _run(tmp_path, args | {"units": store("hosts b", "d2")})  # gone: written for a start
+    assert code == 0 and again["changed_tags"] == ["seaweedfs"] and again["reload_tags"] == []
 
 
 def test_a_name_outside_the_folder_or_an_unknown_owner_is_refused_and_nothing_is_written(
@@ -123,6 +151,8 @@ def test_units_rendered_on_the_controller_are_what_the_template_module_writes(tm
     """filter_plugins/appliance_rendered.py must write a host's unit files byte for byte as the
     template tasks did: any difference would restart every unit once after an upgrade."""
     unit = {"name": "mlflow", "command": ["/opt/v/bin/mlflow", "server", "--x", '1"%$'], "after": ["buckets"]}
+    # a file it reads again on a reload: the unit file says how (ExecReload)
+    unit["files"] = [{"key": "guard.toml", "value": "[guard]\n", "reload": True}]
     variables = tmp_path / "vars.json"
     common = {"appliance_common_user": "appliance", "appliance_common_group": "appliance"}
     common |= {"appliance_common_state_dir": "/var/lib/appliance"}
@@ -150,6 +180,8 @@ def test_units_rendered_on_the_controller_are_what_the_template_module_writes(tm
         assert shown.returncode == 0, shown.stdout + shown.stderr
         rendered = json.loads(shown.stdout.split("=>", 1)[1])["msg"]
         assert rendered == {"mlflow": out.read_text()}
+    service = (tmp_path / "unit.service.j2").read_text()
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\nNoNewPrivileges=yes\n" in service, service
 
 
 def test_plans_diff_shows_a_units_change_and_hides_what_a_no_log_task_writes(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from appliance.answers import Answers
-from appliance.cluster.units import render_hosts
+from appliance.cluster.host_plan import plan_hosts
+from appliance.cluster.units import SECURITY_DIGEST, render_hosts
 from appliance.context import AppContext
 from appliance.objectstore import grpc_tls
 from appliance.objectstore.identities import security_toml
@@ -105,7 +106,7 @@ def test_the_control_host_runs_master_filer_and_s3_and_each_storage_host_a_volum
         assert mine["seaweedfs-volume"]["health"] == {"url": "http://127.0.0.1:8334/status"}
         # the same signing keys: the volume servers accept only what the store signed
         files = {f["key"]: f["value"] for f in mine["seaweedfs-volume"]["files"]}
-        assert list(files) == ["security.toml"]
+        assert list(files) == ["security.toml", SECURITY_DIGEST]
         assert files["security.toml"].split("[grpc]")[0] == toml.split("[grpc]")[0]
         assert "appliance_seaweedfs_ready" not in per_host[name]
         # restarted one host at a time: the next waits until the master (on ctl1) lists this one
@@ -189,9 +190,35 @@ ADMITTED = ",".join(f"appliance-seaweedfs-{c}" for c in ("master", "volume", "fi
 SECRETS_ON_HOSTS = "/var/lib/appliance/secrets"
 
 
+def files_of(per_host: dict[str, dict[str, Any]], host_name: str, unit: str) -> dict[str, str]:
+    return {f["key"]: f["value"] for f in units(per_host, host_name)[unit]["files"]}
+
+
 def security(per_host: dict[str, dict[str, Any]], host_name: str, unit: str) -> dict[str, Any]:
-    files = {f["key"]: f["value"] for f in units(per_host, host_name)[unit]["files"]}
-    return tomllib.loads(files["security.toml"])
+    return tomllib.loads(files_of(per_host, host_name, unit)["security.toml"])
+
+
+def test_a_host_joining_or_leaving_changes_the_stores_guard_alone_which_reloads(tmp_path: Path) -> None:
+    """The guard lists every host, so it changes whenever one joins or leaves; SeaweedFS reads it
+    again on SIGHUP. Only ``security.toml`` changes then, a file rendered as one its service
+    reloads, while the digest of the rest (certificates, signing keys) stays: the role reloads
+    the store's units, and the plan says so, instead of restarting them."""
+    secrets_dir = tmp_path / "secrets"
+    before = render_hosts(answers(), secrets_dir)
+    joined = render_hosts(answers([*THREE, host("srv1", "10.0.0.9", "serving")]), secrets_dir)
+    store = (("ctl1", "seaweedfs"), ("sto1", "seaweedfs-volume"), ("sto2", "seaweedfs-volume"))
+    for host_name, unit in store:
+        old, new = files_of(before, host_name, unit), files_of(joined, host_name, unit)
+        assert [k for k in new if new[k] != old[k]] == ["security.toml"], host_name
+        assert security(joined, host_name, unit)["guard"]["white_list"].endswith(",10.0.0.9")
+        reloadable = [f["key"] for f in units(joined, host_name)[unit]["files"] if f.get("reload")]
+        assert reloadable == ["security.toml"], host_name
+    planned = plan_hosts(before, joined)
+    for host_name, unit in (("ctl1", "seaweedfs"), ("sto1", "seaweedfs-volume")):
+        actions = [(a.verb, a.service) for a in planned[host_name].actions]
+        assert ("reload", unit) in actions and ("recreate", unit) not in actions, actions
+    left = plan_hosts(joined, before)  # and back: the host leaves
+    assert [(a.verb, a.service) for a in left["sto2"].actions] == [("reload", "seaweedfs-volume")]
 
 
 def test_the_cluster_store_authenticates_its_grpc_peers_and_guards_its_admin_http(tmp_path: Path) -> None:
@@ -256,9 +283,15 @@ def test_the_certificates_are_made_once_and_plan_makes_none(tmp_path: Path) -> N
     )
     renewed_hosts = render_hosts(answers(), secrets_dir)
     renewed = renewed_hosts["sto1"]["appliance_common_secrets"]
-    # security.toml changes with it: the role restarts the volume server on the new certificate
+    # security.toml changes with it, and so does its digest: the role restarts the volume server
+    # on the new certificate (a reload would keep the old one)
     assert security(renewed_hosts, "sto1", "seaweedfs-volume") == security(first, "sto1", "seaweedfs-volume")
     assert units(renewed_hosts, "sto1") != units(first, "sto1")
+    assert (
+        files_of(renewed_hosts, "sto1", "seaweedfs-volume")[SECURITY_DIGEST]
+        != files_of(first, "sto1", "seaweedfs-volume")[SECURITY_DIGEST]
+    )
+    assert plan_hosts(first, renewed_hosts)["sto1"].actions[0].verb == "recreate"
     ca = x509.load_pem_x509_certificate(renewed["seaweedfs_grpc_ca_cert"].encode())
     x509.load_pem_x509_certificate(renewed["seaweedfs_grpc_volume_cert"].encode()).verify_directly_issued_by(
         ca

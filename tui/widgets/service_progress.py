@@ -14,6 +14,7 @@ from textual.widgets import Label, ProgressBar
 STEP_PROGRESS = {
     "create": (0.3, "starting"),
     "recreate": (0.3, "restarting"),
+    "reload": (0.3, "reloading"),
     "start": (0.3, "starting"),
     "stop": (0.5, "stopping"),
     "remove": (0.5, "removing"),

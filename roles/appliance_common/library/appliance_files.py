@@ -41,7 +41,9 @@ options:
   units:
     description: >-
       Rendered units; each one's folder folder/NAME/ is made (folder_mode) and its files (name ->
-      content, or a list of {key, value}) written there, tagged NAME.
+      content, or a list of {key, value}) written there, tagged NAME. A file of the list with
+      reload true is one its service reads again on a reload: its change tags NAME in reload_tags,
+      not changed_tags.
     type: list
     elements: dict
   owner: {type: str, default: root}
@@ -57,6 +59,11 @@ changed_paths:
 changed_tags:
   description: The tags of those files, each once (a key of files, a unit's name).
   type: list
+reload_tags:
+  description: >-
+    The units whose changed files are all ones their service reloads (reload true), each once: a
+    reload, not a restart, applies them.
+  type: list
 diff:
   description: In diff mode, each changed file's before and after (text; a binary file is named).
   type: list
@@ -66,13 +73,16 @@ DIFF_LIMIT = 104448
 """The largest file whose content a diff shows, as Ansible's own (``MAX_FILE_SIZE_FOR_DIFF``)."""
 
 
-def _entries(params: dict[str, Any]) -> tuple[list[str], list[tuple[str, bytes, str]]]:
-    """Each unit's folder, and (path, content, tag) for each file asked for; a unit name that is
-    not one path component, or a path leaving the folder, raises ValueError."""
+def _entries(params: dict[str, Any]) -> tuple[list[str], list[tuple[str, bytes, str, bool]]]:
+    """Each unit's folder, and (path, content, tag, reload) for each file asked for (reload: its
+    service reads it again on a reload); a unit name that is not one path component, or a path
+    leaving the folder, raises ValueError."""
     folder = os.path.normpath(params["folder"])
     if not os.path.isabs(folder):
         raise ValueError(f"folder must be an absolute path, got {folder!r}")
-    relative = [(params["name"] % key, value, str(key)) for key, value in (params["files"] or {}).items()]
+    relative = [
+        (params["name"] % key, value, str(key), False) for key, value in (params["files"] or {}).items()
+    ]
     folders = []
     for unit in params["units"] or []:
         name = str(unit.get("name") or "")
@@ -80,15 +90,16 @@ def _entries(params: dict[str, Any]) -> tuple[list[str], list[tuple[str, bytes, 
             raise ValueError(f"unit name {name!r} is not a folder name")
         folders.append(os.path.join(folder, name))
         files = unit.get("files") or {}
-        if isinstance(files, list):  # as `appliance cluster` renders them: [{key, value}, ...]
-            files = {entry["key"]: entry["value"] for entry in files}
-        relative += [(f"{name}/{key}", value, name) for key, value in files.items()]
+        if isinstance(files, list):  # as `appliance cluster` renders them: [{key, value, reload?}, ...]
+            relative += [(f"{name}/{e['key']}", e["value"], name, bool(e.get("reload"))) for e in files]
+        else:
+            relative += [(f"{name}/{key}", value, name, False) for key, value in files.items()]
     entries = []
-    for path, content, tag in relative:
+    for path, content, tag, reload in relative:
         dest = os.path.normpath(os.path.join(folder, path))
         if os.path.isabs(path) or not dest.startswith(folder + os.sep):
             raise ValueError(f"{path!r} is not a name under {folder}")
-        entries.append((dest, str(content).encode(), tag))
+        entries.append((dest, str(content).encode(), tag, reload))
     return folders, entries
 
 
@@ -196,6 +207,7 @@ def main() -> None:
     )
     changed_paths: list[str] = []
     changed_tags: list[str] = []
+    reload_tags: list[str] = []
     diffs: list[dict[str, str]] = []
     try:
         uid, gid, mode, folder_mode = _owner(module.params, module.check_mode)
@@ -203,13 +215,15 @@ def main() -> None:
         for path in folders:
             if _ensure_folder(path, uid, gid, folder_mode, module.check_mode):
                 changed_paths.append(path)
-        for dest, content, tag in entries:
+        for dest, content, tag, reload in entries:
             now, now_uid, now_gid, now_mode = _current(dest)
             if now == content and (now_uid, now_gid, now_mode) == (uid, gid, mode):
                 continue
             changed_paths.append(dest)
-            if tag and tag not in changed_tags:
-                changed_tags.append(tag)
+            # a new file (nothing there yet) is read at the start that follows, never by a reload
+            tags = reload_tags if reload and now is not None else changed_tags
+            if tag and tag not in tags:
+                tags.append(tag)
             if module._diff:
                 diffs.append(_diff(dest, now, content))
             if module.check_mode:
@@ -221,7 +235,12 @@ def main() -> None:
                 _replace(dest, content, uid, gid, mode)
     except (OSError, ValueError) as err:
         module.fail_json(msg=f"could not write the files: {err}", changed_paths=changed_paths)
-    result: dict[str, Any] = {"changed_paths": changed_paths, "changed_tags": changed_tags}
+    reload_only = [tag for tag in reload_tags if tag not in changed_tags]  # a restart reads them too
+    result: dict[str, Any] = {
+        "changed_paths": changed_paths,
+        "changed_tags": changed_tags,
+        "reload_tags": reload_only,
+    }
     if module._diff:
         result["diff"] = diffs
     module.exit_json(changed=bool(changed_paths), **result)

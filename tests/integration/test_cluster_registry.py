@@ -16,7 +16,8 @@ The edge: two models of different shapes are registered and promoted; the edge s
 network link is then cut (``podman network disconnect``): it keeps answering, a new champion
 promoted meanwhile does not reach it, and a restart of its model server loads the cached versions.
 Reconnected, it serves the new champion, and ctl1's Prometheus scrapes its model server again.
-Its account goes when its line leaves the inventory, and no one else's does.
+Its account goes when its line leaves the inventory, and no one else's does; the object store's
+HTTP guard drops its address by a reload, the store's process kept.
 
 Hosts are podman containers running systemd (tests/integration/_cluster_hosts.py) from the cached
 host image; `pytest tests/integration/test_cluster_registry.py -s` prints the timings."""

@@ -4,11 +4,11 @@ Ansible reports tasks; a person waiting on ``up`` asks which services are up on 
 unit is started and probed by the same task file (``roles/appliance_common/tasks/unit_start.yml``),
 whose task names carry the unit's name: ``Start NAME`` and ``Wait for the health check of NAME``.
 Those two results, read against the units each host was given (its rendered host variables), are
-a service's states: ``running`` (already up, untouched), ``started`` (started or restarted),
-``healthy`` (its probe answered), ``failed`` (its start or probe failed). A service is ready once
-healthy, or once running or started when it has no probe; a healthy one found running again (a
-unit two plays start, as the control host's object store) stays healthy. The names are matched
-here alone, and a unit test holds them to the task file's.
+a service's states: ``running`` (already up, untouched), ``started`` (started, restarted or
+reloaded), ``healthy`` (its probe answered), ``failed`` (its start or probe failed). A service is
+ready once healthy, or once running or started when it has no probe; a healthy one found running
+again (a unit two plays start, as the control host's object store) stays healthy. The names are
+matched here alone, and a unit test holds them to the task file's.
 """
 
 from __future__ import annotations

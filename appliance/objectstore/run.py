@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # blocked until the store runs, so a reload that comes first is not lost with the handler unset
+    # blocked until the handler is set: SIGHUP's default action would end the wrapper, and a reload
+    # that comes first is passed on once the store runs
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     proc = subprocess.Popen(command, preexec_fn=_in_child)
     signal.signal(signal.SIGHUP, lambda signum, frame: forward(proc, signum))

@@ -210,6 +210,9 @@ def test_metric_sums_equal_requests_sent_and_both_protocols_spread(service: Serv
         )
     assert gauge(after, "appliance_prediction_psi", model="mlp") == pytest.approx(prediction)
     assert 'appliance_feature_psi{feature="f0",model="mlp",replica=' not in after
+    # the replicas' concurrency counters only as the supervisor's sum (the autoscaler's metric)
+    assert gauge(after, "appliance_serving_concurrency_seconds_total") > 0
+    assert "appliance_inference_concurrency_seconds" not in after
 
 
 def balancer_workers(service: Service) -> set[int]:

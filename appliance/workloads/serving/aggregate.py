@@ -11,7 +11,9 @@ and the scrape config (and the stack's single serving target) stays as it is:
   gauges are left out, so the alert rules read one PSI per model and feature as before;
 - the autoscaler's counter ``appliance_serving_concurrency_seconds_total`` stays monotonic when a
   replica leaves: its last value moves into a retired sum (the seconds of a replica killed between
-  two scrapes are lost, a fraction of a second of its load).
+  two scrapes are lost, a fraction of a second of its load). The replicas' own counters are read
+  for it and not passed through: they are that sum's parts (Prometheus would drop them anyway,
+  ``catalog.SERVING_INTERNAL``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ RECOMPUTED = {
     "appliance_prediction_psi",
     "appliance_drift_window_rows",
 }
+NOT_PASSED = RECOMPUTED | {CONCURRENCY}
+"""The replicas' families the supervisor exports in another form, not with a ``replica`` label:
+drift recomputed over all traffic, and the concurrency counters summed into its own."""
 
 
 class Aggregator(Collector):
@@ -104,7 +109,7 @@ class Aggregator(Collector):
                         key = (s.labels["model"], s.labels["variable"])
                         per[family.name].setdefault(key, {})[int(s.labels["bin"])] = s.value
                     continue
-                if family.name in RECOMPUTED:
+                if family.name in NOT_PASSED:
                     continue
                 out = merged.get(family.name)
                 if out is None:

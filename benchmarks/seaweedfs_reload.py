@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import itertools
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,19 +34,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest's free ports
+from tests.conftest import free_ports
 
-def free_with_grpc() -> int:
-    """A loopback port free with the one 10,000 above it, where each SeaweedFS server puts its
-    gRPC (so both under 65,536: the kernel's pick of a free port may lie above 55,535)."""
-    while True:
-        port = random.randint(20000, 40000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
+PAIRED = {"master": "seaweedfs_master", "volume": "seaweedfs_volume", "filer": "seaweedfs_filer", "s3": "s3"}
+"""The ``weed server`` part each port is for, by its key in the answers' ports."""
 
 
 class Prober(threading.Thread):
@@ -115,7 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured after each change")
     args = parser.parse_args()
-    ports = {name: free_with_grpc() for name in ("master", "volume", "filer", "s3")}
+    free = free_ports()  # the stack's ports, each SeaweedFS one with its gRPC port free and distinct
+    ports = {name: free[key] for name, key in PAIRED.items()}
     with tempfile.TemporaryDirectory(prefix="seaweedfs-reload-") as tmp:
         folder = Path(tmp)
         (folder / "data").mkdir()

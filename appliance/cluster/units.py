@@ -9,7 +9,6 @@ secrets come from this machine's secret store, and each host receives only those
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from appliance import __version__
 from appliance.addressing import is_loopback
 from appliance.answers import Answers
 from appliance.context import AppContext
@@ -216,19 +214,16 @@ def seaweedfs_copies(svc: RenderedService, venv: str) -> list[str]:
     return [ready[0], "-m", "appliance.objectstore.copies", "--master", master]
 
 
-def serving_rollout(
-    answers: Answers, host_vars: dict[str, Any], svc: RenderedService, units: list[dict[str, Any]]
-) -> None:
+def serving_rollout(answers: Answers, host_vars: dict[str, Any], svc: RenderedService) -> None:
     """What the serving role rolls a host's model server over with (``roles/appliance_serving``):
-    the readiness URL it waits for before the next host goes, and a stamp of what runs (the
-    rendered units and the appliance's release) whose change means a restart, drained first."""
+    the readiness URL it waits for before the next host goes, and whether a new server waits for
+    it. Whether the server restarts (drained first) is the units machinery's record of what it
+    read against what it is given (``roles/appliance_common/tasks/unit_changes.yml``)."""
     live = svc.health.http or ""
     host_vars["appliance_serving_ready_url"] = live.replace("/v2/health/live", "/v2/health/ready")
     host_vars["appliance_serving_wait_ready"] = not any(
         m.served_uri.startswith("models:/") for m in answers.served_models()
     )
-    stamp = json.dumps({"units": units, "release": __version__}, sort_keys=True)
-    host_vars["appliance_serving_stamp"] = hashlib.sha256(stamp.encode()).hexdigest()
 
 
 def edge_reader(env: dict[str, str], host: str, ctx: AppContext, services: dict[str, Any]) -> None:
@@ -334,7 +329,7 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
         host_vars["appliance_serving_drain_ports"] = [answers.ports.serving_http, answers.ports.serving_grpc]
         if "serving" in mine:
             host_vars["appliance_serving_replicas"] = answers.serving.max_replicas  # several: nginx
-            serving_rollout(answers, host_vars, services["serving"], roles["serving"])
+            serving_rollout(answers, host_vars, services["serving"])
             if host in inventory.group("edge"):
                 edge_reader(unit_of(roles, "serving")["env"], host, ctx, services)
         if "mlflow-users" in mine:  # the accounts job makes every edge host's, deletes the rest

@@ -33,7 +33,8 @@ def _units(**changes: Any) -> list[dict[str, Any]]:
             *changes.get("more_files", []),
         ],
     }
-    db = {"name": "db", "command": ["/usr/lib/postgresql/bin/postgres"], "files": {"pg.conf": "port = 1\n"}}
+    db_files = [{"key": "pg.conf", "value": "port = 1\n"}]
+    db = {"name": "db", "command": ["/usr/lib/postgresql/bin/postgres"], "files": db_files}
     return [store, db]
 
 

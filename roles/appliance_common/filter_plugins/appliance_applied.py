@@ -35,15 +35,6 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
 
 
-def _files(unit: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The unit's files as ``[{key, value, reload?}]`` (``appliance cluster`` renders a list; a
-    mapping of name to content, as ``appliance_files`` also takes, reads the same)."""
-    files = unit.get("files") or []
-    if isinstance(files, Mapping):
-        return [{"key": key, "value": value} for key, value in files.items()]
-    return list(files)
-
-
 def appliance_applied(
     units: Iterable[Mapping[str, Any]],
     environments: Mapping[str, str],
@@ -52,14 +43,15 @@ def appliance_applied(
     release: str = "",
 ) -> dict[str, str]:
     """``{NAME.applied: line, NAME.reloaded: line}`` for each unit (the second only for a unit with
-    files it reloads): ``environments`` and ``unit_files`` are the rendered environment files and
-    systemd units by unit name (``appliance_rendered``), ``venv_units`` the units run from the
-    virtualenv whose packages ``release`` digests."""
+    files it reloads), its files a list of ``{key, value, reload?}`` as ``appliance cluster``
+    renders them (the unit template reads them so too): ``environments`` and ``unit_files`` are the
+    rendered environment files and systemd units by unit name (``appliance_rendered``),
+    ``venv_units`` the units run from the virtualenv whose packages ``release`` digests."""
     from_venv = set(venv_units)
     records: dict[str, str] = {}
     for unit in units:
         name = str(unit["name"])
-        files = _files(unit)
+        files = unit.get("files") or []
         at_start = {str(f["key"]): str(f["value"]) for f in files if not f.get("reload")}
         reloaded = {str(f["key"]): str(f["value"]) for f in files if f.get("reload")}
         parts = {

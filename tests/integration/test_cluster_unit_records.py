@@ -21,7 +21,7 @@ import pytest
 
 from appliance.cluster.run import ansible_env
 from tests.integration._cluster_hosts import ClusterHosts, cluster_hosts
-from tests.unit.test_cluster_roles import ROLES, _tool
+from tests.unit.test_cluster_roles import _tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -121,7 +121,7 @@ def _up(node: tuple[ClusterHosts, Path], start: bool, **unit: str) -> int:
             _tool("ansible-playbook"), "-i", str(inventory), "-e", f"@{work / 'vars.json'}",
             str(work / "playbook.yml"),
         ],
-        env=ansible_env(work, mitogen=False) | {"ANSIBLE_ROLES_PATH": str(ROLES)},
+        env=ansible_env(work, mitogen=False),  # the roles of this checkout (ANSIBLE_ROLES_PATH)
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

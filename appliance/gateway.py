@@ -42,8 +42,9 @@ gateway and the serving replicas' balancer)."""
 
 MEMBERS = {"serving_rest": "serving_http", "serving_grpc": "serving_grpc"}
 """In a cluster, the model-server upstreams (and the port of theirs, ``ports.*``) whose servers
-are the serving hosts, read from a members file beside ``nginx.conf`` that the gateway role writes
-(``roles/appliance_gateway``): a host joins or leaves with a graceful reload, never a restart."""
+are the serving hosts, read from a members file beside ``nginx.conf``, a file of the gateway unit
+that it reads again on a reload (``members_files``): a host joins or leaves with a graceful
+reload, never a restart."""
 FAIL_TIMEOUT_S = 5
 """A serving host that refused or timed out a connection is left alone this long (passive health:
 open-source nginx has no active checks), then tried again with one request."""
@@ -82,6 +83,31 @@ def member_lines(address: str, port: int) -> dict[str, str]:
 EMPTY_MEMBERS = "server 127.0.0.1:1 down;"
 """A members file with no serving host (nginx refuses an upstream without servers): every request
 gets the gateway's 503 naming the model server as unreachable."""
+
+
+def members_text(members: list[dict[str, Any]], upstream: str, out: Collection[str] = ()) -> str:
+    """``upstream``'s members file: the server lines of each serving host in ``members``
+    (``serving_members``) but those in ``out`` (hosts being taken out), every primary first, then
+    every backup; with none left, one server marked down (nginx refuses an empty upstream)."""
+    kept = [m for m in members if m["host"] not in out]
+    lines = [m[upstream]["primary"] for m in kept] + [m[upstream]["backup"] for m in kept]
+    head = (
+        f"# The serving hosts behind the gateway's {upstream} upstream (included by nginx.conf).\n"
+        "# A change reloads nginx gracefully; a host that stops listening is skipped until it\n"
+        "# listens again. Written by `appliance cluster up`; edits are overwritten.\n"
+    )
+    return head + "\n".join(lines or [EMPTY_MEMBERS]) + "\n"
+
+
+def members_files(members: list[dict[str, Any]], out: Collection[str] = ()) -> list[dict[str, Any]]:
+    """The gateway unit's members files (``members_text`` of each upstream in ``MEMBERS``), as
+    ``appliance cluster`` renders a unit's files: files nginx reads again on a reload (SIGHUP), so
+    the units machinery reloads the gateway when one changes, or when its record says the running
+    nginx read another (``appliance.cluster.unit_records``)."""
+    return [
+        {"key": f"{upstream}.members", "value": members_text(members, upstream, out), "reload": True}
+        for upstream in MEMBERS
+    ]
 
 
 def serving_members(ctx: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from appliance.addressing import is_loopback
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.errors import ApplianceError
-from appliance.gateway import gateway_address, serving_members
+from appliance.gateway import gateway_address, members_files, serving_members
 from appliance.mlflow_auth import EDGE_PASSWORDS_ENV, edge_account, edge_passwords, edge_secret
 from appliance.objectstore import grpc_tls
 from appliance.render import render_stack
@@ -335,7 +335,9 @@ def render_hosts(answers: Answers, secrets_dir: Path) -> dict[str, dict[str, Any
         if "mlflow-users" in mine:  # the accounts job makes every edge host's, deletes the rest
             edge_accounts(unit_of(roles, "mlflow-users")["env"], ctx, inventory)
         if "gateway" in mine and "serving" in services:  # the serving hosts behind it
-            host_vars["appliance_gateway_serving_members"] = serving_members(ctx)
+            members = serving_members(ctx)
+            host_vars["appliance_gateway_serving_members"] = members
+            unit_of(roles, "gateway")["files"] += members_files(members)
         if "seaweedfs" in mine:
             server = unit_of(roles, "seaweedfs")
             copies = answers.object_store.replication

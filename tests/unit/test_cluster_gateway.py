@@ -1,18 +1,21 @@
 """The gateway in a cluster: every serving host behind its model-server upstreams, with passive
-failover, in members files the gateway role writes; and what the serving role rolls hosts over
+failover, in members files of the gateway's unit (reloaded, never restarted, when they change) and
+the drain role's copies without the hosts leaving; and what the serving role rolls hosts over
 with. The rendered nginx.conf and members files are checked by the real nginx (``nginx -t``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 
 from appliance.answers import Answers
+from appliance.cluster.unit_records import reloaded_record
 from appliance.cluster.units import render_hosts
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S
 
@@ -45,15 +48,23 @@ def unit(host_vars: dict[str, Any], role: str, name: str) -> dict[str, Any]:
     return next(u for u in host_vars[f"appliance_{role}_units"] if u["name"] == name)
 
 
+LEAVE = ROLE.parent / "appliance_serving_drain" / "filter_plugins" / "appliance_gateway_leave.py"
+_spec = importlib.util.spec_from_file_location("appliance_gateway_leave", LEAVE)
+assert _spec is not None and _spec.loader is not None
+_leave_plugin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_leave_plugin)
+leave: Callable[..., dict[str, Any]] = _leave_plugin.appliance_gateway_leave
+
+
 def members(host_vars: dict[str, Any], upstream: str, out: list[str] | None = None) -> str:
-    """The members file as the gateway role's template writes it."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), trim_blocks=True)
-    return env.get_template("members.j2").render(
-        ansible_managed="managed",
-        item=upstream,
-        appliance_gateway_serving_members=host_vars["appliance_gateway_serving_members"],
-        appliance_gateway_serving_out=out or [],
-    )
+    """The members file: the gateway unit's own (what ``up`` writes), or with the hosts in ``out``
+    taken out, as the drain role writes it."""
+    if out:
+        units, serving = host_vars["appliance_gateway_units"], host_vars["appliance_gateway_serving_members"]
+        given = leave(units, serving, out)
+        return str(given["files"][f"{upstream}.members"])
+    files = unit(host_vars, "gateway", "gateway")["files"]
+    return str(next(f["value"] for f in files if f["key"] == f"{upstream}.members"))
 
 
 def test_the_gateway_lists_every_serving_host_not_edge_boxes_with_passive_failover(tmp_path: Path) -> None:
@@ -86,6 +97,28 @@ def test_the_gateway_lists_every_serving_host_not_edge_boxes_with_passive_failov
     assert "gateway_tls_key" not in per_host["srv1"]["appliance_common_secrets"]
     health = unit(ctl, "gateway", "gateway")["health"]
     assert health["url"].startswith("https://127.0.0.1:") and health["ca"] == f"{STATE}/secrets/tls_ca_cert"
+
+
+def test_the_members_files_are_reloaded_not_restarted_and_the_drain_records_what_up_then_gives(
+    tmp_path: Path,
+) -> None:
+    """The members files are the gateway unit's reload files: a serving host joining or leaving
+    changes only its reload record. The drain's files and record for srv2 leaving are byte for
+    byte what the next ``up`` gives the gateway once srv2 is out of the answers, so that ``up``
+    neither writes nor reloads again."""
+    ctl = render_hosts(answers(), tmp_path / "secrets")["ctl1"]
+    gateway = unit(ctl, "gateway", "gateway")
+    kinds = {f["key"]: bool(f.get("reload")) for f in gateway["files"]}
+    assert kinds == {"nginx.conf": False, "serving_rest.members": True, "serving_grpc.members": True}
+    left = leave(ctl["appliance_gateway_units"], ctl["appliance_gateway_serving_members"], ["srv2", "edge1"])
+    without_srv2 = render_hosts(answers([h for h in HOSTS if h["name"] != "srv2"]), tmp_path / "secrets")
+    after = unit(without_srv2["ctl1"], "gateway", "gateway")
+    assert left["files"] == {f["key"]: f["value"] for f in after["files"] if f.get("reload")}
+    assert left["record"] == reloaded_record(after) != reloaded_record(gateway)
+    assert "10.0.0.3" not in left["files"]["serving_rest.members"]
+    # a gateway whose unit, from a release before, lacks the members files: no record to write
+    older = [dict(gateway) | {"files": [f for f in gateway["files"] if not f.get("reload")]}]
+    assert leave(older, ctl["appliance_gateway_serving_members"], ["srv2"])["record"] is None
 
 
 def test_a_gateway_host_that_also_serves_reaches_itself_on_loopback(tmp_path: Path) -> None:

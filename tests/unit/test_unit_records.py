@@ -1,22 +1,16 @@
-"""The records of what each unit's service read (roles/appliance_common/filter_plugins/
-appliance_applied.py): each part changes with what it digests and nothing else, so a record that
-differs says whether the unit restarts or only reloads, and none gives back a value it digests."""
+"""The records of what each unit's service read (appliance/cluster/unit_records.py, the units
+machinery's ``appliance_applied`` filter): each part changes with what it digests and nothing else,
+so a record that differs says whether the unit restarts or only reloads, and none gives back a value
+it digests."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from typing import Any
 
+from appliance.cluster.unit_records import reloaded_record
+from appliance.cluster.unit_records import unit_records as applied
 from tests.unit.test_cluster_roles import ROLES
-
-_spec = importlib.util.spec_from_file_location(
-    "appliance_applied", ROLES / "appliance_common/filter_plugins/appliance_applied.py"
-)
-assert _spec is not None and _spec.loader is not None
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
-applied: Callable[..., dict[str, str]] = _module.appliance_applied
 
 SECRET = "pw-0b5c9e1f27d84a6e"
 RELEASE = "a" * 64
@@ -92,3 +86,16 @@ def test_no_record_gives_back_a_value() -> None:
     records = _records()
     for line in records.values():
         assert SECRET not in line and "white_list" not in line and "k1" not in line, line
+
+
+def test_the_filter_the_units_machinery_calls_is_the_one_worked_out_here() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "appliance_applied", ROLES / "appliance_common/filter_plugins/appliance_applied.py"
+    )
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert plugin.FilterModule().filters()["appliance_applied"] is applied
+    store = _units()[0]
+    assert _records()["store.reloaded"] == reloaded_record(store)
+    assert reloaded_record(_units()[1]) is None

@@ -6,18 +6,22 @@ with. The rendered nginx.conf and members files are checked by the real nginx (`
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from appliance.answers import Answers
 from appliance.cluster.unit_records import reloaded_record
 from appliance.cluster.units import render_hosts
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S
+from tests.unit.test_cluster_roles import _env, _tool
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "appliance_gateway"
 STATE = "/var/lib/appliance"
@@ -190,3 +194,67 @@ def test_a_serving_host_with_replicas_gets_their_balancer_and_lets_their_supervi
     command = unit(srv1, "serving", "serving")["command"]
     assert command[1:3] == ["-m", "appliance.workloads.serving.supervisor"], command
     assert command[command.index("--max-replicas") + 1] == "3", command
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl as the drain role calls it, for a test: each call logged, no service signalled.
+echo "$*" >> "$(dirname "$0")/calls"
+case "$1" in is-active) echo inactive; exit 3;; esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the drain writes the gateway's record as root, as on a host")
+def test_the_drain_takes_every_host_leaving_in_one_run_out_of_the_gateway_at_once(tmp_path: Path) -> None:
+    """The drain role run (Ansible, local connections) for srv1 and srv2 leaving together: one
+    write of the members files without both and one reload, not one per host each leaving the other
+    in (their copies raced before); the gateway's record is what ``up`` gives it without them."""
+    hosts = [*HOSTS[:3], {"name": "srv3", "address": "10.0.0.4", "groups": ["serving"]}]
+    rendered = render_hosts(answers(hosts), tmp_path / "secrets")
+    state, fake = tmp_path / "state", tmp_path / "bin"
+    (state / "config" / "gateway").mkdir(parents=True)
+    for upstream in ("serving_rest", "serving_grpc"):  # as `up` left them: every serving host
+        (state / "config" / "gateway" / f"{upstream}.members").write_text(members(rendered["ctl1"], upstream))
+    fake.mkdir()
+    (fake / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (fake / "systemctl").chmod(0o755)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = {
+        "all": {
+            "vars": local | {"appliance_common_state_dir": str(state)},
+            "hosts": {
+                host: {k: v for k, v in rendered[host].items() if k.startswith("appliance_")}
+                for host in ("ctl1", "srv1", "srv2", "srv3")
+            },
+            "children": {
+                "gateway": {"hosts": {"ctl1": {}}},
+                "serving": {"hosts": {name: {} for name in ("srv1", "srv2", "srv3")}},
+            },
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    play = {
+        "hosts": "srv1,srv2",
+        "gather_facts": False,
+        "roles": [{"role": "appliance_serving_drain", "appliance_serving_drain_timeout": 1}],
+    }
+    (tmp_path / "drain.yml").write_text(yaml.safe_dump([play]))
+    env = _env(tmp_path) | {
+        "ANSIBLE_ROLES_PATH": str(ROLE.parent),
+        "PATH": f"{fake}:{_env(tmp_path)['PATH']}",
+    }
+    done = subprocess.run(
+        [_tool("ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "drain.yml")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    rest = (state / "config" / "gateway" / "serving_rest.members").read_text()
+    assert "10.0.0.2:" not in rest and "10.0.0.3:" not in rest and "server 10.0.0.4:8080 max_fails=1" in rest
+    reloads = [c for c in (fake / "calls").read_text().splitlines() if c.startswith("kill")]
+    assert reloads == ["kill --kill-whom=main --signal=SIGHUP appliance-gateway.service"], reloads
+    after = render_hosts(
+        answers([h for h in hosts if h["name"] not in ("srv1", "srv2")]), tmp_path / "secrets"
+    )
+    gateway = unit(after["ctl1"], "gateway", "gateway")
+    assert (state / "config" / "gateway.reloaded").read_text() == reloaded_record(gateway)
+    assert rest == next(f["value"] for f in gateway["files"] if f["key"] == "serving_rest.members")

@@ -43,11 +43,14 @@ def _reload_files(unit: Mapping[str, Any]) -> dict[str, str]:
     return {str(f["key"]): str(f["value"]) for f in unit.get("files") or [] if f.get("reload")}
 
 
+def _reloaded_line(reloaded: Mapping[str, str]) -> str | None:
+    return f"files={_digest(reloaded)}\n" if reloaded else None
+
+
 def reloaded_record(unit: Mapping[str, Any]) -> str | None:
     """``NAME.reloaded``'s line for ``unit`` (its files a list of ``{key, value, reload?}``), or
     None for a unit with no file it reads again on a reload."""
-    reloaded = _reload_files(unit)
-    return f"files={_digest(reloaded)}\n" if reloaded else None
+    return _reloaded_line(_reload_files(unit))
 
 
 def unit_records(
@@ -67,14 +70,15 @@ def unit_records(
     for unit in units:
         name = str(unit["name"])
         at_start = {str(f["key"]): str(f["value"]) for f in unit.get("files") or [] if not f.get("reload")}
+        reloaded = _reload_files(unit)
         parts = {
             "unit": _digest(unit_files.get(name, "")),
             "environment": _digest(environments.get(name, "")),
-            "files": _digest({"read at start": at_start, "read on reload": sorted(_reload_files(unit))}),
+            "files": _digest({"read at start": at_start, "read on reload": sorted(reloaded)}),
             "virtualenv": release[:DIGEST_CHARS] if name in from_venv and release else "-",
         }
         records[f"{name}.applied"] = " ".join(f"{part}={value}" for part, value in parts.items()) + "\n"
-        reloaded = reloaded_record(unit)
-        if reloaded is not None:
-            records[f"{name}.reloaded"] = reloaded
+        line = _reloaded_line(reloaded)
+        if line is not None:
+            records[f"{name}.reloaded"] = line
     return records

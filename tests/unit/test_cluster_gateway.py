@@ -5,7 +5,6 @@ with. The rendered nginx.conf and members files are checked by the real nginx (`
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from appliance.answers import Answers
 from appliance.cluster.unit_records import reloaded_record
 from appliance.cluster.units import render_hosts
 from appliance.gateway import CONNECT_TIMEOUT_S, FAIL_TIMEOUT_S
-from tests.unit.test_cluster_roles import _env, _tool
+from tests.unit.test_cluster_roles import _env, _tool, role_filters
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "appliance_gateway"
 STATE = "/var/lib/appliance"
@@ -52,12 +51,8 @@ def unit(host_vars: dict[str, Any], role: str, name: str) -> dict[str, Any]:
     return next(u for u in host_vars[f"appliance_{role}_units"] if u["name"] == name)
 
 
-LEAVE = ROLE.parent / "appliance_serving_drain" / "filter_plugins" / "appliance_gateway_leave.py"
-_spec = importlib.util.spec_from_file_location("appliance_gateway_leave", LEAVE)
-assert _spec is not None and _spec.loader is not None
-_leave_plugin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_leave_plugin)
-leave: Callable[..., dict[str, Any]] = _leave_plugin.appliance_gateway_leave
+DRAIN_FILTERS = role_filters("appliance_serving_drain", "appliance_gateway_leave")
+leave: Callable[..., dict[str, Any]] = DRAIN_FILTERS["appliance_gateway_leave"]
 
 
 def members(host_vars: dict[str, Any], upstream: str, out: list[str] | None = None) -> str:

@@ -3,6 +3,7 @@ fix, ansible-lint's production profile, and the systemd unit template quoting a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +26,17 @@ def _tool(name: str) -> str:
     if not path.exists():
         pytest.fail(f"{name} is missing: scripts/bootstrap.sh with the cluster extra installs it")
     return str(path)
+
+
+def role_filters(role: str, plugin: str) -> dict[str, Any]:
+    """The filters a role's filter plugin gives Ansible (``roles/ROLE/filter_plugins/PLUGIN.py``),
+    loaded from its file as Ansible loads it: the plugin folders are not a package."""
+    spec = importlib.util.spec_from_file_location(plugin, ROLES / role / "filter_plugins" / f"{plugin}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    filters: dict[str, Any] = module.FilterModule().filters()
+    return filters
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

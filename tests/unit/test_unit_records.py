@@ -5,12 +5,11 @@ it digests."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from appliance.cluster.unit_records import reloaded_record
 from appliance.cluster.unit_records import unit_records as applied
-from tests.unit.test_cluster_roles import ROLES
+from tests.unit.test_cluster_roles import role_filters
 
 SECRET = "pw-0b5c9e1f27d84a6e"
 RELEASE = "a" * 64
@@ -89,13 +88,7 @@ def test_no_record_gives_back_a_value() -> None:
 
 
 def test_the_filter_the_units_machinery_calls_is_the_one_worked_out_here() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "appliance_applied", ROLES / "appliance_common/filter_plugins/appliance_applied.py"
-    )
-    assert spec is not None and spec.loader is not None
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    assert plugin.FilterModule().filters()["appliance_applied"] is applied
+    assert role_filters("appliance_common", "appliance_applied")["appliance_applied"] is applied
     store = _units()[0]
     assert _records()["store.reloaded"] == reloaded_record(store)
     assert reloaded_record(_units()[1]) is None

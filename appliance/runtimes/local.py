@@ -25,6 +25,7 @@ from appliance.runtimes.base import ObservedService, ProcState
 from appliance.runtimes.procscan import MARKER_VAR, pids_with_marker, terminate
 from appliance.runtimes.supervisor_rpc import Supervisor
 from appliance.stack import RenderedService
+from appliance.upgrade.releases import this_python
 
 HASH_PREFIX = "; appliance-config-hash: "
 STATES: dict[str, ProcState] = {
@@ -94,7 +95,7 @@ class LocalRuntime:
         _write_atomic(self._env_file(svc.name), json.dumps(self._service_env(svc)), 0o600)
 
     def _program_text(self, svc: RenderedService) -> str:
-        command = [sys.executable, "-m", "appliance.runtimes.launcher", "--env-file"]
+        command = [str(this_python()), "-m", "appliance.runtimes.launcher", "--env-file"]
         command += [str(self._env_file(svc.name)), "--", *svc.command]
         lines = [
             f"{HASH_PREFIX}{svc.config_hash}",

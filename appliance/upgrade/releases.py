@@ -293,4 +293,20 @@ def running_python(state_dir: Path) -> Path:
     release = active(state_dir)
     if release is not None and release.version == __version__ and release.python.exists():
         return release.python
-    return Path(sys.executable)
+    return this_python()
+
+
+def this_python() -> Path:
+    """This interpreter by the one name every way of starting it agrees on: a virtualenv's
+    ``bin/python`` when that is the same file as ``sys.executable``. The ``appliance`` script runs
+    ``bin/python3`` (its shebang), ``python -m appliance`` and the tests ``bin/python``: one
+    interpreter under two names, and the name is in the commands a stack renders, hashed into each
+    service's configuration, so which of them ran ``up`` must not make the next ``plan`` recreate
+    every Python service. A copied interpreter (``venv --copies``) keeps its own name."""
+    exe = Path(sys.executable)
+    named = exe.parent / "python"
+    try:
+        same = named != exe and named.exists() and named.resolve() == exe.resolve()
+    except OSError:  # a link loop or an unreadable folder: keep the name it was started by
+        same = False
+    return named if same else exe

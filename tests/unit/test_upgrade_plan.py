@@ -136,8 +136,6 @@ def test_release_versions_and_sources_are_checked(tmp_path: Path) -> None:
 
 
 def test_the_stack_runs_from_the_active_release_only_when_it_is_this_version(tmp_path: Path) -> None:
-    import sys
-
     from appliance import __version__
     from appliance.upgrade import releases
 
@@ -148,11 +146,11 @@ def test_the_stack_runs_from_the_active_release_only_when_it_is_this_version(tmp
         (root / releases.RELEASE_FILE).write_text(json.dumps({"version": version}))
         return releases.Release(version, root)
 
-    assert releases.running_python(tmp_path) == Path(sys.executable)  # no release: as before
+    assert releases.running_python(tmp_path) == releases.this_python()  # no release: as before
     older, this = fake("0.0.1"), fake(__version__)
     releases.activate(tmp_path, older)
     assert releases.active(tmp_path) == older
-    assert releases.running_python(tmp_path) == Path(sys.executable)
+    assert releases.running_python(tmp_path) == releases.this_python()
     releases.activate(tmp_path, this)
     assert releases.running_python(tmp_path) == this.python
     assert set(releases.installed(tmp_path)) == {"0.0.1", __version__}
@@ -212,3 +210,39 @@ def test_a_running_upgrade_holds_off_another_and_up(tmp_path: Path, monkeypatch:
         journal.move(tmp_path, "applying")
         journal.move(tmp_path, "done")
     jr.check_before_up(tmp_path)
+
+
+RENDER_HASHES = """
+import json, sys
+from pathlib import Path
+from appliance.answers import Answers
+from appliance.context import AppContext
+from appliance.engine import Engine
+answers = Answers.model_validate({"components": {"serving": True, "controller": True}})
+engine = Engine(AppContext.create(answers, None, Path(sys.argv[1])))
+print(json.dumps({name: svc.config_hash for name, svc in engine.desired.items()}))
+"""
+
+
+def test_the_stack_renders_alike_whichever_name_started_the_interpreter(tmp_path: Path) -> None:
+    """``appliance`` runs the virtualenv's bin/python3, ``python -m appliance`` and the tests its
+    bin/python: a stack brought up by one and planned by the other must show no change (it showed
+    every Python service as "config changed", their commands naming the interpreter)."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    names = [n for n in ("python", "python3", f"python3.{sys.version_info.minor}") if (bin_dir / n).exists()]
+    assert len(names) >= 2, f"one name only for this interpreter in {bin_dir}: {names}"
+    hashes = {
+        name: json.loads(
+            subprocess.run(
+                [str(bin_dir / name), "-c", RENDER_HASHES, str(tmp_path / "state")],
+                capture_output=True, text=True, check=True, timeout=120,
+            ).stdout
+        )
+        for name in names
+    }  # fmt: skip
+    first = hashes[names[0]]
+    assert {"mlflow", "serving", "controller"} <= set(first)
+    assert all(found == first for found in hashes.values()), hashes

@@ -200,6 +200,9 @@ EXTENDED: dict[str, str] = {
     "integration/test_container_stack.py[podman]": "the small stack on podman (test_container_lab: podman)",
     "integration/test_container_lab.py[docker]": "the whole lab on docker (test_container_stack: docker)",
     "integration/test_lab_stack.py[docker]": "the lab stack on docker (test_container_stack: docker)",
+    "integration/test_lab_stack.py[podman]": (
+        "the lab stack through the CLI on podman (test_container_lab: podman, the CLI's checks too)"
+    ),
     "integration/test_bundle_offline_podman.py": "a bundle's containers on podman with no network",
     "integration/test_edge_follows_registry.py::"
     "test_edge_follows_the_champion_serves_through_an_outage_and_catches_up": (
@@ -209,10 +212,12 @@ EXTENDED: dict[str, str] = {
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``, or ``path::test``) each, with what it proves:
-together about 700 s that CI's 90 minutes do not hold beside the rest (the per-module table the
+together about 800 s that CI's 90 minutes do not hold beside the rest (the per-module table the
 run prints). Each builds on a capability a test in the CI tier proves: the small stack's checks on
 podman are a subset of the whole lab's on podman (healthy, a zero-action plan, scraping by service
-name, a killed container restarted, a clean down), the lab on podman stands for docker beside the
+name, a killed container restarted, a clean down), and so are the CLI's on the lab on podman
+(status with memory, data across down and up, a busy port: test_container_lab runs them through the
+same CLI on the same lab it brings up once), the lab on podman stands for docker beside the
 container stack on docker, the bundle runs offline on the local runtime and, for a cluster, on
 hosts with no route out (test_cluster_serving_gateway), and an edge host of a cluster follows its
 registry through an outage (test_cluster_registry). They are marked ``extended`` here, in one

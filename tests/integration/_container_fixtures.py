@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from appliance.answers import Answers
+from appliance.answers_file import load_answers
 from appliance.bundle.load import present_image_id
 from appliance.context import AppContext
 from appliance.engine import Engine
@@ -158,9 +160,12 @@ def container_engine(runtime: str, root: Path) -> Engine:
 def lab_engine(runtime: str, root: Path, extra: dict[str, Any] | None = None) -> Engine:
     """An Engine on ``runtime`` over the project's own stack file, lab profile, on free ports, state
     under ``root``: the monitoring services in the prometheus-debian image, no workbench
-    (``extra``: more answers, e.g. a ``serving`` section)."""
-    answers = Answers.model_validate(lab_answers(runtime) | {"ports": free_ports()} | (extra or {}))
-    return Engine(AppContext.create(answers, None, root / "state"))
+    (``extra``: more answers, e.g. a ``serving`` section). The answers are written to
+    ``root/appliance.yaml`` (the engine's ``ctx.answers_path``), so that the CLI run with that file
+    and the state directory drives the same stack."""
+    path = root / "appliance.yaml"
+    path.write_text(yaml.safe_dump(lab_answers(runtime) | {"ports": free_ports()} | (extra or {})))
+    return Engine(AppContext.create(load_answers(path), path, root / "state"))
 
 
 def lab_answers(runtime: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ runs it). Up to healthy, a zero-action plan, the controller answering, Prometheu
 model server and the controller by service name, a retrain started through the controller's API
 that trains in the controller's container, registers a version in MLflow and is then served (by
 two model-server replicas behind the serving image's nginx, both reached over REST and gRPC), a
-killed container restarted by its policy, and a down that removes every container and network of
-the stack and touches nothing else.
+killed container restarted by its policy, and, through the CLI as a user runs it: status with each
+service's memory, a zero-action plan, a clean failure on a busy port, and a down that removes every
+container and network of the stack, keeps its volumes and touches nothing else, the next up finding
+the data as they were.
 
 The model server starts with no champion model, so it is live but not ready until the retrain; its
 health probe is ``/v2/health/live``. The same tests run on both runtimes (skipped only where an
@@ -15,8 +17,12 @@ engine is absent).
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,10 +31,13 @@ import pytest
 from appliance.dataconn.client import s3_client
 from appliance.engine import Engine
 from appliance.runtimes.containers_common import ContainerRuntime
+from tests.conftest import run_cli
 from tests.integration._container_fixtures import (
     LAB_IMAGES,
+    LAB_VOLUMES,
     RUNTIMES,
-    TEST_LABEL,
+    assert_down_left_only_volumes,
+    bystander,
     ensure_images,
     health,
     kill_and_wait_for_restart,
@@ -287,19 +296,66 @@ def test_a_killed_container_is_restarted_by_its_policy(lab: Engine) -> None:
     kill_and_wait_for_restart(lab, "controller")
 
 
-def test_down_removes_the_stack_and_leaves_others_alone(lab: Engine) -> None:
-    runtime: Any = lab.runtime
+def cli(engine: Engine, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The ``appliance`` command a user runs, on the engine's answers file and state directory."""
+    return run_cli(*args, answers=engine.ctx.answers_path, state=engine.ctx.state_dir, check=check)
+
+
+def test_the_clis_status_reports_the_memory_of_every_running_service_and_plan_nothing(lab: Engine) -> None:
+    doc = json.loads(cli(lab, "status", "--json").stdout)
+    running = {name: s for name, s in doc["services"].items() if name not in ONESHOT}
+    memory = {name: s["memory_bytes"] for name, s in running.items()}
+    assert set(memory) == LAB_SERVICES - ONESHOT
+    assert all(isinstance(v, int) and v > 0 for v in memory.values()), memory
+    assert doc["memory_total_bytes"] == sum(memory.values())
+    assert {doc["services"][name]["memory_bytes"] for name in ONESHOT} == {None}  # finished jobs
+    text = cli(lab, "status").stdout
+    assert "memory" in text and "MiB" in text
+    # the stack came up in this process (bin/python), the CLI runs bin/python3 (its script's shebang)
+    assert json.loads(cli(lab, "plan", "--json").stdout) == {"actions": []}
+
+
+def test_busy_port_fails_cleanly_and_starts_nothing(lab: Engine, tmp_path: Path) -> None:
+    """A second lab on the same runtime whose Prometheus port is taken: preflight refuses it with
+    exit 3 and a message naming the port, and nothing of that stack is created."""
+    other = lab_engine(lab.ctx.answers.runtime, tmp_path)
+    port = other.ctx.answers.ports.prometheus
+    runtime = other.runtime
     assert isinstance(runtime, ContainerRuntime)
-    bystander = runtime.client.containers.create(
-        "localhost/appliance-base:bookworm", ["sleep", "300"], labels={TEST_LABEL: "bystander"}
-    )
     try:
-        lab.down()
-        left = owned(runtime)
-        assert left["containers"] == [] and left["networks"] == [], left
-        volumes = ("seaweedfs", "mlflow", "prometheus", "alertmanager", "state")
-        assert sorted(left["volumes"]) == sorted(runtime.container_name(v) for v in volumes)
-        bystander.reload()
-        assert bystander.status == "created", "down touched a container that is not ours"
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", port))
+            blocker.listen()
+            proc = cli(other, "up", check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert f"{port} is in use" in proc.stderr and "set another port" in proc.stderr
+        assert owned(runtime) == {"containers": [], "networks": [], "volumes": []}
     finally:
-        bystander.remove(force=True)
+        cli(other, "down", "--purge", "--yes", check=False)
+
+
+def test_down_keeps_the_data_leaves_others_alone_and_up_brings_them_back(
+    lab: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``appliance down`` removes every container and network of the stack, keeps its named volumes
+    and touches no other container; the next ``up`` finds the experiments and objects as they were."""
+    from mlflow.tracking import MlflowClient
+
+    # MLflow's writer account, as the CLI's lifecycle commands use it
+    writer = (lab.ctx.state_dir / "secrets" / "mlflow_writer_password").read_text().strip()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "appliance-writer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", writer)
+    uri = lab.desired["mlflow"].url
+    experiment = MlflowClient(uri).create_experiment(f"persist-{time.time_ns()}")
+    store = s3_client(lab.ctx.s3_endpoint, *lab.ctx.s3_credentials("writer"))
+    store.put_object(Bucket="datasets", Key="persist/kept.csv", Body=b"a,target\n1,0\n")
+    runtime = lab.runtime
+    assert isinstance(runtime, ContainerRuntime)
+    with bystander(runtime) as other:
+        cli(lab, "down")
+        assert_down_left_only_volumes(runtime, LAB_VOLUMES, other)
+    assert json.loads(cli(lab, "status", "--json").stdout)["services"]["mlflow"]["health"] == "stopped"
+    cli(lab, "up")
+    assert MlflowClient(uri).get_experiment(experiment).experiment_id == experiment
+    kept = store.get_object(Bucket="datasets", Key="persist/kept.csv")["Body"].read()
+    assert kept == b"a,target\n1,0\n"

@@ -5,7 +5,9 @@ exporter, crash recovery, persistence across down + up, and a clean failure on a
 On the local runtime the lab runs its own services (serving and the controller off); as containers
 it runs what tests/integration/test_container_lab.py runs (the monitoring services in the
 prometheus-debian image, no workbench). There ``down`` must leave nothing of the stack but its data
-volumes, touch no other container, and ``down --purge`` remove the volumes as well.
+volumes, touch no other container, and ``down --purge`` remove the volumes as well. CI's tier runs
+it on the local runtime; on containers it is in the extended tier (tests/conftest.py: EXTENDED),
+test_container_lab making the same checks through the CLI on the lab it brings up on podman.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ def test_a_module_a_runtime_or_one_test_can_be_extended_and_nothing_else_is() ->
     assert extended_reason(_item(edge, "test_an_edge_stack_named_after_the_central_registry")) is None
     lab = "integration/test_lab_stack.py"
     assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "docker")) is not None
-    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "podman")) is None
+    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "podman")) is not None
+    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "local")) is None
     assert extended_reason(_item("integration/test_bundle_offline_podman.py", "test_anything")) is not None
     assert extended_reason(_item("integration/test_cluster_registry.py", "test_anything")) is None

@@ -2,13 +2,15 @@
 
 Ansible reports tasks; a person waiting on ``up`` asks which services are up on which host. Every
 unit is started and probed by the same task file (``roles/appliance_common/tasks/unit_start.yml``),
-whose task names carry the unit's name: ``Start NAME`` and ``Wait for the health check of NAME``.
-Those two results, read against the units each host was given (its rendered host variables), are
-a service's states: ``running`` (already up, untouched), ``started`` (started, restarted or
-reloaded), ``healthy`` (its probe answered), ``failed`` (its start or probe failed). A service is
-ready once healthy, or once running or started when it has no probe; a healthy one found running
-again (a unit two plays start, as the control host's object store) stays healthy. The names are
-matched here alone, and a unit test holds them to the task file's.
+whose task names carry the unit's name: one of ``Start NAME``, ``Restart NAME`` and ``Reload NAME``
+runs for it, then ``Wait for the health check of NAME``. Those results, read against the units each
+host was given (its rendered host variables), are a service's states: ``running`` (already up,
+untouched), ``started``, ``restarted`` (its files or environment changed), ``reloaded`` (its reload
+files alone changed; started, as systemd's reload does for a unit that is not running),
+``healthy`` (its probe answered), ``failed`` (its start or probe failed). A service is ready once
+healthy, or once up by any of those when it has no probe; a healthy one found running again (a
+unit two plays start, as the control host's object store) stays healthy. The names are matched
+here alone, and a unit test holds them to the task file's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any
 from .inventory import units_by_name
 
 START = "Start "
-"""``unit_start.yml``'s task that starts (or restarts) a unit, followed by the unit's name."""
+"""``unit_start.yml``'s task that starts a unit not running, followed by the unit's name."""
+RESTART = "Restart "
+"""``unit_start.yml``'s task that restarts a changed unit, followed by the unit's name."""
+RELOAD = "Reload "
+"""``unit_start.yml``'s task that reloads a unit whose reload files alone changed."""
+ACTIONS = {START: "started", RESTART: "restarted", RELOAD: "reloaded"}
+"""Each start task's name prefix and the state its change means (unchanged: ``running``)."""
+UP = ("running", *ACTIONS.values())
 HEALTH = "Wait for the health check of "
 """``unit_start.yml``'s task that waits for a unit's probe, followed by the unit's name."""
 
@@ -50,7 +59,7 @@ class _Host:
 
 
 def _is_ready(state: str, probed: bool) -> bool:
-    return state == "healthy" or (not probed and state in ("running", "started"))
+    return state == "healthy" or (not probed and state in UP)
 
 
 def host_units(host_vars: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
@@ -77,9 +86,10 @@ class ServiceProgress:
         tally = self.hosts.get(host)
         if tally is None or status == "skipped":
             return None
-        if task.startswith(START) and task[len(START) :] in tally.probed:
-            name = task[len(START) :]
-            state = {"ok": "running", "changed": "started"}.get(status, "failed")
+        action = next((prefix for prefix in ACTIONS if task.startswith(prefix)), None)
+        if action is not None and task[len(action) :] in tally.probed:
+            name = task[len(action) :]
+            state = {"ok": "running", "changed": ACTIONS[action]}.get(status, "failed")
         elif task.startswith(HEALTH) and task[len(HEALTH) :] in tally.probed:
             name = task[len(HEALTH) :]
             state = "healthy" if status in ("ok", "changed") else "failed"

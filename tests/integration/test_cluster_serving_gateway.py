@@ -524,6 +524,9 @@ def test_a_serving_host_leaves_the_gateway_drained_and_joins_again_only_once_rea
     print(f"\nsrv2 joining under load: {dict(load.counts())}")
     assert_only_closed_by_the_reload(load, reloads=1)  # the gateway role's, once srv2 is ready
     assert result[BARE]["changed"] > 0 and result["srv1"]["changed"] == 0, result
+    # the gateway reads its members again, and the run says so: no restart of nginx
+    assert "Reload gateway" in result["ctl"]["changed_tasks"], result["ctl"]
+    assert "Restart gateway" not in result["ctl"]["changed_tasks"], result["ctl"]
     assert f"server {address}:" in _members(lab)
     assert load.counts(since=joined)["beta-v2"] > 10, load.counts(since=joined)
     assert _served_on(lab, BARE) > 10  # the gateway sends it requests again

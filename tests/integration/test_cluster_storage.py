@@ -232,7 +232,7 @@ def test_changed_volume_servers_restart_one_storage_host_at_a_time_and_every_rea
     assert not reader.is_alive(), "a read outlived the up by two minutes"
     assert code == 0, output[-6000:]
     assert result["ctl"]["changed"] == 0, result
-    restored = {"Write each unit's environment (0600, read by systemd)", "Start seaweedfs-volume"}
+    restored = {"Write each unit's environment (0600, read by systemd)", "Restart seaweedfs-volume"}
     for host in ("sto1", "sto2"):
         assert set(result[host]["changed_tasks"]) == restored, (host, result[host])
     after = {h: _unit_times(lab, h) for h in ("sto1", "sto2")}

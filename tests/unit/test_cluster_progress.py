@@ -1,6 +1,7 @@
 """``cluster up``'s progress per host and service: task results become each service's state
-(running, started, healthy, failed) and the count of ready services on its host; the task names
-matched are the ones ``unit_start.yml`` gives, and the CLI prints the service lines."""
+(running, started, restarted, reloaded, healthy, failed) and the count of ready services on its
+host; the task names matched are the ones ``unit_start.yml`` gives, and the CLI prints the service
+lines."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 
 from appliance.cli import cluster_cmds, main
 from appliance.cluster import engine
-from appliance.cluster.progress import HEALTH, START, ServiceEvent, ServiceProgress, host_units
+from appliance.cluster.progress import ACTIONS, HEALTH, ServiceEvent, ServiceProgress, host_units
 from appliance.cluster.run import HostResult
 from appliance.stack import ROLES_DIR
 
@@ -69,11 +70,40 @@ def test_a_second_up_reports_each_service_running_then_healthy_once() -> None:
     assert progress.record("elsewhere", "ok", "Start mlflow") is None  # a host with no units given
 
 
+def test_a_restarted_or_reloaded_service_says_so_and_is_ready_once_healthy() -> None:
+    """A changed unit is restarted and a gateway whose members alone changed reloaded: each says
+    which (a reload read as a restart would tell the person watching that nginx dropped its
+    connections), and counts as ready once its probe answers, or at once without a probe."""
+    progress = ServiceProgress(host_units(HOST_VARS))
+    results = [
+        ("ctl", "skipped", "Restart mlflow"),  # the two tasks that do not run for a unit skip
+        ("ctl", "changed", "Reload mlflow"),
+        ("ctl", "skipped", "Start mlflow"),
+        ("ctl", "ok", "Wait for the health check of mlflow"),
+        ("ctl", "changed", "Restart mlflow-users"),
+        ("srv", "ok", "Reload serving"),  # the module found nothing to do: running as it was
+        ("srv", "failed", "Restart serving"),
+    ]
+    events = [e for e in (progress.record(*r) for r in results) if e is not None]
+    assert events == [
+        ServiceEvent("ctl", "mlflow", "reloaded", 0, 2),
+        ServiceEvent("ctl", "mlflow", "healthy", 1, 2),
+        ServiceEvent("ctl", "mlflow-users", "restarted", 2, 2),
+        ServiceEvent("srv", "serving", "running", 0, 1),
+        ServiceEvent("srv", "serving", "failed", 0, 1),
+    ]
+
+
 def test_the_task_names_matched_are_the_ones_the_start_task_file_gives() -> None:
     tasks = yaml.safe_load((ROLES_DIR / "appliance_common" / "tasks" / "unit_start.yml").read_text())
     names = [t["name"] for t in tasks] + [b["name"] for t in tasks for b in t.get("block", [])]
     unit = "{{ appliance_common_unit.name }}"
-    assert START + unit in names and HEALTH + unit in names, names
+    assert all(prefix + unit in names for prefix in ACTIONS), names
+    assert HEALTH + unit in names, names
+    modules = {t["name"]: t.get("ansible.builtin.systemd_service", {}).get("state") for t in tasks}
+    assert {prefix: modules[prefix + unit] for prefix in ACTIONS} == {
+        prefix: state for prefix, state in ACTIONS.items()
+    }, modules
 
 
 def test_up_prints_each_services_change_of_state_beside_the_task_lines(

@@ -36,8 +36,13 @@ def test_the_units_of_each_host_and_whether_each_has_a_probe() -> None:
     assert host_units(HOST_VARS) == {"ctl": {"mlflow": True, "mlflow-users": False}, "srv": {"serving": True}}
 
 
-def test_a_cold_up_takes_each_service_from_started_to_ready_and_counts_them_per_host() -> None:
+def events_of(results: list[tuple[str, str, str]]) -> list[ServiceEvent]:
+    """The service events a fresh progress makes of task results ``(host, status, task)``."""
     progress = ServiceProgress(host_units(HOST_VARS))
+    return [e for e in (progress.record(*r) for r in results) if e is not None]
+
+
+def test_a_cold_up_takes_each_service_from_started_to_ready_and_counts_them_per_host() -> None:
     results = [
         ("ctl", "changed", "Write each systemd unit"),  # not a service's start or probe
         ("ctl", "changed", "Start mlflow"),
@@ -48,8 +53,7 @@ def test_a_cold_up_takes_each_service_from_started_to_ready_and_counts_them_per_
         ("srv", "failed", "Wait for the health check of serving"),
         ("ctl", "ok", "Start nginx-of-another-host"),  # not a unit of this host
     ]
-    events = [e for e in (progress.record(*r) for r in results) if e is not None]
-    assert events == [
+    assert events_of(results) == [
         ServiceEvent("ctl", "mlflow", "started", 0, 2),
         ServiceEvent("ctl", "mlflow", "healthy", 1, 2),
         ServiceEvent("ctl", "mlflow-users", "started", 2, 2),
@@ -74,7 +78,6 @@ def test_a_restarted_or_reloaded_service_says_so_and_is_ready_once_healthy() -> 
     """A changed unit is restarted and a gateway whose members alone changed reloaded: each says
     which (a reload read as a restart would tell the person watching that nginx dropped its
     connections), and counts as ready once its probe answers, or at once without a probe."""
-    progress = ServiceProgress(host_units(HOST_VARS))
     results = [
         ("ctl", "skipped", "Restart mlflow"),  # the two tasks that do not run for a unit skip
         ("ctl", "changed", "Reload mlflow"),
@@ -84,8 +87,7 @@ def test_a_restarted_or_reloaded_service_says_so_and_is_ready_once_healthy() -> 
         ("srv", "ok", "Reload serving"),  # the module found nothing to do: running as it was
         ("srv", "failed", "Restart serving"),
     ]
-    events = [e for e in (progress.record(*r) for r in results) if e is not None]
-    assert events == [
+    assert events_of(results) == [
         ServiceEvent("ctl", "mlflow", "reloaded", 0, 2),
         ServiceEvent("ctl", "mlflow", "healthy", 1, 2),
         ServiceEvent("ctl", "mlflow-users", "restarted", 2, 2),

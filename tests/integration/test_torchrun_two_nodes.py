@@ -119,8 +119,12 @@ def _client(lab: Lab) -> Any:
 
 def test_two_nodes_register_one_version_with_a_world_of_two_and_one_process_metrics(lab: Lab) -> None:
     nodes, seconds = _two_nodes(lab, "wine_ddp")
-    for node, done in enumerate(nodes):
-        assert done.returncode == 0, f"node {node}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    # one node's failure shows both nodes' ends: the other's tells what it was doing then
+    both = "\n".join(
+        f"node {n} (exit {d.returncode}, {seconds:.0f} s):\n{d.stdout[-3000:]}\n{d.stderr[-3000:]}"
+        for n, d in enumerate(nodes)
+    )
+    assert all(done.returncode == 0 for done in nodes), both
     # The c10d rendezvous gives rank 0 to whichever node joins first, not always its host.
     leader, follower = sorted((_last_json(n.stdout) for n in nodes), key=lambda found: "run_id" not in found)
     assert leader["world_size"] == 2 and leader["version"] == "1", leader

@@ -28,6 +28,7 @@ from pathlib import Path
 from appliance.addressing import Addressing, HostMap
 from appliance.answers import Answers
 from appliance.errors import ApplianceError
+from appliance.objectstore.identities import ADMIN, secret_name
 from appliance.secrets_store import SecretStore
 
 CONTAINER_STATE_DIR = "/var/lib/appliance"
@@ -49,16 +50,36 @@ BUNDLED_KINDS = ("seaweedfs", "minio")
 """Store kinds the stack runs itself (a service and its buckets job)."""
 
 
-def resolve_store_kind(answers: Answers) -> str:
+EDGE_STORE_SECRETS = (secret_name(ADMIN), "minio_root_password")
+"""Secrets a bundled store leaves in ``STATE/secrets`` (SeaweedFS's admin key, MinIO's root
+password): an edge state holding one has run its own store, and keeps it."""
+
+
+def resolve_store_kind(answers: Answers, state_dir: Path | None = None) -> str:
     """``auto`` becomes ``minio`` when a MinIO binary is configured or found, else ``seaweedfs``
     (the ``weed`` binary of the lab install, or its image on a container runtime), else
-    ``filesystem`` (an install without the lab extra, e.g. serving alone)."""
+    ``filesystem`` (an install without the lab extra, e.g. serving alone).
+
+    On the edge profile ``auto`` is ``filesystem``: an edge box serves a model file, an
+    ``s3://`` URI of a store elsewhere or a central registry, and a store of its own would be
+    the largest part of its memory (SeaweedFS: about 170 MiB of the box's 380, measured with
+    ``benchmarks/footprint.py``) for nothing it reads. Asked for by name, it runs; and an edge
+    state that already ran one (``EDGE_STORE_SECRETS`` in ``state_dir``, an install from before
+    this rule) keeps it, with its objects."""
     kind = answers.object_store.kind
     if kind != "auto":
         return kind
+    if answers.profile == "edge" and not _ran_a_store(state_dir):
+        return "filesystem"
     if find_minio(answers):
         return "minio"
     return "seaweedfs" if answers.runtime != "local" or find_weed() else "filesystem"
+
+
+def _ran_a_store(state_dir: Path | None) -> bool:
+    if state_dir is None:
+        return False
+    return any((state_dir / "secrets" / name).is_file() for name in EDGE_STORE_SECRETS)
 
 
 def find_weed() -> str | None:
@@ -116,7 +137,7 @@ class AppContext:
 
     @property
     def store_kind(self) -> str:
-        return resolve_store_kind(self.answers)
+        return resolve_store_kind(self.answers, self.state_dir)
 
     @property
     def store_is_s3(self) -> bool:

@@ -186,8 +186,21 @@ def _model_source(
 ) -> list[Check]:
     """A registry URI needs a registry. The edge profile runs none, so a stack serving from one
     it cannot reach would start, never turn ready and end in a health timeout: it fails here,
-    before anything starts. In a cluster MLflow may run on the control host instead."""
-    registry = [m.served_uri for m in ctx.answers.served_models() if m.served_uri.startswith("models:/")]
+    before anything starts. In a cluster MLflow may run on the control host instead. An
+    ``s3://`` URI needs an S3 store (``_no_s3_store``)."""
+    served = [m.served_uri for m in ctx.answers.served_models()]
+    in_s3 = [uri for uri in served if uri.startswith("s3://")]
+    s3 = [_no_s3_store(ctx, in_s3)] if "serving" in desired and in_s3 and not ctx.store_is_s3 else []
+    return s3 + _registry_source(ctx, desired, observed, [u for u in served if u.startswith("models:/")])
+
+
+def _registry_source(
+    ctx: AppContext,
+    desired: Mapping[str, RenderedService],
+    observed: Mapping[str, ObservedService] | None,
+    registry: list[str],
+) -> list[Check]:
+    """The ``models:/`` URIs' registry: the stack's own MLflow, a cluster's, or a central one."""
     if "serving" in desired and registry and ctx.answers.serving.registry is not None:
         return _edge_registry(ctx, observed or {})
     if "serving" not in desired or not registry or "mlflow" in desired:
@@ -202,11 +215,30 @@ def _model_source(
             "fail",
             f"the stack serves {model} from the MLflow registry, which {why} does not run: "
             "the model server would never turn ready",
-            "set serving.model (or models[].uri) to a model folder, an .onnx file or an s3:// URI, "
+            "set serving.model (or models[].uri) to a model folder, an .onnx file or an s3:// URI "
+            "(of the stack's S3 store: object_store.kind), "
             "or run this host in a cluster (a cluster: section) whose control host runs MLflow, "
             "or follow a central registry (serving.registry.url; docs/cluster.md, Edge boxes)",
         )
     ]
+
+
+def _no_s3_store(ctx: AppContext, uris: list[str]) -> Check:
+    """An ``s3://`` model on a stack whose data connection is a folder: the model server gets no
+    endpoint and no key, so it reads with boto3's own (AWS, credentials from the environment or
+    an instance role). That is a setup of its own (a box on EC2), so a warning, not a refusal;
+    otherwise the server would never turn ready."""
+    kind = ctx.answers.object_store.kind
+    why = "the edge profile runs no store unless asked" if kind == "auto" else f"object_store.kind is {kind}"
+    return Check(
+        "serving model",
+        "warn",
+        f"the stack serves {', '.join(uris)} from S3, but its data connection is a folder ({why}): "
+        "the model server will read it from AWS with the credentials of its environment, if any",
+        "set object_store.kind: seaweedfs to run a store on this host (and put the model there), or "
+        "s3 with object_store.endpoint for a store elsewhere; or set serving.model (or models[].uri) "
+        "to a model folder or an .onnx file",
+    )
 
 
 REGISTRY_PASSWORD = SECRETS[READER_USER]

@@ -49,7 +49,9 @@ def _check(tmp_path: Path, **answers: object) -> list[str]:
 
 def test_what_an_edge_box_can_serve(tmp_path: Path) -> None:
     assert _check(tmp_path, profile="edge") == ["fail"]
-    assert _check(tmp_path, profile="edge", serving={"model": "s3://models/breast_cancer/model.onnx"}) == []
+    in_s3 = {"model": "s3://models/breast_cancer/model.onnx"}
+    assert _check(tmp_path, profile="edge", serving=in_s3) == ["warn"]  # a folder store: AWS's, if any
+    assert _check(tmp_path, profile="edge", serving=in_s3, object_store={"kind": "seaweedfs"}) == []
     assert _check(tmp_path, profile="edge", serving={"model": str(tmp_path / "model.onnx")}) == []
     assert _check(tmp_path, profile="custom", components={"mlflow": False}) == ["fail"]
     assert _check(tmp_path, profile="lab") == []

@@ -26,6 +26,28 @@ def test_auto_prefers_a_configured_minio_then_seaweedfs(tmp_path: Path) -> None:
     assert resolve_store_kind(Answers(object_store={"kind": "filesystem"})) == "filesystem"  # type: ignore[arg-type]
 
 
+def test_auto_on_the_edge_profile_runs_no_store_unless_the_state_already_ran_one(tmp_path: Path) -> None:
+    """An edge box serves a file, another store's s3:// URI or a central registry: no store of its
+    own (SeaweedFS was half its memory); asked for by name, or already run there, it stays."""
+    from appliance.render import render_stack
+
+    edge = Answers(profile="edge")
+    assert resolve_store_kind(edge) == resolve_store_kind(edge, tmp_path / "new") == "filesystem"
+    assert resolve_store_kind(Answers(profile="edge", object_store={"kind": "seaweedfs"})) == "seaweedfs"  # type: ignore[arg-type]
+    assert resolve_store_kind(Answers()) == "seaweedfs"  # the lab profile keeps its store
+    services = render_stack(AppContext(edge, tmp_path / "new"))
+    assert not {"seaweedfs", "minio", "buckets"} & set(services)
+    assert services["serving"].env["APPLIANCE_DATA_KIND"] == "filesystem"
+    assert not (tmp_path / "new" / "secrets" / "seaweedfs_admin_secret_key").exists()
+
+    # an edge state from before this rule: its store's keys are there, so are its objects
+    older = AppContext(Answers(profile="edge", object_store={"kind": "seaweedfs"}), tmp_path / "old")  # type: ignore[arg-type]
+    assert "seaweedfs" in render_stack(older)  # makes the keys, as that release's up did
+    assert resolve_store_kind(edge, tmp_path / "old") == "seaweedfs"
+    kept = render_stack(AppContext(edge, tmp_path / "old"))
+    assert "seaweedfs" in kept and kept["serving"].env["APPLIANCE_DATA_KIND"] == "s3"
+
+
 def test_each_class_reaches_only_its_buckets() -> None:
     assert actions("reader", "d", "m", "f") == ["Read:m", "List:m"]
     writer = actions("writer", "d", "m", "f")

@@ -75,6 +75,23 @@ def test_edge_serving_from_the_registry_is_flagged_and_a_file_is_not(tmp_path: P
     assert _model_source(lab, render_stack(lab)) == []
 
 
+def test_an_s3_model_needs_an_s3_store(tmp_path: Path) -> None:
+    """On the edge profile ``auto`` runs no store: an s3:// model there is warned about before
+    anything starts (read from AWS, if at all), naming the store kinds that would serve it."""
+    from appliance.preflight import _model_source
+
+    for answers in ({"object_store": {"kind": "auto"}}, {}):  # auto on the edge, or a folder by name
+        edge = ctx(tmp_path, profile="edge", serving={"model": "s3://models/mlp"}, **answers)
+        (check,) = _model_source(edge, render_stack(edge))
+        assert check.status == "warn" and "s3://models/mlp" in check.detail and "a folder" in check.detail
+        assert "object_store.kind: seaweedfs" in check.fix and "object_store.endpoint" in check.fix
+    for kind in ("seaweedfs", "minio"):
+        stored = ctx(
+            tmp_path, profile="edge", serving={"model": "s3://models/mlp"}, object_store={"kind": kind}
+        )
+        assert _model_source(stored, render_stack(stored)) == []
+
+
 def test_local_runtime_renders_every_address_as_the_bind_address(tmp_path: Path) -> None:
     services = render_stack(ctx(tmp_path, bind_address="127.0.0.2", ports={"mlflow": 5555}))
     assert services["serving"].env["MLFLOW_TRACKING_URI"] == "http://127.0.0.2:5555"

@@ -62,6 +62,8 @@ class StorageScreen(WizardScreen):
     def _minio_note(self) -> str:
         """What ``auto`` becomes on this machine (appliance.context.resolve_store_kind's rule)."""
         answers = self.state.initial
+        if self.state.get("profile") == "edge":  # as chosen in this wizard (appliance.context's rule)
+            return "The edge profile runs no store of its own: auto means filesystem (seaweedfs runs one)"
         found = self.wizard.backend.minio_binary(answers)
         if found:
             return f"MinIO binary: {found} (auto means minio here)"

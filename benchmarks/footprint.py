@@ -4,7 +4,9 @@ Brings each stack up with the real CLI on free ports in a temporary state direct
 runtime, the profile's default components), waits until every service is healthy and the stack
 has been idle for a while, reads ``appliance status --json`` (PSS of each service's process tree,
 appliance/footprint.py) a few times and keeps the median, then takes the stack down and purges
-it. Prints a markdown table per stack. Not a timed test: a benchmark (minutes).
+it. Prints a markdown table per stack, and a warning for each program of the stack that also
+runs outside it (``shared_executables``: its pages' PSS is split, its figure too low). Not a
+timed test: a benchmark (minutes).
 
     .venv/bin/python benchmarks/footprint.py [--idle SECONDS] [--profiles lab,edge] [--train]
 

@@ -15,6 +15,7 @@ at the gate, and cannot query the central Prometheus at all.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -82,8 +83,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, St
     box = Stack(
         write_answers(
             root / "box.yaml",
-            profile="edge",
-            object_store={"kind": "filesystem"},
+            profile="edge",  # object_store.kind auto: no store of its own on an edge box
             components={"dashboards": False},
             models=[{"name": "fraud", "uri": str(model)}],
             monitoring={
@@ -156,6 +156,8 @@ def test_the_box_refuses_to_start_without_its_password_then_with_a_wrong_one(
 def test_the_boxs_requests_reach_the_centre_and_an_outage_leaves_no_gap(stacks: tuple[Stack, Stack]) -> None:
     central, box = stacks
     box.cli("up")
+    running = set(json.loads(box.cli("status", "--json").stdout)["services"])
+    assert running == {"serving", "prometheus", "alertmanager", "node-exporter"}, running  # no store
     infer(box, 5)
     wait_for("the box's 5 requests at the centre", lambda: central_value(central, SERIES) == 5, 60)
 

@@ -137,7 +137,8 @@ class ObjectStore(Strict):
     """``seaweedfs`` runs the bundled SeaweedFS (its S3 gateway, a key per workload class);
     ``minio`` runs a local MinIO; ``s3`` uses an external S3 endpoint; ``filesystem`` keeps
     everything on local disk under the state directory; ``auto`` picks ``minio`` when a MinIO
-    binary is configured or found and ``seaweedfs`` otherwise."""
+    binary is configured or found and ``seaweedfs`` otherwise, and ``filesystem`` on the edge
+    profile (no store of its own unless named; an edge state that already ran one keeps it)."""
     endpoint: str | None = None
     """S3 endpoint URL (``kind: s3`` only), e.g. ``https://s3.eu-west-1.amazonaws.com``."""
     region: str = "us-east-1"

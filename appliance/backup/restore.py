@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,7 +44,7 @@ from appliance.backup.manifest import Manifest
 from appliance.backup.read import scan
 from appliance.backup.snapshot import s3_client
 from appliance.backup.store import data_folder, is_bundled, running_alone
-from appliance.context import AppContext
+from appliance.context import BUNDLED_KINDS, AppContext
 from appliance.errors import ApplianceError
 from appliance.state_lock import LOCK_FILE, state_lock
 from appliance.state_version import StateTooNewError, is_newer
@@ -78,6 +79,20 @@ def _write_answers(staged: Path, target: Path, runtime: str | None) -> Path:
         out.write(yaml.safe_dump(data, sort_keys=False))
     os.replace(tmp, path)
     return path
+
+
+def restoring_answers(answers: dict[str, Any], archived_store: str) -> dict[str, Any]:
+    """The answers the restore works with: the archive's, with ``object_store.kind: auto`` read
+    as the store the archive's stack ran (its manifest's ``store_kind``). ``auto`` is resolved
+    against the target state, which is empty before the restore (an edge box's ``auto`` is then
+    ``filesystem``, where the archive's SeaweedFS objects would be dropped) or on another machine
+    (a MinIO binary found here); the archive's objects go into the store they came from, whose
+    keys the restored secrets hold, and ``auto`` finds that store again from them."""
+    store = answers.get("object_store")
+    store = store if isinstance(store, dict) else {}
+    if store.get("kind", "auto") != "auto" or archived_store not in BUNDLED_KINDS:
+        return answers
+    return answers | {"object_store": store | {"kind": archived_store}}
 
 
 def _check_stack_down(ctx: AppContext) -> None:
@@ -194,7 +209,7 @@ def restore(
         answers_data = yaml.safe_load((staged / "answers" / ANSWERS_NAME).read_text()) or {}
         answers_data = answers_data | {"state_dir": str(target)} | ({"runtime": runtime} if runtime else {})
         probe = staged / "answers-probe.yaml"
-        probe.write_text(yaml.safe_dump(answers_data))
+        probe.write_text(yaml.safe_dump(restoring_answers(answers_data, manifest.store_kind)))
         ctx = AppContext.create(load_answers(probe), None, target)
         if not _is_empty(target):
             if not (confirm and confirm(f"{target} holds a stack's data; replace it with the archive's?")):

@@ -29,7 +29,9 @@ from appliance.errors import ApplianceError
 OBJECT = b"a,b,target\n1,2,0\n"
 
 
-def _seaweed_state(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppContext:
+def _seaweed_state(
+    root: Path, monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any] | None = None
+) -> AppContext:
     """A state directory of a SeaweedFS stack; its one object is read by a stand-in for S3."""
     state = root / "state"
     (state / "secrets").mkdir(parents=True)
@@ -39,8 +41,8 @@ def _seaweed_state(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppContext:
     entry = snapshot.Entry("s3/datasets/wine/wine.csv", 0o600, len(OBJECT), lambda: io.BytesIO(OBJECT))
     monkeypatch.setattr(snapshot, "s3_entries", lambda ctx: iter([entry]))
     monkeypatch.setattr(create_module, "readable", lambda ctx: contextlib.nullcontext())  # no store here
-    answers = Answers.model_validate({"object_store": {"kind": "seaweedfs"}})
-    return AppContext(answers, state)
+    chosen = Answers.model_validate(answers or {"object_store": {"kind": "seaweedfs"}})
+    return AppContext(chosen, state)
 
 
 @pytest.fixture
@@ -113,3 +115,33 @@ def test_a_store_that_does_not_start_leaves_a_new_directory_empty(
         restore(path, target)
     assert sorted(p.name for p in target.iterdir()) == [".lock"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".appliance-restore-")]
+
+
+def test_an_edge_box_s_store_is_restored_into_a_new_directory_with_its_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge state from before ``auto`` meant no store there ran SeaweedFS (its keys are in the
+    state, so it keeps it). Restored into an empty directory, ``auto`` would find no keys there
+    and mean a folder, dropping the archive's objects: the restore uses the archive's store."""
+    ctx = _seaweed_state(tmp_path, monkeypatch, {"profile": "edge", "object_store": {"kind": "auto"}})
+    assert ctx.store_kind == "seaweedfs"
+    path = Path(create_backup(ctx, str(tmp_path / "edge.tar.gz")).path)
+    seen = _store(monkeypatch, starts=True)
+    restore(path, tmp_path / "fresh")
+    assert seen == [
+        {"folder": [], "key": "the admin key"},
+        {"objects": {"datasets/wine/wine.csv": OBJECT}},
+    ]
+    restored = AppContext(Answers.model_validate({"profile": "edge"}), tmp_path / "fresh")
+    assert restored.store_kind == "seaweedfs"  # its keys came back: the next up runs the store
+
+
+def test_the_answers_a_restore_works_with() -> None:
+    from appliance.backup.restore import restoring_answers
+
+    edge = {"profile": "edge", "object_store": {"kind": "auto", "models_bucket": "m"}}
+    assert restoring_answers(edge, "seaweedfs")["object_store"] == {"kind": "seaweedfs", "models_bucket": "m"}
+    assert restoring_answers({"profile": "edge"}, "minio")["object_store"] == {"kind": "minio"}
+    assert restoring_answers(edge, "filesystem") == edge  # no store to refill
+    named = {"object_store": {"kind": "s3", "endpoint": "https://s3.example.com"}}
+    assert restoring_answers(named, "seaweedfs") == named  # a kind by name is the user's

@@ -13,8 +13,7 @@ Both read the environment as MLflow's client does: ``MLFLOW_TRACKING_URI``; basi
 ``--registry-ca-file``) or ``MLFLOW_TRACKING_INSECURE_TLS=true``; and the request settings
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (seconds), ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (retries of an unreachable registry or a 5xx answer; a
-4xx is final). The answer is bounded (``MAX_ANSWER_BYTES``), and a redirect is not followed
-(it would carry the credentials elsewhere).
+4xx is final). The answer is bounded (``MAX_ANSWER_BYTES``).
 """
 
 from __future__ import annotations
@@ -42,14 +41,6 @@ TIMEOUT_S, RETRIES = 30.0, 2
 
 class RegistryError(Exception):
     """The registry could not be asked, or said no; the message says which and why."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A registry answers where it is asked: a redirect would carry the account's credentials
-    to wherever it points, so it is an error (the 3xx, named) instead of a second request."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -89,13 +80,10 @@ def alias_version(model: str, alias: str, env: Mapping[str, str] | None = None) 
     timeout = _number(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", TIMEOUT_S)
     retries = int(_number(env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", RETRIES))
     backoff = _number(env, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1.0)
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
-    if base.startswith("https://"):
-        handlers.append(urllib.request.HTTPSHandler(context=_tls(env)))
-    opener = urllib.request.build_opener(*handlers)
+    context = _tls(env) if base.startswith("https://") else None
     for attempt in range(retries + 1):
         try:
-            with opener.open(request, timeout=timeout) as answer:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
                 body = answer.read(MAX_ANSWER_BYTES + 1)
             break
         except urllib.error.HTTPError as err:

@@ -13,8 +13,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or not all(argv):
-        print("usage: registry_fetch MODEL VERSION DEST", file=sys.stderr)
+    if len(argv) != 3 or not argv[1].isdigit():
+        print("usage: registry_fetch MODEL VERSION DEST (VERSION a number)", file=sys.stderr)
         return 2
     model, version, dest = argv
     try:

@@ -50,7 +50,9 @@ BUNDLED_KINDS = ("seaweedfs", "minio")
 """Store kinds the stack runs itself (a service and its buckets job)."""
 
 
-EDGE_STORE_SECRETS = (secret_name(ADMIN), "minio_root_password")
+MINIO_ROOT_SECRET = "minio_root_password"
+"""MinIO's root password (``STATE/secrets``), the stack's key to a bundled MinIO."""
+EDGE_STORE_SECRETS = (secret_name(ADMIN), MINIO_ROOT_SECRET)
 """Secrets a bundled store leaves in ``STATE/secrets`` (SeaweedFS's admin key, MinIO's root
 password): an edge state holding one has run its own store, and keeps it."""
 
@@ -182,7 +184,7 @@ class AppContext:
         if self.store_kind == "seaweedfs":
             return access_key_id(identity), self.secrets.get(secret_name(identity))
         if self.store_kind == "minio":
-            return "appliance", self.secrets.get("minio_root_password")
+            return "appliance", self.secrets.get(MINIO_ROOT_SECRET)
         names = set(self.secrets.names())
         if "s3_access_key" not in names:
             access = store.access_key or os.environ.get("AWS_ACCESS_KEY_ID")

@@ -3,7 +3,10 @@
 Each source answers two questions: ``fingerprint()`` (cheap: has it moved since we loaded it?)
 and ``fetch()`` (download it into a local folder holding model.onnx and, when present,
 drift_profile.json). The hot-reload poller only needs those two, whatever the source.
-mlflow and boto3 are imported lazily: a server for local files never pays their import cost.
+boto3 is imported lazily: a server for local files never pays its import cost. MLflow is never
+imported here: the registry is asked, and a version fetched, over its REST API
+(``registry_client``; MLflow's client only in a child process, for artifacts kept elsewhere), so
+a server following an alias holds none of MLflow's memory.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from appliance.workloads.serving import registry_client
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "drift_profile.json"
@@ -98,20 +103,12 @@ class MlflowSource(Source):
     def fingerprint(self) -> str:
         if self.version is not None:
             return self.version
-        from mlflow import MlflowClient
-
         assert self.alias is not None
-        return str(MlflowClient().get_model_version_by_alias(self.model, self.alias).version)
+        return registry_client.alias_version(self.model, self.alias)
 
     def fetch(self, fingerprint: str) -> Fetched:
-        import mlflow.artifacts
-
         dest = tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-")
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.model}/{fingerprint}", dst_path=dest
-            )
-        )
+        folder = registry_client.download(self.model, fingerprint, Path(dest))
         onnx = folder / MODEL_FILE
         if not onnx.exists():
             found = sorted(folder.rglob(MODEL_FILE))

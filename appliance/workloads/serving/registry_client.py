@@ -1,0 +1,253 @@
+"""The model server's questions to the MLflow registry, without MLflow in the server.
+
+Why: importing MLflow's client costs a model server about 140 MB resident (it brings pandas,
+pyarrow and scipy), in every replica, to ask one question each poll: which version does an alias
+name? That is one call of MLflow's REST API (``GET /api/2.0/mlflow/registered-models/alias``),
+asked here with the standard library. A new version, fetched only when the answer changes, is
+listed and downloaded over the same API when it lies in the registry's own artifact store (the
+appliance's MLflow serves its artifacts); from anywhere else MLflow's own ``download_artifacts``
+fetches it in a child process (``registry_fetch``) that exits, so none of MLflow stays resident.
+
+Both read the environment as MLflow's client does: ``MLFLOW_TRACKING_URI``; basic auth from
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or a bearer ``MLFLOW_TRACKING_TOKEN``;
+``MLFLOW_TRACKING_SERVER_CERT_PATH`` (the CA an https registry is checked against, an edge box's
+``--registry-ca-file``) or ``MLFLOW_TRACKING_INSECURE_TLS=true``; and the request settings
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (seconds), ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (retries of an unreachable registry or a 5xx answer; a
+4xx is final). The answer is bounded (``MAX_ANSWER_BYTES``), and a redirect is not followed
+(it would carry the credentials elsewhere).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+MAX_ANSWER_BYTES = 1 << 20
+"""An alias lookup answers a few hundred bytes; more than this is not a registry's answer."""
+FETCH_TIMEOUT_S = 1800.0
+"""How long a download of one version may take (a large model over a slow link)."""
+MAX_FILES, MAX_DEPTH, CHUNK_BYTES = 10_000, 8, 1 << 20
+"""A model version's artifacts: a handful of files (model, profile, MLmodel, environment files)."""
+PROXIED_PREFIX, ARTIFACTS_API = "mlflow-artifacts:", "/api/2.0/mlflow-artifacts/artifacts"
+"""The registry's own artifact store (``--serve-artifacts``) and the REST API that serves it."""
+TIMEOUT_S, RETRIES = 30.0, 2
+"""Without MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES: the poller asks again next round anyway."""
+
+
+class RegistryError(Exception):
+    """The registry could not be asked, or said no; the message says which and why."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A registry answers where it is asked: a redirect would carry the account's credentials
+    to wherever it points, so it is an error (the 3xx, named) instead of a second request."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return max(0.0, float(env.get(name) or default))
+    except ValueError:
+        return default
+
+
+def _tls(env: Mapping[str, str]) -> ssl.SSLContext:
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+
+
+def _headers(env: Mapping[str, str]) -> dict[str, str]:
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    token = env.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _Registry:
+    """One registry as MLflow's client reaches it: base URL, account, TLS, timeout and retries."""
+
+    def __init__(self, env: Mapping[str, str], what: str) -> None:
+        self.base = (env.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+        if not self.base.startswith(("http://", "https://")):
+            raise RegistryError(
+                f"MLFLOW_TRACKING_URI is {self.base or 'unset'}: {what} needs an http(s) registry"
+            )
+        self.headers = _headers(env)
+        self.timeout = _number(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", TIMEOUT_S)
+        self.retries = int(_number(env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", RETRIES))
+        self.backoff = _number(env, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1.0)
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        if self.base.startswith("https://"):
+            handlers.append(urllib.request.HTTPSHandler(context=_tls(env)))
+        self.opener = urllib.request.build_opener(*handlers)
+
+    def get(self, path: str, what: str, into: BinaryIO | None = None, size: int | None = None) -> bytes:
+        """``GET base + path``: the answer (at most ``MAX_ANSWER_BYTES``), or, with ``into``,
+        streamed there (exactly ``size`` bytes when given). A 4xx is final; a 5xx or an
+        unreachable registry is asked again as MLflow's settings say."""
+        request = urllib.request.Request(self.base + path, headers=self.headers)
+        for attempt in range(self.retries + 1):
+            try:
+                with self.opener.open(request, timeout=self.timeout) as answer:
+                    if into is None:
+                        return _bounded(answer.read(MAX_ANSWER_BYTES + 1), self.base, what)
+                    into.seek(0)
+                    into.truncate()
+                    _copy(answer, into, size, f"{self.base}: {what}")
+                    return b""
+            except urllib.error.HTTPError as err:
+                if err.code < 500 or attempt == self.retries:
+                    raise RegistryError(f"{self.base}: {what}: {_refusal(err)}") from None
+            except (urllib.error.URLError, OSError) as err:
+                if attempt == self.retries:
+                    reason = getattr(err, "reason", err)
+                    raise RegistryError(f"{self.base} unreachable for {what}: {reason}") from None
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _bounded(body: bytes, base: str, what: str) -> bytes:
+    if len(body) > MAX_ANSWER_BYTES:
+        raise RegistryError(f"{base}: the answer for {what} is over {MAX_ANSWER_BYTES} B")
+    return body
+
+
+def _copy(answer: BinaryIO, into: BinaryIO, size: int | None, what: str) -> None:
+    """The file's bytes, checked against the size its listing gave (neither more nor fewer)."""
+    written = 0
+    while chunk := answer.read(CHUNK_BYTES):
+        written += len(chunk)
+        if size is not None and written > size:
+            raise RegistryError(f"{what}: more than the {size} B its listing gave")
+        into.write(chunk)
+    if size is not None and written != size:
+        raise RegistryError(f"{what}: {written} B of the {size} B its listing gave")
+
+
+def alias_version(model: str, alias: str, env: Mapping[str, str] | None = None) -> str:
+    """The version ``model@alias`` names in the registry at ``MLFLOW_TRACKING_URI``."""
+    what = f"models:/{model}@{alias}"
+    registry = _Registry(os.environ if env is None else env, what)
+    query = urllib.parse.urlencode({"name": model, "alias": alias})
+    body = registry.get(f"/api/2.0/mlflow/registered-models/alias?{query}", what)
+    return _version_of(body, registry.base, model, alias)
+
+
+def _refusal(err: urllib.error.HTTPError) -> str:
+    """HTTP code and MLflow's own error (``error_code``: ``message``) when it sent one."""
+    try:
+        doc = json.loads(err.read(MAX_ANSWER_BYTES))
+        said = f"{doc.get('error_code', '')}: {doc.get('message', '')}".strip(": ")
+    except (OSError, ValueError, AttributeError):
+        said = ""
+    return f"HTTP {err.code}" + (f" ({said})" if said else f" ({err.reason})")
+
+
+def _version_of(body: bytes, base: str, model: str, alias: str) -> str:
+    try:
+        version = json.loads(body)["model_version"]["version"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"{base}: no model version in the answer for models:/{model}@{alias}") from None
+    if not isinstance(version, str | int) or not str(version).isdigit():
+        raise RegistryError(f"{base}: models:/{model}@{alias} names version {version!r}, not a number")
+    return str(version)
+
+
+def download(model: str, version: str, dest: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Version ``version`` of ``model`` downloaded into ``dest``; returns the folder it wrote.
+
+    The registry says where the version's files are (``get-download-uri``). Where that is the
+    registry's own artifact store (``mlflow-artifacts:/PATH``, what the appliance's MLflow gives,
+    ``--serve-artifacts``), the files are listed and fetched over the same REST API, with the
+    same account: as fast as MLflow's client in the server was, and nothing imported. Anywhere
+    else (an external MLflow whose artifacts are in S3, say) MLflow's own ``download_artifacts``
+    does it in a child process, so its imports leave with it."""
+    env = os.environ if env is None else env
+    what = f"models:/{model}/{version}"
+    if version.isdigit():
+        registry = _Registry(env, what)
+        query = urllib.parse.urlencode({"name": model, "version": version})
+        body = registry.get(f"/api/2.0/mlflow/model-versions/get-download-uri?{query}", what)
+        try:
+            uri = json.loads(body)["artifact_uri"]
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError(f"{registry.base}: no artifact_uri in the answer for {what}") from None
+        if (
+            isinstance(uri, str)
+            and uri.startswith(PROXIED_PREFIX)
+            and not uri.startswith(f"{PROXIED_PREFIX}//")
+        ):
+            _fetch_tree(registry, uri.removeprefix(PROXIED_PREFIX).strip("/"), dest, what)
+            return dest
+    return _download_with_mlflow(model, version, dest)
+
+
+def _fetch_tree(registry: _Registry, root: str, dest: Path, what: str) -> None:
+    """Every file under ``root`` of the registry's artifact store, into ``dest`` (same layout).
+
+    Bounded: at most ``MAX_FILES`` entries and ``MAX_DEPTH`` folders deep; each name the listing
+    gives is one plain path component (no separator, no ``..``), so nothing is written outside
+    ``dest``; each file is exactly the size its listing gave."""
+    pending: list[tuple[str, Path, int]] = [(root, dest, 0)]
+    seen = 0
+    while pending:
+        folder, local, depth = pending.pop()
+        listed = registry.get(f"{ARTIFACTS_API}?{urllib.parse.urlencode({'path': folder})}", what)
+        try:
+            files = json.loads(listed).get("files", [])
+            entries = [(str(f["path"]), bool(f.get("is_dir")), f.get("file_size")) for f in files]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(
+                f"{registry.base}: {what}: the artifact listing of {folder} is not MLflow's"
+            ) from None
+        if len({name for name, _, _ in entries}) != len(entries):
+            raise RegistryError(f"{registry.base}: {what}: the listing of {folder} names a file twice")
+        for name, is_dir, size in entries:
+            seen += 1
+            if seen > MAX_FILES:
+                raise RegistryError(f"{registry.base}: {what} holds over {MAX_FILES} files")
+            if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+                raise RegistryError(f"{registry.base}: {what}: the listing names {name!r}, not a file name")
+            remote = f"{folder}/{name}"
+            if is_dir:
+                if depth + 1 > MAX_DEPTH:
+                    raise RegistryError(f"{registry.base}: {what} is nested over {MAX_DEPTH} folders deep")
+                (local / name).mkdir()
+                pending.append((remote, local / name, depth + 1))
+                continue
+            expected = int(size) if isinstance(size, int | str) and str(size).isdigit() else None
+            path = f"{ARTIFACTS_API}/{urllib.parse.quote(remote)}"
+            with open(local / name, "xb") as into:
+                registry.get(path, f"{what} ({remote})", into, expected)
+
+
+def _download_with_mlflow(model: str, version: str, dest: Path) -> Path:
+    """MLflow's own client, in a child process (its imports leave with it)."""
+    command = [sys.executable, "-m", "appliance.workloads.serving.registry_fetch", model, version, str(dest)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise RegistryError(
+            f"models:/{model}/{version}: the download took over {FETCH_TIMEOUT_S:.0f} s"
+        ) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RegistryError(f"models:/{model}/{version}: {lines[-1] if lines else f'exit {done.returncode}'}")
+    return Path(done.stdout.strip().splitlines()[-1])

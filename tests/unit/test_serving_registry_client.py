@@ -1,0 +1,343 @@
+"""The model server's alias lookup over MLflow's REST API (``serving.registry_client``), against
+a small HTTP server in the test that answers as MLflow's does: what is sent (path, query,
+credentials), what is retried and what is final, and that each failure names its cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.workloads.serving import registry_client
+from appliance.workloads.serving.registry_client import RegistryError, alias_version
+
+Answer = tuple[int, bytes]
+
+
+class Registry:
+    """Answers each request with the next of ``answers`` (the last one repeats); records them."""
+
+    def __init__(self, answers: list[Answer], tls: ssl.SSLContext | None = None) -> None:
+        self.answers = answers
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                registry.seen.append((self.path, dict(self.headers)))
+                status, body = registry.answers[min(len(registry.seen), len(registry.answers)) - 1]
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_port}"
+
+
+Make = Callable[[list[Answer]], Registry]
+
+
+@pytest.fixture
+def registry() -> Iterator[Make]:
+    made: list[Registry] = []
+
+    def make(answers: list[Answer]) -> Registry:
+        made.append(Registry(answers))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.server.shutdown()
+
+
+def version_doc(version: object) -> bytes:
+    return json.dumps(
+        {"model_version": {"name": "fraud", "version": version, "aliases": ["champion"]}}
+    ).encode()
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"} | extra
+
+
+def test_asks_the_alias_endpoint_with_the_account(registry: Make) -> None:
+    r = registry([(200, version_doc("7"))])
+    env = env_for(r.url + "/", MLFLOW_TRACKING_USERNAME="appliance-reader", MLFLOW_TRACKING_PASSWORD="pw")
+    assert alias_version("fraud model", "champion", env) == "7"
+    path, headers = r.seen[0]
+    assert path == "/api/2.0/mlflow/registered-models/alias?name=fraud+model&alias=champion"
+    assert headers["Authorization"] == "Basic YXBwbGlhbmNlLXJlYWRlcjpwdw=="  # appliance-reader:pw
+    token = registry([(200, version_doc(3))])  # a number in the JSON is taken too
+    assert alias_version("m", "a", env_for(token.url, MLFLOW_TRACKING_TOKEN="t0k")) == "3"
+    assert token.seen[0][1]["Authorization"] == "Bearer t0k"
+
+
+def test_a_refusal_is_final_and_names_mlflows_error(registry: Make) -> None:
+    missing = (
+        b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Registered model alias champion not found."}'
+    )
+    r = registry([(404, missing)])
+    with pytest.raises(
+        RegistryError, match=r"models:/fraud@champion: HTTP 404 \(RESOURCE_DOES_NOT_EXIST: .*not found"
+    ):
+        alias_version("fraud", "champion", env_for(r.url))
+    assert len(r.seen) == 1  # a 4xx is not asked again
+    denied = registry([(401, b"You are not authenticated.")])
+    with pytest.raises(RegistryError, match=r"HTTP 401"):
+        alias_version("fraud", "champion", env_for(denied.url))
+
+
+def test_a_redirect_is_not_followed_with_the_account(registry: Make) -> None:
+    r = registry([(302, b""), (200, version_doc("9"))])
+    env = env_for(r.url, MLFLOW_TRACKING_USERNAME="appliance-reader", MLFLOW_TRACKING_PASSWORD="pw")
+    with pytest.raises(RegistryError, match="HTTP 302"):
+        alias_version("fraud", "champion", env)
+    asked = [path for path, _ in r.seen]
+    assert asked == ["/api/2.0/mlflow/registered-models/alias?name=fraud&alias=champion"]  # not /elsewhere
+
+
+def test_a_server_error_is_retried_as_mlflow_s_settings_say(
+    registry: Make,
+) -> None:
+    r = registry([(503, b"busy"), (200, version_doc("2"))])
+    assert alias_version("fraud", "champion", env_for(r.url)) == "2" and len(r.seen) == 2
+    always = registry([(500, b"broken")])
+    with pytest.raises(RegistryError, match="HTTP 500"):
+        alias_version("fraud", "champion", env_for(always.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1"))
+    assert len(always.seen) == 2  # the first ask and one retry
+
+
+def test_an_unreachable_registry_and_odd_answers_are_named(
+    registry: Make,
+) -> None:
+    closed = registry([(200, b"")])
+    closed.server.shutdown()
+    closed.server.server_close()
+    with pytest.raises(RegistryError, match=r"unreachable for models:/fraud@champion"):
+        alias_version("fraud", "champion", env_for(closed.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"))
+    for body, said in (
+        (b"<html>a proxy's page</html>", "no model version"),
+        (version_doc("../2"), "not a number"),
+        (b"x" * (registry_client.MAX_ANSWER_BYTES + 2), "over"),
+    ):
+        r = registry([(200, body)])
+        with pytest.raises(RegistryError, match=said):
+            alias_version("fraud", "champion", env_for(r.url))
+    with pytest.raises(RegistryError, match="MLFLOW_TRACKING_URI is unset"):
+        alias_version("fraud", "champion", {})
+
+
+def test_an_https_registry_is_checked_against_the_given_ca(tmp_path: Path) -> None:
+    """The CA file (an edge box's --registry-ca-file) is the trust root: without it the
+    registry's certificate is refused; MLFLOW_TRACKING_INSECURE_TLS=true skips the check."""
+    from appliance.secrets_store import SecretStore
+    from appliance.tls import ensure_certificates
+
+    files = ensure_certificates(SecretStore(tmp_path / "secrets"), ["127.0.0.1"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
+    r = Registry([(200, version_doc("4"))], tls=context)
+    try:
+        trusted = env_for(r.url, MLFLOW_TRACKING_SERVER_CERT_PATH=str(files.ca_cert))
+        assert alias_version("fraud", "champion", trusted) == "4"
+        with pytest.raises(RegistryError, match=r"unreachable .*CERTIFICATE_VERIFY_FAILED"):
+            alias_version("fraud", "champion", env_for(r.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"))
+        insecure = env_for(r.url, MLFLOW_TRACKING_INSECURE_TLS="true")
+        assert alias_version("fraud", "champion", insecure) == "4"
+    finally:
+        r.server.shutdown()
+
+
+def test_following_an_alias_never_imports_mlflow_into_the_server(
+    registry: Make,
+) -> None:
+    """The point of the module: the server's process asks the registry without MLflow (about
+    140 MB resident); checked in a fresh interpreter, as a model server starts."""
+    r = registry([(200, version_doc("5"))])
+    code = (
+        "import sys; from appliance.workloads.serving.sources import source_for; "
+        "print(source_for('models:/fraud@champion').fingerprint(), 'mlflow' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=os.environ | env_for(r.url),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.split() == ["5", "False"], done.stderr[-2000:]
+
+
+class ArtifactStore:
+    """MLflow's answers for one registered version whose files are in the registry's own store
+    (``--serve-artifacts``): get-download-uri, the folder listings, the files. Any other path
+    is a 404, as MLflow answers; every request is recorded with its headers."""
+
+    ROOT = "1/models/m-abc/artifacts"
+
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        listings: dict[str, list[dict[str, Any]]] | None = None,
+        uri: str = f"mlflow-artifacts:/{ROOT}",
+    ) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        routes: dict[str, bytes] = {
+            "/api/2.0/mlflow/model-versions/get-download-uri?name=fraud&version=3": json.dumps(
+                {"artifact_uri": uri}
+            ).encode()
+        }
+        folders: dict[str, list[dict[str, Any]]] = {}
+        for rel, data in files.items():
+            parts = rel.split("/")
+            for depth in range(len(parts)):
+                folder = "/".join([self.ROOT, *parts[:depth]])
+                entry = {"path": parts[depth], "is_dir": depth < len(parts) - 1}
+                if not entry["is_dir"]:
+                    entry["file_size"] = len(data)
+                if entry not in folders.setdefault(folder, []):
+                    folders[folder].append(entry)
+            routes[f"{registry_client.ARTIFACTS_API}/{self.ROOT}/{rel}"] = data
+        for folder, entries in (folders | (listings or {})).items():
+            query = urllib.parse.urlencode({"path": folder})
+            routes[f"{registry_client.ARTIFACTS_API}?{query}"] = json.dumps({"files": entries}).encode()
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                store.seen.append((self.path, dict(self.headers)))
+                body = routes.get(self.path)
+                self.send_response(404 if body is None else 200)
+                body = b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}' if body is None else body
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture
+def stores() -> Iterator[list[ArtifactStore]]:
+    made: list[ArtifactStore] = []
+    yield made
+    for store in made:
+        store.server.shutdown()
+
+
+def test_a_version_in_the_registry_s_own_store_is_fetched_over_its_rest_api(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout, every byte, and the account on every request; MLflow's client (the child
+    process) is never started for the appliance's own registry."""
+    files = {
+        "model.onnx": os.urandom(3 * registry_client.CHUNK_BYTES + 7),  # more than one chunk
+        "drift_profile.json": b'{"features": []}',
+        "MLmodel": b"flavors: {}",
+        "extra/nested/notes.txt": b"a folder two deep",
+    }
+    store = ArtifactStore(files)
+    stores.append(store)
+    monkeypatch.setattr(registry_client, "_download_with_mlflow", lambda *a: pytest.fail(f"child for {a}"))
+    env = env_for(store.url, MLFLOW_TRACKING_TOKEN="t0k")
+    assert registry_client.download("fraud", "3", tmp_path, env) == tmp_path
+    got = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert got == files
+    assert all(headers["Authorization"] == "Bearer t0k" for _, headers in store.seen), store.seen
+
+
+def test_a_version_elsewhere_goes_to_mlflow_s_own_client(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An external registry whose artifacts are in S3, or a store on another host, or a version
+    that is not a number (``models:/NAME/latest``): MLflow's client resolves it, in the child."""
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(registry_client, "_download_with_mlflow", lambda m, v, d: asked.append((m, v)) or d)
+    for uri in ("s3://bucket/models/m-abc/artifacts", "mlflow-artifacts://other-host:5000/1/x"):
+        store = ArtifactStore({"model.onnx": b"x"}, uri=uri)
+        stores.append(store)
+        assert registry_client.download("fraud", "3", tmp_path, env_for(store.url)) == tmp_path
+        assert len(store.seen) == 1  # the download URI only, not the files
+    registry_client.download("fraud", "latest", tmp_path, env_for(store.url))
+    assert asked == [("fraud", "3"), ("fraud", "3"), ("fraud", "latest")]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ({"path": "..", "is_dir": True}, "not a file name"),
+        ({"path": "../../escape.onnx", "is_dir": False, "file_size": 1}, "not a file name"),
+        ({"path": "", "is_dir": False}, "not a file name"),
+        ({"path": "model.onnx", "is_dir": False, "file_size": 2}, "1 B of the 2 B"),
+        ({"path": "model.onnx", "is_dir": False, "file_size": 0}, "more than the 0 B"),
+    ],
+)
+def test_a_hostile_listing_writes_nothing_outside_and_names_what_is_wrong(
+    stores: list[ArtifactStore], tmp_path: Path, entry: dict[str, Any], said: str
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    store = ArtifactStore({"model.onnx": b"x"}, listings={ArtifactStore.ROOT: [entry]})
+    stores.append(store)
+    with pytest.raises(RegistryError, match=said):
+        registry_client.download("fraud", "3", dest, env_for(store.url))
+    assert [p.name for p in tmp_path.rglob("*")] in (["dest"], ["dest", "model.onnx"])
+
+
+def test_a_listing_past_the_bounds_is_refused(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twice = [{"path": "a", "is_dir": False, "file_size": 1}] * 2
+    store = ArtifactStore({"model.onnx": b"x"}, listings={ArtifactStore.ROOT: twice})
+    stores.append(store)
+    with pytest.raises(RegistryError, match="names a file twice"):
+        registry_client.download("fraud", "3", tmp_path / "a", env_for(store.url))
+    deep = "/".join(f"d{n}" for n in range(registry_client.MAX_DEPTH + 1)) + "/model.onnx"
+    store = ArtifactStore({deep: b"x"})
+    stores.append(store)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(RegistryError, match="folders deep"):
+        registry_client.download("fraud", "3", tmp_path / "b", env_for(store.url))
+    monkeypatch.setattr(registry_client, "MAX_FILES", 3)
+    store = ArtifactStore({f"f{n}": b"x" for n in range(4)})
+    stores.append(store)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(RegistryError, match="over 3 files"):
+        registry_client.download("fraud", "3", tmp_path / "c", env_for(store.url))
+
+
+def test_a_download_failure_is_one_line_naming_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(RegistryError, match=r"unreachable for models:/fraud/1: ") as caught:
+        registry_client.download("fraud", "1", tmp_path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(RegistryError, match=r"^models:/fraud/latest: download failed: ") as caught:
+        registry_client.download("fraud", "latest", tmp_path)  # MLflow's client, in the child
+    assert "\n" not in str(caught.value)

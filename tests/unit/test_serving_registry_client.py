@@ -35,7 +35,7 @@ class Registry:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 registry.seen.append((self.path, dict(self.headers)))
-                status, body = registry.answers[min(len(registry.seen), len(registry.answers)) - 1]
+                status, body = registry.answer(self.path)
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", "/elsewhere")
@@ -51,6 +51,9 @@ class Registry:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_port}"
+
+    def answer(self, path: str) -> Answer:
+        return self.answers[min(len(self.seen), len(self.answers)) - 1]
 
 
 Make = Callable[[list[Answer]], Registry]
@@ -187,7 +190,7 @@ def test_following_an_alias_never_imports_mlflow_into_the_server(
     assert done.stdout.split() == ["5", "False"], done.stderr[-2000:]
 
 
-class ArtifactStore:
+class ArtifactStore(Registry):
     """MLflow's answers for one registered version whose files are in the registry's own store
     (``--serve-artifacts``): get-download-uri, the folder listings, the files. Any other path
     is a 404, as MLflow answers; every request is recorded with its headers."""
@@ -200,7 +203,6 @@ class ArtifactStore:
         listings: dict[str, list[dict[str, Any]]] | None = None,
         uri: str = f"mlflow-artifacts:/{ROOT}",
     ) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
         routes: dict[str, bytes] = {
             "/api/2.0/mlflow/model-versions/get-download-uri?name=fraud&version=3": json.dumps(
                 {"artifact_uri": uri}
@@ -220,24 +222,12 @@ class ArtifactStore:
         for folder, entries in (folders | (listings or {})).items():
             query = urllib.parse.urlencode({"path": folder})
             routes[f"{registry_client.ARTIFACTS_API}?{query}"] = json.dumps({"files": entries}).encode()
-        store = self
+        self.routes = routes
+        super().__init__([])
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                store.seen.append((self.path, dict(self.headers)))
-                body = routes.get(self.path)
-                self.send_response(404 if body is None else 200)
-                body = b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}' if body is None else body
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+    def answer(self, path: str) -> Answer:
+        body = self.routes.get(path)
+        return (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}') if body is None else (200, body)
 
 
 @pytest.fixture
@@ -275,7 +265,12 @@ def test_a_version_elsewhere_goes_to_mlflow_s_own_client(
     """An external registry whose artifacts are in S3, or a store on another host, or a version
     that is not a number (``models:/NAME/latest``): MLflow's client resolves it, in the child."""
     asked: list[tuple[str, str]] = []
-    monkeypatch.setattr(registry_client, "_download_with_mlflow", lambda m, v, d: asked.append((m, v)) or d)
+
+    def child(model: str, version: str, dest: Path) -> Path:
+        asked.append((model, version))
+        return dest
+
+    monkeypatch.setattr(registry_client, "_download_with_mlflow", child)
     for uri in ("s3://bucket/models/m-abc/artifacts", "mlflow-artifacts://other-host:5000/1/x"):
         store = ArtifactStore({"model.onnx": b"x"}, uri=uri)
         stores.append(store)

@@ -135,19 +135,26 @@ class ModelRepository:
                 entry.state = "LOADING"
             fetched = entry.source.fetch(fingerprint)
             version = fetched.version or str(entry.loads + 1)
-            model = LoadedModel(
-                entry.name,
-                version,
-                entry.source.uri,
-                fetched.onnx_path,
-                self.session_opts,
-                fetched.profile_path,
-                self.drift_window,
-            )
-            model.warm_up()
-            batcher = Batcher(
-                model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
-            )
+            try:
+                model = LoadedModel(
+                    entry.name,
+                    version,
+                    entry.source.uri,
+                    fetched.onnx_path,
+                    self.session_opts,
+                    fetched.profile_path,
+                    self.drift_window,
+                )
+                model.warm_up()
+                batcher = Batcher(
+                    model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
+                )
+            except BaseException:
+                # a version that does not load is fetched again next round: its download goes now,
+                # or a broken champion would leave a copy on disk every poll
+                if fetched.scratch is not None:
+                    shutil.rmtree(fetched.scratch, ignore_errors=True)
+                raise
             entry.model, entry.batcher = model, batcher  # requests read these two together
             entry.fingerprint, entry.state = fingerprint, "READY"
             entry.reason = getattr(entry.source, "note", "")

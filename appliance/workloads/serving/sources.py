@@ -11,8 +11,11 @@ a server following an alias holds none of MLflow's memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,16 +110,17 @@ class MlflowSource(Source):
         return registry_client.alias_version(self.model, self.alias)
 
     def fetch(self, fingerprint: str) -> Fetched:
-        dest = tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-")
-        folder = registry_client.download(self.model, fingerprint, Path(dest))
-        onnx = folder / MODEL_FILE
-        if not onnx.exists():
-            found = sorted(folder.rglob(MODEL_FILE))
-            if not found:
-                raise FileNotFoundError(f"{self.uri} version {fingerprint} holds no {MODEL_FILE}")
-            onnx = found[0]
+        dest = Path(tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-"))
+        with _scratch_kept_on_success(dest):
+            folder = registry_client.download(self.model, fingerprint, dest)
+            onnx = folder / MODEL_FILE
+            if not onnx.exists():
+                found = sorted(folder.rglob(MODEL_FILE))
+                if not found:
+                    raise FileNotFoundError(f"{self.uri} version {fingerprint} holds no {MODEL_FILE}")
+                onnx = found[0]
         profile = onnx.parent / PROFILE_FILE
-        return Fetched(onnx, profile if profile.exists() else None, fingerprint, Path(dest))
+        return Fetched(onnx, profile if profile.exists() else None, fingerprint, dest)
 
 
 class S3Source(Source):
@@ -157,13 +161,25 @@ class S3Source(Source):
         client = self._client()
         folder = Path(tempfile.mkdtemp(prefix="serving-s3-"))
         onnx = folder / MODEL_FILE
-        client.download_file(self.bucket, self.key, str(onnx))
+        with _scratch_kept_on_success(folder):
+            client.download_file(self.bucket, self.key, str(onnx))
         profile: Path | None = folder / PROFILE_FILE
         try:
             client.download_file(self.bucket, self.profile_key, str(profile))
         except Exception:  # no profile next to the model: serve without drift statistics
             profile = None
         return Fetched(onnx, profile, None, folder)
+
+
+@contextlib.contextmanager
+def _scratch_kept_on_success(folder: Path) -> Iterator[None]:
+    """A download folder that goes with a failed download: the poller asks again next round,
+    and each round's partial copy would otherwise stay on disk."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def source_for(uri: str) -> Source:

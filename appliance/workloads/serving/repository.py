@@ -22,7 +22,7 @@ from appliance.workloads.serving.batcher import Batcher
 from appliance.workloads.serving.edge_cache import CachedSource
 from appliance.workloads.serving.errors import Forbidden, NotFound, Unavailable
 from appliance.workloads.serving.model import LoadedModel, SessionOptions
-from appliance.workloads.serving.sources import MlflowSource, Source, source_for
+from appliance.workloads.serving.sources import MlflowSource, Source, dropped_on_failure, source_for
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ModelRepository:
                 entry.state = "LOADING"
             fetched = entry.source.fetch(fingerprint)
             version = fetched.version or str(entry.loads + 1)
-            try:
+            with dropped_on_failure(fetched.scratch):  # a broken version: its download goes now
                 model = LoadedModel(
                     entry.name,
                     version,
@@ -149,12 +149,6 @@ class ModelRepository:
                 batcher = Batcher(
                     model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
                 )
-            except BaseException:
-                # a version that does not load is fetched again next round: its download goes now,
-                # or a broken champion would leave a copy on disk every poll
-                if fetched.scratch is not None:
-                    shutil.rmtree(fetched.scratch, ignore_errors=True)
-                raise
             entry.model, entry.batcher = model, batcher  # requests read these two together
             entry.fingerprint, entry.state = fingerprint, "READY"
             entry.reason = getattr(entry.source, "note", "")

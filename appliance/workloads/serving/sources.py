@@ -111,7 +111,7 @@ class MlflowSource(Source):
 
     def fetch(self, fingerprint: str) -> Fetched:
         dest = Path(tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-"))
-        with _scratch_kept_on_success(dest):
+        with dropped_on_failure(dest):
             folder = registry_client.download(self.model, fingerprint, dest)
             onnx = folder / MODEL_FILE
             if not onnx.exists():
@@ -161,7 +161,7 @@ class S3Source(Source):
         client = self._client()
         folder = Path(tempfile.mkdtemp(prefix="serving-s3-"))
         onnx = folder / MODEL_FILE
-        with _scratch_kept_on_success(folder):
+        with dropped_on_failure(folder):
             client.download_file(self.bucket, self.key, str(onnx))
         profile: Path | None = folder / PROFILE_FILE
         try:
@@ -172,13 +172,15 @@ class S3Source(Source):
 
 
 @contextlib.contextmanager
-def _scratch_kept_on_success(folder: Path) -> Iterator[None]:
-    """A download folder that goes with a failed download: the poller asks again next round,
-    and each round's partial copy would otherwise stay on disk."""
+def dropped_on_failure(scratch: Path | None) -> Iterator[None]:
+    """A download folder that goes when what follows fails (its download, or building the
+    model from it): the poller fetches that version again next round, and each round's copy
+    would otherwise stay on disk."""
     try:
         yield
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         raise
 
 

@@ -8,6 +8,8 @@ import re
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tests.conftest import EXTENDED, TESTS_DIR, extended_reason
 
 
@@ -34,14 +36,28 @@ def _item(path: str, test: str, param: str | None = None) -> Any:
     return SimpleNamespace(path=TESTS_DIR / path, name=name, originalname=test, callspec=callspec)
 
 
-def test_a_module_a_runtime_or_one_test_can_be_extended_and_nothing_else_is() -> None:
+def test_a_module_a_runtime_or_one_test_can_be_extended_and_nothing_else_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     edge = "integration/test_edge_follows_registry.py"
     followed = "test_edge_follows_the_champion_serves_through_an_outage_and_catches_up"
-    assert extended_reason(_item(edge, followed)) is not None
-    assert extended_reason(_item(edge, "test_an_edge_stack_named_after_the_central_registry")) is None
     lab = "integration/test_lab_stack.py"
-    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "docker")) is not None
-    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "podman")) is not None
+    offline = "integration/test_bundle_offline_podman.py"
+    tiers = {f"{edge}::{followed}": "one test", f"{lab}[docker]": "one runtime", offline: "a module"}
+    monkeypatch.setattr("tests.conftest.EXTENDED", tiers)
+    assert extended_reason(_item(edge, followed)) == "one test"
+    assert extended_reason(_item(edge, "test_an_edge_stack_named_after_the_central_registry")) is None
+    assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "docker")) == "one runtime"
     assert extended_reason(_item(lab, "test_up_brings_every_service_to_healthy", "local")) is None
-    assert extended_reason(_item("integration/test_bundle_offline_podman.py", "test_anything")) is not None
-    assert extended_reason(_item("integration/test_cluster_registry.py", "test_anything")) is None
+    assert extended_reason(_item(offline, "test_anything")) == "a module"
+    assert extended_reason(_item("integration/test_cluster_lifecycle.py", "test_anything")) is None
+
+
+def test_the_cluster_lifecycle_and_the_edge_outage_stay_in_cis_tier() -> None:
+    """What the extended cluster modules build on (EXTENDED's reasons) is proven in CI's run."""
+    edge = "integration/test_edge_follows_registry.py"
+    followed = "test_edge_follows_the_champion_serves_through_an_outage_and_catches_up"
+    assert extended_reason(_item(edge, followed)) is None
+    for module in ("test_cluster_lifecycle.py", "test_cluster_two_hosts.py", "test_bundle_offline.py"):
+        assert extended_reason(_item(f"integration/{module}", "test_anything")) is None
+    assert extended_reason(_item("integration/test_cluster_registry.py", "test_anything")) is not None

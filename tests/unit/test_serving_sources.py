@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.workloads.serving import registry_client
+from appliance.workloads.serving import failed_versions, registry_client
 from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import Entry, ModelRepository
 from appliance.workloads.serving.sources import MODEL_FILE, Fetched, LocalSource, Source, source_for
+from tests.integration._serving_fixtures import write_mlp
 
 
 def test_a_folder_or_a_file_given_as_they_are(tmp_path: Path) -> None:
@@ -80,3 +81,90 @@ def test_a_version_that_does_not_load_leaves_no_download_behind(tmp_path: Path) 
             repository.load_blocking(entry)
     assert len(source.fetched) == 2 and list(tmp_path.iterdir()) == []
     assert entry.model is None
+
+
+class _Versions(Source):
+    """A registry alias whose version the test moves; each version downloads as the test says:
+    ``good`` ones are a real model, the others no ONNX model at all."""
+
+    def __init__(self, folder: Path, model: Path) -> None:
+        super().__init__("models:/fraud@champion")
+        self.folder, self.model = folder, model
+        self.version, self.good = "7", False
+        self.fetched: list[str] = []
+
+    def fingerprint(self) -> str:
+        return self.version
+
+    def fetch(self, fingerprint: str) -> Fetched:
+        scratch = Path(tempfile.mkdtemp(dir=self.folder))
+        body = (self.model / MODEL_FILE).read_bytes() if self.good else b"not an onnx model"
+        (scratch / MODEL_FILE).write_bytes(body)
+        self.fetched.append(fingerprint)
+        return Fetched(scratch / MODEL_FILE, None, fingerprint, scratch)
+
+
+def _poll_round(repository: ModelRepository, entry: Entry) -> bool | None:
+    """What one poller round does with the entry: True loaded, False nothing, None failed."""
+    try:
+        return repository.load_blocking(entry, None, retry_now=False)
+    except Exception:
+        return None
+
+
+def test_a_version_that_failed_is_fetched_again_later_and_later_until_the_alias_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken champion is not downloaded every poll round: the next round after its first failure
+    (30 s by default), then two rounds later, four, ... at most 15 minutes apart; a new version named
+    by the alias is fetched at once."""
+    clock = [1000.0]
+    monkeypatch.setattr(failed_versions, "clock", lambda: clock[0])
+    (tmp_path / "downloads").mkdir()
+    source = _Versions(tmp_path / "downloads", write_mlp(tmp_path / "mlp"))
+    repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
+    entry = Entry("fraud", source)
+
+    assert _poll_round(repository, entry) is None and source.fetched == ["7"]
+    waits = []
+    for _ in range(7):
+        assert entry.failed is not None
+        wait = entry.failed.retry_at - clock[0]
+        clock[0] += wait - 1  # a round just before the wait is over: nothing fetched
+        assert _poll_round(repository, entry) is False
+        clock[0] += 1
+        assert _poll_round(repository, entry) is None  # tried again, failed again
+        waits.append(wait)
+    assert waits == [30, 60, 120, 240, 480, 900, 900]
+    assert source.fetched == ["7"] * 8 and entry.model is None
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+    source.version, source.good = "8", True  # the alias moves: fetched in the same round
+    assert _poll_round(repository, entry) is True
+    assert entry.model is not None and entry.model.version == "8" and entry.failed is None
+
+    source.version, source.good = "9", False  # a broken successor: version 8 stays served
+    assert _poll_round(repository, entry) is None
+    assert _poll_round(repository, entry) is False and source.fetched[-2:] == ["8", "9"]
+    assert entry.model.version == "8"
+
+
+def test_a_load_through_the_api_tries_a_failed_version_at_once(tmp_path: Path) -> None:
+    """The repository API's load (an operator's, or the server's own at start) is not held back."""
+    source = _Versions(tmp_path, tmp_path)
+    repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
+    entry = Entry("fraud", source)
+    assert _poll_round(repository, entry) is None
+    with pytest.raises(Exception, match=r"(?i)protobuf|invalid|load"):
+        repository.load_blocking(entry)
+    assert source.fetched == ["7", "7"] and entry.failed is not None and entry.failed.failures == 2
+
+
+def test_the_waits_double_from_one_poll_round_to_a_quarter_hour() -> None:
+    assert [failed_versions.wait_after(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 900, 900]
+    assert [failed_versions.wait_after(n, first=1.0) for n in (1, 2, 10, 11)] == [1, 2, 512, 900]
+    assert failed_versions.wait_after(3, first=3600.0) == 3600  # a round longer than the cap: a round
+    record = failed_versions.failed_again(None, "7", now=0.0)
+    assert record.held_back("7", now=29.9) and not record.held_back("7", now=30.0)
+    assert not record.held_back("8", now=1.0)  # another version is never held back
+    assert failed_versions.failed_again(record, "8", now=0.0).failures == 1

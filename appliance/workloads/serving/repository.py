@@ -21,6 +21,7 @@ from typing import Any
 from appliance.workloads.serving.batcher import Batcher
 from appliance.workloads.serving.edge_cache import CachedSource
 from appliance.workloads.serving.errors import Forbidden, NotFound, Unavailable
+from appliance.workloads.serving.failed_versions import FIRST_RETRY_S, FailedVersion, failed_again
 from appliance.workloads.serving.model import LoadedModel, SessionOptions
 from appliance.workloads.serving.sources import MlflowSource, Source, dropped_on_failure, source_for
 
@@ -42,6 +43,8 @@ class Entry:
     wanted: bool = True
     """False once unloaded through the repository API: the poller leaves it alone until loaded again."""
     scratch: Path | None = None
+    failed: FailedVersion | None = None
+    """The version that last failed to download or load, and when the poller may try it again."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -68,6 +71,8 @@ class ModelRepository:
         self.allowed: dict[str, str] = {}
         """Source key -> URI of every source given at startup: the only places a load may name."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serving")
+        self.first_retry_s = FIRST_RETRY_S
+        """The wait before a failed version is fetched again the first time: the poller's round."""
 
     def add(self, name: str | None, uri: str) -> Entry:
         """A model the server is started with; its source becomes one a load may name."""
@@ -119,8 +124,10 @@ class ModelRepository:
             raise NotFound(f"model '{name}' has no version '{version}' (serving version {model.version})")
         return model, batcher
 
-    def load_blocking(self, entry: Entry, uri: str | None = None) -> bool:
-        """Fetch, build and warm the entry's current version, then swap it in. False: unchanged."""
+    def load_blocking(self, entry: Entry, uri: str | None = None, retry_now: bool = True) -> bool:
+        """Fetch, build and warm the entry's current version, then swap it in. False: unchanged,
+        or (``retry_now`` False, the poller) the version failed last time and its wait has not
+        passed (``failed_versions``)."""
         with entry.lock:
             if uri is not None and uri != entry.source.uri:
                 entry.source = self._cached(entry.name, source_for(uri))
@@ -131,36 +138,47 @@ class ModelRepository:
                     log.warning("%s: %s", entry.name, note)
                 entry.reason = note
                 return False
-            if entry.model is None:
-                entry.state = "LOADING"
-            fetched = entry.source.fetch(fingerprint)
-            version = fetched.version or str(entry.loads + 1)
-            with dropped_on_failure(fetched.scratch):  # a broken version: its download goes now
-                model = LoadedModel(
-                    entry.name,
-                    version,
-                    entry.source.uri,
-                    fetched.onnx_path,
-                    self.session_opts,
-                    fetched.profile_path,
-                    self.drift_window,
-                )
-                model.warm_up()
-                batcher = Batcher(
-                    model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
-                )
-            entry.model, entry.batcher = model, batcher  # requests read these two together
-            entry.fingerprint, entry.state = fingerprint, "READY"
-            entry.reason = getattr(entry.source, "note", "")
-            entry.loads += 1
-            if isinstance(entry.source, CachedSource):
-                entry.source.keep(fetched, fingerprint, version)
-            # the session holds the model in memory: the previous download can go
-            old_scratch, entry.scratch = entry.scratch, fetched.scratch
-            if old_scratch is not None:
-                shutil.rmtree(old_scratch, ignore_errors=True)
-            log.info("serving %s version %s from %s", entry.name, version, entry.source.uri)
-            return True
+            if not retry_now and entry.failed is not None and entry.failed.held_back(fingerprint):
+                return False  # its last failure stays the entry's reason
+            try:
+                return self._swap_in(entry, fingerprint)
+            except Exception:
+                entry.failed = failed_again(entry.failed, fingerprint, self.first_retry_s)
+                raise
+
+    def _swap_in(self, entry: Entry, fingerprint: str) -> bool:
+        """Fetch, build and warm ``fingerprint``'s version of the entry (its lock held) and serve it."""
+        if entry.model is None:
+            entry.state = "LOADING"
+        fetched = entry.source.fetch(fingerprint)
+        version = fetched.version or str(entry.loads + 1)
+        with dropped_on_failure(fetched.scratch):  # a broken version: its download goes now
+            model = LoadedModel(
+                entry.name,
+                version,
+                entry.source.uri,
+                fetched.onnx_path,
+                self.session_opts,
+                fetched.profile_path,
+                self.drift_window,
+            )
+            model.warm_up()
+            batcher = Batcher(
+                model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
+            )
+        entry.model, entry.batcher = model, batcher  # requests read these two together
+        entry.fingerprint, entry.state = fingerprint, "READY"
+        entry.reason = getattr(entry.source, "note", "")
+        entry.loads += 1
+        entry.failed = None
+        if isinstance(entry.source, CachedSource):
+            entry.source.keep(fetched, fingerprint, version)
+        # the session holds the model in memory: the previous download can go
+        old_scratch, entry.scratch = entry.scratch, fetched.scratch
+        if old_scratch is not None:
+            shutil.rmtree(old_scratch, ignore_errors=True)
+        log.info("serving %s version %s from %s", entry.name, version, entry.source.uri)
+        return True
 
     async def load(self, name: str, uri: str | None = None) -> Entry:
         """Load (or reload) a model by name; a name not served yet needs a ``uri``."""
@@ -207,13 +225,14 @@ class ModelRepository:
         """Reload every model whose source moved, and load the ones still missing (a registry alias
         that does not exist yet, a file not written yet); runs until cancelled."""
         loop = asyncio.get_running_loop()
+        self.first_retry_s = seconds
         while True:
             await asyncio.sleep(seconds)
             for entry in list(self.entries.values()):
                 if not entry.wanted:
                     continue
                 try:
-                    await loop.run_in_executor(self.executor, self.load_blocking, entry, None)
+                    await loop.run_in_executor(self.executor, self.load_blocking, entry, None, False)
                 except Exception as err:  # keep serving the old version (if any); retry next round
                     verb = "reload" if entry.model is not None else "load"
                     reason = f"{verb} failed: {err}"

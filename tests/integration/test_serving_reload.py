@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from appliance.workloads.serving import downloads
 from tests.integration._serving_fixtures import ServerProcess, start_server, training_data, write_mlp
 
 pytestmark = pytest.mark.integration
@@ -184,7 +185,9 @@ def test_registry_alias_moved_under_load(tmp_path: Path, mlflow_server: str) -> 
     v2 = register(mlflow_server, write_mlp(tmp_path / "m2", seed=1), "clf")
     client = MlflowClient(mlflow_server)
     client.set_registered_model_alias("clf", "champion", v1)
-    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    temp = tmp_path / "temp"  # the server's temporary folder: its downloads go there
+    temp.mkdir()
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "TMPDIR": str(temp)}
     server = start_server(
         ["--model", "models:/clf@champion", "--name", "mlp", "--poll-seconds", "0.5"], tmp_path, env=env
     )
@@ -201,8 +204,12 @@ def test_registry_alias_moved_under_load(tmp_path: Path, mlflow_server: str) -> 
         assert (
             f'appliance_model_info{{model="mlp",source="models:/clf@champion",version="{v2}"}} 1.0' in metrics
         )
+        # the copy of the version served, in the server's own downloads folder; v1's is gone
+        held = sorted(p.name.rsplit("-", 1)[0] for p in temp.glob(f"{downloads.PREFIX}{server.proc.pid}-*/*"))
+        assert held == [f"clf-v{v2}"], held
     finally:
         server.stop()
+    assert list(temp.glob(f"{downloads.PREFIX}*")) == [], "the server's downloads outlived it"
 
 
 def test_waits_for_a_model_that_is_not_there_yet(tmp_path: Path) -> None:

@@ -3,12 +3,15 @@ exist yet), and that a download which fails or does not load leaves nothing on d
 
 from __future__ import annotations
 
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from appliance.workloads.serving import failed_versions, registry_client
+from appliance.workloads.serving import downloads, failed_versions, registry_client
+from appliance.workloads.serving.errors import BadRequest
 from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import Entry, ModelRepository
 from appliance.workloads.serving.sources import MODEL_FILE, Fetched, LocalSource, Source, source_for
@@ -30,6 +33,12 @@ def test_a_missing_path_is_a_folder_unless_it_names_an_onnx_file(tmp_path: Path)
     assert named.onnx == tmp_path / "models" / "fraud.onnx" and named.default_name() == "fraud"
 
 
+def _left_in(tmp: Path) -> list[Path]:
+    """What downloads left in the temporary folder ``tmp``, besides the process's own (empty)
+    downloads folders."""
+    return [p for p in tmp.rglob("*") if not (p.parent == tmp and p.name.startswith(downloads.PREFIX))]
+
+
 def test_a_failed_registry_download_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The poller fetches a version that failed again next round: a partial copy left each
     round would fill the disk (a broken champion, a registry gone mid-download)."""
@@ -42,7 +51,7 @@ def test_a_failed_registry_download_leaves_no_folder(tmp_path: Path, monkeypatch
     monkeypatch.setattr(registry_client, "download", partial)
     with pytest.raises(registry_client.RegistryError, match="went away"):
         source_for("models:/fraud/3").fetch("3")
-    assert list(tmp_path.iterdir()) == []
+    assert _left_in(tmp_path) == []
 
     def no_model(model: str, version: str, dest: Path) -> Path:
         (dest / "MLmodel").write_bytes(b"flavors: {}")
@@ -51,7 +60,7 @@ def test_a_failed_registry_download_leaves_no_folder(tmp_path: Path, monkeypatch
     monkeypatch.setattr(registry_client, "download", no_model)
     with pytest.raises(FileNotFoundError, match=r"holds no model\.onnx"):
         source_for("models:/fraud/3").fetch("3")
-    assert list(tmp_path.iterdir()) == []
+    assert _left_in(tmp_path) == []
 
 
 class _BrokenVersion(Source):
@@ -166,5 +175,87 @@ def test_the_waits_double_from_one_poll_round_to_a_quarter_hour() -> None:
     assert failed_versions.wait_after(3, first=3600.0) == 3600  # a round longer than the cap: a round
     record = failed_versions.failed_again(None, "7", now=0.0)
     assert record.held_back("7", now=29.9) and not record.held_back("7", now=30.0)
+    assert not record.held_back("7", now=29.999)  # a round whose timer fires a millisecond early
     assert not record.held_back("8", now=1.0)  # another version is never held back
     assert failed_versions.failed_again(record, "8", now=0.0).failures == 1
+
+
+def _registry(monkeypatch: pytest.MonkeyPatch, model: Path, versions: dict[str, str]) -> list[str]:
+    """A registry whose aliases name ``versions`` (model -> version) and whose every version is the
+    model in ``model``; returns the downloads made, as MODEL/VERSION."""
+    downloads: list[str] = []
+    monkeypatch.setattr(tempfile, "tempdir", str(model.parent))  # the downloads' folders: the test's
+
+    def download(name: str, version: str, dest: Path) -> Path:
+        downloads.append(f"{name}/{version}")
+        (dest / MODEL_FILE).write_bytes((model / MODEL_FILE).read_bytes())
+        return dest
+
+    monkeypatch.setattr(registry_client, "alias_version", lambda name, alias: versions[name])
+    monkeypatch.setattr(registry_client, "download", download)
+    return downloads
+
+
+def test_a_load_from_another_source_fetches_it_even_when_its_version_number_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 of models:/b is not version 3 of models:/a: switching sources loads b."""
+    downloads = _registry(monkeypatch, write_mlp(tmp_path / "mlp"), {"a": "3", "b": "3"})
+    repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
+    entry = repository.add("fraud", "models:/a@champion")
+    assert repository.load_blocking(entry) is True and downloads == ["a/3"]
+    assert repository.load_blocking(entry, "models:/b@champion") is True
+    assert downloads == ["a/3", "b/3"] and entry.model is not None
+    assert entry.model.source == "models:/b@champion"
+
+
+@pytest.mark.asyncio
+async def test_a_new_model_name_given_to_load_must_be_a_valid_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name new to the server becomes its cache folder: a path in it is refused, nothing written."""
+    downloads = _registry(monkeypatch, write_mlp(tmp_path / "mlp"), {"a": "3"})
+    cache = tmp_path / "cache"
+    repository = ModelRepository(
+        SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100, cache_dir=cache
+    )
+    repository.add("fraud", "models:/a@champion")
+    for name in ("../../escaped", "/tmp/x", "a/../fraud", ".hidden", ""):
+        with pytest.raises(BadRequest, match=r"is not|contains|holds|is empty"):
+            await repository.load(name, "models:/a@champion")
+    assert downloads == [] and set(repository.entries) == {"fraud"} and not (tmp_path / "escaped").exists()
+    await repository.load("fraud-2", "models:/a@champion")
+    assert downloads == ["a/3"] and (cache / "fraud-2").is_dir()
+
+
+def test_each_process_downloads_into_its_own_folder_and_removes_it_at_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped server leaves no copy of its model; one killed leaves its folder to the next."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = tmp_path / f"{downloads.PREFIX}{dead.pid}-abc"
+    (killed / "fraud-v3-x").mkdir(parents=True)
+    (killed / "fraud-v3-x" / MODEL_FILE).write_bytes(b"a model")
+    parent = tmp_path / f"{downloads.PREFIX}{os.getppid()}-def"  # a server still running
+    parent.mkdir()
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    link = tmp_path / f"{downloads.PREFIX}{dead.pid}-link"
+    link.symlink_to(elsewhere)
+
+    first = downloads.new_download("fraud-v4-")
+    second = downloads.new_download("fraud-v5-")
+    own = first.parent
+    assert (
+        second.parent == own
+        and own.parent == tmp_path
+        and own.name.startswith(f"{downloads.PREFIX}{os.getpid()}-")
+    )
+    assert not killed.exists() and parent.is_dir() and link.is_symlink() and elsewhere.is_dir()
+
+    downloads.remove_all()  # what atexit runs
+    assert not own.exists() and parent.is_dir()
+    assert downloads.new_download("fraud-v6-").parent != own  # a new folder once the old one is gone
+    downloads.remove_all()

@@ -20,6 +20,10 @@ FIRST_RETRY_S = 30.0
 one failure costs no time)."""
 MAX_RETRY_S = 900.0
 """The longest wait between two tries of the same version (four downloads an hour at most)."""
+EARLY_S = 0.05
+"""How early a poller round may come and still try the version: an event loop's timer can fire a
+millisecond before the round falls due (uvloop counts whole milliseconds), which must not cost a
+whole round."""
 clock = time.monotonic
 """Where the waits are read from (a test sets its own)."""
 
@@ -36,7 +40,7 @@ class FailedVersion:
 
     def held_back(self, fingerprint: str, now: float | None = None) -> bool:
         """True while ``fingerprint`` is this failed version and its wait has not passed."""
-        return fingerprint == self.fingerprint and (clock() if now is None else now) < self.retry_at
+        return fingerprint == self.fingerprint and (clock() if now is None else now) < self.retry_at - EARLY_S
 
 
 def wait_after(failures: int, first: float = FIRST_RETRY_S) -> float:

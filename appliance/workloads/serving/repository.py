@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.names import child_path, name_problem
 from appliance.workloads.serving.batcher import Batcher
 from appliance.workloads.serving.edge_cache import CachedSource
-from appliance.workloads.serving.errors import Forbidden, NotFound, Unavailable
+from appliance.workloads.serving.errors import BadRequest, Forbidden, NotFound, Unavailable
 from appliance.workloads.serving.failed_versions import FIRST_RETRY_S, FailedVersion, failed_again
 from appliance.workloads.serving.model import LoadedModel, SessionOptions
 from appliance.workloads.serving.sources import MlflowSource, Source, dropped_on_failure, source_for
@@ -59,6 +60,7 @@ class ModelRepository:
         drift_window: int,
         on_batch: Callable[..., None] | None = None,
         cache_dir: Path | None = None,
+        first_retry_s: float = FIRST_RETRY_S,
     ) -> None:
         self.session_opts = session_opts
         self.max_batch_size = max_batch_size
@@ -71,8 +73,9 @@ class ModelRepository:
         self.allowed: dict[str, str] = {}
         """Source key -> URI of every source given at startup: the only places a load may name."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serving")
-        self.first_retry_s = FIRST_RETRY_S
-        """The wait before a failed version is fetched again the first time: the poller's round."""
+        self.first_retry_s = first_retry_s
+        """The wait before a failed version is fetched again the first time: the poller's round, so
+        that a version failing at start is tried again the first round too."""
 
     def add(self, name: str | None, uri: str) -> Entry:
         """A model the server is started with; its source becomes one a load may name."""
@@ -91,7 +94,7 @@ class ModelRepository:
         (the cache outlives registry outages and restarts; files and S3 objects need none)."""
         if self.cache_dir is None or not isinstance(source, MlflowSource):
             return source
-        return CachedSource(source, self.cache_dir / name)
+        return CachedSource(source, child_path(self.cache_dir, name))
 
     def check_source(self, uri: str) -> Source:
         """The Source of ``uri`` if the server was started with it, else a 403 naming those it was:
@@ -131,6 +134,9 @@ class ModelRepository:
         with entry.lock:
             if uri is not None and uri != entry.source.uri:
                 entry.source = self._cached(entry.name, source_for(uri))
+                # another source's version numbers say nothing of this one's: v3 of models:/b is
+                # not the v3 of models:/a being served, nor the one that failed
+                entry.fingerprint, entry.failed = None, None
             fingerprint = entry.source.fingerprint()
             if entry.model is not None and fingerprint == entry.fingerprint:
                 note = getattr(entry.source, "note", "")
@@ -187,6 +193,9 @@ class ModelRepository:
         if entry is None:
             if source is None:
                 raise NotFound(f"unknown model '{name}': give parameters.uri to load a new one")
+            problem = name_problem(name)  # a new name becomes a cache folder and a metrics label
+            if problem is not None:
+                raise BadRequest(f"model name {name!r} {problem}: give a name such as 'fraud' or 'wine-v2'")
             entry = self._add(name, source)
         entry.wanted = True
         if entry.model is None and entry.state != "LOADING":
@@ -205,6 +214,9 @@ class ModelRepository:
             raise NotFound(f"unknown model '{name}'")
         entry.model, entry.batcher, entry.fingerprint = None, None, None
         entry.state, entry.reason, entry.wanted = "UNAVAILABLE", "unloaded", False
+        scratch, entry.scratch = entry.scratch, None  # its download: the session is gone with it
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def all_ready(self) -> bool:
         """Every model that should be served is loaded (the server's readiness)."""
@@ -225,7 +237,6 @@ class ModelRepository:
         """Reload every model whose source moved, and load the ones still missing (a registry alias
         that does not exist yet, a file not written yet); runs until cancelled."""
         loop = asyncio.get_running_loop()
-        self.first_retry_s = seconds
         while True:
             await asyncio.sleep(seconds)
             for entry in list(self.entries.values()):

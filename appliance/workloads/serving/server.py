@@ -22,6 +22,7 @@ from appliance.runtimes import handover
 from appliance.workloads.serving import allocator, drain, grpc_server, http_server
 from appliance.workloads.serving.config import ServeConfig
 from appliance.workloads.serving.errors import Unavailable
+from appliance.workloads.serving.failed_versions import FIRST_RETRY_S
 from appliance.workloads.serving.metrics import ServingMetrics
 from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import ModelRepository
@@ -40,6 +41,7 @@ def build_service(config: ServeConfig) -> InferenceService:
         config.max_queue_delay_us / 1e6,
         config.drift_window,
         cache_dir=config.cache_dir,
+        first_retry_s=config.poll_seconds if config.poll_seconds > 0 else FIRST_RETRY_S,
     )
     for name, uri in config.models:
         repo.add(name, uri)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.workloads.serving import registry_client
+from appliance.workloads.serving.downloads import new_download
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "drift_profile.json"
@@ -110,7 +110,7 @@ class MlflowSource(Source):
         return registry_client.alias_version(self.model, self.alias)
 
     def fetch(self, fingerprint: str) -> Fetched:
-        dest = Path(tempfile.mkdtemp(prefix=f"serving-{self.model}-v{fingerprint}-"))
+        dest = new_download(f"{self.model}-v{fingerprint}-")
         with dropped_on_failure(dest):
             folder = registry_client.download(self.model, fingerprint, dest)
             onnx = folder / MODEL_FILE
@@ -159,7 +159,7 @@ class S3Source(Source):
 
     def fetch(self, fingerprint: str) -> Fetched:
         client = self._client()
-        folder = Path(tempfile.mkdtemp(prefix="serving-s3-"))
+        folder = new_download("s3-")
         onnx = folder / MODEL_FILE
         with dropped_on_failure(folder):
             client.download_file(self.bucket, self.key, str(onnx))

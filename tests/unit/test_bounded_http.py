@@ -108,3 +108,81 @@ def test_the_model_servers_metrics_port_serves_the_registry_in_the_format_asked_
     finally:
         server.shutdown()
         server.server_close()
+
+
+class Slow(BoundedHandler):
+    """A short deadline, and a POST that records the bodies it was given whole."""
+
+    timeout = 0.5
+    request_deadline = 1.0
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        Slow.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.respond(200, b"taken")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_server() -> Iterator[BoundedHTTPServer]:
+    Slow.bodies = []
+    one = BoundedHTTPServer(("127.0.0.1", 0), Slow, max_connections=2)
+    threading.Thread(target=one.serve_forever, args=(0.05,), daemon=True).start()
+    yield one
+    one.shutdown()
+    one.server_close()
+
+
+def trickle(sock: socket.socket, data: bytes, every: float) -> float:
+    """Sends ``data`` a byte every ``every`` seconds (each gap inside the socket timeout) until
+    the server closes the connection; the seconds that took (all of ``data`` sent: -1)."""
+    began = time.monotonic()
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return time.monotonic() - began
+        sock.settimeout(every)
+        try:
+            if sock.recv(4096) == b"":
+                return time.monotonic() - began
+        except TimeoutError:
+            pass
+    return -1.0
+
+
+def test_a_request_trickled_in_a_byte_inside_each_timeout_is_cut_off_at_its_deadline(
+    slow_server: BoundedHTTPServer,
+) -> None:
+    with connect(slow_server) as sock:
+        took = trickle(sock, b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 40 + b"\r\n\r\n", 0.3)
+    assert 0.9 < took < 2.0, took  # closed at the 1 s deadline, not after the 20 s of bytes
+
+
+def test_a_body_cut_off_at_the_deadline_is_not_taken_for_a_whole_one(slow_server: BoundedHTTPServer) -> None:
+    with connect(slow_server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n")
+        took = trickle(sock, b"b" * 40, 0.3)
+    assert 0.6 < took < 2.0, took
+    assert Slow.bodies == [], "nothing acted on: no short body, no answer"
+    with connect(slow_server) as sock:  # a request sent at once is served, its slot free again
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody")
+        assert read_all(sock).endswith(b"taken")
+    assert Slow.bodies == [b"body"]
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_deadline(
+    slow_server: BoundedHTTPServer,
+) -> None:
+    with connect(slow_server) as sock:
+        for _ in range(4):  # 4 quick requests 0.4 s apart: 1.6 s in all, past one deadline
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+            answer = b""
+            while not answer.endswith(b"taken"):
+                chunk = sock.recv(4096)
+                assert chunk, f"closed after {answer!r}"
+                answer += chunk
+            time.sleep(0.4)
+    assert Slow.bodies == [b"ok"] * 4

@@ -3,8 +3,9 @@
 A handful of JSON routes do not justify a web framework in the controller image; each request
 gets its own thread and every route returns at once (runs go to background threads). POST
 routes need ``Authorization: Bearer <token>`` (the token file Alertmanager also reads), checked
-before the body is read; tokens are compared in constant time. Connections are bounded in number
-and idle time (``appliance.bounded_http``). Errors are JSON ``{"error": ..., "fix": ...}`` with a 4xx status.
+before the body is read; tokens are compared in constant time. Connections are bounded in number,
+idle time and the time to send a request (``appliance.bounded_http``). Errors are JSON
+``{"error": ..., "fix": ...}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -118,10 +119,16 @@ class Handler(BoundedHandler):
             )
 
     def _body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError as err:
-            raise HttpError(400, "Content-Length is not a number") from err
+        """The body, by its Content-Length: digits only, since ``int`` also takes ``-1`` (and
+        ``rfile.read(-1)`` reads until the client closes), signs, spaces and underscores."""
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise HttpError(
+                400,
+                f"Content-Length {declared[:40]!r} is not a whole number of bytes",
+                "send the body's size in bytes, or no body and no Content-Length",
+            )
+        length = int(declared)
         if length > MAX_BODY:
             raise HttpError(413, f"body of {length} bytes is over the {MAX_BODY} byte limit")
         return self.rfile.read(length) if length else b""

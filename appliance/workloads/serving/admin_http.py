@@ -1,7 +1,8 @@
 """The supervisor's own port (the service's metrics port): ``/metrics`` and ``/replicas``.
 
 A deliberately small HTTP/1.1 server: one request per connection, the request line and headers
-capped at 16 KiB, a body at 64 KiB, 10 s to send them, 64 connections at once (more get 503).
+capped at 16 KiB, a body at 64 KiB, 10 s to send them, 10 s to take the answer (then the
+connection is cut), 64 connections at once (more get 503).
 ``/metrics`` is open like every scrape target of the stack; ``/replicas`` needs the admin token
 (``serving_admin_token``), GET to read the state and PUT ``{"replicas": N}`` to set the count
 (the autoscaler adds ``"decision"``, which the state then shows).
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 10.0
+"""Time for a client to take its whole answer; one that reads nothing would otherwise hold its
+connection and its slot for good."""
 MAX_CONNECTIONS = 64
 REASONS = {
     200: "OK",
@@ -129,4 +133,21 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: Any, ctype: 
         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
     )
     writer.write(head.encode() + data)
+    await _flush(writer)
+
+
+async def _flush(writer: asyncio.StreamWriter) -> None:
+    """Waits until the answer is sent and the connection closed, at most ``WRITE_TIMEOUT_S``, then
+    aborts it, dropping what is unsent. Both waits need the bound: ``drain`` (an answer past the
+    transport's buffer, like a long ``/metrics``) holds the slot while the client reads nothing,
+    and ``close`` keeps the connection, and the unsent bytes, until they are all sent."""
+    try:
+        await asyncio.wait_for(_drain_and_close(writer), WRITE_TIMEOUT_S)
+    except TimeoutError:
+        writer.transport.abort()
+
+
+async def _drain_and_close(writer: asyncio.StreamWriter) -> None:
     await writer.drain()
+    writer.close()
+    await writer.wait_closed()

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from appliance.workloads.serving.limits import proxy_body_limit
 from appliance.workloads.serving.peer import FORWARDED_HEADER
 
 FRONTED = (
@@ -189,7 +190,8 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
 
     rate = answers.tls.rate_limit_rps
     limit = f"limit_req zone=clients burst={2 * rate} nodelay;" if rate else ""
-    blocks = [_serving_block(listen(ports.gateway_serving), limit, "serving" in services, cluster)]
+    max_body = answers.serving.limits.max_body_bytes
+    blocks = [_serving_block(listen(ports.gateway_serving), limit, "serving" in services, cluster, max_body)]
     upstreams = []
     if "serving" in services and cluster:
         upstreams += [_members_upstream(name, members_file(ctx, name)) for name in MEMBERS]
@@ -235,7 +237,11 @@ http {{
     server_tokens off;
     default_type application/octet-stream;
 {temp_paths}
-    # Bodies are limited by the services themselves (the model server answers 413 in its own format).
+    # MLflow's artifacts and the workbench's files have no size limit of their own; the model
+    # server's block has its limit (below). Each proxied location streams the body to its service
+    # (proxy_request_buffering off) or holds at most the model server's limit, so a caller with no
+    # credential cannot fill the disk with request bodies nginx would buffer before the service
+    # sees the request's headers and refuses it.
     client_max_body_size 0;
 
     ssl_certificate {cert};
@@ -301,7 +307,17 @@ def _health() -> str:
     return f'        location = {HEALTH_PATH} {{ default_type text/plain; return 200 "ok\\n"; }}'
 
 
-def _serving_block(listen: str, limit: str, present: bool, cluster: bool = False) -> str:
+def _serving_block(
+    listen: str, limit: str, present: bool, cluster: bool = False, max_body: int = 64 * 1024 * 1024
+) -> str:
+    """The model server's API: bodies up to its own limit (``max_body``: a larger one gets the
+    413 the model server would give), streamed to it on one host; a cluster's gateway holds each
+    body (up to that limit) to send it again to another serving host when the first does not
+    answer (``_FAILOVER``)."""
+    too_large = (
+        f'{{"error": "request body over {max_body} bytes, the model server limit '
+        '(serving.limits.max_body_bytes)"}'
+    )
     if not present:
         routes = (
             "        location / { default_type application/json;\n"
@@ -321,20 +337,32 @@ def _serving_block(listen: str, limit: str, present: bool, cluster: bool = False
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header {FORWARDED_HEADER} https;
-            proxy_buffering off;
-            proxy_read_timeout 300s;{_FAILOVER if cluster else ""}
+            proxy_buffering off;{_FAILOVER if cluster else _STREAMED}
+            proxy_read_timeout 300s;
         }}
         error_page 502 504 = @unreachable;
         location @unreachable {{
             default_type application/json;
             return 503 '{{"error": "model server unreachable behind the gateway: see appliance status"}}';
+        }}
+        error_page 413 = @too_large;
+        location @too_large {{
+            default_type application/json;
+            return 413 '{too_large}';
         }}"""
+    size = f"\n        client_max_body_size {proxy_body_limit(max_body)};" if present else ""
     return f"""\
     server {{
-        {listen}
+        {listen}{size}
 {_health()}
 {routes}
     }}"""
+
+
+_STREAMED = """
+            proxy_request_buffering off;"""
+"""A body goes to its service as it arrives, which checks the caller's credential from the headers
+first: none is written to the gateway's disk."""
 
 
 def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, read_timeout: str) -> str:
@@ -345,7 +373,7 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
         {listen}
 {_health()}
         location / {{
-            {limit}{extra}
+            {limit}{extra}{_STREAMED}
             proxy_pass http://{upstream};
             proxy_set_header Host {target};
             proxy_http_version 1.1;

@@ -98,3 +98,14 @@ def test_stop_listening_then_the_reserved_slot_refuses() -> None:
         assert asyncio.run(scenario()) == ["connected", "refused", "open 1"]
     finally:
         reserved.close()
+
+
+def test_the_balancer_refuses_a_body_a_little_past_the_replicas_limit_before_holding_it() -> None:
+    from appliance.workloads.serving import balancer
+    from appliance.workloads.serving.supervisor import replica_limits
+
+    limits = replica_limits(["--limit", "max_body_bytes=2048", "--model", "m.onnx"])
+    assert limits.max_body_bytes == 2048
+    conf = balancer.render("127.0.0.1", 8080, 8081, [18080], [18081], max_body_bytes=limits.max_body_bytes)
+    assert f"client_max_body_size {2048 + 64 * 1024};" in conf
+    assert "client_max_body_size 0;" in balancer.render("127.0.0.1", 8080, 8081, [18080], [18081])

@@ -117,3 +117,30 @@ def test_the_gateway_url_points_at_the_first_service_it_fronts(tmp_path: Path) -
     assert lab["gateway"].url == "https://127.0.0.1:8443/v2"
     no_serving = render_stack(ctx(tmp_path, components={"serving": False}, tls={"enabled": True}))
     assert no_serving["gateway"].url == "https://127.0.0.1:5443"
+
+
+def _server_blocks(conf: str) -> dict[str, str]:
+    """The gateway's server blocks by the upstream their main location proxies to."""
+    blocks = conf.split("\n    server {")[1:]
+    named = {}
+    for block in blocks:
+        for upstream in ("serving_rest", "mlflow", "workbench"):
+            if f"proxy_pass http://{upstream};" in block:
+                named[upstream] = block
+    return named
+
+
+def test_no_body_is_held_on_the_gateways_disk_before_its_service_sees_the_request(tmp_path: Path) -> None:
+    """An unauthenticated caller's body is streamed to the service that checks its credential, or
+    (the model server's API) refused past the model server's own limit, in its JSON form."""
+    lab = render_stack(
+        ctx(tmp_path, tls={"enabled": True}, serving={"limits": {"max_body_bytes": 1_000_000}})
+    )
+    blocks = _server_blocks(lab["gateway"].files["nginx.conf"])
+    assert set(blocks) == {"serving_rest", "mlflow", "workbench"}
+    for block in blocks.values():
+        assert "proxy_request_buffering off;" in block
+    serving = blocks["serving_rest"]
+    assert f"client_max_body_size {1_000_000 + 64 * 1024};" in serving
+    assert "error_page 413 = @too_large;" in serving and "over 1000000 bytes" in serving
+    assert "client_max_body_size" not in blocks["mlflow"] + blocks["workbench"]  # artifacts, files

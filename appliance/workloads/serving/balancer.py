@@ -38,6 +38,7 @@ from pathlib import Path
 
 from appliance.context import find_sbin
 from appliance.gateway import NGINX_TEMP_PATHS
+from appliance.workloads.serving.limits import proxy_body_limit
 from appliance.workloads.serving.peer import FORWARDED_HEADER
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,13 @@ def render(
     grpc: Sequence[int],
     workers: int | None = None,
     idle_s: float = KEEPALIVE_IDLE_S,
+    max_body_bytes: int | None = None,
 ) -> str:
     """``nginx.conf``: REST on ``http_port`` (HTTP/1.1) and gRPC on ``grpc_port`` (h2c), each an
     upstream of every replica slot's port on loopback (``idle_s``: nginx's idle timeout for its
     upstream connections, below the replicas' own; ``workers``: nginx worker processes, by default
-    one per core this process may run on)."""
+    one per core this process may run on; ``max_body_bytes``: the replicas' body limit, a little
+    over which nginx refuses a body itself rather than hold it on disk: None, no limit)."""
     if not rest or len(rest) != len(grpc):
         raise ValueError(f"one REST and one gRPC port per replica slot, got {list(rest)} and {list(grpc)}")
     listen_host = f"[{host}]" if ":" in host else host
@@ -84,6 +87,7 @@ def render(
         backup = [f"        server 127.0.0.1:{p} backup max_fails=0;" for p in ports]
         return "\n".join(primary + backup)
 
+    max_body = 0 if max_body_bytes is None else proxy_body_limit(max_body_bytes)
     keepalive = (
         f"        keepalive 64;\n        keepalive_time {round(KEEPALIVE_TIME_S * 1000)}ms;\n"
         f"        keepalive_timeout {max(1, round(idle_s * 1000))}ms;"
@@ -101,8 +105,9 @@ http {{
     access_log off;
     server_tokens off;
 {NGINX_TEMP_PATHS}
-    # Bodies, headers and timeouts are limited by the replicas (in their own error format).
-    client_max_body_size 0;
+    # Bodies, headers and timeouts are limited by the replicas (in their own error format); a body
+    # well past their limit is refused here, before nginx would hold it on disk to send it.
+    client_max_body_size {max_body};
     # A body up to this stays in memory (a [1,3,64,64] image as JSON is ~250 KB): past the 16 KB
     # default every such request went through a temporary file.
     client_body_buffer_size 1m;
@@ -174,8 +179,10 @@ class Balancer:
         grpc_port: int,
         slots: Sequence[tuple[int, int]],
         idle_s: float = KEEPALIVE_IDLE_S,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.max_body_bytes = max_body_bytes
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.slots = tuple(slots)
         """(REST port, gRPC port) of every replica slot, whether a replica listens there or not."""
@@ -192,6 +199,7 @@ class Balancer:
             [s[0] for s in self.slots],
             [s[1] for s in self.slots],
             idle_s=self.idle_s,
+            max_body_bytes=self.max_body_bytes,
         )
         tmp = self.conf.with_suffix(".tmp")
         tmp.write_text(text)

@@ -17,6 +17,18 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PROXY_BODY_SLACK = 64 * 1024
+"""Bytes a proxy in front of model servers (the TLS gateway, the replicas' balancer) takes past
+their body limit before it refuses a body itself."""
+
+
+def proxy_body_limit(max_body_bytes: int) -> int:
+    """The largest body nginx in front of model servers takes (its ``client_max_body_size``): a
+    little over theirs, so that a body near the limit (a gRPC message and its 5-byte frame) gets
+    the model server's own answer, in its format, and one past it is refused before nginx would
+    hold it on disk, credential unchecked, to send it on."""
+    return max_body_bytes + PROXY_BODY_SLACK
+
 
 class ServerLimits(BaseModel):
     """Limits every model-server connection lives under (REST and gRPC alike)."""

@@ -102,8 +102,11 @@ class Supervisor:
         """Slot -> its replica (a draining one keeps its slot until it exited)."""
         self._reserved = [(reserve_port(), reserve_port()) for _ in range(self.max)]
         self.slots = [(r.getsockname()[1], g.getsockname()[1]) for r, g in self._reserved]
-        idle_s = min(KEEPALIVE_IDLE_S, replica_idle_timeout(serve_args) / 2)
-        self.balancer = Balancer(args.run_dir, args.host, args.http_port, args.grpc_port, self.slots, idle_s)
+        limits = replica_limits(serve_args)
+        idle_s = min(KEEPALIVE_IDLE_S, limits.idle_timeout_s / 2)
+        self.balancer = Balancer(
+            args.run_dir, args.host, args.http_port, args.grpc_port, self.slots, idle_s, limits.max_body_bytes
+        )
         self.aggregator = Aggregator(self)
         self.decision: dict[str, Any] | None = None
         self.replaced = 0
@@ -340,10 +343,9 @@ def open_connections(ports: tuple[int, ...]) -> int:
     return sum(1 for s in tcp_sockets() if s.state in (ESTABLISHED, SYN_RECV) and s.port in ports)
 
 
-def replica_idle_timeout(serve_args: list[str]) -> float:
-    """The replicas' ``idle_timeout_s`` from their ``--limits-json``/``--limit`` arguments: nginx
-    must close an idle upstream connection before a replica does (a replica closing one as nginx
-    sends a gRPC call on it fails that call)."""
+def replica_limits(serve_args: list[str]) -> ServerLimits:
+    """The replicas' limits from their ``--limits-json``/``--limit`` arguments (the defaults where
+    these do not parse: the replicas say what is wrong with them when they start)."""
     limits_json = None
     pairs: list[str] = []
     for i, arg in enumerate(serve_args[:-1]):
@@ -353,9 +355,15 @@ def replica_idle_timeout(serve_args: list[str]) -> float:
             pairs.append(serve_args[i + 1])
     try:
         base = ServerLimits.model_validate_json(limits_json) if limits_json else None
-        return ServerLimits.from_pairs(tuple(pairs), base).idle_timeout_s
-    except ValueError:  # the replicas say what is wrong with them when they start
-        return ServerLimits().idle_timeout_s
+        return ServerLimits.from_pairs(tuple(pairs), base)
+    except ValueError:
+        return ServerLimits()
+
+
+def replica_idle_timeout(serve_args: list[str]) -> float:
+    """The replicas' ``idle_timeout_s``: nginx must close an idle upstream connection before a
+    replica does (a replica closing one as nginx sends a gRPC call on it fails that call)."""
+    return replica_limits(serve_args).idle_timeout_s
 
 
 def _http_ok(url: str) -> bool:

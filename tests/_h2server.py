@@ -85,7 +85,7 @@ def running(loop_kind: str = "asyncio", **limits: Any) -> Iterator[Running]:
     loop = new_loop(loop_kind)
     servicer = Echo()
     methods = grpc_h2.methods_of(servicer, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb)
-    server = grpc_h2.H2GrpcServer(methods, ServerLimits(**limits), authorize)
+    server = grpc_h2.H2GrpcServer(methods, ServerLimits(**limits), authorize, small_calls=(LIVE,))
     port = loop.run_until_complete(server.start("127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -166,12 +166,15 @@ def test_chunked_body_past_the_limit_is_413_and_closed(server: ServerProcess) ->
         ("/v2/models/mlp/infer", None, 401),
         ("/v2/models/mlp/infer", "wrong", 401),
         ("/v2/repository/models/mlp/load", TOKEN, 403),  # the inference token on the admin API
+        ("/v2/health/live", None, 405),  # open to anyone: a probe is a GET without a body
+        ("/v2/health/ready", TOKEN, 405),
     ],
 )
 def test_refused_credentials_are_answered_from_the_head_before_the_body(
     server: ServerProcess, target: str, token: str | None, status: int
 ) -> None:
-    """A gzip body announced but not sent: the refusal comes at once, with no 100 Continue."""
+    """A gzip body announced but not sent: the refusal comes at once, with no 100 Continue (the
+    health routes too, which take no token: nothing of a body is read, held or inflated there)."""
     body = gzip.compress(b'{"inputs": []}' + b" " * 500_000)  # ~0.5 kB compressed, 500 kB inflated
     with connect(server) as s:
         s.sendall(
@@ -192,6 +195,17 @@ def test_refused_credentials_are_answered_from_the_head_before_the_body(
         except (BrokenPipeError, ConnectionResetError):
             pass
         assert closed_within(s, 5)
+    still_serving(server)
+
+
+def test_a_health_probe_with_a_body_is_refused_from_its_head(server: ServerProcess) -> None:
+    body = gzip.compress(b" " * 500_000)
+    with connect(server) as s:
+        s.sendall(head("GET", "/v2/health/live", f"Content-Length: {len(body)}", "Content-Encoding: gzip"))
+        got, headers, answer = read_response(s)
+        assert got == 400 and "no request body" in answer.decode(), answer
+        assert headers["connection"] == "close"
+    assert httpx.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
     still_serving(server)
 
 

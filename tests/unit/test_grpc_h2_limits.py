@@ -150,6 +150,27 @@ def test_a_call_without_a_token_is_refused_from_its_headers_and_its_body_is_not_
         assert_normal_call(srv.port)
 
 
+def test_a_health_probe_takes_a_small_message_only_and_inflates_no_more() -> None:
+    """Anyone may call ServerLive: its message is empty, so one past SMALL_MESSAGE (as received,
+    or inflated: a 4 KiB gzip of 4 MiB of zeros) is refused, not taken up to max_body_bytes."""
+    with running() as srv:
+        with H2Client(srv.port) as client:
+            sid = client.open_stream(client.request_headers(LIVE, None, [("grpc-encoding", "gzip")]))
+            bomb = gzip.compress(bytes(4 << 20))
+            assert len(bomb) < 8192
+            client.send(frame(DATA, END_STREAM, sid, grpc_message(bomb, compressed=True)))
+            code, message = client.grpc_status(sid)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "larger than max" in message
+            sid = client.open_stream(client.request_headers(LIVE, None))
+            client.send(frame(DATA, END_STREAM, sid, grpc_message(b"x" * 2048)))
+            code, message = client.grpc_status(sid)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "vs. 1024" in message
+            sid = client.open_stream(client.request_headers(LIVE, None))
+            client.send(frame(DATA, END_STREAM, sid, grpc_message(b"")))
+            assert client.grpc_status(sid)[0] == 0  # an empty one, as probes send, is answered
+        assert_normal_call(srv.port)
+
+
 def test_a_message_past_max_body_bytes_is_refused_before_it_ends() -> None:
     with running(max_body_bytes=4096) as srv:
         with H2Client(srv.port) as client:

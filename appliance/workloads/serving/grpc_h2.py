@@ -64,6 +64,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Collection
 from typing import cast
 
 import grpc
@@ -99,6 +100,7 @@ CACHED_BLOCK_BYTES = 1024  # larger blocks are decoded every time (they rarely r
 # against the concurrent-stream cap. As nghttp2 does, a token bucket: 1000 resets at once, then
 # 33 a second; past it GOAWAY ENHANCE_YOUR_CALM.
 RESET_BURST, RESET_RATE = 1000.0, 33.0
+SMALL_MESSAGE = 1024  # the largest request message of the methods anyone may call (``small_calls``)
 LINGER_S = 1.0  # after a GOAWAY for an error: read and drop for this long, then close
 
 
@@ -153,6 +155,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.limits = limits = server.limits
         self.max_message = limits.max_body_bytes
         self.authorize = server.authorize
+        self.small_calls = server.small_calls
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.loop = asyncio.get_running_loop()
@@ -544,6 +547,9 @@ class H2GrpcProtocol(asyncio.Protocol):
         if flags & w.END_STREAM:
             self._end_stream(stream)
 
+    def _max_message(self, head: w.Head) -> int:
+        return SMALL_MESSAGE if head.path in self.small_calls else self.max_message
+
     def _refusal(self, head: w.Head) -> tuple[grpc.StatusCode, str] | None:
         """What a gRPC call is refused with before its body is read, if anything."""
         if head.count > self.limits.max_header_count:
@@ -584,9 +590,10 @@ class H2GrpcProtocol(asyncio.Protocol):
         if limit is not None and stream.received > limit:
             self._release(n)
             raise _StreamError(sid, w.PROTOCOL_ERROR, "DATA longer than content-length")
+        largest = self._max_message(stream.head)
         if stream.discard:
             self._release(n)
-        elif stream.received > self.max_message + 5:
+        elif stream.received > largest + 5:
             self._release(n + stream.flow)
             stream.flow = 0
             stream.body.clear()
@@ -594,7 +601,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._send_status(
                 stream,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({stream.received - 5}+ vs. {self.max_message})",
+                f"Received message larger than max ({stream.received - 5}+ vs. {largest})",
             )
         else:
             stream.flow += n
@@ -700,7 +707,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         if stream.flow:
             self._release(stream.flow)
             stream.flow = 0
-        payload = request_message(body, head.encoding, self.max_message)
+        payload = request_message(body, head.encoding, self._max_message(head))
         return await run_call(self.methods[head.path], payload, head.metadata, self.peer)  # known: _refusal
 
     # writing -------------------------------------------------------------------------------
@@ -866,11 +873,19 @@ class H2GrpcServer:
     """The listening server; ``stop(grace)`` as grpc.aio's."""
 
     def __init__(
-        self, methods: Methods, limits: ServerLimits | None = None, authorize: Authorize | None = None
+        self,
+        methods: Methods,
+        limits: ServerLimits | None = None,
+        authorize: Authorize | None = None,
+        small_calls: Collection[str] = (),
     ) -> None:
         self.methods = methods
         self.limits = limits or ServerLimits()
         self.authorize = authorize
+        self.small_calls = frozenset(small_calls)
+        """Methods whose request message is at most ``SMALL_MESSAGE`` bytes (as received and
+        inflated): the ones anyone may call, whose messages are empty, so that a caller with no
+        credential cannot have ``max_body_bytes`` received and inflated for a health probe."""
         self.connections: set[H2GrpcProtocol] = set()
         self.server: asyncio.Server | None = None
 

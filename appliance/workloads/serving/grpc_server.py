@@ -248,6 +248,6 @@ async def start(
     from their headers; ``ssl_context`` serves gRPC over TLS.
     """
     methods = grpc_h2.methods_of(InferenceServicer(service), pb.DESCRIPTOR.services_by_name[SERVICE], pb)
-    server = grpc_h2.H2GrpcServer(methods, limits, authorizer(service))
+    server = grpc_h2.H2GrpcServer(methods, limits, authorizer(service), small_calls=_PUBLIC)
     bound = await server.start(host, port, ssl_context, sock)
     return server, bound

@@ -45,6 +45,17 @@ def _method(req: Request, *allowed: str) -> None:
         raise MethodNotAllowed(f"{req.method} is not allowed on {req.path} (use {' or '.join(allowed)})")
 
 
+def _probe_refusal(req: Request) -> InferenceError | None:
+    """The health routes are open to anyone: a probe is a GET without a body, and anything else is
+    refused from the head, so that no caller without a token has a body read, held or inflated."""
+    if req.method != "GET":
+        return MethodNotAllowed(f"{req.path} takes GET (a health probe), not {req.method}")
+    length = req.headers.get("content-length")
+    if "transfer-encoding" in req.headers or (length is not None and length != "0"):
+        return BadRequest(f"{req.path} takes no request body (a health probe)")
+    return None
+
+
 class RestRouter(Router):
     """Maps /v2/... paths to the InferenceService."""
 
@@ -54,7 +65,7 @@ class RestRouter(Router):
     def admit(self, req: Request) -> InferenceError | None:
         parts = req.parts = [unquote(p) for p in req.path.strip("/").split("/")]
         if len(parts) == 3 and parts[1] == "health" and parts[0] == "v2":
-            return None
+            return _probe_refusal(req)
         try:
             if len(parts) > 2 and parts[1] == "repository" and parts[2] != "index":
                 self.service.check_admin(req.headers.get("authorization"))

@@ -4,12 +4,16 @@ credentials), what is retried and what is final, and that each failure names its
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,13 +39,7 @@ class Registry:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 registry.seen.append((self.path, dict(self.headers)))
-                status, body = registry.answer(self.path)
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                registry.reply(self, *registry.answer(self.path))
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -54,6 +52,14 @@ class Registry:
 
     def answer(self, path: str) -> Answer:
         return self.answers[min(len(self.seen), len(self.answers)) - 1]
+
+    def reply(self, handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        if 300 <= status < 400:
+            handler.send_header("Location", "/elsewhere")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
 
 Make = Callable[[list[Answer]], Registry]
@@ -192,8 +198,9 @@ def test_following_an_alias_never_imports_mlflow_into_the_server(
 
 class ArtifactStore(Registry):
     """MLflow's answers for one registered version whose files are in the registry's own store
-    (``--serve-artifacts``): get-download-uri, the folder listings, the files. Any other path
-    is a 404, as MLflow answers; every request is recorded with its headers."""
+    (``--serve-artifacts``): get-download-uri, the folder listings (an empty file without a
+    size, as MLflow lists it), the files. Any other path is a 404, as MLflow answers; every
+    request is recorded with its headers. ``odd`` sends a file its own way (``Send``)."""
 
     ROOT = "1/models/m-abc/artifacts"
 
@@ -202,6 +209,7 @@ class ArtifactStore(Registry):
         files: dict[str, bytes],
         listings: dict[str, list[dict[str, Any]]] | None = None,
         uri: str = f"mlflow-artifacts:/{ROOT}",
+        odd: dict[str, Send] | None = None,
     ) -> None:
         routes: dict[str, bytes] = {
             "/api/2.0/mlflow/model-versions/get-download-uri?name=fraud&version=3": json.dumps(
@@ -214,7 +222,7 @@ class ArtifactStore(Registry):
             for depth in range(len(parts)):
                 folder = "/".join([self.ROOT, *parts[:depth]])
                 entry = {"path": parts[depth], "is_dir": depth < len(parts) - 1}
-                if not entry["is_dir"]:
+                if not entry["is_dir"] and data:  # MLflow leaves a size of 0 out
                     entry["file_size"] = len(data)
                 if entry not in folders.setdefault(folder, []):
                     folders[folder].append(entry)
@@ -223,11 +231,60 @@ class ArtifactStore(Registry):
             query = urllib.parse.urlencode({"path": folder})
             routes[f"{registry_client.ARTIFACTS_API}?{query}"] = json.dumps({"files": entries}).encode()
         self.routes = routes
+        self.odd = {
+            f"{registry_client.ARTIFACTS_API}/{self.ROOT}/{rel}": send for rel, send in (odd or {}).items()
+        }
         super().__init__([])
 
     def answer(self, path: str) -> Answer:
         body = self.routes.get(path)
         return (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}') if body is None else (200, body)
+
+    def reply(self, handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        send = self.odd.get(handler.path)
+        if send is None:
+            return super().reply(handler, status, body)
+        try:
+            send(handler, body, sum(path == handler.path for path, _ in self.seen))
+        except OSError:  # the client gave up first
+            handler.close_connection = True
+
+
+Send = Callable[[BaseHTTPRequestHandler, bytes, int], None]
+"""Sends ``body`` as the answer to the ``n``th request for it (from 1), its own way."""
+
+
+def cut_off(times: int, chunked: bool) -> Send:
+    """The first ``times`` answers stop halfway and the connection closes (a registry or proxy
+    restarting): a chunked answer without its last chunk, or one short of its Content-Length."""
+
+    def send(handler: BaseHTTPRequestHandler, body: bytes, n: int) -> None:
+        sent = body[: len(body) // 2] if n <= times else body
+        handler.send_response(200)
+        handler.send_header(
+            *(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(len(body))))
+        )
+        handler.end_headers()
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(sent), sent) if chunked else sent)
+        if chunked and n > times:
+            handler.wfile.write(b"0\r\n\r\n")
+        handler.close_connection = True
+
+    return send
+
+
+def trickle(every_s: float) -> Send:
+    """One byte every ``every_s`` seconds: never silent for a whole request timeout."""
+
+    def send(handler: BaseHTTPRequestHandler, body: bytes, n: int) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for byte in body:
+            handler.wfile.write(bytes([byte]))
+            time.sleep(every_s)
+
+    return send
 
 
 @pytest.fixture
@@ -248,6 +305,7 @@ def test_a_version_in_the_registry_s_own_store_is_fetched_over_its_rest_api(
         "drift_profile.json": b'{"features": []}',
         "MLmodel": b"flavors: {}",
         "extra/nested/notes.txt": b"a folder two deep",
+        "requirements.txt": b"",  # listed without a size, as MLflow lists an empty file
     }
     store = ArtifactStore(files)
     stores.append(store)
@@ -289,6 +347,8 @@ def test_a_version_elsewhere_goes_to_mlflow_s_own_client(
         ({"path": "", "is_dir": False}, "not a file name"),
         ({"path": "model.onnx", "is_dir": False, "file_size": 2}, "1 B of the 2 B"),
         ({"path": "model.onnx", "is_dir": False, "file_size": 0}, "more than the 0 B"),
+        ({"path": "model.onnx", "is_dir": False, "file_size": -1}, r"model.onnx the size -1, not a number"),
+        ({"path": "model.onnx", "is_dir": False, "file_size": "1.0"}, r"the size '1.0', not a number"),
     ],
 )
 def test_a_hostile_listing_writes_nothing_outside_and_names_what_is_wrong(
@@ -336,3 +396,107 @@ def test_a_download_failure_is_one_line_naming_the_version(
     with pytest.raises(RegistryError, match=r"^models:/fraud/latest: download failed: ") as caught:
         registry_client.download("fraud", "latest", tmp_path)  # MLflow's client, in the child
     assert "\n" not in str(caught.value)
+
+
+def test_a_full_disk_is_this_host_s_problem_and_not_asked_again(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the download fails here (ENOSPC): not an unreachable registry, not retried; the
+    message names the file, the download folder and what to do."""
+    store = ArtifactStore({"model.onnx": os.urandom(2 * registry_client.CHUNK_BYTES)})
+    stores.append(store)
+
+    class FullDisk(io.FileIO):
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(registry_client, "open", lambda file, mode: FullDisk(file, mode), raising=False)
+    with pytest.raises(registry_client.DownloadDiskError) as caught:
+        registry_client.download("fraud", "3", tmp_path, env_for(store.url))
+    said = str(caught.value)
+    assert said == (
+        f"models:/fraud/3 ({ArtifactStore.ROOT}/model.onnx): writing {tmp_path / 'model.onnx'} failed "
+        f"on this host, not at the registry (No space left on device): free disk space where the "
+        f"download folder {tmp_path} lies"
+    )
+    asked = [path for path, _ in store.seen]
+    assert asked.count(f"{registry_client.ARTIFACTS_API}/{ArtifactStore.ROOT}/model.onnx") == 1
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_an_answer_that_breaks_off_is_asked_again_then_named(
+    stores: list[ArtifactStore], tmp_path: Path, chunked: bool
+) -> None:
+    """A file's answer cut off (a chunked one raises http.client.IncompleteRead, one short of
+    its Content-Length ends quietly) is a network failure: asked again, then named with the
+    registry and the file. Listed without a size, the short one would pass unnoticed."""
+    data = os.urandom(100)
+    listing = {ArtifactStore.ROOT: [{"path": "model.onnx", "is_dir": False}]}
+    store = ArtifactStore({"model.onnx": data}, listing, odd={"model.onnx": cut_off(1, chunked)})
+    stores.append(store)
+    (tmp_path / "a").mkdir()
+    registry_client.download("fraud", "3", tmp_path / "a", env_for(store.url))
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == data
+    file = f"{registry_client.ARTIFACTS_API}/{ArtifactStore.ROOT}/model.onnx"
+    assert [path for path, _ in store.seen].count(file) == 2
+    store = ArtifactStore({"model.onnx": data}, listing, odd={"model.onnx": cut_off(9, chunked)})
+    stores.append(store)
+    (tmp_path / "b").mkdir()
+    broke = "IncompleteRead" if chunked else "the connection closed 50 B before the end"
+    with pytest.raises(
+        RegistryError,
+        match=rf"^{re.escape(store.url)}: models:/fraud/3 \({ArtifactStore.ROOT}/model.onnx\): "
+        rf"the answer broke off: {broke}",
+    ):
+        registry_client.download(
+            "fraud", "3", tmp_path / "b", env_for(store.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
+        )
+    assert [path for path, _ in store.seen].count(file) == 2
+
+
+def test_a_trickling_registry_meets_the_version_s_deadline(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte now and then resets every read's timeout; the whole download still ends at
+    FETCH_TIMEOUT_S, named with the registry, the version and the file."""
+    monkeypatch.setattr(registry_client, "FETCH_TIMEOUT_S", 1.0)
+    store = ArtifactStore({"model.onnx": b"x" * 30}, odd={"model.onnx": trickle(0.2)})  # 6 s in all
+    stores.append(store)
+    started = time.monotonic()
+    with pytest.raises(
+        RegistryError,
+        match=rf"^{re.escape(store.url)}: models:/fraud/3 \({ArtifactStore.ROOT}/model.onnx\): "
+        r"not done after 1 s, the most one version's download may take",
+    ):
+        registry_client.download("fraud", "3", tmp_path, env_for(store.url, MLFLOW_HTTP_REQUEST_TIMEOUT="5"))
+    assert time.monotonic() - started < 3
+
+
+def test_a_version_over_its_byte_cap_is_refused(
+    stores: list[ArtifactStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing's sizes together, before a file is asked for; a file listed without a size
+    (MLflow's way for an empty file) may take what the listed ones leave, no more."""
+    monkeypatch.setattr(registry_client, "MAX_VERSION_BYTES", 10)
+    store = ArtifactStore({"model.onnx": b"x" * 8, "extra/profile.json": b"y" * 3})
+    stores.append(store)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RegistryError, match=r"models:/fraud/3 lists 11 B of files, over the 10 B a version"):
+        registry_client.download("fraud", "3", tmp_path / "a", env_for(store.url))
+    assert not [p for p, _ in store.seen if p.startswith(f"{registry_client.ARTIFACTS_API}/")]
+    assert list((tmp_path / "a").iterdir()) == []
+    unsized = [{"path": "model.onnx", "is_dir": False, "file_size": 4}, {"path": "blob", "is_dir": False}]
+    store = ArtifactStore({"model.onnx": b"x" * 4, "blob": b"y" * 7}, {ArtifactStore.ROOT: unsized})
+    stores.append(store)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(
+        RegistryError,
+        match=rf"models:/fraud/3 \({ArtifactStore.ROOT}/blob\): listed without a size, and over the 6 B "
+        r"left of the 10 B",
+    ):
+        registry_client.download("fraud", "3", tmp_path / "b", env_for(store.url))
+    store = ArtifactStore({"model.onnx": b"x" * 4, "blob": b"y" * 6}, {ArtifactStore.ROOT: unsized})
+    stores.append(store)
+    (tmp_path / "c").mkdir()
+    registry_client.download("fraud", "3", tmp_path / "c", env_for(store.url))
+    assert (tmp_path / "c" / "blob").read_bytes() == b"y" * 6

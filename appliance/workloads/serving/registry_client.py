@@ -21,6 +21,9 @@ Both read the environment as MLflow's client does: ``MLFLOW_TRACKING_URI``; basi
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import http.client
 import json
 import os
 import ssl
@@ -30,20 +33,34 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from http.client import HTTPResponse
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 MAX_ANSWER_BYTES = 1 << 20
 """An alias lookup answers a few hundred bytes; more than this is not a registry's answer."""
+MAX_VERSION_BYTES = 8 << 30
+"""The most one version's files may hold in all, 8 GiB: checked against the sizes its listing gives
+before a byte is fetched, and against the bytes as they come for a file listed without a size. A
+served version is an ONNX model (protobuf caps one at 2 GiB; larger ones keep external data
+files) and a few small files, so four times that cap is room for any real one, while a registry
+that lists or sends without end is stopped before it fills the server's disk."""
 FETCH_TIMEOUT_S = 1800.0
-"""How long a download of one version may take (a large model over a slow link)."""
+"""How long the download of one version may take in all, whichever way: over the REST API (every
+request, read and retry of the version together, checked after each socket read, which itself
+waits at most the request timeout) or by MLflow's client in the child (stopped after it). The
+request timeout bounds one read only: a registry sending a byte every 29 s would never trip it.
+Half an hour carries ``MAX_VERSION_BYTES`` at about 5 MiB/s, and a real model (tens to hundreds of
+MB) over a far slower link."""
 MAX_FILES, MAX_DEPTH, CHUNK_BYTES = 10_000, 8, 1 << 20
 """A model version's artifacts: a handful of files (model, profile, MLmodel, environment files)."""
 PROXIED_PREFIX, ARTIFACTS_API = "mlflow-artifacts:", "/api/2.0/mlflow-artifacts/artifacts"
 """The registry's own artifact store (``--serve-artifacts``) and the REST API that serves it."""
 TIMEOUT_S, RETRIES = 30.0, 2
 """Without MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES: the poller asks again next round anyway."""
+
+_T = TypeVar("_T")
 
 
 class RegistryError(Exception):
@@ -81,9 +98,10 @@ def _headers(env: Mapping[str, str]) -> dict[str, str]:
 
 
 class _Registry:
-    """One registry as MLflow's client reaches it: base URL, account, TLS, timeout and retries."""
+    """One registry as MLflow's client reaches it: base URL, account, TLS, timeout and retries;
+    with ``deadline_s``, every request made through it ends within that many seconds in all."""
 
-    def __init__(self, env: Mapping[str, str], what: str) -> None:
+    def __init__(self, env: Mapping[str, str], what: str, deadline_s: float | None = None) -> None:
         self.base = (env.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
         if not self.base.startswith(("http://", "https://")):
             raise RegistryError(
@@ -93,52 +111,129 @@ class _Registry:
         self.timeout = _number(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", TIMEOUT_S)
         self.retries = int(_number(env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", RETRIES))
         self.backoff = _number(env, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1.0)
+        self.deadline_s = deadline_s
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
         handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
         if self.base.startswith("https://"):
             handlers.append(urllib.request.HTTPSHandler(context=_tls(env)))
         self.opener = urllib.request.build_opener(*handlers)
 
-    def get(self, path: str, what: str, into: BinaryIO | None = None, size: int | None = None) -> bytes:
-        """``GET base + path``: the answer (at most ``MAX_ANSWER_BYTES``), or, with ``into``,
-        streamed there (exactly ``size`` bytes when given). A 4xx is final; a 5xx or an
-        unreachable registry is asked again as MLflow's settings say."""
+    def get(self, path: str, what: str) -> bytes:
+        """``GET base + path``: the answer, at most ``MAX_ANSWER_BYTES``."""
+        return self._ask(path, what, lambda answer: self._answer(answer, what))
+
+    def save(self, path: str, what: str, file: Path, folder: Path, size: int | None, limit: int) -> int:
+        """``GET base + path`` streamed into ``file`` (new, in the download folder ``folder``):
+        exactly ``size`` bytes when the listing gave it, else at most ``limit``; returns how
+        many. A failure to write it is this host's (``DownloadDiskError``), not asked again."""
+        with _on_this_host(file, folder, what), open(file, "xb") as into:
+            return self._ask(path, what, lambda answer: self._copy(answer, into, size, limit, what, folder))
+
+    def _ask(self, path: str, what: str, take: Callable[[HTTPResponse], _T]) -> _T:
+        """The answer to ``GET base + path``, as ``take`` reads it. A 4xx is final; a 5xx, an
+        unreachable registry or an answer that breaks off (a reset, a timeout, a chunked answer
+        cut short) is asked again as MLflow's settings say, within the deadline."""
         request = urllib.request.Request(self.base + path, headers=self.headers)
         for attempt in range(self.retries + 1):
+            opened = False
             try:
-                with self.opener.open(request, timeout=self.timeout) as answer:
-                    if into is None:
-                        return _bounded(answer.read(MAX_ANSWER_BYTES + 1), self.base, what)
-                    into.seek(0)
-                    into.truncate()
-                    _copy(answer, into, size, f"{self.base}: {what}")
-                    return b""
+                with self.opener.open(request, timeout=self._left(what)) as answer:
+                    opened = True
+                    return take(answer)
             except urllib.error.HTTPError as err:
                 if err.code < 500 or attempt == self.retries:
                     raise RegistryError(f"{self.base}: {what}: {_refusal(err)}") from None
-            except (urllib.error.URLError, OSError) as err:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
                 if attempt == self.retries:
-                    reason = getattr(err, "reason", err)
+                    reason = getattr(err, "reason", None) or err
+                    if opened:
+                        raise RegistryError(f"{self.base}: {what}: the answer broke off: {reason}") from None
                     raise RegistryError(f"{self.base} unreachable for {what}: {reason}") from None
-            time.sleep(self.backoff * 2**attempt)
+            pause = self.backoff * 2**attempt
+            if self.deadline is not None and time.monotonic() + pause >= self.deadline:
+                raise self._late(what)
+            time.sleep(pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _left(self, what: str) -> float:
+        """The socket timeout for the next wait: the request timeout, or less as the deadline nears."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._late(what)
+        return min(self.timeout, left)
 
-def _bounded(body: bytes, base: str, what: str) -> bytes:
-    if len(body) > MAX_ANSWER_BYTES:
-        raise RegistryError(f"{base}: the answer for {what} is over {MAX_ANSWER_BYTES} B")
-    return body
+    def _late(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"{self.base}: {what}: not done after {self.deadline_s:g} s, the most one version's "
+            "download may take (a registry or link this slow is given up on)"
+        )
+
+    def _answer(self, answer: HTTPResponse, what: str) -> bytes:
+        body = bytearray()
+        while chunk := answer.read1(CHUNK_BYTES):  # one socket read at most: the deadline holds
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise RegistryError(f"{self.base}: the answer for {what} is over {MAX_ANSWER_BYTES} B")
+            self._left(what)
+        _whole(answer)
+        return bytes(body)
+
+    def _copy(
+        self, answer: HTTPResponse, into: BinaryIO, size: int | None, limit: int, what: str, folder: Path
+    ) -> int:
+        """The file's bytes, checked against the size its listing gave (neither more nor fewer)
+        or, without one, against the version's bytes left (``limit``); the deadline after each read."""
+        path = Path(into.name)
+        with _on_this_host(path, folder, what):
+            into.seek(0)  # an earlier attempt's bytes go
+            into.truncate()
+        written = 0
+        while chunk := answer.read1(CHUNK_BYTES):  # one socket read at most: the deadline holds
+            written += len(chunk)
+            if size is not None and written > size:
+                raise RegistryError(f"{self.base}: {what}: more than the {size} B its listing gave")
+            if size is None and written > limit:
+                raise RegistryError(
+                    f"{self.base}: {what}: listed without a size, and over the {limit} B left of the "
+                    f"{MAX_VERSION_BYTES} B a version may hold"
+                )
+            with _on_this_host(path, folder, what):
+                into.write(chunk)
+            self._left(what)
+        _whole(answer)
+        if size is not None and written != size:
+            raise RegistryError(f"{self.base}: {what}: {written} B of the {size} B its listing gave")
+        return written
 
 
-def _copy(answer: BinaryIO, into: BinaryIO, size: int | None, what: str) -> None:
-    """The file's bytes, checked against the size its listing gave (neither more nor fewer)."""
-    written = 0
-    while chunk := answer.read(CHUNK_BYTES):
-        written += len(chunk)
-        if size is not None and written > size:
-            raise RegistryError(f"{what}: more than the {size} B its listing gave")
-        into.write(chunk)
-    if size is not None and written != size:
-        raise RegistryError(f"{what}: {written} B of the {size} B its listing gave")
+def _whole(answer: HTTPResponse) -> None:
+    """An answer that ended before its Content-Length broke off (``http.client`` says nothing)."""
+    short = getattr(answer, "length", None)
+    if short:
+        raise ConnectionError(f"the connection closed {short} B before the end of the answer")
+
+
+class DownloadDiskError(Exception):
+    """Writing a download on this host failed (a full disk, say): the registry is not at fault
+    and is not asked again; the message names the file, the download folder and what to do."""
+
+
+@contextlib.contextmanager
+def _on_this_host(path: Path, folder: Path, what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = (
+            f"free disk space where the download folder {folder} lies"
+            if full
+            else f"check that the download folder {folder} can be written"
+        )
+        raise DownloadDiskError(
+            f"{what}: writing {path} failed on this host, not at the registry ({err.strerror or err}): {fix}"
+        ) from None
 
 
 def alias_version(model: str, alias: str, env: Mapping[str, str] | None = None) -> str:
@@ -182,7 +277,7 @@ def download(model: str, version: str, dest: Path, env: Mapping[str, str] | None
     env = os.environ if env is None else env
     what = f"models:/{model}/{version}"
     if version.isdigit():
-        registry = _Registry(env, what)
+        registry = _Registry(env, what, deadline_s=FETCH_TIMEOUT_S)
         query = urllib.parse.urlencode({"name": model, "version": version})
         body = registry.get(f"/api/2.0/mlflow/model-versions/get-download-uri?{query}", what)
         try:
@@ -204,15 +299,43 @@ def _fetch_tree(registry: _Registry, root: str, dest: Path, what: str) -> None:
 
     Bounded: at most ``MAX_FILES`` entries and ``MAX_DEPTH`` folders deep; each name the listing
     gives is one plain path component (no separator, no ``..``), so nothing is written outside
-    ``dest``; each file is exactly the size its listing gave."""
-    pending: list[tuple[str, Path, int]] = [(root, dest, 0)]
-    seen = 0
+    ``dest``; the whole tree is listed first, and its sizes together are at most
+    ``MAX_VERSION_BYTES`` before a file is fetched; each file is exactly the size its listing
+    gave. MLflow lists an empty file without a size (``FileInfo.to_proto`` leaves a 0 out), as
+    it does whatever its store gives none for: such a file may hold what the listed ones leave
+    of ``MAX_VERSION_BYTES``, all of them together."""
+    folders, files = _list_tree(registry, root, what)
+    listed = sum(size for _, _, size in files if size is not None)
+    if listed > MAX_VERSION_BYTES:
+        raise RegistryError(
+            f"{registry.base}: {what} lists {listed} B of files, over the {MAX_VERSION_BYTES} B "
+            "a version may hold"
+        )
+    spare = MAX_VERSION_BYTES - listed  # for the files listed without a size, together
+    for folder in folders:
+        with _on_this_host(dest / folder, dest, what):
+            (dest / folder).mkdir()
+    for remote, local, size in files:
+        path = f"{ARTIFACTS_API}/{urllib.parse.quote(remote)}"
+        got = registry.save(path, f"{what} ({remote})", dest / local, dest, size, spare)
+        if size is None:
+            spare -= got
+
+
+def _list_tree(
+    registry: _Registry, root: str, what: str
+) -> tuple[list[Path], list[tuple[str, Path, int | None]]]:
+    """The folders (parents first) and files (remote path, local path, listed size) under
+    ``root``, relative to it locally; refused past the bounds ``_fetch_tree`` names."""
+    folders: list[Path] = []
+    files: list[tuple[str, Path, int | None]] = []
+    pending: list[tuple[str, Path, int]] = [(root, Path(), 0)]
     while pending:
         folder, local, depth = pending.pop()
         listed = registry.get(f"{ARTIFACTS_API}?{urllib.parse.urlencode({'path': folder})}", what)
         try:
-            files = json.loads(listed).get("files", [])
-            entries = [(str(f["path"]), bool(f.get("is_dir")), f.get("file_size")) for f in files]
+            given = json.loads(listed).get("files", [])
+            entries = [(str(f["path"]), bool(f.get("is_dir")), f.get("file_size")) for f in given]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(
                 f"{registry.base}: {what}: the artifact listing of {folder} is not MLflow's"
@@ -220,8 +343,7 @@ def _fetch_tree(registry: _Registry, root: str, dest: Path, what: str) -> None:
         if len({name for name, _, _ in entries}) != len(entries):
             raise RegistryError(f"{registry.base}: {what}: the listing of {folder} names a file twice")
         for name, is_dir, size in entries:
-            seen += 1
-            if seen > MAX_FILES:
+            if len(folders) + len(files) >= MAX_FILES:
                 raise RegistryError(f"{registry.base}: {what} holds over {MAX_FILES} files")
             if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
                 raise RegistryError(f"{registry.base}: {what}: the listing names {name!r}, not a file name")
@@ -229,13 +351,20 @@ def _fetch_tree(registry: _Registry, root: str, dest: Path, what: str) -> None:
             if is_dir:
                 if depth + 1 > MAX_DEPTH:
                     raise RegistryError(f"{registry.base}: {what} is nested over {MAX_DEPTH} folders deep")
-                (local / name).mkdir()
+                folders.append(local / name)
                 pending.append((remote, local / name, depth + 1))
-                continue
-            expected = int(size) if isinstance(size, int | str) and str(size).isdigit() else None
-            path = f"{ARTIFACTS_API}/{urllib.parse.quote(remote)}"
-            with open(local / name, "xb") as into:
-                registry.get(path, f"{what} ({remote})", into, expected)
+            elif size is None:
+                files.append((remote, local / name, None))
+            elif (isinstance(size, int) and not isinstance(size, bool) and size >= 0) or (
+                isinstance(size, str) and size.isascii() and size.isdigit()
+            ):
+                files.append((remote, local / name, int(size)))
+            else:
+                raise RegistryError(
+                    f"{registry.base}: {what}: the listing gives {remote} the size {size!r}, not a "
+                    "number of bytes"
+                )
+    return folders, files
 
 
 def _download_with_mlflow(model: str, version: str, dest: Path) -> Path:

@@ -398,3 +398,27 @@ def test_rapid_reset_ends_the_connection() -> None:
             sid = client.call(INFER, infer_request(10).SerializeToString(), TOKEN)
             assert client.grpc_status(sid)[0] == 0
         assert_normal_call(srv.port)
+
+
+def test_a_frame_sent_a_few_bytes_at_a_time_is_joined_once_it_is_all_in() -> None:
+    """The pieces of a frame still arriving are kept apart, not copied together again with each
+    new piece (quadratic in the frame's size for a client sending a few bytes at a time)."""
+    with running() as srv:
+        with H2Client(srv.port) as client:
+            sid = client.open_stream(client.request_headers(INFER, TOKEN))
+            data = frame(DATA, END_STREAM, sid, grpc_message(infer_request(20_000).SerializeToString()))
+            for i in range(0, len(data) - 1, 500):
+                client.send(data[i : min(i + 500, len(data) - 1)])
+            deadline = time.monotonic() + 10
+            while not srv.server.connections:  # accepted on the server's loop, in its own time
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            conn = srv.connection()
+            while conn.held != len(data) - 1:  # all but the last byte, in pieces, not yet joined
+                assert time.monotonic() < deadline, (conn.held, len(data))
+                time.sleep(0.01)
+            assert conn.parts and conn.need == len(data) and conn.buf == b""
+            client.send(data[-1:])
+            assert client.grpc_status(sid)[0] == 0
+            assert not conn.parts
+        assert_normal_call(srv.port)

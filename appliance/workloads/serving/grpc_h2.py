@@ -161,6 +161,12 @@ class H2GrpcProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.born = self.loop.time()
         self.buf = b""
+        self.parts: list[bytes] = []
+        """The pieces of a frame still arriving, kept apart until ``self.need`` bytes are in: joined
+        once, not copied again with every piece (a 1 MiB frame sent a few bytes at a time would
+        otherwise cost the event loop a copy of all that came before for each)."""
+        self.held = 0  # bytes in ``parts``
+        self.need = 0  # bytes the frame in ``parts`` takes, its 9-byte head included
         self.preface = False
         self.settled = False  # preface and first SETTINGS received
         self.dead = False  # connection error sent or connection lost: nothing more is read
@@ -262,7 +268,15 @@ class H2GrpcProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
-        buf = self.buf + data if self.buf else data
+        if self.parts:
+            self.parts.append(data)
+            self.held += len(data)
+            if self.held < self.need:
+                return
+            buf = b"".join(self.parts)
+            self.parts.clear()
+        else:
+            buf = self.buf + data if self.buf else data
         try:
             if not self.preface:
                 if len(buf) < len(w.PREFACE):
@@ -290,11 +304,22 @@ class H2GrpcProtocol(asyncio.Protocol):
                     self._reset(err.stream, err.code)
                 if self.dead:
                     return
-            self.buf = buf[pos:]
+            self._keep(buf[pos:] if pos else buf)
         except _ConnectionError as err:
             self._fail(err.code, str(err))
             return
         self._flush()
+
+    def _keep(self, rest: bytes) -> None:
+        """Hold the start of a frame not all in yet: a head and part of a payload go to ``parts``
+        until the whole frame is in; less than a head, to ``buf``."""
+        if len(rest) < 9:
+            self.buf = rest
+            return
+        self.buf = b""
+        self.parts.append(rest)
+        self.held = len(rest)
+        self.need = 9 + int.from_bytes(rest[:3], "big")
 
     # frames --------------------------------------------------------------------------------
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:

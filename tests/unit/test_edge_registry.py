@@ -16,6 +16,7 @@ from appliance.context import AppContext
 from appliance.preflight import _model_source
 from appliance.render import render_stack
 from appliance.secrets_store import read_only
+from appliance.workloads.serving import edge_cache, registry_client
 from appliance.workloads.serving.edge_cache import CURRENT, CachedSource
 from appliance.workloads.serving.sources import MODEL_FILE, PROFILE_FILE, Fetched, Source
 
@@ -46,6 +47,35 @@ def _load(source: CachedSource) -> Fetched:
     fetched = source.fetch(fingerprint)
     source.keep(fetched, fingerprint, fetched.version or "?")
     return fetched
+
+
+def test_a_registry_that_refuses_is_named_so_and_the_cached_version_is_served(tmp_path: Path) -> None:
+    """An alias deleted or an account revoked (a 4xx) is not an outage: the note says refused."""
+    registry = Registry("models:/fraud@champion", tmp_path)
+    cached = CachedSource(registry, tmp_path / "cache" / "fraud")
+    _load(cached)
+
+    def refused() -> str:
+        raise registry_client.RegistryError("http://reg: models:/fraud@champion: HTTP 404 (no alias)", 404)
+
+    registry.fingerprint = refused  # type: ignore[method-assign]
+    assert cached.fingerprint() == "1"
+    assert cached.note.startswith("source refused (http://reg: models:/fraud@champion: HTTP 404")
+    assert cached.note.endswith("; serving the cached version 1")
+
+
+def test_a_copy_into_the_cache_that_fails_leaves_nothing_half_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry("models:/fraud@champion", tmp_path)
+    cached = CachedSource(registry, tmp_path / "cache" / "fraud")
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(edge_cache.shutil, "copyfile", full)
+    _load(cached)  # logged, not raised: the version is served all the same
+    assert list((tmp_path / "cache" / "fraud").iterdir()) == []
 
 
 def test_the_last_good_version_is_served_while_the_registry_is_down(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from appliance.workloads.serving.sources import MODEL_FILE, PROFILE_FILE, Fetched, Source
+from appliance.workloads.serving.sources import MODEL_FILE, PROFILE_FILE, Fetched, Source, dropped_on_failure
 
 log = logging.getLogger(__name__)
 CURRENT = "current.json"
@@ -75,7 +75,9 @@ class CachedSource(Source):
             if meta is None:
                 raise
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            self.note = f"source unreachable ({first}); serving the cached version {meta['version']}"
+            status = getattr(err, "status", None)  # a registry that answered, and said no
+            trouble = "refused" if isinstance(status, int) and 400 <= status < 500 else "unreachable"
+            self.note = f"source {trouble} ({first}); serving the cached version {meta['version']}"
             return str(meta["fingerprint"])
         self.note = ""
         return fingerprint
@@ -102,9 +104,10 @@ class CachedSource(Source):
         self.root.mkdir(parents=True, exist_ok=True)
         if fetched.onnx_path.parent != folder and not (folder / MODEL_FILE).is_file():
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            shutil.copyfile(fetched.onnx_path, tmp / MODEL_FILE)
-            if fetched.profile_path is not None:
-                shutil.copyfile(fetched.profile_path, tmp / PROFILE_FILE)
+            with dropped_on_failure(tmp):  # a full disk: no half copy left for each version
+                shutil.copyfile(fetched.onnx_path, tmp / MODEL_FILE)
+                if fetched.profile_path is not None:
+                    shutil.copyfile(fetched.profile_path, tmp / PROFILE_FILE)
             try:
                 os.rename(tmp, folder)
             except OSError:  # another replica put the same version there first

@@ -53,6 +53,9 @@ waits at most the request timeout) or by MLflow's client in the child (stopped a
 request timeout bounds one read only: a registry sending a byte every 29 s would never trip it.
 Half an hour carries ``MAX_VERSION_BYTES`` at about 5 MiB/s, and a real model (tens to hundreds of
 MB) over a far slower link."""
+ALIAS_DEADLINE_S = 120.0
+"""How long asking which version an alias names may take in all (its retries too): the poller
+holds the model's lock meanwhile, and the answer is a few hundred bytes."""
 MAX_FILES, MAX_DEPTH, CHUNK_BYTES = 10_000, 8, 1 << 20
 """A model version's artifacts: a handful of files (model, profile, MLmodel, environment files)."""
 PROXIED_PREFIX, ARTIFACTS_API = "mlflow-artifacts:", "/api/2.0/mlflow-artifacts/artifacts"
@@ -64,7 +67,12 @@ _T = TypeVar("_T")
 
 
 class RegistryError(Exception):
-    """The registry could not be asked, or said no; the message says which and why."""
+    """The registry could not be asked, or said no; the message says which and why, and
+    ``status`` the HTTP status of a refusal (None: not reached, or no usable answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -142,7 +150,7 @@ class _Registry:
                     return take(answer)
             except urllib.error.HTTPError as err:
                 if err.code < 500 or attempt == self.retries:
-                    raise RegistryError(f"{self.base}: {what}: {_refusal(err)}") from None
+                    raise RegistryError(f"{self.base}: {what}: {_refusal(err)}", err.code) from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
                 if attempt == self.retries:
                     reason = getattr(err, "reason", None) or err
@@ -239,7 +247,7 @@ def _on_this_host(path: Path, folder: Path, what: str) -> Iterator[None]:
 def alias_version(model: str, alias: str, env: Mapping[str, str] | None = None) -> str:
     """The version ``model@alias`` names in the registry at ``MLFLOW_TRACKING_URI``."""
     what = f"models:/{model}@{alias}"
-    registry = _Registry(os.environ if env is None else env, what)
+    registry = _Registry(os.environ if env is None else env, what, deadline_s=ALIAS_DEADLINE_S)
     query = urllib.parse.urlencode({"name": model, "alias": alias})
     body = registry.get(f"/api/2.0/mlflow/registered-models/alias?{query}", what)
     return _version_of(body, registry.base, model, alias)

@@ -3,15 +3,17 @@ exist yet), and that a download which fails or does not load leaves nothing on d
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from appliance.workloads.serving import downloads, failed_versions, registry_client
-from appliance.workloads.serving.errors import BadRequest
+from appliance.workloads.serving.errors import BadRequest, Unavailable
 from appliance.workloads.serving.model import SessionOptions
 from appliance.workloads.serving.repository import Entry, ModelRepository
 from appliance.workloads.serving.sources import MODEL_FILE, Fetched, LocalSource, Source, source_for
@@ -259,3 +261,29 @@ def test_each_process_downloads_into_its_own_folder_and_removes_it_at_exit(
     assert not own.exists() and parent.is_dir()
     assert downloads.new_download("fraud-v6-").parent != own  # a new folder once the old one is gone
     downloads.remove_all()
+
+
+@pytest.mark.asyncio
+async def test_a_load_stuck_on_a_slow_registry_takes_none_of_the_inference_threads(tmp_path: Path) -> None:
+    """Loads run on threads of their own: while one waits on a registry, every inference thread
+    (the batches') is free."""
+    release = threading.Event()
+
+    class Slow(_Versions):
+        def fetch(self, fingerprint: str) -> Fetched:
+            release.wait(10)
+            return super().fetch(fingerprint)
+
+    repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
+    repository.entries["fraud"] = entry = Entry("fraud", Slow(tmp_path, tmp_path))
+    loading = asyncio.ensure_future(repository.load("fraud"))
+    await asyncio.sleep(0.2)
+    all_four = threading.Barrier(4, timeout=5)  # the four inference threads at once
+    batches = [
+        asyncio.get_running_loop().run_in_executor(repository.executor, all_four.wait) for _ in range(4)
+    ]
+    await asyncio.gather(*batches)
+    release.set()
+    with pytest.raises(Unavailable):  # that version is no model: the load itself fails, later
+        await loading
+    assert entry.failed is not None

@@ -73,6 +73,10 @@ class ModelRepository:
         self.allowed: dict[str, str] = {}
         """Source key -> URI of every source given at startup: the only places a load may name."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serving")
+        """The inference batches' threads."""
+        self.loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serving-load")
+        """Loads' own threads (download, session build, warm-up): a slow registry, or API loads
+        waiting on a model's lock behind one, take none of the inference batches' threads."""
         self.first_retry_s = first_retry_s
         """The wait before a failed version is fetched again the first time: the poller's round, so
         that a version failing at start is tried again the first round too."""
@@ -202,7 +206,7 @@ class ModelRepository:
             entry.fingerprint = None
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self.load_blocking, entry, uri)
+            await loop.run_in_executor(self.loader, self.load_blocking, entry, uri)
         except Exception as err:
             entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), f"load failed: {err}"
             raise Unavailable(f"model '{name}' failed to load from {entry.source.uri}: {err}") from err
@@ -243,7 +247,7 @@ class ModelRepository:
                 if not entry.wanted:
                     continue
                 try:
-                    await loop.run_in_executor(self.executor, self.load_blocking, entry, None, False)
+                    await loop.run_in_executor(self.loader, self.load_blocking, entry, None, False)
                 except Exception as err:  # keep serving the old version (if any); retry next round
                     verb = "reload" if entry.model is not None else "load"
                     reason = f"{verb} failed: {err}"

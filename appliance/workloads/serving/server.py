@@ -119,6 +119,7 @@ async def serve(
         if metrics_http is not None:
             metrics_http.shutdown()
         service.repo.executor.shutdown(wait=False, cancel_futures=True)
+        service.repo.loader.shutdown(wait=False, cancel_futures=True)
 
 
 def _print_ready(ready: dict[str, Any]) -> None:

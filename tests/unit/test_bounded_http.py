@@ -72,15 +72,20 @@ def test_a_connection_past_the_limit_is_refused_at_once_and_served_once_a_slot_f
     assert get(server).endswith(b"hello")
 
 
+def ask_on(sock: socket.socket, request: bytes, ending: bytes) -> None:
+    """Send ``request`` on a kept-alive connection and read until its answer ends with ``ending``."""
+    sock.sendall(request)
+    answer = b""
+    while not answer.endswith(ending):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {answer!r}"
+        answer += chunk
+
+
 def test_a_connection_in_use_keeps_its_slot_past_the_timeout(server: BoundedHTTPServer) -> None:
     with connect(server) as busy:
         for _ in range(4):  # 4 requests 0.3 s apart: 1.2 s in all, each gap under the timeout
-            busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b"hello"):
-                chunk = busy.recv(4096)
-                assert chunk, f"closed after {answer!r}"
-                answer += chunk
+            ask_on(busy, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"hello")
             time.sleep(0.3)
 
 
@@ -178,11 +183,6 @@ def test_each_request_on_a_kept_alive_connection_gets_its_own_deadline(
 ) -> None:
     with connect(slow_server) as sock:
         for _ in range(4):  # 4 quick requests 0.4 s apart: 1.6 s in all, past one deadline
-            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
-            answer = b""
-            while not answer.endswith(b"taken"):
-                chunk = sock.recv(4096)
-                assert chunk, f"closed after {answer!r}"
-                answer += chunk
+            ask_on(sock, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok", b"taken")
             time.sleep(0.4)
     assert Slow.bodies == [b"ok"] * 4

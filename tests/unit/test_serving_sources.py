@@ -246,6 +246,8 @@ def test_each_process_downloads_into_its_own_folder_and_removes_it_at_exit(
     elsewhere.mkdir()
     link = tmp_path / f"{downloads.PREFIX}{dead.pid}-link"
     link.symlink_to(elsewhere)
+    earlier = tmp_path / f"{downloads.PREFIX}{os.getpid()}-old"  # a restarted container's same PID
+    earlier.mkdir()
 
     first = downloads.new_download("fraud-v4-")
     second = downloads.new_download("fraud-v5-")
@@ -256,6 +258,7 @@ def test_each_process_downloads_into_its_own_folder_and_removes_it_at_exit(
         and own.name.startswith(f"{downloads.PREFIX}{os.getpid()}-")
     )
     assert not killed.exists() and parent.is_dir() and link.is_symlink() and elsewhere.is_dir()
+    assert not earlier.exists()
 
     downloads.remove_all()  # what atexit runs
     assert not own.exists() and parent.is_dir()

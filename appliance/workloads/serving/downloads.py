@@ -53,7 +53,8 @@ def remove_all() -> None:
 
 
 def sweep(base: Path) -> list[Path]:
-    """Remove the downloads folders in ``base`` of processes no longer running; returns them."""
+    """Remove the downloads folders in ``base`` of processes no longer running (or of an earlier
+    process with this one's PID); returns them. Run before this process makes its own there."""
     removed = []
     for folder in base.glob(f"{PREFIX}*"):
         pid = folder.name.removeprefix(PREFIX).partition("-")[0]
@@ -61,7 +62,11 @@ def sweep(base: Path) -> list[Path]:
             info = folder.lstat()
         except OSError:
             continue
-        if not pid.isdigit() or folder.is_symlink() or info.st_uid != os.getuid() or _running(int(pid)):
+        if not pid.isdigit() or folder.is_symlink() or info.st_uid != os.getuid():
+            continue
+        # this process's own PID: a folder of an earlier life (a container restarted gives its
+        # processes the same PIDs), since this process makes its folder only after the sweep
+        if int(pid) != os.getpid() and _running(int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
@@ -69,8 +74,6 @@ def sweep(base: Path) -> list[Path]:
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

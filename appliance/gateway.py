@@ -238,10 +238,8 @@ http {{
     default_type application/octet-stream;
 {temp_paths}
     # MLflow's artifacts and the workbench's files have no size limit of their own; the model
-    # server's block has its limit (below). Each proxied location streams the body to its service
-    # (proxy_request_buffering off) or holds at most the model server's limit, so a caller with no
-    # credential cannot fill the disk with request bodies nginx would buffer before the service
-    # sees the request's headers and refuses it.
+    # server's block has its limit (below), so a caller with no token cannot have nginx hold more
+    # than that on disk for a request the model server will refuse from its head.
     client_max_body_size 0;
 
     ssl_certificate {cert};
@@ -310,9 +308,10 @@ def _health() -> str:
 def _serving_block(
     listen: str, limit: str, present: bool, cluster: bool = False, max_body: int = 64 * 1024 * 1024
 ) -> str:
-    """The model server's API: bodies up to its own limit (``max_body``: a larger one gets the
-    413 the model server would give), streamed to it on one host; a cluster's gateway holds each
-    body (up to that limit) to send it again to another serving host when the first does not
+    """The model server's API: bodies up to a little over its own limit (``max_body``), past which
+    nginx answers the 413 the model server would give. The body is buffered before it is sent on
+    (streamed, a refusal from the model server's head broke the client's HTTP/2 connection: h2spec
+    4.2/1), and a cluster's gateway sends it again to another serving host when the first does not
     answer (``_FAILOVER``)."""
     too_large = (
         f'{{"error": "request body over {max_body} bytes, the model server limit '
@@ -337,8 +336,8 @@ def _serving_block(
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header {FORWARDED_HEADER} https;
-            proxy_buffering off;{_FAILOVER if cluster else _STREAMED}
-            proxy_read_timeout 300s;
+            proxy_buffering off;
+            proxy_read_timeout 300s;{_FAILOVER if cluster else ""}
         }}
         error_page 502 504 = @unreachable;
         location @unreachable {{
@@ -359,12 +358,6 @@ def _serving_block(
     }}"""
 
 
-_STREAMED = """
-            proxy_request_buffering off;"""
-"""A body goes to its service as it arrives, which checks the caller's credential from the headers
-first: none is written to the gateway's disk."""
-
-
 def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, read_timeout: str) -> str:
     """A server proxying everything to ``upstream`` with the Host it would see without the gateway
     (``target``: MLflow's and Jupyter's host checks refuse unknown names)."""
@@ -373,7 +366,7 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
         {listen}
 {_health()}
         location / {{
-            {limit}{extra}{_STREAMED}
+            {limit}{extra}
             proxy_pass http://{upstream};
             proxy_set_header Host {target};
             proxy_http_version 1.1;

@@ -210,6 +210,11 @@ EXTENDED: dict[str, str] = {
         "window across serving hosts (test_bundle_offline: a bundle offline; test_cluster_two_hosts: "
         "a serving host drained before it stops; test_cluster_lifecycle: a rollout through the gateway)"
     ),
+    "integration/test_restore_seaweedfs.py": (
+        "backup and restore of a SeaweedFS stack onto a fresh state folder, in place and onto podman "
+        "(test_upgrade_migration: a SeaweedFS stack's objects restored in place by a failed upgrade's "
+        "rollback; test_backup_restore: a restore onto podman, a damaged archive refused)"
+    ),
     "integration/test_cluster_registry.py": (
         "two MLflow servers on one PostgreSQL behind the gateway and an edge host across a cut link "
         "(test_cluster_two_hosts: MLflow on PostgreSQL in a cluster; test_edge_follows_registry: an "
@@ -218,18 +223,20 @@ EXTENDED: dict[str, str] = {
 }
 """The extended tier: scenarios that ``make test`` (CI) leaves out and ``make test-all`` runs, a
 module's path under tests/ (or ``path[param]``, or ``path::test``) each, with what it proves:
-together about 1,500 s that CI's 90 minutes do not hold beside the rest (the per-module table the
-run prints; CI's run of the whole CI tier took 5,351 s of its 5,400 with the two cluster modules
-below in it). Each builds on a capability a test in the CI tier proves: the small stack's checks on
-podman are a subset of the whole lab's on podman (healthy, a zero-action plan, scraping by service
-name, a killed container restarted, a clean down), and so are the CLI's on the lab on podman
-(status with memory, data across down and up, a busy port: test_container_lab runs them through the
-same CLI on the same lab it brings up once), the lab on podman stands for docker beside the
-container stack on docker, a bundle runs offline on the local runtime (test_bundle_offline), a
-serving host is drained before it stops (test_cluster_two_hosts), a model version rolls out through
-a cluster's gateway (test_cluster_lifecycle), MLflow keeps a cluster's registry in PostgreSQL
-(test_cluster_two_hosts, test_cluster_lifecycle) and an edge model server follows its registry
-through an outage (test_edge_follows_registry). They are marked ``extended`` here, in one place."""
+together about 1,750 s that CI's 90 minutes do not hold beside the rest (the per-module table the
+run prints; CI's run of the whole CI tier took 5,351 s of its 5,400 with the two cluster modules and
+the SeaweedFS restore below in it). Each builds on a capability a test in the CI tier proves: the
+small stack's checks on podman are a subset of the whole lab's on podman (healthy, a zero-action
+plan, scraping by service name, a killed container restarted, a clean down), and so are the CLI's on
+the lab on podman (status with memory, data across down and up, a busy port: test_container_lab runs
+them through the same CLI on the same lab it brings up once), the lab on podman stands for docker
+beside the container stack on docker, a bundle runs offline on the local runtime
+(test_bundle_offline), a serving host is drained before it stops (test_cluster_two_hosts), a model
+version rolls out through a cluster's gateway (test_cluster_lifecycle), MLflow keeps a cluster's
+registry in PostgreSQL (test_cluster_two_hosts, test_cluster_lifecycle), a SeaweedFS stack's objects
+are restored in place (test_upgrade_migration's rollback) and an edge model server follows its
+registry through an outage (test_edge_follows_registry). They are marked ``extended`` here, in one
+place."""
 
 
 def extended_reason(item: pytest.Item) -> str | None:

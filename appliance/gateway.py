@@ -305,9 +305,7 @@ def _health() -> str:
     return f'        location = {HEALTH_PATH} {{ default_type text/plain; return 200 "ok\\n"; }}'
 
 
-def _serving_block(
-    listen: str, limit: str, present: bool, cluster: bool = False, max_body: int = 64 * 1024 * 1024
-) -> str:
+def _serving_block(listen: str, limit: str, present: bool, cluster: bool, max_body: int) -> str:
     """The model server's API: bodies up to a little over its own limit (``max_body``), past which
     nginx answers the 413 the model server would give. The body is buffered before it is sent on
     (streamed, a refusal from the model server's head broke the client's HTTP/2 connection: h2spec

@@ -12,7 +12,7 @@ import pytest
 
 from appliance.workloads.serving.balancer import render
 from appliance.workloads.serving.drain import accept_queue, refuse_new_connections, stop_listening
-from appliance.workloads.serving.supervisor import open_connections, replica_idle_timeout, reserve_port
+from appliance.workloads.serving.supervisor import open_connections, replica_limits, reserve_port
 
 
 def test_every_slot_is_listed_once_as_primary_and_once_as_backup() -> None:
@@ -27,11 +27,11 @@ def test_every_slot_is_listed_once_as_primary_and_once_as_backup() -> None:
 
 
 def test_nginx_closes_idle_connections_before_the_replicas_do() -> None:
-    assert replica_idle_timeout([]) == 120.0
+    assert replica_limits([]).idle_timeout_s == 120.0
     args = ["--model", "m=/x", "--limits-json", '{"idle_timeout_s": 3}', "--limit", "max_connections=9"]
-    assert replica_idle_timeout(args) == 3.0
-    assert replica_idle_timeout(["--limit", "idle_timeout_s=1.5"]) == 1.5
-    assert replica_idle_timeout(["--limit", "nonsense"]) == 120.0  # the replicas report it
+    assert replica_limits(args).idle_timeout_s == 3.0
+    assert replica_limits(["--limit", "idle_timeout_s=1.5"]).idle_timeout_s == 1.5
+    assert replica_limits(["--limit", "nonsense"]).idle_timeout_s == 120.0  # the replicas report it
 
 
 def _connect(port: int, timeout: float) -> str:
@@ -102,7 +102,6 @@ def test_stop_listening_then_the_reserved_slot_refuses() -> None:
 
 def test_the_balancer_refuses_a_body_a_little_past_the_replicas_limit_before_holding_it() -> None:
     from appliance.workloads.serving import balancer
-    from appliance.workloads.serving.supervisor import replica_limits
 
     limits = replica_limits(["--limit", "max_body_bytes=2048", "--model", "m.onnx"])
     assert limits.max_body_bytes == 2048

@@ -171,15 +171,23 @@ def test_a_load_through_the_api_tries_a_failed_version_at_once(tmp_path: Path) -
     assert source.fetched == ["7", "7"] and entry.failed is not None and entry.failed.failures == 2
 
 
-def test_the_waits_double_from_one_poll_round_to_a_quarter_hour() -> None:
+def test_the_waits_double_from_one_poll_round_to_a_quarter_hour(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [failed_versions.wait_after(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 900, 900]
     assert [failed_versions.wait_after(n, first=1.0) for n in (1, 2, 10, 11)] == [1, 2, 512, 900]
     assert failed_versions.wait_after(3, first=3600.0) == 3600  # a round longer than the cap: a round
-    record = failed_versions.failed_again(None, "7", now=0.0)
-    assert record.held_back("7", now=29.9) and not record.held_back("7", now=30.0)
-    assert not record.held_back("7", now=29.999)  # a round whose timer fires a millisecond early
-    assert not record.held_back("8", now=1.0)  # another version is never held back
-    assert failed_versions.failed_again(record, "8", now=0.0).failures == 1
+    clock = [0.0]
+    monkeypatch.setattr(failed_versions, "clock", lambda: clock[0])
+    record = failed_versions.failed_again(None, "7")
+
+    def held_at(fingerprint: str, now: float) -> bool:
+        clock[0] = now
+        return record.held_back(fingerprint)
+
+    assert held_at("7", 29.9) and not held_at("7", 30.0)
+    assert not held_at("7", 29.999)  # a round whose timer fires a millisecond early
+    assert not held_at("8", 1.0)  # another version is never held back
+    clock[0] = 0.0
+    assert failed_versions.failed_again(record, "8").failures == 1
 
 
 def _registry(monkeypatch: pytest.MonkeyPatch, model: Path, versions: dict[str, str]) -> list[str]:

@@ -38,9 +38,9 @@ class FailedVersion:
     retry_at: float
     """``clock()`` (``time.monotonic``) from which it may be fetched again."""
 
-    def held_back(self, fingerprint: str, now: float | None = None) -> bool:
+    def held_back(self, fingerprint: str) -> bool:
         """True while ``fingerprint`` is this failed version and its wait has not passed."""
-        return fingerprint == self.fingerprint and (clock() if now is None else now) < self.retry_at - EARLY_S
+        return fingerprint == self.fingerprint and clock() < self.retry_at - EARLY_S
 
 
 def wait_after(failures: int, first: float = FIRST_RETRY_S) -> float:
@@ -50,10 +50,9 @@ def wait_after(failures: int, first: float = FIRST_RETRY_S) -> float:
 
 
 def failed_again(
-    previous: FailedVersion | None, fingerprint: str, first: float = FIRST_RETRY_S, now: float | None = None
+    previous: FailedVersion | None, fingerprint: str, first: float = FIRST_RETRY_S
 ) -> FailedVersion:
     """The record after ``fingerprint`` failed once more (a first failure when ``previous`` was
     another version or none)."""
     failures = previous.failures + 1 if previous is not None and previous.fingerprint == fingerprint else 1
-    start = clock() if now is None else now
-    return FailedVersion(fingerprint, failures, start + wait_after(failures, first))
+    return FailedVersion(fingerprint, failures, clock() + wait_after(failures, first))

@@ -91,6 +91,11 @@ class Request:
     peer: Peer | None = None
     """Who is at the other end of the connection (asked only by what needs it)."""
 
+    def has_body(self) -> bool:
+        """Its head announces a body (chunked, or a Content-Length other than 0)."""
+        length = self.headers.get("content-length")
+        return "transfer-encoding" in self.headers or (length is not None and length != "0")
+
 
 @dataclass
 class Response:
@@ -294,7 +299,7 @@ class HttpProtocol(asyncio.Protocol):
             peer=self.peer,
         )
         length = headers.get("content-length")
-        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        has_body = req.has_body()
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise _Refuse(
                 413, f"request body of {length} bytes exceeds the server's limit of {self.max_body}"

@@ -50,8 +50,7 @@ def _probe_refusal(req: Request) -> InferenceError | None:
     refused from the head, so that no caller without a token has a body read, held or inflated."""
     if req.method != "GET":
         return MethodNotAllowed(f"{req.path} takes GET (a health probe), not {req.method}")
-    length = req.headers.get("content-length")
-    if "transfer-encoding" in req.headers or (length is not None and length != "0"):
+    if req.has_body():
         return BadRequest(f"{req.path} takes no request body (a health probe)")
     return None
 

@@ -345,7 +345,9 @@ def open_connections(ports: tuple[int, ...]) -> int:
 
 def replica_limits(serve_args: list[str]) -> ServerLimits:
     """The replicas' limits from their ``--limits-json``/``--limit`` arguments (the defaults where
-    these do not parse: the replicas say what is wrong with them when they start)."""
+    these do not parse: the replicas say what is wrong with them when they start). nginx closes an
+    idle upstream connection before a replica does (``idle_timeout_s``: a replica closing one as
+    nginx sends a gRPC call on it fails that call) and refuses a body well past theirs."""
     limits_json = None
     pairs: list[str] = []
     for i, arg in enumerate(serve_args[:-1]):
@@ -358,12 +360,6 @@ def replica_limits(serve_args: list[str]) -> ServerLimits:
         return ServerLimits.from_pairs(tuple(pairs), base)
     except ValueError:
         return ServerLimits()
-
-
-def replica_idle_timeout(serve_args: list[str]) -> float:
-    """The replicas' ``idle_timeout_s``: nginx must close an idle upstream connection before a
-    replica does (a replica closing one as nginx sends a gRPC call on it fails that call)."""
-    return replica_limits(serve_args).idle_timeout_s
 
 
 def _http_ok(url: str) -> bool:

@@ -41,6 +41,7 @@ import pytest
 from appliance.answers_file import load_answers
 from appliance.context import AppContext
 from appliance.dataconn.client import s3_client
+from appliance.monitoring.generate import CONTROLLER_TOKEN_SECRET
 from appliance.monitoring.grafana import dashboard_metric_names
 from tests.conftest import free_ports, run_cli
 
@@ -87,6 +88,19 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 900) -> str:
         return run_cli(*args, answers=self.answers, env=self.env, timeout=timeout).stdout
+
+    def runs(self, path: str = "", **params: str) -> Any:
+        """The controller's run records (``GET /runs``, or ``/runs/ID`` with ``path="/ID"``), read
+        with its webhook token as the records ask."""
+        token = (self.state / "secrets" / CONTROLLER_TOKEN_SECRET).read_text().strip()
+        reply = httpx.get(
+            f"{self.urls['controller']}/runs{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        return reply.json()
 
     def prom(self, query: str) -> list[dict[str, Any]]:
         reply = httpx.get(
@@ -383,7 +397,7 @@ def _close_loop(
 
 def _untouched_state(stack: Stack, registry: Any, model: str, traffic: Traffic) -> dict[str, Any]:
     """What must not change for ``model`` while another model's loop runs."""
-    runs = httpx.get(f"{stack.urls['controller']}/runs", params={"model": model}, timeout=10).json()["runs"]
+    runs = stack.runs(model=model)["runs"]
     return {
         "champion": registry.get_model_version_by_alias(model, "champion").version,
         "served": stack.served_version(model),
@@ -412,7 +426,7 @@ def _beyond(psi: float | None, above: bool) -> float | None:
 
 
 def _finished(stack: Stack, run_id: str) -> dict[str, Any] | None:
-    run: dict[str, Any] = httpx.get(f"{stack.urls['controller']}/runs/{run_id}", timeout=10).json()
+    run: dict[str, Any] = stack.runs(f"/{run_id}")
     return None if run["state"] == "running" else run
 
 
@@ -439,6 +453,6 @@ def _routed(stack: Stack, model: str) -> dict[str, Any] | None:
 
 
 def _alert_run(stack: Stack, model: str) -> dict[str, Any] | None:
-    runs = httpx.get(f"{stack.urls['controller']}/runs", params={"model": model}, timeout=10).json()["runs"]
+    runs = stack.runs(model=model)["runs"]
     started = [r for r in runs if r.get("trigger") == "alert"]
     return dict(started[0]) if started else None

@@ -178,17 +178,19 @@ class Controller:
     def post(
         self, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
     ) -> httpx.Response:
-        token = self.token_file.read_text().strip() if token is None else token
         content = (
             raw if raw is not None else (b"" if body is None else __import__("json").dumps(body).encode())
         )
-        headers = {"Content-Type": "application/json"} | (
-            {"Authorization": f"Bearer {token}"} if token else {}
-        )
+        headers = {"Content-Type": "application/json"} | self._auth(token)
         return httpx.post(f"{self.url}{path}", content=content, headers=headers, timeout=30)
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=30)
+    def get(self, path: str, token: str | None = None) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers=self._auth(token), timeout=30)
+
+    def _auth(self, token: str | None) -> dict[str, str]:
+        """The bearer header: the controller's own token unless ``token`` is given ("" for none)."""
+        token = self.token_file.read_text().strip() if token is None else token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def run(self, run_id: str) -> dict[str, Any]:
         response = self.get(f"/runs/{run_id}")

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from appliance.monitoring.generate import CONTROLLER_TOKEN_SECRET
 from tests.conftest import run_cli
 from tests.integration._cluster_lab import LOAD_PACE_S, ClusterLab, cluster_lab
 
@@ -95,11 +96,16 @@ class LifecycleLab(ClusterLab):
     def secret(self, name: str) -> str:
         return (self.state / "secrets" / name).read_text().strip()
 
-    def get(self, port: int, path: str, user: str | None = None, password: str | None = None) -> Any:
+    def get(
+        self, port: int, path: str, user: str | None = None, password: str | None = None, bearer: str = ""
+    ) -> Any:
         import httpx
 
         auth = (user, password) if user and password else None
-        reply = httpx.get(f"http://{self.address('ctl')}:{port}{path}", auth=auth, timeout=10)
+        headers = {"Authorization": f"Bearer {self.secret(bearer)}"} if bearer else {}
+        reply = httpx.get(
+            f"http://{self.address('ctl')}:{port}{path}", auth=auth, headers=headers, timeout=10
+        )
         reply.raise_for_status()
         return reply.json()
 
@@ -339,7 +345,7 @@ def _drift_alerts(lab: LifecycleLab, state: str | None = None) -> list[dict[str,
 
 
 def _runs(lab: LifecycleLab) -> list[dict[str, Any]]:
-    return list(lab.get(CONTROLLER, f"/runs?model={MODEL}")["runs"])
+    return list(lab.get(CONTROLLER, f"/runs?model={MODEL}", bearer=CONTROLLER_TOKEN_SECRET)["runs"])
 
 
 def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_and_rolls_out(
@@ -416,7 +422,7 @@ def test_seed_train_on_two_hosts_serve_then_a_drift_alert_retrains_on_two_hosts_
         assert run["trigger"] == "alert" and run["params"]["dataset"] == MODEL, run
 
         def finished() -> dict[str, Any] | None:
-            found: dict[str, Any] = lab.get(CONTROLLER, f"/runs/{run['id']}")
+            found: dict[str, Any] = lab.get(CONTROLLER, f"/runs/{run['id']}", bearer=CONTROLLER_TOKEN_SECRET)
             return None if found["state"] == "running" else found
 
         done = wait_for("the retrain run to finish", finished, 900, 3)

@@ -168,7 +168,9 @@ def test_a_retrain_through_the_controller_registers_a_version_the_server_then_se
     deadline = time.monotonic() + 900
     run: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        run = httpx.get(f"{url}/runs/{run_id}", timeout=10).json()
+        run = httpx.get(
+            f"{url}/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).json()
         if run["state"] != "running":
             break
         time.sleep(2)
@@ -284,7 +286,9 @@ steps:
     deadline = time.monotonic() + 300
     run: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        run = httpx.get(f"{url}/runs/{run_id}", timeout=10).json()
+        run = httpx.get(
+            f"{url}/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).json()
         if run["state"] != "running":
             break
         time.sleep(1)

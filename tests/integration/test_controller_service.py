@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from appliance.monitoring.catalog import CONTROLLER_METRICS, exposition_metric_names, unknown_metrics
@@ -131,6 +132,13 @@ def test_a_firing_drift_alert_starts_one_retrain_and_a_flapping_one_does_not(
     assert [(r["id"], r["model"], r["trigger"], r["state"]) for r in runs] == [
         (result["run_id"], "wine", "alert", "running")
     ]
+    # the records (parameters, error text, folders, pids) are the token's too
+    for path in ("/runs", f"/runs/{result['run_id']}"):
+        for token in ("", "wrong-token"):
+            refused = controller.get(path, token=token)
+            assert refused.status_code == 401 and result["run_id"] not in refused.text, (path, token)
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert httpx.get(f"{controller.url}/healthz", timeout=10).is_success, "health stays open"
     assert controller.proc is not None and runs[0]["held_by_pid"] == controller.proc.pid
     cli_view = home.cli("pipeline", "runs").stdout
     assert f"running, held by pid {controller.proc.pid}" in cli_view

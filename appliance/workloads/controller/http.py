@@ -1,9 +1,11 @@
 """The controller's HTTP API on the standard library's threading server.
 
 A handful of JSON routes do not justify a web framework in the controller image; each request
-gets its own thread and every route returns at once (runs go to background threads). POST
-routes need ``Authorization: Bearer <token>`` (the token file Alertmanager also reads), checked
-before the body is read; tokens are compared in constant time. Connections are bounded in number,
+gets its own thread and every route returns at once (runs go to background threads). The POST
+routes and the run records (``GET /runs``: parameters, error text, work folders, process ids) need
+``Authorization: Bearer <token>`` (the token file Alertmanager also reads), checked before the
+body is read; tokens are compared in constant time. ``/healthz`` and ``/metrics`` (counts and
+model names, which Prometheus scrapes) stay open. Connections are bounded in number,
 idle time and the time to send a request (``appliance.bounded_http``). Errors are JSON
 ``{"error": ..., "fix": ...}`` with a 4xx status.
 """
@@ -84,7 +86,12 @@ class Handler(BoundedHandler):
 
     def do_GET(self) -> None:
         self._dispatch(
-            {"/healthz": self._healthz, "/metrics": self._metrics, "/runs": self._runs, RUN: self._run}
+            {
+                "/healthz": self._healthz,
+                "/metrics": self._metrics,
+                "/runs": self._authorized(self._runs),
+                RUN: self._authorized(self._run),
+            }
         )
 
     def do_POST(self) -> None:
@@ -101,11 +108,20 @@ class Handler(BoundedHandler):
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _authorized(self, route: Any) -> Any:
+        """``route``, run only for a caller with the token."""
+
+        def checked(*groups: str) -> None:
+            self._authorize()
+            route(*groups)
+
+        return checked
+
     def _authorize(self) -> None:
         if not self.server.token:
             raise HttpError(
                 503,
-                "POST routes are disabled: the controller has no token",
+                "this route is disabled: the controller has no token",
                 "start it with --webhook-token-file FILE",
             )
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")

@@ -298,3 +298,45 @@ async def test_a_load_stuck_on_a_slow_registry_takes_none_of_the_inference_threa
     with pytest.raises(Unavailable):  # that version is no model: the load itself fails, later
         await loading
     assert entry.failed is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("good", [True, False], ids=["version loads", "version fails"])
+async def test_an_unload_during_a_poll_round_load_is_not_undone_by_it(tmp_path: Path, good: bool) -> None:
+    """The repository API's unload answers at once, even while the poller fetches a new version
+    (its lock held), and that load, finishing later, serves nothing and keeps no download; a
+    failed one leaves the entry's reason as ``unloaded``."""
+    fetching, release = threading.Event(), threading.Event()
+
+    class Slow(_Versions):
+        def fetch(self, fingerprint: str) -> Fetched:
+            if self.version == "8":
+                fetching.set()
+                release.wait(10)
+            return super().fetch(fingerprint)
+
+    (tmp_path / "downloads").mkdir()
+    source = Slow(tmp_path / "downloads", write_mlp(tmp_path / "mlp"))
+    source.good = True
+    repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
+    repository.entries["fraud"] = entry = Entry("fraud", source)
+    await repository.load("fraud")
+    assert entry.model is not None and entry.model.version == "7"
+
+    source.version, source.good = "8", good  # the alias moves: the next round fetches v8
+    polling = asyncio.get_running_loop().run_in_executor(
+        repository.loader, lambda: _poll_round(repository, entry)
+    )
+    assert await asyncio.to_thread(fetching.wait, 10)
+    repository.unload("fraud")  # the load lock is held by the round: unload does not wait for it
+    assert (entry.model, entry.state, entry.reason) == (None, "UNAVAILABLE", "unloaded")
+    release.set()
+    assert await polling is (False if good else None)
+    assert (entry.model, entry.batcher, entry.state, entry.reason) == (None, None, "UNAVAILABLE", "unloaded")
+    assert entry.scratch is None and list((tmp_path / "downloads").iterdir()) == []
+    assert repository.all_ready(), "an unloaded model does not hold back readiness"
+    assert _poll_round(repository, entry) is False and source.fetched == ["7", "8"], "unloaded: left alone"
+
+    source.good = True  # loaded again through the API: v8 is served
+    await repository.load("fraud")
+    assert entry.model is not None and entry.model.version == "8" and entry.state == "READY"

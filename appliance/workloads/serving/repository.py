@@ -4,6 +4,10 @@ Each name maps to an Entry: its source, the LoadedModel being served (or None) a
 Loading happens in a worker thread (download, session build, warm-up) and ends with one reference
 assignment, so a request sees either the old version or the new one, never a half-built one;
 requests already queued on the old Batcher finish on the old session.
+
+Two locks per entry: ``lock`` lets one load at a time fetch and build (held for minutes on a slow
+registry), ``swap`` guards what is served and whether it is wanted (held for assignments only), so
+an unload answers at once and a load finishing after it cannot serve the model again.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class Entry:
     failed: FailedVersion | None = None
     """The version that last failed to download or load, and when the poller may try it again."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    """One load at a time: held through download, session build and warm-up."""
+    swap: threading.Lock = field(default_factory=threading.Lock)
+    """What is served (model, batcher, fingerprint, scratch), its state and ``wanted``: held only
+    while they are read together or assigned."""
 
 
 class ModelRepository:
@@ -136,30 +144,61 @@ class ModelRepository:
         or (``retry_now`` False, the poller) the version failed last time and its wait has not
         passed (``failed_versions``)."""
         with entry.lock:
-            if uri is not None and uri != entry.source.uri:
-                entry.source = self._cached(entry.name, source_for(uri))
-                # another source's version numbers say nothing of this one's: v3 of models:/b is
-                # not the v3 of models:/a being served, nor the one that failed
-                entry.fingerprint, entry.failed = None, None
-            fingerprint = entry.source.fingerprint()
-            if entry.model is not None and fingerprint == entry.fingerprint:
-                note = getattr(entry.source, "note", "")
-                if note and note != entry.reason:  # once per outage, not every round
-                    log.warning("%s: %s", entry.name, note)
-                entry.reason = note
-                return False
-            if not retry_now and entry.failed is not None and entry.failed.held_back(fingerprint):
-                return False  # its last failure stays the entry's reason
             try:
-                return self._swap_in(entry, fingerprint)
-            except Exception:
-                entry.failed = failed_again(entry.failed, fingerprint, self.first_retry_s)
+                return self._load_locked(entry, uri, retry_now)
+            except Exception as err:  # keep serving the old version (if any)
+                self._failed(entry, err)
                 raise
 
+    def _load_locked(self, entry: Entry, uri: str | None, retry_now: bool) -> bool:
+        """``load_blocking`` with the entry's load lock held."""
+        if not entry.wanted:
+            return False  # unloaded since this load was asked for
+        if uri is not None and uri != entry.source.uri:
+            entry.source = self._cached(entry.name, source_for(uri))
+            # another source's version numbers say nothing of this one's: v3 of models:/b is
+            # not the v3 of models:/a being served, nor the one that failed
+            entry.fingerprint, entry.failed = None, None
+        fingerprint = entry.source.fingerprint()
+        if entry.model is not None and fingerprint == entry.fingerprint:
+            self._noted(entry, getattr(entry.source, "note", ""))
+            return False
+        if not retry_now and entry.failed is not None and entry.failed.held_back(fingerprint):
+            return False  # its last failure stays the entry's reason
+        try:
+            return self._swap_in(entry, fingerprint)
+        except Exception:
+            entry.failed = failed_again(entry.failed, fingerprint, self.first_retry_s)
+            raise
+
+    def _noted(self, entry: Entry, note: str) -> None:
+        """The served version is current: its reason is the source's note (an edge cache serving
+        through an outage), logged once per outage, not every round."""
+        with entry.swap:
+            if not entry.wanted or note == entry.reason:
+                return
+            if note:
+                log.warning("%s: %s", entry.name, note)
+            entry.reason = note
+
+    def _failed(self, entry: Entry, err: Exception) -> None:
+        """The entry's state after a failed load; logged once per distinct problem, not every
+        round. An entry unloaded meanwhile keeps its ``unloaded``."""
+        with entry.swap:
+            if not entry.wanted:
+                return
+            verb = "reload" if entry.model is not None else "load"
+            reason = f"{verb} failed: {err}"
+            if reason != entry.reason:
+                log.warning("%s of %s failed: %s", verb, entry.name, err)
+            entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), reason
+
     def _swap_in(self, entry: Entry, fingerprint: str) -> bool:
-        """Fetch, build and warm ``fingerprint``'s version of the entry (its lock held) and serve it."""
-        if entry.model is None:
-            entry.state = "LOADING"
+        """Fetch, build and warm ``fingerprint``'s version of the entry (its lock held) and serve
+        it, unless the entry was unloaded meanwhile (then the new version and its download go)."""
+        with entry.swap:
+            if entry.model is None:
+                entry.state = "LOADING"
         fetched = entry.source.fetch(fingerprint)
         version = fetched.version or str(entry.loads + 1)
         with dropped_on_failure(fetched.scratch):  # a broken version: its download goes now
@@ -176,17 +215,24 @@ class ModelRepository:
             batcher = Batcher(
                 model, self.max_batch_size, self.max_queue_delay_s, self.executor, self.on_batch
             )
-        entry.model, entry.batcher = model, batcher  # requests read these two together
-        entry.fingerprint, entry.state = fingerprint, "READY"
-        entry.reason = getattr(entry.source, "note", "")
-        entry.loads += 1
-        entry.failed = None
+        entry.failed = None  # the version itself is good, served or not
+        with entry.swap:
+            if not entry.wanted:  # unloaded while this version was fetched and built
+                stale, served = fetched.scratch, False
+            else:
+                entry.model, entry.batcher = model, batcher  # requests read these two together
+                entry.fingerprint, entry.state = fingerprint, "READY"
+                entry.reason = getattr(entry.source, "note", "")
+                entry.loads += 1
+                # the session holds the model in memory: the previous download can go
+                stale, entry.scratch, served = entry.scratch, fetched.scratch, True
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+        if not served:
+            log.info("%s was unloaded while version %s loaded: not served", entry.name, version)
+            return False
         if isinstance(entry.source, CachedSource):
             entry.source.keep(fetched, fingerprint, version)
-        # the session holds the model in memory: the previous download can go
-        old_scratch, entry.scratch = entry.scratch, fetched.scratch
-        if old_scratch is not None:
-            shutil.rmtree(old_scratch, ignore_errors=True)
         log.info("serving %s version %s from %s", entry.name, version, entry.source.uri)
         return True
 
@@ -201,14 +247,12 @@ class ModelRepository:
             if problem is not None:
                 raise BadRequest(f"model name {name!r} {problem}: give a name such as 'fraud' or 'wine-v2'")
             entry = self._add(name, source)
-        entry.wanted = True
-        if entry.model is None and entry.state != "LOADING":
-            entry.fingerprint = None
+        with entry.swap:
+            entry.wanted = True
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.loader, self.load_blocking, entry, uri)
-        except Exception as err:
-            entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), f"load failed: {err}"
+        except Exception as err:  # the entry's state and reason are set (``_failed``)
             raise Unavailable(f"model '{name}' failed to load from {entry.source.uri}: {err}") from err
         return entry
 
@@ -216,9 +260,10 @@ class ModelRepository:
         entry = self.entries.get(name)
         if entry is None:
             raise NotFound(f"unknown model '{name}'")
-        entry.model, entry.batcher, entry.fingerprint = None, None, None
-        entry.state, entry.reason, entry.wanted = "UNAVAILABLE", "unloaded", False
-        scratch, entry.scratch = entry.scratch, None  # its download: the session is gone with it
+        with entry.swap:  # a load running now sees ``wanted`` False and serves nothing
+            entry.model, entry.batcher, entry.fingerprint = None, None, None
+            entry.state, entry.reason, entry.wanted = "UNAVAILABLE", "unloaded", False
+            scratch, entry.scratch = entry.scratch, None  # its download: the session is gone with it
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -248,9 +293,5 @@ class ModelRepository:
                     continue
                 try:
                     await loop.run_in_executor(self.loader, self.load_blocking, entry, None, False)
-                except Exception as err:  # keep serving the old version (if any); retry next round
-                    verb = "reload" if entry.model is not None else "load"
-                    reason = f"{verb} failed: {err}"
-                    if reason != entry.reason:  # once per distinct problem, not every round
-                        log.warning("%s of %s failed: %s", verb, entry.name, err)
-                    entry.state, entry.reason = ("READY" if entry.model else "UNAVAILABLE"), reason
+                except Exception:  # logged and kept as its reason (``_failed``); retry next round
+                    continue

@@ -1,7 +1,7 @@
 """An edge model server follows a central MLflow registry with its read-only account.
 
 A real MLflow (basic-auth, SQLite, artifact proxy) holds two registered models of different
-shapes; the edge server follows ``@champion`` of both with MLflow's reader account, a cache
+shapes (one version with its weights in an external data file); the edge server follows ``@champion`` of both with MLflow's reader account, a cache
 folder of its own and nothing else of the central stack. The champion is promoted: the edge
 serves the new versions. MLflow stops: the edge keeps answering with the last good versions, and
 a restart of the edge itself while MLflow is gone loads them from its cache. MLflow comes back and
@@ -52,8 +52,10 @@ MLP_X = training_data(3, seed=5)
 LIN_X = np.random.default_rng(9).normal(size=(2, 4)).astype(np.float32)
 
 
-def write_linear(folder: Path, seed: int) -> Path:
-    """A second kind of model: 4 features of another 'dataset' -> one score (sigmoid)."""
+def write_linear(folder: Path, seed: int, external: bool = False) -> Path:
+    """A second kind of model: 4 features of another 'dataset' -> one score (sigmoid); with
+    ``external``, its weights in a file beside it, as MLflow's ``onnx.log_model`` saves by default
+    (named by a uuid)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(4, 1)).astype(np.float32)
     b = rng.normal(size=(1,)).astype(np.float32)
@@ -72,7 +74,10 @@ def write_linear(folder: Path, seed: int) -> Path:
     onnx.save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
         folder / "model.onnx",
+        save_as_external_data=external,
+        size_threshold=0,
     )
+    assert len(list(folder.iterdir())) == (2 if external else 1)
     return folder
 
 
@@ -222,7 +227,7 @@ def test_edge_follows_the_champion_serves_through_an_outage_and_catches_up(
         ("fraud", 2): write_mlp(tmp_path / "fraud2", seed=1),
         ("fraud", 3): write_mlp(tmp_path / "fraud3", seed=2),
         ("churn", 1): write_linear(tmp_path / "churn1", seed=0),
-        ("churn", 2): write_linear(tmp_path / "churn2", seed=1),
+        ("churn", 2): write_linear(tmp_path / "churn2", seed=1, external=True),  # through the outage
     }
     versions = {key: register(folder, key[0]) for key, folder in folders.items() if key != ("fraud", 3)}
     promote("fraud", versions["fraud", 1])

@@ -4,6 +4,7 @@ and what it renders, and preflight's verdict on what the box can serve."""
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import pairwise
 from pathlib import Path
 
@@ -107,6 +108,61 @@ def test_the_last_good_version_is_served_while_the_registry_is_down(tmp_path: Pa
 
     registry.down = False
     assert cached.fingerprint() == "2" and cached.note == ""
+
+
+def test_a_model_with_external_data_loads_from_the_cache_while_the_registry_is_down(tmp_path: Path) -> None:
+    """MLflow's ``log_model`` saves an ONNX model's weights beside it by default (a file named by a
+    uuid): the cache keeps the whole folder, so ONNX Runtime finds them when the registry is down
+    and the download is gone. Links in a download are not followed into the cache."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    download = tmp_path / "download" / "model"
+    download.mkdir(parents=True)
+    onnx.save_model(model, str(download / MODEL_FILE), save_as_external_data=True, size_threshold=0)
+    data_files = [p.name for p in download.iterdir() if p.name != MODEL_FILE]
+    assert len(data_files) == 1 and (download / data_files[0]).stat().st_size == weights.nbytes
+    (download / PROFILE_FILE).write_text("{}")
+    (download / "secret-link").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").write_text("not part of the version")
+
+    class Registry(Source):
+        down = False
+
+        def fingerprint(self) -> str:
+            if self.down:
+                raise ConnectionError("Connection refused")
+            return "4"
+
+        def fetch(self, fingerprint: str) -> Fetched:
+            return Fetched(download / MODEL_FILE, download / PROFILE_FILE, fingerprint, download.parent)
+
+    registry = Registry("models:/ext@champion")
+    _load(CachedSource(registry, tmp_path / "cache" / "ext"))
+    shutil.rmtree(tmp_path / "download")  # the server drops its download once the session holds it
+
+    registry.down = True
+    restarted = CachedSource(registry, tmp_path / "cache" / "ext")
+    fetched = restarted.fetch(restarted.fingerprint())
+    assert fetched.scratch is None and fetched.profile_path is not None
+    assert sorted(p.name for p in fetched.onnx_path.parent.iterdir()) == sorted(
+        [MODEL_FILE, PROFILE_FILE, *data_files]
+    )
+    session = ort.InferenceSession(str(fetched.onnx_path), providers=["CPUExecutionProvider"])
+    rows = np.ones((2, 3), dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": rows})[0], rows @ weights)
 
 
 def test_the_cache_keeps_two_versions_and_belongs_to_one_uri(tmp_path: Path) -> None:

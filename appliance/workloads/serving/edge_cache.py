@@ -2,7 +2,9 @@
 
 An edge box follows a central registry it cannot always reach. ``CachedSource`` wraps the
 registry source: every version that loaded and warmed up is copied to ``CACHE/NAME/v-VERSION/``
-and ``CACHE/NAME/current.json`` names it (written with a rename, so a reader sees the old pointer
+(the folder that holds its model.onnx, whole: a model saved with external data, as MLflow's
+``log_model`` does by default, needs its weight files beside it) and ``CACHE/NAME/current.json``
+names it (written with a rename, so a reader sees the old pointer
 or the new one). When the registry cannot be asked, the fingerprint is the cached version's, so:
 
 - a running server keeps serving what it has and reports why in its repository index;
@@ -34,6 +36,24 @@ CURRENT = "current.json"
 def _folder_name(fingerprint: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in fingerprint)
     return f"v-{safe}"
+
+
+def _copy_version(fetched: Fetched, dest: Path) -> None:
+    """The folder holding the version's model.onnx into ``dest`` as ``model.onnx`` with every
+    file and folder beside it (external data files, which ONNX Runtime finds relative to the
+    model), and its drift profile. Plain files only: a link in a download is not followed."""
+    source = fetched.onnx_path.parent
+    shutil.copytree(
+        source,
+        dest,
+        dirs_exist_ok=True,
+        copy_function=shutil.copyfile,
+        ignore=lambda folder, names: [n for n in names if os.path.islink(os.path.join(folder, n))],
+    )
+    if fetched.onnx_path.name != MODEL_FILE:
+        os.replace(dest / fetched.onnx_path.name, dest / MODEL_FILE)
+    if fetched.profile_path is not None and fetched.profile_path.parent != source:
+        shutil.copyfile(fetched.profile_path, dest / PROFILE_FILE)
 
 
 class CachedSource(Source):
@@ -105,9 +125,7 @@ class CachedSource(Source):
         if fetched.onnx_path.parent != folder and not (folder / MODEL_FILE).is_file():
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             with dropped_on_failure(tmp):  # a full disk: no half copy left for each version
-                shutil.copyfile(fetched.onnx_path, tmp / MODEL_FILE)
-                if fetched.profile_path is not None:
-                    shutil.copyfile(fetched.profile_path, tmp / PROFILE_FILE)
+                _copy_version(fetched, tmp)
             try:
                 os.rename(tmp, folder)
             except OSError:  # another replica put the same version there first

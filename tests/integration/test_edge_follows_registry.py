@@ -1,12 +1,13 @@
 """An edge model server follows a central MLflow registry with its read-only account.
 
 A real MLflow (basic-auth, SQLite, artifact proxy) holds two registered models of different
-shapes (one version with its weights in an external data file); the edge server follows ``@champion`` of both with MLflow's reader account, a cache
-folder of its own and nothing else of the central stack. The champion is promoted: the edge
-serves the new versions. MLflow stops: the edge keeps answering with the last good versions, and
-a restart of the edge itself while MLflow is gone loads them from its cache. MLflow comes back and
-a newer champion is promoted: the edge catches up. An edge stack (``appliance up``, edge profile)
-reads with a box's own account, as the central answers' ``edge_boxes`` make it.
+shapes (one version with its weights in an external data file); the edge server follows
+``@champion`` of both with MLflow's reader account, a cache folder of its own and nothing else of
+the central stack. The champion is promoted: the edge serves the new versions. MLflow stops: the
+edge keeps answering with the last good versions, and a restart of the edge itself while MLflow
+is gone loads them from its cache. MLflow comes back and a newer champion is promoted: the edge
+catches up. An edge stack (``appliance up``, edge profile) reads with a box's own account, as the
+central answers' ``edge_boxes`` make it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Drift gauges from live traffic, a model loaded by S3 URI from a real S3 endpoint (the bundled
-SeaweedFS, read with the model server's own read-only key), and a model that cannot be loaded at
-startup."""
+"""Drift gauges from live traffic, models loaded by S3 URI (one with its weights in an external
+data file) from a real S3 endpoint (the bundled SeaweedFS, read with the model server's own
+read-only key), and a model that cannot be loaded at startup."""
 
 from __future__ import annotations
 
@@ -90,6 +90,66 @@ def test_model_from_s3_uri(tmp_path: Path, s3: tuple[dict[str, str], Any]) -> No
         while httpx.get(f"{server.url}/v2/models/clf").json()["versions"] != ["2"]:
             assert time.monotonic() < deadline, "new S3 object never loaded"
             time.sleep(0.2)
+    finally:
+        server.stop()
+
+
+def _with_external_data(folder: Path, scale: float) -> Path:
+    """A model whose weights live in ``weights.bin`` beside it; another ``scale`` changes the
+    weights file alone (model.onnx stays byte for byte the same)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = (np.arange(12, dtype=np.float32).reshape(3, 4) * scale).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    folder.mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    return folder
+
+
+def test_a_model_with_external_data_from_s3_loads_and_reloads_when_its_weights_change(
+    tmp_path: Path, s3: tuple[dict[str, str], Any]
+) -> None:
+    env, client = s3
+    v1, v2 = _with_external_data(tmp_path / "v1", 1.0), _with_external_data(tmp_path / "v2", 3.0)
+    assert (v1 / "model.onnx").read_bytes() == (v2 / "model.onnx").read_bytes()
+    for name in ("model.onnx", "weights.bin"):
+        client.upload_file(str(v1 / name), "models", f"ext/{name}")
+    server = start_server(["--model", "s3://models/ext", "--poll-seconds", "0.3"], tmp_path, env=env)
+    x = np.ones((2, 3), dtype=np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.ravel().tolist()}]}
+
+    def answer() -> tuple[str, np.ndarray]:
+        reply = httpx.post(f"{server.url}/v2/models/ext/infer", json=body, timeout=10)
+        assert reply.status_code == 200, reply.text
+        out = reply.json()
+        return out["model_version"], np.array(out["outputs"][0]["data"]).reshape(2, 4)
+
+    try:
+        version, got = answer()
+        np.testing.assert_allclose(got, x @ (np.arange(12).reshape(3, 4)))
+        assert version == "1"
+        client.upload_file(str(v2 / "weights.bin"), "models", "ext/weights.bin")  # new weights only
+        deadline = time.monotonic() + 30
+        while (version := answer()[0]) != "2":
+            assert time.monotonic() < deadline, "new weights never loaded"
+            time.sleep(0.2)
+        np.testing.assert_allclose(answer()[1], x @ (np.arange(12).reshape(3, 4) * 3.0))
+        time.sleep(1.5)  # five poll rounds: the version stays, no reload of the same objects
+        assert answer()[0] == "2"
     finally:
         server.stop()
 

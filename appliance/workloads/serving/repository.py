@@ -221,7 +221,7 @@ class ModelRepository:
                 stale, served = fetched.scratch, False
             else:
                 entry.model, entry.batcher = model, batcher  # requests read these two together
-                entry.fingerprint, entry.state = fingerprint, "READY"
+                entry.fingerprint, entry.state = fetched.fingerprint or fingerprint, "READY"
                 entry.reason = getattr(entry.source, "note", "")
                 entry.loads += 1
                 # the session holds the model in memory: the previous download can go

@@ -21,6 +21,7 @@ from typing import Any
 
 from appliance.workloads.serving import registry_client
 from appliance.workloads.serving.downloads import new_download
+from appliance.workloads.serving.onnx_external import external_locations
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "drift_profile.json"
@@ -34,6 +35,9 @@ class Fetched:
     profile_path: Path | None
     version: str | None  # None: the repository numbers it
     scratch: Path | None = None  # a download folder to delete once the version is replaced
+    fingerprint: str | None = None
+    """What the source's ``fingerprint`` will say of this version from now on, where the fetch
+    learnt more than the fingerprint asked for knew (an S3 model's external data files)."""
 
 
 class Source:
@@ -59,7 +63,8 @@ class Source:
 
 
 class LocalSource(Source):
-    """A local model.onnx file, or a folder holding one; fingerprint is mtime and size.
+    """A local model.onnx file, or a folder holding one; fingerprint is mtime and size (of its
+    external data files too).
 
     A path that does not exist yet (a server waiting for its model) is a folder unless it names an
     ``.onnx`` file, so the folder a user fills later is watched for its model.onnx."""
@@ -68,6 +73,8 @@ class LocalSource(Source):
         super().__init__(uri)
         path = Path(uri.removeprefix("file://")).expanduser()
         self.onnx = path if path.is_file() or path.suffix == ".onnx" else path / MODEL_FILE
+        self.external: list[str] = []
+        """The external data files the model named when last fetched (see ``S3Source.external``)."""
 
     @property
     def location(self) -> str:
@@ -77,12 +84,19 @@ class LocalSource(Source):
         return self.onnx.parent.name if self.onnx.name == MODEL_FILE else self.onnx.stem
 
     def fingerprint(self) -> str:
-        st = self.onnx.stat()
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        return self._stats(self.external)
+
+    def _stats(self, external: list[str]) -> str:
+        """mtime and size of the model file and of its external data files, joined."""
+        files = [self.onnx, *(self.onnx.parent / location for location in external)]
+        return "+".join(f"{st.st_mtime_ns}:{st.st_size}" for st in (f.stat() for f in files))
 
     def fetch(self, fingerprint: str) -> Fetched:
+        external = external_locations(self.onnx)  # new weights under the same name reload it too
+        self.external = external
         profile = self.onnx.parent / PROFILE_FILE
-        return Fetched(self.onnx, profile if profile.exists() else None, None)
+        found = self._stats(external) if external else None
+        return Fetched(self.onnx, profile if profile.exists() else None, None, fingerprint=found)
 
 
 class MlflowSource(Source):
@@ -132,9 +146,11 @@ class S3Source(Source):
         self.bucket = bucket
         key = key.strip("/")
         self.key = key if key.endswith(".onnx") else f"{key}/{MODEL_FILE}".lstrip("/")
-        self.profile_key = (
-            self.key.rsplit("/", 1)[0] + "/" + PROFILE_FILE if "/" in self.key else PROFILE_FILE
-        )
+        self.folder = self.key.rsplit("/", 1)[0] + "/" if "/" in self.key else ""
+        self.profile_key = self.folder + PROFILE_FILE
+        self.external: list[str] = []
+        """The external data files (relative to the model) the last fetched model named: their
+        objects are part of the version, so a new weights file under the same name reloads it."""
 
     @property
     def location(self) -> str:
@@ -154,8 +170,12 @@ class S3Source(Source):
         return parts[-2] if parts[-1] == MODEL_FILE and len(parts) > 1 else parts[-1].removesuffix(".onnx")
 
     def fingerprint(self) -> str:
-        head = self._client().head_object(Bucket=self.bucket, Key=self.key)
-        return str(head["ETag"]).strip('"')
+        return self._tags(self._client(), self.external)
+
+    def _tags(self, client: Any, external: list[str]) -> str:
+        """The ETags of the model object and of its external data objects, joined."""
+        keys = [self.key, *(self.folder + location for location in external)]
+        return "+".join(str(client.head_object(Bucket=self.bucket, Key=k)["ETag"]).strip('"') for k in keys)
 
     def fetch(self, fingerprint: str) -> Fetched:
         client = self._client()
@@ -163,12 +183,19 @@ class S3Source(Source):
         onnx = folder / MODEL_FILE
         with dropped_on_failure(folder):
             client.download_file(self.bucket, self.key, str(onnx))
+            external = external_locations(onnx)  # a model saved with external data: its files too
+            for location in external:
+                (folder / location).parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(self.bucket, self.folder + location, str(folder / location))
+            if external:
+                fingerprint = self._tags(client, external)
+        self.external = external
         profile: Path | None = folder / PROFILE_FILE
         try:
             client.download_file(self.bucket, self.profile_key, str(profile))
         except Exception:  # no profile next to the model: serve without drift statistics
             profile = None
-        return Fetched(onnx, profile, None, folder)
+        return Fetched(onnx, profile, None, folder, fingerprint)
 
 
 @contextlib.contextmanager

@@ -74,6 +74,13 @@ from appliance.workloads.serving.config import PROVIDER_NAMES
     help="File holding the admin token(s), one per line.",
 )
 @click.option(
+    "--no-auth",
+    is_flag=True,
+    default=False,
+    help="Serve on an address other than loopback without a token (every route, the repository "
+    "API too, open to whoever reaches it). Without it such a server refuses to start.",
+)
+@click.option(
     "--max-batch-size",
     default=32,
     show_default=True,
@@ -189,6 +196,7 @@ def serve_cmd(
     token_file: Path | None,
     admin_token: str | None,
     admin_token_file: Path | None,
+    no_auth: bool,
     max_batch_size: int,
     max_queue_delay_us: int,
     poll_seconds: float,
@@ -228,6 +236,9 @@ def serve_cmd(
         raise click.BadParameter(str(err), param_hint="--limit/--limits-json") from None
     tokens = read_tokens(token, token_file)
     admin_tokens = read_tokens(admin_token, admin_token_file, ADMIN_TOKEN_ENV)
+    refusal = open_to_the_network(host, bool(tokens), no_auth)
+    if refusal:
+        raise click.BadParameter(refusal, param_hint="--host/--token-file")
     if tokens & admin_tokens:
         raise click.BadParameter(
             "the admin token must differ from the inference token (generate another one)",
@@ -271,6 +282,28 @@ def serve_cmd(
             f"model server failed to start: {err}",
             fix="check the --model path/URI, the ports and the data connection env",
         ) from err
+
+
+def open_to_the_network(host: str, has_token: bool, no_auth: bool) -> str | None:
+    """Why a model server on ``host`` must not start: bound beyond loopback with no inference token,
+    every route (inference, metadata, the repository API's load and unload) would be open to the
+    network; ``--no-auth`` says that is meant. None: it may start. The supervisor asks the same
+    of its balancer's address."""
+    import ipaddress
+
+    if has_token or no_auth or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to any address
+    return (
+        f"{host} is reachable from other machines and no token is set, so every route (the "
+        "repository API's load and unload too) would be open to them: give --token-file FILE "
+        "(and --admin-token-file for load/unload), bind 127.0.0.1, or pass --no-auth to serve "
+        "openly on purpose"
+    )
 
 
 def _use_registry(url: str, user: str | None, password_file: Path | None, ca_file: Path | None) -> None:

@@ -78,3 +78,43 @@ def test_admin_tokens_read_their_own_env(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "admin")
     assert read_tokens(None, None, ADMIN_TOKEN_ENV) == {"admin"}
     assert read_tokens(None, None) == {"inference"}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "[::]", "edge-box.example"])
+def test_a_server_open_to_the_network_without_a_token_refuses_to_start(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond loopback with no token every route (load and unload too) would be open: the
+    server and the supervisor (whose balancer binds the address) refuse, naming the fixes;
+    ``--no-auth`` or a token lets it start, and loopback needs neither."""
+    from appliance.cli import serve_cmd as cmd
+    from appliance.workloads.serving import supervisor
+
+    monkeypatch.delenv("APPLIANCE_SERVING_TOKEN", raising=False)
+    monkeypatch.delenv("APPLIANCE_SERVING_TOKEN_FILE", raising=False)
+    started: list[object] = []
+    monkeypatch.setattr("appliance.workloads.serving.server.run", started.append)
+    refused = CliRunner().invoke(cmd.serve_cmd, ["--model", str(tmp_path), "--host", host])
+    assert refused.exit_code == 2 and not started
+    assert "no token is set" in refused.output and "--token-file" in refused.output, refused.output
+    assert "--no-auth" in refused.output
+    with pytest.raises(SystemExit) as exited:
+        supervisor.parse_args(["--host", host, "--max-replicas", "2", "--", "--model", str(tmp_path)])
+    assert exited.value.code == 2
+
+    token = tmp_path / "token"
+    token.write_text("a-token\n")
+    for allowed in (["--no-auth"], ["--token-file", str(token)], ["--token", "t"]):
+        result = CliRunner().invoke(cmd.serve_cmd, ["--model", str(tmp_path), "--host", host, *allowed])
+        assert result.exit_code == 0, result.output
+        supervisor.parse_args(["--host", host, "--max-replicas", "2", "--", "--model", "/m", *allowed])
+    monkeypatch.setenv("APPLIANCE_SERVING_TOKEN_FILE", str(token))  # the stack's way: the env
+    supervisor.parse_args(["--host", host, "--max-replicas", "2", "--", "--model", "/m"])
+    assert len(started) == 3
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_serves_without_a_token(host: str) -> None:
+    from appliance.cli.serve_cmd import open_to_the_network
+
+    assert open_to_the_network(host, has_token=False, no_auth=False) is None

@@ -93,6 +93,19 @@ def test_gateway_container_serves_the_model_server_over_tls(stack: tuple[Path, P
         reply = stub.ModelInfer(request, metadata=auth, timeout=10)
     got = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
     np.testing.assert_allclose(got.reshape(2, -1), reference(Path(mountpoint) / "models", x), atol=1e-6)
+    # a body past the gateway's memory buffer goes through its temporary folder in the container
+    many = training_data(rows=20_000)
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(many.shape), "data": many.tolist()}]
+    }
+    with httpx.Client(verify=context, timeout=60) as client:
+        resp = client.post(
+            f"https://localhost:{port}/v2/models/mlp/infer",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 200, resp.text[:300]
+    assert len(resp.json()["outputs"][0]["data"]) == len(reference(Path(mountpoint) / "models", many).ravel())
 
 
 def state_volume(answers: Path, state: Path) -> str:

@@ -120,6 +120,20 @@ def test_rest_over_https_predicts_and_keeps_auth(stack: tuple[Path, Path], model
             f"{base}/v2/models/nope/infer", json=body, headers={"Authorization": f"Bearer {token(state)}"}
         )
         assert bad.status_code == 404 and "nope" in bad.json()["error"]
+        # a body past nginx's memory buffers (the gateway's 16 KB, the balancer's 1 MiB) goes
+        # through their temporary files, which nginx's workers must reach (a 500 when they could not)
+        many = training_data(rows=30_000)
+        big = {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": list(many.shape), "data": many.tolist()}
+            ]
+        }
+        resp = client.post(
+            f"{base}/v2/models/mlp/infer", json=big, headers={"Authorization": f"Bearer {token(state)}"}
+        )
+        assert resp.status_code == 200 and len(resp.request.content) > 2 << 20, resp.text[:300]
+        got = np.array(resp.json()["outputs"][0]["data"], dtype=np.float32).reshape(len(many), -1)
+        np.testing.assert_allclose(got, reference(models, many), atol=1e-5)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{base}/v2/health/live")  # the system's trust store does not know our CA
     plain = httpx.get(f"http://127.0.0.1:{ports(answers)['gateway_serving']}/v2/health/live")
@@ -240,6 +254,64 @@ def test_mlflow_and_workbench_over_https(stack: tuple[Path, Path]) -> None:
     assert websocket_handshake(p["gateway_workbench"], ca(state), cookie, own_origin) == 101
     # ... while a page from anywhere else is still refused by Jupyter's origin check.
     assert websocket_handshake(p["gateway_workbench"], ca(state), cookie, "https://evil.example") == 403
+
+
+def test_mlflow_and_the_workbench_refuse_a_body_without_a_login_before_it_is_sent(
+    stack: tuple[Path, Path],
+) -> None:
+    """MLflow reads a whole body into memory before its login check, and nginx would write it to
+    disk first: the gateway asks the service about the credentials before it takes a body. A
+    caller announcing 64 MiB and sending 1 MiB is refused at once (buffered, nginx would wait for
+    the rest); logged-in uploads of several MiB go through, byte for byte."""
+    answers, state = stack
+    p = ports(answers)
+    wrong = "Basic " + base64.b64encode(b"appliance-writer:not-the-password").decode()
+    for port, method, path, authorization, refused in (
+        (p["gateway_mlflow"], "PUT", "/api/2.0/mlflow-artifacts/artifacts/0/x/big.bin", "", 401),
+        (p["gateway_mlflow"], "POST", "/api/2.0/mlflow/runs/create", wrong, 401),
+        (p["gateway_workbench"], "PUT", "/api/contents/big.txt", "", 403),
+        (p["gateway_workbench"], "PUT", "/api/contents/big.txt", "token not-the-token", 403),
+    ):
+        status = partial_upload(
+            port, ca(state), method, path, authorization, announced=64 << 20, sent=1 << 20
+        )
+        assert status == refused, (port, method, path, authorization, status)
+
+    writer = ("appliance-writer", (state / "secrets" / "mlflow_writer_password").read_text().strip())
+    blob = os.urandom(3 << 20)
+    base = f"https://127.0.0.1:{p['gateway_mlflow']}"
+    with httpx.Client(verify=trusting(state), timeout=60, auth=writer) as client:
+        run = client.post(f"{base}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"})
+        assert run.status_code == 200, run.text
+        artifacts = run.json()["run"]["info"]["artifact_uri"].removeprefix("mlflow-artifacts:")
+        url = f"{base}/api/2.0/mlflow-artifacts/artifacts/{artifacts.strip('/')}/blob.bin"
+        assert client.put(url, content=blob).status_code == 200
+        assert client.get(url).content == blob
+    jupyter = {"Authorization": f"token {(state / 'secrets' / 'jupyter_token').read_text().strip()}"}
+    text = "written through the gateway\n" * 100_000  # 2.7 MiB
+    notebook = f"https://127.0.0.1:{p['gateway_workbench']}/api/contents/gateway-upload.txt"
+    with httpx.Client(verify=trusting(state), timeout=60, headers=jupyter) as client:
+        saved = client.put(notebook, json={"type": "file", "format": "text", "content": text})
+        assert saved.status_code in (200, 201), saved.text
+        assert client.get(notebook, params={"content": 1}).json()["content"] == text
+        assert client.delete(notebook).status_code == 204
+
+
+def partial_upload(
+    port: int, cafile: str, method: str, path: str, authorization: str, announced: int, sent: int
+) -> int:
+    """The status answered to a request announcing ``announced`` bytes of body of which only
+    ``sent`` are sent (the rest never is: an answer must come before it)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {announced}\r\n"
+    head += f"Authorization: {authorization}\r\n" if authorization else ""
+    context = ssl.create_default_context(cafile=cafile)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(head.encode() + b"\r\n" + b"x" * sent)
+        answer = tls.recv(4096).decode(errors="replace")  # a timeout here: the body was awaited
+    return int(answer.split()[1])
 
 
 def websocket_handshake(port: int, cafile: str, cookie: str, origin: str) -> int:

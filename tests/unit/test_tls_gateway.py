@@ -144,3 +144,36 @@ def test_the_model_servers_api_takes_a_body_only_a_little_past_the_model_servers
     assert f"client_max_body_size {1_000_000 + 64 * 1024};" in serving
     assert "error_page 413 = @too_large;" in serving and "over 1000000 bytes" in serving
     assert "client_max_body_size" not in blocks["mlflow"] + blocks["workbench"]  # artifacts, files
+
+
+def test_mlflow_and_the_workbench_take_a_body_only_after_the_service_checked_the_login(
+    tmp_path: Path,
+) -> None:
+    """A request that may carry a body goes to a location that asks the service about its
+    credentials first (``auth_request``, before nginx reads the body); reads pass none on."""
+    from appliance.gateway import LOGIN_CHECK_PATH, LOGIN_CHECKS
+
+    conf = render_stack(ctx(tmp_path, tls={"enabled": True}))["gateway"].files["nginx.conf"]
+    assert '"~^(GET|HEAD):$" 0;' in conf and "$may_carry_body" in conf
+    blocks = _server_blocks(conf)
+    for upstream in ("mlflow", "workbench"):
+        block = blocks[upstream]
+        read, write = block.split("location @write {")
+        assert "if ($may_carry_body) { return 418; }" in read and "proxy_pass_request_body off;" in read
+        assert f"auth_request {LOGIN_CHECK_PATH};" in write
+        assert f"proxy_pass http://{upstream}{LOGIN_CHECKS[upstream]};" in write
+    assert "auth_request" not in blocks["serving_rest"]  # the model server checks its token from the head
+
+
+@pytest.mark.parametrize(("euid", "line"), [(0, True), (1000, False)])
+def test_nginx_workers_run_as_the_account_that_starts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, line: bool
+) -> None:
+    """Started by root with no ``user`` line, nginx's workers are ``nobody``, who cannot reach the
+    temporary folders in the 0700 state folder: the gateway and the balancer name root then."""
+    from appliance.workloads.serving import balancer
+
+    monkeypatch.setattr("os.geteuid", lambda: euid)
+    conf = render_stack(ctx(tmp_path, tls={"enabled": True}))["gateway"].files["nginx.conf"]
+    assert ("\nuser root;\n" in conf) is line
+    assert ("\nuser root;\n" in balancer.render("127.0.0.1", 8080, 8081, [18080], [18081])) is line

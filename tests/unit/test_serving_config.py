@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,10 @@ def test_a_server_open_to_the_network_without_a_token_refuses_to_start(
 
     monkeypatch.delenv("APPLIANCE_SERVING_TOKEN", raising=False)
     monkeypatch.delenv("APPLIANCE_SERVING_TOKEN_FILE", raising=False)
-    started: list[object] = []
-    monkeypatch.setattr("appliance.workloads.serving.server.run", started.append)
+    started: list[object] = []  # the server itself stays out: its gRPC stubs, a port taken
+    monkeypatch.setitem(
+        sys.modules, "appliance.workloads.serving.server", types.SimpleNamespace(run=started.append)
+    )
     refused = CliRunner().invoke(cmd.serve_cmd, ["--model", str(tmp_path), "--host", host])
     assert refused.exit_code == 2 and not started
     assert "no token is set" in refused.output and "--token-file" in refused.output, refused.output

@@ -324,7 +324,7 @@ def test_a_version_elsewhere_goes_to_mlflow_s_own_client(
     that is not a number (``models:/NAME/latest``): MLflow's client resolves it, in the child."""
     asked: list[tuple[str, str]] = []
 
-    def child(model: str, version: str, dest: Path) -> Path:
+    def child(model: str, version: str, dest: Path, stopping: threading.Event) -> Path:
         asked.append((model, version))
         return dest
 
@@ -470,6 +470,34 @@ def test_a_trickling_registry_meets_the_version_s_deadline(
     ):
         registry_client.download("fraud", "3", tmp_path, env_for(store.url, MLFLOW_HTTP_REQUEST_TIMEOUT="5"))
     assert time.monotonic() - started < 3
+
+
+def test_a_download_in_progress_gives_up_when_the_server_stops(
+    stores: list[ArtifactStore], tmp_path: Path
+) -> None:
+    """The server's exit joins the thread of a running download: stopping ends it at its next
+    read, not at FETCH_TIMEOUT_S (30 minutes)."""
+    store = ArtifactStore({"model.onnx": b"x" * 300}, odd={"model.onnx": trickle(0.1)})  # 30 s in all
+    stores.append(store)
+    stopping, failed = threading.Event(), []
+
+    def fetch() -> None:
+        try:
+            registry_client.download("fraud", "3", tmp_path, env_for(store.url), stopping=stopping)
+        except RegistryError as err:
+            failed.append(str(err))
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    time.sleep(1.0)
+    assert worker.is_alive(), "still downloading"
+    stopping.set()
+    started = time.monotonic()
+    worker.join(10)
+    assert not worker.is_alive() and time.monotonic() - started < 2
+    assert failed == [
+        f"models:/fraud/3 ({ArtifactStore.ROOT}/model.onnx): given up, the model server is stopping"
+    ]
 
 
 def test_a_version_over_its_byte_cap_is_refused(

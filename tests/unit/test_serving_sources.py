@@ -46,7 +46,7 @@ def test_a_failed_registry_download_leaves_no_folder(tmp_path: Path, monkeypatch
     round would fill the disk (a broken champion, a registry gone mid-download)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
-    def partial(model: str, version: str, dest: Path) -> Path:
+    def partial(model: str, version: str, dest: Path, stopping: object) -> Path:
         (dest / "MLmodel").write_bytes(b"x" * 1000)
         raise registry_client.RegistryError(f"models:/{model}/{version}: the registry went away")
 
@@ -55,7 +55,7 @@ def test_a_failed_registry_download_leaves_no_folder(tmp_path: Path, monkeypatch
         source_for("models:/fraud/3").fetch("3")
     assert _left_in(tmp_path) == []
 
-    def no_model(model: str, version: str, dest: Path) -> Path:
+    def no_model(model: str, version: str, dest: Path, stopping: object) -> Path:
         (dest / "MLmodel").write_bytes(b"flavors: {}")
         return dest
 
@@ -196,12 +196,12 @@ def _registry(monkeypatch: pytest.MonkeyPatch, model: Path, versions: dict[str, 
     downloads: list[str] = []
     monkeypatch.setattr(tempfile, "tempdir", str(model.parent))  # the downloads' folders: the test's
 
-    def download(name: str, version: str, dest: Path) -> Path:
+    def download(name: str, version: str, dest: Path, stopping: object) -> Path:
         downloads.append(f"{name}/{version}")
         (dest / MODEL_FILE).write_bytes((model / MODEL_FILE).read_bytes())
         return dest
 
-    monkeypatch.setattr(registry_client, "alias_version", lambda name, alias: versions[name])
+    monkeypatch.setattr(registry_client, "alias_version", lambda name, alias, stopping: versions[name])
     monkeypatch.setattr(registry_client, "download", download)
     return downloads
 

@@ -29,6 +29,7 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -109,7 +110,13 @@ class _Registry:
     """One registry as MLflow's client reaches it: base URL, account, TLS, timeout and retries;
     with ``deadline_s``, every request made through it ends within that many seconds in all."""
 
-    def __init__(self, env: Mapping[str, str], what: str, deadline_s: float | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        what: str,
+        deadline_s: float | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.base = (env.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
         if not self.base.startswith(("http://", "https://")):
             raise RegistryError(
@@ -121,6 +128,10 @@ class _Registry:
         self.backoff = _number(env, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1.0)
         self.deadline_s = deadline_s
         self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self.stopping = stopping or threading.Event()
+        """Set when the model server stops: what is in progress gives up at its next read (at most
+        the request timeout away) or retry pause, instead of holding the process's exit (its
+        threads are joined there) until the deadline."""
         handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
         if self.base.startswith("https://"):
             handlers.append(urllib.request.HTTPSHandler(context=_tls(env)))
@@ -160,11 +171,14 @@ class _Registry:
             pause = self.backoff * 2**attempt
             if self.deadline is not None and time.monotonic() + pause >= self.deadline:
                 raise self._late(what)
-            time.sleep(pause)
+            if self.stopping.wait(pause):
+                raise _stopping(what)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _left(self, what: str) -> float:
         """The socket timeout for the next wait: the request timeout, or less as the deadline nears."""
+        if self.stopping.is_set():
+            raise _stopping(what)
         if self.deadline is None:
             return self.timeout
         left = self.deadline - time.monotonic()
@@ -216,6 +230,10 @@ class _Registry:
         return written
 
 
+def _stopping(what: str) -> RegistryError:
+    return RegistryError(f"{what}: given up, the model server is stopping")
+
+
 def _whole(answer: HTTPResponse) -> None:
     """An answer that ended before its Content-Length broke off (``http.client`` says nothing)."""
     short = getattr(answer, "length", None)
@@ -244,10 +262,12 @@ def _on_this_host(path: Path, folder: Path, what: str) -> Iterator[None]:
         ) from None
 
 
-def alias_version(model: str, alias: str, env: Mapping[str, str] | None = None) -> str:
+def alias_version(
+    model: str, alias: str, env: Mapping[str, str] | None = None, stopping: threading.Event | None = None
+) -> str:
     """The version ``model@alias`` names in the registry at ``MLFLOW_TRACKING_URI``."""
     what = f"models:/{model}@{alias}"
-    registry = _Registry(os.environ if env is None else env, what, deadline_s=ALIAS_DEADLINE_S)
+    registry = _Registry(os.environ if env is None else env, what, ALIAS_DEADLINE_S, stopping)
     query = urllib.parse.urlencode({"name": model, "alias": alias})
     body = registry.get(f"/api/2.0/mlflow/registered-models/alias?{query}", what)
     return _version_of(body, registry.base, model, alias)
@@ -273,7 +293,13 @@ def _version_of(body: bytes, base: str, model: str, alias: str) -> str:
     return str(version)
 
 
-def download(model: str, version: str, dest: Path, env: Mapping[str, str] | None = None) -> Path:
+def download(
+    model: str,
+    version: str,
+    dest: Path,
+    env: Mapping[str, str] | None = None,
+    stopping: threading.Event | None = None,
+) -> Path:
     """Version ``version`` of ``model`` downloaded into ``dest``; returns the folder it wrote.
 
     The registry says where the version's files are (``get-download-uri``). Where that is the
@@ -285,7 +311,7 @@ def download(model: str, version: str, dest: Path, env: Mapping[str, str] | None
     env = os.environ if env is None else env
     what = f"models:/{model}/{version}"
     if version.isdigit():
-        registry = _Registry(env, what, deadline_s=FETCH_TIMEOUT_S)
+        registry = _Registry(env, what, FETCH_TIMEOUT_S, stopping)
         query = urllib.parse.urlencode({"name": model, "version": version})
         body = registry.get(f"/api/2.0/mlflow/model-versions/get-download-uri?{query}", what)
         try:
@@ -299,7 +325,7 @@ def download(model: str, version: str, dest: Path, env: Mapping[str, str] | None
         ):
             _fetch_tree(registry, uri.removeprefix(PROXIED_PREFIX).strip("/"), dest, what)
             return dest
-    return _download_with_mlflow(model, version, dest)
+    return _download_with_mlflow(model, version, dest, stopping or threading.Event())
 
 
 def _fetch_tree(registry: _Registry, root: str, dest: Path, what: str) -> None:
@@ -375,16 +401,25 @@ def _list_tree(
     return folders, files
 
 
-def _download_with_mlflow(model: str, version: str, dest: Path) -> Path:
-    """MLflow's own client, in a child process (its imports leave with it)."""
+def _download_with_mlflow(model: str, version: str, dest: Path, stopping: threading.Event) -> Path:
+    """MLflow's own client, in a child process (its imports leave with it), killed when the
+    server stops or the download outlasts ``FETCH_TIMEOUT_S``."""
     command = [sys.executable, "-m", "appliance.workloads.serving.registry_fetch", model, version, str(dest)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise RegistryError(
-            f"models:/{model}/{version}: the download took over {FETCH_TIMEOUT_S:.0f} s"
-        ) from None
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise RegistryError(f"models:/{model}/{version}: {lines[-1] if lines else f'exit {done.returncode}'}")
-    return Path(done.stdout.strip().splitlines()[-1])
+    what = f"models:/{model}/{version}"
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        while True:
+            try:
+                out, err = child.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping.is_set() or time.monotonic() > deadline:
+                    child.kill()
+                    child.communicate()
+                    if stopping.is_set():
+                        raise _stopping(what) from None
+                    raise RegistryError(f"{what}: the download took over {FETCH_TIMEOUT_S:.0f} s") from None
+    if child.returncode != 0:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        raise RegistryError(f"{what}: {lines[-1] if lines else f'exit {child.returncode}'}")
+    return Path(out.strip().splitlines()[-1])

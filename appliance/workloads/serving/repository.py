@@ -85,6 +85,8 @@ class ModelRepository:
         self.loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serving-load")
         """Loads' own threads (download, session build, warm-up): a slow registry, or API loads
         waiting on a model's lock behind one, take none of the inference batches' threads."""
+        self.stopping = threading.Event()
+        """Set when the server stops: every source's registry download in progress gives up."""
         self.first_retry_s = first_retry_s
         """The wait before a failed version is fetched again the first time: the poller's round, so
         that a version failing at start is tried again the first round too."""
@@ -104,6 +106,7 @@ class ModelRepository:
     def _cached(self, name: str, source: Source) -> Source:
         """A registry source through the local cache of its last good version, when there is one
         (the cache outlives registry outages and restarts; files and S3 objects need none)."""
+        source.stopping = self.stopping
         if self.cache_dir is None or not isinstance(source, MlflowSource):
             return source
         return CachedSource(source, child_path(self.cache_dir, name))

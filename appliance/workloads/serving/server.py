@@ -118,6 +118,7 @@ async def serve(
         await rest_closed
         if metrics_http is not None:
             metrics_http.shutdown()
+        service.repo.stopping.set()  # a download in progress gives up: exit joins its thread
         service.repo.executor.shutdown(wait=False, cancel_futures=True)
         service.repo.loader.shutdown(wait=False, cancel_futures=True)
 

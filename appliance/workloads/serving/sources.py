@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ class Source:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.stopping = threading.Event()
+        """The model server's stop (set by its repository): a registry download gives up."""
 
     @property
     def location(self) -> str:
@@ -121,12 +124,12 @@ class MlflowSource(Source):
         if self.version is not None:
             return self.version
         assert self.alias is not None
-        return registry_client.alias_version(self.model, self.alias)
+        return registry_client.alias_version(self.model, self.alias, stopping=self.stopping)
 
     def fetch(self, fingerprint: str) -> Fetched:
         dest = new_download(f"{self.model}-v{fingerprint}-")
         with dropped_on_failure(dest):
-            folder = registry_client.download(self.model, fingerprint, dest)
+            folder = registry_client.download(self.model, fingerprint, dest, stopping=self.stopping)
             onnx = folder / MODEL_FILE
             if not onnx.exists():
                 found = sorted(folder.rglob(MODEL_FILE))

@@ -227,6 +227,7 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
         # only the local runtime's nginx shares the state folder's owner: a container's reaches
         # its temporary folders through its own volume, a cluster host's unit runs as the
         # appliance account
+        body_class=BODY_CLASS,
         user=nginx_user(not inside and not cluster and os.geteuid() == 0),
         temp_paths=NGINX_TEMP_PATHS,
         fingerprint=tls.fingerprint,
@@ -252,7 +253,7 @@ http {{
     default_type application/octet-stream;
 {temp_paths}
     # MLflow's artifacts and the workbench's files have no size limit of their own: their blocks
-    # take a body only from a caller whose login the service has checked first. The model
+    # take a large body only from a caller whose login the service has checked first. The model
     # server's block has its limit (below), so a caller with no token cannot have nginx hold more
     # than that on disk for a request the model server will refuse from its head.
     client_max_body_size 0;
@@ -266,11 +267,7 @@ http {{
     limit_req_status 429;
     {rate_zone}
     map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
-    # A request that may carry a body: MLflow's and the workbench's blocks check its login first.
-    map "$request_method:$http_content_length$http_transfer_encoding" $may_carry_body {{
-        "~^(GET|HEAD):$" 0;
-        default 1;
-    }}
+{body_class}
 
 {upstreams}
 {servers}
@@ -376,6 +373,21 @@ def _serving_block(listen: str, limit: str, present: bool, cluster: bool, max_bo
     }}"""
 
 
+SMALL_BODY_DIGITS = 5
+"""A body announced with at most this many digits of Content-Length (under 100,000 bytes) is
+small: held in nginx's memory and passed on without a login check (``_web_block``)."""
+SMALL_BODY_BUFFER = "128k"
+"""nginx's memory buffer for a small body: larger than any, so none reaches the disk."""
+BODY_CLASS = f"""\
+    # What a request to MLflow or the workbench carries: none (a GET or HEAD announcing no body),
+    # a small body (its length announced, under 10^{SMALL_BODY_DIGITS} bytes), or a large or
+    # unknown one, taken only once the service has checked the caller's login.
+    map "$request_method:$http_content_length$http_transfer_encoding" $body_class {{
+        "~^(GET|HEAD):$" none;
+        "~^[A-Z]+:[0-9]{{1,{SMALL_BODY_DIGITS}}}$" small;
+        default large;
+    }}"""
+"""The ``http``-level variable ``_web_block`` routes on."""
 LOGIN_CHECK_PATH = "/-/gateway/login"
 """The internal location whose subrequest asks the service behind the gateway whether a request's
 credentials are good, before nginx takes its body (``_web_block``)."""
@@ -391,11 +403,14 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
     (``target``: MLflow's and Jupyter's host checks refuse unknown names).
 
     MLflow takes a whole request body into its memory before its login check (its ASGI bridge to
-    Flask), and nginx writes a large body to disk before proxying: so a request that may carry a
-    body (any method but GET and HEAD, or one announcing a length or chunks) is let through only
-    once the service has said its credentials are good (``auth_request`` runs before the body is
-    read), and a read never passes one on (nginx drops it as it arrives). Bodies of logged-in
-    callers have no size limit of the gateway's (artifacts, notebooks)."""
+    Flask), and nginx writes a body past its buffer to disk before proxying. So requests go three
+    ways by what they carry (``BODY_CLASS``): a read passes no body on (nginx drops one as it
+    arrives); a small body (under 100,000 bytes, announced) is held in memory and passed on, as
+    MLflow's JSON calls are, at no extra cost; a large or unknown one (an artifact, a notebook)
+    is read only once the service has said the caller's credentials are good (``auth_request``,
+    which runs before the body is read; one more request to the service, measured in
+    ``benchmarks/gateway_login_check.py``). Bodies of logged-in callers have no size limit of
+    the gateway's."""
     proxy = f"""\
             proxy_pass http://{upstream};
             proxy_set_header Host {target};
@@ -408,13 +423,20 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
 {_health()}
         location / {{
             {limit}
-            error_page 418 = @write;
-            if ($may_carry_body) {{ return 418; }}{extra}
+            error_page 418 = @large;
+            error_page 419 = @small;
+            if ($body_class = large) {{ return 418; }}
+            if ($body_class = small) {{ return 419; }}{extra}
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
 {proxy}
         }}
-        location @write {{
+        location @small {{
+            {limit}
+            client_body_buffer_size {SMALL_BODY_BUFFER};{extra}
+{proxy}
+        }}
+        location @large {{
             {limit}
             auth_request {LOGIN_CHECK_PATH};
             auth_request_set $login_challenge $upstream_http_www_authenticate;

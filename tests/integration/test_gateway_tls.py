@@ -260,9 +260,10 @@ def test_mlflow_and_the_workbench_refuse_a_body_without_a_login_before_it_is_sen
     stack: tuple[Path, Path],
 ) -> None:
     """MLflow reads a whole body into memory before its login check, and nginx would write it to
-    disk first: the gateway asks the service about the credentials before it takes a body. A
-    caller announcing 64 MiB and sending 1 MiB is refused at once (buffered, nginx would wait for
-    the rest); logged-in uploads of several MiB go through, byte for byte."""
+    disk first: the gateway asks the service about the credentials before it takes a large body.
+    A caller announcing 64 MiB and sending 1 MiB is refused at once (buffered, nginx would wait
+    for the rest); logged-in uploads of several MiB go through, byte for byte, and small JSON
+    calls go on without the check (MLflow's own 401 for a wrong login)."""
     answers, state = stack
     p = ports(answers)
     wrong = "Basic " + base64.b64encode(b"appliance-writer:not-the-password").decode()

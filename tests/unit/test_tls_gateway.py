@@ -146,22 +146,25 @@ def test_the_model_servers_api_takes_a_body_only_a_little_past_the_model_servers
     assert "client_max_body_size" not in blocks["mlflow"] + blocks["workbench"]  # artifacts, files
 
 
-def test_mlflow_and_the_workbench_take_a_body_only_after_the_service_checked_the_login(
+def test_mlflow_and_the_workbench_take_a_large_body_only_after_the_service_checked_the_login(
     tmp_path: Path,
 ) -> None:
-    """A request that may carry a body goes to a location that asks the service about its
-    credentials first (``auth_request``, before nginx reads the body); reads pass none on."""
-    from appliance.gateway import LOGIN_CHECK_PATH, LOGIN_CHECKS
+    """Reads pass no body on; a small announced body goes on from memory; a large or unknown one
+    goes to a location that asks the service about the credentials first (``auth_request``,
+    before nginx reads the body)."""
+    from appliance.gateway import LOGIN_CHECK_PATH, LOGIN_CHECKS, SMALL_BODY_BUFFER
 
     conf = render_stack(ctx(tmp_path, tls={"enabled": True}))["gateway"].files["nginx.conf"]
-    assert '"~^(GET|HEAD):$" 0;' in conf and "$may_carry_body" in conf
+    assert '"~^(GET|HEAD):$" none;' in conf and '"~^[A-Z]+:[0-9]{1,5}$" small;' in conf
     blocks = _server_blocks(conf)
     for upstream in ("mlflow", "workbench"):
         block = blocks[upstream]
-        read, write = block.split("location @write {")
-        assert "if ($may_carry_body) { return 418; }" in read and "proxy_pass_request_body off;" in read
-        assert f"auth_request {LOGIN_CHECK_PATH};" in write
-        assert f"proxy_pass http://{upstream}{LOGIN_CHECKS[upstream]};" in write
+        read, rest = block.split("location @small {")
+        small, large = rest.split("location @large {")
+        assert "if ($body_class = large) { return 418; }" in read and "proxy_pass_request_body off;" in read
+        assert f"client_body_buffer_size {SMALL_BODY_BUFFER};" in small and "auth_request" not in small
+        assert f"auth_request {LOGIN_CHECK_PATH};" in large
+        assert f"proxy_pass http://{upstream}{LOGIN_CHECKS[upstream]};" in large
     assert "auth_request" not in blocks["serving_rest"]  # the model server checks its token from the head
 
 

@@ -32,13 +32,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 from mlflow_login import SERVERS, start
-from proc_stats import cpu_seconds, free_port
+from proc_stats import closed_loop, cpu_seconds, free_port
 
 from appliance.gateway import BODY_CLASS, NGINX_TEMP_PATHS, _mlflow_block, nginx_user
 
@@ -107,34 +106,15 @@ def writes(
     url: str, auth: tuple[str, str], run: dict[str, str], load: str, clients: int, seconds: float
 ) -> int:
     """Closed loop of ``load`` writes through ``url``; the number of answers, all 200."""
-    counts = [0] * clients
-    failures: list[str] = []
-    stop = time.monotonic() + seconds
     blob = os.urandom(int(run["artifact_kib"]) * 1024)
 
-    def write(http: httpx.Client, i: int) -> httpx.Response:
+    def write(http: httpx.Client, i: int, n: int) -> httpx.Response:
         if load == "metric":
-            metric = {"run_id": run["id"], "key": f"m{i}", "value": 1.0, "timestamp": 0, "step": counts[i]}
+            metric = {"run_id": run["id"], "key": f"m{i}", "value": 1.0, "timestamp": 0, "step": n}
             return http.post("/api/2.0/mlflow/runs/log-metric", json=metric)
         return http.put(f"/api/2.0/mlflow-artifacts/artifacts/{run['artifacts']}/blob-{i}.bin", content=blob)
 
-    def client(i: int) -> None:
-        with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
-            while time.monotonic() < stop:
-                reply = write(http, i)
-                if reply.status_code != 200:
-                    failures.append(f"{reply.status_code} {reply.text[:200]}")
-                    return
-                counts[i] += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise SystemExit(f"a {load} write failed: {failures[0]}")
-    return sum(counts)
+    return closed_loop(clients, seconds, lambda: httpx.Client(base_url=url, auth=auth, timeout=30), write)
 
 
 def prepare(url: str, admin: str, artifact_kib: int) -> tuple[tuple[str, str], dict[str, str]]:

@@ -28,13 +28,12 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from proc_stats import cpu_seconds, free_port
+from proc_stats import closed_loop, cpu_seconds, free_port
 
 from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 
@@ -108,27 +107,12 @@ def start(
 
 def load(url: str, auth: tuple[str, str], clients: int, seconds: float) -> int:
     """Closed loop of ``clients`` threads for ``seconds``; the number of answers, all 200."""
-    counts = [0] * clients
-    failures: list[str] = []
-    stop = time.monotonic() + seconds
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
-            while time.monotonic() < stop:
-                reply = http.get("/api/2.0/mlflow/experiments/get", params={"experiment_id": "0"})
-                if reply.status_code != 200:
-                    failures.append(f"{reply.status_code} {reply.text[:200]}")
-                    return
-                counts[i] += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise SystemExit(f"a request failed: {failures[0]}")
-    return sum(counts)
+    return closed_loop(
+        clients,
+        seconds,
+        lambda: httpx.Client(base_url=url, auth=auth, timeout=30),
+        lambda http, i, n: http.get("/api/2.0/mlflow/experiments/get", params={"experiment_id": "0"}),
+    )
 
 
 def measure(name: str, settings: dict[str, str], root: Path, clients: int, seconds: float) -> Result:

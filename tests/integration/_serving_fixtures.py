@@ -97,6 +97,36 @@ def write_mlp(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def matmul_weights(scale: float = 1.0) -> np.ndarray:
+    """The one tensor of ``matmul_graph``: [3, 4] float32, 0..11 times ``scale``."""
+    return (np.arange(12, dtype=np.float32).reshape(3, 4) * scale).astype(np.float32)
+
+
+def matmul_graph(scale: float = 1.0) -> onnx.GraphProto:
+    """``y = x @ w`` with x [batch, 3] and y [batch, 4]: one weights tensor, so where its bytes are
+    kept (inside the model or beside it) is all that differs between two saves."""
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(matmul_weights(scale), "w")],
+    )
+
+
+def write_external_matmul(folder: Path, scale: float = 1.0, location: str | None = None) -> Path:
+    """A model folder whose model.onnx keeps its weights in a file beside it: ``location``, or a
+    name made of a uuid as MLflow's ``onnx.log_model`` saves by default. Models of one
+    ``location`` and different ``scale`` differ in that file alone (model.onnx byte for byte the
+    same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(matmul_graph(scale), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save_model(
+        model, str(folder / "model.onnx"), save_as_external_data=True, location=location, size_threshold=0
+    )
+    return folder
+
+
 ECHO_TYPES = {
     "fp32": TensorProto.FLOAT,
     "fp16": TensorProto.FLOAT16,

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from tests.integration._object_store_fixtures import seaweedfs
-from tests.integration._serving_fixtures import FEATURES, start_server, training_data, write_mlp
+from tests.integration._serving_fixtures import (
+    FEATURES,
+    matmul_weights,
+    start_server,
+    training_data,
+    write_external_matmul,
+    write_mlp,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,37 +101,12 @@ def test_model_from_s3_uri(tmp_path: Path, s3: tuple[dict[str, str], Any]) -> No
         server.stop()
 
 
-def _with_external_data(folder: Path, scale: float) -> Path:
-    """A model whose weights live in ``weights.bin`` beside it; another ``scale`` changes the
-    weights file alone (model.onnx stays byte for byte the same)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = (np.arange(12, dtype=np.float32).reshape(3, 4) * scale).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "external",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(weights, "w")],
-    )
-    folder.mkdir(parents=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save_model(
-        model,
-        str(folder / "model.onnx"),
-        save_as_external_data=True,
-        location="weights.bin",
-        size_threshold=0,
-    )
-    return folder
-
-
 def test_a_model_with_external_data_from_s3_loads_and_reloads_when_its_weights_change(
     tmp_path: Path, s3: tuple[dict[str, str], Any]
 ) -> None:
     env, client = s3
-    v1, v2 = _with_external_data(tmp_path / "v1", 1.0), _with_external_data(tmp_path / "v2", 3.0)
+    v1 = write_external_matmul(tmp_path / "v1", 1.0, "weights.bin")
+    v2 = write_external_matmul(tmp_path / "v2", 3.0, "weights.bin")
     assert (v1 / "model.onnx").read_bytes() == (v2 / "model.onnx").read_bytes()
     for name in ("model.onnx", "weights.bin"):
         client.upload_file(str(v1 / name), "models", f"ext/{name}")
@@ -140,14 +122,14 @@ def test_a_model_with_external_data_from_s3_loads_and_reloads_when_its_weights_c
 
     try:
         version, got = answer()
-        np.testing.assert_allclose(got, x @ (np.arange(12).reshape(3, 4)))
+        np.testing.assert_allclose(got, x @ matmul_weights(1.0))
         assert version == "1"
         client.upload_file(str(v2 / "weights.bin"), "models", "ext/weights.bin")  # new weights only
         deadline = time.monotonic() + 30
         while (version := answer()[0]) != "2":
             assert time.monotonic() < deadline, "new weights never loaded"
             time.sleep(0.2)
-        np.testing.assert_allclose(answer()[1], x @ (np.arange(12).reshape(3, 4) * 3.0))
+        np.testing.assert_allclose(answer()[1], x @ matmul_weights(3.0))
         time.sleep(1.5)  # five poll rounds: the version stays, no reload of the same objects
         assert answer()[0] == "2"
     finally:

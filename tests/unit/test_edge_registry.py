@@ -115,23 +115,12 @@ def test_a_model_with_external_data_loads_from_the_cache_while_the_registry_is_d
     uuid): the cache keeps the whole folder, so ONNX Runtime finds them when the registry is down
     and the download is gone. Links in a download are not followed into the cache."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.arange(12, dtype=np.float32).reshape(3, 4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "external",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [numpy_helper.from_array(weights, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    download = tmp_path / "download" / "model"
-    download.mkdir(parents=True)
-    onnx.save_model(model, str(download / MODEL_FILE), save_as_external_data=True, size_threshold=0)
+    from tests.integration._serving_fixtures import matmul_weights, write_external_matmul
+
+    weights = matmul_weights()
+    download = write_external_matmul(tmp_path / "download" / "model")  # the weights' name: a uuid
     data_files = [p.name for p in download.iterdir() if p.name != MODEL_FILE]
     assert len(data_files) == 1 and (download / data_files[0]).stat().st_size == weights.nbytes
     (download / PROFILE_FILE).write_text("{}")

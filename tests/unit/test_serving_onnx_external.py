@@ -12,17 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from appliance.workloads.serving.onnx_external import external_locations
-
-
-def _matmul(name: str = "main", scale: float = 1.0) -> onnx.GraphProto:
-    weights = (np.arange(12, dtype=np.float32).reshape(3, 4) * scale).astype(np.float32)
-    return helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [numpy_helper.from_array(weights, "w")],
-    )
+from tests.integration._serving_fixtures import matmul_graph, write_external_matmul
 
 
 def _branches() -> onnx.GraphProto:
@@ -81,9 +71,9 @@ def _onnx_reading(path: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("graph", "options"),
     [
-        (_matmul(), {}),  # MLflow's log_model: one file named by a uuid
-        (_matmul(), {"location": "weights.bin"}),
-        (_matmul(), {"all_tensors_to_one_file": False}),  # a file per tensor
+        (matmul_graph(), {}),  # MLflow's log_model: one file named by a uuid
+        (matmul_graph(), {"location": "weights.bin"}),
+        (matmul_graph(), {"all_tensors_to_one_file": False}),  # a file per tensor
         (_branches(), {"all_tensors_to_one_file": False, "convert_attribute": True}),
         (_branches(), {"location": "data/all.bin", "convert_attribute": True}),
     ],
@@ -111,8 +101,7 @@ def test_a_model_without_external_data_names_none(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "data/../../x", "a\\b.bin"])
 def test_a_location_outside_the_models_folder_is_refused_naming_it(tmp_path: Path, location: str) -> None:
-    model = helper.make_model(_matmul())
-    onnx.save_model(model, str(tmp_path / "model.onnx"), save_as_external_data=True, size_threshold=0)
+    write_external_matmul(tmp_path)
     edited = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
     for entry in edited.graph.initializer[0].external_data:
         if entry.key == "location":
@@ -124,8 +113,7 @@ def test_a_location_outside_the_models_folder_is_refused_naming_it(tmp_path: Pat
 
 
 def test_a_file_that_is_no_onnx_model_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "model.onnx"
-    onnx.save_model(helper.make_model(_matmul()), str(path), save_as_external_data=True, size_threshold=0)
+    path = write_external_matmul(tmp_path) / "model.onnx"
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) - 7])
     with pytest.raises(ValueError, match="not an ONNX model"):

@@ -346,28 +346,10 @@ def test_a_local_model_with_external_data_reloads_when_only_its_weights_change(t
     """A folder whose model.onnx keeps its weights in ``weights.bin``: new weights written under
     the same name are a new version, though model.onnx is untouched; unchanged files are not."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    def save(scale: float) -> None:
-        weights = np.arange(12, dtype=np.float32).reshape(3, 4) * scale
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["x", "w"], ["y"])],
-            "external",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-            [numpy_helper.from_array(weights.astype(np.float32), "w")],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        onnx.save_model(
-            model,
-            str(tmp_path / MODEL_FILE),
-            save_as_external_data=True,
-            location="weights.bin",
-            size_threshold=0,
-        )
+    from tests.integration._serving_fixtures import matmul_weights, write_external_matmul
 
-    save(1.0)
+    write_external_matmul(tmp_path, 1.0, "weights.bin")
     repository = ModelRepository(SessionOptions(), max_batch_size=1, max_queue_delay_s=0.0, drift_window=100)
     entry = Entry("ext", source_for(str(tmp_path)))
     assert repository.load_blocking(entry) is True
@@ -376,12 +358,12 @@ def test_a_local_model_with_external_data_reloads_when_only_its_weights_change(t
 
     weights = tmp_path / "weights.bin"  # one tensor, its raw bytes from offset 0
     before = weights.stat().st_mtime_ns
-    weights.write_bytes((np.arange(12, dtype=np.float32).reshape(3, 4) * 3).tobytes())
+    weights.write_bytes(matmul_weights(3.0).tobytes())
     os.utime(weights, ns=(before + 10**9, before + 10**9))  # a clock that did not tick between writes
     assert (tmp_path / MODEL_FILE).stat().st_mtime_ns == model_file.st_mtime_ns
     assert repository.load_blocking(entry, None, retry_now=False) is True
     assert entry.model is not None and entry.model.version == "2"
     rows = np.ones((1, 3), dtype=np.float32)
     got = entry.model.session.run(None, {"x": rows})[0]
-    np.testing.assert_allclose(got, rows @ (np.arange(12, dtype=np.float32).reshape(3, 4) * 3))
+    np.testing.assert_allclose(got, rows @ matmul_weights(3.0))
     assert repository.load_blocking(entry, None, retry_now=False) is False

@@ -224,10 +224,10 @@ def gateway_nginx(ctx: Any, services: Any) -> str:
         blocks.append(_workbench_block(listen(ports.gateway_workbench), limit, target))
     rate_zone = f"limit_req_zone $binary_remote_addr zone=clients:1m rate={rate}r/s;" if rate else ""
     return _MAIN.format(
+        body_class=BODY_CLASS,
         # only the local runtime's nginx shares the state folder's owner: a container's reaches
         # its temporary folders through its own volume, a cluster host's unit runs as the
         # appliance account
-        body_class=BODY_CLASS,
         user=nginx_user(not inside and not cluster and os.geteuid() == 0),
         temp_paths=NGINX_TEMP_PATHS,
         fingerprint=tls.fingerprint,

@@ -394,10 +394,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         )
     if args.replicas is not None and not args.min_replicas <= args.replicas <= args.max_replicas:
         p.error(f"--replicas {args.replicas} is outside {args.min_replicas}..{args.max_replicas}")
-    refusal = _open_to_the_network(args.host, serve_args)
+    served = _serve_params(serve_args)
+    refusal = _open_to_the_network(args.host, served)
     if refusal:
         p.error(refusal)
-    if args.max_replicas > 1 and _allows_client_shm(serve_args):
+    if args.max_replicas > 1 and served.get("allow_client_shm"):
         p.error(
             "--allow-client-shm needs --max-replicas 1: a shared-memory region is registered with one "
             "replica and unknown to the others behind the balancer (serving.allow_client_shm)"
@@ -405,25 +406,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, serve_args
 
 
-def _open_to_the_network(host: str, serve_args: list[str]) -> str | None:
-    """The model server's own rule (``open_to_the_network``) for this address, the model servers'
-    token flags read by their own parser: with replicas the balancer binds ``host`` and the
-    replicas loopback, so they would not refuse it themselves."""
-    from appliance.cli.serve_cmd import open_to_the_network, serve_cmd
-
-    context = serve_cmd.make_context("serve", list(serve_args), resilient_parsing=True)
-    params = context.params
-    has_token = bool(params.get("token") or params.get("token_file"))
-    return open_to_the_network(host, has_token, bool(params.get("no_auth")))
-
-
-def _allows_client_shm(serve_args: list[str]) -> bool:
-    """Whether the model servers' arguments turn shared memory on, read by the model server's own
-    parser (``--allow-client-shm``, ``=true``, ``false``, ...), which alone decides that."""
+def _serve_params(serve_args: list[str]) -> dict[str, Any]:
+    """The model servers' arguments as their own parser reads them (``--allow-client-shm``,
+    ``=true``, ``false``, ...; tokens from flags or the environment), which alone decides them."""
     from appliance.cli.serve_cmd import serve_cmd
 
-    context = serve_cmd.make_context("serve", list(serve_args), resilient_parsing=True)
-    return bool(context.params.get("allow_client_shm"))
+    return dict(serve_cmd.make_context("serve", list(serve_args), resilient_parsing=True).params)
+
+
+def _open_to_the_network(host: str, served: dict[str, Any]) -> str | None:
+    """The model server's own rule (``open_to_the_network``) for this address: with replicas the
+    balancer binds ``host`` and the replicas loopback, so they would not refuse it themselves."""
+    from appliance.cli.serve_cmd import open_to_the_network
+
+    has_token = bool(served.get("token") or served.get("token_file"))
+    return open_to_the_network(host, has_token, bool(served.get("no_auth")))
 
 
 def main(argv: list[str] | None = None) -> None:

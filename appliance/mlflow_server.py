@@ -6,7 +6,8 @@ That parent holds every module the CLI imported (measured about 220 MiB PSS of t
 MLflow 427 MiB at idle) only to forward signals. Here the same CLI runs with its process start
 replaced by ``execve``: uvicorn takes over this process, with the same command line and
 environment MLflow built, so nothing MLflow decides is coded twice, and the supervisor's SIGTERM
-reaches uvicorn itself.
+reaches uvicorn itself. With ``--app-name basic-auth`` uvicorn serves that app behind a login
+check made before a request's body is read (``appliance.mlflow_gate`` says why).
 
 Server-side job execution stays off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): its runner
 is started by the parent after the child, which this process no longer is; the appliance submits
@@ -25,7 +26,12 @@ JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 def exec_in_place(cmd: list[str], extra_env: dict[str, str] | None = None, **_: Any) -> None:
-    """Stands in for ``mlflow.utils.process._exec_cmd``: the server replaces this process."""
+    """Stands in for ``mlflow.utils.process._exec_cmd``: the server replaces this process, serving
+    MLflow's ``basic-auth`` app behind the login check that runs before a body is read
+    (``mlflow_gate``)."""
+    from appliance.mlflow_gate import GATED_APP, MLFLOW_AUTH_APP
+
+    cmd = [GATED_APP if arg == MLFLOW_AUTH_APP else arg for arg in cmd]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, {**os.environ, **(extra_env or {})})

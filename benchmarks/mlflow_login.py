@@ -62,10 +62,15 @@ class Result:
         return 1000 * self.cpu_seconds / max(self.requests, 1)
 
 
+SERVER = [sys.executable, "-m", "appliance.mlflow_server"]
+"""How the appliance starts MLflow (its options follow)."""
+
+
 def start(
-    name: str, settings: dict[str, str], folder: Path, admin: str
+    name: str, settings: dict[str, str], folder: Path, admin: str, server: list[str] = SERVER
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """One MLflow server with ``settings`` in its auth config; its process and URL once healthy."""
+    """One MLflow server with ``settings`` in its auth config, started by ``server`` (the
+    appliance's way unless told); its process and URL once healthy."""
     folder.mkdir()
     ini = configparser.ConfigParser()
     ini["mlflow"] = {
@@ -84,7 +89,7 @@ def start(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     cmd = [
-        sys.executable, "-m", "appliance.mlflow_server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+        *server, "--app-name", "basic-auth", "--host", "127.0.0.1",
         "--port", str(port), "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
     ]  # fmt: skip

@@ -32,6 +32,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from tests.conftest import run_cli, write_answers
+from tests.integration._http_probes import partial_upload
 from tests.integration._serving_fixtures import reference, training_data, write_mlp
 
 pytestmark = pytest.mark.integration
@@ -296,23 +297,6 @@ def test_mlflow_and_the_workbench_refuse_a_body_without_a_login_before_it_is_sen
         assert saved.status_code in (200, 201), saved.text
         assert client.get(notebook, params={"content": 1}).json()["content"] == text
         assert client.delete(notebook).status_code == 204
-
-
-def partial_upload(
-    port: int, cafile: str, method: str, path: str, authorization: str, announced: int, sent: int
-) -> int:
-    """The status answered to a request announcing ``announced`` bytes of body of which only
-    ``sent`` are sent (the rest never is: an answer must come before it)."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {announced}\r\n"
-    head += f"Authorization: {authorization}\r\n" if authorization else ""
-    context = ssl.create_default_context(cafile=cafile)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        tls.sendall(head.encode() + b"\r\n" + b"x" * sent)
-        answer = tls.recv(4096).decode(errors="replace")  # a timeout here: the body was awaited
-    return int(answer.split()[1])
 
 
 def websocket_handshake(port: int, cafile: str, cookie: str, origin: str) -> int:

@@ -10,6 +10,7 @@ edge boxes (``edge_boxes``) get read-only accounts of their own; one taken out l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ import yaml
 
 from appliance.mlflow_auth import AUTH_DB, PASSWORD_ENV, READER_USER, SECRETS, WRITER_USER
 from tests.conftest import run_cli, write_answers
+from tests.integration._http_probes import partial_upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 MODEL = "breast_cancer"
@@ -110,6 +112,36 @@ def test_mlflow_refuses_runs_alias_moves_and_artifact_writes_without_an_account(
         ),
     }
     assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 401)
+
+
+def test_mlflow_refuses_a_body_without_a_login_before_it_is_sent(stack: Stack) -> None:
+    """MLflow's Flask routes take a request's whole body into memory before its own login check:
+    on MLflow's own port (no gateway in front) the appliance checks the login first
+    (appliance/mlflow_gate.py). A caller announcing 64 MiB and sending 1 MiB, with no login or a
+    wrong one, is refused at once (MLflow would wait for the rest), on Flask routes and on MLflow's
+    own FastAPI artifact route; logged-in calls with bodies go through as before."""
+    port = stack.ports["mlflow"]
+    wrong = "Basic " + base64.b64encode(f"{WRITER_USER}:not-the-password".encode()).decode()
+    for method, path, authorization in (
+        ("POST", RUN_CREATE, ""),
+        ("POST", RUN_CREATE, wrong),
+        ("POST", "/api/2.0/mlflow/runs/log-batch", "Bearer not-basic"),
+        ("PUT", "/api/2.0/mlflow-artifacts/artifacts/0/x/big.bin", ""),
+    ):
+        for _ in range(3):
+            status = partial_upload(port, None, method, path, authorization, announced=64 << 20, sent=1 << 20)
+            assert status == 401, (method, path, authorization, status)
+    writer = stack.mlflow_account(WRITER_USER)
+    mlflow = stack.url("mlflow")
+    run = httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=writer)
+    assert run.status_code == 200, run.text
+    batch = {"run_id": run.json()["run"]["info"]["run_id"], "metrics": [
+        {"key": "m", "value": float(i), "timestamp": 0, "step": i} for i in range(500)
+    ]}  # fmt: skip
+    assert httpx.post(f"{mlflow}/api/2.0/mlflow/runs/log-batch", json=batch, auth=writer).status_code == 200
+    # A good login without the right: MLflow's own 403, as before.
+    reader = stack.mlflow_account(READER_USER)
+    assert httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=reader).status_code == 403
 
 
 def test_the_writer_registered_the_champion_and_the_server_loads_it_with_the_read_only_account(

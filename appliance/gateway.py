@@ -402,10 +402,10 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
     """A server proxying everything to ``upstream`` with the Host it would see without the gateway
     (``target``: MLflow's and Jupyter's host checks refuse unknown names).
 
-    MLflow takes a whole request body into its memory before its login check (its ASGI bridge to
-    Flask), and nginx writes a body past its buffer to disk before proxying. So requests go three
-    ways by what they carry (``BODY_CLASS``): a read passes no body on (nginx drops one as it
-    arrives); a small body (under 100,000 bytes, announced) is held in memory and passed on, as
+    Jupyter takes a whole request body into its memory before its login check (MLflow did too,
+    until ``mlflow_gate`` checked first), and nginx writes a body past its buffer to disk before
+    proxying. So requests go three ways by what they carry (``BODY_CLASS``): a read passes no body
+    on (nginx drops one as it arrives); a small body (under 100,000 bytes, announced) is held in memory and passed on, as
     MLflow's JSON calls are, at no extra cost; a large or unknown one (an artifact, a notebook)
     is read only once the service has said the caller's credentials are good (``auth_request``,
     which runs before the body is read; one more request to the service, measured in

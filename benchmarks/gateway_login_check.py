@@ -30,14 +30,13 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from mlflow_login import SERVERS, start
-from proc_stats import closed_loop, cpu_seconds, free_port
+from proc_stats import alternating_rounds, closed_loop, cpu_seconds, free_port, print_ratios
 
 from appliance.gateway import BODY_CLASS, NGINX_TEMP_PATHS, _mlflow_block, nginx_user
 
@@ -56,6 +55,7 @@ PLAIN = """\
 
 
 FRONTS = ("plain-proxy", "login-check")
+LOADS = ("metric", "artifact")
 
 
 def nginx_conf(front: str, port: int, target: str) -> str:
@@ -144,7 +144,6 @@ def main() -> None:
     parser.add_argument("--artifact-kib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2, help="each load's fronts in turn, A-B then B-A")
     args = parser.parse_args()
-    totals: dict[tuple[str, str], list[float]] = {}  # writes, seconds, MLflow CPU seconds
     with tempfile.TemporaryDirectory(prefix="gateway-login-") as tmp:
         root, admin = Path(tmp), secrets.token_urlsafe(24)
         mlflow, url = start("mlflow", SERVERS["appliance"], root / "mlflow", admin)
@@ -153,33 +152,22 @@ def main() -> None:
             writer, run = prepare(url, admin, args.artifact_kib)
             for front in FRONTS:
                 fronts[front] = run_nginx(front, root / front, url.removeprefix("http://"))
-            for load in ("metric", "artifact"):
-                for round_ in range(args.rounds):
-                    for front in FRONTS if round_ % 2 == 0 else FRONTS[::-1]:
-                        print(f"{load}, {front}, round {round_ + 1}", file=sys.stderr, flush=True)
-                        front_url = fronts[front][1]
-                        writes(front_url, writer, run, load, args.clients, 1.0)  # warm up
-                        before, started = cpu_seconds(mlflow.pid), time.monotonic()
-                        count = writes(front_url, writer, run, load, args.clients, args.seconds)
-                        elapsed, used = time.monotonic() - started, cpu_seconds(mlflow.pid) - before
-                        total = totals.setdefault((load, front), [0.0, 0.0, 0.0])
-                        total[0] += count
-                        total[1] += elapsed
-                        total[2] += used
+
+            def measure(load: str, front: str) -> tuple[int, float, float]:
+                front_url = fronts[front][1]
+                writes(front_url, writer, run, load, args.clients, 1.0)  # warm up
+                before, started = cpu_seconds(mlflow.pid), time.monotonic()
+                count = writes(front_url, writer, run, load, args.clients, args.seconds)
+                return count, time.monotonic() - started, cpu_seconds(mlflow.pid) - before
+
+            totals = alternating_rounds(LOADS, FRONTS, args.rounds, measure)
         finally:
             for proc, _ in fronts.values():
                 proc.terminate()
                 proc.wait(timeout=30)
             mlflow.terminate()
             mlflow.wait(timeout=30)
-    print(f"\n{'load':<9} {'front':<12} {'writes/s':>9} {'x':>6} {'MLflow CPU ms/write':>20} {'x':>6}")
-    for load in ("metric", "artifact"):
-        base_count, base_seconds, base_cpu = totals[load, FRONTS[0]]
-        for front in FRONTS:
-            done, seconds, cpu = totals[load, front]
-            rate, ms = done / seconds, 1000 * cpu / max(done, 1)
-            base_rate, base_ms = base_count / base_seconds, 1000 * base_cpu / max(base_count, 1)
-            print(f"{load:<9} {front:<12} {rate:9.1f} {rate / base_rate:6.2f} {ms:20.2f} {ms / base_ms:6.2f}")
+    print_ratios(totals, LOADS, FRONTS, "write")
 
 
 if __name__ == "__main__":

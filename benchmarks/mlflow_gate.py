@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gateway_login_check import prepare, writes
 from mlflow_login import SERVER, SERVERS, start
-from proc_stats import cpu_seconds
+from proc_stats import alternating_rounds, cpu_seconds, print_ratios
 
 UNGATED = [
     sys.executable,
@@ -52,7 +52,6 @@ def main() -> None:
     parser.add_argument("--artifact-kib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2, help="each load's servers in turn, A-B then B-A")
     args = parser.parse_args()
-    totals: dict[tuple[str, str], list[float]] = {}  # writes, seconds, MLflow CPU seconds
     with tempfile.TemporaryDirectory(prefix="mlflow-gate-") as tmp:
         root = Path(tmp)
         servers: dict[str, tuple[subprocess.Popen[bytes], str, tuple[str, str], dict[str, str]]] = {}
@@ -61,31 +60,20 @@ def main() -> None:
                 admin = secrets.token_urlsafe(24)
                 proc, url = start(app, SERVERS["appliance"], root / app, admin, server)
                 servers[app] = (proc, url, *prepare(url, admin, args.artifact_kib))
-            for load in LOADS:
-                for round_ in range(args.rounds):
-                    for app in list(APPS) if round_ % 2 == 0 else list(APPS)[::-1]:
-                        print(f"{load}, {app}, round {round_ + 1}", file=sys.stderr, flush=True)
-                        proc, url, writer, run = servers[app]
-                        writes(url, writer, run, load, args.clients, 1.0)  # warm up
-                        before, started = cpu_seconds(proc.pid), time.monotonic()
-                        count = writes(url, writer, run, load, args.clients, args.seconds)
-                        elapsed, used = time.monotonic() - started, cpu_seconds(proc.pid) - before
-                        total = totals.setdefault((load, app), [0.0, 0.0, 0.0])
-                        total[0] += count
-                        total[1] += elapsed
-                        total[2] += used
+
+            def measure(load: str, app: str) -> tuple[int, float, float]:
+                proc, url, writer, run = servers[app]
+                writes(url, writer, run, load, args.clients, 1.0)  # warm up
+                before, started = cpu_seconds(proc.pid), time.monotonic()
+                count = writes(url, writer, run, load, args.clients, args.seconds)
+                return count, time.monotonic() - started, cpu_seconds(proc.pid) - before
+
+            totals = alternating_rounds(LOADS, tuple(APPS), args.rounds, measure)
         finally:
             for proc, *_ in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(f"\n{'load':<9} {'server':<8} {'writes/s':>9} {'x':>6} {'MLflow CPU ms/write':>20} {'x':>6}")
-    for load in LOADS:
-        base_count, base_seconds, base_cpu = totals[load, "mlflow"]
-        for app in APPS:
-            done, seconds, cpu = totals[load, app]
-            rate, ms = done / seconds, 1000 * cpu / max(done, 1)
-            base_rate, base_ms = base_count / base_seconds, 1000 * base_cpu / max(base_count, 1)
-            print(f"{load:<9} {app:<8} {rate:9.1f} {rate / base_rate:6.2f} {ms:20.2f} {ms / base_ms:6.2f}")
+    print_ratios(totals, LOADS, tuple(APPS), "write")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,3 +58,40 @@ def closed_loop(
     if failures:
         raise SystemExit(f"a request failed: {failures[0]}")
     return sum(counts)
+
+
+Totals = dict[tuple[str, str], list[float]]
+"""(load, arm) -> [answers, seconds, CPU seconds of the measured process], summed over rounds."""
+
+
+def alternating_rounds(
+    loads: tuple[str, ...],
+    arms: tuple[str, ...],
+    rounds: int,
+    measure: Callable[[str, str], tuple[int, float, float]],
+) -> Totals:
+    """Each load on each arm in turn, ``rounds`` times, the arms' order reversed every other round
+    (A-B, then B-A: a machine growing slower or faster weighs on both); ``measure(load, arm)``
+    gives one point's answers, seconds and CPU seconds."""
+    totals: Totals = {}
+    for load in loads:
+        for round_ in range(rounds):
+            for arm in arms if round_ % 2 == 0 else arms[::-1]:
+                print(f"{load}, {arm}, round {round_ + 1}", file=sys.stderr, flush=True)
+                total = totals.setdefault((load, arm), [0.0, 0.0, 0.0])
+                for at, value in enumerate(measure(load, arm)):
+                    total[at] += value
+    return totals
+
+
+def print_ratios(totals: Totals, loads: tuple[str, ...], arms: tuple[str, ...], what: str) -> None:
+    """A table of ``what`` per second and CPU milliseconds per ``what`` for each load and arm, both
+    also as ratios to the first arm (the baseline)."""
+    print(f"\n{'load':<9} {'arm':<12} {what + '/s':>9} {'x':>6} {'CPU ms/' + what:>20} {'x':>6}")
+    for load in loads:
+        base_count, base_seconds, base_cpu = totals[load, arms[0]]
+        base_rate, base_ms = base_count / base_seconds, 1000 * base_cpu / max(base_count, 1)
+        for arm in arms:
+            done, seconds, cpu = totals[load, arm]
+            rate, ms = done / seconds, 1000 * cpu / max(done, 1)
+            print(f"{load:<9} {arm:<12} {rate:9.1f} {rate / base_rate:6.2f} {ms:20.2f} {ms / base_ms:6.2f}")

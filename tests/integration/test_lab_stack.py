@@ -29,6 +29,7 @@ from appliance.answers_file import load_answers
 from appliance.context import AppContext
 from appliance.dataconn.client import s3_client
 from appliance.engine import Engine
+from appliance.mlflow_gate import GATED_APP
 from appliance.runtimes.containers_common import ContainerRuntime
 from appliance.runtimes.procscan import pids_with_marker
 from tests.conftest import run_cli, write_answers
@@ -139,12 +140,13 @@ def test_status_reports_the_memory_of_every_running_service(lab: Lab) -> None:
 
 def test_mlflow_is_one_process(lab: Lab) -> None:
     """appliance.mlflow_server puts uvicorn in place of ``mlflow server``: the service's process
-    is the server itself, with no parent holding the CLI's imports (nor a child doing the work)."""
+    is the server itself, with no parent holding the CLI's imports (nor a child doing the work),
+    serving MLflow's basic-auth app behind the login check made before a body (mlflow_gate)."""
     if lab.in_containers:
         pytest.skip("the container's processes are the runtime's to show; the image runs the same command")
     pid = lab.status()["mlflow"]["pid"]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"uvicorn" in cmdline and b"mlflow.server.auth:create_app" in cmdline, cmdline
+    assert b"uvicorn" in cmdline and GATED_APP.encode() in cmdline, cmdline
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     assert children == [], f"mlflow's process {pid} has children {children}"
 

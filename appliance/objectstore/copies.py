@@ -11,6 +11,12 @@ all its volumes), it tells in milliseconds whether any volume is short. Only the
 ask SeaweedFS's shell, which also knows where a missing copy can go, to copy them back, and then
 this count again to check it did.
 
+A volume server just restarted can be listed before the master has taken in every volume it
+holds (seen in CI: an ``up`` that restarted the storage hosts one at a time found a volume short
+right after the second came back, and started a repair it did not need). So a short count is read
+again, once a second for ``--settle`` seconds (5 by default), and reported only if it stays short;
+a store with every copy in place answers at the first read, as before.
+
 Usage: ``python -m appliance.objectstore.copies --master URL``: exit 0 when every volume has its
 copies, 3 when some are short (one line each on stdout), 1 when the master cannot be read.
 Standard library only: it runs on the control host from the appliance's virtualenv.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.error
 from collections import Counter
 from typing import Any
@@ -29,6 +36,8 @@ from appliance.objectstore.ready import fetch
 SHORT = 3
 """The exit status when some volume has fewer copies than asked: not an error of the check."""
 TIMEOUT_SECONDS = 10.0
+SETTLE_SECONDS = 5.0
+"""How long a short count is read again before it is reported (see the module's docstring)."""
 
 
 def copies_asked(placement: dict[str, Any] | None) -> int:
@@ -64,13 +73,20 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="appliance.objectstore.copies")
     parser.add_argument("--master", required=True, help="the master's URL")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_SECONDS, help="seconds a short count is read again"
+    )
     args = parser.parse_args(argv)
-    try:
-        status = read_status(args.master)
-    except (OSError, urllib.error.URLError, ValueError) as err:
-        print(f"master {args.master}: {getattr(err, 'reason', err)}", file=sys.stderr)
-        return 1
-    short = short_volumes(status)
+    deadline = time.monotonic() + args.settle
+    while True:
+        try:
+            short = short_volumes(read_status(args.master))
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            print(f"master {args.master}: {getattr(err, 'reason', err)}", file=sys.stderr)
+            return 1
+        if not short or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
     for vid, (held, asked) in short.items():
         print(f"volume {vid}: {held} of {asked} copies, under replicated")
     if short:

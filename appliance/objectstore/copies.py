@@ -6,10 +6,10 @@ SeaweedFS's own ``volume.fix.replication`` answers, but waits a fixed 15 s befor
 topology, so that heartbeats after a change are in: 15 s of every ``up``, even when every copy
 is in place (measured: 15.6 s of a 72 s ``up`` of the three-host storage lab). The master's
 ``/vol/status`` lists each volume server's volumes with their placement at once; read after the
-store's readiness (the master lists every volume server, and a server's first heartbeat carries
-all its volumes), it tells in milliseconds whether any volume is short. Only then does the role
-ask SeaweedFS's shell, which also knows where a missing copy can go, to copy them back, and then
-this count again to check it did.
+store's readiness (the master lists every volume server; one just restarted: below), it tells
+in milliseconds whether any volume is short. Only then does the role ask SeaweedFS's shell,
+which also knows where a missing copy can go, to copy them back, and then this count again to
+check it did.
 
 A volume server just restarted can be listed before the master has taken in every volume it
 holds (seen in CI: an ``up`` that restarted the storage hosts one at a time found a volume short

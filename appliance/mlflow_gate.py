@@ -30,6 +30,8 @@ import binascii
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from appliance.request_body import announces_body
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -52,14 +54,9 @@ REFUSAL = (
 
 
 def carries_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request's head announces a body: a length above zero, or a transfer coding
-    (chunked: a length not told in advance). A length that is not a number counts as a body."""
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return True
-        if name == b"content-length":
-            return value.strip() != b"0"
-    return False
+    """Whether a request's head announces a body (``request_body.announces_body``)."""
+    text = {name: value.decode("latin-1") for name, value in headers}
+    return announces_body(text.get(b"content-length"), text.get(b"transfer-encoding"))
 
 
 def basic_credentials(headers: list[tuple[bytes, bytes]], path: str) -> tuple[str, str] | None:

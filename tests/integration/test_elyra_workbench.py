@@ -2,7 +2,8 @@
 runtime configuration generated at install) starts a run on a real controller, a drawing the
 runner cannot honour is refused naming the node, and in a real browser (Debian's chromium,
 headless, driven by Playwright) the pipeline editor shows a drawn retraining pipeline; its
-screenshot is kept in build/test-artifacts/."""
+screenshot is kept in build/test-artifacts/. And Jupyter's own port refuses a request body from a
+caller without a login before it reads it (appliance/workbench_gate.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tests.integration._controller_fixtures import (  # noqa: F401 - fixtures ar
     wait_for,
 )
 from tests.integration._elyra_fixtures import retrain_drawing
+from tests.integration._http_probes import partial_upload
 
 pytestmark = pytest.mark.integration
 
@@ -186,6 +188,39 @@ def test_run_from_elyra_refuses_what_the_runner_cannot_honour_naming_the_node(wo
     assert "node 'train.ipynb': kubernetes_secrets is set" in answer.text
     assert not (workbench.home.state / "pipelines" / "leaky.pipeline").exists()
     assert "leaky" not in json.dumps(workbench.controller.get("/runs").json())
+
+
+def test_the_workbench_refuses_a_body_without_a_login_before_it_is_sent(workbench: Workbench) -> None:
+    """Tornado reads a whole body (up to 512 MiB) before Jupyter checks the token: the gate checks
+    it from the request's head. Announcing 64 MiB and sending 1 MiB with no token, a wrong one or
+    the token under a scheme Jupyter does not read gets Jupyter's 403 at once (Jupyter alone would
+    wait for the rest), on Jupyter's own API and on an extension's; the token, the token argument
+    and the login form's cookie still carry bodies through, and the login form itself takes its
+    small body."""
+    port = int(workbench.url.rsplit(":", 1)[1])
+    for method, path in (("PUT", "/api/contents/refused.txt"), ("POST", "/elyra/pipeline/schedule")):
+        for authorization in ("", "token not-the-token", "Bearer not-the-token", f"Basic {workbench.token}"):
+            status = partial_upload(port, None, method, path, authorization, announced=64 << 20, sent=1 << 20)
+            assert status == 403, (method, path, authorization, status)
+    assert not (workbench.root / "refused.txt").exists()
+    text = {"type": "file", "format": "text", "content": "kept"}
+    assert workbench.api("PUT", "/api/contents/by-header.txt", text).status_code == 201
+    by_argument = httpx.put(
+        f"{workbench.url}/api/contents/by-argument.txt?token={workbench.token}", json=text
+    )
+    assert by_argument.status_code == 201, by_argument.text
+    with httpx.Client(base_url=workbench.url, timeout=60) as browser:  # the login form, as a browser
+        browser.get("/login")
+        xsrf = browser.cookies["_xsrf"]
+        logged = browser.post("/login", data={"_xsrf": xsrf, "password": workbench.token})
+        assert logged.status_code == 302, logged.text
+        saved = browser.put("/api/contents/by-cookie.txt", json=text, headers={"X-XSRFToken": xsrf})
+        assert saved.status_code == 201, saved.text
+    assert {p.name for p in workbench.root.glob("by-*.txt")} == {
+        "by-header.txt",
+        "by-argument.txt",
+        "by-cookie.txt",
+    }
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")

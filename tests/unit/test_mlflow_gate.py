@@ -133,6 +133,9 @@ def test_carries_body() -> None:
     assert carries_body([(b"content-length", b"1")])
     assert carries_body([(b"content-length", b"x")])  # malformed: not taken on trust
     assert carries_body([(b"transfer-encoding", b"chunked")])
+    # A zero length beside a transfer coding, in either order: the coding wins, as HTTP says.
+    assert carries_body([(b"content-length", b"0"), (b"transfer-encoding", b"chunked")])
+    assert carries_body([(b"transfer-encoding", b"chunked"), (b"content-length", b"0")])
 
 
 def test_the_server_serves_the_gated_app_in_place_of_mlflows_basic_auth_app(

@@ -402,9 +402,9 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
     """A server proxying everything to ``upstream`` with the Host it would see without the gateway
     (``target``: MLflow's and Jupyter's host checks refuse unknown names).
 
-    Jupyter takes a whole request body into its memory before its login check (MLflow did too,
-    until ``mlflow_gate`` checked first), and nginx writes a body past its buffer to disk before
-    proxying. So requests go three ways by what they carry (``BODY_CLASS``): a read passes no body
+    Jupyter and MLflow took a whole request body into their memory before their login checks
+    (until ``workbench_gate`` and ``mlflow_gate`` checked first on their own ports), and nginx
+    writes a body past its buffer to disk before proxying. So requests go three ways by what they carry (``BODY_CLASS``): a read passes no body
     on (nginx drops one as it arrives); a small body (under 100,000 bytes, announced) is held in
     memory and passed on, as MLflow's JSON calls are, at no extra cost; a large or unknown one (an
     artifact, a notebook) is read only once the service has said the caller's credentials are good

@@ -404,13 +404,14 @@ def _web_block(listen: str, limit: str, upstream: str, target: str, extra: str, 
 
     Jupyter and MLflow took a whole request body into their memory before their login checks
     (until ``workbench_gate`` and ``mlflow_gate`` checked first on their own ports), and nginx
-    writes a body past its buffer to disk before proxying. So requests go three ways by what they carry (``BODY_CLASS``): a read passes no body
-    on (nginx drops one as it arrives); a small body (under 100,000 bytes, announced) is held in
-    memory and passed on, as MLflow's JSON calls are, at no extra cost; a large or unknown one (an
-    artifact, a notebook) is read only once the service has said the caller's credentials are good
-    (``auth_request``, which runs before the body is read; one more request to the service,
-    measured in ``benchmarks/gateway_login_check.py``). Bodies of logged-in callers have no size
-    limit of the gateway's."""
+    writes a body past its buffer to disk before proxying. So requests go three ways by what they
+    carry (``BODY_CLASS``): a read passes no body on (nginx drops one as it arrives); a small body
+    (under 100,000 bytes, announced) is held in memory and passed on, as MLflow's JSON calls are,
+    at no extra cost; a large or unknown one (an artifact, a notebook) is read only once the
+    service has said the caller's credentials are good (``auth_request``, which runs before the
+    body is read; one more request to the service, measured in
+    ``benchmarks/gateway_login_check.py``). Bodies of logged-in callers have no size limit of the
+    gateway's."""
     proxy = f"""\
             proxy_pass http://{upstream};
             proxy_set_header Host {target};

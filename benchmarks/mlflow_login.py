@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from proc_stats import closed_loop, cpu_seconds, free_port
+from proc_stats import closed_loop, cpu_seconds, free_port, wait_ready
 
 from appliance.mlflow_login import AUTHORIZATION_FUNCTION
 
@@ -96,18 +96,8 @@ def start(
     log = (folder / "server.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name}: the server exited; see {folder / 'server.log'}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"{name}: not healthy within 180 s; see {folder / 'server.log'}")
+    wait_ready(proc, f"{url}/health", name, folder / "server.log")
+    return proc, url
 
 
 def load(url: str, auth: tuple[str, str], clients: int, seconds: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +26,25 @@ def cpu_seconds(pid: int) -> float:
     """The user and system CPU time process ``pid`` has used so far (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, name: str, log: Path, seconds: float = 180, **request: object
+) -> None:
+    """Wait until a server the benchmark started answers ``GET url`` with 200 (``request``: httpx's
+    keywords, headers for one); SystemExit naming its log if it exits or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name}: the server exited; see {log}")
+        try:
+            if httpx.get(url, timeout=2, **request).status_code == 200:  # type: ignore[arg-type]
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"{name}: not ready within {seconds:.0f} s; see {log}")
 
 
 def closed_loop(

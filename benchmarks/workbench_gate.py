@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from proc_stats import alternating_rounds, closed_loop, cpu_seconds, free_port, print_ratios
+from proc_stats import alternating_rounds, closed_loop, cpu_seconds, free_port, print_ratios, wait_ready
 
 BIN = Path(sys.executable).parent
 COMMANDS = {
@@ -52,22 +51,22 @@ def start(command: list[str], root: Path, token: str) -> tuple[subprocess.Popen[
         "JUPYTER_DATA_DIR": str(root / "data"),
         "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
     }
-    options = ["--no-browser", "--ip", "127.0.0.1", "--port", str(port), f"--ServerApp.root_dir={root / 'files'}"]
+    options = [
+        "--no-browser",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        f"--ServerApp.root_dir={root / 'files'}",
+    ]
     log = open(root / "server.log", "wb")  # noqa: SIM115 - the server's, closed with the process
-    proc = subprocess.Popen([*command, *options, "--ServerApp.allow_root=True"], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [*command, *options, "--ServerApp.allow_root=True"], env=env, stdout=log, stderr=log
+    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{command} exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"{command} was not ready in 120 s")
+    headers = {"Authorization": f"token {token}"}
+    wait_ready(proc, f"{url}/api/status", " ".join(command), root / "server.log", 120, headers=headers)
+    return proc, url
 
 
 def bodies(small_kib: int, upload_kib: int) -> dict[str, dict[str, str]]:
@@ -106,7 +105,11 @@ def main() -> None:
 
                 def send(http: httpx.Client, client: int, n: int) -> httpx.Response:
                     reply = http.put(f"/api/contents/{load}-{client}-{n % 8}.txt", json=payload[load])
-                    return httpx.Response(200, request=reply.request) if reply.status_code in (200, 201) else reply
+                    return (
+                        httpx.Response(200, request=reply.request)
+                        if reply.status_code in (200, 201)
+                        else reply
+                    )
 
                 closed_loop(args.clients, 1.0, connect, send)  # warm up
                 before, started = cpu_seconds(proc.pid), time.monotonic()

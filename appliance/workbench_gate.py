@@ -15,6 +15,13 @@ API does and closes the connection without reading the body. Routes Jupyter mark
 (``@allow_unauthenticated``: the login form) keep their bodies, bounded to ``PUBLIC_BODY_LIMIT``.
 Requests without a body (reads, WebSockets) pass untouched: Jupyter checks them as before.
 
+Tornado's server also came without the other bounds a network-facing server needs: no cap on
+open connections, an hour for a request's head (which is also how long an idle keep-alive
+connection stays open), no limit on the time a body takes. ``bound`` gives it
+``ConnectionLimits``: past ``max_connections`` open HTTP connections a new one is answered 503
+and closed (WebSockets, which only a logged-in caller opens, are no longer counted once
+upgraded); a head must arrive within ``header_timeout_s``, a body within ``body_timeout_s``.
+
 Run as ``python -m appliance.workbench_gate [jupyter lab options]``: JupyterLab with this gate.
 """
 
@@ -25,10 +32,12 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from tornado import gen, httputil, iostream
+from tornado import gen, httpserver, httputil, iostream
 from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
+from tornado.ioloop import IOLoop
 from tornado.web import Application
 
 from appliance.request_body import announces_body
@@ -41,6 +50,31 @@ LINGER_SECONDS = 2.0
 caller reads the 403 rather than a reset (nginx's lingering close); then the connection closes."""
 LINGER_BYTES = 4 << 20
 """How much of a refused body is read and dropped at most while lingering."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The bounds of the workbench's own port (``bound``)."""
+
+    max_connections: int = 256
+    """Open HTTP connections at once: a JupyterLab tab keeps a handful, one person uses the
+    workbench; one more is answered 503."""
+    header_timeout_s: float = 60.0
+    """For a request's head, counted from the connection's start or the last answer: a silent
+    or idle connection is closed after it (a browser opens a new one as it needs)."""
+    body_timeout_s: float = 600.0
+    """For a request's body once its head is in: JupyterLab sends files over 15 MB in 1 MiB
+    pieces, so only a single request of up to 15 MB (20 MB in base64) needs to fit, on any link."""
+
+
+_BUSY_TEXT = b"the workbench has too many connections open: try again in a moment\n"
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+    + f"Content-Length: {len(_BUSY_TEXT)}\r\nConnection: close\r\n\r\n".encode()
+    + _BUSY_TEXT
+)
+"""The answer to a connection past ``max_connections``."""
+
 
 LoginCheck = Callable[[httputil.HTTPServerRequest], Awaitable[bool]]
 """Whether a request's head (no body yet) carries credentials that name a user."""
@@ -127,13 +161,17 @@ class _GatedMessage(httputil.HTTPMessageDelegate):
 
 
 async def _refuse(conn: httputil.HTTPConnection) -> None:
-    """Answer 403, stop sending, drop what the caller still sends for a moment, then close.
+    """Answer 403 and close, the body unread: taking the stream from Tornado (``detach``) stops it
+    reading the body."""
+    await _answer_and_close(conn.detach(), REFUSED)  # type: ignore[attr-defined]
 
-    Taking the stream from Tornado (``detach``) stops it reading the body; closing at once, with
-    unread data queued, would reset the connection and could lose the answer on its way."""
-    stream: iostream.IOStream = conn.detach()  # type: ignore[attr-defined]
+
+async def _answer_and_close(stream: iostream.IOStream, answer: bytes) -> None:
+    """Write ``answer``, stop sending, drop what the caller still sends for a moment, then close:
+    closing at once, with unread data queued, would reset the connection and could lose the answer
+    on its way."""
     try:
-        await stream.write(REFUSED)
+        await stream.write(answer)
         stream.socket.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + LINGER_SECONDS
         dropped = 0
@@ -189,11 +227,29 @@ def jupyter_checks(serverapp: Any) -> tuple[LoginCheck, PublicCheck]:
     return logged_in, public
 
 
-def gate(serverapp: Any) -> None:
-    """Put ``LoginBeforeBody`` in front of a Jupyter server's application, before it listens."""
+def bound(server: httpserver.HTTPServer, limits: ConnectionLimits) -> None:
+    """Give a Tornado HTTP server ``limits``, before it accepts a connection."""
+    server.conn_params.header_timeout = limits.header_timeout_s
+    server.conn_params.body_timeout = limits.body_timeout_s
+    connections = server._connections  # Tornado's own open HTTP connections, each removed on close
+    accept = server.handle_stream
+
+    def handle_stream(stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
+        if len(connections) >= limits.max_connections:
+            IOLoop.current().spawn_callback(_answer_and_close, stream, BUSY)
+            return
+        accept(stream, address)
+
+    server.handle_stream = handle_stream  # type: ignore[method-assign]
+
+
+def gate(serverapp: Any, limits: ConnectionLimits | None = None) -> None:
+    """Put ``LoginBeforeBody`` in front of a Jupyter server's application and give its HTTP server
+    ``limits``, before it listens."""
     logged_in, public = jupyter_checks(serverapp)
     server = serverapp.http_server
     server.request_callback = LoginBeforeBody(server.request_callback, logged_in, public)
+    bound(server, limits or ConnectionLimits())
 
 
 def main(argv: list[str]) -> None:

@@ -1,7 +1,7 @@
-"""The login check Jupyter's port makes before it reads a body (appliance.workbench_gate), in front
-of a small Tornado application served by Tornado's own HTTP server on a loopback port: the login
-and public-route checks are the test's own here; Jupyter's are used in
-tests/integration/test_elyra_workbench.py."""
+"""The login check Jupyter's port makes before it reads a body, and the bounds of its connections
+(appliance.workbench_gate), in front of a small Tornado application served by Tornado's own HTTP
+server on a loopback port: the login and public-route checks are the test's own here; Jupyter's
+are used in tests/integration/test_elyra_workbench.py."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from tornado import httpserver, httputil, web
 
-from appliance.workbench_gate import LINGER_SECONDS, PUBLIC_BODY_LIMIT, LoginBeforeBody, carries_body
+from appliance.workbench_gate import (
+    LINGER_SECONDS,
+    PUBLIC_BODY_LIMIT,
+    ConnectionLimits,
+    LoginBeforeBody,
+    bound,
+    carries_body,
+)
 from tests.conftest import free_port
 
 TOKEN = "the-token"
@@ -34,7 +41,8 @@ class Echo(web.RequestHandler):
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, limits: ConnectionLimits | None = None) -> None:
+        self.limits = limits
         self.port = free_port()
         self.checked: list[str] = []
         self.ready = threading.Event()
@@ -52,20 +60,34 @@ class Server:
         server.request_callback = LoginBeforeBody(
             app, self.logged_in, lambda request: request.path == "/login"
         )
+        if self.limits:
+            bound(server, self.limits)
         server.listen(self.port, "127.0.0.1")
         self.loop.call_soon(self.ready.set)
         self.loop.run_forever()
 
 
-@pytest.fixture(name="server", scope="module")
-def server_fixture() -> Iterator[Server]:
-    server = Server()
+def serve(limits: ConnectionLimits | None = None) -> Iterator[Server]:
+    server = Server(limits)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert server.ready.wait(10)
     yield server
     assert server.loop is not None
     server.loop.call_soon_threadsafe(server.loop.stop)
+
+
+@pytest.fixture(name="server", scope="module")
+def server_fixture() -> Iterator[Server]:
+    yield from serve()
+
+
+LIMITS = ConnectionLimits(max_connections=3, header_timeout_s=1.0, body_timeout_s=1.0)
+
+
+@pytest.fixture(name="bounded", scope="module")
+def bounded_fixture() -> Iterator[Server]:
+    yield from serve(LIMITS)
 
 
 def raw(port: int, head: str, body: bytes = b"", wait: float = 5.0) -> tuple[str, float]:
@@ -157,3 +179,49 @@ def test_a_public_route_takes_a_small_body_without_a_login_and_no_large_one(serv
 )
 def test_carries_body(lines: dict[str, str], expected: bool) -> None:
     assert carries_body(httputil.HTTPHeaders(lines)) is expected
+
+
+def test_a_connection_past_the_limit_is_answered_503_and_one_closing_makes_room(bounded: Server) -> None:
+    held = [
+        socket.create_connection(("127.0.0.1", bounded.port), timeout=5)
+        for _ in range(LIMITS.max_connections)
+    ]
+    try:
+        # Retried for a while: the server may not have accepted every held connection yet.
+        answer = until(lambda: raw(bounded.port, head("GET", "/api/x"))[0], "HTTP/1.1 503 ")
+        assert "too many connections" in answer, answer
+        held.pop().close()
+        answer = until(
+            lambda: raw(bounded.port, head("GET", "/api/x", "Connection: close"))[0], "HTTP/1.1 200 "
+        )
+        assert answer.endswith("read"), answer
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def until(ask: Callable[[], str], start: str, seconds: float = 10) -> str:
+    """``ask()`` again until its answer starts with ``start`` (returned), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            answer = ask()
+        except OSError as err:
+            answer = f"{type(err).__name__}: {err}"
+        if answer.startswith(start) or time.monotonic() > deadline:
+            assert answer.startswith(start), answer
+            return answer
+        time.sleep(0.1)
+
+
+def test_a_silent_connection_and_a_stalled_body_are_closed_after_their_timeouts(bounded: Server) -> None:
+    with socket.create_connection(("127.0.0.1", bounded.port), timeout=20) as silent:
+        started = time.monotonic()
+        assert silent.recv(100) == b""  # closed by the server, no head ever sent
+        assert LIMITS.header_timeout_s - 0.2 < time.monotonic() - started < LIMITS.header_timeout_s + 10
+    with socket.create_connection(("127.0.0.1", bounded.port), timeout=20) as stalled:
+        lines = ("Content-Length: 100", f"Authorization: token {TOKEN}")
+        stalled.sendall(head("PUT", "/api/x", *lines).encode() + b"\r\n" + b"x" * 10)
+        started = time.monotonic()
+        assert stalled.recv(100) == b""  # the rest of the body never came
+        assert LIMITS.body_timeout_s - 0.2 < time.monotonic() - started < LIMITS.body_timeout_s + 10

@@ -1,4 +1,5 @@
-"""JupyterLab whose own port checks a caller's login before it reads a request body.
+"""JupyterLab whose own port checks a caller's login before it reads a request body, and bounds
+its connections.
 
 Tornado, Jupyter's server, reads a request's whole body into memory (up to Jupyter's
 ``max_body_size``, 512 MiB) before a handler runs, and Jupyter checks the token or login cookie in

@@ -18,6 +18,13 @@ body, and MLflow's public routes (``/health``, static files, server info: MLflow
 ``is_unprotected_route``), go on untouched; MLflow still checks every request itself, and decides
 permissions (a good login without the right gets MLflow's 403 after its body, as before).
 
+Bodies are bounded too, from the head, since the bridge holds each whole (MLflow sets no limit):
+a public route takes at most ``PUBLIC_BODY_LIMIT`` (its routes need none; measured, an
+unauthenticated ``POST /health`` of 300 MiB grew the server by 300 MiB), a logged-in caller's
+API call at most ``BODY_LIMIT``, both 413 past it and 411 for a body of no announced length
+(chunked: MLflow's clients and browsers announce theirs). Artifact uploads
+(``ARTIFACT_UPLOADS``), which MLflow streams to a file, stay unbounded.
+
 ``appliance.mlflow_server`` has uvicorn serve ``create_app`` (this module's) in place of MLflow's
 ``basic-auth`` app factory.
 """
@@ -51,6 +58,33 @@ REFUSAL = (
     b"caller whose login is good. Send basic credentials of an MLflow account "
     b"(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for MLflow's client).\n"
 )
+PUBLIC_BODY_LIMIT = 64 * 1024
+"""The largest body a public route (health, static files, server info: all reads) takes."""
+BODY_LIMIT = 64 << 20
+"""The largest body of a logged-in API call: MLflow's largest (a batch of 1,000 metrics, a
+dataset's 1 MB schema, a span batch) are far under it; MLflow's own UI upload stops at 10 MB."""
+ARTIFACT_UPLOADS = ("/api/2.0/mlflow-artifacts/artifacts/", "/ajax-api/2.0/mlflow-artifacts/artifacts/")
+"""Routes whose body MLflow streams to a file rather than holding it: no limit of the gate's."""
+
+
+def announced_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A body's announced length, None when it has none it can be held to (a transfer coding, or
+    a length that is not a number)."""
+    found = dict(headers)
+    length = found.get(b"content-length", b"").strip()
+    if b"transfer-encoding" in found or not length.isdigit():
+        return None
+    return int(length)
+
+
+def body_refusal(headers: list[tuple[bytes, bytes]], limit: int) -> tuple[int, bytes] | None:
+    """(status, text) refusing a body over ``limit`` or of no announced length; None if it fits."""
+    length = announced_length(headers)
+    if length is None:
+        return 411, b"Length required: send this request's body with a Content-Length.\n"
+    if length > limit:
+        return 413, f"Request body too large: {length} bytes, at most {limit} here.\n".encode()
+    return None
 
 
 def carries_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -80,7 +114,8 @@ def basic_credentials(headers: list[tuple[bytes, bytes]], path: str) -> tuple[st
 
 class LoginBeforeBody:
     """ASGI middleware: a request with a body to a protected route goes on to ``app`` only once
-    ``login_is_good`` accepts its basic credentials (see the module's docstring)."""
+    ``login_is_good`` accepts its basic credentials, and any body only within its route's bound
+    (see the module's docstring)."""
 
     def __init__(self, app: App, login_is_good: LoginCheck, is_public: Callable[[str], bool]) -> None:
         self.app = app
@@ -88,28 +123,38 @@ class LoginBeforeBody:
         self.is_public = is_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not carries_body(scope["headers"]) or self.is_public(scope["path"]):
+        if scope["type"] != "http" or not carries_body(scope["headers"]):
             await self.app(scope, receive, send)
             return
-        credentials = basic_credentials(scope["headers"], scope["path"])
-        # The check reads the account's row and, for a password not verified before, runs the slow
-        # hash: in a thread, so the event loop serves other requests meanwhile.
-        if credentials is not None and await asyncio.to_thread(self.login_is_good, *credentials):
-            await self.app(scope, receive, send)
+        headers, path = scope["headers"], scope["path"]
+        if self.is_public(path):
+            refused = body_refusal(headers, PUBLIC_BODY_LIMIT)
+        else:
+            credentials = basic_credentials(headers, path)
+            # The check reads the account's row and, for a password not verified before, runs the
+            # slow hash: in a thread, so the event loop serves other requests meanwhile.
+            if credentials is None or not await asyncio.to_thread(self.login_is_good, *credentials):
+                await _answer(send, 401, REFUSAL, [(b"www-authenticate", b'Basic realm="mlflow"')])
+                return
+            refused = None if path.startswith(ARTIFACT_UPLOADS) else body_refusal(headers, BODY_LIMIT)
+        if refused:
+            await _answer(send, *refused)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(REFUSAL)).encode()),
-                    (b"www-authenticate", b'Basic realm="mlflow"'),
-                    (b"connection", b"close"),  # the body is never read: the connection ends here
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": REFUSAL})
+        await self.app(scope, receive, send)
+
+
+async def _answer(
+    send: Send, status: int, text: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer from the head and end the connection: the body is never read."""
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(text)).encode()),
+        *(extra or []),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})
 
 
 def create_app() -> App:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from appliance.mlflow_auth import AUTH_DB, PASSWORD_ENV, READER_USER, SECRETS, WRITER_USER
+from appliance.mlflow_gate import BODY_LIMIT
 from tests.conftest import run_cli, write_answers
 from tests.integration._http_probes import partial_upload
 
@@ -119,7 +120,8 @@ def test_mlflow_refuses_a_body_without_a_login_before_it_is_sent(stack: Stack) -
     on MLflow's own port (no gateway in front) the appliance checks the login first
     (appliance/mlflow_gate.py). A caller announcing 64 MiB and sending 1 MiB, with no login or a
     wrong one, is refused at once (MLflow would wait for the rest), on Flask routes and on MLflow's
-    own FastAPI artifact route; logged-in calls with bodies go through as before."""
+    own FastAPI artifact route; logged-in calls with bodies go through as before. Bodies are
+    bounded from the head too: a public route's, and a logged-in API call's past ``BODY_LIMIT``."""
     port = stack.ports["mlflow"]
     wrong = "Basic " + base64.b64encode(f"{WRITER_USER}:not-the-password".encode()).decode()
     for method, path, authorization in (
@@ -131,7 +133,16 @@ def test_mlflow_refuses_a_body_without_a_login_before_it_is_sent(stack: Stack) -
         for _ in range(3):
             status = partial_upload(port, None, method, path, authorization, announced=64 << 20, sent=1 << 20)
             assert status == 401, (method, path, authorization, status)
+    # A public route needs no body, and MLflow's bridge would hold one whole before Flask answered.
+    for path in ("/health", "/static-files/x.js"):
+        status = partial_upload(port, None, "POST", path, "", announced=64 << 20, sent=1 << 20)
+        assert status == 413, (path, status)
     writer = stack.mlflow_account(WRITER_USER)
+    # A logged-in API call over the gate's bound: refused from its head as well.
+    writer_basic = "Basic " + base64.b64encode(":".join(writer).encode()).decode()
+    over = BODY_LIMIT + 1
+    status = partial_upload(port, None, "POST", RUN_CREATE, writer_basic, announced=over, sent=1 << 20)
+    assert status == 413, status
     mlflow = stack.url("mlflow")
     run = httpx.post(f"{mlflow}{RUN_CREATE}", json={"experiment_id": "0"}, auth=writer)
     assert run.status_code == 200, run.text

@@ -11,9 +11,12 @@ import pytest
 
 from appliance import mlflow_server
 from appliance.mlflow_gate import (
+    BODY_LIMIT,
     GATED_APP,
     MLFLOW_AUTH_APP,
+    PUBLIC_BODY_LIMIT,
     LoginBeforeBody,
+    announced_length,
     basic_credentials,
     carries_body,
 )
@@ -96,6 +99,57 @@ def test_requests_without_a_body_public_routes_and_other_scopes_are_not_checked(
     ):
         app, _, checked, _ = call(headers, path, kind)
         assert app.reached == [path] and checked == [], (headers, path)
+
+
+def test_a_public_route_takes_only_a_small_announced_body() -> None:
+    """MLflow's bridge holds a whole body before Flask answers even a public route."""
+    for headers, status in (
+        ([(b"content-length", str(PUBLIC_BODY_LIMIT + 1).encode())], 413),
+        ([(b"transfer-encoding", b"chunked")], 411),
+        ([(b"content-length", b"12abc")], 411),
+    ):
+        app, sent, checked, reads = call(headers, "/health")
+        assert app.reached == [] and reads == 0 and checked == [], headers
+        assert sent[0]["status"] == status and dict(sent[0]["headers"])[b"connection"] == b"close"
+    app, _, _, _ = call([(b"content-length", str(PUBLIC_BODY_LIMIT).encode())], "/health")
+    assert app.reached == ["/health"]
+
+
+def test_a_logged_in_api_call_is_bounded_and_an_artifact_upload_is_not() -> None:
+    login = (b"authorization", basic(*GOOD))
+    app, sent, checked, reads = call([(b"content-length", str(BODY_LIMIT + 1).encode()), login])
+    assert app.reached == [] and reads == 0 and checked == ["appliance-writer"]
+    assert sent[0]["status"] == 413 and str(BODY_LIMIT).encode() in sent[1]["body"]
+    app, sent, _, _ = call([(b"transfer-encoding", b"chunked"), login])
+    assert app.reached == [] and sent[0]["status"] == 411
+    for path in (
+        "/api/2.0/mlflow-artifacts/artifacts/1/abc/model.onnx",
+        "/ajax-api/2.0/mlflow-artifacts/artifacts/x",
+    ):
+        for length in (
+            [(b"content-length", str(BODY_LIMIT * 4).encode())],
+            [(b"transfer-encoding", b"chunked")],
+        ):
+            app, sent, _, _ = call([*length, login], path)
+            assert app.reached == [path] and sent[0]["status"] == 200, (path, length)
+    # Without a login an artifact upload is refused like any other body.
+    app, sent, _, _ = call([(b"content-length", b"10")], "/api/2.0/mlflow-artifacts/artifacts/x")
+    assert app.reached == [] and sent[0]["status"] == 401
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"content-length", b"12")], 12),
+        ([(b"content-length", b" 7 ")], 7),
+        ([(b"content-length", b"-1")], None),
+        ([(b"content-length", b"1e3")], None),
+        ([(b"transfer-encoding", b"chunked")], None),
+        ([(b"content-length", b"12"), (b"transfer-encoding", b"chunked")], None),
+    ],
+)
+def test_announced_length(headers: list[tuple[bytes, bytes]], expected: int | None) -> None:
+    assert announced_length(headers) == expected
 
 
 def test_gateway_routes_take_mlflows_own_header_first() -> None:

@@ -37,7 +37,7 @@ import binascii
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from appliance.request_body import announces_body
+from appliance.request_body import announced_length, announces_body
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -67,19 +67,19 @@ ARTIFACT_UPLOADS = ("/api/2.0/mlflow-artifacts/artifacts/", "/ajax-api/2.0/mlflo
 """Routes whose body MLflow streams to a file rather than holding it: no limit of the gate's."""
 
 
-def announced_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """A body's announced length, None when it has none it can be held to (a transfer coding, or
-    a length that is not a number)."""
+def body_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """A head's ``Content-Length`` and ``Transfer-Encoding`` values, as ``request_body`` takes them."""
     found = dict(headers)
-    length = found.get(b"content-length", b"").strip()
-    if b"transfer-encoding" in found or not length.isdigit():
-        return None
-    return int(length)
+    length, coding = found.get(b"content-length"), found.get(b"transfer-encoding")
+    return (
+        None if length is None else length.decode("latin-1"),
+        None if coding is None else coding.decode("latin-1"),
+    )
 
 
 def body_refusal(headers: list[tuple[bytes, bytes]], limit: int) -> tuple[int, bytes] | None:
     """(status, text) refusing a body over ``limit`` or of no announced length; None if it fits."""
-    length = announced_length(headers)
+    length = announced_length(*body_headers(headers))
     if length is None:
         return 411, b"Length required: send this request's body with a Content-Length.\n"
     if length > limit:
@@ -89,8 +89,7 @@ def body_refusal(headers: list[tuple[bytes, bytes]], limit: int) -> tuple[int, b
 
 def carries_body(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request's head announces a body (``request_body.announces_body``)."""
-    text = {name: value.decode("latin-1") for name, value in headers}
-    return announces_body(text.get(b"content-length"), text.get(b"transfer-encoding"))
+    return announces_body(*body_headers(headers))
 
 
 def basic_credentials(headers: list[tuple[bytes, bytes]], path: str) -> tuple[str, str] | None:

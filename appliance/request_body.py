@@ -1,5 +1,6 @@
-"""Whether a request's head announces a body: the one rule of the gates that check a caller's login
-before a body is read (``mlflow_gate`` for MLflow, ``workbench_gate`` for Jupyter)."""
+"""What a request's head says of its body: the one rule of the gates that check a caller's login,
+and bound a body, before it is read (``mlflow_gate`` for MLflow, ``workbench_gate`` for Jupyter).
+Both take the head's ``Content-Length`` and ``Transfer-Encoding`` values, None when absent."""
 
 from __future__ import annotations
 
@@ -11,3 +12,13 @@ def announces_body(content_length: str | None, transfer_encoding: str | None) ->
     if transfer_encoding is not None:
         return True
     return content_length is not None and content_length.strip() != "0"
+
+
+def announced_length(content_length: str | None, transfer_encoding: str | None) -> int | None:
+    """A body's announced length, None when it has none it can be held to: a transfer coding
+    (which wins over a length beside it, as in ``announces_body``), or a length that is not a
+    number."""
+    length = (content_length or "").strip()
+    if transfer_encoding is not None or not length.isdigit():
+        return None
+    return int(length)

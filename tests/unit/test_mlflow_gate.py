@@ -16,10 +16,11 @@ from appliance.mlflow_gate import (
     MLFLOW_AUTH_APP,
     PUBLIC_BODY_LIMIT,
     LoginBeforeBody,
-    announced_length,
     basic_credentials,
+    body_headers,
     carries_body,
 )
+from appliance.request_body import announced_length
 
 GOOD = ("appliance-writer", "the-password")
 
@@ -149,7 +150,7 @@ def test_a_logged_in_api_call_is_bounded_and_an_artifact_upload_is_not() -> None
     ],
 )
 def test_announced_length(headers: list[tuple[bytes, bytes]], expected: int | None) -> None:
-    assert announced_length(headers) == expected
+    assert announced_length(*body_headers(headers)) == expected
 
 
 def test_gateway_routes_take_mlflows_own_header_first() -> None:

@@ -113,6 +113,8 @@ class Applier:
             self.runtime.stop(name)
         elif svc is not None and action.verb in ("create", "recreate"):
             self.runtime.create(svc)
+        elif svc is not None and action.verb == "reload":
+            self.runtime.reload(svc)
         elif svc is not None:
             self.runtime.start(svc)
         self._done += 2 if action.verb in ("stop", "remove") else 1

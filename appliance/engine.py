@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ from appliance.context import AppContext
 from appliance.errors import ApplianceError, PreflightError, ServiceNotFoundError
 from appliance.health import probe
 from appliance.mlflow_auth import forget_edge_secrets
-from appliance.plan import Plan, plan, plan_down
+from appliance.plan import Plan, plan, plan_down, unread_files
 from appliance.preflight import Check, run_preflight
 from appliance.render import render_stack, selected
-from appliance.runtimes import get_runtime
+from appliance.runtimes import get_runtime, reloads
 from appliance.runtimes.base import ObservedService, Runtime
 from appliance.secrets_store import is_read_only, read_only
 from appliance.stack import RenderedService, load_stack
@@ -65,7 +66,11 @@ class Engine:
         return {name: spec.footprint_mb for name, spec in specs.items()}
 
     def observed(self) -> dict[str, ObservedService]:
-        return self.runtime.observe()
+        """What the runtime runs, with the reload files each service last read (``reloads``)."""
+        return {
+            name: replace(seen, loaded_files=reloads.loaded(self.ctx.state_dir, name))
+            for name, seen in self.runtime.observe().items()
+        }
 
     def plan(self) -> Plan:
         """What ``up`` would do; writes nothing."""
@@ -178,5 +183,5 @@ class Engine:
             "uptime_seconds": uptime,
             "detail": detail,
             "description": svc.description,
-            "up_to_date": bool(seen and seen.config_hash == svc.config_hash),
+            "up_to_date": bool(seen and seen.config_hash == svc.config_hash and not unread_files(svc, seen)),
         }

@@ -17,6 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from appliance.stack import config_dir
 from appliance.workloads.serving.limits import proxy_body_limit
 from appliance.workloads.serving.peer import FORWARDED_HEADER
 
@@ -77,7 +78,7 @@ def in_cluster(ctx: Any) -> bool:
 
 def members_file(ctx: Any, upstream: str) -> Path:
     """The file on the gateway host listing ``upstream``'s servers (cluster only)."""
-    return Path(ctx.state_dir) / "config" / "gateway" / f"{upstream}.members"
+    return config_dir(ctx.state_dir, "gateway") / f"{upstream}.members"
 
 
 def member_lines(address: str, port: int) -> dict[str, str]:

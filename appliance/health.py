@@ -23,14 +23,10 @@ from appliance.stack import HealthCheck
 def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, str]:
     """One probe: (healthy, what was seen)."""
     if check.http:
-        headers = {"User-Agent": "appliance-health"}
-        if check.auth_user:
-            try:
-                password = Path(check.auth_password_file or "").read_text().strip()
-            except OSError as err:
-                return False, f"password file of {check.auth_user}: {err.strerror or err}"
-            token = base64.b64encode(f"{check.auth_user}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+        try:
+            headers = _headers(check)
+        except OSError as err:
+            return False, f"password file of {check.auth_user}: {err.strerror or err}"
         return _http(check.http, check.timeout, check.ca, headers)
     if check.tcp:
         host, _, port = check.tcp.rpartition(":")
@@ -55,20 +51,45 @@ def probe(check: HealthCheck, env: dict[str, str] | None = None) -> tuple[bool, 
     return proc.returncode == 0, detail[-1] if detail else f"exit code {proc.returncode}"
 
 
+def _headers(check: HealthCheck) -> dict[str, str]:
+    """The probe's headers: basic auth when the service asks for it, its password read now."""
+    headers = {"User-Agent": "appliance-health"}
+    if check.auth_user:
+        password = Path(check.auth_password_file or "").read_text().strip()
+        token = base64.b64encode(f"{check.auth_user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return headers
+
+
+def _opener(url: str, ca: str | None) -> urllib.request.OpenerDirector:
+    """No proxy; an ``https`` URL verified against the stack's own CA: a probe that accepted any
+    certificate would call a gateway serving the wrong one healthy."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if url.startswith("https://"):
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca)))
+    return urllib.request.build_opener(*handlers)
+
+
+FETCH_LIMIT = 4 << 20
+"""The most ``fetch`` reads of a page (a metrics page is a few hundred KiB)."""
+
+
+def fetch(url: str, check: HealthCheck) -> str:
+    """Another page of a service, asked as its health probe asks (credentials, CA, timeout): the
+    metrics page a reload is confirmed on. Raises OSError (urllib's errors among them)."""
+    request = urllib.request.Request(url, headers=_headers(check))
+    with _opener(url, check.ca).open(request, timeout=check.timeout) as response:
+        return response.read(FETCH_LIMIT).decode(errors="replace")
+
+
 def _http(
     url: str, timeout: float, ca: str | None = None, headers: dict[str, str] | None = None
 ) -> tuple[bool, str]:
     request = urllib.request.Request(url, headers=headers or {"User-Agent": "appliance-health"})
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if url.startswith("https://"):
-        # Verified against the stack's own CA: a probe that accepted any certificate would call
-        # a gateway serving the wrong one healthy.
-        try:
-            context = ssl.create_default_context(cafile=ca)
-        except (OSError, ssl.SSLError) as err:
-            return False, f"CA file {ca}: {err}"
-        handlers.append(urllib.request.HTTPSHandler(context=context))
-    opener = urllib.request.build_opener(*handlers)
+    try:
+        opener = _opener(url, ca)
+    except (OSError, ssl.SSLError) as err:
+        return False, f"CA file {ca}: {err}"
     try:
         with opener.open(request, timeout=timeout) as response:
             return response.status < 400, f"GET {urlsplit(url).path} -> {response.status}"

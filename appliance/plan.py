@@ -15,8 +15,8 @@ from appliance.runtimes.base import ObservedService
 from appliance.stack import RenderedService
 
 Verb = Literal["create", "recreate", "reload", "start", "stop", "remove"]
-"""reload: the service reads its changed files again without a restart (a cluster's SeaweedFS
-guard, ``appliance.cluster.host_plan``)."""
+"""reload: the service reads its changed files again without a restart (``unread_files`` here;
+a cluster's units in ``appliance.cluster.host_plan``)."""
 SYMBOL = {"create": "+", "recreate": "~", "reload": "^", "start": ">", "stop": "|", "remove": "-"}
 
 
@@ -76,7 +76,19 @@ def _action_for(svc: RenderedService, seen: ObservedService | None) -> Action | 
         return Action("recreate", svc.name, "config changed")
     if not seen.running:
         return Action("start", svc.name, f"{seen.state}")
+    unread = unread_files(svc, seen)
+    if unread:
+        why = "changed" if seen.loaded_files is not None else "not recorded as read"
+        reason = f"{', '.join(unread)} {why}, which it reads again without a restart"
+        return Action("reload", svc.name, reason)
     return None
+
+
+def unread_files(svc: RenderedService, seen: ObservedService) -> list[str]:
+    """The files ``svc`` reads again on a reload whose rendering now its process has not read:
+    only those changed and nothing else (``config_hash`` equal), it is reloaded, not recreated."""
+    read = seen.loaded_files or {}
+    return sorted(name for name, digest in svc.reload_digests.items() if read.get(name) != digest)
 
 
 def plan(desired: Mapping[str, RenderedService], observed: Mapping[str, ObservedService]) -> Plan:

@@ -28,7 +28,7 @@ from appliance.gateway import gateway_address, gateway_url
 from appliance.mlflow_auth import edge_passwords
 from appliance.monitoring.web_auth import receiver_flag
 from appliance.objectstore.identities import identity_of
-from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, load_stack
+from appliance.stack import STACKS_DIR, RenderedService, ServiceSpec, config_dir, load_stack
 from appliance.upgrade.releases import running_python
 
 PROJECT_DIR = STACKS_DIR.parent
@@ -98,7 +98,7 @@ class TemplateVars:
             "state": state,
             "data": state / "data",
             # mounted read-only at the host's path (see containers_common)
-            "config": ctx.state_dir / "config" / service,
+            "config": config_dir(ctx.state_dir, service),
             "logs": state / "logs",
             "python": python,
             "bin": python.parent,
@@ -253,6 +253,8 @@ def render_service(ctx: AppContext, name: str, spec: ServiceSpec, chosen: set[st
         container_user=spec.container_user,
         url=spec.url and _fmt(spec.url, d, f"{name}.url"),
         metrics=spec.metrics and _fmt(spec.metrics, c, f"{name}.metrics"),
+        reload=spec.reload
+        and spec.reload.model_copy(update={"confirm": _fmt(spec.reload.confirm, d, f"{name}.reload")}),
     )
 
 

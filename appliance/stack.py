@@ -3,7 +3,8 @@
 A service declaration is generic (templates such as ``{ports.mlflow}`` or ``{secret.jupyter_token}``);
 rendering it against an AppContext gives a ``RenderedService`` whose ``config_hash`` is what the
 planner compares with what is running. Anything that changes what a service would do (command,
-environment, generated config files) changes the hash and so recreates the service.
+environment, generated config files) changes the hash and so recreates the service, but for the
+files a service declares it reads again on a signal (``ReloadSpec``): their change reloads it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def _stacks_dir() -> Path:
 STACKS_DIR = _stacks_dir()
 ROLES_DIR = STACKS_DIR.parent / "roles"
 """The Ansible roles and playbooks of ``appliance cluster``, beside the stacks."""
+
+
+def config_dir(state_dir: Path, service: str) -> Path:
+    """``STATE/config/<service>``: where a service's generated files are written and read from
+    (``{config}`` in its templates; a container mounts it at the same path)."""
+    return Path(state_dir) / "config" / service
 
 
 class Spec(BaseModel):
@@ -67,6 +74,21 @@ class HealthCheck(Spec):
                 f"a health check needs exactly one of http, tcp, command (got {given or 'none'})"
             )
         return self
+
+
+class ReloadSpec(Spec):
+    """How a running service reads some of its config files again without a restart: on ``SIGHUP``
+    (Prometheus and Alertmanager), confirmed by the pair of gauges such a server keeps,
+    ``METRIC_successful`` and ``METRIC_success_timestamp_seconds``. A change of these files alone
+    reloads the service instead of recreating it (``appliance.runtimes.reloads``)."""
+
+    files: list[str]
+    """Names of its ``config_files`` it reads again on the signal."""
+    confirm: str
+    """URL template of its metrics page (``http://{bind}:{ports.prometheus}/metrics``), asked with
+    the health check's credentials."""
+    metric: str
+    """Prefix of the gauge pair that says the last reload took (``prometheus_config_last_reload``)."""
 
 
 class ServiceSpec(Spec):
@@ -112,6 +134,9 @@ class ServiceSpec(Spec):
     """Named volumes: state sub-folder -> path inside a container."""
     config_files: dict[str, str] = Field(default_factory=dict)
     """Files generated into ``STATE/config/<service>/``: file name -> generator name."""
+    reload: ReloadSpec | None = None
+    """Config files the running service reads again on a signal (``ReloadSpec``); a change of any
+    other file, or of anything else, recreates it."""
     health: HealthCheck
     """Health check."""
     depends_on: list[str] = Field(default_factory=list)
@@ -130,6 +155,19 @@ class ServiceSpec(Spec):
     """``host:port`` template of a Prometheus scrape target."""
     footprint_mb: int = 256
     """Typical memory use, for preflight and the wizard."""
+
+    @model_validator(mode="after")
+    def _reload_files_are_config_files(self) -> ServiceSpec:
+        if self.reload is not None:
+            unknown = sorted(set(self.reload.files) - set(self.config_files))
+            if unknown or not self.reload.files:
+                raise ValueError(
+                    f"reload.files must name some of this service's config_files "
+                    f"({', '.join(sorted(self.config_files)) or 'none'}), got {unknown or 'none'}"
+                )
+            if self.oneshot:
+                raise ValueError("a oneshot job runs once per config: it has nothing to reload")
+        return self
 
 
 class StackFile(Spec):
@@ -164,11 +202,18 @@ class RenderedService(BaseModel):
     container_user: str | None = None
     host_dirs: dict[str, str] = Field(default_factory=dict)
     """Host folder -> path in the container, mounted read-only (container runtimes)."""
+    reload: ReloadSpec | None = None
+    """The config files it reads again without a restart, its metrics URL rendered."""
 
     @property
     def config_hash(self) -> str:
-        """Digest of everything that defines the service's behaviour."""
+        """Digest of everything that defines the service's behaviour but the contents of the files
+        it reads again on a reload (``reload_digests``): a change of those reloads it instead."""
         data = self.model_dump(mode="json")
+        if data["reload"] is None:  # absent: the hashes of services without one stay as they were
+            del data["reload"]
+        else:
+            data["files"] = {k: v for k, v in data["files"].items() if k not in self.reload_digests}
         if data["container_user"] is None:  # absent: the hashes of services without one stay as they were
             del data["container_user"]
         if not data["host_dirs"]:  # likewise for services that mount no host folder
@@ -178,6 +223,12 @@ class RenderedService(BaseModel):
                 data["health"].pop(key, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def reload_digests(self) -> dict[str, str]:
+        """Digest of each file it reads again on a reload (none without ``reload``)."""
+        names = self.reload.files if self.reload else []
+        return {n: hashlib.sha256(self.files[n].encode()).hexdigest()[:16] for n in names if n in self.files}
 
 
 def load_stack(path: Path | None = None) -> dict[str, ServiceSpec]:

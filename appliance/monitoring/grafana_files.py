@@ -24,6 +24,7 @@ from appliance.monitoring.dashboards import build_dashboards, dump
 from appliance.monitoring.generate import _Context, _inside, _reach
 from appliance.monitoring.grafana import DATASOURCE_NAME, DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
 from appliance.monitoring.web_auth import WEB_PASSWORDS, WEB_USER, password_file
+from appliance.stack import config_dir
 
 GRAFANA_SERVICE = "grafana"
 """The stack's service name for Grafana: its files live in ``STATE/config/grafana/``."""
@@ -39,7 +40,7 @@ def prometheus_url(ctx: _Context) -> str:
 
 def dashboards_dir(ctx: _Context) -> Path:
     """Where the stack's Grafana finds its dashboards (the same path inside its container)."""
-    return ctx.state_dir / "config" / GRAFANA_SERVICE / DASHBOARDS_FOLDER
+    return config_dir(ctx.state_dir, GRAFANA_SERVICE) / DASHBOARDS_FOLDER
 
 
 def _yaml(comment: str, data: dict[str, Any]) -> str:

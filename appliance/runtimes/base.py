@@ -28,6 +28,8 @@ class ObservedService:
     """Runtime-specific handle: container id, supervisord program name."""
     started_at: float | None = None
     """Unix time the current process/container started."""
+    loaded_files: dict[str, str] | None = None
+    """Digests of the reload files it last read (``reloads.loaded``; the engine adds them)."""
 
     @property
     def running(self) -> bool:
@@ -50,6 +52,10 @@ class Runtime(Protocol):
 
     def start(self, service: RenderedService) -> None:
         """Start an existing, stopped service."""
+
+    def reload(self, service: RenderedService) -> None:
+        """Write a running service's reload files and have it read them again without a restart
+        (``reloads``: signalled, confirmed, recorded); raise when it did not take them."""
 
     def stop(self, name: str) -> None:
         """Stop a service; its definition and data stay."""

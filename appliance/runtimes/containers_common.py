@@ -27,8 +27,9 @@ from typing import Any
 from appliance.answers import Answers
 from appliance.context import CONTAINER_STATE_DIR
 from appliance.errors import ApplianceError, RuntimeUnavailableError
+from appliance.runtimes import reloads
 from appliance.runtimes.base import ObservedService, ProcState
-from appliance.stack import RenderedService
+from appliance.stack import RenderedService, config_dir
 
 PREFIX = "io.mlops-appliance."
 STACK_LABEL, SERVICE_LABEL, HASH_LABEL = PREFIX + "stack", PREFIX + "service", PREFIX + "config-hash"
@@ -240,10 +241,18 @@ class ContainerRuntime:
                         found[match.group(0)] = root / match.group(1)
         return found
 
-    def _spec(self, svc: RenderedService, image: str) -> dict[str, Any]:
-        config_dir = self.state_dir / "config" / svc.name
+    def _config_dir(self, svc: RenderedService) -> Path:
+        return config_dir(self.state_dir, svc.name)
+
+    def _write_config(self, svc: RenderedService) -> None:
+        """Its config files, as rendered now; the container mounts their folder, so a file replaced
+        here is the one it reads (on a start, or a reload)."""
         for file_name, text in svc.files.items():
-            _write(config_dir / file_name, text)
+            _write(self._config_dir(svc) / file_name, text)
+
+    def _spec(self, svc: RenderedService, image: str) -> dict[str, Any]:
+        config_dir = self._config_dir(svc)
+        self._write_config(svc)
         volumes = {self._volume(vol): {"bind": path, "mode": "rw"} for vol, path in svc.volumes.items()}
         if svc.files:
             volumes[str(config_dir)] = {"bind": str(config_dir), "mode": "ro"}
@@ -311,6 +320,7 @@ class ContainerRuntime:
         container.start()
         if service.oneshot:
             self._wait_oneshot(service, container)
+        reloads.remember(self.state_dir, service)
 
     def _wait_oneshot(self, svc: RenderedService, container: Any) -> None:
         started = time.monotonic()
@@ -328,7 +338,24 @@ class ContainerRuntime:
         if container is None or service.oneshot:
             self.create(service)
             return
+        self._write_config(service)  # reload files may have changed while it was stopped
         container.start()
+        reloads.remember(self.state_dir, service)
+
+    def reload(self, service: RenderedService) -> None:
+        container = self._find(service.name)
+        if container is None:
+            raise ApplianceError(
+                f"{service.name} has no container to reload", fix="run `appliance up` again to create it"
+            )
+        reloads.reload_in_place(
+            service,
+            self.state_dir,
+            lambda: self._write_config(service),
+            # the runtime's init process (init: True) passes the signal on to the service
+            lambda: container.kill(signal=reloads.SIGNAL),
+            lambda: self.log_tail(service.name),
+        )
 
     def stop(self, name: str) -> None:
         container = self._find(name)

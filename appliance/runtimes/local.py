@@ -20,11 +20,11 @@ import xmlrpc.client
 from pathlib import Path
 
 from appliance.errors import ApplianceError
-from appliance.runtimes import handover
+from appliance.runtimes import handover, reloads
 from appliance.runtimes.base import ObservedService, ProcState
 from appliance.runtimes.procscan import MARKER_VAR, pids_with_marker, terminate
 from appliance.runtimes.supervisor_rpc import Supervisor
-from appliance.stack import RenderedService
+from appliance.stack import RenderedService, config_dir
 from appliance.upgrade.releases import this_python
 
 HASH_PREFIX = "; appliance-config-hash: "
@@ -89,9 +89,9 @@ class LocalRuntime:
     def _write_files(self, svc: RenderedService) -> None:
         for volume in svc.volumes:
             (self.state_dir / volume).mkdir(parents=True, exist_ok=True)
-        config_dir = self.state_dir / "config" / svc.name
+        folder = config_dir(self.state_dir, svc.name)
         for file_name, text in svc.files.items():
-            _write_atomic(config_dir / file_name, text, 0o600)
+            _write_atomic(folder / file_name, text, 0o600)
         _write_atomic(self._env_file(svc.name), json.dumps(self._service_env(svc)), 0o600)
 
     def _program_text(self, svc: RenderedService) -> str:
@@ -180,13 +180,24 @@ class LocalRuntime:
         if service.oneshot:
             self._run_oneshot(service)
             return
-        for volume in service.volumes:
-            (self.state_dir / volume).mkdir(parents=True, exist_ok=True)
+        # its files as rendered now: reload files may have changed while it was stopped
+        self._write_files(service)
         try:
             self.sup.proxy().startProcess(service.name, False)
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
+            return  # a running process has not read what was just written: no record
+        reloads.remember(self.state_dir, service)
+
+    def reload(self, service: RenderedService) -> None:
+        reloads.reload_in_place(
+            service,
+            self.state_dir,
+            lambda: self._write_files(service),
+            lambda: self.sup.proxy().signalProcess(service.name, reloads.SIGNAL.removeprefix("SIG")),
+            lambda: self.log_tail(service.name),
+        )
 
     def _hold_sockets(self, service: RenderedService) -> handover.Holder | None:
         """Before a running model server is replaced, keep its listening sockets open for its

@@ -45,6 +45,7 @@ from tests.integration._container_fixtures import (
     owned,
     runtime_available,
 )
+from tests.integration._reload_checks import assert_tuned_alerting_reloads_in_place
 
 # The first test may build the images (base, wheelhouse, mlflow, serving, controller): ~20 min on a
 # fresh 2-core machine; with the images present, up takes about a minute.
@@ -317,6 +318,12 @@ def test_the_clis_status_reports_the_memory_of_every_running_service_and_plan_no
     assert "memory" in text and "MiB" in text
     # the stack came up in this process (bin/python), the CLI runs bin/python3 (its script's shebang)
     assert json.loads(cli(lab, "plan", "--json").stdout) == {"actions": []}
+
+
+def test_tuned_alerting_reloads_prometheus_and_alertmanager_in_their_containers(lab: Engine) -> None:
+    """The container runtime's SIGHUP reaches each server through the container's init."""
+    assert lab.ctx.answers_path is not None
+    assert_tuned_alerting_reloads_in_place(lab.ctx.answers_path, lab.ctx.state_dir, lambda *a: cli(lab, *a))
 
 
 def test_busy_port_fails_cleanly_and_starts_nothing(lab: Engine, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from tests.integration._container_fixtures import (
     lab_answers,
     owned,
 )
+from tests.integration._reload_checks import assert_tuned_alerting_reloads_in_place
 
 # As containers, up takes about a minute once the images are there; building them the first time
 # (base, wheelhouse, mlflow, serving, controller) takes ~20 min on a fresh 2-core machine.
@@ -169,6 +170,10 @@ def test_prometheus_scrapes_node_exporter(lab: Lab) -> None:
             return
         time.sleep(2)
     pytest.fail(f"node exporter never scraped: {result}")
+
+
+def test_tuned_alerting_reloads_prometheus_and_alertmanager_in_place(lab: Lab) -> None:
+    assert_tuned_alerting_reloads_in_place(lab.answers, lab.state, lab.cli)
 
 
 def test_kill_9_of_a_service_is_healed(lab: Lab) -> None:

@@ -59,7 +59,25 @@ def test_prometheus_scrapes_every_metrics_target(tmp_path: Path) -> None:
     services = render_stack(ctx(tmp_path, ports={"node_exporter": 9555}))
     config = services["prometheus"].files["prometheus.yml"]
     assert "127.0.0.1:9555" in config
-    assert services["prometheus"].config_hash != render_stack(ctx(tmp_path))["prometheus"].config_hash
+    # its scrape config is a file it reads again on SIGHUP: the change reloads it, not recreates it
+    before = render_stack(ctx(tmp_path))["prometheus"]
+    assert services["prometheus"].config_hash == before.config_hash
+    assert services["prometheus"].reload_digests["prometheus.yml"] != before.reload_digests["prometheus.yml"]
+
+
+def test_tuned_alerting_reloads_prometheus_and_alertmanager_anything_else_recreates(tmp_path: Path) -> None:
+    base = render_stack(ctx(tmp_path))
+    tuned = render_stack(ctx(tmp_path, monitoring={"drift_psi_threshold": 0.35, "alert_group_wait": "5s"}))
+    for name, changed in (("prometheus", "alert_rules.yml"), ("alertmanager", "alertmanager.yml")):
+        assert tuned[name].config_hash == base[name].config_hash, name
+        assert tuned[name].reload_digests[changed] != base[name].reload_digests[changed], name
+        assert tuned[name].reload is not None and tuned[name].reload.confirm.startswith("http://127.0.0.1:")
+    assert "0.35" in tuned["prometheus"].files["alert_rules.yml"]
+    # web.yml (its password's hash) is read at its start: not a reload file
+    assert set(base["prometheus"].reload_digests) == {"prometheus.yml", "alert_rules.yml"}
+    moved = render_stack(ctx(tmp_path, ports={"prometheus": 9555}))["prometheus"]
+    assert moved.config_hash != base["prometheus"].config_hash  # its listen address is a flag
+    assert all(not s.reload_digests for n, s in base.items() if n not in ("prometheus", "alertmanager"))
 
 
 def test_edge_serving_from_the_registry_is_flagged_and_a_file_is_not(tmp_path: Path, monkeypatch) -> None:

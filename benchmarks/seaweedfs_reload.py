@@ -23,53 +23,21 @@ answers, if longer). Numbers compare only within one run.
 from __future__ import annotations
 
 import argparse
-import http.client
-import itertools
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest's free ports
+from availability import Prober
+
 from tests.conftest import free_ports
 
 PAIRED = {"master": "seaweedfs_master", "volume": "seaweedfs_volume", "filer": "seaweedfs_filer", "s3": "s3"}
 """The ``weed server`` part each port is for, by its key in the answers' ports."""
-
-
-class Prober(threading.Thread):
-    """Asks the S3 gateway in a closed loop; remembers when each answer or failure came."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.events: list[tuple[float, bool]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                conn.close()
-                self.events.append((time.monotonic(), True))
-            except OSError:
-                self.events.append((time.monotonic(), False))
-                time.sleep(0.02)
-
-    def since(self, start: float) -> tuple[int, int, float]:
-        """Answers, failures and the longest gap between two answers after ``start``."""
-        events = [e for e in list(self.events) if e[0] >= start]
-        answered = [t for t, ok in events if ok]
-        failed = sum(1 for _, ok in events if not ok)
-        marks = [start, *answered]
-        gap = max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
-        return len(answered), failed, gap
 
 
 def guard(folder: Path, addresses: list[str]) -> None:
@@ -112,7 +80,7 @@ def main() -> int:
         (folder / "data").mkdir()
         guard(folder, ["127.0.0.1", "@"])
         proc = start(folder, ports)
-        prober = Prober(ports["s3"])
+        prober = Prober(f"http://127.0.0.1:{ports['s3']}/")
         prober.start()
         try:
             wait_answering(prober, time.monotonic(), folder)

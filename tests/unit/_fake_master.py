@@ -5,12 +5,13 @@ path the JSON the test puts in ``answer["status"]``. The integration tests use t
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.unit._fake_http import fake_http
 
 
 @pytest.fixture
@@ -18,21 +19,8 @@ def master() -> Iterator[tuple[str, dict[str, Any]]]:
     """The stand-in's URL and the answer it gives (change ``answer["status"]`` between calls)."""
     answer: dict[str, Any] = {"status": {}}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"" if self.path == "/healthz" else json.dumps(answer["status"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def status(request: BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        return 200, b"" if request.path == "/healthz" else json.dumps(answer["status"]).encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", answer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_http(status) as port:
+        yield f"http://127.0.0.1:{port}", answer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from appliance.errors import ApplianceError
 from appliance.runtimes import reloads
 from appliance.stack import HealthCheck, ReloadSpec, RenderedService, ServiceSpec
+from tests.unit._fake_http import fake_http
 
 METRIC = "prometheus_config_last_reload"
 
@@ -31,23 +32,12 @@ class Page:
 def page() -> Iterator[tuple[Page, int]]:
     state = Page()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.auth.append(self.headers.get("Authorization"))
-            body = state.text.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def metrics(request: BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        state.auth.append(request.headers.get("Authorization"))
+        return 200, state.text.encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state, server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with fake_http(metrics) as port:
+        yield state, port
 
 
 def service(port: int, tmp_path: Path, rules: str = "groups: []") -> RenderedService:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from appliance.answers import Answers
 from appliance.context import AppContext
 from appliance.workloads.serving.replica_status import describe, replicas_status
+from tests.unit._fake_http import fake_http
 
 STATE = {"ready": 2, "desired": 3, "min_replicas": 1, "max_replicas": 4, "replaced": 1,
          "decision": {"reason": "panic: 12.0 in flight over 6 s"}}  # fmt: skip
@@ -24,25 +24,13 @@ STATE = {"ready": 2, "desired": 3, "min_replicas": 1, "max_replicas": 4, "replac
 def supervisor() -> Iterator[tuple[int, list[str]]]:
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(f"{self.path} {self.headers.get('Authorization')}")
-            ok = self.headers.get("Authorization") == "Bearer admin-secret"
-            body = json.dumps(STATE if ok else {"error": "no"}).encode()
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def state(request: BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        seen.append(f"{request.path} {request.headers.get('Authorization')}")
+        ok = request.headers.get("Authorization") == "Bearer admin-secret"
+        return (200 if ok else 401), json.dumps(STATE if ok else {"error": "no"}).encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1], seen
-    finally:
-        server.shutdown()
+    with fake_http(state) as port:
+        yield port, seen
 
 
 def _ctx(tmp_path: Path, bind: str, port: int, max_replicas: int = 4) -> AppContext:

@@ -78,12 +78,10 @@ def unit(svc: RenderedService, on_host: set[str], venv: str, secrets: SecretStor
         "description": svc.description,
         "command": [_venv_paths(a, venv) for a in svc.command],
         "env": {k: _venv_paths(v, venv) for k, v in svc.env.items()},
-        # the files its service reads again on SIGHUP (systemd's reload) are marked as such, so
-        # that their change alone reloads the unit (``host_plan``), as one host's runtimes do
-        "files": [
-            {"key": k, "value": v, **({"reload": True} if k in svc.reload_digests else {})}
-            for k, v in sorted(svc.files.items())
-        ],
+        # Not marked as reload files (``host_plan``) though one host reloads them (``reloads``):
+        # nothing in the roles confirms that a reload took yet, and a restart fails loudly on a
+        # file the server refuses, where a reload would go on with the old config unseen.
+        "files": [{"key": k, "value": v} for k, v in sorted(svc.files.items())],
         "oneshot": svc.oneshot,
         "restart": svc.restart,
         "after": [d for d in svc.depends_on if d in on_host],

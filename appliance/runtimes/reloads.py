@@ -82,6 +82,7 @@ def reload_in_place(
     files = [folder / name for name in svc.reload_digests]
     kept = {path: path.read_bytes() for path in files if path.exists()}
     before = reading(svc)
+    _after_the_last_success(before)
     write_files()
     sent_at = time.time()
     send_signal()
@@ -92,6 +93,15 @@ def reload_in_place(
             _write_private(path, data)
         raise
     remember(state_dir, svc)
+
+
+def _after_the_last_success(before: Reading | None) -> None:
+    """The gauges stamp whole seconds: a reload that succeeded in the second of the last success
+    (a start or a reload just before) could not be told from it, so signal in a later second."""
+    if before is not None and before.stamp is not None:
+        wait = before.stamp + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
 
 
 def _write_private(path: Path, data: bytes) -> None:

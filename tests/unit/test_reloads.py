@@ -141,7 +141,9 @@ def test_a_refused_file_fails_the_reload_at_once_with_the_services_log(page, tmp
     assert time.monotonic() - started < 5  # not the whole CONFIRM_SECONDS
     text = str(err.value)
     assert "did not take its new alert_rules.yml" in text and f"{METRIC}_successful 0.0" in text
-    assert "parsing YAML file alert_rules.yml" in text and "appliance logs prometheus" in err.value.fix
+    assert "parsing YAML file alert_rules.yml" in text and "appliance logs prometheus" in (
+        err.value.fix or ""
+    )
 
 
 def test_no_new_reload_within_the_bound_fails_and_so_does_a_silent_page(
@@ -190,3 +192,20 @@ def test_a_refused_reload_puts_the_files_it_had_back_and_a_taken_one_is_recorded
     assert (
         rules.read_text() == "groups: [new]" and reloads.loaded(tmp_path, "prometheus") == new.reload_digests
     )
+
+
+def test_a_success_in_the_signals_own_second_is_not_taken_for_the_reload(
+    page, tmp_path: Path, monkeypatch
+) -> None:
+    """The last success stamped this very second (a start just before): the signal goes in a later
+    second, so that success cannot confirm a reload the server never did."""
+    state, port = page
+    monkeypatch.setattr(reloads, "CONFIRM_SECONDS", 1.5)
+    svc = service(port, tmp_path)
+    stamp = int(time.time())
+    state.text = gauges(1, stamp)  # and the server ignores the signal
+    sent: list[float] = []
+    with pytest.raises(ApplianceError, match="did not take"):
+        reloads.reload_in_place(svc, tmp_path, lambda: None, lambda: sent.append(time.time()), lambda: "")
+    assert int(sent[0]) > stamp
+    assert reloads.loaded(tmp_path, "prometheus") is None

@@ -154,11 +154,16 @@ def confirm(
         if now is not None and now.successful == 0 and (before is None or before.successful != 0):
             break
         time.sleep(0.2)
-    seen = f"{svc.reload.metric}_successful {now.successful}" if now else "no answer from its metrics page"
     files = ", ".join(svc.reload.files)
+    if now is None:  # not a refusal: the server does not answer; a restart reads the new files
+        raise ApplianceError(
+            f"{svc.name} did not confirm a reload of its new {files} on {SIGNAL} (no answer from its "
+            f"metrics page {svc.reload.confirm}). Its log ends:\n{log_tail()}",
+            fix=f"`appliance restart {svc.name}` starts it again with the new files",
+        )
     raise ApplianceError(
-        f"{svc.name} did not take its new {files} on {SIGNAL} ({seen}); it goes on with the config it "
-        f"had. Its log ends:\n{log_tail()}",
+        f"{svc.name} did not take its new {files} on {SIGNAL} ({svc.reload.metric}_successful "
+        f"{now.successful}); it goes on with the config it had. Its log ends:\n{log_tail()}",
         fix=f"read `appliance logs {svc.name}` for the line that names the problem, correct what the "
         "file is rendered from, then run `appliance up` again",
     )

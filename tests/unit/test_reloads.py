@@ -156,8 +156,9 @@ def test_no_new_reload_within_the_bound_fails_and_so_does_a_silent_page(
     with pytest.raises(ApplianceError, match="did not take"):
         reloads.confirm(svc, reloads.reading(svc), time.time(), lambda: "")
     silent = service(1, tmp_path)  # nothing listens there
-    with pytest.raises(ApplianceError, match="no answer from its metrics page"):
+    with pytest.raises(ApplianceError, match="no answer from its metrics page") as err:
         reloads.confirm(silent, None, time.time(), lambda: "")
+    assert err.value.fix == "`appliance restart prometheus` starts it again with the new files"
 
 
 def test_a_refused_reload_puts_the_files_it_had_back_and_a_taken_one_is_recorded(

@@ -210,10 +210,10 @@ class RenderedService(BaseModel):
         """Digest of everything that defines the service's behaviour but the contents of the files
         it reads again on a reload (``reload_digests``): a change of those reloads it instead."""
         data = self.model_dump(mode="json")
-        if data["reload"] is None:  # absent: the hashes of services without one stay as they were
+        if self.reload is None:  # absent: the hashes of services without one stay as they were
             del data["reload"]
         else:
-            data["files"] = {k: v for k, v in data["files"].items() if k not in self.reload_digests}
+            data["files"] = {k: v for k, v in data["files"].items() if k not in self.reload.files}
         if data["container_user"] is None:  # absent: the hashes of services without one stay as they were
             del data["container_user"]
         if not data["host_dirs"]:  # likewise for services that mount no host folder

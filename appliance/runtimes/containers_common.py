@@ -17,7 +17,6 @@ command or files name them). Container state lives in volumes (``{state}`` = /va
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from datetime import datetime
@@ -28,6 +27,7 @@ from appliance.answers import Answers
 from appliance.context import CONTAINER_STATE_DIR
 from appliance.errors import ApplianceError, RuntimeUnavailableError
 from appliance.runtimes import reloads
+from appliance.runtimes.atomic_files import write_atomic
 from appliance.runtimes.base import ObservedService, ProcState
 from appliance.stack import RenderedService, config_dir
 
@@ -108,15 +108,6 @@ def wants_gpu(svc: RenderedService, answers: Answers) -> bool:
     if not svc.gpu or gpu.mode == "off" or svc.name not in gpu.services:
         return False
     return gpu.mode == "on" or host_has_gpu()
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 class ContainerRuntime:
@@ -241,21 +232,18 @@ class ContainerRuntime:
                         found[match.group(0)] = root / match.group(1)
         return found
 
-    def _config_dir(self, svc: RenderedService) -> Path:
-        return config_dir(self.state_dir, svc.name)
-
     def _write_config(self, svc: RenderedService) -> None:
         """Its config files, as rendered now; the container mounts their folder, so a file replaced
         here is the one it reads (on a start, or a reload)."""
         for file_name, text in svc.files.items():
-            _write(self._config_dir(svc) / file_name, text)
+            write_atomic(config_dir(self.state_dir, svc.name) / file_name, text)
 
     def _spec(self, svc: RenderedService, image: str) -> dict[str, Any]:
-        config_dir = self._config_dir(svc)
         self._write_config(svc)
         volumes = {self._volume(vol): {"bind": path, "mode": "rw"} for vol, path in svc.volumes.items()}
         if svc.files:
-            volumes[str(config_dir)] = {"bind": str(config_dir), "mode": "ro"}
+            folder = str(config_dir(self.state_dir, svc.name))
+            volumes[folder] = {"bind": folder, "mode": "ro"}
         for inside, secret in self.secret_files(svc).items():
             volumes[str(secret)] = {"bind": inside, "mode": "ro"}
         for host_dir, inside in svc.host_dirs.items():  # host folders the service reads, read-only

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.runtimes import handover, reloads
+from appliance.runtimes.atomic_files import write_atomic
 from appliance.runtimes.base import ObservedService, ProcState
 from appliance.runtimes.procscan import MARKER_VAR, pids_with_marker, terminate
 from appliance.runtimes.supervisor_rpc import Supervisor
@@ -42,15 +43,6 @@ STANDBY = "-standby"
 """Marker suffix of a standby model server (its launcher-free start is not the service's own)."""
 STANDBY_READY_S = 300.0
 AUTORESTART = {"always": "true", "on-failure": "unexpected", "no": "false"}
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 class LocalRuntime:
@@ -91,8 +83,8 @@ class LocalRuntime:
             (self.state_dir / volume).mkdir(parents=True, exist_ok=True)
         folder = config_dir(self.state_dir, svc.name)
         for file_name, text in svc.files.items():
-            _write_atomic(folder / file_name, text, 0o600)
-        _write_atomic(self._env_file(svc.name), json.dumps(self._service_env(svc)), 0o600)
+            write_atomic(folder / file_name, text)
+        write_atomic(self._env_file(svc.name), json.dumps(self._service_env(svc)))
 
     def _program_text(self, svc: RenderedService) -> str:
         command = [str(this_python()), "-m", "appliance.runtimes.launcher", "--env-file"]
@@ -168,7 +160,7 @@ class LocalRuntime:
             holder = self._hold_sockets(service)  # the failed standby had them: from the old one again
         self._forget(service.name)
         self._write_files(service)
-        _write_atomic(self._program_file(service.name), self._program_text(service))
+        write_atomic(self._program_file(service.name), self._program_text(service), 0o644)
         proxy = self.sup.proxy()
         proxy.reloadConfig()
         proxy.addProcessGroup(service.name)
@@ -333,4 +325,4 @@ class LocalRuntime:
                 f"after {time.monotonic() - started:.1f}s:\n{self.log_tail(svc.name)}",
                 fix=f"read {log}, correct the cause, then run `appliance up` again",
             )
-        _write_atomic(self._oneshot_file(svc.name), svc.config_hash)
+        write_atomic(self._oneshot_file(svc.name), svc.config_hash, 0o644)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.health import fetch
+from appliance.runtimes.atomic_files import write_atomic
 from appliance.stack import RenderedService, config_dir
 
 RECORDS = Path("run") / "loaded"
@@ -63,9 +63,7 @@ def remember(state_dir: Path, svc: RenderedService) -> None:
     a reload ``confirm`` passed). Nothing for a service without reload files."""
     if svc.reload is None:
         return
-    path = record_path(state_dir, svc.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, json.dumps(svc.reload_digests, sort_keys=True).encode())
+    write_atomic(record_path(state_dir, svc.name), json.dumps(svc.reload_digests, sort_keys=True))
 
 
 def reload_in_place(
@@ -90,7 +88,7 @@ def reload_in_place(
         confirm(svc, before, sent_at, log_tail)
     except ApplianceError:
         for path, data in kept.items():
-            _write_private(path, data)
+            write_atomic(path, data)
         raise
     remember(state_dir, svc)
 
@@ -102,14 +100,6 @@ def _after_the_last_success(before: Reading | None) -> None:
         wait = before.stamp + 1 - time.time()
         if wait > 0:
             time.sleep(wait)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
